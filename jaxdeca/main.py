@@ -1,0 +1,47 @@
+"""Command-line entry point: `python -m jaxdeca.main --config=configs/X.py --workdir=DIR`.
+
+The config file (an ml_collections config) is the single source of hyper-parameters;
+`config.mode` chooses the job:
+
+  showcase   render the FLAME model (by default the embedded demo head) in a set of poses,
+             identities and expressions, with landmarks, and the renderer's outputs
+             (albedo x SH light, shape, detailed shape, depth, UV position map) to PNG grids.
+
+Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# mode -> "module:function"; each function takes (config, workdir) and returns None.
+MODES = {
+    "showcase": "jaxdeca.apps.showcase:run",
+}
+
+
+def run_mode(config, workdir: str) -> None:
+    """Runs the job named by `config.mode` with outputs under `workdir`."""
+    if config.mode not in MODES:
+        raise ValueError(f"config.mode={config.mode!r} is not one of {sorted(MODES)}")
+    module_name, fn_name = MODES[config.mode].split(":")
+    os.makedirs(workdir, exist_ok=True)
+    getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    run_mode(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,78 @@
+"""Checkpoints with orbax: periodic async saves, keep-last-N, resume with fallback.
+
+A checkpoint holds two items:
+  state   the train-state pytree (params, batch statistics, optimiser state, step, RNG key)
+  extra   a small JSON dict (data-loader position, stage name, anything the loop wants back)
+
+Orbax writes every checkpoint into a temporary directory and renames it when complete, so a
+run killed mid-save leaves no half-written step behind the latest complete one. A latest
+checkpoint that is nonetheless unreadable (a truncated file, a disk error) is skipped with a
+warning and the previous one is restored instead; only when none can be read does resuming
+fail, naming every step it tried.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory could be restored."""
+
+
+def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    """A CheckpointManager for `directory` keeping the last `max_to_keep` checkpoints."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | None = None, *, force: bool = False) -> bool:
+    """Starts saving `state` (and the JSON-able `extra`) as checkpoint `step`.
+
+    Returns whether a save was started. With async saving the write finishes in the
+    background; call `manager.wait_until_finished()` before exiting.
+    """
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {}))
+    return manager.save(int(step), args=args, force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """Restores the newest readable checkpoint.
+
+    Args:
+      manager: from `make_manager`.
+      abstract_state: a pytree with the structure, shapes, dtypes (and shardings) of the state,
+        e.g. `jax.eval_shape(init_fn)` or the freshly initialised state itself.
+
+    Returns:
+      (step, state, extra), or None when the directory holds no checkpoint.
+
+    Raises:
+      CheckpointError: checkpoints exist but none could be read.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    failures = []
+    for step in steps:
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back to the previous one
+            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
+            continue
+        return step, restored["state"], dict(restored["extra"] or {})
+    raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))

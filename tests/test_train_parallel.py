@@ -1,0 +1,30 @@
+"""Mesh and batch sharding, with 4 forced host devices in a subprocess."""
+import os
+import subprocess
+import sys
+import textwrap
+
+
+def test_batch_split_over_four_devices():
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        from jaxdeca.train import parallel
+        mesh = parallel.make_mesh()
+        assert mesh.devices.size == 4, mesh
+        assert parallel.local_batch_size(8, mesh) == 8
+        x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+        g = parallel.shard_batch({"x": x}, mesh)["x"]
+        shards = sorted(g.addressable_shards, key=lambda s: s.index[0].start)
+        assert [s.data.shape for s in shards] == [(2, 3)] * 4
+        np.testing.assert_array_equal(np.asarray(shards[1].data), x[2:4])
+        try:
+            parallel.local_batch_size(6, mesh)
+        except ValueError as e:
+            assert "not divisible" in str(e)
+        else:
+            raise AssertionError("expected ValueError")
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
