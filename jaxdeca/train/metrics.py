@@ -1,0 +1,58 @@
+"""Metric writing and console progress for training loops.
+
+TensorBoard scalars and image grids go through clu's metric writers (only process 0
+writes); the console gets one progress line per report with steps/s, images/s and ETA.
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + logging writer on process 0, logging only (no files) elsewhere."""
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def to_scalars(terms: dict) -> dict[str, float]:
+    """Device scalars (a dict of loss terms) -> python floats."""
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(terms).items()}
+
+
+class Progress:
+    """Tracks throughput between reports and formats a progress line with ETA.
+
+    Args:
+      total_steps: the step at which training ends.
+      images_per_step: global batch size (after any consistency doubling is *not* counted:
+        the images the loader delivers per step).
+      start_step: the step training (re)starts from.
+    """
+
+    def __init__(self, total_steps: int, images_per_step: int, start_step: int = 0):
+        self.total_steps = total_steps
+        self.images_per_step = images_per_step
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def report(self, step: int) -> tuple[dict[str, float], str]:
+        """Returns (rates for the writer, a console line) for the steps since the last report."""
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 1)
+        sps = steps / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        remaining = max(self.total_steps - step, 0) / max(sps, 1e-9)
+        rates = {"steps_per_sec": sps, "images_per_sec": sps * self.images_per_step}
+        line = (f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%) "
+                f"{sps:.2f} steps/s {rates['images_per_sec']:.1f} img/s ETA {format_seconds(remaining)}")
+        return rates, line
+
+
+def format_seconds(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
