@@ -1,0 +1,127 @@
+"""Writing reconstruction results: OBJ meshes with UVs and textures, dense detail meshes,
+landmark text files and images. NumPy in, files out; nothing here is differentiated.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+
+
+def save_image(path: str, image: np.ndarray) -> str:
+    """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if not cv2.imwrite(path, image):
+        raise OSError(f"{path}: could not write image")
+    return path
+
+
+def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.ndarray | None = None,
+              uv_faces: np.ndarray | None = None, texture: np.ndarray | None = None,
+              normal_map: np.ndarray | None = None, colors: np.ndarray | None = None) -> str:
+    """Writes a Wavefront OBJ (and, with a texture, its .mtl and PNG maps) like DECA's write_obj.
+
+    Args:
+      vertices: [V, 3]. faces: [F, 3] int, 0-based.
+      uv_coords: [T, 2] in [0, 1] (v up); uv_faces: [F, 3] into uv_coords.
+      texture: [R, R, 3] RGB in [0, 1] -> `<stem>.png`, referenced by `<stem>.mtl`.
+      normal_map: [R, R, 3] tangent-free UV normal map with components in [-1, 1] ->
+        `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
+      colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
+    Returns:
+      The OBJ path.
+    """
+    vertices = np.asarray(vertices, np.float64)
+    faces = np.asarray(faces, np.int64)
+    stem, _ = os.path.splitext(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    has_uv = uv_coords is not None and uv_faces is not None
+    lines = []
+    if texture is not None and has_uv:
+        mtl = stem + ".mtl"
+        name = os.path.basename(stem)
+        save_image(stem + ".png", texture)
+        with open(mtl, "w") as f:
+            f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
+            if normal_map is not None:
+                save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
+                f.write(f"disp {name}_normals.png\n")
+        lines.append(f"mtllib {os.path.basename(mtl)}")
+    if colors is not None:
+        colors = np.asarray(colors, np.float64)
+        lines += [f"v {v[0]:.6f} {v[1]:.6f} {v[2]:.6f} {c[0]:.4f} {c[1]:.4f} {c[2]:.4f}" for v, c in zip(vertices, colors)]
+    else:
+        lines += [f"v {v[0]:.6f} {v[1]:.6f} {v[2]:.6f}" for v in vertices]
+    if has_uv:
+        lines += [f"vt {t[0]:.6f} {t[1]:.6f}" for t in np.asarray(uv_coords, np.float64)]
+        if texture is not None:
+            lines.append("usemtl FaceTexture")
+        fi, ti = faces + 1, np.asarray(uv_faces, np.int64) + 1
+        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(fi, ti)]
+    else:
+        lines += [f"f {a} {b} {c}" for a, b, c in faces + 1]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def grid_mesh(valid: np.ndarray) -> np.ndarray:
+    """Triangles of an H x W pixel grid whose three corners are all valid.
+
+    Args:
+      valid: [H, W] bool.
+    Returns:
+      faces: [F, 3] int indices into the row-major flattened grid (i * W + j), two triangles
+      per cell, (i,j),(i+1,j),(i,j+1) and (i,j+1),(i+1,j),(i+1,j+1).
+    """
+    h, w = valid.shape
+    idx = np.arange(h * w).reshape(h, w)
+    a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[:-1, 1:], idx[1:, 1:]
+    va, vb, vc, vd = valid[:-1, :-1], valid[1:, :-1], valid[:-1, 1:], valid[1:, 1:]
+    t1 = np.stack([a, b, c], -1)[va & vb & vc]
+    t2 = np.stack([c, b, d], -1)[vc & vb & vd]
+    return np.concatenate([t1, t2], 0)
+
+
+def dense_detail_mesh(uv_positions: np.ndarray, uv_normals: np.ndarray, valid: np.ndarray,
+                      uv_colors: np.ndarray | None = None):
+    """The detailed dense mesh: one vertex per valid UV texel, the grid's triangles.
+
+    Args:
+      uv_positions: [H, W, 3] displaced surface points in UV space (DECA's
+        uv_detail_vertices). uv_normals: [H, W, 3] the detail normals there, used only to
+        orient the triangles outward. valid: [H, W] texels covered by the face (e.g. the
+        UV face-eye mask times UV coverage). uv_colors: optional [H, W, 3] texture.
+    Returns:
+      (vertices [N, 3], faces [F, 3], colors [N, 3] or None) with unused texels dropped.
+    """
+    valid = np.asarray(valid) > 0.5
+    faces = grid_mesh(valid)
+    pos = np.asarray(uv_positions, np.float64).reshape(-1, 3)
+    nrm = np.asarray(uv_normals, np.float64).reshape(-1, 3)
+    if len(faces):
+        v0, v1, v2 = pos[faces[:, 0]], pos[faces[:, 1]], pos[faces[:, 2]]
+        fn = np.cross(v1 - v0, v2 - v0)
+        agree = np.einsum("fc,fc->f", fn, nrm[faces].sum(1))
+        if np.sum(agree < 0) > np.sum(agree > 0):
+            faces = faces[:, [0, 2, 1]]
+    used = np.unique(faces)
+    remap = np.full(pos.shape[0], -1, np.int64)
+    remap[used] = np.arange(used.size)
+    colors = None if uv_colors is None else np.asarray(uv_colors).reshape(-1, 3)[used]
+    return pos[used], remap[faces], colors
+
+
+def save_landmarks(path: str, points: np.ndarray, header: str = "") -> str:
+    """Landmarks [N, K] as a text file, one landmark per row."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savetxt(path, np.asarray(points, np.float64), fmt="%.6f", header=header)
+    return path

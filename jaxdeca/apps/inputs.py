@@ -1,0 +1,114 @@
+"""Reading the apps' inputs: an image, a folder of images, or a video.
+
+`iter_frames(path)` yields `Frame(name, image)` for every readable image (RGB uint8) and
+`Skipped(name, reason)` for every one that is not, so a folder with a broken file is still
+processed and the caller can report each problem once. Raises `InputError` only when the
+input as a whole cannot be used (missing path, empty folder, a video that cannot be decoded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import cv2
+import numpy as np
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+class InputError(ValueError):
+    """The input path as a whole cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    name: str  # file stem, or "<video stem>_<frame index>"
+    image: np.ndarray  # [H, W, 3] uint8 RGB
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    name: str
+    reason: str
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any cv2-decoded image (gray, BGR, BGRA; 8 or 16 bit) -> [H, W, 3] uint8 RGB."""
+    if image.dtype == np.uint16:
+        image = (image / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    else:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+def read_image(path: str) -> np.ndarray:
+    """Reads one image as [H, W, 3] uint8 RGB; raises InputError naming the file and problem."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: empty file")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
+    return to_rgb_uint8(image)
+
+
+def _is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTS)
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files in `folder` (not recursive), sorted by name."""
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    return [os.path.join(folder, f) for f in names]
+
+
+def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
+    """Frames of a video as RGB uint8; raises InputError when nothing can be decoded."""
+    cap = cv2.VideoCapture(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    try:
+        if not cap.isOpened():
+            raise InputError(f"{path}: cannot open video (unsupported codec or corrupt file)")
+        index = n_read = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % every == 0:
+                n_read += 1
+                yield Frame(f"{stem}_{index:05d}", to_rgb_uint8(frame))
+            index += 1
+        if n_read == 0:
+            raise InputError(f"{path}: video has no decodable frames")
+    finally:
+        cap.release()
+
+
+def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
+    """Frames of an image file, a folder of images or a video file (see module doc)."""
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        files = list_images(path)
+        if not files:
+            raise InputError(f"{path}: folder contains no images ({', '.join(IMAGE_EXTS)})")
+        for f in files:
+            name = os.path.splitext(os.path.basename(f))[0]
+            try:
+                yield Frame(name, read_image(f))
+            except InputError as e:
+                yield Skipped(name, str(e))
+    elif _is_video(path):
+        yield from iter_video(path, every=video_every)
+    else:
+        yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path))

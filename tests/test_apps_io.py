@@ -1,0 +1,109 @@
+"""Apps' input reading (bad files reported, the rest processed) and exporters (OBJ round trip)."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxdeca.apps import export, inputs
+
+
+def _write_folder(d):
+    rng = np.random.default_rng(0)
+    img = (rng.random((40, 50, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(d / "a_good.png"), img)
+    cv2.imwrite(str(d / "b_gray.png"), img[..., 0])
+    cv2.imwrite(str(d / "c_16bit.png"), (img.astype(np.uint16) * 257))
+    (d / "d_empty.jpg").write_bytes(b"")
+    (d / "e_text.jpg").write_text("not an image")
+    ok, enc = cv2.imencode(".jpg", img)
+    (d / "f_truncated.jpg").write_bytes(enc.tobytes()[:20])
+    return img
+
+
+def test_folder_with_bad_files_is_processed_and_each_problem_reported(tmp_path):
+    img = _write_folder(tmp_path)
+    items = list(inputs.iter_frames(str(tmp_path)))
+    frames = {i.name: i for i in items if isinstance(i, inputs.Frame)}
+    skipped = {i.name: i.reason for i in items if isinstance(i, inputs.Skipped)}
+    assert sorted(frames) == ["a_good", "b_gray", "c_16bit"]
+    np.testing.assert_array_equal(frames["a_good"].image, img[..., ::-1])  # BGR on disk -> RGB
+    assert frames["b_gray"].image.shape == (40, 50, 3)
+    np.testing.assert_array_equal(frames["c_16bit"].image, img[..., ::-1])
+    assert sorted(skipped) == ["d_empty", "e_text", "f_truncated"]
+    assert "empty file" in skipped["d_empty"] and "e_text.jpg" in skipped["e_text"]
+
+
+def test_whole_input_errors(tmp_path):
+    with pytest.raises(inputs.InputError, match="no such file"):
+        list(inputs.iter_frames(str(tmp_path / "missing.jpg")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(inputs.InputError, match="no images"):
+        list(inputs.iter_frames(str(tmp_path / "empty")))
+    (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
+    with pytest.raises(inputs.InputError, match="broken.mp4"):
+        list(inputs.iter_frames(str(tmp_path / "broken.mp4")))
+
+
+def test_video_frames(tmp_path):
+    path = str(tmp_path / "clip.avi")
+    w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for k in range(5):
+        w.write(np.full((24, 32, 3), 40 * k, np.uint8))
+    w.release()
+    frames = list(inputs.iter_frames(path, video_every=2))
+    assert [f.name for f in frames] == ["clip_00000", "clip_00002", "clip_00004"]
+    assert frames[0].image.shape == (24, 32, 3)
+
+
+def _read_obj(path):
+    v, vt, f, ft = [], [], [], []
+    for line in open(path):
+        p = line.split()
+        if not p:
+            continue
+        if p[0] == "v":
+            v.append([float(x) for x in p[1:4]])
+        elif p[0] == "vt":
+            vt.append([float(x) for x in p[1:3]])
+        elif p[0] == "f":
+            f.append([int(x.split("/")[0]) - 1 for x in p[1:]])
+            if "/" in p[1]:
+                ft.append([int(x.split("/")[1]) - 1 for x in p[1:]])
+    return np.array(v), np.array(vt), np.array(f), np.array(ft)
+
+
+def test_write_obj_roundtrip_with_texture(tmp_path):
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(6, 3))
+    f = np.array([[0, 1, 2], [2, 3, 4], [3, 4, 5]])
+    vt = rng.random((7, 2))
+    ft = np.array([[0, 1, 2], [2, 3, 4], [5, 6, 0]])
+    tex = rng.random((16, 16, 3))
+    nmap = rng.uniform(-1, 1, (16, 16, 3))
+    path = export.write_obj(str(tmp_path / "m.obj"), v, f, uv_coords=vt, uv_faces=ft, texture=tex, normal_map=nmap)
+    v2, vt2, f2, ft2 = _read_obj(path)
+    np.testing.assert_allclose(v2, v, atol=1e-6)
+    np.testing.assert_allclose(vt2, vt, atol=1e-6)
+    np.testing.assert_array_equal(f2, f)
+    np.testing.assert_array_equal(ft2, ft)
+    assert "map_Kd m.png" in open(tmp_path / "m.mtl").read()
+    back = cv2.imread(str(tmp_path / "m.png"))[..., ::-1] / 255.0
+    np.testing.assert_allclose(back, tex, atol=1 / 255)
+    assert os.path.exists(tmp_path / "m_normals.png")
+
+
+def test_grid_mesh_and_dense_mesh_orientation():
+    valid = np.zeros((4, 5), bool)
+    valid[1:3, 1:4] = True  # 2 x 3 valid texels -> 1 x 2 cells -> 4 triangles
+    faces = export.grid_mesh(valid)
+    assert faces.shape == (4, 3)
+    ii, jj = np.meshgrid(np.arange(4), np.arange(5), indexing="ij")
+    pos = np.stack([jj, -ii, np.zeros_like(ii)], -1).astype(float)  # a flat sheet in the z=0 plane
+    for sign in (1.0, -1.0):
+        nrm = np.zeros((4, 5, 3))
+        nrm[..., 2] = sign
+        verts, f, _ = export.dense_detail_mesh(pos, nrm, valid)
+        assert verts.shape == (6, 3) and f.max() == 5
+        fn = np.cross(verts[f[:, 1]] - verts[f[:, 0]], verts[f[:, 2]] - verts[f[:, 0]])
+        assert np.all(np.sign(fn[:, 2]) == sign)
