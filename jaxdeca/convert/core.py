@@ -1,0 +1,141 @@
+"""Map a PyTorch-named state dict onto a Flax variables template, strictly, and save/load it.
+
+Naming rule (the Flax modules in ``jaxdeca.models`` are built for it): a torch key's numeric
+segments fold into the preceding name (``layer1.0.downsample.1.running_mean`` ->
+``layer1_0/downsample_1``), and the leaf maps as
+
+* conv ``weight`` [O, I, kh, kw] -> ``params/.../kernel`` [kh, kw, I, O]
+* linear ``weight`` [O, I] -> ``params/.../kernel`` [I, O]
+* ``bias`` -> ``params/.../bias``
+* BatchNorm ``weight``/``bias`` -> ``params/.../scale``/``bias``;
+  ``running_mean``/``running_var`` -> ``batch_stats/.../mean``/``var``.
+
+Every key must be consumed and every template leaf filled, else one ``ConversionError`` lists
+the unconsumed and the missing keys. ``num_batches_tracked`` and caller-named prefixes (``fc.``,
+``classifier.``) are explicit ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable
+
+import jax
+import numpy as np
+
+from jaxdeca.convert.torch_io import ConversionError
+
+ALWAYS_IGNORED = ("num_batches_tracked",)
+
+
+def flax_path(key: str) -> tuple:
+    """``'encoder.layer1.0.conv1'`` -> ``('encoder', 'layer1_0', 'conv1')``."""
+    out = []
+    for seg in key.split("."):
+        if re.fullmatch(r"\d+", seg) and out:
+            out[-1] = f"{out[-1]}_{seg}"
+        else:
+            out.append(seg)
+    return tuple(out)
+
+
+def _flatten(tree, prefix=()):
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) or hasattr(v, "items"):
+            flat.update(_flatten(v, prefix + (k,)))
+        else:
+            flat[prefix + (k,)] = v
+    return flat
+
+
+def _unflatten(flat):
+    tree = {}
+    for path, v in flat.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = v
+    return tree
+
+
+def torch_to_flax(state: dict, template, source: str, ignore: Iterable[str] = ()) -> dict:
+    """state: {torch key: np array}; template: Flax variables (or their ShapeDtypeStructs).
+
+    Returns ``{'params': ..., 'batch_stats': ...}`` (only the collections in the template) of
+    float32 numpy arrays. ``source`` names the file (and part) in error messages; ``ignore`` are
+    key prefixes dropped on purpose.
+    """
+    want = {p: tuple(v.shape) for p, v in _flatten(dict(template)).items()}
+    modules = {}
+    for key, value in state.items():
+        if key.endswith(ALWAYS_IGNORED) or any(key == i or key.startswith(i) for i in ignore):
+            continue
+        mod, _, leaf = key.rpartition(".")
+        modules.setdefault(mod, {})[leaf] = (key, np.asarray(value))
+    got, unconsumed, problems = {}, [], []
+    for mod, leaves in modules.items():
+        path = flax_path(mod)
+        is_bn = "running_mean" in leaves or "running_var" in leaves
+        for leaf, (key, v) in leaves.items():
+            if is_bn:
+                dest = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+                        "running_mean": ("batch_stats", "mean"),
+                        "running_var": ("batch_stats", "var")}.get(leaf)
+            elif leaf == "weight":
+                dest = ("params", "kernel")
+                v = v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T if v.ndim == 2 else v
+            elif leaf == "bias":
+                dest = ("params", "bias")
+            else:
+                dest = None
+            full = None if dest is None else (dest[0],) + path + (dest[1],)
+            if full is None or full not in want:
+                unconsumed.append(key)
+            elif tuple(v.shape) != want[full]:
+                problems.append(f"{key}: found shape {tuple(v.shape)}, expected "
+                                f"{want[full]} (after layout change)")
+            else:
+                got[full] = v.astype(np.float32)
+    missing = sorted("/".join(p) for p in want if p not in got)
+    if unconsumed or missing or problems:
+        msg = [f"{source}: weights do not match the network"]
+        if problems:
+            msg.append("shape mismatches: " + "; ".join(problems))
+        if unconsumed:
+            msg.append("unconsumed keys: " + ", ".join(sorted(unconsumed)))
+        if missing:
+            msg.append("missing: " + ", ".join(missing))
+        raise ConversionError("\n  ".join(msg))
+    return _unflatten(got)
+
+
+def init_template(module, *example_args):
+    """Shapes of ``module.init`` without running it: {'params': ..., 'batch_stats': ...}."""
+    return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *example_args))
+
+
+def save_variables(variables: dict, out_dir: str) -> str:
+    """Write a (nested) dict of arrays as an orbax PyTree checkpoint directory; returns its path."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        raise ConversionError(f"{out_dir}: output directory already exists; choose a new one")
+    ocp.PyTreeCheckpointer().save(out_dir, jax.tree.map(np.asarray, variables))
+    return out_dir
+
+
+def load_variables(directory: str) -> dict:
+    """Read a directory written by ``save_variables`` back into a nested dict of jax arrays."""
+    import orbax.checkpoint as ocp
+
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise ConversionError(f"{directory}: no such checkpoint directory")
+    try:
+        return ocp.PyTreeCheckpointer().restore(directory)
+    except Exception as e:
+        raise ConversionError(f"{directory}: not a readable orbax checkpoint: "
+                              f"{type(e).__name__}: {e}") from None

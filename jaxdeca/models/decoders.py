@@ -1,0 +1,67 @@
+"""DECA's detail decoder (``decalib/models/decoders.py: Generator``) in Flax.
+
+latent [B, 181] (128 detail code + 50 expression + 3 jaw pose) -> displacement [B, 256, 256, 1].
+
+Layout, matching the PyTorch ``nn.Sequential`` indices so weights map by name:
+``l1_0`` Dense 181 -> 8192, viewed as [B, 128, 8, 8] in CHW order then moved to NHWC;
+``conv_blocks_0`` BN(128); then five (bilinear x2 upsample, 3x3 conv, BN(eps=0.8),
+LeakyReLU 0.2) with convs at indices 2, 6, 10, 14, 18 (channels 128, 64, 64, 32, 16) and BNs at
+3, 7, 11, 15, 19; ``conv_blocks_21`` 3x3 conv to 1 channel; tanh; times ``out_scale``
+(DECA's ``max_z`` = 0.01). ``eps=0.8`` is the original's quirk (``nn.BatchNorm2d(c, 0.8)`` passes
+0.8 positionally as eps) and is kept for weight parity. DECA builds the Generator with
+``sample_mode='bilinear'``; torch's default ``align_corners=False`` equals half-pixel
+``jax.image.resize``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+DETAIL_LATENT_SIZE = 181
+CHANNELS = (128, 64, 64, 32, 16)
+
+
+def upsample_bilinear_x2(x):
+    """x: [B, H, W, C] -> [B, 2H, 2W, C]; torch ``Upsample(2, 'bilinear', align_corners=False)``."""
+    b, h, w, c = x.shape
+    return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear", antialias=False)
+
+
+class Generator(nn.Module):
+    """latent: [B, 181] -> displacement [B, 256, 256, 1] float32 in [-out_scale, out_scale]."""
+
+    out_channels: int = 1
+    out_scale: float = 0.01
+    init_size: int = 8
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, latent, train: bool = False):
+        conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                                 dtype=self.dtype, param_dtype=jnp.float32)
+        s = self.init_size
+        x = nn.Dense(128 * s * s, dtype=self.dtype, param_dtype=jnp.float32, name="l1_0")(
+            latent.astype(self.dtype))
+        x = x.reshape(x.shape[0], 128, s, s).transpose(0, 2, 3, 1)  # CHW view -> NHWC
+        x = norm(epsilon=1e-5, name="conv_blocks_0")(x)
+        idx = 1
+        for ch in CHANNELS:
+            x = upsample_bilinear_x2(x)
+            x = conv(ch, name=f"conv_blocks_{idx + 1}")(x)
+            x = norm(epsilon=0.8, name=f"conv_blocks_{idx + 2}")(x)
+            x = nn.leaky_relu(x, 0.2)
+            idx += 4
+        x = conv(self.out_channels, name=f"conv_blocks_{idx}")(x)  # idx == 21
+        return (jnp.tanh(x) * self.out_scale).astype(jnp.float32)
+
+
+def detail_decoder(dtype: Any = jnp.float32) -> Generator:
+    """DECA's D_detail: [B, 181] -> [B, 256, 256, 1] (max_z = 0.01)."""
+    return Generator(out_channels=1, out_scale=0.01, dtype=dtype)
