@@ -1,1 +1,15 @@
-"""jaxdeca.render."""
+"""jaxdeca.render: DECA's differentiable renderer in pure jax.numpy.
+
+Four orthogonal ops (camera/rasterize/interpolate/texture) plus DECA's shading, UV-space
+maps and a one-call `render` of a DECA decode. Runs on CPU/GPU/TPU; jit/vmap/grad friendly.
+"""
+from jaxdeca.render.camera import orth_proj, perspective_proj, to_pixels
+from jaxdeca.render.deca import Topology, depth_image, make_topology, render, shape_image
+from jaxdeca.render.interpolate import (face_normals, face_vertices, interpolate, interpolate_face_attr,
+                                        vertex_normals)
+from jaxdeca.render.rasterize import Fragments, barycentric, rasterize
+from jaxdeca.render.shading import (SH_CONSTANTS, directional_shading, sh_basis, sh_shading,
+                                    vertex_visibility)
+from jaxdeca.render.texture import grid_sample
+from jaxdeca.render.uv import (UVRaster, dense_grid_faces, displacement_to_normals, extract_texture,
+                               uv_rasterize, uv_to_image, world2uv)

@@ -1,0 +1,119 @@
+"""One-call DECA render of a decoded batch (DECA's Renderer.forward + render_shape +
+render_depth + world2uv + displacement2normal, in that order of its decode())."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca.render.interpolate import face_vertices, interpolate, interpolate_face_attr, vertex_normals
+from jaxdeca.render.rasterize import rasterize
+from jaxdeca.render.shading import SHAPE_GREY, directional_shading, sh_shading
+from jaxdeca.render.texture import grid_sample
+from jaxdeca.render.uv import (UVRaster, dense_grid_faces, displacement_to_normals, uv_rasterize,
+                               uv_to_image, world2uv)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Topology:
+    """Mesh topology and UV data for rendering (a pytree of arrays).
+
+    faces: [F, 3] i32; uv_faces: [F, 3] i32; uv_grid: [F, 3, 2] per-corner UVs in grid space;
+    uv_raster: UVRaster at R x R; uv_face_eye_mask, fixed_displacement: [R, R];
+    dense_faces: [Fd, 3] i32 triangles of the R x R grid (DECA generate_triangles).
+    """
+    faces: jax.Array
+    uv_faces: jax.Array
+    uv_grid: jax.Array
+    uv_raster: UVRaster
+    uv_face_eye_mask: jax.Array
+    fixed_displacement: jax.Array
+    dense_faces: jax.Array
+
+
+def _check(d, key, ndim, where):
+    if key not in d:
+        raise KeyError(f"{where}: missing key '{key}'")
+    a = np.asarray(d[key])
+    if a.ndim != ndim:
+        raise ValueError(f"{where}: key '{key}' has shape {a.shape}, expected {ndim} dims")
+    return a
+
+
+def make_topology(model, uv_size=256, where="FLAME npz"):
+    """Build a Topology from a FLAME npz dict (CONTRIBUTING schema). Missing optional masks
+    default to ones (face-eye mask) and zeros (fixed displacement)."""
+    faces = _check(model, "faces", 2, where).astype(np.int32)
+    uv_coords = _check(model, "uv_coords", 2, where).astype(np.float32)
+    uv_faces = _check(model, "uv_faces", 2, where).astype(np.int32)
+    if uv_faces.shape != faces.shape:
+        raise ValueError(f"{where}: 'uv_faces' shape {uv_faces.shape} != 'faces' shape {faces.shape}")
+    mask = np.asarray(model["uv_face_eye_mask"], np.float32) if "uv_face_eye_mask" in model else np.ones((uv_size, uv_size), np.float32)
+    fixed = np.asarray(model["fixed_displacement"], np.float32) if "fixed_displacement" in model else np.zeros((uv_size, uv_size), np.float32)
+    for k, a in (("uv_face_eye_mask", mask), ("fixed_displacement", fixed)):
+        if a.shape != (uv_size, uv_size):
+            raise ValueError(f"{where}: '{k}' has shape {a.shape}, expected {(uv_size, uv_size)}")
+    return Topology(
+        faces=jnp.asarray(faces), uv_faces=jnp.asarray(uv_faces),
+        uv_grid=uv_to_image(jnp.asarray(uv_coords))[jnp.asarray(uv_faces)],
+        uv_raster=uv_rasterize(uv_coords, uv_faces, uv_size),
+        uv_face_eye_mask=jnp.asarray(mask), fixed_displacement=jnp.asarray(fixed),
+        dense_faces=jnp.asarray(dense_grid_faces(uv_size, uv_size)))
+
+
+def depth_image(trans_verts, faces, frags):
+    """DECA render_depth: z normalised over the whole batch so the nearest point is 1.
+    trans_verts: [B, V, 3] -> [B, H, W] (0 on background)."""
+    tz = trans_verts[..., 2]
+    z = (tz.max() - tz) / jnp.maximum(tz.max() - tz.min(), 1e-12)
+    return interpolate(z[..., None], faces, frags)[..., 0]
+
+
+def shape_image(normal_images, trans_normal_images, mask):
+    """DECA render_shape: grey 180/255 x mean directional shading of world normals, masked by
+    coverage and trans normal z < 0.15. normal_images: [B, H, W, 3] -> [B, H, W, 3]."""
+    alpha = mask * (trans_normal_images[..., 2] < 0.15)
+    return SHAPE_GREY * directional_shading(normal_images) * alpha[..., None]
+
+
+def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=None, sigma=1.0):
+    """Render a DECA decode.
+
+    verts: [B, V, 3] world; trans_verts: [B, V, 3] image space (orth_proj output);
+    albedo: [B, R, R, 3] UV texture; light: [B, 9, 3] SH; topo: Topology;
+    uv_z: optional [B, R, R, 1] displacement. sigma: soft-coverage sharpness (pixel^2).
+    Returns dict: images [B,H,W,3] (albedo x SH shading x hard mask, DECA), mask [B,H,W],
+    alpha [B,H,W] (soft coverage, for silhouette gradients), grid [B,H,W,2], normal_images,
+    pos_mask [B,H,W], shape_images, depth_images [B,H,W], uv_pverts, uv_coarse_vertices,
+    uv_coarse_normals [B,R,R,3], normals [B,V,3], trans_normals [B,V,3]; with uv_z also
+    uv_detail_normals [B,R,R,3], uv_shading, uv_texture and shape_detail_images.
+    """
+    faces = topo.faces
+    B = verts.shape[0]
+    frags = rasterize(trans_verts, faces, image_size, sigma=sigma)
+    mask = frags.mask
+    normals = vertex_normals(verts, faces)
+    tnormals = vertex_normals(trans_verts, faces)
+    grid = interpolate_face_attr(jnp.broadcast_to(topo.uv_grid, (B,) + topo.uv_grid.shape), frags)
+    normal_images = interpolate(normals, faces, frags)
+    tnormal_images = interpolate(tnormals, faces, frags)
+    albedo_images = grid_sample(albedo, grid)
+    images = albedo_images * sh_shading(normal_images, light) * mask[..., None]
+    out = dict(
+        images=images, mask=mask, alpha=frags.alpha, grid=grid, normal_images=normal_images,
+        pos_mask=(tnormal_images[..., 2] < -0.05).astype(mask.dtype),
+        shape_images=shape_image(jax.lax.stop_gradient(normal_images), tnormal_images, mask),
+        depth_images=depth_image(trans_verts, faces, frags),
+        uv_pverts=world2uv(trans_verts, faces, topo.uv_raster),
+        uv_coarse_vertices=world2uv(verts, faces, topo.uv_raster),
+        uv_coarse_normals=world2uv(normals, faces, topo.uv_raster),
+        normals=normals, trans_normals=tnormals)
+    if uv_z is not None:
+        n = displacement_to_normals(uv_z, out["uv_coarse_vertices"], out["uv_coarse_normals"],
+                                    topo.uv_face_eye_mask, topo.fixed_displacement, topo.dense_faces)
+        uv_shading = sh_shading(n, light)
+        detail_normal_images = grid_sample(n, grid) * mask[..., None]
+        out.update(uv_detail_normals=n, uv_shading=uv_shading, uv_texture=albedo * uv_shading,
+                   shape_detail_images=shape_image(detail_normal_images, tnormal_images, mask))
+    return out

@@ -1,0 +1,48 @@
+"""Attribute interpolation by barycentrics, and mesh normals (DECA's vertex_normals)."""
+import jax
+import jax.numpy as jnp
+
+
+def face_vertices(attr, faces):
+    """Per-face corner attributes. attr: [B, V, C]; faces: [F, 3] -> [B, F, 3, C]."""
+    return attr[:, faces]
+
+
+def interpolate(attr, faces, frags):
+    """Interpolate per-vertex attributes. attr: [B, V, C] -> [B, H, W, C] (0 on background)."""
+    return interpolate_face_attr(face_vertices(attr, faces), frags)
+
+
+def interpolate_face_attr(face_attr, frags):
+    """Interpolate per-face corner attributes. face_attr: [B, F, 3, C] -> [B, H, W, C]."""
+    idx = jnp.maximum(frags.face_index, 0)
+    fa = jax.vmap(lambda a, i: a[i])(face_attr, idx)  # [B, H, W, 3, C]
+    out = jnp.sum(frags.bary[..., None] * fa, axis=-2)
+    return jnp.where((frags.face_index >= 0)[..., None], out, 0.0)
+
+
+def _normalize(x, eps=1e-6):
+    # torch.nn.functional.normalize: x / max(||x||, eps)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def face_normals(verts, faces):
+    """Unit face normals cross(v1 - v0, v2 - v0). verts: [B, V, 3] -> [B, F, 3]."""
+    fv = face_vertices(verts, faces)
+    return _normalize(jnp.cross(fv[..., 1, :] - fv[..., 0, :], fv[..., 2, :] - fv[..., 0, :]))
+
+
+def vertex_normals(verts, faces):
+    """Area-weighted vertex normals exactly as DECA's util.vertex_normals.
+
+    Each corner receives the (unnormalised) cross product of its two incident edges, i.e.
+    twice the face area times the face normal; sums are normalised with eps 1e-6.
+    verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3].
+    """
+    fv = face_vertices(verts, faces)
+    v0, v1, v2 = fv[..., 0, :], fv[..., 1, :], fv[..., 2, :]
+    n = jnp.zeros_like(verts)
+    n = n.at[:, faces[:, 1]].add(jnp.cross(v2 - v1, v0 - v1))
+    n = n.at[:, faces[:, 2]].add(jnp.cross(v0 - v2, v1 - v2))
+    n = n.at[:, faces[:, 0]].add(jnp.cross(v1 - v0, v2 - v0))
+    return _normalize(n)

@@ -1,0 +1,82 @@
+"""UV space: rasterize the mesh by its UVs, world2uv, displacement -> detail normals.
+
+UV image layout follows DECA: uv_coords [T, 2] in [0, 1] with v up become image space
+(2u - 1, -(2v - 1)), so row 0 of a UV map is v = 1. Topology is shared by the batch, so
+the UV rasterization is done once (no gradients needed: UVs are constants) and reused.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca.render.interpolate import face_vertices, vertex_normals
+from jaxdeca.render.rasterize import rasterize
+from jaxdeca.render.texture import grid_sample
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class UVRaster:
+    """UV-space fragments shared by a batch. face_index: [R, R] int32; bary: [R, R, 3]; mask: [R, R]."""
+    face_index: jax.Array
+    bary: jax.Array
+    mask: jax.Array
+
+
+def uv_to_image(uv_coords):
+    """uv_coords: [T, 2] in [0, 1], v up -> [T, 2] DECA image space / grid_sample grid (y down)."""
+    uv = uv_coords * 2.0 - 1.0
+    return jnp.stack([uv[..., 0], -uv[..., 1]], -1)
+
+
+def uv_rasterize(uv_coords, uv_faces, size=256):
+    """Rasterize the UV layout. uv_coords: [T, 2]; uv_faces: [F, 3] -> UVRaster at size x size."""
+    g = uv_to_image(jnp.asarray(uv_coords, jnp.float32))
+    v = jnp.concatenate([g, jnp.ones_like(g[:, :1])], -1)[None]
+    fr = rasterize(jax.lax.stop_gradient(v), uv_faces, (size, size), sigma=0.0)
+    return UVRaster(fr.face_index[0], fr.bary[0], fr.mask[0])
+
+
+def world2uv(attr, faces, uvr):
+    """DECA Renderer.world2uv: per-vertex attr [B, V, C] -> UV map [B, R, R, C] (0 outside)."""
+    fa = face_vertices(attr, faces)  # [B, F, 3, C]
+    fa = fa[:, jnp.maximum(uvr.face_index, 0)]  # [B, R, R, 3, C]
+    out = jnp.sum(uvr.bary[None, ..., None] * fa, -2)
+    return out * uvr.mask[None, ..., None]
+
+
+def dense_grid_faces(h, w, margin_x=2, margin_y=5):
+    """DECA util.generate_triangles: triangles of the h x w pixel grid, with margins. -> [F, 3] int32."""
+    xs, ys = np.meshgrid(np.arange(margin_x, w - 1 - margin_x), np.arange(margin_y, h - 1 - margin_y), indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    t0 = np.stack([ys * w + xs, ys * w + xs + 1, (ys + 1) * w + xs], -1)
+    t1 = np.stack([ys * w + xs + 1, (ys + 1) * w + xs + 1, (ys + 1) * w + xs], -1)
+    tris = np.stack([t0, t1], 1).reshape(-1, 3)  # DECA appends triangle0, triangle1 per cell
+    return tris[:, [0, 2, 1]].astype(np.int32)
+
+
+def displacement_to_normals(uv_z, uv_coarse_vertices, uv_coarse_normals, uv_face_eye_mask,
+                            fixed_displacement, dense_faces=None):
+    """DECA displacement2normal.
+
+    uv_z: [B, R, R, 1] displacement; uv_coarse_vertices / normals: [B, R, R, 3] (world2uv of
+    the coarse mesh, treated as constants like DECA's .detach()); uv_face_eye_mask: [R, R];
+    fixed_displacement: [R, R]. Returns uv_detail_normals [B, R, R, 3].
+    """
+    B, R = uv_z.shape[0], uv_z.shape[1]
+    cv = jax.lax.stop_gradient(uv_coarse_vertices)
+    cn = jax.lax.stop_gradient(uv_coarse_normals)
+    m = uv_face_eye_mask[None, ..., None]
+    z = uv_z * m
+    pts = cv + z * cn + fixed_displacement[None, ..., None] * cn
+    if dense_faces is None:
+        dense_faces = dense_grid_faces(R, R)
+    n = vertex_normals(pts.reshape(B, R * R, 3), jnp.asarray(dense_faces)).reshape(B, R, R, 3)
+    return n * m + cn * (1.0 - m)
+
+
+def extract_texture(images, uv_pverts):
+    """DECA texture extraction: sample images [B, H, W, C] at uv_pverts [B, R, R, >=2]
+    (world2uv of the transformed vertices, image space) -> [B, R, R, C]."""
+    return grid_sample(images, uv_pverts[..., :2])
