@@ -1,0 +1,115 @@
+"""Bad weight files give one clear ConversionError naming the file and the problem."""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from jaxdeca import convert
+from jaxdeca.convert import ConversionError
+from jaxdeca.convert.core import flax_path, torch_to_flax
+from test_convert_torch_refs import VGG19, randomize
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def vgg_state(tmp_path_factory):
+    return {k: v.clone() for k, v in randomize(VGG19(), 0).state_dict().items()}
+
+
+def test_flax_path_folds_indices():
+    assert flax_path("encoder.layer1.0.downsample.1") == ("encoder", "layer1_0", "downsample_1")
+    assert flax_path("conv_blocks.21") == ("conv_blocks_21",)
+
+
+def test_truncated_torch_file(tmp_path, vgg_state):
+    src = tmp_path / "vgg19.pth"
+    torch.save(vgg_state, src)
+    data = src.read_bytes()
+    src.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConversionError, match=r"vgg19\.pth: not a readable PyTorch checkpoint"):
+        convert.convert_vgg19(str(src))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConversionError, match="nope.tar: no such file"):
+        convert.convert_deca(str(tmp_path / "nope.tar"))
+
+
+def test_wrong_pickle(tmp_path):
+    src = tmp_path / "resnet50_ft_weight.pkl"
+    src.write_bytes(b"this is not a pickle at all")
+    with pytest.raises(ConversionError, match="resnet50_ft_weight.pkl: not a readable pickle"):
+        convert.convert_vggface2(str(src))
+    with open(src, "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(ConversionError, match="expected a dict of arrays, found list"):
+        convert.convert_vggface2(str(src))
+
+
+def test_unconsumed_and_missing_keys_are_named(tmp_path, vgg_state):
+    state = dict(vgg_state)
+    del state["features.34.bias"]
+    state["features.99.weight"] = torch.zeros(3, 3, 3, 3)
+    src = tmp_path / "vgg19.pth"
+    torch.save(state, src)
+    with pytest.raises(ConversionError) as e:
+        convert.convert_vgg19(str(src))
+    msg = str(e.value)
+    assert "vgg19.pth" in msg
+    assert "unconsumed keys: features.99.weight" in msg
+    assert "missing: params/features_34/bias" in msg
+
+
+def test_shape_mismatch_is_named(tmp_path, vgg_state):
+    state = dict(vgg_state)
+    state["features.0.weight"] = torch.zeros(64, 4, 3, 3)
+    src = tmp_path / "vgg19.pth"
+    torch.save(state, src)
+    with pytest.raises(ConversionError, match=r"features\.0\.weight: found shape \(3, 3, 4, 64\), "
+                                              r"expected \(3, 3, 3, 64\)"):
+        convert.convert_vgg19(str(src))
+
+
+def test_deca_file_without_parts(tmp_path, vgg_state):
+    src = tmp_path / "deca_model.tar"
+    torch.save({"E_flame": {}, "opt": {}, "something": 1}, src)
+    with pytest.raises(ConversionError, match=r"missing parts \['E_detail', 'D_detail'\], "
+                                              r"unexpected entries \['something'\]"):
+        convert.convert_deca(str(src))
+
+
+def test_torch_to_flax_round_trip_layouts():
+    template = {"params": {"lin": {"kernel": np.zeros((3, 2)), "bias": np.zeros(2)},
+                           "conv": {"kernel": np.zeros((1, 2, 3, 4))},
+                           "bn": {"scale": np.zeros(4), "bias": np.zeros(4)}},
+                "batch_stats": {"bn": {"mean": np.zeros(4), "var": np.zeros(4)}}}
+    w = np.arange(6.0).reshape(2, 3)
+    conv = np.arange(24.0).reshape(4, 3, 1, 2)
+    out = torch_to_flax({"lin.weight": w, "lin.bias": np.ones(2), "conv.weight": conv,
+                         "bn.weight": np.full(4, 2.0), "bn.bias": np.zeros(4),
+                         "bn.running_mean": np.arange(4.0), "bn.running_var": np.ones(4),
+                         "bn.num_batches_tracked": np.array(3)}, template, "x")
+    np.testing.assert_array_equal(out["params"]["lin"]["kernel"], w.T)
+    np.testing.assert_array_equal(out["params"]["conv"]["kernel"][0, 1, 2, 3], conv[3, 2, 0, 1])
+    np.testing.assert_array_equal(out["batch_stats"]["bn"]["mean"], np.arange(4.0))
+    np.testing.assert_array_equal(out["params"]["bn"]["scale"], np.full(4, 2.0))
+
+
+def test_cli_reports_error_in_one_line(tmp_path):
+    bad = tmp_path / "deca_model.tar"
+    bad.write_bytes(b"PK\x03\x04garbage")
+    proc = subprocess.run([sys.executable, "-m", "jaxdeca.convert", "deca", "--src", str(bad),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "deca_model.tar" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_load_variables_bad_dir(tmp_path):
+    with pytest.raises(ConversionError, match="no such checkpoint directory"):
+        convert.load_variables(str(tmp_path / "missing"))
