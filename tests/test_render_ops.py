@@ -1,0 +1,145 @@
+"""Camera, grid_sample (torch parity), SH and directional shading, normals, UV maps."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jaxdeca.render import (SH_CONSTANTS, dense_grid_faces, directional_shading, displacement_to_normals,
+                            face_normals, grid_sample, orth_proj, perspective_proj, sh_shading,
+                            to_pixels, uv_rasterize, vertex_normals, vertex_visibility, world2uv)
+
+
+def test_orth_proj_hand_computed():
+    v = jnp.array([[[0.1, 0.2, 0.3]]])
+    cam = jnp.array([[2.0, 0.5, -0.1]])
+    np.testing.assert_allclose(orth_proj(v, cam)[0, 0], [1.2, -0.2, -0.6], atol=1e-6)
+    np.testing.assert_allclose(to_pixels(jnp.array([-1.0, 1.0, 7.0]), (10, 20)), [0.0, 10.0, 7.0])
+
+
+def test_perspective_centre_and_scale():
+    v = jnp.array([[[0.0, 0.0, -2.0], [1.0, 1.0, -2.0]]])
+    out = perspective_proj(v, jnp.array([100.0]), jnp.array([[32.0, 32.0]]), (64, 64))
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.0, 2.0], atol=1e-6)
+    # x -> 32 + 50 px (right), y up in camera -> 32 - 50 px (up in the image)
+    np.testing.assert_allclose(to_pixels(out, (64, 64))[0, 1, :2], [82.0, -18.0], atol=1e-4)
+
+
+def test_grid_sample_matches_torch_including_out_of_range():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+    grid = rng.uniform(-1.6, 1.6, size=(2, 9, 11, 2)).astype(np.float32)
+    grid[0, 0, :4] = [[-1, -1], [1, 1], [-1.0 - 1 / 7, 0], [1.0, 1.0 + 1 / 5]]  # exact borders
+    ref = torch.nn.functional.grid_sample(torch.from_numpy(img).permute(0, 3, 1, 2), torch.from_numpy(grid),
+                                          mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = grid_sample(jnp.asarray(img), jnp.asarray(grid))
+    np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    # gradients w.r.t. image and grid agree with torch autograd
+    ti = torch.from_numpy(img).permute(0, 3, 1, 2).requires_grad_()
+    tg = torch.from_numpy(grid).requires_grad_()
+    torch.nn.functional.grid_sample(ti, tg, align_corners=False).pow(2).sum().backward()
+    gi, gg = jax.grad(lambda i, g: jnp.sum(grid_sample(i, g) ** 2), argnums=(0, 1))(jnp.asarray(img), jnp.asarray(grid))
+    np.testing.assert_allclose(gi, ti.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+    inner = np.abs(grid).max(-1) < 0.9  # torch's grid grad at exact integer taps is one-sided
+    np.testing.assert_allclose(np.asarray(gg)[inner], tg.grad.numpy()[inner], atol=1e-3)
+
+
+def test_sh_constants_and_closed_form():
+    np.testing.assert_allclose(SH_CONSTANTS, [0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086,
+                                              0.858086, 0.429043, 0.247708], atol=1e-6)
+    n = np.array([[0.0, 0.0, 1.0], [0.6, 0.0, 0.8], [0.0, -1.0, 0.0]], np.float32)
+    light = np.random.default_rng(1).normal(size=(1, 9, 3)).astype(np.float32)
+    out = np.asarray(sh_shading(jnp.asarray(n[None]), jnp.asarray(light)))[0]
+    c = SH_CONSTANTS
+    for k, (x, y, z) in enumerate(n):
+        basis = np.array([1, x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1]) * c
+        np.testing.assert_allclose(out[k], basis @ light[0], atol=1e-5)
+    # n = +z with only the band-0 and z terms: 0.282095 l0 + 1.023327 l3 + 2 * 0.247708 l8
+    np.testing.assert_allclose(out[0], c[0] * light[0, 0] + c[3] * light[0, 3] + 2 * c[8] * light[0, 8], atol=1e-5)
+
+
+def test_directional_shading_hand_computed():
+    # n = +z: the 4 corner lights give 1/sqrt(3), the frontal one 1 -> mean * 1.7
+    s = directional_shading(jnp.array([[0.0, 0.0, 1.0]]))
+    np.testing.assert_allclose(s[0], 1.7 * (4 / np.sqrt(3) + 1) / 5 * np.ones(3), atol=1e-5)
+    s = directional_shading(jnp.array([[0.0, 0.0, -1.0]]))
+    np.testing.assert_allclose(s[0], 0.0)
+    np.testing.assert_array_equal(vertex_visibility(jnp.array([[[0, 0, -1.0], [0, 0, 0.2]]])), [[1.0, 0.0]])
+
+
+def torch_vertex_normals(vertices, faces):
+    """DECA util.vertex_normals (torch), the reference."""
+    bs, nv = vertices.shape[:2]
+    normals = torch.zeros(bs * nv, 3)
+    faces = faces + (torch.arange(bs) * nv)[:, None, None]
+    vf = vertices.reshape((bs * nv, 3))[faces.long()]
+    faces = faces.reshape(-1, 3)
+    vf = vf.reshape(-1, 3, 3)
+    normals.index_add_(0, faces[:, 1].long(), torch.cross(vf[:, 2] - vf[:, 1], vf[:, 0] - vf[:, 1], dim=-1))
+    normals.index_add_(0, faces[:, 2].long(), torch.cross(vf[:, 0] - vf[:, 2], vf[:, 1] - vf[:, 2], dim=-1))
+    normals.index_add_(0, faces[:, 0].long(), torch.cross(vf[:, 1] - vf[:, 0], vf[:, 2] - vf[:, 0], dim=-1))
+    return torch.nn.functional.normalize(normals, eps=1e-6, dim=1).reshape((bs, nv, 3))
+
+
+def test_vertex_normals_match_deca_torch():
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(2, 12, 3)).astype(np.float32)
+    f = np.stack([rng.choice(12, 3, replace=False) for _ in range(20)]).astype(np.int32)
+    ref = torch_vertex_normals(torch.from_numpy(v), torch.from_numpy(f)[None].expand(2, -1, -1))
+    np.testing.assert_allclose(vertex_normals(jnp.asarray(v), f), ref.numpy(), atol=1e-5)
+    fn = face_normals(jnp.asarray(v), f)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(fn), axis=-1), 1.0, atol=1e-5)
+
+
+def deca_generate_triangles(h, w, margin_x=2, margin_y=5):
+    tris = []
+    for x in range(margin_x, w - 1 - margin_x):
+        for y in range(margin_y, h - 1 - margin_y):
+            tris.append([y * w + x, y * w + x + 1, (y + 1) * w + x])
+            tris.append([y * w + x + 1, (y + 1) * w + x + 1, (y + 1) * w + x])
+    return np.array(tris)[:, [0, 2, 1]]
+
+
+def test_dense_grid_faces_equal_deca_loop():
+    np.testing.assert_array_equal(dense_grid_faces(16, 12), deca_generate_triangles(16, 12))
+
+
+def quad():
+    """A unit square as two triangles, UVs equal to its xy."""
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
+    return uv, faces
+
+
+def test_uv_maps_of_a_quad():
+    uv, faces = quad()
+    uvr = uv_rasterize(uv, faces, 16)
+    assert bool((uvr.face_index >= 0).all())
+    verts = jnp.asarray(np.concatenate([uv, np.zeros((4, 1))], 1)[None].astype(np.float32))
+    pos = np.asarray(world2uv(verts, faces, uvr))[0]
+    c = (np.arange(16) + 0.5) / 16
+    np.testing.assert_allclose(pos[..., 0], np.broadcast_to(c[None, :], (16, 16)), atol=1e-5)
+    np.testing.assert_allclose(pos[..., 1], np.broadcast_to(1 - c[:, None], (16, 16)), atol=1e-5)  # row 0 is v = 1
+
+
+def test_displacement_normals_plane_and_bump():
+    R = 32
+    c = (np.arange(R) + 0.5) / R
+    pos = np.stack(list(np.meshgrid(c, 1 - c, indexing="xy")) + [np.zeros((R, R))], -1)[None].astype(np.float32)
+    nrm = np.broadcast_to(np.array([0, 0, 1.0], np.float32), pos.shape)
+    mask = np.ones((R, R), np.float32)
+    zero = np.zeros((1, R, R, 1), np.float32)
+    n = displacement_to_normals(jnp.asarray(zero), jnp.asarray(pos), jnp.asarray(nrm), jnp.asarray(mask),
+                                jnp.zeros((R, R)))
+    inner = np.asarray(n)[0, 6:-7, 3:-4]
+    np.testing.assert_allclose(np.abs(inner[..., 2]), 1.0, atol=1e-5)
+    # a ramp in displacement tilts the normal; outside the mask the coarse normal is kept
+    ramp = (0.01 * np.arange(R)[None, None, :, None] * np.ones((1, R, R, 1))).astype(np.float32)
+    mask[:, : R // 2] = 0
+    n2 = np.asarray(displacement_to_normals(jnp.asarray(ramp), jnp.asarray(pos), jnp.asarray(nrm), jnp.asarray(mask),
+                                            jnp.zeros((R, R))))[0]
+    np.testing.assert_allclose(n2[:, : R // 2], nrm[0, :, : R // 2])
+    tilt = n2[10, R // 2 + 5]
+    assert abs(tilt[0]) > 0.2 and abs(tilt[1]) < 1e-4
+    g = jax.grad(lambda z: displacement_to_normals(z, jnp.asarray(pos), jnp.asarray(nrm), jnp.asarray(mask),
+                                                   jnp.zeros((R, R))).sum())(jnp.asarray(ramp))
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
