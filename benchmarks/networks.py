@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca.models import coarse_encoder, decompose_code, detail_decoder, detail_encoder
+from jaxdeca.models import (coarse_encoder, decompose_code, detail_decoder, detail_encoder,
+                            detail_latent)
 
 
 def make_step(dtype):
-    e_flame, e_detail, d_detail = coarse_encoder(dtype), detail_encoder(dtype), detail_decoder(dtype)
+    e_flame, e_detail = coarse_encoder(dtype), detail_encoder(dtype)
+    d_detail = detail_decoder(dtype)
     x = jnp.zeros((1, 224, 224, 3))
     variables = jax.jit(lambda k: (e_flame.init(k, x), e_detail.init(k, x),
                                    d_detail.init(k, jnp.zeros((1, 181)))))(jax.random.PRNGKey(0))
@@ -32,7 +34,7 @@ def make_step(dtype):
         vf, vd, vg = variables
         code = decompose_code(e_flame.apply(vf, images))
         detail = e_detail.apply(vd, images)
-        latent = jnp.concatenate([detail, code["exp"], code["pose"][:, 3:]], axis=1)
+        latent = detail_latent(code["pose"], code["exp"], detail)
         return d_detail.apply(vg, latent)
 
     return step, variables
@@ -57,7 +59,7 @@ def torch_step(batch):
     def run():
         with torch.no_grad():
             code = nets[0](images)
-            latent = torch.cat([nets[1](images), code[:, 150:200], code[:, 203:206]], 1)
+            latent = torch.cat([code[:, 203:206], code[:, 150:200], nets[1](images)], 1)
             return nets[2](latent)
 
     return run

@@ -15,7 +15,7 @@ import torch
 
 from jaxdeca import convert
 from jaxdeca.models import (VGG19Features, coarse_encoder, decompose_code, detail_decoder,
-                            detail_encoder, vggface2_preprocess, vggface2_resnet50)
+                            detail_encoder, detail_latent, vggface2_preprocess, vggface2_resnet50)
 from jaxdeca.models.resnet import ResNet50
 from test_convert_torch_refs import (VGG19, Generator, ResNet, ResnetEncoder, randomize,
                                      save_deca_tar, save_vggface2_pkl, to_nchw)
@@ -56,13 +56,15 @@ def test_deca_codes_and_displacement_match_pytorch(deca_case, images):
     detail = detail_encoder().apply(variables["E_detail"], images)
     assert_close(code, ref_code)
     assert_close(detail, ref_detail)
-    # DECA's decode: cat(detailcode, expcode, jaw pose) -> D_detail.
-    parts = decompose_code(jnp.asarray(ref_code))
-    latent = np.concatenate([ref_detail, np.asarray(parts["exp"]),
-                             np.asarray(parts["pose"][:, 3:])], axis=1)
+    # DECA's decode: D_detail(cat([pose[:, 3:], exp, detail])), each side on its own codes.
     with torch.no_grad():
-        ref_disp = d_detail(torch.from_numpy(latent)).numpy().transpose(0, 2, 3, 1)
-    disp = detail_decoder().apply(variables["D_detail"], latent)
+        ref_latent = torch.cat([torch.from_numpy(ref_code[:, 203:206]),
+                                torch.from_numpy(ref_code[:, 150:200]),
+                                torch.from_numpy(ref_detail)], dim=1)
+        ref_disp = d_detail(ref_latent).numpy().transpose(0, 2, 3, 1)
+    parts = decompose_code(code)
+    disp = detail_decoder().apply(variables["D_detail"],
+                                  detail_latent(parts["pose"], parts["exp"], detail))
     assert disp.shape == (2, 256, 256, 1)
     assert_close(disp, ref_disp)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from jaxdeca.models import (Generator, ResnetEncoder, VGG19Features, coarse_encoder,
-                            deca_layer_names, decompose_code, detail_decoder, vggface2_preprocess)
+                            deca_layer_names, decompose_code, detail_decoder, detail_latent,
+                            vggface2_preprocess)
 from jaxdeca.models.resnet import max_pool_3x3_s2
 
 KEY = jax.random.PRNGKey(0)
@@ -23,6 +24,14 @@ def test_decompose_code_order_and_light_layout():
     np.testing.assert_array_equal(p["light"][0, 1], [212, 213, 214])  # row-major (9, 3)
     with pytest.raises(ValueError, match="expected last dim 236"):
         decompose_code(jnp.zeros((1, 235)))
+
+
+def test_detail_latent_is_jaw_exp_detail():
+    pose = jnp.arange(6.0)[None]
+    z = detail_latent(pose, jnp.full((1, 50), 7.0), jnp.full((1, 128), 9.0))
+    assert z.shape == (1, 181)
+    np.testing.assert_array_equal(z[0, :3], [3, 4, 5])
+    assert float(z[0, 3]) == 7 and float(z[0, 53]) == 9
 
 
 def test_deca_vgg_layer_naming():
@@ -97,7 +106,8 @@ def test_bf16_compute_keeps_float32_params_and_tracks_f32():
     model32, model16 = detail_decoder(), detail_decoder(dtype=jnp.bfloat16)
     z = jax.random.normal(KEY, (2, 181))
     v = model32.init(KEY, z)
-    assert {l.dtype for l in jax.tree.leaves(jax.eval_shape(model16.init, KEY, z))} == {jnp.dtype(jnp.float32)}
+    shapes16 = jax.eval_shape(model16.init, KEY, z)
+    assert {l.dtype for l in jax.tree.leaves(shapes16)} == {jnp.dtype(jnp.float32)}
     a, b = jax.jit(model32.apply)(v, z), jax.jit(model16.apply)(v, z)
     assert b.dtype == jnp.float32
     assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max())

@@ -31,7 +31,8 @@ def convert_deca(src: str) -> dict:
     """deca_model.tar -> {'E_flame': vars, 'E_detail': vars, 'D_detail': vars}."""
     ckpt = load_torch_file(src)
     if not hasattr(ckpt, "keys"):
-        raise ConversionError(f"{src}: expected a dict with {DECA_PARTS}, found {type(ckpt).__name__}")
+        raise ConversionError(f"{src}: expected a dict with {DECA_PARTS}, "
+                              f"found {type(ckpt).__name__}")
     extra = sorted(set(map(str, ckpt.keys())) - set(DECA_PARTS) - set(DECA_IGNORED))
     missing = [p for p in DECA_PARTS if p not in ckpt]
     if missing or extra:

@@ -55,7 +55,8 @@ def load_pickle_arrays(path) -> dict:
 def state_dict_to_numpy(state, path, what) -> dict:
     """Torch state dict (``{name: tensor}``) -> ``{name: float32/int numpy array}``."""
     if not isinstance(state, Mapping):
-        raise ConversionError(f"{path}: {what} should be a state dict, found {type(state).__name__}")
+        raise ConversionError(f"{path}: {what} should be a state dict, "
+                              f"found {type(state).__name__}")
     out = {}
     for k, v in state.items():
         if hasattr(v, "detach"):

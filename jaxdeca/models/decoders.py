@@ -1,6 +1,8 @@
 """DECA's detail decoder (``decalib/models/decoders.py: Generator``) in Flax.
 
-latent [B, 181] (128 detail code + 50 expression + 3 jaw pose) -> displacement [B, 256, 256, 1].
+latent [B, 181] -> displacement [B, 256, 256, 1]; the latent is DECA's
+``cat([pose[:, 3:], exp, detail])`` (jaw pose 3 + expression 50 + detail code 128), built by
+``detail_latent``.
 
 Layout, matching the PyTorch ``nn.Sequential`` indices so weights map by name:
 ``l1_0`` Dense 181 -> 8192, viewed as [B, 128, 8, 8] in CHW order then moved to NHWC;
@@ -30,6 +32,14 @@ def upsample_bilinear_x2(x):
     """x: [B, H, W, C] -> [B, 2H, 2W, C]; torch ``Upsample(2, 'bilinear', align_corners=False)``."""
     b, h, w, c = x.shape
     return jax.image.resize(x, (b, 2 * h, 2 * w, c), method="bilinear", antialias=False)
+
+
+def detail_latent(pose, exp, detail):
+    """DECA's D_detail input, ``cat([jaw pose, exp, detail])``.
+
+    pose: [B, 6], exp: [B, 50], detail: [B, 128] -> [B, 181].
+    """
+    return jnp.concatenate([pose[..., 3:], exp, detail], axis=-1)
 
 
 class Generator(nn.Module):

@@ -12,6 +12,9 @@ Submodule names mirror the PyTorch keys with ``.<index>`` folded into ``_<index>
 (``layer1.0.downsample.1`` -> ``layer1_0/downsample_1``); ``jaxdeca.convert`` relies on it.
 BatchNorm keeps running statistics in the ``batch_stats`` collection with momentum 0.9
 (PyTorch's 0.1) and eps 1e-5. Params are float32; ``dtype`` sets the compute precision.
+Inference (``train=False``) matches PyTorch's eval mode exactly; in training the running
+variance is updated with the biased batch variance (Flax) where PyTorch uses the unbiased one,
+a factor n/(n-1) that is negligible at DECA's batch sizes.
 """
 
 from __future__ import annotations
