@@ -113,3 +113,25 @@ def test_cli_reports_error_in_one_line(tmp_path):
 def test_load_variables_bad_dir(tmp_path):
     with pytest.raises(ConversionError, match="no such checkpoint directory"):
         convert.load_variables(str(tmp_path / "missing"))
+
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None\nfrom jaxdeca import convert\n"
+
+
+def test_vggface2_pkl_needs_no_torch_and_pth_names_the_extra(tmp_path):
+    from test_convert_torch_refs import ResNet, save_vggface2_pkl
+
+    pkl = tmp_path / "resnet50_ft_weight.pkl"
+    save_vggface2_pkl(str(pkl), ResNet(caffe=True, with_fc=True, num_classes=3))
+    pth = tmp_path / "vgg19.pth"
+    pth.write_bytes(b"anything")
+    code = BLOCK_TORCH + (
+        f"v = convert.convert_vggface2({str(pkl)!r})\n"
+        "assert v['params']['layer4_2']['conv3']['kernel'].shape == (1, 1, 512, 2048)\n"
+        "try:\n"
+        f"    convert.convert_vgg19({str(pth)!r})\n"
+        "except convert.ConversionError as e:\n"
+        "    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "vgg19.pth: reading PyTorch files needs torch; pip install jaxdeca[torch]" in proc.stdout
