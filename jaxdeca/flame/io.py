@@ -1,0 +1,508 @@
+"""Reading and writing FLAME files: the official layouts and jaxdeca's plain npz.
+
+Official files, read with neither chumpy nor torch installed:
+  generic_model.pkl           FLAME 2020/2023, a Python-2 pickle of chumpy `Ch` objects and a
+                              scipy sparse J_regressor. chumpy classes are mapped to a shim that
+                              keeps the pickled array (chumpy breaks on Python >= 3.11/NumPy 2).
+  landmark_embedding.npy      DECA's landmark file: a pickled dict whose dynamic entries are
+                              torch tensors; torch's storage bytes are parsed here.
+  FLAME_albedo_from_BFM.npz   MU (R*R*3), PC (R*R*3, 199), values 0..1.
+  FLAME_texture.npz           mean (R,R,3), tex_dir (R,R,3,200), values 0..255.
+  head_template.obj           v / vt / f with v/vt indices: the UV layout.
+  uv_face_eye_mask.png, uv_face_mask.png, fixed_displacement_256.npy (DECA's data folder).
+
+The plain format (`load_npz` / `save_npz`) is one npz with the keys listed in
+CONTRIBUTING.md; `validate` refuses a wrong layout naming the file, key and shapes.
+Writers for every official layout exist so that tests (and the demo head) can produce files
+exactly as the official ones are laid out.
+"""
+from __future__ import annotations
+
+import io as _io
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- plain npz
+
+REQUIRED = {
+    "v_template": ("V", 3), "shapedirs": ("V", 3, None), "exprdirs": ("V", 3, None), "posedirs": ("V", 3, 36),
+    "J_regressor": (5, "V"), "parents": (5,), "lbs_weights": ("V", 5), "faces": ("F", 3),
+    "uv_coords": ("T", 2), "uv_faces": ("F", 3),
+    "static_lmk_faces_idx": (51,), "static_lmk_bary_coords": (51, 3),
+    "dynamic_lmk_faces_idx": (79, 17), "dynamic_lmk_bary_coords": (79, 17, 3),
+    "full_lmk_faces_idx": (68,), "full_lmk_bary_coords": (68, 3),
+}
+OPTIONAL = {
+    "albedo_mean": ("R", "R", 3), "albedo_basis": ("R", "R", 3, None),
+    "uv_face_eye_mask": (256, 256), "uv_face_mask": (256, 256), "fixed_displacement": (256, 256),
+}
+
+
+class FlameFileError(ValueError):
+    """A FLAME-related file is missing, unreadable or has the wrong layout."""
+
+
+def _check_shapes(arrays: dict, specs: dict, where: str, sizes: dict, required: bool) -> None:
+    for key, spec in specs.items():
+        if key not in arrays:
+            if required:
+                raise FlameFileError(f"{where}: missing key '{key}' (expected shape {_fmt(spec, sizes)})")
+            continue
+        shape = tuple(np.shape(arrays[key]))
+        ok = len(shape) == len(spec)
+        if ok:
+            for dim, want in zip(shape, spec):
+                if isinstance(want, str):
+                    ok &= sizes.setdefault(want, dim) == dim
+                elif want is not None:
+                    ok &= dim == want
+        if not ok:
+            raise FlameFileError(f"{where}: key '{key}' has shape {shape}, expected {_fmt(spec, sizes)}")
+
+
+def _fmt(spec, sizes):
+    return "(" + ", ".join(f"{w}={sizes[w]}" if isinstance(w, str) and w in sizes else
+                           ("any" if w is None else str(w)) for w in spec) + ")"
+
+
+def validate(arrays: dict, where: str = "FLAME model") -> None:
+    """Checks a FLAME npz dict against the schema; raises FlameFileError on the first problem."""
+    sizes: dict[str, int] = {}
+    _check_shapes(arrays, REQUIRED, where, sizes, required=True)
+    _check_shapes(arrays, OPTIONAL, where, sizes, required=False)
+    if ("albedo_mean" in arrays) != ("albedo_basis" in arrays):
+        raise FlameFileError(f"{where}: 'albedo_mean' and 'albedo_basis' must be given together")
+    F, V, T = arrays["faces"].shape[0], arrays["v_template"].shape[0], arrays["uv_coords"].shape[0]
+    for key, hi in (("faces", V), ("uv_faces", T), ("static_lmk_faces_idx", F), ("dynamic_lmk_faces_idx", F),
+                    ("full_lmk_faces_idx", F)):
+        a = np.asarray(arrays[key])
+        if a.size and (a.min() < 0 or a.max() >= hi):
+            raise FlameFileError(f"{where}: key '{key}' has indices in [{a.min()}, {a.max()}], expected [0, {hi - 1}]")
+
+
+def load_npz(path: str) -> dict:
+    """Reads a FLAME npz into a dict of numpy arrays (validated)."""
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: FLAME model file not found")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:  # noqa: BLE001 -- any unreadable file gets one message
+        raise FlameFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
+    validate(arrays, path)
+    return arrays
+
+
+def save_npz(path: str, arrays: dict) -> str:
+    """Validates and writes a FLAME npz (compressed)."""
+    validate(arrays, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    return path
+
+
+# ----------------------------------------------------------------------------- pickles without chumpy / torch
+
+class _ChumpyShim:
+    """Stands in for any chumpy class while unpickling; keeps the pickled state."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def to_array(self, key: str, where: str) -> np.ndarray:
+        state = self.state if isinstance(self.state, dict) else {}
+        if "x" in state:
+            return np.asarray(state["x"])
+        raise FlameFileError(f"{where}: key '{key}' is a chumpy expression ({sorted(state)[:6]}...), "
+                             "not a plain chumpy array; re-export the model with plain arrays")
+
+
+_TORCH_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16, "CharStorage": np.int8,
+    "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _Storage:
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.data = None
+
+
+def _torch_legacy_storage(data: bytes) -> np.ndarray:
+    """Parses the legacy torch.save stream that `torch.storage._load_from_bytes` receives."""
+    f = _io.BytesIO(data)
+    for _ in range(3):  # magic number, protocol version, system info
+        pickle.load(f)
+    storages: dict[str, _Storage] = {}
+
+    class U(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module.startswith("torch") and name in _TORCH_DTYPES:
+                return _TORCH_DTYPES[name]
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid):
+            # ('storage', storage_type, key, location, numel[, view_metadata])
+            _, dtype, key = pid[0], pid[1], str(pid[2])
+            return storages.setdefault(key, _Storage(np.dtype(dtype)))
+
+    root = U(f).load()
+    keys = pickle.load(f)
+    for key in keys:
+        n = int(np.frombuffer(f.read(8), "<i8")[0])
+        st = storages[str(key)]
+        st.data = np.frombuffer(f.read(n * st.dtype.itemsize), st.dtype)
+    return root.data
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+    flat = storage if isinstance(storage, np.ndarray) else storage.data
+    if len(size) == 0:
+        return flat[offset].copy()
+    item = flat.dtype.itemsize
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)).copy()
+
+
+class _OfficialUnpickler(pickle.Unpickler):
+    """Maps chumpy classes to a shim and torch tensors to numpy, without importing either."""
+
+    def find_class(self, module, name):
+        if module == "chumpy" or module.startswith("chumpy."):
+            return _ChumpyShim
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
+            return _rebuild_tensor
+        if module == "torch.storage" and name == "_load_from_bytes":
+            return _torch_legacy_storage
+        if module == "torch._utils" and name == "_rebuild_parameter":
+            return lambda data, requires_grad, hooks, *a: data
+        if module.startswith("torch"):
+            raise pickle.UnpicklingError(f"unsupported torch object {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: str, what: str):
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: {what} not found")
+    try:
+        with open(path, "rb") as f:
+            if path.endswith(".npy"):
+                magic = f.read(6)
+                if magic != b"\x93NUMPY":
+                    raise pickle.UnpicklingError("not an .npy file")
+                major = f.read(2)[0]
+                hlen = int.from_bytes(f.read(2 if major == 1 else 4), "little")
+                header = f.read(hlen).decode("latin1")
+                if "'O'" not in header and '"O"' not in header and "|O" not in header:
+                    raise pickle.UnpicklingError(f"expected a pickled object array, header {header.strip()}")
+            obj = _OfficialUnpickler(f, encoding="latin1").load()
+    except FlameFileError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- truncated/corrupt/wrong file: one clear message
+        raise FlameFileError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from None
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise FlameFileError(f"{path}: {what} should hold a dict, found {type(obj).__name__}")
+    return obj
+
+
+def _array(d: dict, key: str, where: str) -> np.ndarray:
+    if key not in d:
+        raise FlameFileError(f"{where}: missing key '{key}'")
+    v = d[key]
+    if isinstance(v, _ChumpyShim):
+        return v.to_array(key, where)
+    if hasattr(v, "toarray"):  # scipy sparse
+        return np.asarray(v.toarray())
+    return np.asarray(v)
+
+
+def read_generic_model_pkl(path: str) -> dict:
+    """Official FLAME `generic_model.pkl` -> the geometry keys of the npz schema."""
+    d = _unpickle(path, "FLAME model pickle")
+    shapedirs = _array(d, "shapedirs", path)
+    if shapedirs.ndim != 3 or shapedirs.shape[1] != 3 or shapedirs.shape[2] < 301:
+        raise FlameFileError(f"{path}: key 'shapedirs' has shape {shapedirs.shape}, expected (V, 3, 400) "
+                             "(300 identity + 100 expression components)")
+    kintree = _array(d, "kintree_table", path)
+    parents = kintree[0].astype(np.int64)
+    parents[0] = -1
+    out = dict(
+        v_template=_array(d, "v_template", path).astype(np.float32),
+        shapedirs=shapedirs[:, :, :300].astype(np.float32),
+        exprdirs=shapedirs[:, :, 300:].astype(np.float32),
+        posedirs=_array(d, "posedirs", path).astype(np.float32),
+        J_regressor=_array(d, "J_regressor", path).astype(np.float32),
+        parents=parents.astype(np.int32),
+        lbs_weights=_array(d, "weights", path).astype(np.float32),
+        faces=_array(d, "f", path).astype(np.int32),
+    )
+    sizes: dict[str, int] = {}
+    geo = {k: v for k, v in REQUIRED.items() if k in out}
+    _check_shapes(out, geo, path, sizes, required=True)
+    return out
+
+
+def read_landmark_embedding(path: str) -> dict:
+    """DECA's `landmark_embedding.npy` -> the six landmark keys of the npz schema."""
+    d = _unpickle(path, "landmark embedding")
+    out = dict(
+        static_lmk_faces_idx=_array(d, "static_lmk_faces_idx", path).astype(np.int32).reshape(-1),
+        static_lmk_bary_coords=_array(d, "static_lmk_bary_coords", path).astype(np.float32).reshape(-1, 3),
+        dynamic_lmk_faces_idx=_array(d, "dynamic_lmk_faces_idx", path).astype(np.int32),
+        dynamic_lmk_bary_coords=_array(d, "dynamic_lmk_bary_coords", path).astype(np.float32),
+        full_lmk_faces_idx=_array(d, "full_lmk_faces_idx", path).astype(np.int32).reshape(-1),
+        full_lmk_bary_coords=_array(d, "full_lmk_bary_coords", path).astype(np.float32).reshape(-1, 3),
+    )
+    _check_shapes(out, {k: REQUIRED[k] for k in out}, path, {}, required=True)
+    return out
+
+
+def read_albedo(path: str) -> dict:
+    """FLAME_albedo_from_BFM.npz (MU, PC) or FLAME_texture.npz (mean, tex_dir, 0..255).
+
+    Returns albedo_mean [R, R, 3] and albedo_basis [R, R, 3, K] in the file's channel order,
+    values 0..1 (DECA's FLAMETex reshapes the flat BFM arrays to (R, R, 3)).
+    """
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: albedo file not found")
+    try:
+        f = dict(np.load(path, allow_pickle=False))
+    except Exception as e:  # noqa: BLE001
+        raise FlameFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
+    if "MU" in f and "PC" in f:
+        mean, basis = np.asarray(f["MU"], np.float32).reshape(-1), np.asarray(f["PC"], np.float32)
+    elif "mean" in f and "tex_dir" in f:
+        mean = np.asarray(f["mean"], np.float32).reshape(-1) / 255.0
+        basis = np.asarray(f["tex_dir"], np.float32) / 255.0
+    else:
+        raise FlameFileError(f"{path}: expected keys ('MU', 'PC') or ('mean', 'tex_dir'), found {sorted(f)}")
+    R = int(round(np.sqrt(mean.size / 3)))
+    if basis.size % max(mean.size, 1) == 0:
+        basis = basis.reshape(mean.size, -1)
+    if R * R * 3 != mean.size or basis.ndim != 2 or basis.shape[0] != mean.size:
+        raise FlameFileError(f"{path}: albedo mean has {mean.size} values and basis shape {basis.shape}; "
+                             "expected R*R*3 and (R*R*3, K) for a square R x R texture")
+    return dict(albedo_mean=mean.reshape(R, R, 3), albedo_basis=basis.reshape(R, R, 3, -1))
+
+
+def read_obj(path: str) -> dict:
+    """`head_template.obj` -> vertices [V,3], faces [F,3], uv_coords [T,2], uv_faces [F,3] (0-based)."""
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: OBJ file not found")
+    v, vt, f, ft = [], [], [], []
+    with open(path, "r", errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            p = line.split()
+            if not p:
+                continue
+            try:
+                if p[0] == "v":
+                    v.append([float(x) for x in p[1:4]])
+                elif p[0] == "vt":
+                    vt.append([float(x) for x in p[1:3]])
+                elif p[0] == "f":
+                    corners = [c.split("/") for c in p[1:4]]
+                    f.append([int(c[0]) - 1 for c in corners])
+                    if all(len(c) > 1 and c[1] for c in corners):
+                        ft.append([int(c[1]) - 1 for c in corners])
+            except (ValueError, IndexError):
+                raise FlameFileError(f"{path}: line {n} is not a valid OBJ record: {line.strip()[:80]}") from None
+    if not v or not f:
+        raise FlameFileError(f"{path}: no vertices or faces found")
+    if len(ft) != len(f) or not vt:
+        raise FlameFileError(f"{path}: faces have no texture (vt) indices; a UV layout is required")
+    return dict(vertices=np.asarray(v, np.float32), faces=np.asarray(f, np.int32),
+                uv_coords=np.asarray(vt, np.float32), uv_faces=np.asarray(ft, np.int32))
+
+
+def read_uv_mask(path: str, size: int = 256) -> np.ndarray:
+    """A DECA UV mask PNG -> [size, size] float32 in {0, 1}-ish (grey / 255, resized)."""
+    import cv2  # local: only this reader needs OpenCV
+
+    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    if img is None:
+        raise FlameFileError(f"{path}: not a readable mask image")
+    return cv2.resize(img.astype(np.float32) / 255.0, (size, size))
+
+
+def read_fixed_displacement(path: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise FlameFileError(f"{path}: fixed displacement file not found")
+    a = np.load(path, allow_pickle=False).astype(np.float32)
+    if a.shape != (256, 256):
+        raise FlameFileError(f"{path}: fixed displacement has shape {a.shape}, expected (256, 256)")
+    return a
+
+
+def assemble(model_pkl: str, landmarks: str, obj: str, albedo: str | None = None, uv_face_eye_mask: str | None = None,
+             uv_face_mask: str | None = None, fixed_displacement: str | None = None) -> dict:
+    """Reads the official files into one validated FLAME npz dict."""
+    arrays = read_generic_model_pkl(model_pkl)
+    arrays.update(read_landmark_embedding(landmarks))
+    mesh = read_obj(obj)
+    if mesh["faces"].shape != arrays["faces"].shape:
+        raise FlameFileError(f"{obj}: has {mesh['faces'].shape[0]} faces, the FLAME model {arrays['faces'].shape[0]}")
+    arrays.update(uv_coords=mesh["uv_coords"], uv_faces=mesh["uv_faces"])
+    if albedo:
+        arrays.update(read_albedo(albedo))
+    if uv_face_eye_mask:
+        arrays["uv_face_eye_mask"] = read_uv_mask(uv_face_eye_mask)
+    if uv_face_mask:
+        arrays["uv_face_mask"] = read_uv_mask(uv_face_mask)
+    if fixed_displacement:
+        arrays["fixed_displacement"] = read_fixed_displacement(fixed_displacement)
+    validate(arrays, model_pkl)
+    return arrays
+
+
+# ----------------------------------------------------------------------------- writers of the official layouts
+
+def _fake_chumpy():
+    """A throwaway `chumpy.ch.Ch` class so pickles reference chumpy exactly like official files."""
+    ch_mod = types.ModuleType("chumpy.ch")
+    pkg = types.ModuleType("chumpy")
+
+    class Ch:  # noqa: D401 -- mirrors chumpy's class name
+        def __init__(self, x):
+            self.x = np.asarray(x, np.float64)
+
+        def __getstate__(self):
+            return {"x": self.x, "_dirty_vars": set(), "_itr": None}
+
+    Ch.__module__ = "chumpy.ch"
+    Ch.__qualname__ = "Ch"
+    ch_mod.Ch = Ch
+    pkg.ch = ch_mod
+    return pkg, ch_mod, Ch
+
+
+def write_generic_model_pkl(path: str, arrays: dict, chumpy: bool = True) -> str:
+    """Writes the geometry of a FLAME npz dict as an official `generic_model.pkl`.
+
+    Identity and expression bases are padded with zero columns to 300 + 100 (the official
+    (V, 3, 400) shapedirs). chumpy=True pickles v_template/shapedirs/posedirs/weights as
+    chumpy `Ch` objects (as the official file does; chumpy itself is not needed);
+    chumpy=False writes plain numpy arrays, which smplx can read without chumpy.
+    """
+    import scipy.sparse as sp
+
+    V = arrays["v_template"].shape[0]
+    shp = np.zeros((V, 3, 300), np.float64)
+    exp = np.zeros((V, 3, 100), np.float64)
+    shp[:, :, :arrays["shapedirs"].shape[2]] = arrays["shapedirs"][:, :, :300]
+    exp[:, :, :arrays["exprdirs"].shape[2]] = arrays["exprdirs"][:, :, :100]
+    parents = np.asarray(arrays["parents"], np.int64)
+    kintree = np.stack([np.where(parents < 0, 4294967295, parents), np.arange(len(parents))]).astype(np.int64)
+    d = dict(
+        v_template=np.asarray(arrays["v_template"], np.float64), shapedirs=np.concatenate([shp, exp], 2),
+        posedirs=np.asarray(arrays["posedirs"], np.float64), weights=np.asarray(arrays["lbs_weights"], np.float64),
+        J_regressor=sp.csc_matrix(np.asarray(arrays["J_regressor"], np.float64)), kintree_table=kintree,
+        f=np.asarray(arrays["faces"], np.uint32), bs_style="lbs", bs_type="lrotmin",
+    )
+    d["J"] = np.asarray(arrays["J_regressor"], np.float64) @ d["v_template"]
+    saved = {k: sys.modules.get(k) for k in ("chumpy", "chumpy.ch")}
+    try:
+        if chumpy:
+            pkg, ch_mod, Ch = _fake_chumpy()
+            sys.modules["chumpy"], sys.modules["chumpy.ch"] = pkg, ch_mod
+            for k in ("v_template", "shapedirs", "posedirs", "weights", "J"):
+                d[k] = Ch(d[k])
+        with open(path, "wb") as f:
+            pickle.dump(d, f, protocol=2)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+    return path
+
+
+def write_landmark_embedding(path: str, arrays: dict, torch_tensors: bool = True) -> str:
+    """Writes DECA's `landmark_embedding.npy`; the dynamic entries are torch tensors when
+    torch is importable and `torch_tensors` (as in the official file)."""
+    dyn_idx = np.asarray(arrays["dynamic_lmk_faces_idx"], np.int64)
+    dyn_bary = np.asarray(arrays["dynamic_lmk_bary_coords"], np.float32)
+    if torch_tensors:
+        import torch
+
+        dyn_idx, dyn_bary = torch.from_numpy(dyn_idx), torch.from_numpy(dyn_bary)
+    d = dict(
+        static_lmk_faces_idx=np.asarray(arrays["static_lmk_faces_idx"], np.int64),
+        static_lmk_bary_coords=np.asarray(arrays["static_lmk_bary_coords"], np.float64),
+        dynamic_lmk_faces_idx=dyn_idx, dynamic_lmk_bary_coords=dyn_bary,
+        full_lmk_faces_idx=np.asarray(arrays["full_lmk_faces_idx"], np.int64).reshape(1, 68),
+        full_lmk_bary_coords=np.asarray(arrays["full_lmk_bary_coords"], np.float64).reshape(1, 68, 3),
+    )
+    np.save(path, d, allow_pickle=True)
+    return path
+
+
+def write_albedo_npz(path: str, mean: np.ndarray, basis: np.ndarray, fmt: str = "BFM") -> str:
+    """Writes an albedo model in the official layout: fmt 'BFM' (MU (1, R*R*3), PC (R*R*3, K),
+    0..1) or 'FLAME' (mean (R,R,3), tex_dir (R,R,3,K), 0..255)."""
+    mean, basis = np.asarray(mean, np.float32), np.asarray(basis, np.float32)
+    if fmt == "BFM":
+        np.savez(path, MU=mean.reshape(1, -1), PC=basis.reshape(mean.size, -1))
+    elif fmt == "FLAME":
+        np.savez(path, mean=mean * 255.0, tex_dir=basis * 255.0)
+    else:
+        raise ValueError(f"fmt must be 'BFM' or 'FLAME', got {fmt!r}")
+    return path
+
+
+def write_obj_template(path: str, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray,
+                       uv_faces: np.ndarray) -> str:
+    """Writes a `head_template.obj`-style OBJ (v, vt, f v/vt, 1-based)."""
+    lines = [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in np.asarray(vertices, np.float64)]
+    lines += [f"vt {u:.8f} {w:.8f}" for u, w in np.asarray(uv_coords, np.float64)]
+    lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in
+              zip(np.asarray(faces) + 1, np.asarray(uv_faces) + 1)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def write_official(directory: str, arrays: dict, chumpy: bool = True) -> dict:
+    """Writes a FLAME npz dict as the set of official files; returns their paths by role."""
+    os.makedirs(directory, exist_ok=True)
+    import cv2
+
+    paths = dict(
+        model_pkl=write_generic_model_pkl(os.path.join(directory, "generic_model.pkl"), arrays, chumpy=chumpy),
+        landmarks=write_landmark_embedding(os.path.join(directory, "landmark_embedding.npy"), arrays,
+                                           torch_tensors=_torch_available()),
+        obj=write_obj_template(os.path.join(directory, "head_template.obj"), arrays["v_template"], arrays["faces"],
+                               arrays["uv_coords"], arrays["uv_faces"]),
+    )
+    if "albedo_mean" in arrays:
+        paths["albedo"] = write_albedo_npz(os.path.join(directory, "FLAME_albedo_from_BFM.npz"),
+                                           arrays["albedo_mean"], arrays["albedo_basis"], "BFM")
+    for key, name in (("uv_face_eye_mask", "uv_face_eye_mask.png"), ("uv_face_mask", "uv_face_mask.png")):
+        if key in arrays:
+            p = os.path.join(directory, name)
+            cv2.imwrite(p, (np.clip(arrays[key], 0, 1) * 255 + 0.5).astype(np.uint8))
+            paths[key] = p
+    if "fixed_displacement" in arrays:
+        p = os.path.join(directory, "fixed_displacement_256.npy")
+        np.save(p, np.asarray(arrays["fixed_displacement"], np.float32))
+        paths["fixed_displacement"] = p
+    return paths
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True

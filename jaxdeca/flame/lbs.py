@@ -1,0 +1,68 @@
+"""FLAME's skinning in jax.numpy: Rodrigues rotations, the kinematic chain, linear blend skinning.
+
+The same maths as smplx's lbs.py and DECA's decalib/models/lbs.py, written for jit/vmap/grad.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def rodrigues(rvec):
+    """Axis-angle -> rotation matrix (DECA/smplx convention, finite gradients at zero).
+
+    rvec: [..., 3]. Returns [..., 3, 3]. angle = |r + 1e-8| as in the original, so the
+    direction r / angle is defined (and differentiable) at r = 0.
+    """
+    angle = jnp.linalg.norm(rvec + 1e-8, axis=-1, keepdims=True)  # [..., 1]
+    axis = rvec / angle
+    s, c = jnp.sin(angle)[..., None], jnp.cos(angle)[..., None]
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = jnp.zeros_like(x)
+    K = jnp.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(rvec.shape[:-1] + (3, 3))
+    eye = jnp.eye(3, dtype=rvec.dtype)
+    return eye + s * K + (1.0 - c) * (K @ K)
+
+
+def rigid_transforms(rot_mats, joints, parents):
+    """World transforms of a kinematic chain.
+
+    rot_mats: [B, J, 3, 3] local rotations; joints: [B, J, 3] rest joint positions;
+    parents: static tuple of J ints (-1 for the root, parents precede children).
+    Returns (posed_joints [B, J, 3], relative transforms [B, J, 4, 4]) where the relative
+    transform maps a rest-pose point skinned to joint j to its posed position.
+    """
+    B, J = joints.shape[:2]
+    rel = jnp.concatenate([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], 1)
+    top = jnp.concatenate([rot_mats, rel[..., None]], -1)  # [B, J, 3, 4]
+    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], joints.dtype), (B, J, 1, 4))
+    local = jnp.concatenate([top, bottom], -2)  # [B, J, 4, 4]
+    chain = [local[:, 0]]
+    for j in range(1, J):
+        chain.append(chain[parents[j]] @ local[:, j])
+    world = jnp.stack(chain, 1)  # [B, J, 4, 4]
+    posed_joints = world[..., :3, 3]
+    # Remove the rest-pose joint location: T_rel = world - world @ [joint; 0].
+    corr = jnp.einsum("bjik,bjk->bji", world[..., :3, :3], joints)
+    rel_t = world.at[..., :3, 3].add(-corr)
+    return posed_joints, rel_t
+
+
+def lbs(betas, full_pose, v_template, basis, posedirs, J_regressor, parents, lbs_weights):
+    """Linear blend skinning with pose correctives (smplx.lbs.lbs, pose as axis-angle).
+
+    betas: [B, K] concatenated shape and expression coefficients; full_pose: [B, J*3];
+    v_template: [V, 3]; basis: [V, 3, K]; posedirs: [P, V*3] with P = (J-1)*9;
+    J_regressor: [J, V]; parents: static tuple; lbs_weights: [V, J].
+    Returns (vertices [B, V, 3], joints [B, J, 3]).
+    """
+    B = betas.shape[0]
+    J = J_regressor.shape[0]
+    v_shaped = v_template[None] + jnp.einsum("bk,vck->bvc", betas, basis)
+    joints = jnp.einsum("jv,bvc->bjc", J_regressor, v_shaped)
+    rot = rodrigues(full_pose.reshape(B, J, 3))  # [B, J, 3, 3]
+    pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=rot.dtype)).reshape(B, -1)
+    v_posed = v_shaped + (pose_feature @ posedirs).reshape(B, -1, 3)
+    posed_joints, A = rigid_transforms(rot, joints, parents)
+    T = jnp.einsum("vj,bjmn->bvmn", lbs_weights, A)  # [B, V, 4, 4]
+    verts = jnp.einsum("bvmn,bvn->bvm", T[..., :3, :3], v_posed) + T[..., :3, 3]
+    return verts, posed_joints

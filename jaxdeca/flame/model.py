@@ -1,0 +1,128 @@
+"""The FLAME head model as a JAX pytree: vertices and landmarks from shape, expression, pose.
+
+`load_model(path=None)` returns a `FlameModel` for the embedded demo head or for a FLAME npz
+written by `python -m jaxdeca.flame.convert`. A FlameModel is a pytree of arrays (pass it
+into jit'd functions as an argument) with static sizes; calling it runs FLAME:
+
+    model = load_model()
+    out = model(shape [B,100], expression [B,50], pose [B,6])   # pose = global(3) + jaw(3)
+    out["vertices"] [B,V,3], out["landmarks2d"] [B,68,3], out["landmarks3d"] [B,68,3]
+"""
+from __future__ import annotations
+
+import os
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca.flame import io, lbs
+
+PARENTS = (-1, 0, 1, 1, 1)
+DEMO_HEAD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "demo_head.npz")
+
+
+@flax.struct.dataclass
+class FlameModel:
+    """FLAME arrays (see CONTRIBUTING.md for the npz schema) with DECA's forward pass."""
+
+    v_template: jax.Array  # [V, 3]
+    basis: jax.Array  # [V, 3, n_shape + n_exp]
+    posedirs: jax.Array  # [36, V*3]
+    J_regressor: jax.Array  # [5, V]
+    lbs_weights: jax.Array  # [V, 5]
+    faces: jax.Array  # [F, 3] int32
+    static_lmk_faces_idx: jax.Array  # [51]
+    static_lmk_bary_coords: jax.Array  # [51, 3]
+    dynamic_lmk_faces_idx: jax.Array  # [79, 17]
+    dynamic_lmk_bary_coords: jax.Array  # [79, 17, 3]
+    full_lmk_faces_idx: jax.Array  # [68]
+    full_lmk_bary_coords: jax.Array  # [68, 3]
+    n_shape: int = flax.struct.field(pytree_node=False, default=100)
+    n_exp: int = flax.struct.field(pytree_node=False, default=50)
+
+    def __call__(self, shape, expression, pose, neck_pose=None, eye_pose=None):
+        """FLAME forward (DECA's FLAME.forward).
+
+        shape: [B, n_shape]; expression: [B, n_exp]; pose: [B, 6] = global rotation (3) and
+        jaw rotation (3), axis-angle; neck_pose: [B, 3] (zeros if None); eye_pose: [B, 6]
+        (zeros if None). Returns dict(vertices [B,V,3], landmarks2d [B,68,3] (17 dynamic
+        contour + 51 static, iBUG-68 order), landmarks3d [B,68,3] (the fixed 68)).
+        """
+        B = shape.shape[0]
+        dtype = self.v_template.dtype
+        zeros3 = jnp.zeros((B, 3), dtype)
+        neck_pose = zeros3 if neck_pose is None else neck_pose
+        eye_pose = jnp.zeros((B, 6), dtype) if eye_pose is None else eye_pose
+        betas = jnp.concatenate([shape, expression], axis=1)
+        full_pose = jnp.concatenate([pose[:, :3], neck_pose, pose[:, 3:6], eye_pose], axis=1)
+        verts, _ = lbs.lbs(betas, full_pose, self.v_template, self.basis, self.posedirs,
+                           self.J_regressor, PARENTS, self.lbs_weights)
+        row = dynamic_row(full_pose)
+        dyn_faces = self.dynamic_lmk_faces_idx[row]  # [B, 17]
+        dyn_bary = self.dynamic_lmk_bary_coords[row]  # [B, 17, 3]
+        lmk_faces = jnp.concatenate([dyn_faces, jnp.broadcast_to(self.static_lmk_faces_idx, (B, 51))], 1)
+        lmk_bary = jnp.concatenate([dyn_bary, jnp.broadcast_to(self.static_lmk_bary_coords, (B, 51, 3))], 1)
+        return dict(
+            vertices=verts,
+            landmarks2d=barycentric_landmarks(verts, self.faces, lmk_faces, lmk_bary),
+            landmarks3d=barycentric_landmarks(verts, self.faces, jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68)),
+                                              jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3))),
+        )
+
+
+def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
+    """verts: [B, V, 3]; faces: [F, 3]; lmk_faces: [B, L]; lmk_bary: [B, L, 3] -> [B, L, 3]."""
+    tri = jax.vmap(lambda v, f: v[faces[f]])(verts, lmk_faces)  # [B, L, 3, 3]
+    return jnp.einsum("blk,blkc->blc", lmk_bary, tri)
+
+
+def yaw_degrees(rot):
+    """DECA's rot_mat_to_euler: atan2(-R[2,0], sqrt(R00^2 + R10^2)) in degrees. rot: [B,3,3]."""
+    sy = jnp.sqrt(rot[:, 0, 0] ** 2 + rot[:, 1, 0] ** 2)
+    return jnp.degrees(jnp.arctan2(-rot[:, 2, 0], sy))
+
+
+def dynamic_row(full_pose):
+    """Row of the 79-row contour table for each pose (DECA's convention, yaw not negated).
+
+    full_pose: [B, 15] (global, neck, jaw, eyes). Uses the rotation global @ neck; yaw is
+    clamped to at most 39 and rounded; negative yaw y maps to 39 - y (-1..-39 -> 40..78),
+    anything below -39 to 78. Returns [B] int32. No gradient flows through the row choice.
+    """
+    rots = lbs.rodrigues(jax.lax.stop_gradient(full_pose[:, :6]).reshape(-1, 2, 3))
+    rel = rots[:, 0] @ rots[:, 1]
+    yaw = jnp.round(jnp.minimum(yaw_degrees(rel), 39.0)).astype(jnp.int32)
+    return jnp.where(yaw < 0, jnp.where(yaw < -39, 78, 39 - yaw), yaw)
+
+
+def from_arrays(arrays: dict, n_shape: int = 100, n_exp: int = 50, where: str = "FLAME model") -> FlameModel:
+    """Builds a FlameModel from a FLAME npz dict (CONTRIBUTING schema), validating it."""
+    io.validate(arrays, where)
+    S, E = arrays["shapedirs"].shape[2], arrays["exprdirs"].shape[2]
+    if n_shape > S or n_exp > E:
+        raise io.FlameFileError(f"{where}: asked for n_shape={n_shape}, n_exp={n_exp} but the file has {S} identity "
+                         f"and {E} expression components")
+    V = arrays["v_template"].shape[0]
+    f32 = lambda k: jnp.asarray(arrays[k], jnp.float32)  # noqa: E731
+    i32 = lambda k: jnp.asarray(arrays[k], jnp.int32)  # noqa: E731
+    basis = np.concatenate([arrays["shapedirs"][:, :, :n_shape], arrays["exprdirs"][:, :, :n_exp]], 2)
+    posedirs = np.asarray(arrays["posedirs"], np.float32).reshape(V * 3, -1).T
+    return FlameModel(
+        v_template=f32("v_template"), basis=jnp.asarray(basis, jnp.float32), posedirs=jnp.asarray(posedirs),
+        J_regressor=f32("J_regressor"), lbs_weights=f32("lbs_weights"), faces=i32("faces"),
+        static_lmk_faces_idx=i32("static_lmk_faces_idx"), static_lmk_bary_coords=f32("static_lmk_bary_coords"),
+        dynamic_lmk_faces_idx=i32("dynamic_lmk_faces_idx"), dynamic_lmk_bary_coords=f32("dynamic_lmk_bary_coords"),
+        full_lmk_faces_idx=i32("full_lmk_faces_idx").reshape(68), full_lmk_bary_coords=f32("full_lmk_bary_coords").reshape(68, 3),
+        n_shape=n_shape, n_exp=n_exp)
+
+
+def load_arrays(path: str | None = None) -> dict:
+    """The FLAME npz dict (topology, UVs, masks, albedo too) of `path`, or of the demo head."""
+    return io.load_npz(DEMO_HEAD if path is None else path)
+
+
+def load_model(path: str | None = None, n_shape: int = 100, n_exp: int = 50) -> FlameModel:
+    """FLAME from a FLAME npz (`python -m jaxdeca.flame.convert`), or the demo head if None."""
+    return from_arrays(load_arrays(path), n_shape, n_exp, where=DEMO_HEAD if path is None else path)

@@ -1,0 +1,66 @@
+"""Rodrigues and linear blend skinning: closed forms, gradients vs finite differences."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from jaxdeca.flame import lbs
+from flame_testing import random_flame
+
+
+def test_rodrigues_matches_scipy():
+    r = np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32)
+    np.testing.assert_allclose(lbs.rodrigues(jnp.asarray(r)), Rotation.from_rotvec(r).as_matrix(), atol=1e-5)
+
+
+def test_rodrigues_identity_and_finite_gradient_at_zero():
+    np.testing.assert_allclose(lbs.rodrigues(jnp.zeros(3)), np.eye(3), atol=1e-6)
+    g = jax.jacobian(lbs.rodrigues)(jnp.zeros(3))
+    assert np.all(np.isfinite(g))
+    # d R / d r_z at 0 is the generator K_z = [[0,-1,0],[1,0,0],[0,0,0]].
+    np.testing.assert_allclose(g[..., 2], [[0, -1, 0], [1, 0, 0], [0, 0, 0]], atol=1e-3)
+
+
+def _fd_check(f, x, eps=1e-3, n=6, rtol=2e-2, seed=0):
+    x = np.asarray(x, np.float64)
+    g = np.asarray(jax.grad(lambda z: f(z))(jnp.asarray(x)))
+    idx = np.random.default_rng(seed).choice(x.size, size=min(n, x.size), replace=False)
+    for i in idx:
+        d = np.zeros(x.size)
+        d[i] = eps
+        d = d.reshape(x.shape)
+        fd = (float(f(jnp.asarray(x + d))) - float(f(jnp.asarray(x - d)))) / (2 * eps)
+        np.testing.assert_allclose(g.reshape(-1)[i], fd, rtol=rtol, atol=1e-4)
+
+
+def test_rodrigues_gradient_fd():
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3)))
+    _fd_check(lambda r: jnp.sum(lbs.rodrigues(r) * w), np.array([0.3, -0.2, 0.5]))
+
+
+def test_lbs_gradients_fd():
+    m = random_flame()
+    basis = np.concatenate([m["shapedirs"][:, :, :5], m["exprdirs"][:, :, :3]], 2) * 30
+    posedirs = m["posedirs"].reshape(-1, 36).T * 30
+    w = jnp.asarray(np.random.default_rng(2).normal(size=(1, m["v_template"].shape[0], 3)), jnp.float32)
+
+    def loss(betas, pose):
+        v, _ = lbs.lbs(betas, pose, jnp.asarray(m["v_template"]), jnp.asarray(basis), jnp.asarray(posedirs),
+                       jnp.asarray(m["J_regressor"]), (-1, 0, 1, 1, 1), jnp.asarray(m["lbs_weights"]))
+        return jnp.sum(v * w)
+
+    rng = np.random.default_rng(3)
+    betas, pose = rng.normal(size=(1, 8)), rng.normal(size=(1, 15)) * 0.4
+    _fd_check(lambda b: loss(b, jnp.asarray(pose)), betas, eps=1e-2)
+    _fd_check(lambda p: loss(jnp.asarray(betas), p), pose, eps=1e-2)
+
+
+def test_rigid_chain_rotates_children_about_their_joint():
+    joints = jnp.asarray([[[0.0, 0, 0], [0, 1, 0], [0, 2, 0], [1, 2, 0], [-1, 2, 0]]])
+    rot = jnp.broadcast_to(jnp.eye(3), (1, 5, 3, 3))
+    rz = lbs.rodrigues(jnp.asarray([0.0, 0.0, np.pi / 2]))
+    rot = rot.at[0, 1].set(rz)  # rotate the neck by 90 degrees about z
+    posed, rel = lbs.rigid_transforms(rot, joints, (-1, 0, 1, 1, 1))
+    np.testing.assert_allclose(posed[0, 2], [-1.0, 1.0, 0.0], atol=1e-6)  # (0,2) about (0,1) -> (-1,1)
+    p = jnp.asarray([0.0, 2.0, 0.0, 1.0])  # a rest point at joint 2, skinned to joint 2
+    np.testing.assert_allclose((rel[0, 2] @ p)[:3], [-1.0, 1.0, 0.0], atol=1e-6)

@@ -1,0 +1,101 @@
+"""FlameModel: parity with smplx's PyTorch FLAME, dynamic contour rows, jit/vmap/grad."""
+import os
+import pickle
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flame_testing import random_flame
+from jaxdeca import flame
+from jaxdeca.flame import io
+
+
+def _yaw_pose(deg):
+    return jnp.asarray([[0.0, np.deg2rad(deg), 0.0] + [0.0] * 12], jnp.float32)
+
+
+@pytest.mark.parametrize("deg,row", [(0, 0), (0.4, 0), (-0.4, 0), (30, 30), (39, 39), (50, 39), (-1, 40),
+                                     (-30, 69), (-39, 78), (-50, 78)])
+def test_dynamic_row_follows_deca_convention(deg, row):
+    assert int(flame.dynamic_row(_yaw_pose(deg))[0]) == row
+
+
+def test_dynamic_row_uses_global_times_neck():
+    pose = jnp.zeros((1, 15)).at[0, 1].set(np.deg2rad(20)).at[0, 4].set(np.deg2rad(15))  # global + neck yaw
+    assert int(flame.dynamic_row(pose)[0]) == 35
+
+
+def test_landmarks2d_pick_contour_rows():
+    arrays = random_flame()
+    m = flame.from_arrays(arrays)
+    z = lambda n: jnp.zeros((1, n))  # noqa: E731
+    outs = {d: m(z(100), z(50), jnp.asarray([[0.0, np.deg2rad(d), 0, 0, 0, 0]]))["landmarks2d"] for d in (-30, 0, 30)}
+    # Same vertices' barycentric points for the static part; the contour rows differ.
+    for d, row in ((-30, 69), (0, 0), (30, 30)):
+        v = m(z(100), z(50), jnp.asarray([[0.0, np.deg2rad(d), 0, 0, 0, 0]]))["vertices"][0]
+        f = arrays["faces"][arrays["dynamic_lmk_faces_idx"][row]]
+        expect = np.einsum("lk,lkc->lc", arrays["dynamic_lmk_bary_coords"][row], np.asarray(v)[f])
+        np.testing.assert_allclose(outs[d][0, :17], expect, atol=1e-6)
+    assert not np.allclose(outs[-30][0, :17], outs[30][0, :17])
+
+
+def test_jit_vmap_grad():
+    m = flame.from_arrays(random_flame())
+    rng = np.random.default_rng(0)
+    shape, exp, pose = (jnp.asarray(rng.normal(size=(2, n)), jnp.float32) for n in (100, 50, 6))
+    out = jax.jit(m.__call__)(shape, exp, pose)
+    assert out["vertices"].shape == (2, 120, 3) and out["landmarks2d"].shape == (2, 68, 3)
+    per = jax.vmap(lambda s, e, p: m(s[None], e[None], p[None])["vertices"][0])(shape, exp, pose)
+    np.testing.assert_allclose(per, out["vertices"], atol=1e-6)
+    g = jax.grad(lambda s, e, p: jnp.sum(m(s, e, p)["landmarks3d"] ** 2), argnums=(0, 1, 2))(shape, exp, pose)
+    assert all(np.all(np.isfinite(x)) and np.abs(x).sum() > 0 for x in g)
+    # The model is a pytree: it can be a jit argument.
+    v = jax.jit(lambda mm, s: mm(s, exp, pose)["vertices"])(m, shape)
+    np.testing.assert_allclose(v, out["vertices"], atol=1e-6)
+
+
+def test_too_many_components_refused():
+    with pytest.raises(flame.FlameFileError, match="n_shape=300"):
+        flame.from_arrays(random_flame(), n_shape=300)
+
+
+def _smplx_parity(arrays, tmp_path, n_shape, n_exp):
+    torch = pytest.importorskip("torch")
+    smplx = pytest.importorskip("smplx")
+    if not hasattr(np, "bool"):  # smplx 0.1.28 uses np.bool in places
+        np.bool = bool
+    d = tmp_path / "flame"
+    d.mkdir()
+    io.write_generic_model_pkl(str(d / "FLAME_NEUTRAL.pkl"), arrays, chumpy=False)
+    with open(d / "flame_static_embedding.pkl", "wb") as f:  # our full 68 as smplx's static embedding
+        pickle.dump(dict(lmk_face_idx=arrays["full_lmk_faces_idx"].astype(np.int64),
+                         lmk_b_coords=arrays["full_lmk_bary_coords"].astype(np.float64)), f)
+    B = 4
+    ref = smplx.create(str(tmp_path), model_type="flame", num_betas=n_shape, num_expression_coeffs=n_exp,
+                       use_face_contour=False, batch_size=B, ext="pkl")
+    rng = np.random.default_rng(0)
+    shape = rng.normal(size=(B, n_shape)).astype(np.float32)
+    exp = rng.normal(size=(B, n_exp)).astype(np.float32)
+    pose = (rng.normal(size=(B, 6)) * 0.3).astype(np.float32)
+    neck = (rng.normal(size=(B, 3)) * 0.2).astype(np.float32)
+    eye = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
+    with torch.no_grad():
+        t = lambda a: torch.from_numpy(a)  # noqa: E731
+        o = ref(betas=t(shape), expression=t(exp), global_orient=t(pose[:, :3]), jaw_pose=t(pose[:, 3:]),
+                neck_pose=t(neck), leye_pose=t(eye[:, :3]), reye_pose=t(eye[:, 3:]), transl=torch.zeros(B, 3))
+    m = flame.from_arrays(arrays, n_shape, n_exp)
+    out = jax.jit(m.__call__)(*map(jnp.asarray, (shape, exp, pose, neck, eye)))
+    size = float(np.linalg.norm(np.ptp(arrays["v_template"], 0)))
+    np.testing.assert_allclose(out["vertices"], o.vertices.numpy(), atol=1e-5 * size)
+    np.testing.assert_allclose(out["landmarks3d"], o.joints[:, 5:].numpy(), atol=1e-5 * size)
+
+
+def test_parity_with_smplx_random_model(tmp_path):
+    _smplx_parity(random_flame(), tmp_path, 100, 50)
+
+
+@pytest.mark.skipif(not os.path.exists(flame.DEMO_HEAD), reason="demo head not generated")
+def test_parity_with_smplx_demo_head(tmp_path):
+    _smplx_parity(flame.load_arrays(), tmp_path, 100, 50)
