@@ -20,5 +20,5 @@ def get_config():
     config.showcase.image_size = 256
     config.showcase.identity_sigma = 2.0  # identity modes shown at +-sigma
     config.showcase.jaw_open = 0.35  # radians
-    config.showcase.cam = (9.0, 0.0, 0.0)  # DECA orthographic camera (scale, tx, ty)
+    config.showcase.cam = (7.6, 0.0, 0.0)  # DECA orthographic camera (scale, tx, ty)
     return config

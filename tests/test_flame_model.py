@@ -1,5 +1,4 @@
 """FlameModel: parity with smplx's PyTorch FLAME, dynamic contour rows, jit/vmap/grad."""
-import os
 import pickle
 
 import jax
@@ -96,6 +95,5 @@ def test_parity_with_smplx_random_model(tmp_path):
     _smplx_parity(random_flame(), tmp_path, 100, 50)
 
 
-@pytest.mark.skipif(not os.path.exists(flame.DEMO_HEAD), reason="demo head not generated")
 def test_parity_with_smplx_demo_head(tmp_path):
     _smplx_parity(flame.load_arrays(), tmp_path, 100, 50)

@@ -1,0 +1,126 @@
+"""Pictures of the FLAME model (by default the embedded demo head) and of the renderer.
+
+Writes to `<workdir>/showcase/`:
+  head_views.png       grey shape renders with the 68 landmarks drawn: neutral, jaw open,
+                       identity modes 0 and 1 at +-sigma, two expressions, yaw -30 / +30
+                       (the contour landmarks follow the silhouette).
+  render_outputs.png   albedo x SH light, shape, detailed shape (a synthetic wrinkle
+                       displacement on the UV face region), depth, UV position map, UV
+                       detail normals.
+  head_neutral.obj     the neutral head with its UVs and mean albedo texture.
+"""
+from __future__ import annotations
+
+import os
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxdeca import flame, render
+from jaxdeca.apps import export
+
+
+def _draw_landmarks(image: np.ndarray, lmk_img: np.ndarray, color=(255, 60, 60)) -> np.ndarray:
+    """image: [H, W, 3] float 0..1; lmk_img: [68, 2] in [-1, 1] image space (y down)."""
+    out = (np.clip(image, 0, 1) * 255).astype(np.uint8).copy()
+    h, w = out.shape[:2]
+    for k, (x, y) in enumerate(lmk_img):
+        px, py = int(round((x + 1) * w / 2)), int(round((y + 1) * h / 2))
+        c = (60, 200, 255) if k < 17 else color
+        cv2.circle(out, (px, py), max(1, w // 128), c, -1, lineType=cv2.LINE_AA)
+    return out.astype(np.float32) / 255.0
+
+
+def _label(image: np.ndarray, text: str) -> np.ndarray:
+    out = (np.clip(image, 0, 1) * 255).astype(np.uint8).copy()
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return out.astype(np.float32) / 255.0
+
+
+def _grid(tiles: list[np.ndarray], cols: int) -> np.ndarray:
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    canvas = np.zeros((rows * h, cols * w, 3), np.float32)
+    for k, t in enumerate(tiles):
+        t = t if t.ndim == 3 else np.repeat(t[..., None], 3, -1)
+        r, c = divmod(k, cols)
+        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = t[..., :3]
+    return canvas
+
+
+def _wrinkles(size: int) -> jnp.ndarray:
+    """A synthetic displacement map: horizontal forehead-like ridges over the UV square."""
+    v = jnp.linspace(0.0, 1.0, size)[:, None]
+    u = jnp.linspace(0.0, 1.0, size)[None, :]
+    ridges = jnp.sin(2 * jnp.pi * 14 * v) * jnp.exp(-((u - 0.5) / 0.25) ** 2)
+    return (0.002 * ridges)[None, :, :, None]
+
+
+def head_batch(model: flame.FlameModel, sigma: float, jaw_open: float):
+    """Codes for the head_views panels: (names, shape, expression, pose)."""
+    names = ["neutral", "jaw open", "id0 +", "id0 -", "id1 +", "id1 -", "exp0 +", "exp1 +", "yaw -30", "yaw +30"]
+    n = len(names)
+    shape = np.zeros((n, model.n_shape), np.float32)
+    exp = np.zeros((n, model.n_exp), np.float32)
+    pose = np.zeros((n, 6), np.float32)
+    pose[1, 3] = jaw_open
+    shape[2, 0], shape[3, 0], shape[4, 1], shape[5, 1] = sigma, -sigma, sigma, -sigma
+    exp[6, 0], exp[7, 1] = 2.0, 2.0
+    pose[8, 1], pose[9, 1] = np.deg2rad(-30.0), np.deg2rad(30.0)
+    return names, shape, exp, pose
+
+
+def run(config, workdir: str) -> None:
+    """Writes the showcase pictures for `config.flame_path` (None = demo head)."""
+    out_dir = os.path.join(workdir, "showcase")
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = config.showcase
+    size = (cfg.image_size, cfg.image_size)
+    arrays = flame.load_arrays(config.flame_path)
+    model = flame.from_arrays(arrays, n_shape=config.n_shape, n_exp=config.n_exp)
+    topo = render.make_topology(arrays)
+    cam = jnp.asarray(cfg.cam, jnp.float32)
+
+    names, shape, exp, pose = head_batch(model, cfg.identity_sigma, cfg.jaw_open)
+    n = len(names)
+    out = jax.jit(model.__call__)(jnp.asarray(shape), jnp.asarray(exp), jnp.asarray(pose))
+    cams = jnp.broadcast_to(cam, (n, 3))
+    trans = render.orth_proj(out["vertices"], cams)
+    lmk = render.orth_proj(out["landmarks2d"], cams)
+
+    tex_size = topo.uv_face_eye_mask.shape[0]
+    albedo = flame.texture.albedo_from_arrays(arrays, jnp.zeros((n, config.n_tex)), size=tex_size)
+    light = jnp.zeros((n, 9, 3)).at[:, 0, :].set(2.6).at[:, 2, :].set(-0.6).at[:, 3, :].set(1.0)
+    uv_z = jnp.broadcast_to(_wrinkles(tex_size), (n, tex_size, tex_size, 1))
+    rendered = jax.jit(lambda v, tv, a, l, z: render.render(v, tv, a, l, topo, size, uv_z=z))(
+        out["vertices"], trans, albedo, light, uv_z)
+    rendered = jax.device_get(rendered)
+
+    tiles = [_label(_draw_landmarks(rendered["shape_images"][k], np.asarray(lmk[k, :, :2])), names[k]) for k in range(n)]
+    p1 = export.save_image(os.path.join(out_dir, "head_views.png"), _grid(tiles, 5))
+
+    k = 0
+    depth = rendered["depth_images"][k]
+    uvpos = rendered["uv_coarse_vertices"][k]
+    lo, hi = uvpos.min(axis=(0, 1)), uvpos.max(axis=(0, 1))
+    uvpos = (uvpos - lo) / np.maximum(hi - lo, 1e-9)
+    uv_n = (rendered["uv_detail_normals"][k] + 1.0) / 2.0
+    panels = [
+        _label(rendered["images"][k], "albedo x SH"),
+        _label(rendered["shape_images"][k], "shape"),
+        _label(rendered["shape_detail_images"][k], "detailed shape"),
+        _label(np.repeat(depth[..., None], 3, -1), "depth"),
+        _label(cv2.resize(uvpos, size), "UV positions"),
+        _label(cv2.resize(uv_n, size), "UV detail normals"),
+    ]
+    p2 = export.save_image(os.path.join(out_dir, "render_outputs.png"), _grid(panels, 3))
+
+    p3 = export.write_obj(os.path.join(out_dir, "head_neutral.obj"), np.asarray(out["vertices"][0]),
+                          arrays["faces"], uv_coords=arrays["uv_coords"], uv_faces=arrays["uv_faces"],
+                          texture=np.asarray(albedo[0]))
+    for p in (p1, p2, p3):
+        logging.info("wrote %s", p)
+    print(f"showcase written to {out_dir}:\n  {p1}\n  {p2}\n  {p3}")
