@@ -1,0 +1,79 @@
+"""FLAME forward: jaxdeca (jit, CPU) vs smplx's PyTorch FLAME (CPU), same model, same inputs.
+
+    .venv/bin/python benchmarks/flame.py [--batches 1 64] [--repeats 30]
+
+Prints the median ms per batch for each implementation and the ratio (smplx / ours). The model
+is the embedded demo head, written in the official pickle layout for smplx. Needs the test
+extras (torch, smplx).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _median_ms(fn, repeats):
+    fn()  # warm-up (and compile)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--repeats", type=int, default=30)
+    a = p.parse_args()
+
+    import smplx
+    import torch
+
+    from jaxdeca import flame
+    from jaxdeca.flame import io
+
+    if not hasattr(np, "bool"):
+        np.bool = bool
+    torch.set_num_threads(os.cpu_count() or 1)
+    arrays = flame.load_arrays()
+    model = flame.from_arrays(arrays)
+    fwd = jax.jit(lambda s, e, p: model(s, e, p)["vertices"])
+    tmp = tempfile.mkdtemp()
+    os.makedirs(os.path.join(tmp, "flame"))
+    io.write_generic_model_pkl(os.path.join(tmp, "flame", "FLAME_NEUTRAL.pkl"), arrays, chumpy=False)
+    with open(os.path.join(tmp, "flame", "flame_static_embedding.pkl"), "wb") as f:
+        pickle.dump(dict(lmk_face_idx=arrays["full_lmk_faces_idx"].astype(np.int64),
+                         lmk_b_coords=arrays["full_lmk_bary_coords"].astype(np.float64)), f)
+
+    print(f"FLAME forward, V={arrays['v_template'].shape[0]}, CPU ({os.cpu_count()} cores), "
+          f"jax {jax.__version__}, torch {torch.__version__}")
+    print(f"{'batch':>6} {'jaxdeca ms':>11} {'smplx ms':>10} {'smplx/jaxdeca':>14}")
+    rng = np.random.default_rng(0)
+    for B in a.batches:
+        shape, exp = rng.normal(size=(B, 100)).astype(np.float32), rng.normal(size=(B, 50)).astype(np.float32)
+        pose = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
+        js, je, jp = map(jnp.asarray, (shape, exp, pose))
+        ours = _median_ms(lambda: fwd(js, je, jp).block_until_ready(), a.repeats)
+        ref = smplx.create(tmp, model_type="flame", num_betas=100, num_expression_coeffs=50, batch_size=B,
+                           use_face_contour=False, ext="pkl")
+        ts, te, tp = map(torch.from_numpy, (shape, exp, pose))
+
+        def run_ref():
+            with torch.no_grad():
+                ref(betas=ts, expression=te, global_orient=tp[:, :3], jaw_pose=tp[:, 3:])
+
+        theirs = _median_ms(run_ref, a.repeats)
+        print(f"{B:>6} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>13.1f}x")
+
+
+if __name__ == "__main__":
+    main()
