@@ -1,0 +1,49 @@
+"""DECA's loss weights and switches, in one place (``decalib/utils/config.py`` + the training
+configs). Configs import ``default_loss_config()`` and override fields.
+
+A weight of 0 switches its term off at trace time: the term is not computed at all and is absent
+from the returned dict of ``coarse_losses`` / ``detail_losses``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_loss_config() -> ml_collections.ConfigDict:
+    """ConfigDict with DECA's default loss weights (coarse and detail stages)."""
+    c = ml_collections.ConfigDict()
+    # coarse stage
+    c.lmk = 1.0          # weighted 68-point L1 in [-1, 1] image coordinates
+    c.use_wlmk = True    # DECA's useWlmk: per-landmark weights (else plain L1)
+    c.eyed = 1.0         # eye-closure distances
+    c.lipd = 0.5         # inner-lip distances
+    c.photo = 2.0        # masked L1 of the SH-shaded render
+    c.use_seg = True     # DECA's useSeg: photometric mask = skin segmentation (see coarse.py)
+    c.id = 0.2           # VGGFace2 cosine identity loss
+    c.reg_shape = 1e-4   # sum(shape^2) / 2 over the batch
+    c.reg_exp = 1e-4
+    c.reg_tex = 1e-4
+    c.reg_light = 1.0    # light towards white
+    c.shape_consistency = True
+    # detail stage
+    c.photo_D = 2.0      # UV photometric
+    c.mrf = 0.05         # ID-MRF, multiplied by photo_D (0.1 effective)
+    c.reg_sym = 0.005    # soft symmetry of displacements outside the visible region
+    c.reg_z = 0.005      # displacement L1
+    c.reg_diff = 0.005   # shading smoothness
+    c.detail_consistency = True
+    return c
+
+
+def as_weights(weights) -> dict:
+    """ConfigDict / dict / None -> plain dict with every default filled in."""
+    out = default_loss_config().to_dict()
+    if weights is None:
+        return out
+    given = weights.to_dict() if isinstance(weights, ml_collections.ConfigDict) else dict(weights)
+    unknown = sorted(set(given) - set(out))
+    if unknown:
+        raise ValueError(f"loss weights: unknown keys {unknown}; known: {sorted(out)}")
+    out.update(given)
+    return out
