@@ -66,8 +66,9 @@ def mrf_loss(gen, tar, chunk: Optional[int] = None):
         raise ValueError(f"mrf_loss: expected [B, H, W, C] features with equal B and C, got "
                          f"gen {gen.shape}, tar {tar.shape}")
     b, c = gen.shape[0], gen.shape[-1]
-    g = gen.reshape(b, -1, c).astype(jnp.float32)
-    t = tar.reshape(b, -1, c).astype(jnp.float32)
+    dt = jnp.promote_types(jnp.promote_types(gen.dtype, tar.dtype), jnp.float32)  # bf16 -> f32
+    g = gen.reshape(b, -1, c).astype(dt)
+    t = tar.reshape(b, -1, c).astype(dt)
     if chunk is None or chunk >= b:
         per = jax.vmap(_mrf_single)(g, t)
     else:
@@ -97,7 +98,7 @@ def idmrf_loss_from_features(gen_feats: Mapping[str, jnp.ndarray],
     for name, wgt in total_w.items():
         if wgt != 0:
             loss = loss + wgt * mrf_loss(gen_feats[name], tar_feats[name], chunk)
-    return jnp.asarray(loss, jnp.float32)
+    return jnp.asarray(loss)
 
 
 def idmrf_loss(gen, tar, features_fn: Callable, chunk: Optional[int] = None, **layers):

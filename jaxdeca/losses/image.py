@@ -26,12 +26,14 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     """
     if in_size < 1 or out_size < 1:
         raise ValueError(f"bilinear_matrix: sizes must be positive, got {in_size} -> {out_size}")
-    scale = in_size / out_size
-    src = (np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5
-    src = np.maximum(src, 0.0)
+    # float32 arithmetic, as torch computes the source coordinate for float32 tensors
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)
+    src = scale * (np.arange(out_size, dtype=f32) + f32(0.5)) - f32(0.5)
+    src = np.maximum(src, f32(0.0))
     i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
     i1 = np.minimum(i0 + 1, in_size - 1)
-    w1 = src - i0
+    w1 = (src - i0.astype(f32)).astype(np.float64)
     w0 = 1.0 - w1
     m = np.zeros((out_size, in_size), np.float64)
     rows = np.arange(out_size)
