@@ -1,0 +1,209 @@
+"""Coarse losses: hand-computed cases, DECA torch ports, zero-weight skipping, gradients."""
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from jaxdeca.losses import coarse, default_loss_config
+
+
+def test_landmark_weights_table():
+    w = coarse.landmark_weights()
+    assert w.shape == (68,)
+    expect = {5: 2, 6: 2, 10: 2, 11: 2, 27: 1.5, 29: 1.5, 30: 3, 31: 3, 35: 3, 34: 1.5,
+              48: 3, 54: 3, 49: 1.5, 59: 1.5, 60: 1.5, 67: 1.5, 0: 1, 17: 1, 36: 1, 47: 1, 4: 1}
+    for i, v in expect.items():
+        assert w[i] == v, i
+
+
+def test_weighted_landmark_hand_computed():
+    gt = np.zeros((1, 68, 3), np.float32)
+    gt[..., 2] = 1.0
+    pred = np.zeros((1, 68, 2), np.float32)
+    pred[0, 30] = [0.1, -0.2]          # weight 3: |.| sum 0.3
+    pred[0, 0] = [0.4, 0.0]            # weight 1: 0.4
+    gt[0, 1, 2] = 0.0                   # invisible: its error does not count
+    pred[0, 1] = [5.0, 5.0]
+    w = coarse.landmark_weights()
+    k = (w.sum() - w[1]) * 2.0
+    expect = (3 * 0.3 + 1 * 0.4) / k
+    np.testing.assert_allclose(float(coarse.weighted_landmark_loss(pred, gt)), expect, rtol=1e-5)
+
+
+def test_landmark_matches_deca_torch():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(-1, 1, (3, 68, 3)).astype(np.float32)
+    gt[..., 2] = rng.random((3, 68)) > 0.2
+    pred = rng.uniform(-1, 1, (3, 68, 2)).astype(np.float32)
+    # DECA: weights multiply the visibility column in place, then batch_kp_2d_l1_loss
+    real = torch.from_numpy(gt.copy())
+    real[:, :, 2] = torch.from_numpy(coarse.landmark_weights())[None, :] * real[:, :, 2]
+    kp_gt, kp_pred = real.view(-1, 3), torch.from_numpy(pred).view(-1, 2)
+    vis = kp_gt[:, 2]
+    ref = torch.matmul(torch.abs(kp_gt[:, :2] - kp_pred).sum(1), vis) / (vis.sum() * 2 + 1e-8)
+    np.testing.assert_allclose(float(coarse.weighted_landmark_loss(pred, gt)), float(ref), rtol=1e-5)
+
+
+def test_eye_and_lip_distances_hand_computed():
+    gt = np.zeros((1, 68, 3), np.float32)
+    pred = np.zeros((1, 68, 2), np.float32)
+    gt[0, 37, 1], gt[0, 41, 1] = -0.1, 0.1     # one open eyelid pair, distance 0.2
+    pred[0, 62, 1] = 0.3                        # one open lip pair (62, 66), distance 0.3
+    np.testing.assert_allclose(float(coarse.eyed_loss(pred, gt)), 0.2 / 4, rtol=1e-6)
+    np.testing.assert_allclose(float(coarse.lipd_loss(pred, gt)), 0.3 / 3, rtol=1e-6)
+
+
+def test_photometric_hand_computed():
+    pred = np.zeros((1, 2, 2, 3), np.float32)
+    img = np.full((1, 2, 2, 3), 0.5, np.float32)
+    mask = np.array([[[1.0, 0.0], [0.0, 0.0]]], np.float32)
+    # one pixel of 4 counts: 3 channels * 0.5 / 12 elements
+    np.testing.assert_allclose(float(coarse.photometric_loss(pred, img, mask)), 1.5 / 12)
+
+
+def test_regularisers_hand_computed():
+    code = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
+    np.testing.assert_allclose(float(coarse.code_reg(code)), (1 + 4 + 9) / 2)
+    light = np.zeros((1, 9, 3), np.float32)
+    light[0, 0] = [3.0, 0.0, 0.0]      # channel mean 1 -> squared deviations 4, 1, 1
+    np.testing.assert_allclose(float(coarse.light_reg(light)), 6.0 / 27)
+
+
+def _inputs(seed=0, b=2, size=224):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.random(s).astype(np.float32))
+    gt = np.concatenate([rng.uniform(-1, 1, (b, 68, 2)), np.ones((b, 68, 1))], -1)
+    return dict(landmarks_gt=jnp.asarray(gt, jnp.float32), images=f(b, size, size, 3),
+                alpha_images=f(b, size, size, 1), face_eye_mask=f(b, size, size),
+                skin_mask=f(b, size, size), albedo_images=f(b, size, size, 3))
+
+
+def _features(x):
+    b = x.shape[0]
+    return x.reshape(b, 28, 8, 28, 8, 3).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def _pipeline(params, seed=1):
+    """Tiny differentiable stand-in: codes -> landmarks / render / shading via random maps."""
+    rng = np.random.default_rng(seed)
+    m = {k: jnp.asarray(rng.standard_normal(s).astype(np.float32) * 0.05) for k, s in
+         dict(shape=(10, 136), exp=(5, 136), pose=(6, 136), cam=(3, 136),
+              tex=(4, 3), light=(27, 3), shade=(10, 3)).items()}
+    lm = (params["shape"] @ m["shape"] + params["exp"] @ m["exp"] + params["pose"] @ m["pose"]
+          + params["cam"] @ m["cam"]).reshape(-1, 68, 2)
+    b = lm.shape[0]
+    colour = jax.nn.sigmoid(params["tex"] @ m["tex"] + params["light"].reshape(b, -1) @ m["light"])
+    shade = 1.0 + jnp.tanh(params["shape"] @ m["shade"])
+    rendered = jnp.broadcast_to((colour * shade)[:, None, None, :], (b, 224, 224, 3))
+    shading = jnp.broadcast_to(shade[:, None, None, :], (b, 224, 224, 3))
+    codes = {"shape": params["shape"], "exp": params["exp"], "tex": params["tex"],
+             "light": params["light"]}
+    return lm, rendered, shading, codes
+
+
+def _params(seed=2, b=2):
+    rng = np.random.default_rng(seed)
+    f = lambda *s: jnp.asarray(rng.standard_normal(s).astype(np.float32))
+    return dict(shape=f(b, 10), exp=f(b, 5), pose=f(b, 6), cam=f(b, 3), tex=f(b, 4),
+                light=f(b, 9, 3))
+
+
+def _total(params, inp, weights=None):
+    lm, rendered, shading, codes = _pipeline(params)
+    return coarse.coarse_losses(landmarks_pred=lm, codes=codes, rendered_images=rendered,
+                                shading_images=shading, id_features_fn=_features,
+                                weights=weights, **inp)
+
+
+def test_coarse_losses_terms_and_gradients_per_code_group():
+    inp, params = _inputs(), _params()
+    total, terms = jax.jit(_total)(params, inp)
+    assert set(terms) == {"landmark", "eye_distance", "lip_distance", "photometric_texture",
+                          "identity", "shape_reg", "expression_reg", "tex_reg", "light_reg"}
+    np.testing.assert_allclose(float(total), float(sum(terms.values())), rtol=1e-6)
+    grads = jax.grad(lambda p: _total(p, inp)[0])(params)
+    for name, g in grads.items():
+        assert np.all(np.isfinite(np.asarray(g))), name
+        assert float(jnp.abs(g).sum()) > 0, name
+
+
+def test_zero_weights_skip_terms():
+    cfg = default_loss_config()
+    cfg.photo = 0.0
+    cfg.id = 0.0
+    cfg.eyed = 0.0
+    inp = _inputs()
+    for k in ("images", "alpha_images", "face_eye_mask", "skin_mask", "albedo_images"):
+        inp[k] = None          # not needed when photo and id are off
+    lm, _, _, codes = _pipeline(_params())
+    _, terms = coarse.coarse_losses(landmarks_pred=lm, codes=codes, weights=cfg,
+                                    landmarks_gt=inp["landmarks_gt"])
+    assert set(terms) == {"landmark", "lip_distance", "shape_reg", "expression_reg", "tex_reg",
+                          "light_reg"}
+    # landmark-only pretraining: no light needed either
+    _, terms = coarse.coarse_losses(landmarks_pred=lm, codes={}, landmarks_gt=inp["landmarks_gt"],
+                                    weights=dict(photo=0.0, id=0.0, reg_shape=0.0, reg_exp=0.0,
+                                                 reg_tex=0.0, reg_light=0.0))
+    assert set(terms) == {"landmark", "eye_distance", "lip_distance"}
+
+
+def test_missing_inputs_and_unknown_weights_raise():
+    lm, _, _, codes = _pipeline(_params())
+    gt = _inputs()["landmarks_gt"]
+    with pytest.raises(ValueError, match="rendered_images|images"):
+        coarse.coarse_losses(landmarks_pred=lm, landmarks_gt=gt, codes=codes)
+    with pytest.raises(ValueError, match="unknown keys"):
+        coarse.coarse_losses(landmarks_pred=lm, landmarks_gt=gt, codes=codes, weights={"lmkk": 1})
+
+
+def test_use_seg_false_uses_face_eye_alpha():
+    inp, params = _inputs(), _params()
+    lm, rendered, shading, codes = _pipeline(params)
+    _, t = coarse.coarse_losses(landmarks_pred=lm, codes=codes, rendered_images=rendered,
+                                weights=dict(use_seg=False, id=0.0), **inp)
+    fem, alpha = inp["face_eye_mask"][..., None], inp["alpha_images"]
+    pred = rendered * fem * alpha
+    expect = jnp.mean(fem * alpha * jnp.abs(pred - inp["images"])) * 2.0
+    np.testing.assert_allclose(float(t["photometric_texture"]), float(expect), rtol=1e-5)
+
+
+def test_vmap_over_landmark_loss():
+    rng = np.random.default_rng(3)
+    gt = jnp.asarray(np.concatenate([rng.random((4, 1, 68, 2)), np.ones((4, 1, 68, 1))], -1),
+                     jnp.float32)
+    pred = jnp.asarray(rng.random((4, 1, 68, 2)), jnp.float32)
+    per = jax.vmap(coarse.weighted_landmark_loss)(pred, gt)
+    for i in range(4):
+        np.testing.assert_allclose(float(per[i]), float(coarse.weighted_landmark_loss(pred[i], gt[i])),
+                                   rtol=1e-6)
+
+
+@settings(max_examples=20, deadline=None)
+@given(scale=st.sampled_from([0.0, 1e-3, 1.0, 1e3]), image_value=st.sampled_from([0.0, 1.0]),
+       mask_value=st.sampled_from([0.0, 1.0]), coincide=st.booleans())
+def test_finite_on_degenerate_inputs(scale, image_value, mask_value, coincide):
+    b, size = 1, 224
+    params = jax.tree_util.tree_map(lambda x: x * scale, _params(b=b))
+    inp = _inputs(b=b)
+    inp["images"] = jnp.full((b, size, size, 3), image_value)
+    inp["skin_mask"] = jnp.full((b, size, size), mask_value)
+    inp["face_eye_mask"] = jnp.full((b, size, size), mask_value)
+    if coincide:
+        inp["landmarks_gt"] = jnp.zeros((b, 68, 3)).at[..., 2].set(mask_value)
+    zero_lm = coincide
+
+    def f(p):
+        lm, rendered, shading, codes = _pipeline(p)
+        if zero_lm:
+            lm = lm * 0.0
+        return coarse.coarse_losses(landmarks_pred=lm, codes=codes, rendered_images=rendered,
+                                    shading_images=shading * image_value,
+                                    id_features_fn=_features, **inp)[0]
+
+    val, grads = jax.value_and_grad(f)(params)
+    assert np.isfinite(float(val))
+    for g in jax.tree_util.tree_leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
