@@ -6,6 +6,8 @@ The config file (an ml_collections config) is the single source of hyper-paramet
   showcase   render the FLAME model (by default the embedded demo head) in a set of poses,
              identities and expressions, with landmarks, and the renderer's outputs
              (albedo x SH light, shape, detailed shape, depth, UV position map) to PNG grids.
+  train      run the training loop (jaxdeca.train.loop) on the task named by `config.task`
+             (currently 'toy'; the DECA pretrain/coarse/detail tasks are not yet wired).
 
 Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`.
 """
@@ -25,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # mode -> "module:function"; each function takes (config, workdir) and returns None.
 MODES = {
     "showcase": "jaxdeca.apps.showcase:run",
+    "train": "jaxdeca.train.run:run",
 }
 
 

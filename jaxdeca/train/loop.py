@@ -1,0 +1,97 @@
+"""The training loop shared by every stage: init or resume, iterate, checkpoint, log, eval.
+
+A *task* (see `jaxdeca.train.toy.ToyTask` for the smallest one) supplies the stage:
+  init_variables(rng) -> (params, batch_stats, frozen)
+  loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (terms, new_batch_stats))
+  eval_fn(params, batch_stats, frozen, batch) -> dict of scalars (e.g. landmark error)
+  make_loader(local_batch_size, process_index, process_count) -> loader with
+      `next() -> dict of numpy [local_batch, ...]`, `position() -> JSON-able`, `restore(position)`
+  eval_batches(local_batch_size, process_index, process_count) -> list of numpy batches
+  images(state, batch) -> optional dict name -> [N, H, W, 3] image grid (may be None)
+
+The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
+loader position), so a killed run restarted with the same config continues bit-for-bit.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxdeca.train import checkpoint, metrics, parallel, state as state_lib, steps
+
+
+def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for b in batches:
+        for k, v in metrics.to_scalars(eval_step(state, parallel.shard_batch(b, mesh))).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
+
+
+def train(config, workdir: str, task) -> dict[str, Any]:
+    """Runs `config.train.num_steps` steps of `task`; returns {'state', 'eval_history', 'losses'}.
+
+    Config fields used (config.train): num_steps, batch_size (global), checkpoint_every,
+    keep_checkpoints, log_every, eval_every, image_every; config.seed; config.optim.*.
+    """
+    tc = config.train
+    mesh = parallel.make_mesh()
+    local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
+    optimizer = state_lib.make_optimizer(config)
+
+    params, batch_stats, frozen = task.init_variables(jax.random.key(int(config.seed)))
+    init_state = parallel.replicate(state_lib.create(params, batch_stats, frozen, optimizer, int(config.seed)), mesh)
+    loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
+    eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
+
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = checkpoint.make_manager(ckpt_dir, max_to_keep=int(tc.keep_checkpoints),
+                                      async_save=bool(tc.get("async_checkpoints", True)))
+    restored = checkpoint.restore_latest(manager, init_state)
+    if restored is None:
+        state, start = init_state, 0
+    else:
+        start, state, extra = restored
+        state = parallel.replicate(state, mesh)
+        loader.restore(extra["loader"])
+        logging.info("resumed from step %d in %s", start, ckpt_dir)
+
+    train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
+    eval_step = steps.make_eval_step(task.eval_fn, mesh)
+    writer = metrics.make_writer(workdir)
+    progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
+    eval_history = []
+    losses = []
+
+    def do_eval(step):
+        ev = _mean_eval(eval_step, state, eval_batches, mesh)
+        writer.write_scalars(step, ev)
+        eval_history.append((step, ev))
+        logging.info("eval at step %d: %s", step, ev)
+
+    if start == 0 and eval_batches:
+        do_eval(0)
+    for step in range(start + 1, int(tc.num_steps) + 1):
+        batch = parallel.shard_batch(loader.next(), mesh)
+        state, terms = train_step(state, batch)
+        if step % int(tc.log_every) == 0 or step == int(tc.num_steps):
+            scalars = {f"train/{k}": v for k, v in metrics.to_scalars(terms).items()}
+            losses.append((step, scalars["train/loss"]))
+            rates, line = progress.report(step)
+            writer.write_scalars(step, {**scalars, **rates})
+            logging.info("%s loss %.5f", line, scalars["train/loss"])
+        if int(tc.image_every) and step % int(tc.image_every) == 0:
+            imgs = task.images(state, batch)
+            if imgs and jax.process_index() == 0:
+                writer.write_images(step, {k: np.asarray(v) for k, v in imgs.items()})
+        if eval_batches and int(tc.eval_every) and (step % int(tc.eval_every) == 0 or step == int(tc.num_steps)):
+            do_eval(step)
+        if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
+            checkpoint.save(manager, step, state, {"loader": loader.position(), "stage": config.get("stage", "")})
+    manager.wait_until_finished()
+    writer.flush()
+    return {"state": state, "eval_history": eval_history, "losses": losses}

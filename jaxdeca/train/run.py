@@ -1,0 +1,25 @@
+"""`mode='train'` job: picks the task named by `config.task` and runs the loop on it."""
+from __future__ import annotations
+
+from absl import logging
+
+from jaxdeca.train import loop, parallel
+
+TASKS = {"toy": "jaxdeca.train.toy:ToyTask"}
+
+
+def make_task(config):
+    if config.task not in TASKS:
+        raise ValueError(f"config.task={config.task!r} is not one of {sorted(TASKS)}")
+    import importlib
+    mod, cls = TASKS[config.task].split(":")
+    return getattr(importlib.import_module(mod), cls)(config)
+
+
+def run(config, workdir: str) -> None:
+    parallel.maybe_initialize_distributed(config.get("coordinator_address"), config.get("num_processes"),
+                                          config.get("process_id"))
+    out = loop.train(config, workdir, make_task(config))
+    for step, ev in out["eval_history"]:
+        logging.info("eval step %d: %s", step, ev)
+    print(f"final train loss {out['losses'][-1][1]:.6f}; checkpoints in {workdir}/checkpoints", flush=True)

@@ -1,0 +1,46 @@
+"""Train state and optimiser for every DECA stage.
+
+`TrainState` is a flax.struct dataclass (a pytree) holding what a checkpoint must carry:
+  step          int32 scalar
+  params        trainable parameters (the encoders/decoder the stage trains)
+  batch_stats   BatchNorm running statistics of the trainable nets
+  opt_state     optax state for `params`
+  rng           raw uint32 key data (checkpointable; wrap with `jax.random.wrap_key_data`)
+  frozen        variables that are used but never updated (the detail stage's coarse encoder);
+                kept apart so gradients and the optimiser never see them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    frozen: Any
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam as DECA (lr 1e-4, no weight decay); optional global-norm clipping.
+
+    Reads `config.optim.learning_rate` and `config.optim.clip_norm` (0 = no clipping).
+    """
+    opt = optax.adam(float(config.optim.learning_rate))
+    clip = float(config.optim.get("clip_norm", 0.0) or 0.0)
+    return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+
+
+def create(params, batch_stats, frozen, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
+    """A step-0 state; `frozen` may be an empty dict."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                      opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)),
+                      frozen=frozen)

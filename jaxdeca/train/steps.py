@@ -1,0 +1,44 @@
+"""One jitted optimisation step over the device mesh, for any stage.
+
+A stage supplies `loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (terms, new_batch_stats))`;
+`make_train_step` turns it into `step(state, batch) -> (state, terms)` compiled with the state
+replicated and the batch split over the mesh axis `data`. Gradients of a sharded batch mean are
+all-reduced by XLA automatically (GSPMD), so the same function is exact on 1 or N devices.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+
+from jaxdeca.train import parallel
+from jaxdeca.train.state import TrainState
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, mesh) -> Callable:
+    """Returns jitted `step(state: TrainState, batch) -> (TrainState, terms: dict of scalars)`."""
+    repl = parallel.replicated(mesh)
+    data = parallel.batch_sharding(mesh)
+
+    def step(state: TrainState, batch):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (terms, new_bs)), grads = grad_fn(state.params, state.batch_stats, state.frozen, batch, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        terms = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+        return state.replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state), terms
+
+    return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
+def make_eval_step(metric_fn: Callable, mesh) -> Callable:
+    """Jitted `eval(state, batch) -> dict of scalars` with `metric_fn(params, batch_stats, frozen, batch)`."""
+    repl = parallel.replicated(mesh)
+    data = parallel.batch_sharding(mesh)
+
+    def ev(state: TrainState, batch):
+        return metric_fn(state.params, state.batch_stats, state.frozen, batch)
+
+    return jax.jit(ev, in_shardings=(repl, data), out_shardings=repl)
