@@ -27,7 +27,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         (loss, (terms, new_bs)), grads = grad_fn(state.params, state.batch_stats, state.frozen, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        terms = dict(terms, loss=loss, grad_norm=optax.global_norm(grads))
+        terms = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
         return state.replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state), terms
 
     return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))

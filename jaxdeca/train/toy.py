@@ -18,7 +18,7 @@ class _Net(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Dense(self.width)(x)
+        x = nn.Dense(self.width, use_bias=False)(x)  # a bias before BN has zero gradient (noise under Adam)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
         return nn.Dense(2)(nn.relu(x))
 
