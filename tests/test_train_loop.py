@@ -135,3 +135,22 @@ def test_two_process_distributed_run_checkpoints(tmp_path):
         assert "DONE 2" in o
     assert 40 in [int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()]
     assert np.isfinite(np.load(tmp_path / "mp.npz")["losses"]).all()
+
+
+def test_image_grids_written_and_config_paths_checked(tmp_path):
+    import ml_collections
+    from jaxdeca.train import paths
+    config = test_toy.get_config()
+    with config.unlocked():
+        config.train.num_steps, config.train.image_every = 4, 2
+    loop.train(config, str(tmp_path / "img"), ToyTask(config))
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "img"))
+
+    c = ml_collections.ConfigDict({"detail": {"coarse_checkpoint": None}})
+    with pytest.raises(paths.ConfigPathError, match=r"config.detail.coarse_checkpoint is not set.*coarse encoder"):
+        paths.require_path(c, "detail.coarse_checkpoint", "the frozen coarse encoder")
+    c.detail.coarse_checkpoint = str(tmp_path / "missing")
+    with pytest.raises(paths.ConfigPathError, match="does not exist"):
+        paths.require_path(c, "detail.coarse_checkpoint", "the frozen coarse encoder")
+    c.detail.coarse_checkpoint = str(tmp_path)
+    assert paths.require_path(c, "detail.coarse_checkpoint", "x") == str(tmp_path)

@@ -79,4 +79,7 @@ class ToyTask:
         return [loader.next() for _ in range(2)]
 
     def images(self, state, batch):
-        return None
+        """A [1, 8, B, 3] strip: predicted vs true targets as colours (exercises the image writer)."""
+        pred, _ = self._apply(state.params, state.batch_stats, state.frozen, batch["x"], False)
+        rows = [jnp.clip(0.5 + 0.25 * jnp.concatenate([v, v[:, :1]], -1), 0, 1) for v in (pred, batch["y"])]
+        return {"toy/pred_vs_true": jnp.repeat(jnp.stack(rows, 0), 4, axis=0)[None]}
