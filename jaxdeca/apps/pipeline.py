@@ -1,0 +1,261 @@
+"""The shared inference pipeline of the apps: load a model, crop faces, encode+decode in one
+jitted function, and write every per-face output.
+
+    model = load_pipeline(checkpoint=None, flame_path=None)   # random-free: needs a checkpoint to encode
+    crops = crop_face(image_uint8)                             # DECA's test-time crop (dlib box)
+    codes = model.encode(images [B,224,224,3])                 # dict of codes
+    out = model.decode(codes)                                  # vertices, landmarks, renders, uv maps
+    write_outputs(out_dir, name, out, k, crop)                 # OBJ, textures, landmarks, grid, npz
+
+A checkpoint is a directory holding `E_flame`, `E_detail`, `D_detail` sub-directories of
+orbax variables (what `python -m jaxdeca.convert deca` writes) or a single orbax directory
+whose top level has those three keys (a trained model saved with `save_variables`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca import flame, models, render
+from jaxdeca.apps import export
+from jaxdeca.convert.core import load_variables
+
+IMAGE_SIZE = 224
+NETS = ("E_flame", "E_detail", "D_detail")
+
+
+class CheckpointError(ValueError):
+    """A --checkpoint path that is not a DECA model directory."""
+
+
+def load_checkpoint(path: str) -> dict:
+    """{'E_flame', 'E_detail', 'D_detail'} Flax variables from a converted/trained model dir."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if all(os.path.isdir(os.path.join(path, n)) for n in NETS):
+        return {n: load_variables(os.path.join(path, n)) for n in NETS}
+    try:
+        v = load_variables(path)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise CheckpointError(f"{path}: not a DECA model directory ({e})") from e
+    missing = [n for n in NETS if n not in v]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}; expected keys {list(NETS)}")
+    return {n: v[n] for n in NETS}
+
+
+def random_variables(seed: int = 0) -> dict:
+    """Randomly initialised DECA networks (tests, demos with no trained model)."""
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
+    img = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
+    return {"E_flame": models.coarse_encoder().init(k1, img),
+            "E_detail": models.detail_encoder().init(k2, img),
+            "D_detail": models.detail_decoder().init(k3, jnp.zeros((1, models.DETAIL_LATENT_SIZE)))}
+
+
+# ----------------------------------------------------------------------------- cropping
+
+@dataclasses.dataclass(frozen=True)
+class Crop:
+    """The similarity that maps original pixels to the 224 crop: crop = A @ [x, y, 1]."""
+    image: np.ndarray  # [224, 224, 3] float32 in [0, 1]
+    matrix: np.ndarray  # [2, 3]
+
+
+def crop_transform(center, size, out_size: int = IMAGE_SIZE) -> np.ndarray:
+    """[2, 3] similarity taking the square (center, size) in original pixels to out_size."""
+    s = out_size / float(size)
+    cx, cy = center
+    return np.array([[s, 0.0, out_size / 2 - s * cx], [0.0, s, out_size / 2 - s * cy]], np.float64)
+
+
+def to_original(points, matrix) -> np.ndarray:
+    """Crop pixels [..., 2] -> original pixels, inverting `matrix` [2, 3]."""
+    a = np.asarray(matrix, np.float64)
+    return (np.asarray(points, np.float64) - a[:, 2]) / a[0, 0]
+
+
+def deca_box(left, top, right, bottom, kind: str = "bbox", scale: float = 1.25):
+    """DECA's test-time crop square: (center (x, y), size) from a face detector box ('bbox',
+    centre moved down by 0.12 of the box size) or a landmark box ('kpt', size x 1.1)."""
+    old = (right - left + bottom - top) / 2.0
+    center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0])
+    if kind == "kpt":
+        old *= 1.1
+    else:
+        center[1] += old * 0.12
+    return center, old * scale
+
+
+_DETECTOR = None
+
+
+def detect_face(image: np.ndarray):
+    """Largest dlib frontal-face box (left, top, right, bottom) or None. image: [H, W, 3] uint8."""
+    global _DETECTOR
+    import dlib
+    if _DETECTOR is None:
+        _DETECTOR = dlib.get_frontal_face_detector()
+    dets = _DETECTOR(image, 1)
+    if len(dets) == 0:
+        return None
+    d = max(dets, key=lambda r: r.width() * r.height())
+    return d.left(), d.top(), d.right(), d.bottom()
+
+
+_PREDICTOR = None
+
+
+def detect_landmarks(image: np.ndarray):
+    """68 dlib landmarks [68, 2] in pixels for the largest face, or None."""
+    global _PREDICTOR
+    import dlib
+    box = detect_face(image)
+    if box is None:
+        return None
+    if _PREDICTOR is None:
+        loc = list(importlib.util.find_spec("face_recognition_models").submodule_search_locations)[0]
+        _PREDICTOR = dlib.shape_predictor(os.path.join(loc, "models", "shape_predictor_68_face_landmarks.dat"))
+    s = _PREDICTOR(image, dlib.rectangle(*box))
+    return np.array([[p.x, p.y] for p in s.parts()], np.float64)
+
+
+def crop_face(image: np.ndarray, mode: str = "detect") -> Crop | None:
+    """DECA test crop of an RGB uint8 image; None when mode='detect' finds no face.
+    mode='none' uses the whole image (already cropped), resized to 224."""
+    h, w = image.shape[:2]
+    if mode == "none":
+        center, size = np.array([w / 2.0, h / 2.0]), float(max(h, w))
+    else:
+        box = detect_face(image)
+        if box is None:
+            return None
+        center, size = deca_box(*box)
+    a = crop_transform(center, size)
+    img = cv2.warpAffine(image, a, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return Crop(image=img.astype(np.float32) / 255.0, matrix=a)
+
+
+# ----------------------------------------------------------------------------- model
+
+@dataclasses.dataclass
+class Pipeline:
+    """FLAME arrays, topology and network variables with jitted encode/decode."""
+    arrays: dict
+    flame: flame.FlameModel
+    topo: render.Topology
+    variables: dict | None
+
+    def __post_init__(self):
+        self._encode = jax.jit(self._encode_impl)
+        self._decode = jax.jit(self._decode_impl)
+        self._both = jax.jit(self._both_impl)
+
+    def _both_impl(self, v, images):
+        codes = self._encode_impl(v, images)
+        return codes, self._decode_impl(codes, v["D_detail"], images)
+
+    def _encode_impl(self, v, images):
+        codes = models.decompose_code(models.coarse_encoder().apply(v["E_flame"], images))
+        codes["detail"] = models.detail_encoder().apply(v["E_detail"], images)
+        return codes
+
+    def _decode_impl(self, codes, d_vars, images=None):
+        B = codes["shape"].shape[0]
+        out = self.flame(codes["shape"], codes["exp"], codes["pose"])
+        cam = codes["cam"]
+        trans = render.orth_proj(out["vertices"], cam)
+        R = self.topo.uv_face_eye_mask.shape[0]
+        albedo = flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=R)
+        if d_vars is not None and "detail" in codes:
+            uv_z = models.detail_decoder().apply(d_vars, models.detail_latent(codes["pose"], codes["exp"], codes["detail"]))
+        else:
+            uv_z = jnp.zeros((B, R, R, 1))
+        r = render.render(out["vertices"], trans, albedo, codes["light"], self.topo, (IMAGE_SIZE, IMAGE_SIZE), uv_z=uv_z)
+        lmk2 = render.orth_proj(out["landmarks2d"], cam)
+        lmk3 = render.orth_proj(out["landmarks3d"], cam)
+        n = r["uv_detail_normals"]
+        uv_detail_vertices = (r["uv_coarse_vertices"] + uv_z * r["uv_coarse_normals"]
+                              + self.topo.fixed_displacement[None, ..., None] * r["uv_coarse_normals"])
+        res = dict(vertices=out["vertices"], trans_vertices=trans, landmarks2d=lmk2, landmarks3d=lmk3,
+                   landmarks3d_world=out["landmarks3d"], albedo=albedo, uv_z=uv_z,
+                   uv_detail_vertices=uv_detail_vertices, uv_detail_normals=n,
+                   normals=r["normals"], trans_normals=r["trans_normals"],
+                   images=r["images"], mask=r["mask"], shape_images=r["shape_images"],
+                   shape_detail_images=r["shape_detail_images"], depth_images=r["depth_images"],
+                   uv_pverts=r["uv_pverts"])
+        if images is not None:
+            res["uv_texture_extracted"] = render.extract_texture(images, r["uv_pverts"])
+        return res
+
+    def encode(self, images):
+        """images: [B, 224, 224, 3] in [0, 1] -> codes dict (shape, tex, exp, pose, cam, light, detail)."""
+        return self._encode(self.variables, jnp.asarray(images))
+
+    def decode(self, codes, images=None):
+        """codes -> dict of decoded arrays (see `_decode_impl`); images adds the extracted texture."""
+        d = None if self.variables is None else self.variables["D_detail"]
+        if images is None:
+            return self._decode(codes, d)
+        return self._decode(codes, d, jnp.asarray(images))
+
+    def run(self, images):
+        """One jitted encode+decode. images: [B, 224, 224, 3] -> (codes, decoded)."""
+        return self._both(self.variables, jnp.asarray(images))
+
+
+def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:
+    """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed)."""
+    arrays = flame.load_arrays(flame_path)
+    variables = load_checkpoint(checkpoint) if checkpoint else (random_variables(random_seed) if random_seed is not None else None)
+    return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays), variables=variables)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def landmarks_original(lmk_img, matrix) -> np.ndarray:
+    """DECA image-space landmarks [K, >=2] of a crop -> original-image pixels [K, 2]."""
+    from jaxdeca.apps.visualize import image_to_pixels
+    return to_original(image_to_pixels(lmk_img, IMAGE_SIZE), matrix)
+
+
+def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
+                  arrays: dict, extract_tex: bool = True) -> list[str]:
+    """Write every output of face k of a decoded batch under out_dir/name/; returns paths."""
+    from jaxdeca.apps import visualize as vis
+    d = os.path.join(out_dir, name)
+    os.makedirs(d, exist_ok=True)
+    g = lambda key: np.asarray(out[key][k])  # noqa: E731
+    paths = []
+    tex = g("uv_texture_extracted") if extract_tex and "uv_texture_extracted" in out else g("albedo")
+    paths.append(export.write_obj(os.path.join(d, f"{name}.obj"), g("vertices"), arrays["faces"],
+                                  uv_coords=arrays["uv_coords"], uv_faces=arrays["uv_faces"], texture=tex,
+                                  normal_map=g("uv_detail_normals")))
+    mask = np.asarray(arrays.get("uv_face_eye_mask", np.ones(g("uv_z").shape[:2])))
+    cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
+    dv, df, dc = export.dense_detail_mesh(g("uv_detail_vertices"), g("uv_detail_normals"), (mask > 0.5) & cover, tex)
+    paths.append(export.write_obj(os.path.join(d, f"{name}_detail.obj"), dv, df, colors=dc))
+    lmk2 = landmarks_original(g("landmarks2d"), crop.matrix)
+    paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
+    vis3 = (g("trans_normals")[..., 2] < 0.1)  # per-vertex visibility; landmark = nearest vertex's
+    l3w = g("landmarks3d_world")
+    nearest = np.argmin(((g("vertices")[None] - l3w[:, None]) ** 2).sum(-1), axis=1)
+    paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt3d.txt"),
+                                       np.concatenate([l3w, vis3[nearest, None].astype(np.float64)], 1),
+                                       "x y z visible (FLAME world, metres)"))
+    paths.append(export.save_image(os.path.join(d, f"{name}_depth.png"), g("depth_images")))
+    crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE)
+    tiles = [vis.label(crop.image, "input"), vis.label(vis.draw_landmarks(crop.image, crop_lmk), "landmarks"),
+             vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
+             vis.label(g("images"), "render")]
+    paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
+    np.savez(os.path.join(d, f"{name}_codes.npz"), **{kk: np.asarray(v[k]) for kk, v in codes.items()},
+             crop_matrix=crop.matrix)
+    paths.append(os.path.join(d, f"{name}_codes.npz"))
+    return paths

@@ -1,0 +1,46 @@
+"""Pictures for the apps: landmark drawing, labelled tiles and grids. NumPy in, NumPy out."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def to_uint8(image) -> np.ndarray:
+    """[H, W, 3] float in [0, 1] (or uint8) -> uint8."""
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def draw_landmarks(image, points, color=(255, 60, 60), radius: int = 2) -> np.ndarray:
+    """Dots at points [K, >=2] (pixels, x right y down) on a copy of image [H, W, 3]."""
+    out = to_uint8(image).copy()
+    for x, y in np.asarray(points)[:, :2]:
+        if np.isfinite(x) and np.isfinite(y):
+            cv2.circle(out, (int(round(x)), int(round(y))), radius, color, -1, lineType=cv2.LINE_AA)
+    return out
+
+
+def label(image, text: str) -> np.ndarray:
+    """The tile with `text` written in its top-left corner."""
+    out = to_uint8(image).copy()
+    cv2.putText(out, text, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def grid(tiles, cols: int) -> np.ndarray:
+    """Equal-size tiles [H, W, 3] in rows of `cols` -> one uint8 image (missing tiles black)."""
+    tiles = [to_uint8(t) for t in tiles]
+    h, w = tiles[0].shape[:2]
+    rows = -(-len(tiles) // cols)
+    out = np.zeros((rows * h, cols * w, 3), np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * h:(r + 1) * h, c * w:(c + 1) * w] = t
+    return out
+
+
+def image_to_pixels(points, size: int) -> np.ndarray:
+    """DECA image space [-1, 1] (y down) [..., >=2] -> pixels [..., 2]."""
+    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0
