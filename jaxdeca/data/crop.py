@@ -1,0 +1,103 @@
+"""DECA's square face crops as 3x3 similarity matrices, and the warps that apply them.
+
+DECA (decalib/datasets/vggface.py and datasets.py) crops a square around the face, maps three
+of its corners onto the output corners (0, 0), (0, S-1), (S-1, 0) with skimage's
+`estimate_transform('similarity', ...)`, warps the image with it, maps the landmarks with it
+and normalises them as `lmk / S * 2 - 1`. Pixel coordinates here follow that convention
+(OpenCV / skimage / dlib / iBUG: the centre of pixel column j is x = j).
+
+    train:  centre of the landmark box, size = int((w + h) / 2 * U[1.4, 1.8])   (trans_scale 0)
+    test:   landmark box ('kpt'): size = int((w + h) / 2 * 1.1 * 1.25)
+            detector box ('bbox'): size = int((w + h) / 2 * 1.25), centre moved down 0.12 (w + h) / 2
+
+All matrices are [3, 3] float64 mapping original pixels to crop pixels: crop = T @ [x, y, 1].
+"""
+import cv2
+import numpy as np
+
+TRAIN_SCALE = (1.4, 1.8)
+TEST_SCALE = 1.25
+
+
+def landmark_box(landmarks):
+    """(left, top, right, bottom) of landmarks [N, 2] in pixels."""
+    lmk = np.asarray(landmarks, np.float64)
+    return lmk[:, 0].min(), lmk[:, 1].min(), lmk[:, 0].max(), lmk[:, 1].max()
+
+
+def box_square(left, top, right, bottom, kind="kpt"):
+    """DECA's (centre [2], old_size) of a box; kind 'kpt' (landmark box, training and test) or
+    'bbox' (face detector box at test time: centre shifted down by 0.12 old_size)."""
+    old = (right - left + bottom - top) / 2.0
+    center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0], np.float64)
+    if kind == "bbox":
+        center[1] += old * 0.12
+    elif kind != "kpt":
+        raise ValueError(f"box kind must be 'kpt' or 'bbox', got {kind!r}")
+    return center, old
+
+
+def square_transform(center, size, out_size):
+    """[3, 3] similarity taking the square (centre, size) to an out_size crop, DECA's way:
+    corners (c - s/2, c - s/2), (c - s/2, c + s/2), (c + s/2, c - s/2) go to (0, 0), (0, S-1),
+    (S-1, 0). That is a pure scale (S-1)/size plus a translation."""
+    cx, cy = float(center[0]), float(center[1])
+    size = float(size)
+    if not size > 0:
+        raise ValueError(f"crop size must be positive, got {size}")
+    s = (out_size - 1) / size
+    return np.array([[s, 0.0, -s * (cx - size / 2)], [0.0, s, -s * (cy - size / 2)], [0.0, 0.0, 1.0]])
+
+
+def train_transform(landmarks, out_size, rng, scale=TRAIN_SCALE, trans_scale=0.0):
+    """DECA's training crop of landmarks [68, 2] (pixels) with a numpy Generator `rng`.
+    Draws the centre shift then the scale in DECA's order. Returns [3, 3]."""
+    center, old = box_square(*landmark_box(landmarks), kind="kpt")
+    shift = (rng.random(2) * 2 - 1) * trans_scale
+    center = center + shift * old
+    s = rng.random() * (scale[1] - scale[0]) + scale[0]
+    return square_transform(center, int(old * s), out_size)
+
+
+def test_transform(landmarks=None, bbox=None, out_size=224, scale=TEST_SCALE):
+    """DECA's test crop from landmarks [N, 2] ('kpt': x1.1) or a detector box (l, t, r, b)."""
+    if landmarks is not None:
+        center, old = box_square(*landmark_box(landmarks), kind="kpt")
+        old = old * 1.1
+    elif bbox is not None:
+        center, old = box_square(*bbox, kind="bbox")
+    else:
+        raise ValueError("test_transform needs landmarks or a bbox")
+    return square_transform(center, int(old * scale), out_size)
+
+
+def apply_points(tform, points):
+    """Map points [..., 2] with a [3, 3] similarity."""
+    p = np.asarray(points, np.float64)
+    t = np.asarray(tform, np.float64)
+    return p @ t[:2, :2].T + t[:2, 2]
+
+
+def invert(tform):
+    """Inverse of a [3, 3] similarity."""
+    return np.linalg.inv(np.asarray(tform, np.float64))
+
+
+def warp_image(image, tform, out_size, interpolation=cv2.INTER_LINEAR):
+    """Warp image [H, W, C] (any dtype cv2 takes) into [S, S, C] with the [3, 3] transform;
+    outside the source is 0 (DECA's skimage warp does the same)."""
+    out = cv2.warpAffine(image, np.asarray(tform, np.float64)[:2], (out_size, out_size), flags=interpolation,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if out.ndim == 2 and image.ndim == 3:
+        out = out[..., None]
+    return out
+
+
+def normalise_points(points, out_size):
+    """Crop pixels -> DECA's [-1, 1] image space: p / S * 2 - 1."""
+    return np.asarray(points, np.float64) / out_size * 2.0 - 1.0
+
+
+def denormalise_points(points, out_size):
+    """DECA's [-1, 1] image space -> crop pixels: (p + 1) * S / 2."""
+    return (np.asarray(points, np.float64) + 1.0) * out_size / 2.0

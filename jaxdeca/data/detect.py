@@ -1,0 +1,99 @@
+"""Offline face detection and 68 iBUG landmarks with dlib, plus the iBUG .pts format.
+
+dlib's HOG frontal face detector and its 68-point shape predictor need no network: the
+`dlib-bin` wheel has the code, the `face-recognition-models` wheel (or Debian's
+`libdlib-data`) has `shape_predictor_68_face_landmarks.dat`. Images larger than `max_side`
+are downscaled for detection only; landmarks come back in original pixels.
+"""
+import importlib.util
+import os
+
+import cv2
+import numpy as np
+
+PREDICTOR_NAME = "shape_predictor_68_face_landmarks.dat"
+DEBIAN_PREDICTOR = "/usr/share/dlib/" + PREDICTOR_NAME
+
+
+def default_predictor_path() -> str:
+    """The 68-point model from face_recognition_models (without importing its __init__, which
+    needs pkg_resources) or Debian's libdlib-data. Raises FileNotFoundError naming both."""
+    tried = []
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is not None and spec.submodule_search_locations:
+        p = os.path.join(list(spec.submodule_search_locations)[0], "models", PREDICTOR_NAME)
+        tried.append(p)
+        if os.path.isfile(p):
+            return p
+    tried.append(DEBIAN_PREDICTOR)
+    if os.path.isfile(DEBIAN_PREDICTOR):
+        return DEBIAN_PREDICTOR
+    raise FileNotFoundError(f"{PREDICTOR_NAME} not found (tried {', '.join(tried)}); install "
+                            "face-recognition-models or libdlib-data, or pass --predictor PATH")
+
+
+class Detector:
+    """Largest-face detection + 68 landmarks. Call with an [H, W, 3] uint8 RGB image;
+    returns (landmarks [68, 2] float32 pixels, score float) or None when no face is found."""
+
+    def __init__(self, predictor_path: str | None = None, max_side: int = 1024, upsample: int = 1):
+        import dlib
+        path = predictor_path or default_predictor_path()
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: landmark model file not found")
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(path)
+        self.max_side = max_side
+        self.upsample = upsample
+        self._dlib = dlib
+
+    def detect(self, image):
+        """[(left, top, right, bottom, score)] in original pixels, largest first."""
+        h, w = image.shape[:2]
+        f = min(1.0, self.max_side / max(h, w))
+        small = image if f == 1.0 else cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+        up = self.upsample if max(small.shape[:2]) <= 640 else 0
+        rects, scores, _ = self.detector.run(np.ascontiguousarray(small), up, 0.0)
+        boxes = [(r.left() / f, r.top() / f, r.right() / f, r.bottom() / f, float(s)) for r, s in zip(rects, scores)]
+        return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+    def landmarks(self, image, box):
+        """68 landmarks [68, 2] float32 (pixels) inside box (l, t, r, b)."""
+        rect = self._dlib.rectangle(*[int(round(v)) for v in box[:4]])
+        shape = self.predictor(np.ascontiguousarray(image), rect)
+        return np.array([[p.x, p.y] for p in shape.parts()], np.float32)
+
+    def __call__(self, image):
+        boxes = self.detect(image)
+        if not boxes:
+            return None
+        return self.landmarks(image, boxes[0]), boxes[0][4]
+
+
+def read_pts(path: str) -> np.ndarray:
+    """iBUG .pts -> [N, 2] float32. The format: 'version: 1', 'n_points: N', '{', N lines
+    'x y', '}'. iBUG coordinates are 1-based (Matlab): we subtract 1 so pixel column j is x = j."""
+    try:
+        with open(path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: unreadable .pts file ({e})") from None
+    try:
+        n = int(next(ln for ln in lines if ln.startswith("n_points")).split(":")[1])
+        start = lines.index("{") + 1
+        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start:start + n]], np.float32)
+    except (StopIteration, ValueError, IndexError):
+        raise ValueError(f"{path}: not an iBUG .pts file (need 'n_points: N', '{{', N 'x y' lines, '}}')") from None
+    if pts.shape != (n, 2):
+        raise ValueError(f"{path}: expected {n} points, found {pts.shape[0]}")
+    return pts - 1.0
+
+
+def write_pts(path: str, points) -> None:
+    """[N, 2] (0-based pixels) -> iBUG .pts (1-based)."""
+    pts = np.asarray(points, np.float64) + 1.0
+    with open(path, "w") as f:
+        f.write(f"version: 1\nn_points: {len(pts)}\n{{\n")
+        for x, y in pts:
+            f.write(f"{x:.3f} {y:.3f}\n")
+        f.write("}\n")

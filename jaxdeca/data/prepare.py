@@ -1,0 +1,261 @@
+"""Offline preparation of an in-the-wild face folder: 68 landmarks, skin masks, identities.
+
+    python -m jaxdeca.data.prepare --images DIR --out DIR [--layout vggface2|voxceleb2|celeba|folders]
+                                   [--workers N] [--predictor PATH]
+
+For every image under --images: decode it (grayscale/RGBA/16-bit converted; empty, text,
+truncated, undecodable or < 64 px files skipped with a reason), take the landmarks from an
+iBUG `.pts` file with the same stem if there is one, else detect the largest face with dlib's
+HOG detector and fit the 68-point shape predictor (images over 1024 px are downscaled for
+detection), draw the skin mask (`masks.skin_mask`) and write
+
+    OUT/records/<relative path>.json   one result per image (ok or bad + reason); a re-run
+                                       skips images that already have one (resumable)
+    OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin)
+    OUT/index.jsonl                    all good records, sorted by identity then path
+    OUT/summary.json                   counts, reasons, every bad file with its reason
+    OUT/meta.json                      images root and layout (the tfds builders read it)
+
+Identities come from the folder layout: vggface2 / folders = first directory under --images
+(`n000002/0001_01.jpg`); voxceleb2 = the `idNNNNN` directory (`id00012/abc/00001.jpg`), else
+the first directory; celeba = `identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or
+its parent. A record: path, identity, landmarks [68, 2] (pixels, pixel centre at integer
+coordinates), mask, score (dlib detection score; null for .pts landmarks), source, width,
+height.
+"""
+import argparse
+import collections
+import json
+import multiprocessing
+import os
+import re
+import sys
+
+import cv2
+import numpy as np
+
+from jaxdeca.data import detect, images, masks
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+LAYOUTS = ("vggface2", "voxceleb2", "celeba", "folders")
+
+
+# ----------------------------------------------------------------------------- identities
+
+def list_images(root: str) -> list[str]:
+    """Relative paths of all image files under root, sorted."""
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            if f.lower().endswith(IMAGE_EXTS):
+                out.append(os.path.relpath(os.path.join(d, f), root))
+    return sorted(out)
+
+
+def read_celeba_identities(root: str) -> dict[str, str]:
+    """identity_CelebA.txt ('000001.jpg 2880' per line) in root or its parent -> {file: id}."""
+    for d in (root, os.path.dirname(os.path.abspath(root))):
+        p = os.path.join(d, "identity_CelebA.txt")
+        if os.path.isfile(p):
+            ids = {}
+            with open(p) as f:
+                for k, line in enumerate(f, 1):
+                    parts = line.split()
+                    if not parts:
+                        continue
+                    if len(parts) != 2:
+                        raise ValueError(f"{p}:{k}: expected '<file> <identity>', got {line.strip()!r}")
+                    ids[parts[0]] = parts[1]
+            return ids
+    raise FileNotFoundError(f"celeba layout needs identity_CelebA.txt in {root} or its parent")
+
+
+def identity_of(rel: str, layout: str, celeba_ids: dict | None = None) -> str | None:
+    """Identity name of a relative image path under `layout` (None = unknown)."""
+    parts = rel.replace(os.sep, "/").split("/")
+    if layout == "celeba":
+        return (celeba_ids or {}).get(parts[-1])
+    if layout == "voxceleb2":
+        for p in parts[:-1]:
+            if re.fullmatch(r"id\d+", p):
+                return p
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    return parts[0] if len(parts) > 1 else None
+
+
+# ----------------------------------------------------------------------------- one image
+
+_DETECTOR = None
+_CONFIG = {}
+
+
+def _init_worker(predictor_path, max_side):
+    global _DETECTOR
+    cv2.setNumThreads(1)
+    _CONFIG.update(predictor=predictor_path, max_side=max_side)
+    _DETECTOR = None
+
+
+def _detector():
+    global _DETECTOR
+    if _DETECTOR is None:
+        _DETECTOR = detect.Detector(_CONFIG.get("predictor"), max_side=_CONFIG.get("max_side", 1024))
+    return _DETECTOR
+
+
+def process_image(images_root: str, out_dir: str, rel: str, identity: str | None) -> dict:
+    """Prepare one image; returns its record (status 'ok' or 'bad' + reason). Never raises
+    for a bad file. Writes the mask and the per-image record file."""
+    path = os.path.join(images_root, rel)
+    rec = dict(path=rel, identity=identity)
+    try:
+        if identity is None:
+            raise images.BadImage("no identity for this file in the folder layout")
+        img = images.read_image(path)
+        h, w = img.shape[:2]
+        pts = os.path.splitext(path)[0] + ".pts"
+        if os.path.isfile(pts):
+            try:
+                lmk = detect.read_pts(pts)
+            except ValueError as e:
+                raise images.BadImage(str(e)) from None
+            if lmk.shape != (68, 2):
+                raise images.BadImage(f"{pts}: need 68 points, found {lmk.shape[0]}")
+            score, source = None, "pts"
+        else:
+            found = _detector()(img)
+            if found is None:
+                raise images.BadImage("no face found")
+            lmk, score = found
+            source = "dlib"
+        mask = masks.skin_mask(lmk, h, w)
+        mask_rel = os.path.join("masks", os.path.splitext(rel)[0] + ".png")
+        os.makedirs(os.path.dirname(os.path.join(out_dir, mask_rel)), exist_ok=True)
+        with open(os.path.join(out_dir, mask_rel), "wb") as f:
+            f.write(images.encode_png(mask))
+        rec.update(status="ok", landmarks=np.round(lmk, 3).tolist(), mask=mask_rel, score=score, source=source,
+                   width=w, height=h)
+    except images.BadImage as e:
+        rec.update(status="bad", reason=str(e))
+    except Exception as e:  # the run never dies on one file
+        rec.update(status="bad", reason=f"{type(e).__name__}: {e}")
+    rec_path = record_path(out_dir, rel)
+    os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+    tmp = rec_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rec, f)
+    os.replace(tmp, rec_path)
+    return rec
+
+
+def record_path(out_dir: str, rel: str) -> str:
+    return os.path.join(out_dir, "records", rel + ".json")
+
+
+def _task(args):
+    return process_image(*args)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: int = 1,
+            predictor: str | None = None, max_side: int = 1024, progress: bool = True) -> dict:
+    """Prepare a folder (see the module docstring). Returns the summary dict."""
+    if not os.path.isdir(images_root):
+        raise FileNotFoundError(f"{images_root}: images folder not found")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    if predictor is not None and not os.path.isfile(predictor):
+        raise FileNotFoundError(f"{predictor}: landmark model file not found")
+    os.makedirs(out_dir, exist_ok=True)
+    celeba = read_celeba_identities(images_root) if layout == "celeba" else None
+    rels = list_images(images_root)
+    todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
+    tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
+    from tqdm import tqdm
+    bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, file=sys.stderr)
+    if workers <= 1 or len(tasks) <= 1:
+        _init_worker(predictor, max_side)
+        for t in tasks:
+            _report(_task(t), bar)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(predictor, max_side)) as pool:
+            for rec in pool.imap_unordered(_task, tasks, chunksize=4):
+                _report(rec, bar)
+    bar.close()
+    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo))
+
+
+def _report(rec, bar):
+    if rec["status"] != "ok":
+        bar.write(f"skip {rec['path']}: {rec['reason']}")
+    bar.update(1)
+
+
+def load_records(out_dir: str, rels) -> list[dict]:
+    out = []
+    for r in rels:
+        p = record_path(out_dir, r)
+        if os.path.isfile(p):
+            with open(p) as f:
+                out.append(json.load(f))
+    return out
+
+
+def finalise(images_root, out_dir, layout, rels, skipped=0) -> dict:
+    """Write index.jsonl, summary.json and meta.json from the per-image records."""
+    recs = load_records(out_dir, rels)
+    good = sorted((r for r in recs if r["status"] == "ok"), key=lambda r: (r["identity"], r["path"]))
+    bad = sorted((r for r in recs if r["status"] != "ok"), key=lambda r: r["path"])
+    tmp = os.path.join(out_dir, "index.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for r in good:
+            f.write(json.dumps({k: v for k, v in r.items() if k != "status"}) + "\n")
+    os.replace(tmp, os.path.join(out_dir, "index.jsonl"))
+    reasons = collections.Counter(r["reason"] for r in bad)
+    summary = dict(images=len(rels), ok=len(good), bad=len(bad), already_done=skipped,
+                   identities=len({r["identity"] for r in good}),
+                   sources=dict(collections.Counter(r["source"] for r in good)),
+                   reasons=dict(reasons), bad_files=[dict(path=r["path"], reason=r["reason"]) for r in bad])
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(dict(images_root=os.path.abspath(images_root), layout=layout), f, indent=1)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A small text table of the summary."""
+    rows = [("images", summary["images"]), ("ok", summary["ok"]), ("bad", summary["bad"]),
+            ("already done", summary["already_done"]), ("identities", summary["identities"])]
+    rows += [(f"  {k}", v) for k, v in summary["sources"].items()]
+    lines = [f"{k:<40} {v:>8}" for k, v in rows]
+    if summary["reasons"]:
+        lines.append("bad files by reason:")
+        lines += [f"  {k[:60]:<60} {v:>6}" for k, v in sorted(summary["reasons"].items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--images", required=True, help="folder of face images")
+    p.add_argument("--out", required=True, help="output folder (records, masks, index.jsonl)")
+    p.add_argument("--layout", default="folders", choices=LAYOUTS)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    p.add_argument("--predictor", default=None, help="shape_predictor_68_face_landmarks.dat path")
+    p.add_argument("--max-side", type=int, default=1024, help="downscale larger images for detection")
+    a = p.parse_args(argv)
+    try:
+        summary = prepare(a.images, a.out, a.layout, a.workers, a.predictor, a.max_side)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
