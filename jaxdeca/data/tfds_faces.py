@@ -1,0 +1,200 @@
+"""tfds builders for identity-grouped face datasets, written as array_record for random access.
+
+`IdentityFaces` reads a folder made by `python -m jaxdeca.data.prepare` (pass it as the
+manual_dir) with one BuilderConfig per source layout (vggface2, voxceleb2, celeba, folders);
+`SyntheticFaces` renders the embedded demo head (`jaxdeca.data.synthetic`) and needs no input.
+Both write the same features, one example per image, in identity order (shuffling disabled,
+so example i of the split is the i-th record written), and store the identity groups in the
+dataset metadata so the loader can sample K images of one identity without reading images:
+
+    info.metadata["groups"]["train"] = [[identity_int, first_index, count], ...]
+
+Features: image (JPEG bytes; original JPEG bytes when the file was a clean 8-bit RGB JPEG,
+re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (PNG, 255 = skin), identity
+(int64 index into info.metadata["identities"]), identity_name, path, score (dlib score, NaN
+for annotated or rendered landmarks).
+
+    builder = tfds_faces.IdentityFaces(config="vggface2", data_dir=DATA)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=PREPARED))
+    source = tfds_faces.data_source(builder, "train")   # random access, image/mask left encoded
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxdeca.data import images as imageio
+
+FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
+
+
+def _features():
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "landmarks": tfds.features.Tensor(shape=(68, 2), dtype=np.float32),
+        "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
+        "identity": np.int64,
+        "identity_name": tfds.features.Text(),
+        "path": tfds.features.Text(),
+        "score": np.float32,
+    })
+
+
+class _FileBytes:
+    """A file-like object tfds' Image feature stores byte-for-byte (no re-encoding)."""
+
+    def __init__(self, data: bytes):
+        import io
+        self._f = io.BytesIO(data)
+
+    def read(self, *a):
+        return self._f.read(*a)
+
+
+def _image_bytes(path: str) -> bytes:
+    """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG."""
+    with open(path, "rb") as f:
+        data = f.read()
+    img = imageio.decode_image(data, path)
+    if data[:3] == b"\xff\xd8\xff":
+        import cv2
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and raw.dtype == np.uint8:
+            return data
+    return imageio.encode_jpeg(img)
+
+
+def _groups(identities):
+    """Consecutive identity ints -> [[identity, first, count], ...]."""
+    out = []
+    for i, ident in enumerate(identities):
+        if out and out[-1][0] == ident:
+            out[-1][2] += 1
+        else:
+            out.append([int(ident), i, 1])
+    return out
+
+
+@dataclasses.dataclass
+class FacesConfig(tfds.core.BuilderConfig):
+    layout: str = "folders"
+
+
+class IdentityFaces(tfds.core.GeneratorBasedBuilder):
+    """Prepared in-the-wild faces grouped by identity (VGGFace2, VoxCeleb2 frames, CelebA, ...)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [FacesConfig(name=n, layout=n, description=f"{n} folder layout") for n in
+                       ("vggface2", "voxceleb2", "celeba", "folders")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = ("Run `python -m jaxdeca.data.prepare --images IMAGES --out PREPARED "
+                                    "--layout LAYOUT` and pass PREPARED as manual_dir.")
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
+                                              metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+        root = str(dl_manager.manual_dir)
+        index, meta = os.path.join(root, "index.jsonl"), os.path.join(root, "meta.json")
+        for p in (index, meta):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{p}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
+        with open(meta) as f:
+            meta = json.load(f)
+        if meta.get("layout") != self.builder_config.layout:
+            raise ValueError(f"{root}: prepared with layout {meta.get('layout')!r}, builder config is "
+                             f"{self.builder_config.layout!r}")
+        records = []
+        with open(index) as f:
+            for k, line in enumerate(f, 1):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ValueError(f"{index}:{k}: not a JSON line") from None
+        names = sorted({r["identity"] for r in records})
+        ids = {n: i for i, n in enumerate(names)}
+        records.sort(key=lambda r: (ids[r["identity"]], r["path"]))
+        self.info.metadata["identities"] = names
+        self.info.metadata["groups"] = {"train": _groups([ids[r["identity"]] for r in records])}
+        return {"train": self._generate_examples(root, meta["images_root"], records, ids)}
+
+    def _generate_examples(self, root, images_root, records, ids):
+        for i, r in enumerate(records):
+            with open(os.path.join(root, r["mask"]), "rb") as f:
+                mask = f.read()
+            score = np.nan if r.get("score") is None else r["score"]
+            yield i, {"image": _FileBytes(_image_bytes(os.path.join(images_root, r["path"]))),
+                      "landmarks": np.asarray(r["landmarks"], np.float32), "mask": _FileBytes(mask),
+                      "identity": ids[r["identity"]], "identity_name": r["identity"], "path": r["path"],
+                      "score": np.float32(score)}
+
+
+@dataclasses.dataclass
+class SyntheticConfig(tfds.core.BuilderConfig):
+    identities: int = 64
+    images_per_identity: int = 6
+    image_size: int = 224
+    seed: int = 0
+    flame_path: str | None = None
+
+
+class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+    """Demo-head faces rendered with random identity, expression, pose, albedo, light and
+    background; exact landmarks and face masks (see jaxdeca.data.synthetic)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [SyntheticConfig(name="default", description="64 identities x 6 images, 224 px"),
+                       SyntheticConfig(name="tiny", identities=4, images_per_identity=3, image_size=64,
+                                       description="4 identities x 3 images, 64 px (tests)")]
+
+    def _info(self):
+        return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
+                                              metadata=tfds.core.MetadataDict())
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        names = [f"synthetic_{i:05d}" for i in range(c.identities)]
+        self.info.metadata["identities"] = names
+        self.info.metadata["groups"] = {"train": [[i, i * c.images_per_identity, c.images_per_identity]
+                                                  for i in range(c.identities)]}
+        return {"train": self._generate_examples(names)}
+
+    def _generate_examples(self, names):
+        from jaxdeca.data import synthetic
+        c = self.builder_config
+        k = 0
+        for i, name in enumerate(names):
+            rng = np.random.default_rng([c.seed, i])
+            out = synthetic.render_faces(synthetic.sample_codes(rng, c.images_per_identity), c.image_size,
+                                         c.flame_path)
+            for j in range(c.images_per_identity):
+                yield k, {"image": _FileBytes(imageio.encode_jpeg(out["image"][j])),
+                          "landmarks": out["landmarks"][j], "mask": _FileBytes(imageio.encode_png(out["mask"][j])),
+                          "identity": i, "identity_name": name, "path": f"{name}/{j:03d}.jpg",
+                          "score": np.float32(np.nan)}
+                k += 1
+
+
+def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """download_and_prepare as array_record (manual_dir for IdentityFaces). Returns builder."""
+    cfg = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    builder.download_and_prepare(download_config=cfg, file_format=FILE_FORMAT)
+    return builder
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str = "train"):
+    """Random-access source over the split's array_record files; image and mask stay encoded
+    bytes (the loader decodes them with OpenCV in its worker threads)."""
+    return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding(),
+                                                   "mask": tfds.decode.SkipDecoding()})
+
+
+def groups(builder: tfds.core.DatasetBuilder, split: str = "train") -> np.ndarray:
+    """[G, 3] int64 (identity, first, count) of the split from the builder's metadata."""
+    g = builder.info.metadata.get("groups", {}).get(split)
+    if g is None:
+        raise ValueError(f"{builder.name}/{builder.builder_config.name}: no identity groups in metadata for "
+                         f"split {split!r}; rebuild it with jaxdeca.data.tfds_faces")
+    return np.asarray(g, np.int64).reshape(-1, 3)
