@@ -16,11 +16,11 @@ Metric (official `scan2mesh_computations.compute_errors`), per image:
 The set's median / mean / std are taken over all distances of all images concatenated
 (`cumulative_errors.py` uses `np.hstack` over images), in the scan's unit (mm).
 
-Differences from the official code, all documented where they occur: the refinement is ICP on
-the surface (closest points, then a closed-form Umeyama step, repeated to convergence) instead
-of chumpy's dogleg minimisation of the same objective, so both reach a local minimum of the
-same sum of squared point-to-surface distances from the same start; the landmark similarity
-excludes reflections (the official `procrustes(reflection='best')` would allow one).
+Differences from the official code, all documented where they occur: the refinement is
+Levenberg-Marquardt instead of chumpy's dogleg trust region, on the same residuals, parameters
+and start, so both descend to a local minimum of the same sum of squared point-to-surface
+distances; the landmark similarity excludes reflections (the official
+`procrustes(reflection='best')` would allow one).
 
 CLI: `python -m jaxdeca.evaluation.now evaluate --predictions DIR --scans DIR --image-list FILE
 --out DIR` (see `main`).
@@ -129,31 +129,67 @@ def _apply(s, R, t, x):
     return s * x @ np.asarray(R).T + t
 
 
+def _rotvec_matrix(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: axis-angle [3] -> rotation [3, 3]."""
+    theta = float(np.linalg.norm(w))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = w / theta
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
+
+
 def refine_alignment(scan_points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                     max_iters: int = 100, tol: float = 1e-7):
+                     max_iters: int = 50, tol: float = 1e-10):
     """Scale + rotation + translation of the mesh minimising sum_i dist(scan_i, s R mesh + t)^2.
 
     scan_points: [N, 3], vertices: [V, 3] (already landmark-aligned), faces: [F, 3]
     -> (s, R [3, 3], t [3]) with the refined mesh = s * vertices @ R.T + t.
-    ICP on the surface: find each scan point's closest point on the current mesh surface, map
-    it back onto the untransformed mesh (a similarity keeps barycentric coordinates), and solve
-    the similarity from those pairs in closed form. Both steps never increase the objective,
-    which is the one the official code minimises with chumpy (dogleg over s, Rodrigues r, t,
-    starting from identity, with a penalty keeping s > 0); iteration stops when the mean squared
-    distance improves by less than `tol` relatively, or after `max_iters`.
+
+    The official code minimises the same objective (the unsigned scan-to-mesh distances as the
+    residual vector) over the same parameters (s, Rodrigues r, t; identity start; a penalty
+    keeps s > 0) with chumpy's dogleg trust-region solver. Here: Levenberg-Marquardt on those
+    residuals. With c_i the closest surface point and n_i = (p_i - c_i) / d_i, an incremental
+    similarity X -> (1 + a) exp([w]x) (X - mu) + mu + b has Jacobian
+    d d_i / d(a, w, b) = -(n_i . (c_i - mu), (c_i - mu) x n_i, n_i); a step is accepted only if
+    the mean squared distance decreases (else the damping grows). Stops when the relative
+    decrease is below `tol`, the damping explodes, or after `max_iters` accepted steps.
     """
+    mu = scan_points.mean(0)
     s, R, t = 1.0, np.eye(3), np.zeros(3)
-    prev = np.inf
+
+    def residuals(s, R, t):
+        d, c = point_to_triangle_distance(scan_points, _apply(s, R, t, vertices)[faces])
+        return d, c
+
+    d, c = residuals(s, R, t)
+    energy, lam = float(np.mean(d ** 2)), 1e-3
     for _ in range(max_iters):
-        moved = _apply(s, R, t, vertices)
-        dist, closest = point_to_triangle_distance(scan_points, moved[faces])
-        energy = float(np.mean(dist ** 2))
-        if prev - energy <= tol * max(prev, 1e-30) or energy == 0.0:
+        ok = d > 1e-12
+        if not ok.any():
             break
-        prev = energy
-        on_mesh = (closest - t) @ R / s  # R^T (q - t) / s, row-wise
-        s, R, t = similarity_transform(on_mesh, scan_points)
-        s, R, t = float(s), np.asarray(R), np.asarray(t)
+        n = (scan_points[ok] - c[ok]) / d[ok, None]
+        x = c[ok] - mu
+        J = -np.concatenate([(n * x).sum(1, keepdims=True), np.cross(x, n), n], axis=1)  # [K, 7]
+        JtJ, g = J.T @ J, J.T @ d[ok]
+        improved = False
+        while lam < 1e12:
+            step = np.linalg.solve(JtJ + lam * np.diag(np.diag(JtJ) + 1e-12), -g)
+            a, E = max(step[0], -0.5), _rotvec_matrix(step[1:4])
+            s_new, R_new = s * (1 + a), E @ R
+            t_new = (1 + a) * E @ (t - mu) + mu + step[4:]
+            d_new, c_new = residuals(s_new, R_new, t_new)
+            e_new = float(np.mean(d_new ** 2))
+            if e_new < energy:
+                improved = True
+                break
+            lam *= 10
+        if not improved:
+            break
+        rel = (energy - e_new) / max(energy, 1e-300)
+        s, R, t, d, c, energy, lam = s_new, R_new, t_new, d_new, c_new, e_new, max(lam / 10, 1e-9)
+        if rel < tol:
+            break
     return s, R, t
 
 
@@ -191,8 +227,10 @@ def summarise(all_distances) -> dict:
 
     all_distances: list of [N_i] (or one array) -> dict(median, mean, std, n_points).
     """
-    d = np.hstack([np.ravel(x) for x in all_distances]) if isinstance(all_distances, (list, tuple)) \
-        else np.ravel(all_distances)
+    if isinstance(all_distances, (list, tuple)):
+        d = np.hstack([np.ravel(x) for x in all_distances]) if all_distances else np.zeros(0)
+    else:
+        d = np.ravel(all_distances)
     if d.size == 0:
         raise ValueError("summarise: no distances")
     return dict(median=float(np.median(d)), mean=float(np.mean(d)), std=float(np.std(d)), n_points=int(d.size))
@@ -288,7 +326,7 @@ def main(argv=None) -> int:
     e.add_argument("--out", required=True, help="output folder for CSV/JSON/NPY")
     e.add_argument("--challenge", default="", choices=("",) + CHALLENGES)
     e.add_argument("--method", default="jaxdeca", help="prefix of the output files")
-    e.add_argument("--no-refine", action="store_true", help="landmark alignment only (no surface ICP)")
+    e.add_argument("--no-refine", action="store_true", help="landmark alignment only (no surface refinement)")
     a = p.parse_args(argv)
     try:
         s = evaluate(a.predictions, a.scans, a.image_list, a.out, a.challenge, a.scan_landmarks, a.method,

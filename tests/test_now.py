@@ -1,0 +1,249 @@
+"""NoW export layout, file formats, face crop, alignment + metric on synthetic scans, CLI end to end."""
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from jaxdeca.evaluation import meshio, now
+from tests.test_now_geometry import icosphere
+
+# A face-like 7-point layout in mm on the front (+z) of an 80 mm sphere, in NoW's order:
+# right eye outer/inner, left eye inner/outer, nose bottom, mouth right/left.
+_XY = np.array([[-45, 35], [-15, 35], [15, 35], [45, 35], [0, -10], [-25, -40], [25, -40]], float)
+
+
+def sphere_landmarks(radius):
+    return np.c_[_XY, np.sqrt(radius ** 2 - (_XY ** 2).sum(1))]
+
+
+def head_mesh():
+    """Asymmetric closed surface (ellipsoid with a nose bump), mm: vertices [V,3], faces [F,3]."""
+    v, f = icosphere(3, 1.0)
+    bump = 0.25 * np.exp(-((v - [0, 0, 1]) ** 2).sum(1) / 0.05)
+    return v * (1 + bump)[:, None] * [80.0, 95.0, 70.0], f
+
+
+def sample_surface(v, f, n, rng):
+    """n points uniformly (by area) on the mesh surface."""
+    tri = v[f]
+    area = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    k = rng.choice(len(f), size=n, p=area / area.sum())
+    r1, r2 = rng.random(n), rng.random(n)
+    s = np.sqrt(r1)
+    b = np.stack([1 - s, s * (1 - r2), s * r2], 1)
+    return np.einsum("nk,nkd->nd", b, tri[k])
+
+
+def to_prediction(x, s=1e-3, rotvec=(0.2, -0.5, 0.1), t=(0.01, -0.02, 0.3)):
+    """Scan mm -> a 'prediction' frame (metres, rotated, shifted)."""
+    return s * x @ Rotation.from_rotvec(rotvec).as_matrix().T + np.asarray(t)
+
+
+def test_now_landmarks_picks_deca_indices_and_jits():
+    static = jnp.arange(2 * 51 * 3, dtype=jnp.float32).reshape(2, 51, 3)
+    out = jax.jit(now.now_landmarks)(static)
+    assert out.shape == (2, 7, 3)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(static)[:, [19, 22, 25, 28, 16, 31, 37]])
+    g = jax.grad(lambda x: now.now_landmarks(x).sum())(static)
+    assert float(g.sum()) == 2 * 7 * 3
+    with pytest.raises(ValueError, match=r"\[..., 51, 3\]"):
+        now.now_landmarks(jnp.zeros((2, 68, 3)))
+
+
+def test_export_writes_official_layout(tmp_path):
+    lst = tmp_path / "imagepathsvalidation.txt"
+    lst.write_text("FaMoS_180424_03335_TA/multiview_neutral/IMG_0101.jpg\n"
+                   "FaMoS_180424_03335_TA/selfie/IMG_0200.jpg\n\n")
+    images = now.read_image_list(str(lst))
+    assert images == ["FaMoS_180424_03335_TA/multiview_neutral/IMG_0101.jpg", "FaMoS_180424_03335_TA/selfie/IMG_0200.jpg"]
+    v, f = icosphere(1, 0.1)
+    pred = tmp_path / "pred"
+    for img in images:
+        now.export_prediction(str(pred), img, v, f, v[:7])
+    for rel in ("FaMoS_180424_03335_TA/multiview_neutral/IMG_0101", "FaMoS_180424_03335_TA/selfie/IMG_0200"):
+        assert (pred / (rel + ".obj")).is_file() and (pred / (rel + ".npy")).is_file()
+    rv, rf = meshio.read_obj(str(pred / "FaMoS_180424_03335_TA/selfie/IMG_0200.obj"))
+    np.testing.assert_allclose(rv, v, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(rf, f)
+    lmk = np.load(pred / "FaMoS_180424_03335_TA/selfie/IMG_0200.npy")
+    assert lmk.shape == (7, 3) and lmk.dtype == np.float32
+    with pytest.raises(ValueError, match=r"landmarks must be \[7, 3\]"):
+        now.export_prediction(str(pred), images[0], v, f, v[:6])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("IMG_0101.jpg\n")
+    with pytest.raises(meshio.NowFileError, match="bad.txt"):
+        now.read_image_list(str(bad))
+
+
+PP_OFFICIAL = """<!DOCTYPE PickedPoints>
+<PickedPoints>
+ <DocumentData>
+  <DateTime time="16:53:26" date="2019-03-12"/>
+  <User name="annotator"/>
+  <DataFileName name="natural_head_rotation.000001.obj"/>
+  <templateName name=""/>
+ </DocumentData>
+ <point x="-42.147" y="31.0601" z="-17.6035" active="1" name="0"/>
+ <point x="-13.9517" y="29.7441" z="-9.78426" active="1" name="1"/>
+ <point x="14.2261" y="29.8718" z="-10.0148" active="1" name="2"/>
+ <point x="43.0358" y="31.6099" z="-17.3063" active="1" name="3"/>
+ <point x="0.390255" y="-10.8962" z="5.98658" active="1" name="4"/>
+ <point x="-23.0611" y="-36.6587" z="-6.92412" active="1" name="5"/>
+ <point x="24.5516" y="-36.3094" z="-6.52153" active="1" name="6"/>
+</PickedPoints>
+"""
+
+
+def official_style_load_pp(path):
+    """The official loader's logic (lines 8..14, x/y/z attributes split on '=' and quotes)."""
+    out = np.zeros((7, 3))
+    lines = open(path).readlines()
+    for j in range(8, 15):
+        vals = {}
+        for tok in lines[j].split(" "):
+            kv = tok.split("=")
+            if kv[0] in ("x", "y", "z"):
+                vals[kv[0]] = float(kv[1].split('"')[1])
+        out[j - 8] = [vals["x"], vals["y"], vals["z"]]
+    return out
+
+
+def test_pp_reader_parses_official_format_and_writer_matches_it(tmp_path):
+    p = tmp_path / "scan.pp"
+    p.write_text(PP_OFFICIAL)
+    got = meshio.read_pp(str(p))
+    np.testing.assert_array_equal(got, official_style_load_pp(str(p)))
+    assert got[4].tolist() == [0.390255, -10.8962, 5.98658]
+    q = meshio.write_pp(str(tmp_path / "ours.pp"), got)
+    np.testing.assert_array_equal(official_style_load_pp(q), got)
+    np.testing.assert_array_equal(meshio.read_pp(q), got)
+    short = tmp_path / "short.pp"
+    short.write_text(PP_OFFICIAL.replace(' <point x="24.5516" y="-36.3094" z="-6.52153" active="1" name="6"/>\n', ""))
+    with pytest.raises(meshio.NowFileError, match=r"short.pp: found 6 <point> records, expected 7"):
+        meshio.read_pp(str(short))
+    with pytest.raises(meshio.NowFileError, match="missing.pp"):
+        meshio.read_pp(str(tmp_path / "missing.pp"))
+
+
+def test_obj_reader_triangulates_polygons_and_names_bad_files(tmp_path):
+    p = tmp_path / "quad.obj"
+    p.write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nvt 0 0\nf 1/1 2/1 3/1 4/1\nf -4 -3 -1\n")
+    v, f = meshio.read_obj(str(p))
+    assert v.shape == (4, 3)
+    np.testing.assert_array_equal(f, [[0, 1, 2], [0, 2, 3], [0, 1, 3]])
+    bad = tmp_path / "bad.obj"
+    bad.write_text("v 0 0 0\nf 1 2 x\n")
+    with pytest.raises(meshio.NowFileError, match=r"bad.obj: line 2"):
+        meshio.read_obj(str(bad))
+    txt = tmp_path / "l.txt"
+    np.savetxt(txt, np.arange(21.0).reshape(7, 3))
+    np.testing.assert_array_equal(meshio.read_landmarks(str(txt)), np.arange(21.0).reshape(7, 3))
+    np.save(tmp_path / "l.npy", np.zeros((5, 3)))
+    with pytest.raises(meshio.NowFileError, match=r"l.npy: landmarks have shape \(5, 3\)"):
+        meshio.read_landmarks(str(tmp_path / "l.npy"))
+
+
+def test_face_mask_by_hand_and_crop():
+    lm = np.zeros((7, 3))
+    lm[0], lm[3] = [-40, 30, 0], [40, 30, 0]  # outer eyes 80 apart
+    lm[1], lm[2] = [-10, 30, 0], [10, 30, 0]  # bridge (0, 30, 0)
+    lm[4] = [0, -10, 0]  # nose bottom: nose length 40
+    centre, radius = now.face_mask(lm)
+    np.testing.assert_allclose(centre, [0, 2, 0])
+    assert radius == pytest.approx(1.4 * (80 + 40) / 2)
+    c_j, r_j = jax.jit(now.face_mask)(jnp.asarray(lm))
+    np.testing.assert_allclose(np.asarray(c_j), centre, atol=1e-5)
+    pts = np.array([[0, 2, 0], [0, 2 + 84, 0], [0, 2 + 84.01, 0], [100, 0, 0]])
+    np.testing.assert_array_equal(now.crop_scan(pts, lm), [0, 1])
+
+
+def test_mesh_against_itself_after_similarity_is_zero():
+    rng = np.random.default_rng(0)
+    v, f = head_mesh()
+    scan = sample_surface(v, f, 3000, rng)
+    lm = v[np.argsort(((v[:, None, :2] - _XY[None]) ** 2).sum(-1) + 1e3 * (v[:, None, 2] < 0), axis=0)[0]]
+    pred_v = to_prediction(v)
+    pred_lm = to_prediction(lm + rng.normal(scale=3.0, size=lm.shape))  # sloppy landmarks: ICP must fix
+    coarse = now.compute_errors(scan, lm, pred_v, f, pred_lm, refine=False)
+    fine = now.compute_errors(scan, lm, pred_v, f, pred_lm)
+    assert len(fine) == len(now.crop_scan(scan, lm)) > 500
+    assert np.median(coarse) > 0.3
+    assert np.max(fine) < 1e-3, np.max(fine)
+    exact = now.compute_errors(scan, lm, pred_v, f, to_prediction(lm), refine=False)
+    assert np.max(exact) < 1e-6
+
+
+@pytest.mark.parametrize("d", [1.5, 3.0])
+def test_normal_offset_gives_median_d(d):
+    """Prediction = 80 mm sphere; scan = points on the sphere offset by d along its normals.
+
+    With the same 7 landmark positions the landmark similarity is the identity, so every
+    distance is d (plus the polyhedral sagitta, < 0.1 mm at this resolution). The refinement
+    is allowed a scale, so it shrinks that error towards 0 on a sphere (scale (80+d)/80).
+    """
+    rng = np.random.default_rng(1)
+    v, f = icosphere(4, 80.0)
+    dirs = rng.normal(size=(4000, 3))
+    scan = (80.0 + d) * dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    lm = sphere_landmarks(80.0 + d)
+    dist = now.compute_errors(scan, lm, v, f, lm, refine=False)
+    assert d < np.median(dist) < d + 0.1
+    assert dist.min() > d - 1e-9 and dist.max() < d + 0.1
+    refined = now.compute_errors(scan, lm, v, f, lm)
+    assert np.median(refined) < 0.05
+
+
+def test_summarise_concatenates_images_like_the_official_script():
+    s = now.summarise([np.array([1.0, 2.0, 3.0]), np.array([10.0])])
+    assert s == dict(median=2.5, mean=4.0, std=pytest.approx(np.std([1, 2, 3, 10])), n_points=4)
+    with pytest.raises(ValueError, match="no distances"):
+        now.summarise([])
+
+
+def test_cli_evaluates_official_layout(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    v, f = head_mesh()
+    root = tmp_path / "NoW_Dataset" / "final_release_version"
+    lm = v[np.argsort(((v[:, None, :2] - _XY[None]) ** 2).sum(-1) + 1e3 * (v[:, None, 2] < 0), axis=0)[0]]
+    subjects = ["FaMoS_180424_03335_TA", "FaMoS_180427_03338_TA"]
+    for i, subj in enumerate(subjects):
+        scan_v = sample_surface(v, f, 1500, rng) + [0, 0, 5.0 * i]
+        scan_f = np.arange(1500 - 1500 % 3).reshape(-1, 3)
+        meshio.write_obj(str(root / "scans" / subj / "natural_head_rotation.000001.obj"), scan_v, scan_f)
+        meshio.write_pp(str(root / "scans_lmks_onlypp" / subj / "natural_head_rotation.000001_picked_points.pp"),
+                        lm + [0, 0, 5.0 * i])
+    images = [f"{subjects[0]}/multiview_neutral/IMG_0101.jpg", f"{subjects[0]}/selfie/IMG_0200.jpg",
+              f"{subjects[1]}/multiview_expressions/IMG_0300.jpg"]
+    lst = root / "imagepathsvalidation.txt"
+    lst.write_text("\n".join(images) + "\n")
+    pred = tmp_path / "pred"
+    for img, d in zip(images[:2], (0.0, 2.0)):  # the third prediction is missing
+        vv = v + d * v / np.linalg.norm(v, axis=1, keepdims=True) * (img.endswith("0200.jpg"))
+        now.export_prediction(str(pred), img, to_prediction(vv), f, to_prediction(lm))
+    out = tmp_path / "out"
+    rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root), "--image-list", str(lst),
+                   "--out", str(out), "--no-refine"])
+    assert rc == 0
+    assert "2 images, 1 missing" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out / "jaxdeca_per_image.csv")))
+    assert [r["image"] for r in rows] == images[:2]
+    assert float(rows[0]["median"]) < 1e-3 and float(rows[1]["median"]) > 1.0
+    summary = json.load(open(out / "jaxdeca_summary.json"))
+    assert summary["num_missing_files"] == 1 and summary["num_images"] == 2
+    assert set(summary["per_challenge"]) == {"multiview_neutral", "selfie"}
+    official = np.load(out / "jaxdeca_computed_distances.npy", allow_pickle=True).item()
+    all_d = np.hstack(official["computed_distances"])
+    assert summary["overall"]["median"] == pytest.approx(np.median(all_d))
+    # scans folder given directly, one challenge only
+    rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root / "scans"), "--image-list", str(lst),
+                   "--out", str(out), "--challenge", "selfie", "--no-refine"])
+    assert rc == 0 and (out / "jaxdeca_computed_distances_selfie.npy").is_file()
+    # a missing scans folder is one clear error
+    rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(tmp_path / "nowhere"), "--image-list",
+                   str(lst), "--out", str(out)])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err
