@@ -148,6 +148,9 @@ def test_similarity_recovers_known_transform_from_7_points():
     s_j, R_j, t_j = jax.jit(similarity_transform)(jnp.asarray(src, jnp.float32), jnp.asarray(dst, jnp.float32))
     np.testing.assert_allclose(np.asarray(R_j), R, atol=1e-3)
     np.testing.assert_allclose(float(s_j), s, rtol=1e-3)
+    batch = jnp.stack([jnp.asarray(dst, jnp.float32), jnp.asarray(2 * dst, jnp.float32)])
+    s_b, _, _ = jax.vmap(similarity_transform, in_axes=(None, 0))(jnp.asarray(src, jnp.float32), batch)
+    np.testing.assert_allclose(np.asarray(s_b), [s, 2 * s], rtol=1e-3)
     s1, R1, _ = similarity_transform(src, src @ R.T + t, with_scale=False)
     assert s1 == 1.0
     np.testing.assert_allclose(R1, R, atol=1e-10)

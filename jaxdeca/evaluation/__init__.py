@@ -1,13 +1,21 @@
 """jaxdeca.evaluation: the NoW benchmark (export + scan-to-mesh metric) without psbody-mesh.
 
 `geometry` holds exact point-to-triangle distances and Umeyama alignment, `meshio` the NoW file
-formats (OBJ, MeshLab .pp), `now` the export, the metric and the `evaluate` CLI.
+formats (OBJ, MeshLab .pp), `now` the export, the metric and the `evaluate` CLI
+(`python -m jaxdeca.evaluation.now evaluate ...`). Names are loaded lazily so that running the
+`now` module as a script does not import it twice.
 """
-from jaxdeca.evaluation.geometry import (closest_point_on_triangle, point_to_triangle_distance,
-                                         similarity_transform)
-from jaxdeca.evaluation.now import (NOW_LANDMARK_INDICES, compute_errors, evaluate, export_prediction,
-                                    now_landmarks, summarise)
+import importlib
 
-__all__ = ["closest_point_on_triangle", "point_to_triangle_distance", "similarity_transform",
-           "NOW_LANDMARK_INDICES", "compute_errors", "evaluate", "export_prediction", "now_landmarks",
-           "summarise"]
+_EXPORTS = {
+    "closest_point_on_triangle": "geometry", "point_to_triangle_distance": "geometry",
+    "similarity_transform": "geometry", "NOW_LANDMARK_INDICES": "now", "compute_errors": "now",
+    "evaluate": "now", "export_prediction": "now", "now_landmarks": "now", "summarise": "now",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"jaxdeca.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'jaxdeca.evaluation' has no attribute {name!r}")
