@@ -1,0 +1,216 @@
+"""Identity-grouped training batches: K crops of one person per group, deterministic and resumable.
+
+Why grain over a random-access source: DECA's shape-consistency loss needs K images of the same
+identity in a group, so sampling is by identity, not a linear pass over records. Random access
+(tfds array_record via `tfds_faces.data_source`, or any sequence of records) lets every group
+be a pure function of (seed, global group index): no shuffle buffer, no hidden iterator state.
+grain's MapDataset gives that random-access pipeline with threaded, ordered prefetch; resuming is
+then only "start at group index step x groups_per_batch", so the loader state the trainer saves
+in its orbax checkpoint is a two-integer dict {"step", "seed"}. tf.data would need its own
+iterator checkpoints and a shuffle buffer that breaks identity grouping.
+
+Sampling (global group g = step * N + j, N groups per global batch):
+    epoch = g // G, identities visited in the permutation default_rng([seed, epoch]) of the G
+    groups; the K images drawn by default_rng([seed, 1, g]) (without replacement when the
+    identity has >= K images); each image's crop scale (and optional colour jitter) drawn by
+    default_rng([seed, 2, g, k]).
+Process p of P loads groups j in [p N/P, (p+1) N/P) of every global batch, so all processes
+together see exactly the single-process sequence. Within a process, the batch is group-major
+([N_local * K, ...], the K images of a group adjacent); with N_local divisible by the local
+device count, every device gets whole groups.
+
+Each crop follows DECA's training datasets: landmark box (w + h) / 2 x U[1.4, 1.8], centred
+(trans_scale 0), similarity warp to image_size with OpenCV (bilinear image, nearest mask),
+landmarks mapped and normalised as p / S * 2 - 1, with a confidence column of ones.
+
+Batch: image [N*K, S, S, 3] float32 0..1, landmarks [N*K, 68, 3], mask [N*K, S, S, 1] float32
+{0, 1}, identity [N*K] int32.
+"""
+import collections
+import dataclasses
+
+import cv2
+import numpy as np
+
+from jaxdeca.data import crop
+
+_SALT_GROUP, _SALT_IMAGE = 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    """groups_per_batch: N identities per global batch; k: images per identity."""
+    groups_per_batch: int
+    k: int = 4
+    image_size: int = 224
+    scale: tuple = crop.TRAIN_SCALE
+    trans_scale: float = 0.0
+    color_jitter: float = 0.0
+    seed: int = 0
+    num_threads: int = 4
+    prefetch: int = 4
+
+
+# ----------------------------------------------------------------------------- sampling
+
+def group_records(groups, seed: int, g: int, k: int) -> np.ndarray:
+    """Record indices [k] of global group g. groups: [G, 3] (identity, first, count)."""
+    groups = np.asarray(groups)
+    G = len(groups)
+    epoch, pos = divmod(int(g), G)
+    ident, first, count = groups[np.random.default_rng([seed, epoch]).permutation(G)[pos]]
+    rng = np.random.default_rng([seed, _SALT_GROUP, int(g)])
+    picks = rng.choice(count, size=k, replace=bool(count < k))
+    return first + picks
+
+
+def global_group(step: int, j: int, groups_per_batch: int, process_index: int = 0, process_count: int = 1) -> int:
+    """Global group index of local group j of this process at `step`."""
+    if groups_per_batch % process_count:
+        raise ValueError(f"groups_per_batch {groups_per_batch} is not divisible by {process_count} processes")
+    local = groups_per_batch // process_count
+    return step * groups_per_batch + process_index * local + j
+
+
+# ----------------------------------------------------------------------------- one image
+
+def _decode(data, flags):
+    """Encoded bytes -> array (OpenCV: BGR for colour); arrays pass through."""
+    if not isinstance(data, bytes):
+        return np.asarray(data)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
+        raise ValueError("record holds bytes OpenCV cannot decode")
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def colour_jitter(image, rng, strength: float):
+    """Brightness, contrast and saturation factors in [1 - s, 1 + s]. image: [H, W, 3] 0..1."""
+    b, c, s = 1 + rng.uniform(-strength, strength, 3)
+    grey = image.mean(-1, keepdims=True)
+    out = grey + (image - grey) * s
+    out = (out - out.mean()) * c + out.mean()
+    return np.clip(out * b, 0.0, 1.0).astype(np.float32)
+
+
+def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> dict:
+    """One record (image/mask encoded bytes or arrays, landmarks [68, 2] pixels) -> training
+    sample: image [S,S,3] f32, landmarks [68,3], mask [S,S,1], identity, tform [3,3]."""
+    S = cfg.image_size
+    img = _decode(record["image"], cv2.IMREAD_COLOR)
+    mask = _decode(record["mask"], cv2.IMREAD_GRAYSCALE)
+    mask = mask.reshape(mask.shape[:2])
+    lmk = np.asarray(record["landmarks"], np.float64)
+    t = crop.train_transform(lmk, S, rng, cfg.scale, cfg.trans_scale)
+    image = crop.warp_image(img, t, S).astype(np.float32) / 255.0
+    if cfg.color_jitter > 0:
+        image = colour_jitter(image, rng, cfg.color_jitter)
+    m = crop.warp_image(mask, t, S, interpolation=cv2.INTER_NEAREST)
+    pts = crop.normalise_points(crop.apply_points(t, lmk), S)
+    return dict(image=image, landmarks=np.concatenate([pts, np.ones((68, 1))], 1).astype(np.float32),
+                mask=(m.reshape(S, S, 1) > 127).astype(np.float32), identity=np.int32(record["identity"]),
+                tform=t.astype(np.float32))
+
+
+def load_group(source, groups, cfg: LoaderConfig, g: int) -> dict:
+    """The K samples of global group g, stacked: image [K,S,S,3], ..."""
+    idx = group_records(groups, cfg.seed, g, cfg.k)
+    samples = [crop_example(source[int(i)], np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg)
+               for k, i in enumerate(idx)]
+    return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+
+
+# ----------------------------------------------------------------------------- the loader
+
+class FaceLoader:
+    """Iterator of this process's identity-grouped batches (numpy), resumable from `state()`.
+
+        loader = FaceLoader(source, groups, LoaderConfig(groups_per_batch=8, k=4))
+        loader.restore(saved_state)          # optional: {"step": int, "seed": int}
+        batch = next(loader)                 # image [N_local*K, S, S, 3], ...
+        saved_state = loader.state()         # the step of the next batch
+    """
+
+    def __init__(self, source, groups, cfg: LoaderConfig, process_index: int | None = None,
+                 process_count: int | None = None, keep_tform: bool = False):
+        import jax
+        self.source, self.cfg, self.keep_tform = source, cfg, keep_tform
+        self.groups = np.asarray(groups, np.int64).reshape(-1, 3)
+        if len(self.groups) == 0:
+            raise ValueError("no identity groups: the dataset is empty")
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        global_group(0, 0, cfg.groups_per_batch, self.process_index, self.process_count)  # checks divisibility
+        self.local_groups = cfg.groups_per_batch // self.process_count
+        self._step = 0
+        self._it = None
+
+    def batch_at(self, step: int) -> dict:
+        """This process's batch number `step`, computed directly (no iterator)."""
+        groups = [load_group(self.source, self.groups, self.cfg, self._global(step, j)) for j in range(self.local_groups)]
+        return self._collate(groups)
+
+    def _global(self, step, j):
+        return global_group(step, j, self.cfg.groups_per_batch, self.process_index, self.process_count)
+
+    def _collate(self, groups):
+        keys = [k for k in groups[0] if self.keep_tform or k != "tform"]
+        return {k: np.concatenate([g[k] for g in groups]) for k in keys}
+
+    def _dataset(self, start_step):
+        import grain
+        n = self.local_groups
+        ds = grain.MapDataset.range(start_step * n, 2 ** 40)
+        ds = ds.map(lambda t: load_group(self.source, self.groups, self.cfg, self._global(t // n, t % n)))
+        ds = ds.batch(n, batch_fn=self._collate)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=self.cfg.num_threads,
+                                                    prefetch_buffer_size=self.cfg.prefetch * n))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self._it is None:
+            self._it = iter(self._dataset(self._step))
+        batch = next(self._it)
+        self._step += 1
+        return batch
+
+    def state(self) -> dict:
+        """{"step": next batch, "seed": seed}: save it with the model checkpoint."""
+        return {"step": int(self._step), "seed": int(self.cfg.seed)}
+
+    def restore(self, state: dict) -> None:
+        """Continue from a `state()` dict; the seed must match the config's."""
+        if int(state["seed"]) != self.cfg.seed:
+            raise ValueError(f"loader state has seed {state['seed']}, config has {self.cfg.seed}")
+        self._step = int(state["step"])
+        self._it = None
+
+
+# ----------------------------------------------------------------------------- devices
+
+def shard_batch(batch: dict, mesh, axis: str = "data") -> dict:
+    """This process's numpy batch -> global jax.Arrays split over `axis` of `mesh` (leading dim)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    sharding = NamedSharding(mesh, P(axis))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def prefetch_to_device(iterator, mesh, size: int = 2, axis: str = "data"):
+    """Yield sharded batches, keeping `size` transfers in flight ahead of the consumer."""
+    queue = collections.deque()
+    for batch in iterator:
+        queue.append(shard_batch(batch, mesh, axis))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def tfds_loader(builder, cfg: LoaderConfig, split: str = "train", **kw) -> FaceLoader:
+    """FaceLoader over a prepared tfds builder (tfds_faces.IdentityFaces / SyntheticFaces)."""
+    from jaxdeca.data import tfds_faces
+    return FaceLoader(tfds_faces.data_source(builder, split), tfds_faces.groups(builder, split), cfg, **kw)
+

@@ -1,0 +1,74 @@
+"""Test-time preprocessing shared with the apps: DECA's inference crop and its inverse.
+
+DECA's TestData (decalib/datasets/datasets.py) crops around the face with its landmark box
+('kpt': size = (w + h) / 2 x 1.1) or a face detector box ('bbox': size = (w + h) / 2, centre
+moved down by 0.12 of it), times scale 1.25, and warps to 224 with a similarity that maps the
+square's corners to (0, 0), (0, 223), (223, 0). Results predicted on the crop (landmarks in
+[-1, 1], rendered images) map back to the original photo through the returned [3, 3] matrix.
+
+    crop, tform = crop_for_inference(image_uint8)           # dlib landmarks -> 'kpt' box
+    crop, tform = crop_for_inference(image_uint8, landmarks=lmk68)
+    crop, tform = crop_for_inference(image_uint8, bbox=(l, t, r, b))
+    lmk_px = to_original(lmk_pred[:, :2], tform)            # [-1, 1] crop -> original pixels
+"""
+import cv2
+import numpy as np
+
+from jaxdeca.data import crop as _crop
+
+INPUT_SIZE = 224
+_DETECTOR = {}
+
+
+class NoFaceError(ValueError):
+    """Raised when detection finds no face in an image."""
+
+
+def detect_landmarks(image_uint8, predictor_path: str | None = None):
+    """dlib 68 landmarks [68, 2] pixels of the largest face in [H, W, 3] uint8 RGB; NoFaceError if none."""
+    from jaxdeca.data import detect
+    if predictor_path not in _DETECTOR:
+        _DETECTOR[predictor_path] = detect.Detector(predictor_path)
+    found = _DETECTOR[predictor_path](np.ascontiguousarray(image_uint8))
+    if found is None:
+        raise NoFaceError("no face found")
+    return found[0]
+
+
+def crop_for_inference(image_uint8, landmarks=None, bbox=None, size: int = INPUT_SIZE, scale: float = _crop.TEST_SCALE,
+                       predictor_path: str | None = None):
+    """DECA's test crop. image_uint8: [H, W, 3] uint8 RGB; landmarks: [N, 2] pixels or None;
+    bbox: (left, top, right, bottom) or None; neither = detect with dlib.
+    Returns (crop [size, size, 3] float32 0..1, tform [3, 3] original pixels -> crop pixels)."""
+    image = np.asarray(image_uint8)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"crop_for_inference needs an [H, W, 3] uint8 image, got {image.shape} {image.dtype}")
+    if landmarks is None and bbox is None:
+        landmarks = detect_landmarks(image, predictor_path)
+    t = _crop.test_transform(landmarks=landmarks, bbox=bbox if landmarks is None else None, out_size=size, scale=scale)
+    out = _crop.warp_image(image, t, size).astype(np.float32) / 255.0
+    return out, t
+
+
+def to_original(points, tform, size: int = INPUT_SIZE, normalized: bool = True):
+    """Crop points [..., 2] -> original-image pixels [..., 2]. normalized=True: points in
+    DECA's [-1, 1] crop space (pixel = (p + 1) * size / 2); False: crop pixels."""
+    p = np.asarray(points, np.float64)
+    if normalized:
+        p = _crop.denormalise_points(p, size)
+    return _crop.apply_points(_crop.invert(tform), p)
+
+
+def to_crop(points, tform, size: int = INPUT_SIZE, normalized: bool = True):
+    """Original pixels [..., 2] -> crop points ([-1, 1] if normalized else crop pixels)."""
+    p = _crop.apply_points(tform, points)
+    return _crop.normalise_points(p, size) if normalized else p
+
+
+def paste_to_original(crop_image, tform, height: int, width: int):
+    """Warp a crop-space image [S, S, C] back into the original frame [height, width, C]
+    (outside the crop: 0), e.g. to overlay a rendered face on the photo."""
+    inv = _crop.invert(tform)
+    out = cv2.warpAffine(np.asarray(crop_image), inv[:2], (width, height), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.reshape(height, width, -1) if np.ndim(crop_image) == 3 else out
