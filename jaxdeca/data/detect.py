@@ -81,7 +81,8 @@ def read_pts(path: str) -> np.ndarray:
     try:
         n = int(next(ln for ln in lines if ln.startswith("n_points")).split(":")[1])
         start = lines.index("{") + 1
-        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start:start + n]], np.float32)
+        end = lines.index("}", start)
+        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start:end]], np.float32).reshape(-1, 2)
     except (StopIteration, ValueError, IndexError):
         raise ValueError(f"{path}: not an iBUG .pts file (need 'n_points: N', '{{', N 'x y' lines, '}}')") from None
     if pts.shape != (n, 2):

