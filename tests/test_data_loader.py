@@ -1,0 +1,156 @@
+"""Identity-grouped loader: grouping, crop alignment, determinism, resume, process and device split."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxdeca.data import crop, images, loader
+
+N_IDS, PER_ID, SIZE = 5, (3, 1, 4, 2, 3), 96
+
+
+def make_source(encoded=False):
+    """In-memory records: each landmark k is drawn as a 3x3 block of a colour that encodes k."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for ident, n in enumerate(PER_ID):
+        for _ in range(n):
+            img = np.zeros((SIZE + 20, SIZE, 3), np.uint8)
+            lmk = np.round(rng.uniform(30, 70, (68, 2)))
+            lmk[0], lmk[1] = (25, 25), (75, 80)
+            for k, (x, y) in enumerate(lmk.astype(int)):
+                img[y - 1:y + 2, x - 1:x + 2] = (255, 3 * k, 255 - 3 * k)
+            mask = np.zeros(img.shape[:2], np.uint8)
+            mask[40:60, 35:65] = 255
+            rec = dict(image=img, landmarks=lmk.astype(np.float32), mask=mask, identity=ident)
+            if encoded:
+                rec.update(image=images.encode_png(img), mask=images.encode_png(mask))
+            recs.append(rec)
+    groups, first = [], 0
+    for ident, n in enumerate(PER_ID):
+        groups.append([ident, first, n])
+        first += n
+    return recs, np.array(groups)
+
+
+CFG = loader.LoaderConfig(groups_per_batch=4, k=2, image_size=48, seed=7, num_threads=2, prefetch=2)
+
+
+def test_groups_share_identity_and_shapes():
+    recs, groups = make_source()
+    batch = next(loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1))
+    assert batch["image"].shape == (8, 48, 48, 3) and batch["image"].dtype == np.float32
+    assert batch["landmarks"].shape == (8, 68, 3) and np.all(batch["landmarks"][..., 2] == 1)
+    assert batch["mask"].shape == (8, 48, 48, 1) and set(np.unique(batch["mask"])) <= {0.0, 1.0}
+    ids = batch["identity"].reshape(4, 2)
+    assert np.all(ids[:, 0] == ids[:, 1]) and len(set(ids[:, 0])) == 4  # 4 distinct identities per batch
+    # an identity with one image repeats it; with >= K images, K distinct images
+    for g in range(20):
+        idx = loader.group_records(groups, 7, g, 2)
+        ident = [i for i, (_, f, n) in enumerate(groups) if f <= idx[0] < f + n][0]
+        assert all(groups[ident, 1] <= i < groups[ident, 1] + groups[ident, 2] for i in idx)
+        if groups[ident, 2] >= 2:
+            assert idx[0] != idx[1]
+
+
+def test_every_identity_once_per_epoch():
+    _, groups = make_source()
+    for epoch in range(2):
+        seen = [loader.group_records(groups, 1, epoch * N_IDS + j, 1)[0] for j in range(N_IDS)]
+        ids = sorted(i for i, (_, f, n) in enumerate(groups) for s in seen if f <= s < f + n)
+        assert ids == list(range(N_IDS))
+
+
+def test_crops_keep_landmarks_on_their_pixels():
+    recs, groups = make_source(encoded=True)
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=3, image_size=64, seed=3)
+    ld = loader.FaceLoader(recs, groups, cfg, process_index=0, process_count=1, keep_tform=True)
+    b = ld.batch_at(0)
+    for i in range(6):
+        px = crop.denormalise_points(b["landmarks"][i, :, :2], 64)
+        src = [r for r in recs if r["identity"] == b["identity"][i]]
+        # the crop's tform maps some record of this identity's landmarks onto the batch landmarks
+        hits = [r for r in src if np.allclose(crop.apply_points(b["tform"][i], r["landmarks"]), px, atol=1e-3)]
+        assert hits, "batch landmarks are the warped landmarks of a record of the same identity"
+        for k in (0, 1):
+            x, y = np.round(px[k]).astype(int)
+            if 2 <= x < 62 and 2 <= y < 62:
+                colour = b["image"][i, y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).max(0) * 255
+                np.testing.assert_allclose(colour, (255, 3 * k, 255 - 3 * k), atol=40)
+        scale = b["tform"][i][0, 0]
+        old = ((np.ptp(hits[0]["landmarks"][:, 0]) + np.ptp(hits[0]["landmarks"][:, 1])) / 2)
+        assert 1.4 - 0.02 <= 63 / scale / old <= 1.8 + 0.02
+
+
+def test_same_seed_same_batches_and_resume():
+    recs, groups = make_source()
+    a = loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1)
+    first = [next(a) for _ in range(4)]
+    assert a.state() == {"step": 4, "seed": 7}
+    again = loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1)
+    for x, y in zip(first, [next(again) for _ in range(4)]):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    resumed = loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1)
+    resumed.restore({"step": 2, "seed": 7})
+    for x in first[2:]:
+        y = next(resumed)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    other = loader.FaceLoader(recs, groups, loader.LoaderConfig(**{**CFG.__dict__, "seed": 8}), 0, 1)
+    assert not np.array_equal(next(other)["image"], first[0]["image"])
+    with pytest.raises(ValueError, match="seed 8"):
+        resumed.restore({"step": 0, "seed": 8})
+
+
+def test_processes_split_the_single_process_batch():
+    recs, groups = make_source()
+    whole = loader.FaceLoader(recs, groups, CFG, 0, 1).batch_at(5)
+    parts = [loader.FaceLoader(recs, groups, CFG, p, 2).batch_at(5) for p in range(2)]
+    for k in whole:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+    with pytest.raises(ValueError, match="not divisible by 3 processes"):
+        loader.FaceLoader(recs, groups, CFG, 0, 3)
+
+
+def test_colour_jitter_changes_colour_not_geometry():
+    recs, groups = make_source()
+    cfg = loader.LoaderConfig(**{**CFG.__dict__, "color_jitter": 0.3})
+    a = loader.FaceLoader(recs, groups, CFG, 0, 1).batch_at(0)
+    b = loader.FaceLoader(recs, groups, cfg, 0, 1).batch_at(0)
+    np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+    assert not np.allclose(a["image"], b["image"]) and 0 <= b["image"].min() and b["image"].max() <= 1
+
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, jax
+    from jax.sharding import Mesh
+    import test_data_loader as t
+    from jaxdeca.data import loader
+    assert jax.local_device_count() == 4
+    recs, groups = t.make_source()
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    ld = loader.FaceLoader(recs, groups, t.CFG)
+    ref = loader.FaceLoader(recs, groups, t.CFG).batch_at(0)
+    batch = next(loader.prefetch_to_device(ld, mesh, size=2))
+    for k, v in batch.items():
+        assert v.shape == ref[k].shape, k
+        np.testing.assert_array_equal(np.asarray(v), ref[k])
+        shards = sorted(v.addressable_shards, key=lambda s: s.index[0].start)
+        assert len({s.device for s in shards}) == 4 and all(s.data.shape[0] == 2 for s in shards), k
+    for s in batch["identity"].addressable_shards:
+        ids = np.asarray(s.data)
+        assert ids[0] == ids[1]  # each device holds whole identity groups
+    print("OK")
+""")
+
+
+def test_batches_split_over_four_host_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]))
+    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
