@@ -1,0 +1,95 @@
+"""tfds builders: identity_faces from a prepared folder, synthetic_faces from the demo head."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from jaxdeca.data import detect, images, loader, prepare, synthetic, tfds_faces
+
+
+@pytest.fixture(scope="module")
+def synthetic_builder(tmp_path_factory):
+    cfg = tfds_faces.SyntheticConfig(name="test", identities=3, images_per_identity=2, image_size=64, seed=5)
+    return tfds_faces.build(tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path_factory.mktemp("tfds"))))
+
+
+def test_synthetic_records_groups_landmarks_masks(synthetic_builder):
+    src = tfds_faces.data_source(synthetic_builder)
+    groups = tfds_faces.groups(synthetic_builder)
+    assert len(src) == 6 and groups.tolist() == [[0, 0, 2], [1, 2, 2], [2, 4, 2]]
+    assert synthetic_builder.info.metadata["identities"] == ["synthetic_00000", "synthetic_00001", "synthetic_00002"]
+    assert [src[i]["identity"] for i in range(6)] == [0, 0, 1, 1, 2, 2]
+    for i in range(6):
+        r = src[i]
+        img = images.decode_image(r["image"])
+        mask = images.decode_mask(r["mask"])
+        assert img.shape == (64, 64, 3) and mask.shape == (64, 64)
+        lmk = r["landmarks"]
+        assert lmk.shape == (68, 2) and np.isnan(r["score"])
+        inner = np.round(lmk[27:36]).astype(int)  # nose: always visible, always skin
+        assert np.mean(mask[inner[:, 1], inner[:, 0]] == 255) >= 0.8
+        assert 0.05 < (mask > 0).mean() < 0.6
+    # the landmarks are the generator's, exactly (same seed -> same codes -> same render)
+    out = synthetic.render_faces(synthetic.sample_codes(np.random.default_rng([5, 1]), 2), 64)
+    np.testing.assert_allclose(src[2]["landmarks"], out["landmarks"][0], atol=1e-4)
+    np.testing.assert_allclose(src[3]["landmarks"], out["landmarks"][1], atol=1e-4)
+    a, b = images.decode_image(src[2]["image"]), images.decode_image(src[3]["image"])
+    assert np.abs(a.astype(int) - b).mean() > 5  # same identity, different expression/pose/light/background
+
+
+def test_tfds_loader_over_synthetic(synthetic_builder):
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32, seed=0, num_threads=2)
+    ld = loader.tfds_loader(synthetic_builder, cfg, process_index=0, process_count=1)
+    b = next(ld)
+    assert b["image"].shape == (4, 32, 32, 3) and b["mask"].mean() > 0.05
+    assert b["identity"][0] == b["identity"][1] and b["identity"][2] == b["identity"][3]
+    assert np.all(np.abs(b["landmarks"][..., :2]) < 1)
+
+
+@pytest.fixture(scope="module")
+def prepared_vggface2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vgg")
+    rng = np.random.default_rng(0)
+    for rel in ("n0002/0001_01.jpg", "n0001/0002_01.png", "n0001/0001_01.jpg"):
+        p = root / "images" / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        img = cv2.GaussianBlur(rng.integers(0, 255, (90, 80, 3), dtype=np.uint8), (5, 5), 2)
+        cv2.imwrite(str(p), img)
+        detect.write_pts(str(p.with_suffix(".pts")), rng.uniform(20, 60, (68, 2)))
+    s = prepare.prepare(str(root / "images"), str(root / "out"), "vggface2", workers=1, progress=False)
+    assert s["ok"] == 3
+    return root
+
+
+def test_identity_faces_from_prepared_folder(prepared_vggface2, tmp_path):
+    root = prepared_vggface2
+    b = tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=str(tmp_path)), str(root / "out"))
+    src = tfds_faces.data_source(b)
+    assert b.info.metadata["identities"] == ["n0001", "n0002"]
+    assert tfds_faces.groups(b).tolist() == [[0, 0, 2], [1, 2, 1]]
+    paths = [src[i]["path"].decode() for i in range(3)]
+    assert paths == ["n0001/0001_01.jpg", "n0001/0002_01.png", "n0002/0001_01.jpg"]
+    index = {json.loads(line)["path"]: json.loads(line) for line in open(root / "out" / "index.jsonl")}
+    for i, p in enumerate(paths):
+        r = src[i]
+        assert r["identity_name"].decode() == p.split("/")[0] and r["identity"] == (0 if p.startswith("n0001") else 1)
+        np.testing.assert_allclose(r["landmarks"], index[p]["landmarks"], atol=1e-3)
+        assert r["mask"] == open(root / "out" / index[p]["mask"], "rb").read()
+        original = open(root / "images" / p, "rb").read()
+        if p.endswith(".jpg"):
+            assert r["image"] == original  # clean JPEGs are stored byte for byte
+        else:
+            assert r["image"][:2] == b"\xff\xd8"  # others re-encoded as JPEG
+            assert np.abs(images.decode_image(r["image"]).astype(int) - images.decode_image(original)).mean() < 4
+
+
+def test_identity_faces_errors(prepared_vggface2, tmp_path):
+    with pytest.raises(ValueError, match="prepared with layout 'vggface2', builder config is 'celeba'"):
+        tfds_faces.build(tfds_faces.IdentityFaces(config="celeba", data_dir=str(tmp_path)),
+                         str(prepared_vggface2 / "out"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.txt").write_text("not a prepared folder")
+    with pytest.raises(FileNotFoundError, match="index.jsonl: missing"):
+        tfds_faces.build(tfds_faces.IdentityFaces(config="folders", data_dir=str(tmp_path / "d2")), str(empty))
