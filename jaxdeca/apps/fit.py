@@ -110,7 +110,7 @@ STAGE_GROUPS = ({"pose", "cam"}, {"pose", "cam", "shape", "exp"}, {"pose", "cam"
 WEIGHTS = dict(lmk=1.0, eye=1.0, lip=0.5, reg=1e-4, jaw=1e-2, photo=2.0, light=1.0)
 
 
-def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(100, 400, 40), lr: float = 0.02,
+def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(100, 400, 40), lr: float = 0.01,
         weights: dict = WEIGHTS) -> dict:
     """Optimise codes (batch 1) through the three stages; returns the fitted codes.
     target_img: [68, 2] image space; image: [224, 224, 3]; mask: [224, 224]."""
@@ -124,7 +124,8 @@ def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(10
             continue
         groups = STAGE_GROUPS[stage]
         labels = {k: ("on" if k in groups else "off") for k in p}
-        opt = optax.multi_transform({"on": optax.adam(lr), "off": optax.set_to_zero()}, labels)
+        sched = optax.cosine_decay_schedule(lr, n, alpha=0.05)  # settle at the end of each stage
+        opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
         grad = jax.grad(fit_loss)
 
         @jax.jit

