@@ -13,7 +13,6 @@ import tempfile
 import time
 
 
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--identities", type=int, default=50)
