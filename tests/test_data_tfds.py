@@ -93,3 +93,17 @@ def test_identity_faces_errors(prepared_vggface2, tmp_path):
     (empty / "README.txt").write_text("not a prepared folder")
     with pytest.raises(FileNotFoundError, match="index.jsonl: missing"):
         tfds_faces.build(tfds_faces.IdentityFaces(config="folders", data_dir=str(tmp_path / "d2")), str(empty))
+
+
+def test_cli_and_make_loader(prepared_vggface2, tmp_path):
+    assert tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir",
+                            str(prepared_vggface2 / "out"), "--data-dir", str(tmp_path)]) == 0
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32)
+    b = next(loader.make_loader("identity_faces", "vggface2", cfg, str(tmp_path), process_index=0, process_count=1))
+    assert b["identity"].tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
+    with pytest.raises(FileNotFoundError, match="identity_faces/folders is not built"):
+        loader.make_loader("identity_faces", "folders", cfg, str(tmp_path))
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        tfds_faces.get_builder("synthetic_faces", "nope")
+    assert tfds_faces.main(["--dataset", "identity_faces", "--config", "celeba", "--manual-dir",
+                            str(prepared_vggface2 / "out"), "--data-dir", str(tmp_path)]) == 2

@@ -214,3 +214,21 @@ def tfds_loader(builder, cfg: LoaderConfig, split: str = "train", **kw) -> FaceL
     from jaxdeca.data import tfds_faces
     return FaceLoader(tfds_faces.data_source(builder, split), tfds_faces.groups(builder, split), cfg, **kw)
 
+
+
+def make_loader(dataset: str, config: str, cfg: LoaderConfig, data_dir: str | None = None, split: str = "train",
+                **kw) -> FaceLoader:
+    """The trainer's entry point: FaceLoader over a tfds dataset that was built beforehand
+    (`python -m jaxdeca.data.tfds_faces`). A single process builds a missing synthetic_faces
+    dataset itself; multi-process runs must build first (no concurrent writers)."""
+    import jax
+    from jaxdeca.data import tfds_faces
+    builder = tfds_faces.get_builder(dataset, config, data_dir)
+    if not builder.is_prepared():
+        if dataset == "synthetic_faces" and jax.process_count() == 1:
+            tfds_faces.build(builder)
+        else:
+            raise FileNotFoundError(f"{dataset}/{config} is not built in {builder.data_dir}; run "
+                                    f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {config} "
+                                    f"--data-dir DIR first")
+    return tfds_loader(builder, cfg, split, **kw)

@@ -198,3 +198,42 @@ def groups(builder: tfds.core.DatasetBuilder, split: str = "train") -> np.ndarra
         raise ValueError(f"{builder.name}/{builder.builder_config.name}: no identity groups in metadata for "
                          f"split {split!r}; rebuild it with jaxdeca.data.tfds_faces")
     return np.asarray(g, np.int64).reshape(-1, 3)
+
+
+BUILDERS = {"identity_faces": IdentityFaces, "synthetic_faces": SyntheticFaces}
+
+
+def get_builder(dataset: str, config: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """Builder instance by name: dataset in BUILDERS, config one of its BuilderConfig names."""
+    if dataset not in BUILDERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
+    names = [c.name for c in BUILDERS[dataset].BUILDER_CONFIGS]
+    if config not in names:
+        raise ValueError(f"{dataset}: unknown config {config!r}; choose one of {names}")
+    return BUILDERS[dataset](config=config, data_dir=data_dir)
+
+
+def main(argv=None):
+    """python -m jaxdeca.data.tfds_faces --dataset identity_faces --config vggface2 --manual-dir PREPARED
+    [--data-dir DIR]: write the array_record dataset (run once, before training)."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=main.__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="synthetic_faces", choices=sorted(BUILDERS))
+    p.add_argument("--config", default=None, help="vggface2|voxceleb2|celeba|folders, or default|tiny")
+    p.add_argument("--manual-dir", default=None, help="folder made by jaxdeca.data.prepare (identity_faces)")
+    p.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
+    a = p.parse_args(argv)
+    config = a.config or ("default" if a.dataset == "synthetic_faces" else "folders")
+    try:
+        b = build(get_builder(a.dataset, config, a.data_dir), a.manual_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{b.name}/{config}: {b.info.splits['train'].num_examples} examples, "
+          f"{len(b.info.metadata['identities'])} identities in {b.data_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
