@@ -106,3 +106,11 @@ def test_animate_app_writes_frames_and_video(tmp_path):
                           video="a.gif", batch=2)
     assert res["frames"] == ["f0", "f1"] and res["skipped"][0][0] == "x"
     assert os.path.getsize(res["video"]) > 0 and (tmp_path / "out" / "f1" / "f1.obj").exists()
+
+
+def test_teaser_writes_gif(tmp_path, pipe):
+    from jaxdeca.apps import teaser
+    c = teaser.teaser_codes(teaser.demo_codes(), n=2)
+    assert c["pose"].shape == (6, 6) and float(c["pose"][0, 1]) < 0 < float(c["pose"][1, 1])
+    path = teaser.teaser(pipe, teaser.demo_codes(), str(tmp_path / "t.gif"), n=2)
+    assert os.path.getsize(path) > 0
