@@ -97,6 +97,8 @@ def test_uv_layout_and_masks(head):
 
 
 def test_generator_is_deterministic_and_matches_the_shipped_file(head):
+    raw = np.load(flame.DEMO_HEAD)
+    assert all(raw[k].dtype in (np.float32, np.int32) for k in raw.files)  # float32 on disk, not only after loading
     fresh = make_demo_head.storage_dtypes(make_demo_head.generate(seed=0))
     for k, v in fresh.items():
         np.testing.assert_allclose(np.asarray(v, np.float32), head[k], atol=0, err_msg=k)
