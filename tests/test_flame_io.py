@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -20,9 +21,13 @@ def test_chumpy_pickle_read_without_chumpy(tmp_path):
     arrays = random_flame()
     path = io.write_generic_model_pkl(str(tmp_path / "generic_model.pkl"), arrays, chumpy=True)
     raw = open(path, "rb").read()
-    assert b"chumpy.ch" in raw and b"scipy.sparse" in raw  # referenced exactly like the official file
+    # Referenced exactly like the official Python-2 file: chumpy, NumPy 1 and old SciPy module names.
+    assert b"cchumpy.ch\nCh\n" in raw and b"cscipy.sparse.csc\ncsc_matrix\n" in raw
+    assert b"cnumpy.core.multiarray\n" in raw and b"numpy._core" not in raw
     assert "chumpy" not in sys.modules
-    got = io.read_generic_model_pkl(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no deprecated-module warnings on the read path
+        got = io.read_generic_model_pkl(path)
     for k in GEOMETRY:
         np.testing.assert_allclose(got[k], arrays[k], atol=1e-7, err_msg=k)
     assert got["shapedirs"].shape == (120, 3, 300) and got["exprdirs"].shape == (120, 3, 100)
@@ -36,7 +41,12 @@ def test_landmark_embedding_with_torch_tensors_read_without_torch(tmp_path):
     arrays = random_flame()
     path = io.write_landmark_embedding(str(tmp_path / "landmark_embedding.npy"), arrays, torch_tensors=True)
     assert b"torch._utils" in open(path, "rb").read()
-    np.savez(tmp_path / "expect.npz", **{k: arrays[k] for k in LANDMARKS})
+    _read_without_torch(path, {k: arrays[k] for k in LANDMARKS}, tmp_path)
+
+
+def _read_without_torch(path, expect, tmp_path):
+    """Reads a landmark file in a subprocess where importing torch fails; compares to expect."""
+    np.savez(tmp_path / "expect.npz", **expect)
     code = textwrap.dedent(f"""
         import sys
         sys.modules["torch"] = None  # any import of torch now fails
@@ -47,11 +57,46 @@ def test_landmark_embedding_with_torch_tensors_read_without_torch(tmp_path):
         for k in exp.files:
             np.testing.assert_allclose(got[k], exp[k], atol=1e-6, err_msg=k)
             assert got[k].shape == exp[k].shape, (k, got[k].shape)
+        assert "torch" not in {{m.split(".")[0] for m, v in sys.modules.items() if v is not None}}
         print("OK")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-2000:]
+
+
+def test_landmark_embedding_zip_format_storages_read_without_torch(tmp_path, monkeypatch):
+    """Storages pickled as zip-format torch.save streams (and a non-contiguous tensor view)."""
+    torch = pytest.importorskip("torch")
+    import torch.storage as ts
+
+    def reduce_zip(self):
+        b = __import__("io").BytesIO()
+        torch.save(self, b, _use_new_zipfile_serialization=True)
+        return (ts._load_from_bytes, (b.getvalue(),))
+
+    monkeypatch.setattr(ts.TypedStorage, "__reduce__", reduce_zip)
+    arrays = random_flame(seed=3)
+    bary = torch.from_numpy(np.ascontiguousarray(arrays["dynamic_lmk_bary_coords"].transpose(1, 0, 2))).permute(1, 0, 2)
+    d = dict(static_lmk_faces_idx=arrays["static_lmk_faces_idx"].astype(np.int64),
+             static_lmk_bary_coords=arrays["static_lmk_bary_coords"],
+             dynamic_lmk_faces_idx=torch.from_numpy(arrays["dynamic_lmk_faces_idx"].astype(np.int64)),
+             dynamic_lmk_bary_coords=bary,  # strides (3, 79*3, 1): exercises _rebuild_tensor's strides
+             full_lmk_faces_idx=arrays["full_lmk_faces_idx"].reshape(1, 68).astype(np.int64),
+             full_lmk_bary_coords=arrays["full_lmk_bary_coords"].reshape(1, 68, 3))
+    path = str(tmp_path / "landmark_embedding.npy")
+    np.save(path, d, allow_pickle=True)
+    assert b"data.pkl" in open(path, "rb").read()  # zip-format torch.save streams inside
+    _read_without_torch(path, {k: arrays[k] for k in LANDMARKS}, tmp_path)
+
+
+def test_chumpy_shim_takes_the_single_array_of_other_classes():
+    shim = io._ChumpyShim()
+    shim.__setstate__({"a": np.arange(6.0).reshape(2, 3), "_dirty_vars": set()})
+    np.testing.assert_array_equal(shim.to_array("J", "m.pkl"), np.arange(6.0).reshape(2, 3))
+    shim.__setstate__({"a": np.zeros(2), "b": np.ones(2)})
+    with pytest.raises(io.FlameFileError, match="m.pkl: key 'J' is a chumpy expression"):
+        shim.to_array("J", "m.pkl")
 
 
 @pytest.mark.parametrize("fmt", ["BFM", "FLAME"])

@@ -64,3 +64,14 @@ def test_rigid_chain_rotates_children_about_their_joint():
     np.testing.assert_allclose(posed[0, 2], [-1.0, 1.0, 0.0], atol=1e-6)  # (0,2) about (0,1) -> (-1,1)
     p = jnp.asarray([0.0, 2.0, 0.0, 1.0])  # a rest point at joint 2, skinned to joint 2
     np.testing.assert_allclose((rel[0, 2] @ p)[:3], [-1.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_skin_matches_full_4x4_blend():
+    rng = np.random.default_rng(4)
+    W = rng.dirichlet(np.ones(5), 7).astype(np.float32)
+    A = np.tile(np.eye(4, dtype=np.float32), (2, 5, 1, 1))
+    A[:, :, :3, :] = rng.normal(size=(2, 5, 3, 4))
+    p = rng.normal(size=(2, 7, 3)).astype(np.float32)
+    T = np.einsum("vj,bjmn->bvmn", W, A)
+    expect = np.einsum("bvmn,bvn->bvm", T, np.concatenate([p, np.ones((2, 7, 1), np.float32)], -1))[..., :3]
+    np.testing.assert_allclose(lbs.skin(jnp.asarray(W), jnp.asarray(A), jnp.asarray(p)), expect, atol=1e-5)

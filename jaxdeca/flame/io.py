@@ -118,10 +118,40 @@ class _ChumpyShim:
 
     def to_array(self, key: str, where: str) -> np.ndarray:
         state = self.state if isinstance(self.state, dict) else {}
-        if "x" in state:
+        if "x" in state:  # chumpy.ch.Ch: the value itself
             return np.asarray(state["x"])
+        # Other chumpy classes: accept the one array they hold, refuse real expressions.
+        found = [v for v in state.values() if isinstance(v, np.ndarray) and v.dtype != object]
+        if len(found) == 1:
+            return found[0]
         raise FlameFileError(f"{where}: key '{key}' is a chumpy expression ({sorted(state)[:6]}...), "
                              "not a plain chumpy array; re-export the model with plain arrays")
+
+
+class _SparseShim:
+    """Stands in for scipy sparse classes of any scipy version (old pickles reference
+    `scipy.sparse.csc`, removed in SciPy 2); rebuilt from the pickled CSC/CSR/COO arrays."""
+
+    fmt = "csc"
+
+    def __init__(self, *args, **kwargs):
+        self.state = None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def toarray(self) -> np.ndarray:
+        import scipy.sparse as sp
+
+        st = self.state
+        shape = tuple(st.get("_shape", st.get("shape")))
+        if self.fmt == "coo":
+            return sp.coo_matrix((st["data"], (st["row"], st["col"])), shape=shape).toarray()
+        cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
+        return cls((st["data"], st["indices"], st["indptr"]), shape=shape).toarray()
+
+
+_SPARSE_SHIMS = {fmt: type(f"_{fmt.capitalize()}Shim", (_SparseShim,), {"fmt": fmt}) for fmt in ("csc", "csr", "coo")}
 
 
 _TORCH_DTYPES = {
@@ -137,39 +167,97 @@ class _Storage:
         self.data = None
 
 
+def _storage_unpickler(f, load_record):
+    """Unpickler for the inner stream of a torch.save: storages come through persistent ids
+    ('storage', storage_type, key, location, numel[, view_metadata]); load_record(key, dtype)
+    returns the flat numpy storage (or a placeholder filled later)."""
+
+    class U(_OfficialUnpickler):
+        def find_class(self, module, name):
+            if module.startswith("torch") and name in _TORCH_DTYPES:
+                return _TORCH_DTYPES[name]
+            if module.startswith("torch") and name == "UntypedStorage":
+                return np.uint8
+            return super().find_class(module, name)
+
+        def persistent_load(self, pid):
+            if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+                raise pickle.UnpicklingError(f"unsupported torch persistent id {pid!r:.80}")
+            dtype = pid[1] if not isinstance(pid[1], str) else np.uint8
+            st = load_record(str(pid[2]), np.dtype(dtype))
+            view = pid[5] if len(pid) > 5 else None
+            if view is not None:  # old torch: (view_key, offset, size) of a shared storage
+                _, off, n = view
+                return _View(st, int(off), int(n))
+            return st
+
+    return U(f, encoding="latin1")
+
+
+class _View:
+    def __init__(self, base, offset, n):
+        self.base, self.offset, self.n = base, offset, n
+
+    @property
+    def data(self):
+        return _flat(self.base)[self.offset:self.offset + self.n]
+
+
+def _flat(storage) -> np.ndarray:
+    if isinstance(storage, np.ndarray):
+        return storage
+    return storage.data
+
+
 def _torch_legacy_storage(data: bytes) -> np.ndarray:
-    """Parses the legacy torch.save stream that `torch.storage._load_from_bytes` receives."""
+    """Parses the torch.save stream that `torch.storage._load_from_bytes` receives.
+
+    Every torch version writes the legacy format here (magic, protocol, sys info, pickled
+    root, storage keys, then per storage an int64 element count and the raw little-endian
+    bytes); a zip-format stream (torch.save's default since 1.6) is accepted too.
+    """
+    if data[:2] == b"PK":
+        return _torch_zip_storage(data)
     f = _io.BytesIO(data)
     for _ in range(3):  # magic number, protocol version, system info
         pickle.load(f)
     storages: dict[str, _Storage] = {}
-
-    class U(pickle.Unpickler):
-        def find_class(self, module, name):
-            if module.startswith("torch") and name in _TORCH_DTYPES:
-                return _TORCH_DTYPES[name]
-            return super().find_class(module, name)
-
-        def persistent_load(self, pid):
-            # ('storage', storage_type, key, location, numel[, view_metadata])
-            _, dtype, key = pid[0], pid[1], str(pid[2])
-            return storages.setdefault(key, _Storage(np.dtype(dtype)))
-
-    root = U(f).load()
+    root = _storage_unpickler(f, lambda key, dt: storages.setdefault(key, _Storage(dt))).load()
     keys = pickle.load(f)
     for key in keys:
         n = int(np.frombuffer(f.read(8), "<i8")[0])
         st = storages[str(key)]
         st.data = np.frombuffer(f.read(n * st.dtype.itemsize), st.dtype)
-    return root.data
+    return _flat(root)
+
+
+def _torch_zip_storage(data: bytes):
+    """The zip torch.save format: <archive>/data.pkl plus one raw file per storage key."""
+    import zipfile
+
+    z = zipfile.ZipFile(_io.BytesIO(data))
+    names = z.namelist()
+    pkl = next(n for n in names if n.endswith("/data.pkl") or n == "data.pkl")
+    prefix = pkl[: -len("data.pkl")]
+    order = "<"
+    if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big":
+        order = ">"
+    root = _storage_unpickler(_io.BytesIO(z.read(pkl)), lambda key, dt: np.frombuffer(
+        z.read(f"{prefix}data/{key}"), dt.newbyteorder(order)).astype(dt)).load()
+    return root if isinstance(root, np.ndarray) or not hasattr(root, "data") else _flat(root)
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    flat = storage if isinstance(storage, np.ndarray) else storage.data
+    """torch._utils._rebuild_tensor(_v2) -> a numpy array (copy) with torch's strides."""
+    flat = _flat(storage)
     if len(size) == 0:
         return flat[offset].copy()
     item = flat.dtype.itemsize
     return np.lib.stride_tricks.as_strided(flat[offset:], shape=tuple(size), strides=tuple(s * item for s in stride)).copy()
+
+
+class _TensorType:
+    """Placeholder for torch.Tensor referenced by `_rebuild_from_type_v2`."""
 
 
 class _OfficialUnpickler(pickle.Unpickler):
@@ -178,12 +266,20 @@ class _OfficialUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if module == "chumpy" or module.startswith("chumpy."):
             return _ChumpyShim
+        if module.startswith("scipy.sparse") and name in ("csc_matrix", "csr_matrix", "coo_matrix"):
+            return _SPARSE_SHIMS[name[:3]]
+        if module == "numpy.core" or module.startswith("numpy.core."):  # Python-2 / NumPy-1 pickles
+            module = "numpy._core" + module[len("numpy.core"):]
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return _rebuild_tensor
         if module == "torch.storage" and name == "_load_from_bytes":
             return _torch_legacy_storage
         if module == "torch._utils" and name == "_rebuild_parameter":
             return lambda data, requires_grad, hooks, *a: data
+        if module == "torch._tensor" and name == "_rebuild_from_type_v2":
+            return lambda func, new_type, args, state: func(*args)
+        if module in ("torch", "torch._tensor") and name == "Tensor":
+            return _TensorType
         if module.startswith("torch"):
             raise pickle.UnpicklingError(f"unsupported torch object {module}.{name}")
         return super().find_class(module, name)
@@ -221,8 +317,11 @@ def _array(d: dict, key: str, where: str) -> np.ndarray:
     v = d[key]
     if isinstance(v, _ChumpyShim):
         return v.to_array(key, where)
-    if hasattr(v, "toarray"):  # scipy sparse
-        return np.asarray(v.toarray())
+    if hasattr(v, "toarray"):  # scipy sparse (or its shim)
+        try:
+            return np.asarray(v.toarray())
+        except (KeyError, TypeError, ValueError) as e:
+            raise FlameFileError(f"{where}: key '{key}' is a malformed sparse matrix ({e})") from None
     return np.asarray(v)
 
 
@@ -392,7 +491,9 @@ def write_generic_model_pkl(path: str, arrays: dict, chumpy: bool = True) -> str
     Identity and expression bases are padded with zero columns to 300 + 100 (the official
     (V, 3, 400) shapedirs). chumpy=True pickles v_template/shapedirs/posedirs/weights as
     chumpy `Ch` objects (as the official file does; chumpy itself is not needed);
-    chumpy=False writes plain numpy arrays, which smplx can read without chumpy.
+    chumpy=False writes plain numpy arrays, which smplx can read without chumpy. With
+    chumpy=True the pickle also names `numpy.core.multiarray` and `scipy.sparse.csc` like
+    the official Python-2 file (the reader maps both to today's modules).
     """
     import scipy.sparse as sp
 
@@ -417,8 +518,12 @@ def write_generic_model_pkl(path: str, arrays: dict, chumpy: bool = True) -> str
             sys.modules["chumpy"], sys.modules["chumpy.ch"] = pkg, ch_mod
             for k in ("v_template", "shapedirs", "posedirs", "weights", "J"):
                 d[k] = Ch(d[k])
+        raw = pickle.dumps(d, protocol=2)
+        if chumpy:  # the official file was pickled by Python 2 with NumPy 1 and an old SciPy
+            raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+            raw = raw.replace(b"cscipy.sparse._csc\n", b"cscipy.sparse.csc\n")
         with open(path, "wb") as f:
-            pickle.dump(d, f, protocol=2)
+            f.write(raw)
     finally:
         for k, v in saved.items():
             if v is None:
