@@ -5,7 +5,8 @@ from absl import logging
 
 from jaxdeca.train import loop, parallel
 
-TASKS = {"toy": "jaxdeca.train.toy:ToyTask"}
+TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coarse:CoarseTask",
+         "coarse": "jaxdeca.train.deca_coarse:CoarseTask"}
 
 
 def make_task(config):
