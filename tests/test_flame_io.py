@@ -179,3 +179,45 @@ def test_wrong_layouts_refused_with_key_and_shapes(tmp_path):
         io.read_landmark_embedding(str(tmp_path / "text.npy"))
     with pytest.raises(io.FlameFileError, match="not found"):
         io.load_npz(str(tmp_path / "missing.npz"))
+
+
+def test_load_model_from_official_folder_and_pkl(tmp_path):
+    from jaxdeca import flame
+
+    a = random_flame()
+    p = io.write_official(str(tmp_path / "data"), a, chumpy=True)
+    for path in (str(tmp_path / "data"), p["model_pkl"]):
+        got = flame.load_arrays(path)
+        for k in GEOMETRY + LANDMARKS + ("uv_coords", "albedo_mean"):
+            np.testing.assert_allclose(got[k], a[k], atol=1e-5, err_msg=k)
+    m = flame.load_model(str(tmp_path / "data"), n_shape=300, n_exp=100)  # official sizes after padding
+    assert m.basis.shape == (120, 3, 400)
+    os.remove(p["obj"])
+    with pytest.raises(io.FlameFileError, match="missing head_template.obj"):
+        flame.load_arrays(str(tmp_path / "data"))
+
+
+def test_albedo_jit_vmap_grad():
+    import jax
+    import jax.numpy as jnp
+
+    a = random_flame()
+    mean, basis = jnp.asarray(a["albedo_mean"]), jnp.asarray(a["albedo_basis"])
+    code = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    out = jax.jit(texture.albedo, static_argnums=3)(mean, basis, code, 4)
+    per = jax.vmap(lambda c: texture.albedo(mean, basis, c[None], 4)[0])(code)
+    np.testing.assert_allclose(per, out, atol=1e-6)
+    g = jax.grad(lambda c: texture.albedo(mean, basis, c, 4).sum())(code)
+    # d sum / d code_k = sum of the nearest-sampled, channel-summed basis k (same for every batch row).
+    idx = np.arange(4) * 2
+    expect = np.asarray(basis)[idx][:, idx, :, :4].sum((0, 1, 2))
+    np.testing.assert_allclose(g, np.broadcast_to(expect, (3, 4)), rtol=1e-5, atol=1e-5)
+
+
+def test_convert_cli_reports_bad_file(tmp_path, capsys):
+    a = random_flame()
+    p = io.write_official(str(tmp_path / "official"), a, chumpy=True)
+    rc = convert.main(["--flame", p["model_pkl"], "--landmarks", str(tmp_path / "nope.npy"), "--obj", p["obj"],
+                       "--out", str(tmp_path / "flame.npz")])
+    assert rc == 1 and "nope.npy: landmark embedding not found" in capsys.readouterr().err
+    assert not (tmp_path / "flame.npz").exists()

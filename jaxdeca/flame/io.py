@@ -464,6 +464,34 @@ def assemble(model_pkl: str, landmarks: str, obj: str, albedo: str | None = None
     return arrays
 
 
+OFFICIAL_NAMES = dict(landmarks="landmark_embedding.npy", obj="head_template.obj",
+                      albedo=("FLAME_albedo_from_BFM.npz", "FLAME_texture.npz"),
+                      uv_face_eye_mask="uv_face_eye_mask.png", uv_face_mask="uv_face_mask.png",
+                      fixed_displacement="fixed_displacement_256.npy")
+
+
+def read_official(path: str) -> dict:
+    """A folder laid out like DECA's `data/` (or the generic_model.pkl inside one) -> npz dict.
+
+    Needs generic_model.pkl (or the given .pkl), landmark_embedding.npy and head_template.obj;
+    the albedo (FLAME_albedo_from_BFM.npz, else FLAME_texture.npz), the UV masks and
+    fixed_displacement_256.npy are picked up when present.
+    """
+    directory, model_pkl = (path, os.path.join(path, "generic_model.pkl")) if os.path.isdir(path) else \
+        (os.path.dirname(os.path.abspath(path)), path)
+    found = {}
+    for role, names in OFFICIAL_NAMES.items():
+        for name in (names,) if isinstance(names, str) else names:
+            if os.path.isfile(os.path.join(directory, name)):
+                found[role] = os.path.join(directory, name)
+                break
+    for role in ("landmarks", "obj"):
+        if role not in found:
+            raise FlameFileError(f"{directory}: missing {OFFICIAL_NAMES[role]} next to {os.path.basename(model_pkl)}")
+    return assemble(model_pkl, found["landmarks"], found["obj"], found.get("albedo"), found.get("uv_face_eye_mask"),
+                    found.get("uv_face_mask"), found.get("fixed_displacement"))
+
+
 # ----------------------------------------------------------------------------- writers of the official layouts
 
 def _fake_chumpy():

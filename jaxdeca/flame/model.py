@@ -119,10 +119,19 @@ def from_arrays(arrays: dict, n_shape: int = 100, n_exp: int = 50, where: str = 
 
 
 def load_arrays(path: str | None = None) -> dict:
-    """The FLAME npz dict (topology, UVs, masks, albedo too) of `path`, or of the demo head."""
-    return io.load_npz(DEMO_HEAD if path is None else path)
+    """The FLAME npz dict (topology, UVs, masks, albedo too) of `path`, or of the demo head.
+
+    path: None (the demo head), a FLAME npz, or for convenience the official files: a folder
+    like DECA's data/ or the generic_model.pkl inside it (read with io.read_official).
+    """
+    if path is None:
+        return io.load_npz(DEMO_HEAD)
+    if os.path.isdir(path) or path.endswith(".pkl"):
+        return io.read_official(path)
+    return io.load_npz(path)
 
 
 def load_model(path: str | None = None, n_shape: int = 100, n_exp: int = 50) -> FlameModel:
-    """FLAME from a FLAME npz (`python -m jaxdeca.flame.convert`), or the demo head if None."""
+    """FLAME from a FLAME npz (`python -m jaxdeca.flame.convert`), an official folder or
+    generic_model.pkl, or the demo head if None. Refuses n_shape/n_exp above the file's."""
     return from_arrays(load_arrays(path), n_shape, n_exp, where=DEMO_HEAD if path is None else path)
