@@ -9,6 +9,7 @@ import pytest
 
 from jaxdeca.apps import export, pipeline, reconstruct
 from jaxdeca.convert.core import save_variables
+from jaxdeca.data import crop, preprocess
 
 
 def render_head(p, cam=(7.0, 0.0, 0.0), jaw=0.0):
@@ -29,12 +30,24 @@ def model_dir(tmp_path_factory):
     return str(d / "model")
 
 
-def test_crop_transform_round_trip():
-    a = pipeline.crop_transform(np.array([310.0, 200.0]), 150.0)
-    pts = np.array([[300.0, 190.0], [250.5, 260.25]])
-    crop = pts @ a[:, :2].T + a[:, 2]
-    np.testing.assert_allclose(pipeline.to_original(crop, a), pts, atol=1e-9)
-    np.testing.assert_allclose(crop[0], [112 - 10 * 224 / 150, 112 - 10 * 224 / 150])
+def test_crop_face_is_the_shared_test_time_crop():
+    """pipeline.crop_face = data.preprocess.crop_for_inference; landmarks go back to the original."""
+    rng = np.random.default_rng(0)
+    img = (rng.random((300, 260, 3)) * 255).astype(np.uint8)
+    lmk = rng.uniform([80, 90], [180, 220], (68, 2))
+    c = pipeline.crop_face(img, landmarks=lmk)
+    want, t = preprocess.crop_for_inference(img, landmarks=lmk)
+    np.testing.assert_array_equal(c.image, want)
+    np.testing.assert_array_equal(c.tform, t)
+    np.testing.assert_allclose(pipeline.landmarks_original(preprocess.to_crop(lmk, t), c.tform), lmk, atol=1e-9)
+    assert pipeline.crop_face(np.full((90, 90, 3), 127, np.uint8)) is None  # no face
+
+
+def test_crop_none_passes_a_224_crop_through():
+    img = (np.random.default_rng(1).random((224, 224, 3)) * 255).astype(np.uint8)
+    c = pipeline.crop_face(img, "none")
+    np.testing.assert_allclose(c.tform, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(c.image, img / 255.0, atol=1e-6)
 
 
 def test_checkpoint_errors(tmp_path):
@@ -54,7 +67,7 @@ def test_reconstruct_folder(tmp_path, model_dir):
     res = reconstruct.reconstruct(str(src), str(tmp_path / "out"), pipe=p, batch=2)
     assert res["written"] == ["head"]
     reasons = dict(res["skipped"])
-    assert "not a readable image" in reasons["broken"] and reasons["blank"] == "no face detected"
+    assert "not a readable image" in reasons["broken"] and reasons["blank"] == f"{src / 'blank.png'}: no face detected"
     d = tmp_path / "out" / "head"
     for f in ("head.obj", "head.mtl", "head.png", "head_normals.png", "head_detail.obj", "head_kpt2d.txt",
               "head_kpt3d.txt", "head_depth.png", "head_vis.png", "head_codes.npz"):
@@ -73,9 +86,9 @@ def test_landmarks_in_original_pixels():
     p = pipeline.load_pipeline()
     head, out = render_head(p)
     lmk_crop = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112
-    a = pipeline.crop_transform(np.array([150.0, 90.0]), 224 / 1.5)  # crop = 1.5 x original + shift
+    a = crop.square_transform(np.array([150.0, 90.0]), 223 / 1.5, 224)  # crop = 1.5 x original + shift
     orig = pipeline.landmarks_original(np.asarray(out["landmarks2d"][0]), a)
-    np.testing.assert_allclose(orig * a[0, 0] + a[:, 2], lmk_crop, atol=1e-6)
+    np.testing.assert_allclose(orig * 1.5 + a[:2, 2], lmk_crop, atol=1e-6)
 
 
 def test_cli_reports_missing_input(tmp_path, model_dir, capsys):

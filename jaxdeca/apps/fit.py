@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.fit --input IMG --out DIR [--checkpoint DIR] [--steps N]`
+"""`python -m jaxdeca.apps.fit --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--steps N]`
 
 Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo, light) against
 68 2D landmarks and the photometric loss, with optax Adam and a coarse-to-fine schedule:
@@ -9,7 +9,9 @@ Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo,
      landmark-hull mask.
 Starts from the regressor's codes with --checkpoint, else from the mean (zeros) with the
 camera fitted to the landmark box. Works on the embedded demo head with no network at all.
-Writes the same outputs as reconstruct.
+Writes the same outputs as reconstruct, per face. Bad inputs are handled like reconstruct's:
+one message per unusable file or face-less image naming it, the rest of a folder still fitted;
+exit status 0 (something written), 1 (nothing written), 2 (input unusable as a whole).
 """
 from __future__ import annotations
 
@@ -22,28 +24,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
+from jaxdeca.data import preprocess
 from jaxdeca.losses import coarse
 
 LANDMARK_GROUPS = ("pose", "cam")
 
 
-def to_image_space(points_px, matrix) -> np.ndarray:
-    """Original pixels [K, 2] -> DECA image space [-1, 1] of the crop given by matrix [2, 3]."""
-    a = np.asarray(matrix, np.float64)
-    crop = np.asarray(points_px, np.float64) @ a[:, :2].T + a[:, 2]
-    return crop / pipeline.IMAGE_SIZE * 2.0 - 1.0
+def to_image_space(points_px, tform) -> np.ndarray:
+    """Original pixels [K, 2] -> DECA image space [-1, 1] of the crop given by tform [3, 3]."""
+    return preprocess.to_crop(points_px, tform, pipeline.IMAGE_SIZE)
 
 
 def landmark_crop(image: np.ndarray, landmarks_px) -> pipeline.Crop:
     """DECA's test crop from a landmark box ('kpt': size (w+h)/2 x 1.1 x 1.25)."""
-    lo, hi = np.min(landmarks_px, 0), np.max(landmarks_px, 0)
-    center, size = pipeline.deca_box(lo[0], lo[1], hi[0], hi[1], kind="kpt")
-    a = pipeline.crop_transform(center, size)
-    img = cv2.warpAffine(image, a, (pipeline.IMAGE_SIZE,) * 2, flags=cv2.INTER_LINEAR)
-    return pipeline.Crop(image=img.astype(np.float32) / 255.0, matrix=a)
+    return pipeline.crop_face(image, "detect", landmarks=landmarks_px)
 
 
 def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE) -> np.ndarray:
@@ -110,6 +108,31 @@ STAGE_GROUPS = ({"pose", "cam"}, {"pose", "cam", "shape", "exp"}, {"pose", "cam"
 WEIGHTS = dict(lmk=1.0, eye=1.0, lip=0.5, reg=1e-4, jaw=1e-2, photo=2.0, light=1.0)
 
 
+def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weights: dict):
+    """The jitted n-step optimisation of one stage, compiled once per pipeline and settings:
+    (params, detail, target [1, 68, 2], image [1, 224, 224, 3], mask [1, 224, 224]) -> params."""
+    cache = pipe.__dict__.setdefault("_fit_runners", {})
+    key = (stage, n, lr, tuple(sorted(weights.items())))
+    if key in cache:
+        return cache[key]
+    groups = STAGE_GROUPS[stage]
+    labels = lambda p: {k: ("on" if k in groups else "off") for k in p}  # noqa: E731
+    sched = optax.cosine_decay_schedule(lr, n, alpha=0.05)  # settle at the end of each stage
+    opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
+    grad = jax.grad(fit_loss)
+
+    @jax.jit
+    def run(p, detail, target, image, mask):
+        def body(_, carry):
+            p, s = carry
+            u, s = opt.update(grad(p, detail, pipe, target, image, mask, stage, weights), s, p)
+            return optax.apply_updates(p, u), s
+        return jax.lax.fori_loop(0, n, body, (p, opt.init(p)))[0]
+
+    cache[key] = run
+    return run
+
+
 def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(100, 400, 40), lr: float = 0.01,
         weights: dict = WEIGHTS) -> dict:
     """Optimise codes (batch 1) through the three stages; returns the fitted codes.
@@ -117,26 +140,11 @@ def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(10
     target = jnp.asarray(target_img, jnp.float32)[None]
     image = jnp.asarray(image, jnp.float32)[None]
     mask = jnp.asarray(mask, jnp.float32)[None]
-    p = _split(codes)
-    detail = codes["detail"]
+    p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _split(codes))
+    detail = jnp.asarray(codes["detail"], jnp.float32)
     for stage, n in enumerate(steps):
-        if n <= 0:
-            continue
-        groups = STAGE_GROUPS[stage]
-        labels = {k: ("on" if k in groups else "off") for k in p}
-        sched = optax.cosine_decay_schedule(lr, n, alpha=0.05)  # settle at the end of each stage
-        opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
-        grad = jax.grad(fit_loss)
-
-        @jax.jit
-        def run(p, _stage=stage, _opt=opt, _n=n):
-            def body(_, carry):
-                p, s = carry
-                g = grad(p, detail, pipe, target, image, mask, _stage, weights)
-                u, s = _opt.update(g, s, p)
-                return optax.apply_updates(p, u), s
-            return jax.lax.fori_loop(0, _n, body, (p, _opt.init(p)))[0]
-        p = run(p)
+        if n > 0:
+            p = _stage_runner(pipe, stage, int(n), lr, weights)(p, detail, target, image, mask)
     return _merge(p, detail)
 
 
@@ -148,7 +156,7 @@ def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
         if landmarks_px is None:
             return None
     crop = landmark_crop(image, landmarks_px)
-    target = to_image_space(landmarks_px, crop.matrix)
+    target = to_image_space(landmarks_px, crop.tform)
     if pipe.variables is not None:
         codes = pipe.encode(crop.image[None])
     else:
@@ -157,41 +165,85 @@ def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
     return codes, pipe.decode(codes, crop.image[None]), crop
 
 
+def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
+    """68 landmarks [68, 2] for a frame from --landmarks, or None (dlib detects them).
+    landmarks: a .pts/.txt file (single-image input) or a folder of `<stem>.pts` / `<stem>.txt`
+    (a frame without one falls back to dlib). Raises ValueError naming the file when unreadable."""
+    if landmarks is None:
+        return None
+    if not os.path.isdir(landmarks):
+        if not single:
+            raise ValueError(f"{landmarks}: --landmarks must be a folder of <stem>.pts when --input is a folder or video")
+        return read_pts(landmarks)
+    for ext in (".pts", ".txt"):
+        f = os.path.join(landmarks, frame.name + ext)
+        if os.path.isfile(f):
+            return read_pts(f)
+    return None
+
+
+def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks: str | None = None,
+               steps=(100, 400, 40)) -> dict:
+    """fit every face of an image, folder or video and write reconstruct's outputs per face.
+    Unusable files and faces are skipped with one message naming the file (see inputs.report).
+    Returns {'written': [names], 'skipped': [(name, reason)]}."""
+    single = os.path.isfile(input_path) and not input_path.lower().endswith(inputs.VIDEO_EXTS)
+    if landmarks is not None and not os.path.exists(landmarks):
+        raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
+    written, skipped = [], []
+    for item in tqdm(inputs.iter_frames(input_path), desc="fit", unit="img", disable=True if single else None):
+        if isinstance(item, inputs.Skipped):
+            skipped.append(item)
+            continue
+        try:
+            lmk = landmarks_for(item, landmarks, single)
+        except (OSError, ValueError) as e:
+            if single:
+                raise inputs.InputError(str(e)) from None
+            skipped.append(inputs.Skipped(item.name, str(e)))
+            continue
+        res = fit_image(pipe, item.image, lmk, steps)
+        if res is None:
+            skipped.append(inputs.no_face(item))
+            continue
+        codes, out, crop = res
+        pipeline.write_outputs(out_dir, item.name, out, 0, crop, codes, pipe.arrays)
+        written.append(item.name)
+    inputs.report("fit", len(written), skipped, out_dir)
+    return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True)
+    p.add_argument("--input", required=True, help="an image, a folder of images/videos, or a video")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)
-    p.add_argument("--landmarks", default=None, help="68-point .pts/.txt in original pixels (default: dlib)")
+    p.add_argument("--landmarks", default=None,
+                   help="68-point .pts/.txt in original pixels, or a folder of <stem>.pts (default: dlib)")
     p.add_argument("--steps", type=int, default=400, help="shape/expression steps (rigid = steps/4, photo = steps/10)")
     a = p.parse_args(argv)
     try:
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
-        image = inputs.read_image(a.input)
-    except (inputs.InputError, pipeline.CheckpointError, OSError, ValueError) as e:
+        res = fit_inputs(a.input, a.out, pipe, a.landmarks, (a.steps // 4, a.steps, a.steps // 10))
+    except (inputs.InputError, pipeline.CheckpointError) as e:
         print(f"fit: {e}", file=sys.stderr)
         return 2
-    lmk = read_pts(a.landmarks) if a.landmarks else None
-    res = fit_image(pipe, image, lmk, (a.steps // 4, a.steps, a.steps // 10))
-    if res is None:
-        print(f"fit: {a.input}: no face detected", file=sys.stderr)
-        return 1
-    codes, out, crop = res
-    name = os.path.splitext(os.path.basename(a.input))[0]
-    pipeline.write_outputs(a.out, name, out, 0, crop, codes, pipe.arrays)
-    print(f"fit: wrote {os.path.join(a.out, name)}")
-    return 0
+    return 0 if res["written"] else 1
 
 
 def read_pts(path: str) -> np.ndarray:
-    """68 landmarks [68, 2] from an iBUG .pts file or a plain text file of x y rows."""
+    """68 landmarks [68, 2] from an iBUG .pts file or a plain text file of x y rows.
+    Raises ValueError (or OSError) naming the file."""
     with open(path) as f:
         text = f.read()
-    if "{" in text:
-        text = text[text.index("{") + 1:text.index("}")]
-    pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
-                    if line.strip() and not line.startswith("#")])
+    try:
+        if "{" in text:
+            text = text[text.index("{") + 1:text.index("}")]
+        pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
+                        if line.strip() and not line.startswith("#")])
+    except ValueError as e:
+        raise ValueError(f"{path}: not a landmark file ({e})") from None
     if pts.shape != (68, 2):
         raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
     return pts

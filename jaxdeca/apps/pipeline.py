@@ -2,7 +2,7 @@
 jitted function, and write every per-face output.
 
     model = load_pipeline(checkpoint=None, flame_path=None)   # random-free: needs a checkpoint to encode
-    crops = crop_face(image_uint8)                             # DECA's test-time crop (dlib box)
+    crop = crop_face(image_uint8)                              # DECA's test crop (data.preprocess)
     codes = model.encode(images [B,224,224,3])                 # dict of codes
     out = model.decode(codes)                                  # vertices, landmarks, renders, uv maps
     write_outputs(out_dir, name, out, k, crop)                 # OBJ, textures, landmarks, grid, npz
@@ -14,10 +14,8 @@ whose top level has those three keys (a trained model saved with `save_variables
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 
-import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,6 +23,8 @@ import numpy as np
 from jaxdeca import flame, models, render
 from jaxdeca.apps import export
 from jaxdeca.convert.core import load_variables
+from jaxdeca.data import crop as crop_lib
+from jaxdeca.data import preprocess
 
 IMAGE_SIZE = 224
 NETS = ("E_flame", "E_detail", "D_detail")
@@ -60,86 +60,53 @@ def random_variables(seed: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------- cropping
+# One implementation for apps and data: DECA's test-time crop lives in jaxdeca.data.preprocess.
 
 @dataclasses.dataclass(frozen=True)
 class Crop:
-    """The similarity that maps original pixels to the 224 crop: crop = A @ [x, y, 1]."""
+    """A face crop and the similarity that made it: crop pixels = tform @ [x, y, 1] (original)."""
     image: np.ndarray  # [224, 224, 3] float32 in [0, 1]
-    matrix: np.ndarray  # [2, 3]
+    tform: np.ndarray  # [3, 3] original pixels -> crop pixels (jaxdeca.data.preprocess convention)
 
-
-def crop_transform(center, size, out_size: int = IMAGE_SIZE) -> np.ndarray:
-    """[2, 3] similarity taking the square (center, size) in original pixels to out_size."""
-    s = out_size / float(size)
-    cx, cy = center
-    return np.array([[s, 0.0, out_size / 2 - s * cx], [0.0, s, out_size / 2 - s * cy]], np.float64)
-
-
-def to_original(points, matrix) -> np.ndarray:
-    """Crop pixels [..., 2] -> original pixels, inverting `matrix` [2, 3]."""
-    a = np.asarray(matrix, np.float64)
-    return (np.asarray(points, np.float64) - a[:, 2]) / a[0, 0]
-
-
-def deca_box(left, top, right, bottom, kind: str = "bbox", scale: float = 1.25):
-    """DECA's test-time crop square: (center (x, y), size) from a face detector box ('bbox',
-    centre moved down by 0.12 of the box size) or a landmark box ('kpt', size x 1.1)."""
-    old = (right - left + bottom - top) / 2.0
-    center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0])
-    if kind == "kpt":
-        old *= 1.1
-    else:
-        center[1] += old * 0.12
-    return center, old * scale
-
-
-_DETECTOR = None
-
-
-def detect_face(image: np.ndarray):
-    """Largest dlib frontal-face box (left, top, right, bottom) or None. image: [H, W, 3] uint8."""
-    global _DETECTOR
-    import dlib
-    if _DETECTOR is None:
-        _DETECTOR = dlib.get_frontal_face_detector()
-    dets = _DETECTOR(image, 1)
-    if len(dets) == 0:
-        return None
-    d = max(dets, key=lambda r: r.width() * r.height())
-    return d.left(), d.top(), d.right(), d.bottom()
-
-
-_PREDICTOR = None
+    @property
+    def matrix(self) -> np.ndarray:
+        """Alias of `tform` (older name)."""
+        return self.tform
 
 
 def detect_landmarks(image: np.ndarray):
-    """68 dlib landmarks [68, 2] in pixels for the largest face, or None."""
-    global _PREDICTOR
-    import dlib
-    box = detect_face(image)
-    if box is None:
+    """68 dlib landmarks [68, 2] in pixels for the largest face of an RGB uint8 image, or None."""
+    try:
+        return np.asarray(preprocess.detect_landmarks(image), np.float64)
+    except preprocess.NoFaceError:
         return None
-    if _PREDICTOR is None:
-        loc = list(importlib.util.find_spec("face_recognition_models").submodule_search_locations)[0]
-        _PREDICTOR = dlib.shape_predictor(os.path.join(loc, "models", "shape_predictor_68_face_landmarks.dat"))
-    s = _PREDICTOR(image, dlib.rectangle(*box))
-    return np.array([[p.x, p.y] for p in s.parts()], np.float64)
 
 
-def crop_face(image: np.ndarray, mode: str = "detect") -> Crop | None:
-    """DECA test crop of an RGB uint8 image; None when mode='detect' finds no face.
-    mode='none' uses the whole image (already cropped), resized to 224."""
-    h, w = image.shape[:2]
+def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop | None:
+    """DECA's test crop of an RGB uint8 image [H, W, 3] (`preprocess.crop_for_inference`).
+
+    mode='detect': landmark box of the given landmarks [68, 2] (pixels) or, when None, of dlib's;
+    None when no face is found. mode='none': the image is already a face crop; its centred
+    square is resized to 224 with the same warp (pixel centres 0 and max(H, W) - 1 map to 0
+    and 223, so a 224 x 224 input passes through unchanged).
+    """
+    image = np.asarray(image)
     if mode == "none":
-        center, size = np.array([w / 2.0, h / 2.0]), float(max(h, w))
-    else:
-        box = detect_face(image)
-        if box is None:
-            return None
-        center, size = deca_box(*box)
-    a = crop_transform(center, size)
-    img = cv2.warpAffine(image, a, (IMAGE_SIZE, IMAGE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    return Crop(image=img.astype(np.float32) / 255.0, matrix=a)
+        h, w = image.shape[:2]
+        t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w) - 1, IMAGE_SIZE)
+        return Crop(image=crop_lib.warp_image(image, t, IMAGE_SIZE).astype(np.float32) / 255.0, tform=t)
+    if mode != "detect":
+        raise ValueError(f"crop mode must be 'detect' or 'none', got {mode!r}")
+    try:
+        img, t = preprocess.crop_for_inference(image, landmarks=landmarks, size=IMAGE_SIZE)
+    except preprocess.NoFaceError:
+        return None
+    return Crop(image=img, tform=t)
+
+
+def to_original(points, tform, normalized: bool = True) -> np.ndarray:
+    """Crop points [..., 2] ([-1, 1] image space if normalized, else crop pixels) -> original pixels."""
+    return preprocess.to_original(np.asarray(points)[..., :2], tform, IMAGE_SIZE, normalized)
 
 
 # ----------------------------------------------------------------------------- model
@@ -219,10 +186,9 @@ def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, 
 
 # ----------------------------------------------------------------------------- outputs
 
-def landmarks_original(lmk_img, matrix) -> np.ndarray:
+def landmarks_original(lmk_img, tform) -> np.ndarray:
     """DECA image-space landmarks [K, >=2] of a crop -> original-image pixels [K, 2]."""
-    from jaxdeca.apps.visualize import image_to_pixels
-    return to_original(image_to_pixels(lmk_img, IMAGE_SIZE), matrix)
+    return to_original(lmk_img, tform)
 
 
 def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
@@ -241,7 +207,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
     dv, df, dc = export.dense_detail_mesh(g("uv_detail_vertices"), g("uv_detail_normals"), (mask > 0.5) & cover, tex)
     paths.append(export.write_obj(os.path.join(d, f"{name}_detail.obj"), dv, df, colors=dc))
-    lmk2 = landmarks_original(g("landmarks2d"), crop.matrix)
+    lmk2 = landmarks_original(g("landmarks2d"), crop.tform)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
     vis3 = (g("trans_normals")[..., 2] < 0.1)  # per-vertex visibility; landmark = nearest vertex's
     l3w = g("landmarks3d_world")
@@ -256,6 +222,6 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
              vis.label(g("images"), "render")]
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
     np.savez(os.path.join(d, f"{name}_codes.npz"), **{kk: np.asarray(v[k]) for kk, v in codes.items()},
-             crop_matrix=crop.matrix)
+             crop_tform=crop.tform)
     paths.append(os.path.join(d, f"{name}_codes.npz"))
     return paths
