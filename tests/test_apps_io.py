@@ -56,6 +56,19 @@ def test_video_frames(tmp_path):
     assert frames[0].image.shape == (24, 32, 3)
 
 
+def test_folder_with_videos_expands_good_ones_and_skips_broken_ones(tmp_path):
+    w = cv2.VideoWriter(str(tmp_path / "b_clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for k in range(2):
+        w.write(np.full((24, 32, 3), 60 * k, np.uint8))
+    w.release()
+    (tmp_path / "c_bad.mp4").write_bytes(b"\x00" * 64)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    items = list(inputs.iter_frames(str(tmp_path)))
+    assert [i.name for i in items] == ["a", "b_clip_00000", "b_clip_00001", "c_bad"]
+    assert items[1].source == f"{tmp_path / 'b_clip.avi'} frame 0" and items[0].source == str(tmp_path / "a.png")
+    assert isinstance(items[3], inputs.Skipped) and items[3].reason.startswith(str(tmp_path / "c_bad.mp4"))
+
+
 def _read_obj(path):
     v, vt, f, ft = [], [], [], []
     for line in open(path):

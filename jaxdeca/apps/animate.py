@@ -4,6 +4,9 @@ Reenactment as DECA does it: the identity image gives shape, albedo, light, came
 pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is
 decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
 change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF).
+Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
+skipped with one message naming the file; an unusable identity image or expression input as a
+whole stops the run with one message (exit status 2); no frame written: exit status 1.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ def write_video(path: str, frames) -> str:
 def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeline.Pipeline,
             crop: str = "detect", video: str = "animation.mp4", batch: int = 8) -> dict:
     """Runs the app; returns {'frames': [names], 'skipped': [(name, reason)], 'video': path}."""
+    if os.path.isdir(identity_path):
+        raise inputs.InputError(f"{identity_path}: --identity must be one image, not a folder")
     img = inputs.read_image(identity_path)
     c = pipeline.crop_face(img, crop)
     if c is None:
@@ -59,13 +64,13 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     ident = pipe.encode(c.image[None])
     frames, skipped, strips = [], [], []
     items = []
-    for item in tqdm(inputs.iter_frames(expression_path), desc="animate", unit="frame"):
+    for item in tqdm(inputs.iter_frames(expression_path), desc="animate", unit="frame", disable=None):
         if isinstance(item, inputs.Skipped):
-            skipped.append((item.name, item.reason))
+            skipped.append(item)
             continue
         dc = pipeline.crop_face(item.image, crop)
         if dc is None:
-            skipped.append((item.name, "no face detected"))
+            skipped.append(inputs.no_face(item))
             continue
         items.append((item.name, dc))
     for s in range(0, len(items), batch):
@@ -86,12 +91,10 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
             export.save_image(os.path.join(out_dir, name, f"{name}_render.png"), tile)
             strips.append(tile)
             frames.append(name)
-    result = {"frames": frames, "skipped": skipped, "video": None}
+    result = {"frames": frames, "skipped": [(s.name, s.reason) for s in skipped], "video": None}
     if strips:
         result["video"] = write_video(os.path.join(out_dir, video), strips)
-    print(f"animate: {len(frames)} frame(s) written to {out_dir}, {len(skipped)} skipped")
-    for name, reason in skipped:
-        print(f"  skipped {name}: {reason}")
+    inputs.report("animate", len(frames), skipped, out_dir, "frame(s)")
     return result
 
 
@@ -110,11 +113,11 @@ def main(argv=None) -> int:
         if a.checkpoint is None and a.random_weights is None:
             raise pipeline.CheckpointError("animate needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame, a.random_weights)
-        animate(a.identity, a.expression, a.out, pipe, a.crop, a.video)
+        res = animate(a.identity, a.expression, a.out, pipe, a.crop, a.video)
     except (inputs.InputError, pipeline.CheckpointError) as e:
         print(f"animate: {e}", file=sys.stderr)
         return 2
-    return 0
+    return 0 if res["frames"] else 1
 
 
 if __name__ == "__main__":

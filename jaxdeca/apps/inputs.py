@@ -1,14 +1,17 @@
 """Reading the apps' inputs: an image, a folder of images, or a video.
 
-`iter_frames(path)` yields `Frame(name, image)` for every readable image (RGB uint8) and
-`Skipped(name, reason)` for every one that is not, so a folder with a broken file is still
-processed and the caller can report each problem once. Raises `InputError` only when the
-input as a whole cannot be used (missing path, empty folder, a video that cannot be decoded).
+`iter_frames(path)` yields `Frame(name, image, source)` for every readable image or video frame
+(RGB uint8) and `Skipped(name, reason)` for every file that is not usable, so a folder with a
+broken image or an undecodable video is still processed and the caller reports each problem
+once (`report`). Every reason starts with the file's path. Raises `InputError` only when the
+input as a whole cannot be used (missing path, empty folder, a lone video or image that cannot
+be decoded).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterator
 
 import cv2
@@ -26,12 +29,26 @@ class InputError(ValueError):
 class Frame:
     name: str  # file stem, or "<video stem>_<frame index>"
     image: np.ndarray  # [H, W, 3] uint8 RGB
+    source: str = ""  # the file path, or "<video path> frame <index>"
 
 
 @dataclasses.dataclass(frozen=True)
 class Skipped:
     name: str
-    reason: str
+    reason: str  # "<path>: <what is wrong>"
+
+
+def no_face(frame: Frame) -> Skipped:
+    """The Skipped record of a frame in which no face was found."""
+    return Skipped(frame.name, f"{frame.source or frame.name}: no face detected")
+
+
+def report(app: str, n_written: int, skipped, out_dir: str, what: str = "face(s)") -> None:
+    """One summary line on stdout and one line per skipped input on stderr."""
+    print(f"{app}: {n_written} {what} written to {out_dir}, {len(skipped)} skipped")
+    for s in skipped:
+        reason = s.reason if isinstance(s, Skipped) else s[1]
+        print(f"{app}: skipped {reason}", file=sys.stderr)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -66,14 +83,18 @@ def _is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTS)
 
 
-def list_images(folder: str) -> list[str]:
-    """Image files in `folder` (not recursive), sorted by name."""
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+def list_images(folder: str, videos: bool = False) -> list[str]:
+    """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name."""
+    exts = IMAGE_EXTS + (VIDEO_EXTS if videos else ())
+    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
     return [os.path.join(folder, f) for f in names]
 
 
 def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
     """Frames of a video as RGB uint8; raises InputError when nothing can be decoded."""
+    # FFmpeg's own log lines ("moov atom not found") would duplicate our one message per file;
+    # quiet unless the user asked for a level (read when OpenCV first opens a video).
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(path)
     stem = os.path.splitext(os.path.basename(path))[0]
     try:
@@ -86,7 +107,7 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
                 break
             if index % every == 0:
                 n_read += 1
-                yield Frame(f"{stem}_{index:05d}", to_rgb_uint8(frame))
+                yield Frame(f"{stem}_{index:05d}", to_rgb_uint8(frame), f"{path} frame {index}")
             index += 1
         if n_read == 0:
             raise InputError(f"{path}: video has no decodable frames")
@@ -99,16 +120,19 @@ def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     if os.path.isdir(path):
-        files = list_images(path)
+        files = list_images(path, videos=True)
         if not files:
-            raise InputError(f"{path}: folder contains no images ({', '.join(IMAGE_EXTS)})")
+            raise InputError(f"{path}: folder contains no images or videos ({', '.join(IMAGE_EXTS + VIDEO_EXTS)})")
         for f in files:
             name = os.path.splitext(os.path.basename(f))[0]
             try:
-                yield Frame(name, read_image(f))
+                if _is_video(f):
+                    yield from iter_video(f, every=video_every)
+                else:
+                    yield Frame(name, read_image(f), f)
             except InputError as e:
                 yield Skipped(name, str(e))
     elif _is_video(path):
         yield from iter_video(path, every=video_every)
     else:
-        yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path))
+        yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)

@@ -3,7 +3,10 @@
 Detect and crop each face (DECA's test crop), encode and decode a batch in one jitted call
 (the last batch padded), and write per face: coarse OBJ with texture and normal map, dense
 detailed OBJ, 2D landmarks in original pixels, 3D landmarks with visibility, depth, a
-visualisation grid and the codes. Bad inputs are reported and skipped; a summary ends the run.
+visualisation grid and the codes. Bad inputs (unreadable image, undecodable video in a folder,
+no face) are skipped with one message naming the file; a summary ends the run. Exit status: 0
+when at least one face was written, 1 when none was, 2 when the input as a whole is unusable
+(missing path, empty folder, lone undecodable video or image, bad checkpoint).
 """
 from __future__ import annotations
 
@@ -40,22 +43,20 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
             written.append(name)
         pending.clear()
 
-    for item in tqdm(inputs.iter_frames(input_path), desc="reconstruct", unit="img"):
+    for item in tqdm(inputs.iter_frames(input_path), desc="reconstruct", unit="img", disable=None):
         if isinstance(item, inputs.Skipped):
-            skipped.append((item.name, item.reason))
+            skipped.append(item)
             continue
         c = pipeline.crop_face(item.image, crop)
         if c is None:
-            skipped.append((item.name, "no face detected"))
+            skipped.append(inputs.no_face(item))
             continue
         pending.append((item.name, c))
         if len(pending) == batch:
             flush()
     flush()
-    print(f"reconstruct: {len(written)} face(s) written to {out_dir}, {len(skipped)} skipped")
-    for name, reason in skipped:
-        print(f"  skipped {name}: {reason}")
-    return {"written": written, "skipped": skipped}
+    inputs.report("reconstruct", len(written), skipped, out_dir)
+    return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
 
 
 def main(argv=None) -> int:
@@ -71,11 +72,11 @@ def main(argv=None) -> int:
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
     a = p.parse_args(argv)
     try:
-        reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)
+        res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)
     except (inputs.InputError, pipeline.CheckpointError) as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
-    return 0
+    return 0 if res["written"] else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""Bad inputs for reconstruct, animate and fit: no face, unreadable file, empty folder, a video
+that cannot be decoded. Each gives one message naming the file, and the rest of a folder is
+still processed. The face is a rendered demo head (dlib finds it); networks are random."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdeca.apps import animate, export, fit, pipeline, reconstruct
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return pipeline.load_pipeline(random_seed=0)
+
+
+@pytest.fixture(scope="module")
+def head(pipe):
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)),
+                 tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
+                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6).at[:, 3, :].set(1.0))
+    out = pipe.decode(codes)
+    img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path, head):
+    """good face, unreadable image, no-face image, undecodable video."""
+    d = tmp_path / "in"
+    d.mkdir()
+    export.save_image(str(d / "a_face.png"), head)
+    (d / "b_broken.jpg").write_bytes(b"not an image at all")
+    export.save_image(str(d / "c_blank.png"), np.full((96, 96, 3), 0.4))
+    (d / "d_clip.mp4").write_bytes(os.urandom(200))
+    return d
+
+
+def check_messages(err, app, folder):
+    """One stderr line per bad file, each naming its path."""
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"{app}: skipped")]
+    assert len(lines) == 3, err
+    for name, what in (("b_broken.jpg", "not a readable image"), ("c_blank.png", "no face detected"),
+                       ("d_clip.mp4", "video")):
+        hits = [ln for ln in lines if str(folder / name) in ln]
+        assert len(hits) == 1 and what in hits[0], (name, err)
+
+
+def test_reconstruct_bad_inputs(tmp_path, folder, pipe, capsys, monkeypatch):
+    res = reconstruct.reconstruct(str(folder), str(tmp_path / "out"), pipe=pipe, batch=2)
+    assert res["written"] == ["a_face"] and (tmp_path / "out" / "a_face" / "a_face_vis.png").exists()
+    assert sorted(n for n, _ in res["skipped"]) == ["b_broken", "c_blank", "d_clip"]
+    check_messages(capsys.readouterr().err, "reconstruct", folder)
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    (tmp_path / "empty").mkdir()
+    for bad, what in ((tmp_path / "empty", "no images"), (folder / "d_clip.mp4", "cannot open video"),
+                      (folder / "b_broken.jpg", "not a readable image")):
+        rc = reconstruct.main(["--input", str(bad), "--out", str(tmp_path / "o"), "--random-weights", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and str(bad) in err[0] and what in err[0], err
+    rc = reconstruct.main(["--input", str(folder / "c_blank.png"), "--out", str(tmp_path / "o"), "--random-weights", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{folder / 'c_blank.png'}: no face detected" in err
+
+
+def test_animate_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
+    export.save_image(str(folder / "e_face.png"), np.roll(head, 6, axis=1))
+    res = animate.animate(str(folder / "a_face.png"), str(folder), str(tmp_path / "out"), pipe, video="a.gif", batch=2)
+    assert res["frames"] == ["a_face", "e_face"] and os.path.getsize(res["video"]) > 0
+    check_messages(capsys.readouterr().err, "animate", folder)
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    (tmp_path / "empty").mkdir()
+    for ident, drv, bad, what in (
+            (folder / "a_face.png", tmp_path / "empty", tmp_path / "empty", "no images"),
+            (folder / "a_face.png", folder / "d_clip.mp4", folder / "d_clip.mp4", "cannot open video"),
+            (folder / "b_broken.jpg", folder, folder / "b_broken.jpg", "not a readable image"),
+            (folder / "c_blank.png", folder, folder / "c_blank.png", "no face detected")):
+        rc = animate.main(["--identity", str(ident), "--expression", str(drv), "--out", str(tmp_path / "o"),
+                           "--random-weights", "0"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and str(bad) in err[0] and what in err[0], err
+
+
+def test_fit_bad_inputs(tmp_path, folder, pipe, capsys, monkeypatch):
+    nonet = pipeline.load_pipeline()  # fit with no network starts from the mean
+    steps = (4, 4, 0)
+    res = fit.fit_inputs(str(folder), str(tmp_path / "out"), nonet, steps=steps)
+    assert res["written"] == ["a_face"] and (tmp_path / "out" / "a_face" / "a_face_kpt2d.txt").exists()
+    check_messages(capsys.readouterr().err, "fit", folder)
+
+    # a landmark folder: a_face has a broken .pts -> skipped with that file named, the rest go on
+    lm = tmp_path / "lmk"
+    lm.mkdir()
+    (lm / "a_face.pts").write_text("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\n")
+    res = fit.fit_inputs(str(folder), str(tmp_path / "out2"), nonet, landmarks=str(lm), steps=steps)
+    assert res["written"] == [] and dict(res["skipped"])["a_face"].startswith(str(lm / "a_face.pts"))
+    capsys.readouterr()
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: nonet)
+    (tmp_path / "empty").mkdir()
+    for bad, what in ((tmp_path / "empty", "no images"), (folder / "d_clip.mp4", "cannot open video"),
+                      (folder / "b_broken.jpg", "not a readable image")):
+        rc = fit.main(["--input", str(bad), "--out", str(tmp_path / "o"), "--steps", "4"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and str(bad) in err[0] and what in err[0], err
+    rc = fit.main(["--input", str(folder / "c_blank.png"), "--out", str(tmp_path / "o"), "--steps", "4"])
+    assert rc == 1 and f"{folder / 'c_blank.png'}: no face detected" in capsys.readouterr().err
