@@ -22,8 +22,10 @@ and start, so both descend to a local minimum of the same sum of squared point-t
 distances; the landmark similarity excludes reflections (the official
 `procrustes(reflection='best')` would allow one).
 
-CLI: `python -m jaxdeca.evaluation.now evaluate --predictions DIR --scans DIR --image-list FILE
---out DIR` (see `main`).
+CLI (see `main`):
+  python -m jaxdeca.evaluation.now export --images NOW_DIR --image-list FILE --out PRED [--checkpoint DIR]
+      (runs a model, or `fit` with no checkpoint, and writes the predictions: `now_predict`)
+  python -m jaxdeca.evaluation.now evaluate --predictions PRED --scans DIR --image-list FILE --out DIR
 """
 from __future__ import annotations
 
@@ -327,7 +329,19 @@ def main(argv=None) -> int:
     e.add_argument("--challenge", default="", choices=("",) + CHALLENGES)
     e.add_argument("--method", default="jaxdeca", help="prefix of the output files")
     e.add_argument("--no-refine", action="store_true", help="landmark alignment only (no surface refinement)")
+    x = sub.add_parser("export", help="run a model (or fit) over a NoW image list and write the predictions")
+    x.add_argument("--images", required=True,
+                   help="NoW's final_release_version (iphone_pictures/, detected_face/) or an image folder")
+    x.add_argument("--image-list", required=True, help="imagepathsvalidation.txt or imagepathstest.txt")
+    x.add_argument("--out", required=True, help="predictions folder: <subject>/<challenge>/<image>.obj/.npy")
+    x.add_argument("--checkpoint", default=None, help="converted or trained DECA model dir (default: fit)")
+    x.add_argument("--flame", default=None, help="FLAME npz/pkl (default: the embedded demo head)")
+    x.add_argument("--bboxes", default=None, help="detected_face folder (default: beside iphone_pictures/)")
+    x.add_argument("--batch", type=int, default=8)
+    x.add_argument("--fit-steps", type=int, default=400, help="fit only: shape/expression steps (rigid = 1/4)")
     a = p.parse_args(argv)
+    if a.cmd == "export":
+        return _export_main(a)
     try:
         s = evaluate(a.predictions, a.scans, a.image_list, a.out, a.challenge, a.scan_landmarks, a.method,
                      refine=not a.no_refine)
@@ -341,6 +355,18 @@ def main(argv=None) -> int:
         print(f"{s['num_images']} images, {s['num_missing_files']} missing: median {o['median']:.4f}, "
               f"mean {o['mean']:.4f}, std {o['std']:.4f}")
     return 0
+
+
+def _export_main(a) -> int:
+    from jaxdeca.apps import inputs, pipeline
+    from jaxdeca.evaluation import now_predict
+    try:
+        res = now_predict.export_model(a.images, a.image_list, a.out, a.checkpoint, a.flame, a.bboxes, a.batch,
+                                       (a.fit_steps // 4, a.fit_steps, 0))
+    except (NowFileError, inputs.InputError, pipeline.CheckpointError) as err:
+        print(f"now export: {err}", file=sys.stderr)
+        return 2
+    return 0 if res["written"] else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""NoW predictions from a model: run a converted/trained DECA checkpoint (or `fit` when there is
+none) over a NoW image list and write, per image, the neutral mesh and the 7 landmarks in the
+layout the official NoW scripts read (`now.export_prediction`).
+
+What DECA does (decalib/trainer.py `evaluate`, decalib/datasets/now.py), and we follow:
+- crop: NoW's detected face box `detected_face/<subject>/<challenge>/<image>.npy` (a pickled
+  dict left/top/right/bottom), square of side int((w + h) / 2 x 1.6) at the box centre (1.6 =
+  the mean of the training crop scales 1.4..1.8), warped to 224. With no box file: DECA's
+  test-time crop from dlib's landmarks (`jaxdeca.data.preprocess`).
+- codes = E_flame(crop); expression and pose set to zero; the FLAME vertices are the neutral
+  mesh; the 7 landmarks are the static 3D landmarks [19, 22, 25, 28, 16, 31, 37], i.e. the
+  fixed 68-point embedding's points 17.. of the neutral mesh (`now.now_landmarks`).
+- with no checkpoint: `jaxdeca.apps.fit` fits the codes to the image's 68 landmarks (dlib), and
+  the fitted shape gives the neutral mesh the same way.
+
+    python -m jaxdeca.evaluation.now export --images NoW_Dataset/final_release_version \
+        --image-list imagepathsvalidation.txt --out predictions [--checkpoint DIR]
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from jaxdeca.data import crop as crop_lib
+from jaxdeca.evaluation import now
+from jaxdeca.evaluation.meshio import NowFileError
+
+NOW_CROP_SCALE = 1.6
+
+
+def neutral_prediction(flame_model, shape):
+    """shape: [B, n_shape] -> (neutral vertices [B, V, 3], NoW landmarks [B, 7, 3]); expression and
+    pose are zero, so only identity remains (FLAME units, metres)."""
+    B = shape.shape[0]
+    out = flame_model(shape, jnp.zeros((B, flame_model.n_exp), shape.dtype), jnp.zeros((B, 6), shape.dtype))
+    return out["vertices"], now.now_landmarks(out["landmarks3d"][:, 17:])
+
+
+def read_bbox(path: str):
+    """NoW's detected-face file -> (left, top, right, bottom) floats."""
+    try:
+        d = np.load(path, allow_pickle=True, encoding="latin1").item()
+        return tuple(float(d[k]) for k in ("left", "top", "right", "bottom"))
+    except Exception as e:  # noqa: BLE001 - any malformed file gets the same message
+        raise NowFileError(f"{path}: not a NoW detected-face box file ({e})") from None
+
+
+def write_bbox(path: str, left, top, right, bottom) -> str:
+    """The inverse of `read_bbox` (tests, and boxes from another detector)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    np.save(path, dict(left=left, top=top, right=right, bottom=bottom), allow_pickle=True)
+    return path
+
+
+def now_crop(image_uint8, bbox, scale: float = NOW_CROP_SCALE, size: int = 224):
+    """DECA's NoW crop: image [H, W, 3] uint8, bbox (l, t, r, b) -> (crop [size, size, 3] float32
+    0..1, tform [3, 3] original -> crop pixels)."""
+    center, old = crop_lib.box_square(*bbox, kind="kpt")  # box centre, (w + h) / 2, no shift
+    t = crop_lib.square_transform(center, int(old * scale), size)
+    return crop_lib.warp_image(np.asarray(image_uint8), t, size).astype(np.float32) / 255.0, t
+
+
+def resolve_image_dirs(images: str, bboxes: str | None = None) -> tuple[str, str | None]:
+    """NoW's `final_release_version` (or the dataset root above it) or the `iphone_pictures`
+    folder itself -> (image folder, detected-face folder or None when there is none)."""
+    for sub in ("final_release_version", ""):
+        root = os.path.join(images, sub) if sub else images
+        if os.path.isdir(os.path.join(root, "iphone_pictures")):
+            img_dir = os.path.join(root, "iphone_pictures")
+            break
+    else:
+        img_dir, root = images, os.path.dirname(os.path.abspath(images))
+    if not os.path.isdir(img_dir):
+        raise NowFileError(f"{images}: image folder not found (expected NoW's iphone_pictures/)")
+    if bboxes is None and os.path.isdir(os.path.join(root, "detected_face")):
+        bboxes = os.path.join(root, "detected_face")
+    elif bboxes is not None and not os.path.isdir(bboxes):
+        raise NowFileError(f"{bboxes}: detected-face folder not found")
+    return img_dir, bboxes
+
+
+def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | None = None,
+                 flame_path: str | None = None, bboxes: str | None = None, batch: int = 8,
+                 fit_steps=(100, 400, 0), pipe=None) -> dict:
+    """Predict and write every listed image's neutral mesh + 7 landmarks under out_dir.
+
+    images: see `resolve_image_dirs`; image_list: NoW list of `<subject>/<challenge>/<image>`.
+    Uses `checkpoint`'s coarse encoder, or `fit` per image when there is no network. Images that
+    are missing, unreadable or without a detectable face are skipped with one message naming
+    the file. Returns {'written': [list entries], 'skipped': [(entry, reason)]}.
+    """
+    from jaxdeca.apps import fit, inputs, pipeline
+    img_dir, box_dir = resolve_image_dirs(images, bboxes)
+    entries = now.read_image_list(image_list)
+    if pipe is None:
+        pipe = pipeline.load_pipeline(checkpoint, flame_path)
+    faces = np.asarray(pipe.arrays["faces"])
+    predict = jax.jit(lambda shape: neutral_prediction(pipe.flame, shape))
+    written, skipped, pending = [], [], []
+
+    def write(entry, shape):
+        v, l7 = jax.device_get(predict(jnp.asarray(shape, jnp.float32)))
+        for k, e in enumerate(entry):
+            now.export_prediction(out_dir, e, v[k], faces, l7[k])
+            written.append(e)
+
+    def flush():
+        if pending:
+            imgs = np.stack([c for _, c in pending])
+            n = len(pending)
+            imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - n, 0)]) if n < batch else imgs
+            shape = pipe.encode(imgs)["shape"][:n]
+            write([e for e, _ in pending], shape)
+            pending.clear()
+
+    for entry in tqdm(entries, desc="NoW export", unit="img", disable=None):
+        path = os.path.join(img_dir, entry)
+        try:
+            image = inputs.read_image(path)
+            box_file = os.path.join(box_dir, os.path.splitext(entry)[0] + ".npy") if box_dir else None
+            box = read_bbox(box_file) if box_file and os.path.isfile(box_file) else None
+        except (inputs.InputError, NowFileError) as e:
+            skipped.append((entry, str(e)))
+            continue
+        if pipe.variables is None:  # fit the codes to dlib's landmarks
+            res = fit.fit_image(pipe, image, None, fit_steps)
+            if res is None:
+                skipped.append((entry, f"{path}: no face detected"))
+                continue
+            write([entry], res[0]["shape"])
+            continue
+        if box is not None:
+            crop = now_crop(image, box)[0]
+        else:
+            c = pipeline.crop_face(image)
+            if c is None:
+                skipped.append((entry, f"{path}: no face detected (and no detected_face box)"))
+                continue
+            crop = c.image
+        pending.append((entry, crop))
+        if len(pending) == batch:
+            flush()
+    flush()
+    inputs.report("now export", len(written), [inputs.Skipped(e, r) for e, r in skipped], out_dir, "prediction(s)")
+    return {"written": written, "skipped": skipped}

@@ -1,0 +1,114 @@
+"""NoW export through the apps: two rendered demo-head photos in NoW's folder layout -> neutral
+mesh + 7 landmarks per image, with `fit` (no network) and with a converted-layout checkpoint."""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdeca.apps import export, inputs, pipeline
+from jaxdeca.convert.core import save_variables
+from jaxdeca.evaluation import meshio, now, now_predict
+
+SUBJ = "FaMoS_000001_TA"
+ENTRIES = [f"{SUBJ}/multiview_neutral/IMG_0001.jpg", f"{SUBJ}/multiview_expressions/IMG_0002.jpg"]
+
+
+def render(p, jaw=0.0, exp0=0.0):
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)).at[0, 0].set(exp0),
+                 pose=jnp.zeros((1, 6)).at[0, 3].set(jaw), tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
+                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6).at[:, 3, :].set(1.0))
+    out = p.decode(codes)
+    img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def now_root(tmp_path_factory):
+    """final_release_version/{iphone_pictures, detected_face} + an image list with a missing entry."""
+    p = pipeline.load_pipeline()
+    root = tmp_path_factory.mktemp("now") / "final_release_version"
+    for entry, (jaw, e) in zip(ENTRIES, [(0.0, 0.0), (0.2, 1.5)]):
+        export.save_image(str(root / "iphone_pictures" / entry), render(p, jaw, e))
+    # a box for the first image only (the second falls back to dlib's landmark crop)
+    now_predict.write_bbox(str(root / "detected_face" / ENTRIES[0].replace(".jpg", ".npy")), 60.0, 50.0, 165.0, 180.0)
+    lst = root.parent / "imagepathsvalidation.txt"
+    lst.write_text("\n".join(ENTRIES + [f"{SUBJ}/selfie/IMG_0009.jpg"]) + "\n")
+    return root, lst, p
+
+
+def gt_scan(p):
+    """The rendered identity's neutral head as a 'scan' in mm with its 7 landmarks."""
+    v, l7 = now_predict.neutral_prediction(p.flame, jnp.zeros((1, 100)))
+    return np.asarray(v[0]) * 1000, np.asarray(l7[0]) * 1000
+
+
+def test_fit_export_writes_official_layout_and_neutral_meshes(tmp_path, now_root, capsys):
+    root, lst, p = now_root
+    res = now_predict.export_model(str(root.parent), str(lst), str(tmp_path / "pred"), pipe=p, fit_steps=(40, 120, 0))
+    assert res["written"] == ENTRIES
+    assert [e for e, _ in res["skipped"]] == [f"{SUBJ}/selfie/IMG_0009.jpg"]
+    assert "IMG_0009.jpg: no such file" in capsys.readouterr().err
+    scan, scan_l7 = gt_scan(p)
+    faces = np.asarray(p.arrays["faces"])
+    for entry in ENTRIES:
+        obj, npy = now.prediction_paths(str(tmp_path / "pred"), entry)
+        v, f = meshio.read_obj(obj)
+        l7 = meshio.read_landmarks(npy)
+        assert v.shape == p.arrays["v_template"].shape and np.array_equal(f, faces)
+        # expression and jaw are zeroed: both photos give the identity's neutral head (mm)
+        d = now.compute_errors(scan, scan_l7, v, f, l7)
+        assert np.median(d) < 1.0, (entry, np.median(d))
+        # neutral = template + identity basis only: the residual outside the shape space is ~0,
+        # while the rendered jaw-open, smiling head has one
+        assert shape_space_residual(p, v) < 1e-6
+    posed = p.flame(jnp.zeros((1, 100)), jnp.zeros((1, 50)).at[0, 0].set(1.5), jnp.zeros((1, 6)).at[0, 3].set(0.2))
+    assert shape_space_residual(p, np.asarray(posed["vertices"][0])) > 1e-4
+
+
+def shape_space_residual(p, v):
+    """RMS (metres) of v - template after projecting out the identity basis."""
+    basis = np.asarray(p.arrays["shapedirs"], np.float64).reshape(-1, p.arrays["shapedirs"].shape[-1])
+    r = (np.asarray(v, np.float64) - p.arrays["v_template"]).reshape(-1)
+    coef = np.linalg.lstsq(basis, r, rcond=None)[0]
+    return float(np.sqrt(np.mean((r - basis @ coef) ** 2)))
+
+
+def test_checkpoint_export_cli_uses_now_crop_and_zeroes_expression(tmp_path, now_root, capsys):
+    root, lst, p = now_root
+    ckpt = tmp_path / "model"
+    v = pipeline.random_variables(0)
+    for n in pipeline.NETS:
+        save_variables(v[n], str(ckpt / n))
+    rc = now.main(["export", "--images", str(root), "--image-list", str(lst), "--out", str(tmp_path / "pred"),
+                   "--checkpoint", str(ckpt), "--batch", "2"])
+    assert rc == 0 and "IMG_0009.jpg" in capsys.readouterr().err
+    pipe = pipeline.load_pipeline(str(ckpt))
+    img = inputs.read_image(str(root / "iphone_pictures" / ENTRIES[0]))
+    box = now_predict.read_bbox(str(root / "detected_face" / ENTRIES[0].replace(".jpg", ".npy")))
+    crop, t = now_predict.now_crop(img, box)
+    assert crop.shape == (224, 224, 3) and abs(t[0, 0] - 223 / int(117.5 * 1.6)) < 1e-12
+    shape = pipe.encode(np.stack([crop, crop]))["shape"][:1]
+    want_v, want_l7 = now_predict.neutral_prediction(pipe.flame, shape)
+    obj, npy = now.prediction_paths(str(tmp_path / "pred"), ENTRIES[0])
+    np.testing.assert_allclose(meshio.read_obj(obj)[0], np.asarray(want_v[0]), atol=1e-6)
+    np.testing.assert_allclose(np.load(npy), np.asarray(want_l7[0]), atol=1e-6)
+    assert os.path.isfile(now.prediction_paths(str(tmp_path / "pred"), ENTRIES[1])[0])
+
+
+def test_neutral_landmarks_are_static_3d_landmarks():
+    p = pipeline.load_pipeline()
+    shape = jnp.asarray(np.random.default_rng(0).normal(size=(2, 100)), jnp.float32)
+    v, l7 = now_predict.neutral_prediction(p.flame, shape)
+    out = p.flame(shape, jnp.zeros((2, 50)), jnp.zeros((2, 6)))
+    np.testing.assert_allclose(v, out["vertices"])
+    np.testing.assert_allclose(l7, np.asarray(out["landmarks3d"])[:, 17:][:, [19, 22, 25, 28, 16, 31, 37]])
+
+
+def test_export_cli_errors(tmp_path, capsys):
+    rc = now.main(["export", "--images", str(tmp_path / "nowhere"), "--image-list", str(tmp_path / "l.txt"),
+                   "--out", str(tmp_path / "o")])
+    assert rc == 2 and "nowhere" in capsys.readouterr().err
+    (tmp_path / "bad.npy").write_bytes(b"junk")
+    with pytest.raises(meshio.NowFileError, match="bad.npy"):
+        now_predict.read_bbox(str(tmp_path / "bad.npy"))
