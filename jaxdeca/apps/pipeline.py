@@ -219,7 +219,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE)
     tiles = [vis.label(crop.image, "input"), vis.label(vis.draw_landmarks(crop.image, crop_lmk), "landmarks"),
              vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
-             vis.label(g("images"), "render")]
+             vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
     np.savez(os.path.join(d, f"{name}_codes.npz"), **{kk: np.asarray(v[k]) for kk, v in codes.items()},
              crop_tform=crop.tform)

@@ -44,3 +44,10 @@ def grid(tiles, cols: int) -> np.ndarray:
 def image_to_pixels(points, size: int) -> np.ndarray:
     """DECA image space [-1, 1] (y down) [..., >=2] -> pixels [..., 2]."""
     return (np.asarray(points)[..., :2] + 1.0) * size / 2.0
+
+
+def overlay(image, render, mask, alpha: float = 0.7) -> np.ndarray:
+    """render [H, W, 3] blended over image [H, W, 3] where mask [H, W] (0..1) covers it -> uint8."""
+    a = np.clip(np.asarray(mask, np.float32), 0, 1)[..., None] * alpha
+    out = to_uint8(image).astype(np.float32) * (1 - a) + to_uint8(render).astype(np.float32) * a
+    return (out + 0.5).astype(np.uint8)
