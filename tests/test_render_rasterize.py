@@ -86,7 +86,7 @@ def test_random_scene_matches_brute_force_any_capacity(capacity, tile):
     rng = np.random.default_rng(0)
     v, faces = random_scene(rng, 12)
     H, W = 13, 11
-    fr = rasterize(jnp.asarray(v[None]), faces, (H, W), sigma=0.0, tile=tile, capacity=capacity)
+    fr = rasterize(jnp.asarray(v[None]), faces, (H, W), sigma=0.0, window=tile, slots=capacity)
     ref_f, ref_b, ref_z = brute_force(v, faces, H, W)
     np.testing.assert_array_equal(fr.face_index[0], ref_f)
     np.testing.assert_allclose(fr.bary[0], ref_b, atol=1e-4)

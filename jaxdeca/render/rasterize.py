@@ -1,28 +1,33 @@
-"""Tiled triangle rasterizer in pure jax.numpy: hard z-buffer plus soft coverage.
+"""Triangle rasterizer in pure jax.numpy: hard z-buffer plus soft coverage, face-centric.
 
-Scheme (per image). The image is split into `tile` x `tile` pixel tiles. A face is binned
-to every tile its (margin-dilated) screen bounding box touches; ranks = cumsum of that
-[tiles, F] boolean table give each tile an ordered face list without materialising
-anything of size pixels x faces. Faces are then consumed `capacity` at a time per tile
-(slot k of chunk c is found with searchsorted on the ranks), and a running z-buffer keeps
-the nearest face; the loop runs until the fullest tile is exhausted, so the result is
-exact for any triangle size and count. Memory per image is O(tiles * F) ints for the
-table plus O(H * W * capacity) floats for one chunk.
+Scheme (per image). Every face is visited only at the pixels of its own screen bounding
+box, never against the whole image: the box is cut into `window` x `window` pixel windows
+(a small face needs one, a face covering the image needs many), and windows are processed
+`slots` at a time (slot s of round r is window r * slots + s of the face list, found by
+searchsorted on the cumulative window counts). A while loop runs the rounds until every
+window is done, so the result is exact for any triangle size and count; for meshes whose
+faces fit one window (the usual case) there is a single round. Memory per image is
+O(slots * window^2) for one round, independent of the image-times-faces product.
 
-Differentiability:
-* the winning face index is found without gradients; barycentrics and depth are then
-  recomputed from that face's (differentiable) vertices, so gradients reach vertex
-  positions through barycentrics (nvdiffrast-style interior gradients);
-* soft coverage alpha = 1 - prod_j (1 - sigmoid(delta_j d_j^2 / sigma)) (SoftRas, d_j the
-  pixel's distance to face j, delta_j = +1 inside, -1 outside, sigma in pixel^2) moves
-  silhouette edges. Its log is a sum over faces, so it is accumulated over the same
-  chunks; a custom VJP replays the chunks in the backward pass (while loops are not
-  reverse differentiable). Faces farther than sqrt(16 sigma) pixels are dropped (their
-  term is < 1e-7). sigma -> 0 recovers the hard mask.
+* Hard pass (no gradients): each window pixel inside its face gives a depth; a scatter-min
+  (`.at[].min`) builds the z-buffer, and a second scatter-min over the pixels whose depth
+  equals the buffer picks the lowest face index on ties (as a sequential z-test would).
+  Barycentrics and depth of the winning face are then recomputed from its differentiable
+  vertices by a gather, so gradients reach vertex positions through barycentrics
+  (nvdiffrast-style interior gradients) with no custom rule.
+* Soft coverage alpha = 1 - prod_j (1 - sigmoid(delta_j d_j^2 / sigma)) (SoftRas; d_j the
+  distance from the pixel centre to face j, delta_j = +1 inside, -1 outside, sigma in
+  pixel^2) moves silhouette edges. Faces farther than sqrt(16 sigma) pixels are dropped
+  (their term is < 1e-7), so each face is visited over its box dilated by that radius and
+  its log(1 - D_j) is scatter-added to the pixels. A custom VJP replays the rounds in the
+  backward pass (while loops are not reverse differentiable): a gather of the incoming
+  gradient at the window pixels and a scatter-add of per-face vertex gradients.
+  sigma -> 0 recovers the hard mask.
 No back-face culling: the nearest depth wins whatever the winding (as in DECA).
 """
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,7 @@ import jax.numpy as jnp
 from jaxdeca.render.camera import to_pixels
 
 _EPS_AREA = 1e-10
+_SOFT_RADIUS2 = 16.0  # faces farther than sqrt(_SOFT_RADIUS2 * sigma) px are dropped
 
 
 @jax.tree_util.register_dataclass
@@ -70,145 +76,288 @@ def barycentric(p, v0, v1, v2):
     return jnp.where(ok[..., None], b, 0.0), area
 
 
-def _seg_dist2(p, a, b):
-    ab = b - a
-    t = jnp.clip(jnp.sum((p - a) * ab, -1) / jnp.maximum(jnp.sum(ab * ab, -1), 1e-12), 0.0, 1.0)
-    d = p - a - t[..., None] * ab
-    return jnp.sum(d * d, -1)
+# ----------------------------------------------------------------------------- windows
+
+def _face_boxes(xy, H, W, margin):
+    """Pixel-index boxes of faces. xy: [F, 3, 2] pixels -> (x0, y0, nx, ny) each [F] int32.
+
+    Pixel (row i, col j) has its centre at (j + 0.5, i + 0.5); the box holds the pixels whose
+    centre lies within `margin` of the face's bounding box, clipped to the image. Faces with
+    non-finite vertices get an empty box.
+    """
+    finite = jnp.all(jnp.isfinite(xy), axis=(1, 2))
+    xy = jnp.where(finite[:, None, None], xy, 0.0)
+    lo = xy.min(1) - margin - 0.5
+    hi = xy.max(1) + margin - 0.5
+    size = jnp.array([W, H], xy.dtype)
+    a = jnp.clip(jnp.ceil(lo), 0.0, size).astype(jnp.int32)
+    b = jnp.clip(jnp.floor(hi), -1.0, size - 1).astype(jnp.int32)
+    n = jnp.where(finite[:, None], jnp.maximum(b - a + 1, 0), 0)
+    return a[:, 0], a[:, 1], n[:, 0], n[:, 1]
 
 
-def _tiles(H, W, tile):
-    nty, ntx = -(-H // tile), -(-W // tile)
-    ty, tx = jnp.meshgrid(jnp.arange(nty), jnp.arange(ntx), indexing="ij")
-    oy, ox = jnp.meshgrid(jnp.arange(tile), jnp.arange(tile), indexing="ij")
-    py = ty.reshape(-1, 1) * tile + oy.reshape(1, -1) + 0.5
-    px = tx.reshape(-1, 1) * tile + ox.reshape(1, -1) + 0.5
-    return nty, ntx, jnp.stack([px, py], -1).astype(jnp.float32)  # [T, P, 2]
+def _window_table(boxes, window):
+    """Windows per face and their running count. Returns (wx [F], cum [F], total [])."""
+    x0, y0, nx, ny = boxes
+    wx = (nx + window - 1) // window
+    wy = (ny + window - 1) // window
+    cum = jnp.cumsum(wx * wy)
+    return wx, cum, cum[-1]
 
 
-def _bin(xy, valid_face, H, W, tile, margin):
-    """Ranks of faces per tile. xy: [F, 3, 2] pixels. Returns (ranks [T, F], counts [T])."""
-    nty, ntx = -(-H // tile), -(-W // tile)
-    lo = xy.min(1) - margin
-    hi = xy.max(1) + margin
-    t0 = jnp.arange(ntx) * tile + 0.5
-    ox = (lo[None, :, 0] <= t0[:, None] + tile - 1) & (hi[None, :, 0] >= t0[:, None])
-    s0 = jnp.arange(nty) * tile + 0.5
-    oy = (lo[None, :, 1] <= s0[:, None] + tile - 1) & (hi[None, :, 1] >= s0[:, None])
-    over = (oy[:, None, :] & ox[None, :, :] & valid_face[None, None, :]).reshape(nty * ntx, -1)
-    ranks = jnp.cumsum(over.astype(jnp.int32), axis=-1)
-    return ranks, ranks[:, -1]
+def _round_windows(boxes, wx, cum, total, r, slots, window, H, W):
+    """Windows of round r, M = slots of them.
+
+    Returns face [M] int32, window origin ox, oy [M] int32 (top-left pixel) and ok
+    [M, window, window] bool: the pixel exists (inside the face's box and the image).
+    """
+    x0, y0, nx, ny = boxes
+    F = cum.shape[0]
+    g = r * slots + jnp.arange(slots, dtype=jnp.int32)
+    face = jnp.minimum(jnp.searchsorted(cum, g, side="right"), F - 1).astype(jnp.int32)
+    wxf = wx[face]
+    start = cum[face] - wxf * ((ny[face] + window - 1) // window)
+    local = g - start
+    wxf = jnp.maximum(wxf, 1)
+    lx = (local % wxf) * window
+    ly = (local // wxf) * window
+    live = g < total
+    mx = jnp.where(live, nx[face] - lx, 0)
+    my = jnp.where(live, ny[face] - ly, 0)
+    dx, dy = _offsets(window, jnp.int32)
+    ok = (dx < mx[:, None, None]) & (dy < my[:, None, None])
+    ox = jnp.clip(x0[face] + lx, 0, W)
+    oy = jnp.clip(y0[face] + ly, 0, H)
+    return face, ox, oy, ok
 
 
-def _chunk_faces(ranks, counts, c, capacity):
-    q = c * capacity + jnp.arange(1, capacity + 1, dtype=jnp.int32)
-    fidx = jax.vmap(lambda r: jnp.searchsorted(r, q, side="left"))(ranks)
-    valid = q[None, :] <= counts[:, None]
-    return jnp.where(valid, fidx, 0).astype(jnp.int32), valid
+def _n_rounds(total, slots):
+    return (total + slots - 1) // slots
 
 
-def _soft_term(fv, valid, pix, sigma):
-    """Sum over chunk faces of log(1 - D_j). fv: [T, K, 3, 2]; pix: [T, P, 2] -> [T, P]."""
-    p = pix[:, :, None, :]
-    v0, v1, v2 = (fv[:, None, :, i, :] for i in range(3))
-    b, area = barycentric(p, v0, v1, v2)
-    inside = jnp.all(b >= 0, -1) & (jnp.abs(area) > _EPS_AREA)
-    d2 = jnp.minimum(jnp.minimum(_seg_dist2(p, v0, v1), _seg_dist2(p, v1, v2)), _seg_dist2(p, v2, v0))
-    x = jnp.where(inside, d2, -d2) / sigma
-    ok = valid[:, None, :] & (jnp.abs(area) > _EPS_AREA)
-    return jnp.sum(jnp.where(ok, -jax.nn.softplus(x), 0.0), -1)
+def _offsets(window, dtype):
+    """Pixel offsets inside a window: dx [1, 1, S], dy [1, S, 1] (rows are y)."""
+    d = jnp.arange(window, dtype=dtype)
+    return d[None, None, :], d[None, :, None]
 
 
-def _n_chunks(counts, capacity):
-    return (jnp.max(counts) + capacity - 1) // capacity
+# Windows are written to / read from images padded by one window on the bottom and right,
+# as [M, S, S] blocks at their origins: one scatter/gather index per window, not per pixel
+# (and it keeps XLA from fusing the per-pixel work into a scalar scatter loop on CPU).
+_BLOCK_DN = jax.lax.ScatterDimensionNumbers(
+    update_window_dims=(1, 2), inserted_window_dims=(), scatter_dims_to_operand_dims=(0, 1))
+_GATHER_DN = jax.lax.GatherDimensionNumbers(
+    offset_dims=(1, 2), collapsed_slice_dims=(), start_index_map=(0, 1))
+_IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
+
+
+def _block_scatter(op, img, blocks, ox, oy):
+    """img: [H + S, W + S]; blocks: [M, S, S] combined into img at (oy, ox) by op (add/min)."""
+    fn = {"add": jax.lax.scatter_add, "min": jax.lax.scatter_min}[op]
+    return fn(img, jnp.stack([oy, ox], -1), blocks, _BLOCK_DN, mode=_IN_BOUNDS)
+
+
+def _block_gather(img, ox, oy, window):
+    """img: [H + S, W + S] -> [M, S, S] blocks at (oy, ox)."""
+    return jax.lax.gather(img, jnp.stack([oy, ox], -1), _GATHER_DN, (window, window), mode=_IN_BOUNDS)
+
+
+def _edges(fv, ox, oy):
+    """Edge functions of faces relative to window origins, affine in the pixel offset.
+
+    fv: [M, 3, 2] pixels; ox, oy: [M] int32 window origins. Edge k joins v[k+1] -> v[k+2]
+    (opposite v[k]); w_k(dx, dy) = c[k] + a[k] dx + b[k] dy equals `barycentric`'s
+    un-normalised weight of v[k] at the pixel centre (ox + dx + .5, oy + dy + .5).
+    Returns (a, b, c) each [M, 3], edge vectors e [M, 3, 2], the start vertex of each edge
+    relative to the origin q0 [M, 3, 2] and the doubled signed area [M].
+    """
+    o = jnp.stack([ox, oy], -1).astype(fv.dtype)[:, None, :] + 0.5
+    start = jnp.roll(fv, -1, axis=1)  # v1, v2, v0
+    end = jnp.roll(fv, -2, axis=1)    # v2, v0, v1
+    e = end - start
+    q0 = o - start
+    c = _cross2(e, q0)
+    a, b = -e[..., 1], e[..., 0]
+    area = _cross2(fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0])
+    return a, b, c, e, q0, area
+
+
+def _col(v, k):
+    """v[:, k] as [M, 1, 1] for broadcasting against [M, S, S] windows."""
+    return v[:, k, None, None]
+
+
+# ----------------------------------------------------------------------------- hard pass
+
+def _hard_index(xyz, H, W, window, slots):
+    """Nearest face per pixel (no gradients). xyz: [F, 3, 3] pixels + depth -> [H, W] int32."""
+    S = window
+    boxes = _face_boxes(xyz[..., :2], H, W, 0.0)
+    wx, cum, total = _window_table(boxes, S)
+    big = jnp.iinfo(jnp.int32).max
+    dx, dy = _offsets(S, xyz.dtype)
+
+    def body(carry):
+        r, zbuf, fbuf = carry
+        face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
+        fv = xyz[face]  # [M, 3, 3]
+        a, b, c, _, _, area = _edges(fv[..., :2], ox, oy)
+        nondeg = jnp.abs(area) > _EPS_AREA
+        sgn = jnp.where(area < 0, -1.0, 1.0)[:, None, None]
+        inside = ok & nondeg[:, None, None]
+        for k in range(3):
+            inside &= sgn * (_col(c, k) + _col(a, k) * dx + _col(b, k) * dy) >= 0
+        inv = jnp.where(nondeg, 1.0 / jnp.where(nondeg, area, 1.0), 0.0)
+        zw = fv[..., 2] * inv[:, None]  # depth = sum_k w_k z_k / area: affine too
+        zc, za, zb = (jnp.sum(t * zw, -1)[:, None, None] for t in (c, a, b))
+        z = jnp.where(inside, zc + za * dx + zb * dy, jnp.inf)
+        zr = _block_scatter("min", jnp.full((H + S, W + S), jnp.inf, xyz.dtype), z, ox, oy)
+        win = inside & (z == _block_gather(zr, ox, oy, S))
+        fcand = jnp.where(win, face[:, None, None], big)
+        fr = _block_scatter("min", jnp.full((H + S, W + S), big, jnp.int32), fcand, ox, oy)
+        better = (zr < zbuf) | ((zr == zbuf) & (fr < fbuf))
+        return r + 1, jnp.where(better, zr, zbuf), jnp.where(better, fr, fbuf)
+
+    n = _n_rounds(total, slots)
+    init = (jnp.int32(0), jnp.full((H + S, W + S), jnp.inf, xyz.dtype), jnp.full((H + S, W + S), big, jnp.int32))
+    _, _, fbuf = jax.lax.while_loop(lambda c: c[0] < n, body, init)
+    fbuf = fbuf[:H, :W]
+    return jnp.where(fbuf == big, -1, fbuf)
+
+
+# ----------------------------------------------------------------------------- soft pass
+
+def _neg_softplus(x):
+    return -(jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def _soft_coefs(fv, ox, oy):
+    """Per-window affine coefficients of the soft term (differentiable in fv).
+
+    fv: [M, 3, 2] pixels; ox, oy: [M] window origins. For edge k (start A_k, vector e_k):
+    w_k = c + a dx + b dy is its edge function, t_k = t0 + tx dx + ty dy the projection
+    parameter of the pixel centre along it, q0 = origin centre - A_k ([M, 3, 2]) and e
+    ([M, 3, 2]); coefficients [M, 3]. Also whether the face is non-degenerate [M].
+    """
+    a, b, c, e, q0, area = _edges(fv, ox, oy)
+    l2 = jnp.sum(e * e, -1)
+    il2 = 1.0 / jnp.maximum(l2, 1e-12)
+    t0 = jnp.sum(q0 * e, -1) * il2
+    area = jax.lax.stop_gradient(area)
+    nondeg = jnp.abs(area) > jnp.maximum(_EPS_AREA, 1e-6 * jax.lax.stop_gradient(jnp.max(l2, -1)))
+    return (a, b, c, t0, e[..., 0] * il2, e[..., 1] * il2, q0, e), jnp.sign(area), nondeg
+
+
+def _soft_pixels(co, sgn, nondeg, ok, sigma):
+    """Per-pixel soft term pieces. co, sgn, nondeg: _soft_coefs; ok: [M, S, S].
+
+    D = sigmoid(+-d^2 / sigma) with d the distance from the pixel centre to the triangle
+    (+ inside): d^2 = min_k |r_k|^2, r_k = p - (A_k + clip(t_k, 0, 1) e_k).
+    Returns x = +-d^2 / sigma, use mask, inside, and of the nearest edge its index, clipped
+    t and r (each [M, S, S]).
+    """
+    a, b, c, t0, tx, ty, q0, e = co
+    dx, dy = _offsets(ok.shape[-1], a.dtype)
+    sgn = sgn[:, None, None]
+    ok = ok & nondeg[:, None, None]
+    inside = ok
+    for k in range(3):
+        w = _col(c, k) + _col(a, k) * dx + _col(b, k) * dy
+        t = jnp.clip(_col(t0, k) + _col(tx, k) * dx + _col(ty, k) * dy, 0.0, 1.0)
+        rx = _col(q0[..., 0], k) + dx - t * _col(e[..., 0], k)
+        ry = _col(q0[..., 1], k) + dy - t * _col(e[..., 1], k)
+        dk = rx * rx + ry * ry
+        if k == 0:
+            d2, kmin, tn, rxn, ryn = dk, jnp.zeros(dk.shape, jnp.int32), t, rx, ry
+        else:
+            better = dk < d2
+            d2 = jnp.where(better, dk, d2)
+            kmin = jnp.where(better, k, kmin)
+            tn, rxn, ryn = (jnp.where(better, new, old) for new, old in ((t, tn), (rx, rxn), (ry, ryn)))
+        inside &= sgn * w >= 0
+    use = ok & (inside | (d2 < _SOFT_RADIUS2 * sigma))
+    x = jnp.where(inside, d2, -d2) * (1.0 / sigma)
+    return x, use, inside, kmin, tn, rxn, ryn
+
+
+def _soft_term(fv, ox, oy, ok, sigma):
+    """log(1 - D) of each window pixel for its face: [M, S, S]; 0 where unused.
+
+    fv: [M, 3, 2] pixels; ox, oy: [M] window origins; ok: [M, S, S] pixel exists.
+    """
+    x, use = _soft_pixels(*_soft_coefs(fv, ox, oy), ok, sigma)[:2]
+    return jnp.where(use, _neg_softplus(x), 0.0)
+
+
+def _soft_term_vjp(fv, ox, oy, ok, sigma, g):
+    """Gradient of sum(g * _soft_term(fv, ...)) w.r.t. fv [M, 3, 2]; g: [M, S, S].
+
+    Written out by hand (autodiff of the per-pixel code makes XLA recompute it once per
+    coefficient on CPU). With q = A + tc (B - A) the nearest point of the nearest edge
+    (A, B) and r = p - q: d^2 = |r|^2, d d^2/dA = -2 (1 - tc) r, d d^2/dB = -2 tc r.
+    """
+    x, use, inside, kmin, tc, rx, ry = _soft_pixels(*_soft_coefs(fv, ox, oy), ok, sigma)
+    # d/dx of -softplus(x) = -sigmoid(x); x = +-d2 / sigma
+    gd2 = jnp.where(use, -2.0 * g * jax.nn.sigmoid(x) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0)
+    gd2, kmin, tc, rx, ry = jax.lax.optimization_barrier((gd2, kmin, tc, rx, ry))
+    out = []
+    for j in range(3):  # vertex j starts edge (j + 2) % 3 and ends edge (j + 1) % 3
+        wj = gd2 * (jnp.where(kmin == (j + 2) % 3, 1.0 - tc, 0.0) + jnp.where(kmin == (j + 1) % 3, tc, 0.0))
+        out.append(jnp.stack([jnp.sum(wj * rx, (1, 2)), jnp.sum(wj * ry, (1, 2))], -1))
+    return -jnp.stack(out, 1)
+
+
+def _soft_setup(xy, H, W, window, sigma):
+    boxes = _face_boxes(xy, H, W, (_SOFT_RADIUS2 * sigma) ** 0.5)
+    wx, cum, total = _window_table(boxes, window)
+    return boxes, wx, cum, total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _soft_logt(xy, H, W, tile, capacity, sigma):
-    return _soft_logt_fwd(xy, H, W, tile, capacity, sigma)[0]
+def _soft_logt(xy, H, W, window, slots, sigma):
+    """sum_j log(1 - D_j) per pixel. xy: [F, 3, 2] pixels -> [H, W]."""
+    return _soft_logt_fwd(xy, H, W, window, slots, sigma)[0]
 
 
-def _soft_setup(xy, H, W, tile, sigma):
-    valid_face = jnp.all(jnp.isfinite(xy), axis=(1, 2))
-    return _bin(xy, valid_face, H, W, tile, jnp.sqrt(16.0 * sigma))
-
-
-def _soft_logt_fwd(xy, H, W, tile, capacity, sigma):
-    nty, ntx, pix = _tiles(H, W, tile)
-    ranks, counts = _soft_setup(xy, H, W, tile, sigma)
+def _soft_logt_fwd(xy, H, W, window, slots, sigma):
+    S = window
+    boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma)
 
     def body(carry):
-        c, acc = carry
-        fidx, valid = _chunk_faces(ranks, counts, c, capacity)
-        return c + 1, acc + _soft_term(xy[fidx], valid, pix, sigma)
+        r, acc = carry
+        face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
+        return r + 1, _block_scatter("add", acc, _soft_term(xy[face], ox, oy, ok, sigma), ox, oy)
 
-    n = _n_chunks(counts, capacity)
-    _, acc = jax.lax.while_loop(lambda cr: cr[0] < n, body, (jnp.int32(0), jnp.zeros(pix.shape[:2])))
-    return _untile(acc, nty, ntx, tile, H, W), xy
+    n = _n_rounds(total, slots)
+    init = (jnp.int32(0), jnp.zeros((H + S, W + S), xy.dtype))
+    _, acc = jax.lax.while_loop(lambda c: c[0] < n, body, init)
+    return acc[:H, :W], xy
 
 
-def _soft_logt_bwd(H, W, tile, capacity, sigma, xy, g):
-    nty, ntx, pix = _tiles(H, W, tile)
-    ranks, counts = _soft_setup(xy, H, W, tile, sigma)
-    gt = _tile(g, nty, ntx, tile)
+def _soft_logt_bwd(H, W, window, slots, sigma, xy, g):
+    S = window
+    boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma)
+    gpad = jnp.pad(g, ((0, S), (0, S)))
 
     def body(carry):
-        c, gxy = carry
-        fidx, valid = _chunk_faces(ranks, counts, c, capacity)
-        _, vjp = jax.vjp(lambda fv: _soft_term(fv, valid, pix, sigma), xy[fidx])
-        (gfv,) = vjp(gt)
-        gfv = jnp.where(valid[..., None, None], gfv, 0.0)
-        return c + 1, gxy.at[fidx].add(gfv)
+        r, gxy = carry
+        face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
+        gfv = _soft_term_vjp(xy[face], ox, oy, ok, sigma, _block_gather(gpad, ox, oy, S))
+        return r + 1, gxy.at[face].add(gfv)
 
-    n = _n_chunks(counts, capacity)
-    _, gxy = jax.lax.while_loop(lambda cr: cr[0] < n, body, (jnp.int32(0), jnp.zeros_like(xy)))
+    n = _n_rounds(total, slots)
+    _, gxy = jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), jnp.zeros_like(xy)))
     return (gxy,)
 
 
 _soft_logt.defvjp(_soft_logt_fwd, _soft_logt_bwd)
 
 
-def _untile(a, nty, ntx, tile, H, W):
-    a = a.reshape(nty, ntx, tile, tile).transpose(0, 2, 1, 3).reshape(nty * tile, ntx * tile)
-    return a[:H, :W]
+# ----------------------------------------------------------------------------- public
 
-
-def _tile(a, nty, ntx, tile):
-    H, W = a.shape
-    a = jnp.pad(a, ((0, nty * tile - H), (0, ntx * tile - W)))
-    return a.reshape(nty, tile, ntx, tile).transpose(0, 2, 1, 3).reshape(nty * ntx, tile * tile)
-
-
-def _hard_index(xyz, H, W, tile, capacity):
-    """Nearest face per pixel (no gradients). xyz: [F, 3, 3] pixels + depth -> [H, W] int32."""
-    nty, ntx, pix = _tiles(H, W, tile)
-    valid_face = jnp.all(jnp.isfinite(xyz), axis=(1, 2))
-    ranks, counts = _bin(xyz[..., :2], valid_face, H, W, tile, 0.0)
-
-    def body(carry):
-        c, zbuf, fbuf = carry
-        fidx, valid = _chunk_faces(ranks, counts, c, capacity)
-        fv = xyz[fidx]  # [T, K, 3, 3]
-        p = pix[:, :, None, :]
-        b, area = barycentric(p, *(fv[:, None, :, i, :2] for i in range(3)))
-        inside = jnp.all(b >= 0, -1) & (jnp.abs(area) > _EPS_AREA) & valid[:, None, :]
-        z = jnp.sum(b * fv[:, None, :, :, 2], -1)
-        z = jnp.where(inside, z, jnp.inf)
-        k = jnp.argmin(z, -1)
-        zk = jnp.take_along_axis(z, k[..., None], -1)[..., 0]
-        fk = jnp.take_along_axis(fidx, k, -1)
-        better = zk < zbuf
-        return c + 1, jnp.where(better, zk, zbuf), jnp.where(better, fk, fbuf)
-
-    n = _n_chunks(counts, capacity)
-    init = (jnp.int32(0), jnp.full(pix.shape[:2], jnp.inf), jnp.full(pix.shape[:2], -1, jnp.int32))
-    _, _, fbuf = jax.lax.while_loop(lambda cr: cr[0] < n, body, init)
-    return _untile(fbuf, nty, ntx, tile, H, W)
-
-
-def _rasterize_one(v_pix, faces, H, W, sigma, tile, capacity):
+def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots):
     xyz = v_pix[faces]  # [F, 3, 3]
-    fidx = _hard_index(jax.lax.stop_gradient(xyz), H, W, tile, capacity)
+    fidx = _hard_index(jax.lax.stop_gradient(xyz), H, W, window, slots)
     hit = fidx >= 0
     fv = xyz[jnp.maximum(fidx, 0)]  # [H, W, 3, 3]
     ys, xs = jnp.meshgrid(jnp.arange(H) + 0.5, jnp.arange(W) + 0.5, indexing="ij")
@@ -218,25 +367,41 @@ def _rasterize_one(v_pix, faces, H, W, sigma, tile, capacity):
     depth = jnp.sum(b * fv[..., 2], -1)
     mask = hit.astype(v_pix.dtype)
     if sigma > 0:
-        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], H, W, tile, capacity, float(sigma)))
+        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], H, W, soft_window, slots, float(sigma)))
     else:
         alpha = mask
     return Fragments(fidx, b, depth, mask, alpha)
 
 
-def rasterize(verts_img, faces, image_size, sigma=1.0, tile=8, capacity=32):
+def _default_soft_window(sigma, window):
+    """Smallest multiple of 4 holding a `window`-px face dilated by the soft radius."""
+    w = window + 2 * math.ceil((_SOFT_RADIUS2 * sigma) ** 0.5)
+    return max(4, -(-w // 4) * 4)
+
+
+def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=None, slots=None,
+              batch_size=1):
     """Rasterize a batch of meshes given in DECA image space.
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
       transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
     sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask).
-    tile, capacity: tile side in pixels and faces per tile per chunk (speed knobs only;
-      results do not depend on them).
-    Returns Fragments ([B, H, W] ...). Images are processed one after another (lax.map) to
-    bound memory; wrap in jax.vmap for other layouts.
+    window, soft_window, slots: speed knobs only (results do not depend on them): side in
+      pixels of the per-face windows of the hard and soft passes (soft_window defaults to
+      `window` plus the soft radius on both sides) and windows processed per round
+      (default F + F // 4, so that a mesh of small faces takes one round).
+    batch_size: images rasterized together (lax.map batch_size); 1 bounds memory on CPU,
+      larger values give accelerators more parallel work.
+    Returns Fragments ([B, H, W] ...).
+    Memory per image: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
+    for the soft pass (e.g. 10k faces, sigma = 1: ~12.5k x 256 floats per live array).
     """
     H, W = image_size
     v_pix = to_pixels(verts_img, (H, W))
     faces = jnp.asarray(faces, jnp.int32)
-    fn = functools.partial(_rasterize_one, faces=faces, H=H, W=W, sigma=sigma, tile=tile, capacity=capacity)
-    return jax.lax.map(fn, v_pix)
+    F = faces.shape[0]
+    slots = int(slots) if slots else F + F // 4
+    soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
+    fn = functools.partial(_rasterize_one, faces=faces, H=H, W=W, sigma=sigma, window=int(window),
+                           soft_window=soft_window, slots=slots)
+    return jax.lax.map(fn, v_pix, batch_size=batch_size if batch_size > 1 else None)
