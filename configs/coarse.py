@@ -1,12 +1,25 @@
-"""DECA coarse stage on synthetic demo heads (DECA's released defaults, decalib/utils/config.py).
+"""DECA coarse stage (DECA's released defaults, decalib/utils/config.py + configs/release_version).
 
-Image 224, Adam 1e-4, batch = 2 identities x K=4 images (cfg.dataset.batch_size=2, K=4),
-loss weights from `default_loss_config()` with shape consistency. The identity loss needs
-VGGFace2 weights (config.weights.vggface2); it is 0 here because none ship with the demo.
+Image 224, UV 256, ResNet-50 encoders, Adam 1e-4, batch = 2 identities x K=4 images per device
+step as DECA (cfg.dataset.batch_size=2, K=4; raise train.batch_size with more devices), loss
+weights from `default_loss_config()` with shape consistency and the VGGFace2 identity loss.
+
+Paths the user supplies (each a config field; a missing one is one clear error at start):
+  data.data_dir         tfds data dir holding identity_faces/<data.config> (build it with
+                        python -m jaxdeca.data.prepare, then python -m jaxdeca.data.tfds_faces)
+  weights.vggface2      python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR
+  flame.path            FLAME npz/folder/pkl (python -m jaxdeca.flame.convert); None = demo head
+  init.checkpoint       the pretrain stage's workdir (the encoder starts from it; optional)
+
+    python -m jaxdeca.main --config=configs/coarse.py --workdir=runs/coarse \
+        --config.data.data_dir=/data/tfds --config.weights.vggface2=/weights/vggface2 \
+        --config.flame.path=/models/flame.npz --config.init.checkpoint=runs/pretrain
 """
 import ml_collections
 
 from jaxdeca.losses import default_loss_config
+
+placeholder = ml_collections.config_dict.placeholder
 
 
 def get_config(stage: str = "coarse"):
@@ -16,18 +29,23 @@ def get_config(stage: str = "coarse"):
     c.stage = stage
     c.seed = 0
     c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=0.0))
-    c.data = ml_collections.ConfigDict(dict(k=4, image_size=224, eval_batches=2))
+    c.model = ml_collections.ConfigDict(dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256,
+                                             dtype="float32"))
+    c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
+                                            data_dir=placeholder(str), k=4, image_size=224, eval_batches=2,
+                                            eval_split="train", color_jitter=0.0, num_threads=4))
     c.train = ml_collections.ConfigDict(dict(num_steps=500000, batch_size=2 * 4, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))
-    c.flame = ml_collections.ConfigDict(dict(path=ml_collections.config_dict.placeholder(str)))
-    c.weights = ml_collections.ConfigDict(dict(vggface2=ml_collections.config_dict.placeholder(str)))
+    c.flame = ml_collections.ConfigDict(dict(path=placeholder(str)))
+    c.weights = ml_collections.ConfigDict(dict(vggface2=placeholder(str), vgg19=placeholder(str)))
+    c.init = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), coarse_checkpoint=placeholder(str)))
     c.loss = default_loss_config()
-    c.loss.id = 0.0
-    if stage == "pretrain":
+    if stage == "pretrain":  # DECA's pretrain: landmarks + closures + regularisers only
         c.loss.photo = 0.0
+        c.loss.id = 0.0
         c.loss.shape_consistency = False
-    c.coordinator_address = ml_collections.config_dict.placeholder(str)
-    c.num_processes = ml_collections.config_dict.placeholder(int)
-    c.process_id = ml_collections.config_dict.placeholder(int)
+    c.coordinator_address = placeholder(str)
+    c.num_processes = placeholder(int)
+    c.process_id = placeholder(int)
     return c

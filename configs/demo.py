@@ -1,13 +1,20 @@
-"""The embedded default: everything runs on the generated demo head, no downloads.
+"""The embedded default: the main job on the generated demo head, no downloads, CPU in minutes.
 
-`launch/local.sh demo` runs `python -m jaxdeca.main --config=configs/demo.py --workdir=workdir/demo`.
+`launch/local.sh demo` runs `python -m jaxdeca.main --config=configs/demo.py --workdir=workdir/demo`:
+build the synthetic demo-head dataset, train pretrain -> coarse -> detail (jaxdeca.train.demo),
+write held-out pictures/OBJs and the renderer showcase. Everything a full run uses is used here;
+only sizes shrink: 64 px images, 64 px UV maps, a narrow one-block-per-stage ResNet, batch
+4 identities x K=4. Identity and ID-MRF losses are off (their pretrained VGGFace2 / VGG19 weights
+are user-supplied files, not part of the package).
 """
 import ml_collections
+
+from configs import coarse
 
 
 def get_config():
     config = ml_collections.ConfigDict()
-    config.mode = "showcase"
+    config.mode = "demo"
     config.seed = 0
     # FLAME model: None = the embedded demo head (jaxdeca/assets/demo_head.npz); otherwise a
     # FLAME npz written by `python -m jaxdeca.flame.convert`.
@@ -16,6 +23,27 @@ def get_config():
     config.n_exp = 50
     config.n_tex = 50
 
+    # --- training: fields shared by the three stages, then each stage's overrides -------------
+    d = coarse.get_config("coarse")
+    d.optim.learning_rate = 1e-3
+    d.model.update(dict(width=0.25, blocks=(1, 1, 1, 1), hidden=256, uv_size=64))
+    d.data.update(dict(source="tfds", dataset="synthetic_faces", config="demo", image_size=64, k=4,
+                       eval_batches=4, eval_split="test", num_threads=2))
+    d.loss.id = 0.0
+    d.loss.mrf = 0.0
+    d.train.update(dict(batch_size=16, checkpoint_every=250, keep_checkpoints=2, log_every=50,
+                        image_every=0, async_checkpoints=True))
+    config.stage_defaults = d
+    config.stages = ("pretrain", "coarse", "detail")
+    config.pretrain = ml_collections.ConfigDict(dict(
+        train=dict(num_steps=1500, eval_every=500),
+        loss=dict(photo=0.0, id=0.0, shape_consistency=False)))
+    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=300, eval_every=300, image_every=300)))
+    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=300, eval_every=300, image_every=300)))
+    config.data_dir = ml_collections.config_dict.placeholder(str)  # default WORKDIR/data
+    config.heldout_faces = 8
+
+    # --- renderer showcase ------------------------------------------------------------------
     config.showcase = ml_collections.ConfigDict()
     config.showcase.image_size = 256
     config.showcase.identity_sigma = 2.0  # identity modes shown at +-sigma

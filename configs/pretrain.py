@@ -1,4 +1,5 @@
-"""DECA pretrain stage (landmark/eye/lip + regularisers; photo 0, id 0, no shape consistency)."""
+"""DECA pretrain stage: the coarse encoder on landmark, eye/lip closure and regularisers only
+(photo 0, id 0, no shape consistency). Same fields as configs/coarse.py."""
 from configs import coarse
 
 

@@ -6,8 +6,10 @@ The config file (an ml_collections config) is the single source of hyper-paramet
   showcase   render the FLAME model (by default the embedded demo head) in a set of poses,
              identities and expressions, with landmarks, and the renderer's outputs
              (albedo x SH light, shape, detailed shape, depth, UV position map) to PNG grids.
-  train      run the training loop (jaxdeca.train.loop) on the task named by `config.task`
-             (currently 'toy'; the DECA pretrain/coarse/detail tasks are not yet wired).
+  train      run the training loop (jaxdeca.train.loop) on the task named by `config.task`:
+             'pretrain', 'coarse', 'detail' (DECA's stages) or 'toy'.
+  demo       the embedded default end to end (jaxdeca.train.demo): synthetic demo-head data,
+             pretrain -> coarse -> detail, held-out pictures and OBJs, renderer showcase.
 
 Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`.
 """
@@ -28,6 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 MODES = {
     "showcase": "jaxdeca.apps.showcase:run",
     "train": "jaxdeca.train.run:run",
+    "demo": "jaxdeca.train.demo:run",
 }
 
 
@@ -42,7 +45,9 @@ def run_mode(config, workdir: str) -> None:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.INFO)
+    # Progress and eval lines go to stdout; library INFO logs (orbax, tfds) only with -v 0.
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     run_mode(FLAGS.config, FLAGS.workdir)
 
 

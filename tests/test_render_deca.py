@@ -26,7 +26,7 @@ def test_make_topology_names_bad_key():
         make_topology(dict(faces=np.zeros((2, 3), np.int32), uv_coords=np.zeros((3, 2))), where="demo.npz")
     with pytest.raises(ValueError, match="fixed_displacement"):
         make_topology(dict(faces=np.zeros((1, 3), np.int32), uv_coords=np.zeros((3, 2)),
-                           uv_faces=np.zeros((1, 3), np.int32), fixed_displacement=np.zeros((4, 4))), uv_size=8)
+                           uv_faces=np.zeros((1, 3), np.int32), fixed_displacement=np.zeros((4, 5))), uv_size=8)
 
 
 def test_render_outputs(sphere):

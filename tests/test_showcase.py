@@ -7,6 +7,7 @@ from configs import demo as demo_config
 
 def test_showcase_writes_pictures(tmp_path):
     config = demo_config.get_config()
+    config.mode = "showcase"
     config.showcase.image_size = 96
     jmain.run_mode(config, str(tmp_path))
     views = cv2.imread(str(tmp_path / "showcase" / "head_views.png"))

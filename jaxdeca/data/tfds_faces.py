@@ -138,6 +138,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     image_size: int = 224
     seed: int = 0
     flame_path: str | None = None
+    heldout_identities: int = 0  # > 0 adds a 'test' split of other identities (seed + 10**6)
 
 
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
@@ -147,7 +148,11 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [SyntheticConfig(name="default", description="64 identities x 6 images, 224 px"),
                        SyntheticConfig(name="tiny", identities=4, images_per_identity=3, image_size=64,
-                                       description="4 identities x 3 images, 64 px (tests)")]
+                                       description="4 identities x 3 images, 64 px (tests)"),
+                       SyntheticConfig(name="demo", identities=160, images_per_identity=4, image_size=112,
+                                       heldout_identities=16,
+                                       description="160 identities x 4 images at 112 px + 16 held-out "
+                                                   "identities (the demo main job)")]
 
     def _info(self):
         return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
@@ -156,23 +161,28 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         c = self.builder_config
         names = [f"synthetic_{i:05d}" for i in range(c.identities)]
-        self.info.metadata["identities"] = names
-        self.info.metadata["groups"] = {"train": [[i, i * c.images_per_identity, c.images_per_identity]
-                                                  for i in range(c.identities)]}
-        return {"train": self._generate_examples(names)}
+        held = [f"heldout_{i:05d}" for i in range(c.heldout_identities)]
+        self.info.metadata["identities"] = names + held
+        groups = lambda n, first: [[first + i, i * c.images_per_identity, c.images_per_identity] for i in range(n)]
+        self.info.metadata["groups"] = {"train": groups(len(names), 0)}
+        splits = {"train": self._generate_examples(names, c.seed, 0)}
+        if held:  # other identities from another seed stream: never seen in training
+            self.info.metadata["groups"]["test"] = groups(len(held), len(names))
+            splits["test"] = self._generate_examples(held, c.seed + 10 ** 6, len(names))
+        return splits
 
-    def _generate_examples(self, names):
+    def _generate_examples(self, names, seed, first_identity):
         from jaxdeca.data import synthetic
         c = self.builder_config
         k = 0
         for i, name in enumerate(names):
-            rng = np.random.default_rng([c.seed, i])
+            rng = np.random.default_rng([seed, i])
             out = synthetic.render_faces(synthetic.sample_codes(rng, c.images_per_identity), c.image_size,
                                          c.flame_path)
             for j in range(c.images_per_identity):
                 yield k, {"image": _FileBytes(imageio.encode_jpeg(out["image"][j])),
                           "landmarks": out["landmarks"][j], "mask": _FileBytes(imageio.encode_png(out["mask"][j])),
-                          "identity": i, "identity_name": name, "path": f"{name}/{j:03d}.jpg",
+                          "identity": first_identity + i, "identity_name": name, "path": f"{name}/{j:03d}.jpg",
                           "score": np.float32(np.nan)}
                 k += 1
 

@@ -72,6 +72,11 @@ class Generator(nn.Module):
         return (jnp.tanh(x) * self.out_scale).astype(jnp.float32)
 
 
-def detail_decoder(dtype: Any = jnp.float32) -> Generator:
-    """DECA's D_detail: [B, 181] -> [B, 256, 256, 1] (max_z = 0.01)."""
-    return Generator(out_channels=1, out_scale=0.01, dtype=dtype)
+def detail_decoder(dtype: Any = jnp.float32, uv_size: int = 256) -> Generator:
+    """DECA's D_detail: [B, 181] -> [B, uv_size, uv_size, 1] (max_z = 0.01).
+
+    uv_size 256 is DECA's (8 x 8 start, five x2 upsamplings); smaller multiples of 32 start from
+    uv_size / 32 (test and demo configs)."""
+    if uv_size % 32:
+        raise ValueError(f"detail_decoder: uv_size must be a multiple of 32, got {uv_size}")
+    return Generator(out_channels=1, out_scale=0.01, init_size=uv_size // 32, dtype=dtype)

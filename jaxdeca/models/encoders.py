@@ -26,24 +26,28 @@ class ResnetEncoder(nn.Module):
 
     out_size: int
     dtype: Any = jnp.float32
+    width: float = 1.0          # ResNet channel multiplier (1.0 = DECA); see ResNet50
+    blocks: tuple = (3, 4, 6, 3)
+    hidden: int = 1024          # width of the MLP head (1024 = DECA)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
-        features = ResNet50(caffe=False, dtype=self.dtype, name="encoder")(images, train)
-        x = nn.Dense(1024, dtype=self.dtype, param_dtype=jnp.float32, name="layers_0")(features)
+        features = ResNet50(caffe=False, dtype=self.dtype, width=self.width, blocks=tuple(self.blocks),
+                            name="encoder")(images, train)
+        x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name="layers_0")(features)
         x = nn.Dense(self.out_size, dtype=self.dtype, param_dtype=jnp.float32,
                      name="layers_2")(nn.relu(x))
         return x.astype(jnp.float32)
 
 
-def coarse_encoder(dtype: Any = jnp.float32) -> ResnetEncoder:
-    """DECA's E_flame: [B, 224, 224, 3] -> [B, 236]."""
-    return ResnetEncoder(COARSE_CODE_SIZE, dtype=dtype)
+def coarse_encoder(dtype: Any = jnp.float32, **arch) -> ResnetEncoder:
+    """DECA's E_flame: [B, 224, 224, 3] -> [B, 236]. ``arch``: width/blocks/hidden overrides."""
+    return ResnetEncoder(COARSE_CODE_SIZE, dtype=dtype, **arch)
 
 
-def detail_encoder(dtype: Any = jnp.float32) -> ResnetEncoder:
-    """DECA's E_detail: [B, 224, 224, 3] -> [B, 128]."""
-    return ResnetEncoder(DETAIL_CODE_SIZE, dtype=dtype)
+def detail_encoder(dtype: Any = jnp.float32, **arch) -> ResnetEncoder:
+    """DECA's E_detail: [B, 224, 224, 3] -> [B, 128]. ``arch``: width/blocks/hidden overrides."""
+    return ResnetEncoder(DETAIL_CODE_SIZE, dtype=dtype, **arch)
 
 
 def decompose_code(code):

@@ -77,20 +77,31 @@ class ResNet50(nn.Module):
     images: [B, H, W, 3] (preprocessing is the caller's: DECA feeds raw RGB in [0, 1]; VGGFace2
     wants ``face_id.vggface2_preprocess``) -> features [B, 2048] float32.
     Any H, W >= 32 works; 224 is what the weights were trained at.
+
+    ``width`` scales every stage's channels (1.0 = ResNet-50; features are 2048 * width) and
+    ``blocks`` sets the bottlenecks per stage ((3, 4, 6, 3) = ResNet-50). Other values give the
+    narrow, shallow nets of the test and demo configs; parameter names are unchanged, so only the
+    defaults load official weights.
     """
 
     caffe: bool = False
     dtype: Any = jnp.float32
+    width: float = 1.0
+    blocks: tuple = (3, 4, 6, 3)
 
     @nn.compact
     def __call__(self, images, train: bool = False):
         x = images.astype(self.dtype)
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
+        stem = max(int(round(64 * self.width)), 1)
+        x = nn.Conv(stem, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
                     dtype=self.dtype, param_dtype=jnp.float32, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, param_dtype=jnp.float32, name="bn1")(x)
         x = max_pool_3x3_s2(nn.relu(x), ceil_mode=self.caffe)
-        for stage, (planes, blocks, stride) in enumerate(STAGES, start=1):
+        if len(self.blocks) != len(STAGES):
+            raise ValueError(f"ResNet50.blocks: expected {len(STAGES)} stages, got {self.blocks}")
+        for stage, ((planes, _, stride), blocks) in enumerate(zip(STAGES, self.blocks), start=1):
+            planes = max(int(round(planes * self.width)), 1)
             for i in range(blocks):
                 x = Bottleneck(planes, stride if i == 0 else 1, self.caffe, self.dtype,
                                name=f"layer{stage}_{i}")(x, train)

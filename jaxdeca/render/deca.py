@@ -52,14 +52,26 @@ def make_topology(model, uv_size=256, where="FLAME npz"):
     mask = np.asarray(model["uv_face_eye_mask"], np.float32) if "uv_face_eye_mask" in model else np.ones((uv_size, uv_size), np.float32)
     fixed = np.asarray(model["fixed_displacement"], np.float32) if "fixed_displacement" in model else np.zeros((uv_size, uv_size), np.float32)
     for k, a in (("uv_face_eye_mask", mask), ("fixed_displacement", fixed)):
-        if a.shape != (uv_size, uv_size):
-            raise ValueError(f"{where}: '{k}' has shape {a.shape}, expected {(uv_size, uv_size)}")
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise ValueError(f"{where}: '{k}' has shape {a.shape}, expected a square UV map "
+                             f"such as {(uv_size, uv_size)}")
+    if mask.shape[0] != uv_size:  # UV maps of another resolution (small test/demo configs)
+        mask = (_resize_area(mask, uv_size) > 0.5).astype(np.float32)
+    if fixed.shape[0] != uv_size:
+        fixed = _resize_area(fixed, uv_size)
     return Topology(
         faces=jnp.asarray(faces), uv_faces=jnp.asarray(uv_faces),
         uv_grid=uv_to_image(jnp.asarray(uv_coords))[jnp.asarray(uv_faces)],
         uv_raster=uv_rasterize(uv_coords, uv_faces, uv_size),
         uv_face_eye_mask=jnp.asarray(mask), fixed_displacement=jnp.asarray(fixed),
         dense_faces=jnp.asarray(dense_grid_faces(uv_size, uv_size)))
+
+
+def _resize_area(a, size):
+    """[R, R] -> [size, size] float32 by area averaging (bilinear when enlarging)."""
+    import cv2
+    interp = cv2.INTER_AREA if size < a.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(np.asarray(a, np.float32), (size, size), interpolation=interp)
 
 
 def depth_image(trans_verts, faces, frags):

@@ -6,10 +6,14 @@ shape codes within an identity -> FLAME -> orth_proj -> render (only when the ph
 is on) -> `coarse_losses`. Only the coarse encoder is trained. The pretrain stage is the same
 step with photo = 0, id = 0 and no shape consistency (landmark, eye, lip and regularisers).
 
-Data: `SyntheticFaceLoader` renders identity groups of the FLAME model (by default the demo
-head) on the fly with `jaxdeca.data.synthetic` -- deterministic from (seed, identity index),
-K images per identity (same shape + albedo, new expression/pose/light/camera/background).
-Landmarks are converted to DECA's [-1, 1] image space (y down) with confidence 1.
+Data (`jaxdeca.train.data`, by config.data.source): identity-grouped tfds datasets through the
+grain loader, or `SyntheticFaceLoader` below, which renders identity groups of the FLAME model
+(by default the demo head) on the fly with `jaxdeca.data.synthetic` -- deterministic from
+(seed, identity index), K images per identity (same shape + albedo, new expression / pose /
+light / camera / background). Landmarks are in DECA's [-1, 1] image space (y down), conf 1.
+
+Initialisation: config.init.checkpoint (optional) names a previous stage's workdir whose coarse
+encoder starts this one (DECA's coarse stage starts from the pretrained encoder).
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca import flame, models, render
+from jaxdeca import models
 from jaxdeca.data import synthetic
-from jaxdeca.losses import coarse_losses, default_loss_config, shape_consistency
+from jaxdeca.losses import coarse_losses, shape_consistency
 from jaxdeca.losses.defaults import as_weights
-from jaxdeca.train import paths
+from jaxdeca.render import grid_sample, sh_shading
+from jaxdeca.train import data as data_lib
+from jaxdeca.train import deca_common, export, paths
+from jaxdeca.train.deca_common import draw_points  # noqa: F401 (re-exported)
 
 
 def synthetic_group_batch(seed: int, first_identity: int, n_identities: int, k: int, image_size: int,
@@ -68,49 +75,47 @@ class SyntheticFaceLoader:
         self.i = int(position["index"])
 
 
-class CoarseTask:
+class CoarseTask(deca_common.DecaParts):
     """DECA pretrain / coarse stage (config.stage 'pretrain' or 'coarse'); see the module docstring.
 
-    Config fields: seed, stage, train.batch_size (identities x K), data.k, data.image_size,
-    data.eval_identities, flame.path (None = demo head), loss (weights, `default_loss_config`),
-    weights.vggface2 (needed only when loss.id > 0).
+    Config fields: seed, stage, train.batch_size (identities x K), data.* (`jaxdeca.train.data`),
+    model.* (`deca_common`), flame.path (None = demo head), loss (weights, `default_loss_config`),
+    weights.vggface2 (needed only when loss.id > 0), init.checkpoint (optional previous stage).
     """
 
     def __init__(self, config):
-        self.config = config
         self.stage = str(config.stage)
         if self.stage not in ("pretrain", "coarse"):
             raise ValueError(f"config.stage={self.stage!r} must be 'pretrain' or 'coarse'")
-        self.k = int(config.data.k)
-        self.size = int(config.data.image_size)
-        self.flame_path = config.flame.get("path") if "flame" in config else None
         self.weights = as_weights(config.get("loss"))
-        if self.weights["id"] > 0:
-            paths.require_path(config, "weights.vggface2", "the VGGFace2 ResNet-50 weights for the identity loss")
-            raise ValueError("config.loss.id > 0: the identity loss is not wired into CoarseTask yet; "
-                             "set --config.loss.id=0")
+        if self.stage == "pretrain":
+            self.weights["id"] = 0.0  # DECA's pretrain has no identity term
+        if "init" in config and config.init.get("checkpoint"):
+            paths.require_path(config, "init.checkpoint", "the workdir of the stage this one starts from")
+        super().__init__(config)
+        self.frozen_features = deca_common.load_frozen_features(config, self.weights)
         self.use_sc = self.stage == "coarse" and bool(self.weights["shape_consistency"])
-        arrays = flame.load_arrays(self.flame_path)
-        self.arrays = arrays
-        self.flame = flame.from_arrays(arrays)
-        self.topo = render.make_topology(arrays)
-        self.encoder = models.coarse_encoder()
 
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
-        v = self.encoder.init(rng, jnp.zeros((2, self.size, self.size, 3)), train=False)
-        return v["params"], v["batch_stats"], {}
+        v = self.init_net("E_flame", rng)
+        init = self.config.init.get("checkpoint") if "init" in self.config else None
+        if init:
+            prev = export.inference_variables(init)["E_flame"]
+            v = _checked_like(v, prev, f"config.init.checkpoint={init!r} (E_flame)")
+        return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)
 
     def _encode(self, params, batch_stats, images, train: bool):
-        variables = {"params": params, "batch_stats": batch_stats}
-        if train:
-            code, mut = self.encoder.apply(variables, images, train=True, mutable=["batch_stats"])
-            return models.decompose_code(code), mut["batch_stats"]
-        return models.decompose_code(self.encoder.apply(variables, images, train=False)), batch_stats
+        code, bs = self.apply("E_flame", params["E_flame"], batch_stats["E_flame"], images, train)
+        return models.decompose_code(code), {"E_flame": bs}
 
     def _landmarks(self, codes):
-        out = self.flame(codes["shape"], codes["exp"], codes["pose"])
-        return out, render.orth_proj(out["landmarks2d"], codes["cam"])[..., :2]
+        out, lmk, _ = self.decode_flame(codes)
+        return out, lmk
+
+    def _id_features(self, frozen):
+        net = models.vggface2_resnet50()
+        return lambda x: net.apply(frozen["vggface2"], x, train=False)
 
     # --- loss ------------------------------------------------------------------------------------
     def loss_fn(self, params, batch_stats, frozen, batch, rng):
@@ -122,51 +127,66 @@ class CoarseTask:
             codes = shape_consistency(rng, codes, n // self.k, self.k)
             tile = lambda x: jnp.concatenate([x, x], 0)
             images, lmk_gt, mask = tile(images), tile(lmk_gt), tile(mask)
-        out, lmk = self._landmarks(codes)
+        out, lmk, trans = self.decode_flame(codes)
         extra = {}
-        if self.weights["photo"] > 0:
-            trans = render.orth_proj(out["vertices"], codes["cam"])
-            albedo = flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=256)
-            r = render.render(out["vertices"], trans, albedo, codes["light"], self.topo,
-                              image_size=(self.size, self.size))
-            fem_uv = jnp.broadcast_to(self.topo.uv_face_eye_mask[None, ..., None],
-                                      (images.shape[0],) + self.topo.uv_face_eye_mask.shape + (1,))
+        if self.weights["photo"] > 0 or self.weights["id"] > 0:
+            r = self.render(out, trans, codes)
+            fem = self.face_eye_mask_images(r["grid"])
             extra = dict(images=images, rendered_images=r["images"], alpha_images=r["alpha"],
-                         face_eye_mask=render.grid_sample(fem_uv, r["grid"]), skin_mask=mask)
+                         face_eye_mask=fem, skin_mask=mask)
+            if self.weights["id"] > 0:
+                albedo_images = grid_sample(self.albedo(codes), r["grid"])
+                shading = sh_shading(r["normal_images"], jax.lax.stop_gradient(codes["light"]))
+                extra.update(albedo_images=jax.lax.stop_gradient(albedo_images), shading_images=shading,
+                             id_features_fn=self._id_features(frozen))
         total, terms = coarse_losses(landmarks_pred=lmk, landmarks_gt=lmk_gt, codes=codes,
                                      weights=self.weights, **extra)
         return total, (terms, new_bs)
 
     def eval_fn(self, params, batch_stats, frozen, batch):
-        """Mean absolute landmark error in [-1, 1] image space (eval-mode BN)."""
+        """Landmark error on held-out faces (eval-mode BN), [-1, 1] image space:
+        landmark_l1 = mean |pred - gt| over x and y; landmark_loss = DECA's weighted landmark term."""
         codes, _ = self._encode(params, batch_stats, batch["image"], False)
         _, lmk = self._landmarks(codes)
-        return {"landmark_l1": jnp.mean(jnp.abs(lmk - batch["landmarks"][..., :2]))}
+        _, terms = coarse_losses(landmarks_pred=lmk, landmarks_gt=batch["landmarks"], codes=codes,
+                                 weights=dict(lmk=1.0, eyed=0.0, lipd=0.0, photo=0.0, id=0.0, reg_shape=0.0,
+                                              reg_exp=0.0, reg_tex=0.0, reg_light=0.0))
+        return {"landmark_l1": jnp.mean(jnp.abs(lmk - batch["landmarks"][..., :2])),
+                "landmark_loss": terms["landmark"]}
 
     # --- data ------------------------------------------------------------------------------------
     def make_loader(self, local_bs, process_index, process_count):
-        return SyntheticFaceLoader(local_bs, self.k, self.size, int(self.config.seed), process_index,
-                                   process_count, self.flame_path)
+        return data_lib.make_loader(self.config, local_bs, process_index, process_count)
 
     def eval_batches(self, local_bs, process_index, process_count):
-        """Held-out faces: a different seed stream (seed + 10**6), hence different identities."""
-        n = int(self.config.data.get("eval_batches", 1))
-        loader = SyntheticFaceLoader(local_bs, self.k, self.size, int(self.config.seed) + 10 ** 6,
-                                     process_index, process_count, self.flame_path)
-        return [loader.next() for _ in range(n)]
+        return data_lib.eval_batches(self.config, local_bs, process_index, process_count)
 
     def images(self, state, batch):
-        """Input images with predicted (red) and true (green) landmarks: [N, S, S, 3]."""
+        """Grids: input with true (green) and predicted (red) landmarks, coarse shape, albedo render."""
         codes, _ = self._encode(state.params, state.batch_stats, batch["image"], False)
-        _, lmk = self._landmarks(codes)
-        return {"coarse/landmarks": draw_points(draw_points(batch["image"], batch["landmarks"][..., :2],
-                                                            (0.0, 1.0, 0.0)), lmk, (1.0, 0.0, 0.0))}
+        out, lmk, trans = self.decode_flame(codes)
+        r = self.render(out, trans, codes)
+        img = batch["image"]
+        marked = draw_points(draw_points(img, batch["landmarks"][..., :2], (0.0, 1.0, 0.0)), lmk, (1.0, 0.0, 0.0))
+        a = r["mask"][..., None]
+        return {"coarse/landmarks": marked,
+                "coarse/shape": r["shape_images"] * a + img * (1 - a),
+                "coarse/albedo_render": r["images"] * a + img * (1 - a)}
 
 
-def draw_points(images, points, colour):
-    """images [B,H,W,3], points [B,P,2] in [-1,1] -> images with one pixel per point coloured."""
-    b, h, w, _ = images.shape
-    x = jnp.clip(jnp.round((points[..., 0] + 1) * w / 2 - 0.5), 0, w - 1).astype(jnp.int32)
-    y = jnp.clip(jnp.round((points[..., 1] + 1) * h / 2 - 0.5), 0, h - 1).astype(jnp.int32)
-    bi = jnp.broadcast_to(jnp.arange(b)[:, None], x.shape)
-    return images.at[bi, y, x].set(jnp.asarray(colour, images.dtype))
+def _checked_like(template: dict, loaded: dict, where: str) -> dict:
+    """`loaded` variables cast onto `template`'s structure; a shape mismatch is one clear error."""
+    flat_t = jax.tree_util.tree_flatten_with_path(template)[0]
+    flat_l = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0])
+    leaves = []
+    for p, t in flat_t:
+        key = jax.tree_util.keystr(p)
+        if key not in flat_l:
+            raise ValueError(f"{where}: missing variable {key} (the checkpoint's network differs from "
+                             "config.model)")
+        v = np.asarray(flat_l[key])
+        if v.shape != t.shape:
+            raise ValueError(f"{where}: variable {key} has shape {v.shape}, expected {tuple(t.shape)} "
+                             "(config.model must match the checkpoint's)")
+        leaves.append(jnp.asarray(v, t.dtype))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

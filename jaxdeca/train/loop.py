@@ -24,6 +24,12 @@ from absl import logging
 from jaxdeca.train import checkpoint, metrics, parallel, state as state_lib, steps
 
 
+def _console(line: str) -> None:
+    """The progress / eval line on stdout (process 0), whatever absl's log verbosity."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
 def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     sums: dict[str, float] = {}
     for b in batches:
@@ -72,6 +78,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         writer.write_scalars(step, ev)
         eval_history.append((step, ev))
         logging.info("eval at step %d: %s", step, ev)
+        _console(f"eval at step {step}: " + ", ".join(f"{k} {v:.5f}" for k, v in sorted(ev.items())))
 
     if start == 0 and eval_batches:
         do_eval(0)
@@ -84,6 +91,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             rates, line = progress.report(step)
             writer.write_scalars(step, {**scalars, **rates})
             logging.info("%s loss %.5f", line, scalars["train/loss"])
+            _console(f"{line} loss {scalars['train/loss']:.5f}")
         if int(tc.image_every) and step % int(tc.image_every) == 0:
             imgs = task.images(state, batch)
             if imgs and jax.process_index() == 0:

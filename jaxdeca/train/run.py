@@ -6,7 +6,7 @@ from absl import logging
 from jaxdeca.train import loop, parallel
 
 TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coarse:CoarseTask",
-         "coarse": "jaxdeca.train.deca_coarse:CoarseTask"}
+         "coarse": "jaxdeca.train.deca_coarse:CoarseTask", "detail": "jaxdeca.train.deca_detail:DetailTask"}
 
 
 def make_task(config):

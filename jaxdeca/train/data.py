@@ -1,0 +1,94 @@
+"""Training data for the DECA stages, chosen by `config.data.source`.
+
+  'tfds'       identity-grouped faces from a tfds dataset built by `jaxdeca.data.tfds_faces`
+               (`identity_faces` from prepared VGGFace2/VoxCeleb2/CelebA folders, or
+               `synthetic_faces`), through `jaxdeca.data.loader.FaceLoader`: DECA's landmark-box
+               crop at a random scale, K images per identity, deterministic and resumable.
+               Fields: dataset, config, data_dir (None = tfds' default; a synthetic dataset
+               that is missing is built there), eval_split ('test' when the dataset has one).
+  'synthetic'  demo heads rendered on the fly (`deca_coarse.SyntheticFaceLoader`), no files at
+               all; used by the tests.
+
+Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmarks [N, 68, 3]
+([-1, 1], y down, confidence), mask [N, S, S, 1] {0, 1}, identity [N] int32, identity-major
+(the K images of one person adjacent), N = identities x K.
+"""
+from __future__ import annotations
+
+import os
+
+from jaxdeca.train import paths
+
+
+class _TfdsStream:
+    """Adapts FaceLoader to the loop's loader interface (next / position / restore)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def next(self) -> dict:
+        batch = next(self.loader)
+        return {k: batch[k] for k in ("image", "landmarks", "mask", "identity")}
+
+    def position(self) -> dict:
+        return self.loader.state()
+
+    def restore(self, position) -> None:
+        self.loader.restore(position)
+
+
+def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split: str, seed: int):
+    from jaxdeca.data import loader as loader_lib
+    d = config.data
+    k = int(d.k)
+    if local_bs % k:
+        raise ValueError(f"local batch size {local_bs} is not a multiple of K={k} (identities x K)")
+    data_dir = d.get("data_dir")
+    if data_dir is None and d.dataset != "synthetic_faces":
+        paths.require_path(config, "data.data_dir", f"the tfds data dir holding {d.dataset}/{d.config} "
+                           "(build it with python -m jaxdeca.data.tfds_faces)")
+    if data_dir is not None:
+        os.makedirs(data_dir, exist_ok=True)
+    cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
+                                  image_size=int(d.image_size), seed=seed,
+                                  color_jitter=float(d.get("color_jitter", 0.0)),
+                                  num_threads=int(d.get("num_threads", 4)))
+    return loader_lib.make_loader(d.dataset, d.config, cfg, data_dir=data_dir, split=split,
+                                  process_index=process_index, process_count=process_count)
+
+
+def make_loader(config, local_bs: int, process_index: int, process_count: int):
+    """The training stream of this process: `next()`, `position()`, `restore(position)`."""
+    d = config.data
+    source = d.get("source", "synthetic")
+    if source == "tfds":
+        return _TfdsStream(_tfds_loader(config, local_bs, process_index, process_count, "train", int(config.seed)))
+    if source == "synthetic":
+        from jaxdeca.train.deca_coarse import SyntheticFaceLoader
+        return SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed), process_index,
+                                   process_count, _flame_path(config))
+    raise ValueError(f"config.data.source={source!r} must be 'tfds' or 'synthetic'")
+
+
+def eval_batches(config, local_bs: int, process_index: int, process_count: int) -> list[dict]:
+    """`config.data.eval_batches` held-out batches (identities never trained on).
+
+    tfds: the dataset's `config.data.eval_split` (default 'test'); synthetic: another seed stream.
+    """
+    d = config.data
+    n = int(d.get("eval_batches", 1))
+    if n <= 0:
+        return []
+    if d.get("source", "synthetic") == "tfds":
+        stream = _tfds_loader(config, local_bs, process_index, process_count, d.get("eval_split", "test"),
+                              int(config.seed) + 1)
+        return [{k: b[k] for k in ("image", "landmarks", "mask", "identity")}
+                for b in (stream.batch_at(i) for i in range(n))]
+    from jaxdeca.train.deca_coarse import SyntheticFaceLoader
+    loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
+                                 process_index, process_count, _flame_path(config))
+    return [loader.next() for _ in range(n)]
+
+
+def _flame_path(config):
+    return config.flame.get("path") if "flame" in config else None

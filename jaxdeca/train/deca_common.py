@@ -1,0 +1,135 @@
+"""What the DECA stages share: the networks built from `config.model`, FLAME + renderer from
+`config.flame`, the frozen pretrained feature networks, and picture grids for TensorBoard.
+
+Variables are keyed by network like a converted official model: params {'E_flame': ...},
+{'E_detail': ..., 'D_detail': ...}; frozen {'E_flame': ..., 'vggface2': ..., 'vgg19': ...}.
+
+config.model: width (ResNet channel multiplier, 1.0 = DECA), blocks ((3, 4, 6, 3) = ResNet-50),
+hidden (MLP head, 1024), uv_size (displacement map, 256), dtype ('float32' or 'bfloat16' compute
+with float32 params).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca import flame, models, render
+from jaxdeca.train import paths
+
+DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32")
+
+
+def model_config(config) -> dict:
+    """config.model with DECA's defaults filled in (a plain dict)."""
+    m = dict(DEFAULT_MODEL)
+    if "model" in config and config.model is not None:
+        m.update(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model))
+    m["blocks"] = tuple(int(b) for b in m["blocks"])
+    return m
+
+
+def dtype_of(name: str):
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"config.model.dtype={name!r} must be 'float32' or 'bfloat16'")
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+def arch(m: dict) -> dict:
+    return dict(width=float(m["width"]), blocks=tuple(m["blocks"]), hidden=int(m["hidden"]))
+
+
+def build_networks(m: dict) -> dict:
+    """Flax modules of the three DECA networks for model config `m`."""
+    dt = dtype_of(m["dtype"])
+    return {"E_flame": models.coarse_encoder(dt, **arch(m)),
+            "E_detail": models.detail_encoder(dt, **arch(m)),
+            "D_detail": models.detail_decoder(dt, uv_size=int(m["uv_size"]))}
+
+
+def flame_path(config):
+    return config.flame.get("path") if "flame" in config else None
+
+
+class DecaParts:
+    """FLAME, topology, albedo and networks of a stage (shared by CoarseTask / DetailTask)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = model_config(config)
+        self.k = int(config.data.k)
+        self.size = int(config.data.image_size)
+        self.uv_size = int(self.model["uv_size"])
+        self.flame_path = flame_path(config)
+        self.arrays = flame.load_arrays(self.flame_path)
+        self.flame = flame.from_arrays(self.arrays)
+        self.topo = render.make_topology(self.arrays, uv_size=self.uv_size)
+        self.nets = build_networks(self.model)
+
+    def init_net(self, name: str, rng):
+        if name == "D_detail":
+            x = jnp.zeros((2, models.DETAIL_LATENT_SIZE))
+        else:
+            x = jnp.zeros((2, self.size, self.size, 3))
+        v = self.nets[name].init(rng, x, train=False)
+        return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+
+    def apply(self, name, params, batch_stats, x, train: bool):
+        """Runs network `name`; returns (output, new batch_stats)."""
+        variables = {"params": params, "batch_stats": batch_stats}
+        if train:
+            y, mut = self.nets[name].apply(variables, x, train=True, mutable=["batch_stats"])
+            return y, mut["batch_stats"]
+        return self.nets[name].apply(variables, x, train=False), batch_stats
+
+    def decode_flame(self, codes):
+        """codes -> (flame output dict, landmarks [B, 68, 2] in [-1, 1] image space, trans verts)."""
+        out = self.flame(codes["shape"], codes["exp"], codes["pose"])
+        lmk = render.orth_proj(out["landmarks2d"], codes["cam"])[..., :2]
+        trans = render.orth_proj(out["vertices"], codes["cam"])
+        return out, lmk, trans
+
+    def albedo(self, codes):
+        return flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=self.uv_size)
+
+    def render(self, out, trans, codes, uv_z=None):
+        return render.render(out["vertices"], trans, self.albedo(codes), codes["light"], self.topo,
+                             image_size=(self.size, self.size), uv_z=uv_z)
+
+    def face_eye_mask_images(self, grid):
+        """UV face-eye mask sampled into the image: grid [B, H, W, 2] -> [B, H, W, 1]."""
+        m = jnp.broadcast_to(self.topo.uv_face_eye_mask[None, ..., None],
+                             (grid.shape[0],) + self.topo.uv_face_eye_mask.shape + (1,))
+        return render.grid_sample(m, grid)
+
+
+def load_frozen_features(config, weights: dict) -> dict:
+    """Pretrained feature networks the loss weights need, as frozen variables.
+
+    id > 0 needs config.weights.vggface2 (a directory from `python -m jaxdeca.convert vggface2`);
+    the detail stage's photo_D * mrf > 0 needs config.weights.vgg19 (`... convert vgg19`).
+    """
+    from jaxdeca.convert.core import load_variables
+    out = {}
+    if weights.get("id", 0) > 0 and config.get("stage") in ("coarse",):
+        p = paths.require_path(config, "weights.vggface2", "the converted VGGFace2 ResNet-50 "
+                               "(python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR)")
+        out["vggface2"] = load_variables(p)
+    if config.get("stage") == "detail" and weights.get("photo_D", 0) * weights.get("mrf", 0) > 0:
+        p = paths.require_path(config, "weights.vgg19", "the converted torchvision VGG19 "
+                               "(python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR)")
+        out["vgg19"] = load_variables(p)
+    return out
+
+
+def draw_points(images, points, colour):
+    """images [B,H,W,3], points [B,P,2] in [-1,1] -> images with one pixel per point coloured."""
+    b, h, w, _ = images.shape
+    x = jnp.clip(jnp.round((points[..., 0] + 1) * w / 2 - 0.5), 0, w - 1).astype(jnp.int32)
+    y = jnp.clip(jnp.round((points[..., 1] + 1) * h / 2 - 0.5), 0, h - 1).astype(jnp.int32)
+    bi = jnp.broadcast_to(jnp.arange(b)[:, None], x.shape)
+    return images.at[bi, y, x].set(jnp.asarray(colour, images.dtype))
+
+
+def to_numpy_images(images) -> np.ndarray:
+    return np.clip(np.asarray(jax.device_get(images), np.float32), 0.0, 1.0)

@@ -1,0 +1,99 @@
+"""Reading a trained stage back: the variables a later stage or the apps need.
+
+A stage's workdir holds `checkpoints/<step>/{state,extra}` written by `jaxdeca.train.loop`.
+`load_stage(path)` restores the newest readable checkpoint without knowing the train state's
+structure (orbax rebuilds it from the checkpoint's own metadata) and returns plain nested
+dicts of numpy arrays:
+
+    {'step': int, 'stage': str, 'params': ..., 'batch_stats': ..., 'frozen': ...}
+
+`inference_variables(path)` turns a coarse or detail stage into the Flax variables of each
+network, keyed like a converted official DECA model (`jaxdeca.convert.convert_deca`):
+{'E_flame': {'params', 'batch_stats'}, 'E_detail': ..., 'D_detail': ...} (detail networks only
+for a detail stage).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from jaxdeca.train.checkpoint import CheckpointError
+
+
+def checkpoint_dir(path: str) -> str:
+    """A stage workdir or its checkpoints/ folder -> the checkpoints folder (absolute)."""
+    path = os.path.abspath(path)
+    sub = os.path.join(path, "checkpoints")
+    return sub if os.path.isdir(sub) else path
+
+
+def load_stage(path: str) -> dict:
+    """The newest readable checkpoint under `path` (a stage workdir); see the module docstring.
+
+    Raises FileNotFoundError when `path` holds no checkpoint, CheckpointError when none reads.
+    """
+    ckpt = checkpoint_dir(path)
+    if not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"{path}: no such directory (expected a training workdir with checkpoints/)")
+    manager = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                   "extra": ocp.JsonCheckpointHandler()})
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"{ckpt}: no checkpoint found (expected numbered step folders written "
+                                "by python -m jaxdeca.main)")
+    failures = []
+    for step in steps:
+        try:
+            meta = manager.item_metadata(step)["state"]
+            target = _numpy_target(meta)
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 -- fall back to the previous checkpoint
+            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, ckpt,
+                            failures[-1])
+            continue
+        state = restored["state"]
+        extra = dict(restored["extra"] or {})
+        return {"step": int(step), "stage": str(extra.get("stage", "")),
+                "params": _get(state, "params"), "batch_stats": _get(state, "batch_stats"),
+                "frozen": _get(state, "frozen")}
+    raise CheckpointError(f"no readable checkpoint in {ckpt}:\n  " + "\n  ".join(failures))
+
+
+def _numpy_target(meta):
+    """Checkpoint metadata tree -> the same tree of zero numpy arrays (restore onto host)."""
+    def leaf(m):
+        shape = getattr(m, "shape", None)
+        if shape is None:
+            return m
+        return np.zeros(shape, getattr(m, "dtype", np.float32))
+    import jax
+    return jax.tree.map(leaf, dict(meta) if hasattr(meta, "keys") else meta,
+                        is_leaf=lambda m: hasattr(m, "shape"))
+
+
+def _get(state, key):
+    value = state.get(key) if hasattr(state, "get") else getattr(state, key, None)
+    return value if value is not None else {}
+
+
+def inference_variables(path: str) -> dict:
+    """Network variables of a trained coarse or detail stage (see the module docstring)."""
+    s = load_stage(path)
+    out = {}
+    if "E_flame" in s["params"]:  # a coarse / pretrain stage trains the coarse encoder
+        out["E_flame"] = {"params": s["params"]["E_flame"], "batch_stats": s["batch_stats"].get("E_flame", {})}
+    elif "E_flame" in s["frozen"]:
+        out["E_flame"] = s["frozen"]["E_flame"]
+    for name in ("E_detail", "D_detail"):
+        if name in s["params"]:
+            out[name] = {"params": s["params"][name], "batch_stats": s["batch_stats"].get(name, {})}
+    if "E_flame" not in out:
+        raise ValueError(f"{path}: checkpoint step {s['step']} holds no coarse encoder (E_flame); "
+                         f"found params {sorted(s['params'])}")
+    return out
