@@ -1,12 +1,18 @@
 """Inference speed: faces/s of the jitted encode+decode (no visualisation or file writing) at
-batch 1 and a large batch, and seconds per image of the whole reconstruct app (crop, run,
-write every output). CPU: pass a smaller --big-batch (256 needs tens of GB and minutes).
+batch 1 and a large batch, and of the whole reconstruct app per image (detect, crop, encode+
+decode, write every output), warm (compiled, in-process: what `reconstruct.main` runs after
+its first batch) and optionally cold (the real CLI process: start-up, model init, compile).
 
-    python benchmarks/inference.py [--big-batch 256] [--repeats 3]
-Random-weight networks (speed does not depend on the weights); the demo head's topology.
+    python benchmarks/inference.py [--big-batch 256] [--repeats 3] [--app-images 8] [--cold]
+
+CPU: 256 takes minutes and ~10+ GB; pass a smaller --big-batch there. Random-weight networks
+(speed does not depend on the weights); the demo head's topology. Ratios are against batch 1
+measured in the same run.
 """
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -17,6 +23,7 @@ from jaxdeca.apps import export, pipeline, reconstruct
 
 
 def time_run(pipe, batch, repeats):
+    """faces/s of pipe.run (encode + decode incl. renders) on random [batch, 224, 224, 3] images."""
     imgs = np.random.default_rng(0).uniform(size=(batch, 224, 224, 3)).astype(np.float32)
     jax.block_until_ready(pipe.run(imgs))  # compile
     t = time.perf_counter()
@@ -25,28 +32,49 @@ def time_run(pipe, batch, repeats):
     return batch * repeats / (time.perf_counter() - t)
 
 
+def demo_folder(pipe, folder, n):
+    """n rendered demo-head photos (320 x 288, the face detected by dlib) in folder."""
+    from jaxdeca.apps.teaser import demo_codes
+    out = pipe.decode(demo_codes())
+    img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
+    big = np.pad(np.clip(img, 0, 1), ((24, 40), (36, 60), (0, 0)), mode="edge")
+    for i in range(n):
+        export.save_image(os.path.join(folder, f"f{i}.png"), np.roll(big, i, axis=1))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--app-images", type=int, default=4)
+    ap.add_argument("--app-images", type=int, default=8)
+    ap.add_argument("--app-batch", type=int, default=8, help="reconstruct --batch (its default is 8)")
+    ap.add_argument("--cold", action="store_true", help="also time the CLI as a fresh process")
     a = ap.parse_args()
     pipe = pipeline.load_pipeline(random_seed=0)
-    print(f"device: {jax.devices()[0].platform} x{jax.device_count()}")
-    for b in (1, a.big_batch):
-        print(f"encode+decode batch {b}: {time_run(pipe, b, a.repeats):.2f} faces/s")
+    print(f"device: {jax.devices()[0].platform} x{jax.device_count()} ({jax.devices()[0].device_kind})")
+    rates = {}
+    for b in dict.fromkeys((1, a.big_batch)):
+        rates[b] = time_run(pipe, b, a.repeats)
+        print(f"encode+decode batch {b}: {rates[b]:.2f} faces/s ({1000 / rates[b] * b:.1f} ms/batch)"
+              + (f", x{rates[b] / rates[1]:.1f} batch 1" if b != 1 else ""))
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "in")
-        from jaxdeca.apps.teaser import demo_codes
-        out = pipe.decode(demo_codes())
-        img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
-        for i in range(a.app_images):
-            export.save_image(os.path.join(src, f"f{i}.png"), img)
-        reconstruct.reconstruct(src, os.path.join(d, "warm"), batch=1, pipe=pipe)  # compile
+        demo_folder(pipe, src, a.app_images)
+        reconstruct.reconstruct(src, os.path.join(d, "warm"), batch=a.app_batch, pipe=pipe)  # compile
         t = time.perf_counter()
-        reconstruct.reconstruct(src, os.path.join(d, "out"), batch=1, pipe=pipe)
-        print(f"reconstruct app (detect, crop, run, write all outputs), batch 1: "
-              f"{(time.perf_counter() - t) / a.app_images:.2f} s/image")
+        res = reconstruct.reconstruct(src, os.path.join(d, "out"), batch=a.app_batch, pipe=pipe)
+        dt = (time.perf_counter() - t) / a.app_images
+        assert len(res["written"]) == a.app_images, res["skipped"]
+        print(f"reconstruct app, warm (detect, crop, encode+decode, write all outputs), batch {a.app_batch}: "
+              f"{1 / dt:.2f} faces/s ({dt:.3f} s/image), x{(1 / dt) / rates[1]:.2f} of bare batch-1 encode+decode")
+        if a.cold:
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "jaxdeca.apps.reconstruct", "--input", src, "--out",
+                            os.path.join(d, "cold"), "--random-weights", "0", "--batch", str(a.app_batch)],
+                           check=True, stdout=subprocess.DEVNULL)
+            dt = (time.perf_counter() - t) / a.app_images
+            print(f"reconstruct CLI, cold process ({a.app_images} images incl. start-up, init, compile): "
+                  f"{1 / dt:.2f} faces/s ({dt:.2f} s/image)")
 
 
 if __name__ == "__main__":
