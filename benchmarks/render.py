@@ -1,32 +1,56 @@
-"""Renderer benchmark: ms per batch (median) and compiled peak temp memory, 224 x 224.
+"""Renderer benchmark: ms per batch (median) and peak memory at 224 x 224, ours vs a peer.
 
     python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224]
 
-Meshes: a ~10k-face UV sphere and, when present, the demo head (jaxdeca/assets/demo_head.npz).
-Work per call: DECA image-space rasterization (hard z-buffer + soft coverage, sigma = 1 px^2),
-interpolation of vertex normals, SH shading, alpha compositing; 'fwd+bwd' adds the gradient
-of the image sum w.r.t. the vertices. Memory is XLA's memory_analysis() of the compiled
-executable (temp + argument + output bytes), which is what one call needs on the device.
-Peers: jaxrenderer (PyPI) and pytorch3d are tried; the reason is printed when unavailable.
+Meshes: a 10k-face UV sphere and the demo head (jaxdeca/assets/demo_head.npz), scaled to
+fill ~90% of the image. Batch B renders B copies of the mesh.
+
+Ours: DECA image-space rasterization (hard z-buffer + SoftRas soft coverage, sigma = 1 px^2),
+interpolation of vertex normals, 9-band SH shading, times alpha; 'fwd+bwd' adds the gradient
+of the image sum w.r.t. the vertices. Memory: XLA's memory_analysis() of the compiled call
+(temp + argument + output bytes), i.e. what one call needs on the device.
+
+Peer: DEODR (PyPI `deodr` 0.2.3, C++ differentiable rasterizer: z-buffer, per-vertex colour
+interpolation, silhouette-edge antialiasing with analytic gradients; CPU, one image per
+call, so a batch is a loop). Same mesh, same pixel positions and depths, same image size;
+its per-vertex colours are the same SH shading evaluated at the vertices (Gouraud; ours is
+per pixel), backface culling on (DEODR needs it for gradients), sigma = 1, gradient of the
+image sum w.r.t. 2D vertex positions and colours. Memory: tracemalloc peak (numpy buffers
+DEODR allocates) for one batch. DEODR (and the trimesh/typing_extensions its import needs)
+is kept out of the project venv, so it runs in a subprocess of its own venv:
+
+    python3.11 -m venv /tmp/peer_venv
+    /tmp/peer_venv/bin/pip install deodr==0.2.3 trimesh typing_extensions
+    PEER_PYTHON=/tmp/peer_venv/bin/python python benchmarks/render.py
+
+Without PEER_PYTHON, /tmp/peer_venv/bin/python is used when it exists, else this interpreter;
+when the peer cannot be imported the reason is printed. Other registry candidates tried on
+Python 3.11 CPU: pytorch3d (no wheel), jaxrenderer 0.4.0 (needs Python >= 3.12; 0.3.2 fails
+with jax 0.10.2), nvdiffrast/diffrp (CUDA only), kaolin (placeholder wheel).
+The ratio column is peer ms / our ms for the same batch: > 1 means we are faster.
 """
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca.render import interpolate, orth_proj, rasterize, sh_shading, vertex_normals
-from jaxdeca.render.meshes import uv_sphere
+HERE = os.path.dirname(os.path.abspath(__file__))
+LIGHT = np.zeros((9, 3), np.float32)
+LIGHT[0], LIGHT[3] = 1.0, 0.5
 
 
 def meshes():
+    from jaxdeca.render.meshes import uv_sphere
     out = {}
     s = uv_sphere(50, 100, radius=0.9)
-    out["sphere_10k"] = (s["verts"], s["faces"])
-    head = os.path.join(os.path.dirname(__file__), "..", "jaxdeca", "assets", "demo_head.npz")
+    out["sphere_10k"] = (np.asarray(s["verts"], np.float32), np.asarray(s["faces"], np.int32))
+    head = os.path.join(HERE, "..", "jaxdeca", "assets", "demo_head.npz")
     if os.path.exists(head):
         d = np.load(head)
         v = d["v_template"]
@@ -35,13 +59,30 @@ def meshes():
     return out
 
 
+def median_ms(fn, repeats):
+    fn()  # warm-up (and compile)
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+# ----------------------------------------------------------------------------- ours
+
 def make_fns(faces, size):
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdeca.render import interpolate, orth_proj, rasterize, sh_shading, vertex_normals
+
     def image(verts):
         tv = orth_proj(verts, jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (verts.shape[0], 1)))
         tv = tv.at[..., 2].add(10.0)
         fr = rasterize(tv, faces, (size, size), sigma=1.0)
         n = interpolate(vertex_normals(verts, faces), faces, fr)
-        light = jnp.zeros((verts.shape[0], 9, 3)).at[:, 0].set(1.0).at[:, 3].set(0.5)
+        light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
 
     fwd = jax.jit(image)
@@ -49,36 +90,126 @@ def make_fns(faces, size):
     return fwd, bwd
 
 
-def timeit(fn, x, repeats):
-    jax.block_until_ready(fn(x))
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(x))
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
-
-
-def mem_mb(fn, x):
+def mem_mib(fn, x):
     m = fn.lower(x).compile().memory_analysis()
     if m is None:
         return float("nan")
     return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
 
 
-def peers():
-    notes = []
-    try:
-        import renderer  # noqa: F401  (PyPI jaxrenderer)
-        notes.append("jaxrenderer: imported, but no adapter benchmarked")
-    except Exception as e:  # report why the peer is missing
-        notes.append(f"jaxrenderer: unavailable ({type(e).__name__}: {e})")
-    try:
-        import pytorch3d  # noqa: F401
-        notes.append("pytorch3d: imported, but no adapter benchmarked")
-    except Exception as e:
-        notes.append(f"pytorch3d: unavailable ({type(e).__name__}: {e})")
-    return notes
+def run_ours(v, f, size, batches, repeats):
+    import jax
+    import jax.numpy as jnp
+    fwd, bwd = make_fns(jnp.asarray(f), size)
+    rows = {}
+    for B in batches:
+        x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
+        tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
+        tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
+        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x))
+    return rows
+
+
+# ----------------------------------------------------------------------------- peer (DEODR)
+
+def _sh_vertex_colours(v, f):
+    """SH shading of area-weighted vertex normals (same constants as jaxdeca.render)."""
+    fv = v[f]
+    n = np.zeros_like(v)
+    for i in range(3):
+        a, b, c = fv[:, i], fv[:, (i + 1) % 3], fv[:, (i + 2) % 3]
+        np.add.at(n, f[:, i], np.cross(b - a, c - a))
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+    x, y, z = n[:, 0], n[:, 1], n[:, 2]
+    basis = np.stack([np.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], -1)
+    const = np.array([0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086, 0.858086, 0.429043, 0.247708])
+    return (basis * const) @ LIGHT.astype(np.float64)
+
+
+def _silhouette_edges(ij, f, front):
+    """[F, 3] bool: edge (i, i+1) of a front face whose other face is culled or missing."""
+    e = np.sort(np.stack([f, np.roll(f, -1, 1)], -1).reshape(-1, 2), 1)
+    _, inv = np.unique(e, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    nfront = np.bincount(inv, weights=np.repeat(front, 3).astype(float))
+    return (nfront[inv] == 1).reshape(-1, 3) & front[:, None]
+
+
+def peer_worker(path, batches, repeats):
+    """Runs in the peer interpreter: prints one JSON line per batch size."""
+    import tracemalloc
+
+    from deodr.differentiable_renderer import Scene2D
+
+    d = np.load(path)
+    ij, depth, f, col, size = d["ij"], d["depth"], d["faces"].astype(np.uint32), d["colours"], int(d["size"])
+    F, V = len(f), len(ij)
+    tri = ij[f]
+    area = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+
+    def scene(clockwise):
+        front = area > 0 if clockwise else area < 0
+        return Scene2D(faces=f, faces_uv=f, ij=ij.copy(), depths=depth, textured=np.zeros(F, bool),
+                       uv=np.zeros((V, 2)), shade=np.zeros(V), colors=col, shaded=np.zeros(F, bool),
+                       edgeflags=_silhouette_edges(ij, f, front), height=size, width=size, nb_colors=3,
+                       texture=np.zeros((0, 0, 3)), background_color=np.zeros(3), clockwise=clockwise,
+                       backface_culling=True, integer_pixel_centers=False)
+
+    # the winding whose visible surface is nearer is the front one
+    depths = {}
+    for cw in (False, True):
+        _, z = scene(cw).render(1.0)
+        depths[cw] = np.mean(z[np.isfinite(z) & (z < 1e9)])
+    sc = scene(min(depths, key=depths.get))
+
+    def fwd(B):
+        for _ in range(B):
+            sc.render(1.0)
+
+    def fwd_bwd(B):
+        for _ in range(B):
+            im, _ = sc.render(1.0)
+            sc.ij_b[:] = 0
+            sc.colors_b[:] = 0
+            sc.render_backward(np.ones_like(im))
+
+    for B in batches:
+        row = dict(B=B, fwd=median_ms(lambda: fwd(B), repeats), bwd=median_ms(lambda: fwd_bwd(B), repeats))
+        for k, fn in (("fwd_mib", fwd), ("bwd_mib", fwd_bwd)):
+            tracemalloc.start()
+            fn(B)
+            row[k] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        print(json.dumps(row), flush=True)
+
+
+def run_peer(v, f, size, batches, repeats, python):
+    """Our exact pixel positions/depths handed to DEODR in a subprocess -> ({B: row}, note)."""
+    px = (v[:, 0] + 1.0) * size / 2.0   # orth_proj with s = 1, t = 0, then to_pixels
+    py = (-v[:, 1] + 1.0) * size / 2.0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "mesh.npz")
+        np.savez(path, ij=np.stack([px, py], -1).astype(np.float64), depth=(10.0 - v[:, 2]).astype(np.float64),
+                 faces=f, colours=_sh_vertex_colours(v.astype(np.float64), f), size=size)
+        cmd = [python, os.path.abspath(__file__), "--peer-worker", path,
+               "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        return {}, f"DEODR unavailable with {python}: {p.stderr.strip().splitlines()[-1:]}"
+    rows = {}
+    for line in p.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[r["B"]] = r
+    return rows, f"DEODR via {python}"
+
+
+def peer_python():
+    if os.environ.get("PEER_PYTHON"):
+        return os.environ["PEER_PYTHON"]
+    if os.path.exists("/tmp/peer_venv/bin/python"):
+        return "/tmp/peer_venv/bin/python"
+    return sys.executable
 
 
 def main():
@@ -86,18 +217,38 @@ def main():
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.size}x{a.size}")
-    print(f"{'mesh':<12}{'faces':>7}{'B':>4}{'fwd ms':>10}{'fwd MiB':>9}{'f+b ms':>10}{'f+b MiB':>9}")
+    batches = [int(b) for b in a.batches.split(",")]
+    if a.peer_worker:
+        return peer_worker(a.peer_worker, batches, a.repeats)
+
+    import jax
+    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.size}x{a.size}, "
+          f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB")
+    python = peer_python()
+    hdr = (f"{'mesh':<11}{'faces':>6}{'B':>4} | {'ours fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7} | "
+           f"{'DEODR fwd':>10}{'MiB':>7}{'f+b':>9}{'MiB':>7} | {'fwd x':>6}{'f+b x':>7}")
+    print(hdr)
+    notes = set()
     for name, (v, f) in meshes().items():
-        fwd, bwd = make_fns(jnp.asarray(f), a.size)
-        for B in [int(b) for b in a.batches.split(",")]:
-            x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
-            tf, tb = timeit(fwd, x, a.repeats), timeit(bwd, x, a.repeats)
-            print(f"{name:<12}{len(f):>7}{B:>4}{tf:>10.1f}{mem_mb(fwd, x):>9.1f}{tb:>10.1f}{mem_mb(bwd, x):>9.1f}",
-                  flush=True)
-    for n in peers():
-        print("peer", n)
+        ours = run_ours(v, f, a.size, batches, a.repeats)
+        peer, note = run_peer(v, f, a.size, batches, a.repeats, python)
+        notes.add(note)
+        for B in batches:
+            o = ours[B]
+            q = peer.get(B)
+            line = (f"{name:<11}{len(f):>6}{B:>4} | {o['fwd']:>9.1f}{o['fwd_mib']:>7.0f}{o['bwd']:>9.1f}"
+                    f"{o['bwd_mib']:>7.0f} | ")
+            if q:
+                line += (f"{q['fwd']:>10.1f}{q['fwd_mib']:>7.0f}{q['bwd']:>9.1f}{q['bwd_mib']:>7.0f} | "
+                         f"{q['fwd'] / o['fwd']:>6.2f}{q['bwd'] / o['bwd']:>7.2f}")
+            else:
+                line += f"{'n/a':>10}"
+            print(line, flush=True)
+    for n in sorted(notes):
+        print("peer:", n)
+    print("ratio x = peer ms / our ms (> 1: ours faster)")
 
 
 if __name__ == "__main__":

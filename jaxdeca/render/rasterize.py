@@ -296,10 +296,25 @@ def _soft_term_vjp(fv, ox, oy, ok, sigma, g):
     coefficient on CPU). With q = A + tc (B - A) the nearest point of the nearest edge
     (A, B) and r = p - q: d^2 = |r|^2, d d^2/dA = -2 (1 - tc) r, d d^2/dB = -2 tc r.
     """
-    x, use, inside, kmin, tc, rx, ry = _soft_pixels(*_soft_coefs(fv, ox, oy), ok, sigma)
+    dx, dy = _offsets(ok.shape[-1], fv.dtype)
+    co, sgn, nondeg = _soft_coefs(fv, ox, oy)
+    x, use, inside, kmin, tc, _, _ = _soft_pixels(co, sgn, nondeg, ok, sigma)
     # d/dx of -softplus(x) = -sigmoid(x); x = +-d2 / sigma
     gd2 = jnp.where(use, -2.0 * g * jax.nn.sigmoid(x) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0)
-    gd2, kmin, tc, rx, ry = jax.lax.optimization_barrier((gd2, kmin, tc, rx, ry))
+    # The nearest edge and its clipped t packed as 2 k + tc. sqrt(kt^2) == kt exactly (IEEE),
+    # but sqrt is an op XLA will not duplicate, so the per-pixel pass is computed once and
+    # the consumers below only decode it (otherwise each of them recomputes all 3 edges).
+    kt = 2.0 * kmin.astype(fv.dtype) + tc
+    kt = jnp.sqrt(kt * kt)
+    kmin = jnp.floor(kt * 0.5)
+    tc = kt - 2.0 * kmin
+    _, _, _, _, _, _, q0, e = co
+
+    def sel(v):  # v: [M, 3] per edge -> [M, S, S] value of the nearest edge
+        return jnp.where(kmin == 0, _col(v, 0), jnp.where(kmin == 1, _col(v, 1), _col(v, 2)))
+
+    rx = sel(q0[..., 0]) + dx - tc * sel(e[..., 0])
+    ry = sel(q0[..., 1]) + dy - tc * sel(e[..., 1])
     out = []
     for j in range(3):  # vertex j starts edge (j + 2) % 3 and ends edge (j + 1) % 3
         wj = gd2 * (jnp.where(kmin == (j + 2) % 3, 1.0 - tc, 0.0) + jnp.where(kmin == (j + 1) % 3, tc, 0.0))
