@@ -5,9 +5,12 @@ box, never against the whole image: the box is cut into `window` x `window` pixe
 (a small face needs one, a face covering the image needs many), and windows are processed
 `slots` at a time (slot s of round r is window r * slots + s of the face list, found by
 searchsorted on the cumulative window counts). A while loop runs the rounds until every
-window is done, so the result is exact for any triangle size and count; for meshes whose
-faces fit one window (the usual case) there is a single round. Memory per image is
-O(slots * window^2) for one round, independent of the image-times-faces product.
+window is done, so the result is exact for any triangle size and count. On accelerators a
+mesh whose faces fit one window (the usual case) takes a single round; on CPU rounds are
+capped at 2^19 pixels so that their working set stays in cache. Memory per image is
+O(slots * window^2) for one round, independent of the image-times-faces product. Windows
+are written to and read from the image as [S, S] blocks (one scatter/gather index per
+window).
 
 * Hard pass (no gradients): each window pixel inside its face gives a depth; a scatter-min
   (`.at[].min`) builds the z-buffer, and a second scatter-min over the pixels whose depth
@@ -370,7 +373,7 @@ _soft_logt.defvjp(_soft_logt_fwd, _soft_logt_bwd)
 
 # ----------------------------------------------------------------------------- public
 
-def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots):
+def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots, soft_slots):
     xyz = v_pix[faces]  # [F, 3, 3]
     fidx = _hard_index(jax.lax.stop_gradient(xyz), H, W, window, slots)
     hit = fidx >= 0
@@ -382,16 +385,31 @@ def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots):
     depth = jnp.sum(b * fv[..., 2], -1)
     mask = hit.astype(v_pix.dtype)
     if sigma > 0:
-        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], H, W, soft_window, slots, float(sigma)))
+        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], H, W, soft_window, soft_slots, float(sigma)))
     else:
         alpha = mask
     return Fragments(fidx, b, depth, mask, alpha)
 
 
 def _default_soft_window(sigma, window):
-    """Smallest multiple of 4 holding a `window`-px face dilated by the soft radius."""
+    """Smallest multiple of 8 holding a `window`-px face dilated by the soft radius
+    (multiples of 8 keep XLA's CPU loops vectorised)."""
     w = window + 2 * math.ceil((_SOFT_RADIUS2 * sigma) ** 0.5)
-    return max(4, -(-w // 4) * 4)
+    return max(8, -(-w // 8) * 8)
+
+
+# Pixels per round on CPU: rounds whose working set stays in cache are ~2.5x faster than
+# one round over all faces (10k faces, 224^2: soft pass 24 ms vs 60 ms per image).
+_CPU_ROUND_PIXELS = 2 ** 19
+
+
+def _default_slots(F, window):
+    """Windows per round: all faces (plus 25% for multi-window faces) on accelerators; on
+    CPU at most _CPU_ROUND_PIXELS pixels per round."""
+    n = F + F // 4
+    if jax.default_backend() == "cpu":
+        n = min(n, _CPU_ROUND_PIXELS // (window * window))
+    return max(n, 1)
 
 
 def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=None, slots=None,
@@ -403,20 +421,24 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=Non
     sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask).
     window, soft_window, slots: speed knobs only (results do not depend on them): side in
       pixels of the per-face windows of the hard and soft passes (soft_window defaults to
-      `window` plus the soft radius on both sides) and windows processed per round
-      (default F + F // 4, so that a mesh of small faces takes one round).
+      `window` plus the soft radius on both sides, rounded up to a multiple of 8) and
+      windows processed per round in both passes (default: F + F // 4 on accelerators, so
+      a mesh of small faces takes one round; on CPU at most 2^19 pixels per round).
     batch_size: images rasterized together (lax.map batch_size); 1 bounds memory on CPU,
       larger values give accelerators more parallel work.
     Returns Fragments ([B, H, W] ...).
     Memory per image: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
-    for the soft pass (e.g. 10k faces, sigma = 1: ~12.5k x 256 floats per live array).
+    for the soft pass, never O(pixels * faces) (XLA's accounting for 10k faces at 224 x 224,
+    sigma = 1, forward + backward of the alpha sum on CPU: ~0.5 GB for batch 32).
     """
     H, W = image_size
     v_pix = to_pixels(verts_img, (H, W))
     faces = jnp.asarray(faces, jnp.int32)
     F = faces.shape[0]
-    slots = int(slots) if slots else F + F // 4
+    window = int(window)
     soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
-    fn = functools.partial(_rasterize_one, faces=faces, H=H, W=W, sigma=sigma, window=int(window),
-                           soft_window=soft_window, slots=slots)
+    hard_slots = int(slots) if slots else _default_slots(F, window)
+    soft_slots = int(slots) if slots else _default_slots(F, soft_window)
+    fn = functools.partial(_rasterize_one, faces=faces, H=H, W=W, sigma=sigma, window=window,
+                           soft_window=soft_window, slots=hard_slots, soft_slots=soft_slots)
     return jax.lax.map(fn, v_pix, batch_size=batch_size if batch_size > 1 else None)
