@@ -9,15 +9,25 @@ def face_vertices(attr, faces):
 
 
 def interpolate(attr, faces, frags):
-    """Interpolate per-vertex attributes. attr: [B, V, C] -> [B, H, W, C] (0 on background)."""
-    return interpolate_face_attr(face_vertices(attr, faces), frags)
+    """Interpolate per-vertex attributes. attr: [B, V, C] -> [B, H, W, C] (0 on background).
+
+    Gathers each corner's vertex row directly (three [B, H, W, C] gathers of attr); a single
+    gather of [3, C] blocks from [B, F, 3, C] face attributes is ~10x slower on XLA's CPU.
+    """
+    vid = jnp.asarray(faces, jnp.int32)[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
+    corners = [jax.vmap(lambda a, i: a[i])(attr, vid[..., k]) for k in range(3)]
+    return _blend(corners, frags)
 
 
 def interpolate_face_attr(face_attr, frags):
     """Interpolate per-face corner attributes. face_attr: [B, F, 3, C] -> [B, H, W, C]."""
     idx = jnp.maximum(frags.face_index, 0)
-    fa = jax.vmap(lambda a, i: a[i])(face_attr, idx)  # [B, H, W, 3, C]
-    out = jnp.sum(frags.bary[..., None] * fa, axis=-2)
+    corners = [jax.vmap(lambda a, i: a[i])(face_attr[:, :, k], idx) for k in range(3)]  # [B, H, W, C]
+    return _blend(corners, frags)
+
+
+def _blend(corners, frags):
+    out = sum(frags.bary[..., k, None] * corners[k] for k in range(3))
     return jnp.where((frags.face_index >= 0)[..., None], out, 0.0)
 
 
