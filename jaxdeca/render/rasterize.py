@@ -292,23 +292,30 @@ def _soft_term(fv, ox, oy, ok, sigma):
     return jnp.where(use, _neg_softplus(x), 0.0)
 
 
-def _soft_term_vjp(fv, ox, oy, ok, sigma, g):
+def _soft_term_vjp(fv, ox, oy, ok, sigma, g, live=None):
     """Gradient of sum(g * _soft_term(fv, ...)) w.r.t. fv [M, 3, 2]; g: [M, S, S].
 
     Written out by hand (autodiff of the per-pixel code makes XLA recompute it once per
     coefficient on CPU). With q = A + tc (B - A) the nearest point of the nearest edge
     (A, B) and r = p - q: d^2 = |r|^2, d d^2/dA = -2 (1 - tc) r, d d^2/dB = -2 tc r.
+    live: optional runtime-true bool scalar used as a fusion barrier (see below).
     """
     dx, dy = _offsets(ok.shape[-1], fv.dtype)
     co, sgn, nondeg = _soft_coefs(fv, ox, oy)
-    x, use, inside, kmin, tc, _, _ = _soft_pixels(co, sgn, nondeg, ok, sigma)
-    # d/dx of -softplus(x) = -sigmoid(x); x = +-d2 / sigma
-    gd2 = jnp.where(use, -2.0 * g * jax.nn.sigmoid(x) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0)
-    # The nearest edge and its clipped t packed as 2 k + tc. sqrt(kt^2) == kt exactly (IEEE),
-    # but sqrt is an op XLA will not duplicate, so the per-pixel pass is computed once and
-    # the consumers below only decode it (otherwise each of them recomputes all 3 edges).
-    kt = 2.0 * kmin.astype(fv.dtype) + tc
-    kt = jnp.sqrt(kt * kt)
+
+    def per_pixel(co):
+        x, use, inside, kmin, tc, _, _ = _soft_pixels(co, sgn, nondeg, ok, sigma)
+        # d/dx of -softplus(x) = -sigmoid(x); x = +-d2 / sigma
+        gd2 = jnp.where(use, -2.0 * g * jax.nn.sigmoid(x) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0)
+        return gd2, 2.0 * kmin.astype(fv.dtype) + tc  # nearest edge k and clipped t as 2 k + t
+
+    if live is None:
+        gd2, kt = per_pixel(co)
+    else:
+        # A conditional on a runtime-true predicate is a fusion barrier: the per-pixel pass
+        # is computed once and materialised, and the consumers below only decode it (fused
+        # into each of them, XLA would recompute all three edges six times on CPU).
+        gd2, kt = jax.lax.cond(live, per_pixel, lambda co: (jnp.zeros_like(g), jnp.zeros_like(g)), co)
     kmin = jnp.floor(kt * 0.5)
     tc = kt - 2.0 * kmin
     _, _, _, _, _, _, q0, e = co
@@ -360,7 +367,7 @@ def _soft_logt_bwd(H, W, window, slots, sigma, xy, g):
     def body(carry):
         r, gxy = carry
         face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
-        gfv = _soft_term_vjp(xy[face], ox, oy, ok, sigma, _block_gather(gpad, ox, oy, S))
+        gfv = _soft_term_vjp(xy[face], ox, oy, ok, sigma, _block_gather(gpad, ox, oy, S), live=r < n)
         return r + 1, gxy.at[face].add(gfv)
 
     n = _n_rounds(total, slots)
