@@ -7,7 +7,8 @@ fill ~90% of the image. Batch B renders B copies of the mesh.
 
 Ours: DECA image-space rasterization (hard z-buffer + SoftRas soft coverage, sigma = 1 px^2),
 interpolation of vertex normals, 9-band SH shading, times alpha; 'fwd+bwd' adds the gradient
-of the image sum w.r.t. the vertices. Memory: XLA's memory_analysis() of the compiled call
+of the image sum w.r.t. the vertices. 'hard f+b' is the same with sigma = 0 (alpha = hard
+mask), i.e. what the SoftRas pass costs on top. Memory: XLA's memory_analysis() of the compiled call
 (temp + argument + output bytes), i.e. what one call needs on the device.
 
 Peer: DEODR (PyPI `deodr` 0.2.3, C++ differentiable rasterizer: z-buffer, per-vertex colour
@@ -71,7 +72,7 @@ def median_ms(fn, repeats):
 
 # ----------------------------------------------------------------------------- ours
 
-def make_fns(faces, size):
+def make_fns(faces, size, sigma=1.0):
     import jax
     import jax.numpy as jnp
 
@@ -80,7 +81,7 @@ def make_fns(faces, size):
     def image(verts):
         tv = orth_proj(verts, jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (verts.shape[0], 1)))
         tv = tv.at[..., 2].add(10.0)
-        fr = rasterize(tv, faces, (size, size), sigma=1.0)
+        fr = rasterize(tv, faces, (size, size), sigma=sigma)
         n = interpolate(vertex_normals(verts, faces), faces, fr)
         light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
@@ -101,12 +102,14 @@ def run_ours(v, f, size, batches, repeats):
     import jax
     import jax.numpy as jnp
     fwd, bwd = make_fns(jnp.asarray(f), size)
+    hfwd, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0)
     rows = {}
     for B in batches:
         x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
         tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
-        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x))
+        hb = median_ms(lambda: jax.block_until_ready(hbwd(x)), repeats)
+        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x), hard_bwd=hb)
     return rows
 
 
@@ -227,7 +230,7 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.size}x{a.size}, "
           f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB")
     python = peer_python()
-    hdr = (f"{'mesh':<11}{'faces':>6}{'B':>4} | {'ours fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7} | "
+    hdr = (f"{'mesh':<11}{'faces':>6}{'B':>4} | {'ours fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7}{'hard f+b':>9} | "
            f"{'DEODR fwd':>10}{'MiB':>7}{'f+b':>9}{'MiB':>7} | {'fwd x':>6}{'f+b x':>7}")
     print(hdr)
     notes = set()
@@ -239,7 +242,7 @@ def main():
             o = ours[B]
             q = peer.get(B)
             line = (f"{name:<11}{len(f):>6}{B:>4} | {o['fwd']:>9.1f}{o['fwd_mib']:>7.0f}{o['bwd']:>9.1f}"
-                    f"{o['bwd_mib']:>7.0f} | ")
+                    f"{o['bwd_mib']:>7.0f}{o['hard_bwd']:>9.1f} | ")
             if q:
                 line += (f"{q['fwd']:>10.1f}{q['fwd_mib']:>7.0f}{q['bwd']:>9.1f}{q['bwd_mib']:>7.0f} | "
                          f"{q['fwd'] / o['fwd']:>6.2f}{q['bwd'] / o['bwd']:>7.2f}")
@@ -248,7 +251,8 @@ def main():
             print(line, flush=True)
     for n in sorted(notes):
         print("peer:", n)
-    print("ratio x = peer ms / our ms (> 1: ours faster)")
+    print("ratio x = peer ms / our ms (> 1: ours faster); 'hard f+b' = ours with sigma = 0 (no soft")
+    print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass")
 
 
 if __name__ == "__main__":

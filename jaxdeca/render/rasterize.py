@@ -24,8 +24,10 @@ window).
   (their term is < 1e-7), so each face is visited over its box dilated by that radius and
   its log(1 - D_j) is scatter-added to the pixels. A custom VJP replays the rounds in the
   backward pass (while loops are not reverse differentiable): a gather of the incoming
-  gradient at the window pixels and a scatter-add of per-face vertex gradients.
-  sigma -> 0 recovers the hard mask.
+  gradient at the window pixels, a hand-written per-pixel gradient (through the nearest
+  point of the nearest edge) and a scatter-add of per-face vertex gradients.
+  Degenerate faces (|area| <= 1e-6 x longest edge^2) and faces with non-finite vertices
+  are skipped. sigma -> 0 recovers the hard mask.
 No back-face culling: the nearest depth wins whatever the winding (as in DECA).
 """
 import dataclasses
@@ -256,8 +258,8 @@ def _soft_pixels(co, sgn, nondeg, ok, sigma):
 
     D = sigmoid(+-d^2 / sigma) with d the distance from the pixel centre to the triangle
     (+ inside): d^2 = min_k |r_k|^2, r_k = p - (A_k + clip(t_k, 0, 1) e_k).
-    Returns x = +-d^2 / sigma, use mask, inside, and of the nearest edge its index, clipped
-    t and r (each [M, S, S]).
+    Returns x = +-d^2 / sigma, use mask, inside, and of the nearest edge its index and
+    clipped t (each [M, S, S]).
     """
     a, b, c, t0, tx, ty, q0, e = co
     dx, dy = _offsets(ok.shape[-1], a.dtype)
@@ -271,16 +273,16 @@ def _soft_pixels(co, sgn, nondeg, ok, sigma):
         ry = _col(q0[..., 1], k) + dy - t * _col(e[..., 1], k)
         dk = rx * rx + ry * ry
         if k == 0:
-            d2, kmin, tn, rxn, ryn = dk, jnp.zeros(dk.shape, jnp.int32), t, rx, ry
+            d2, kmin, tn = dk, jnp.zeros(dk.shape, jnp.int32), t
         else:
             better = dk < d2
             d2 = jnp.where(better, dk, d2)
             kmin = jnp.where(better, k, kmin)
-            tn, rxn, ryn = (jnp.where(better, new, old) for new, old in ((t, tn), (rx, rxn), (ry, ryn)))
+            tn = jnp.where(better, t, tn)
         inside &= sgn * w >= 0
     use = ok & (inside | (d2 < _SOFT_RADIUS2 * sigma))
     x = jnp.where(inside, d2, -d2) * (1.0 / sigma)
-    return x, use, inside, kmin, tn, rxn, ryn
+    return x, use, inside, kmin, tn
 
 
 def _soft_term(fv, ox, oy, ok, sigma):
@@ -304,7 +306,7 @@ def _soft_term_vjp(fv, ox, oy, ok, sigma, g, live=None):
     co, sgn, nondeg = _soft_coefs(fv, ox, oy)
 
     def per_pixel(co):
-        x, use, inside, kmin, tc, _, _ = _soft_pixels(co, sgn, nondeg, ok, sigma)
+        x, use, inside, kmin, tc = _soft_pixels(co, sgn, nondeg, ok, sigma)
         # d/dx of -softplus(x) = -sigmoid(x); x = +-d2 / sigma
         gd2 = jnp.where(use, -2.0 * g * jax.nn.sigmoid(x) * jnp.where(inside, 1.0, -1.0) / sigma, 0.0)
         return gd2, 2.0 * kmin.astype(fv.dtype) + tc  # nearest edge k and clipped t as 2 k + t
