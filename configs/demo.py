@@ -36,10 +36,12 @@ def get_config():
     config.stage_defaults = d
     config.stages = ("pretrain", "coarse", "detail")
     config.pretrain = ml_collections.ConfigDict(dict(
-        train=dict(num_steps=1500, eval_every=500),
+        train=dict(num_steps=3000, eval_every=1000),
         loss=dict(photo=0.0, id=0.0, shape_consistency=False)))
-    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=300, eval_every=300, image_every=300)))
-    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=300, eval_every=300, image_every=300)))
+    # the photometric and consistency terms join at a lower rate so they refine, not undo, the landmarks
+    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150),
+                                                   optim=dict(learning_rate=3e-4)))
+    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150)))
     config.data_dir = ml_collections.config_dict.placeholder(str)  # default WORKDIR/data
     config.heldout_faces = 8
 

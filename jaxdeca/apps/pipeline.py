@@ -8,8 +8,11 @@ jitted function, and write every per-face output.
     write_outputs(out_dir, name, out, k, crop)                 # OBJ, textures, landmarks, grid, npz
 
 A checkpoint is a directory holding `E_flame`, `E_detail`, `D_detail` sub-directories of
-orbax variables (what `python -m jaxdeca.convert deca` writes) or a single orbax directory
-whose top level has those three keys (a trained model saved with `save_variables`).
+orbax variables (what `python -m jaxdeca.convert deca` writes), a single orbax directory
+whose top level has those three keys (a trained model saved with `save_variables`), or the
+workdir of a detail-stage training run (`python -m jaxdeca.main --config=configs/detail.py`),
+whose newest checkpoint is read together with the architecture and input size it was trained
+with (a coarse-stage workdir gives coarse results with a zero displacement map).
 """
 from __future__ import annotations
 
@@ -48,6 +51,27 @@ def load_checkpoint(path: str) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; expected keys {list(NETS)}")
     return {n: v[n] for n in NETS}
+
+
+def is_training_workdir(path: str) -> bool:
+    """True for a `jaxdeca.main` workdir (or its checkpoints/ folder) with numbered steps."""
+    from jaxdeca.train import export as train_export
+    ckpt = train_export.checkpoint_dir(path)
+    return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
+
+
+def load_model_dir(path: str) -> tuple[dict, dict]:
+    """(variables, model info) of any checkpoint kind in the module docstring. Model info:
+    'model' (config.model fields: width, blocks, hidden, uv_size, dtype) and 'image_size'."""
+    from jaxdeca.train import export as train_export
+    from jaxdeca.train.deca_common import DEFAULT_MODEL
+    if os.path.isdir(path) and is_training_workdir(path):
+        try:
+            variables, info = train_export.load_inference(path)
+        except Exception as e:  # noqa: BLE001 - one message naming the path
+            raise CheckpointError(f"{path}: training checkpoint could not be read ({e})") from e
+        return variables, info
+    return load_checkpoint(path), {"model": dict(DEFAULT_MODEL), "image_size": IMAGE_SIZE}
 
 
 def random_variables(seed: int = 0) -> dict:
@@ -118,19 +142,27 @@ class Pipeline:
     flame: flame.FlameModel
     topo: render.Topology
     variables: dict | None
+    model: dict | None = None     # architecture (config.model fields); None = DECA's
+    net_size: int = IMAGE_SIZE    # the encoders' input size; crops are resized to it
 
     def __post_init__(self):
+        from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks
+        self.model = dict(DEFAULT_MODEL, **(self.model or {}))
+        self.nets = build_networks(self.model)
         self._encode = jax.jit(self._encode_impl)
         self._decode = jax.jit(self._decode_impl)
         self._both = jax.jit(self._both_impl)
 
     def _both_impl(self, v, images):
         codes = self._encode_impl(v, images)
-        return codes, self._decode_impl(codes, v["D_detail"], images)
+        return codes, self._decode_impl(codes, v.get("D_detail"), images)
 
     def _encode_impl(self, v, images):
-        codes = models.decompose_code(models.coarse_encoder().apply(v["E_flame"], images))
-        codes["detail"] = models.detail_encoder().apply(v["E_detail"], images)
+        if images.shape[1] != self.net_size:
+            images = jax.image.resize(images, (images.shape[0], self.net_size, self.net_size, 3), "linear")
+        codes = models.decompose_code(self.nets["E_flame"].apply(v["E_flame"], images))
+        if "E_detail" in v:
+            codes["detail"] = self.nets["E_detail"].apply(v["E_detail"], images)
         return codes
 
     def _decode_impl(self, codes, d_vars, images=None):
@@ -141,7 +173,7 @@ class Pipeline:
         R = self.topo.uv_face_eye_mask.shape[0]
         albedo = flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=R)
         if d_vars is not None and "detail" in codes:
-            uv_z = models.detail_decoder().apply(d_vars, models.detail_latent(codes["pose"], codes["exp"], codes["detail"]))
+            uv_z = self.nets["D_detail"].apply(d_vars, models.detail_latent(codes["pose"], codes["exp"], codes["detail"]))
         else:
             uv_z = jnp.zeros((B, R, R, 1))
         r = render.render(out["vertices"], trans, albedo, codes["light"], self.topo, (IMAGE_SIZE, IMAGE_SIZE), uv_z=uv_z)
@@ -167,7 +199,7 @@ class Pipeline:
 
     def decode(self, codes, images=None):
         """codes -> dict of decoded arrays (see `_decode_impl`); images adds the extracted texture."""
-        d = None if self.variables is None else self.variables["D_detail"]
+        d = None if self.variables is None else self.variables.get("D_detail")
         if images is None:
             return self._decode(codes, d)
         return self._decode(codes, d, jnp.asarray(images))
@@ -180,8 +212,14 @@ class Pipeline:
 def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:
     """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed)."""
     arrays = flame.load_arrays(flame_path)
-    variables = load_checkpoint(checkpoint) if checkpoint else (random_variables(random_seed) if random_seed is not None else None)
-    return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays), variables=variables)
+    info = {"model": None, "image_size": IMAGE_SIZE}
+    if checkpoint:
+        variables, info = load_model_dir(checkpoint)
+    else:
+        variables = random_variables(random_seed) if random_seed is not None else None
+    uv_size = int((info["model"] or {}).get("uv_size", 256))
+    return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays, uv_size=uv_size),
+                    variables=variables, model=info["model"], net_size=int(info["image_size"]))
 
 
 # ----------------------------------------------------------------------------- outputs

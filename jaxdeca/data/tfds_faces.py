@@ -147,8 +147,9 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [SyntheticConfig(name="default", description="64 identities x 6 images, 224 px"),
-                       SyntheticConfig(name="tiny", identities=4, images_per_identity=3, image_size=64,
-                                       description="4 identities x 3 images, 64 px (tests)"),
+                       SyntheticConfig(name="tiny", identities=4, images_per_identity=4, image_size=64,
+                                       heldout_identities=2,
+                                       description="4 identities x 4 images, 64 px + 2 held-out identities (tests)"),
                        SyntheticConfig(name="demo", identities=160, images_per_identity=4, image_size=112,
                                        heldout_identities=16,
                                        description="160 identities x 4 images at 112 px + 16 held-out "

@@ -66,6 +66,11 @@ class DecaParts:
         self.topo = render.make_topology(self.arrays, uv_size=self.uv_size)
         self.nets = build_networks(self.model)
 
+    def checkpoint_info(self) -> dict:
+        """What a reader of the checkpoint needs to rebuild the networks (saved in 'extra')."""
+        return {"model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()},
+                "image_size": self.size, "flame_path": self.flame_path}
+
     def init_net(self, name: str, rng):
         if name == "D_detail":
             x = jnp.zeros((2, models.DETAIL_LATENT_SIZE))

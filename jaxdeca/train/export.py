@@ -5,7 +5,10 @@ A stage's workdir holds `checkpoints/<step>/{state,extra}` written by `jaxdeca.t
 structure (orbax rebuilds it from the checkpoint's own metadata) and returns plain nested
 dicts of numpy arrays:
 
-    {'step': int, 'stage': str, 'params': ..., 'batch_stats': ..., 'frozen': ...}
+    {'step': int, 'stage': str, 'extra': dict, 'params': ..., 'batch_stats': ..., 'frozen': ...}
+
+'extra' holds the loader position and what the stage saved to rebuild its networks: 'model'
+(width, blocks, hidden, uv_size, dtype), 'image_size', 'flame_path'.
 
 `inference_variables(path)` turns a coarse or detail stage into the Flax variables of each
 network, keyed like a converted official DECA model (`jaxdeca.convert.convert_deca`):
@@ -59,7 +62,7 @@ def load_stage(path: str) -> dict:
             continue
         state = restored["state"]
         extra = dict(restored["extra"] or {})
-        return {"step": int(step), "stage": str(extra.get("stage", "")),
+        return {"step": int(step), "stage": str(extra.get("stage", "")), "extra": extra,
                 "params": _get(state, "params"), "batch_stats": _get(state, "batch_stats"),
                 "frozen": _get(state, "frozen")}
     raise CheckpointError(f"no readable checkpoint in {ckpt}:\n  " + "\n  ".join(failures))
@@ -84,7 +87,24 @@ def _get(state, key):
 
 def inference_variables(path: str) -> dict:
     """Network variables of a trained coarse or detail stage (see the module docstring)."""
+    return load_inference(path)[0]
+
+
+def load_inference(path: str) -> tuple[dict, dict]:
+    """(network variables, info) of a trained stage; info = {'stage', 'step', 'model' (the
+    architecture fields of config.model, DECA's defaults when the checkpoint predates them),
+    'image_size', 'flame_path'}: what `jaxdeca.apps` needs to rebuild and run the networks."""
     s = load_stage(path)
+    from jaxdeca.train.deca_common import DEFAULT_MODEL
+    extra = s["extra"]
+    model = dict(DEFAULT_MODEL, **(extra.get("model") or {}))
+    model["blocks"] = tuple(int(b) for b in model["blocks"])
+    info = {"stage": s["stage"], "step": s["step"], "model": model,
+            "image_size": int(extra.get("image_size", 224)), "flame_path": extra.get("flame_path")}
+    return _networks(path, s), info
+
+
+def _networks(path: str, s: dict) -> dict:
     out = {}
     if "E_flame" in s["params"]:  # a coarse / pretrain stage trains the coarse encoder
         out["E_flame"] = {"params": s["params"]["E_flame"], "batch_stats": s["batch_stats"].get("E_flame", {})}

@@ -99,7 +99,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         if eval_batches and int(tc.eval_every) and (step % int(tc.eval_every) == 0 or step == int(tc.num_steps)):
             do_eval(step)
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
-            checkpoint.save(manager, step, state, {"loader": loader.position(), "stage": config.get("stage", "")})
+            info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
+            checkpoint.save(manager, step, state, {"loader": loader.position(), "stage": config.get("stage", ""), **info})
     manager.wait_until_finished()
     writer.flush()
     return {"state": state, "eval_history": eval_history, "losses": losses}

@@ -1,0 +1,175 @@
+"""DECA detail stage and the stage chain: pretrain -> coarse -> detail with test-sized configs,
+frozen coarse encoder, stage export, tfds data source, config path errors, the demo job."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import demo as demo_config
+from configs import test_coarse
+from jaxdeca import main as jmain
+from jaxdeca.train import deca_detail, export, loop, paths, run
+
+
+def _train(tmp_path, stage, steps, **init):
+    config = test_coarse.get_config(stage)
+    config.train.num_steps = steps
+    config.train.eval_every = steps
+    for k, v in init.items():
+        config.init[k] = v
+    return config, loop.train(config, str(tmp_path / stage), run.make_task(config))
+
+
+@pytest.fixture(scope="module")
+def coarse_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    _train(tmp, "pretrain", 4)
+    _train(tmp, "coarse", 2, checkpoint=str(tmp / "pretrain"))
+    return tmp
+
+
+def test_coarse_starts_from_pretrain(coarse_dir):
+    pre = export.inference_variables(str(coarse_dir / "pretrain"))["E_flame"]
+    first = export.load_stage(str(coarse_dir / "coarse"))
+    assert first["stage"] == "coarse" and first["step"] == 2
+    # two Adam steps move the weights a little; a fresh init would be unrelated
+    a = np.asarray(pre["params"]["layers_2"]["kernel"])
+    b = np.asarray(first["params"]["E_flame"]["layers_2"]["kernel"])
+    assert np.abs(a - b).max() < 0.05 < np.abs(a).max()
+
+
+class _FixedBatch:
+    """A loader that repeats one batch: the loss must fall when the step optimises it."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next(self):
+        return self.batch
+
+    def position(self):
+        return {}
+
+    def restore(self, position):
+        pass
+
+
+def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config.train.update(dict(num_steps=12, eval_every=12))
+    config.optim.learning_rate = 1e-2
+    config.loss.detail_consistency = False  # a fixed objective: no random code swaps between steps
+    task = run.make_task(config)
+    fixed = task.make_loader(4, 0, 1).next()
+    task.make_loader = lambda *a: _FixedBatch(fixed)
+    out = loop.train(config, str(tmp_path / "detail"), task)
+    losses = np.array([l for _, l in out["losses"]])
+    assert np.all(np.isfinite(losses)) and losses[-3:].mean() < 0.97 * losses[:3].mean()
+    st = out["state"]
+    assert set(st.params) == {"E_detail", "D_detail"} and "E_flame" not in st.params
+    coarse = export.inference_variables(str(coarse_dir / "coarse"))["E_flame"]
+    np.testing.assert_array_equal(np.asarray(st.frozen["E_flame"]["params"]["layers_2"]["kernel"]),
+                                  np.asarray(coarse["params"]["layers_2"]["kernel"]))
+    (_, e0), (_, e1) = out["eval_history"][0], out["eval_history"][-1]
+    assert e0["eval/landmark_l1"] == pytest.approx(e1["eval/landmark_l1"], rel=1e-5)  # coarse frozen
+    assert e1["eval/displacement_abs"] > 0
+    v = export.inference_variables(str(tmp_path / "detail"))
+    assert set(v) == {"E_flame", "E_detail", "D_detail"}
+    assert v["D_detail"]["params"]["l1_0"]["kernel"].shape == (181, 128 * 1 * 1)  # uv 32 -> 1 x 1 start
+
+
+def test_detail_decode_shapes_and_grads(coarse_dir):
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    task = deca_detail.DetailTask(config)
+    params, stats, frozen = task.init_variables(jax.random.key(0))
+    batch = task.make_loader(4, 0, 1).next()
+    (loss, (terms, _)), g = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))(
+        params, stats, frozen, batch, jax.random.key(1))
+    assert set(terms) == {"photo_detail", "z_reg", "z_diff", "z_sym"}  # mrf off in test config
+    for name in ("E_detail", "D_detail"):
+        norms = [float(np.abs(x).sum()) for x in jax.tree.leaves(g[name])]
+        assert np.isfinite(norms).all() and sum(norms) > 0, name
+    f, _ = jax.jit(lambda p, s, fr, b: task.forward(p, s, fr, b, None, False))(params, stats, frozen, batch)
+    assert f["uv_z"].shape == (4, 32, 32, 1)
+    assert f["uv_vis_mask"].shape == (4, 32, 32, 1) and 0 < float(f["uv_vis_mask"].mean()) < 1
+
+
+def test_detail_config_errors(tmp_path):
+    config = test_coarse.get_config("detail")
+    with pytest.raises(paths.ConfigPathError, match="init.coarse_checkpoint"):
+        deca_detail.DetailTask(config)
+    config.init.coarse_checkpoint = str(tmp_path)
+    config.loss.mrf = 0.05
+    with pytest.raises(paths.ConfigPathError, match="weights.vgg19"):
+        deca_detail.DetailTask(config)
+    config.loss.mrf = 0.0
+    task = deca_detail.DetailTask(config)
+    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+        task.init_variables(jax.random.key(0))
+
+
+def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config.model.hidden = 32
+    with pytest.raises(ValueError, match=r"\['layers_0'\]\['bias'\] has shape \(64,\), expected \(32,\)"):
+        deca_detail.DetailTask(config).init_variables(jax.random.key(0))
+
+
+def test_real_data_path_required():
+    from configs import coarse
+    config = coarse.get_config()
+    config.model.update(dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32))
+    config.loss.id = 0.0
+    task = run.make_task(config)
+    with pytest.raises(paths.ConfigPathError, match="data.data_dir"):
+        task.make_loader(8, 0, 1)
+
+
+def test_demo_job_end_to_end_tiny(tmp_path):
+    """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
+    pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips."""
+    config = demo_config.get_config()
+    d = config.stage_defaults
+    d.model.update(dict(width=0.125, hidden=64, uv_size=32))
+    d.data.update(dict(config="tiny", image_size=48, k=2, eval_batches=1))
+    d.train.update(dict(batch_size=4, checkpoint_every=3))
+    for stage, steps in (("pretrain", 6), ("coarse", 2), ("detail", 2)):
+        config[stage].train.update(dict(num_steps=steps, eval_every=steps, image_every=0))
+    config.heldout_faces = 2
+    config.showcase.image_size = 64
+    jmain.run_mode(config, str(tmp_path))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["landmark_loss_step0"] > 0 and summary["landmark_loss_final"] > 0
+    for f in ("heldout/heldout_grid.png", "heldout/face_00.obj", "heldout/face_01.png", "showcase/head_views.png",
+              "pretrain/eval_history.json", "detail/checkpoints"):
+        assert (tmp_path / f).exists(), f
+    assert len([p for p in os.listdir(tmp_path / "data" / "synthetic_faces" / "tiny")]) == 1
+    before = (tmp_path / "detail" / "eval_history.json").stat().st_mtime
+    jmain.run_mode(config, str(tmp_path))  # everything finished: stages are skipped
+    assert (tmp_path / "detail" / "eval_history.json").stat().st_mtime == before
+
+
+def test_apps_pipeline_reads_training_workdir(coarse_dir, tmp_path):
+    """`--checkpoint runs/detail` in the apps: same architecture and codes as the trained task."""
+    from jaxdeca.apps import pipeline
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config.train.update(dict(num_steps=1, eval_every=0))
+    out = loop.train(config, str(tmp_path / "detail"), run.make_task(config))
+    pipe = pipeline.load_pipeline(checkpoint=str(tmp_path / "detail"))
+    assert pipe.net_size == 48 and pipe.model["width"] == 0.125 and pipe.topo.uv_face_eye_mask.shape == (32, 32)
+    task = run.make_task(config)
+    batch = task.make_loader(4, 0, 1).next()
+    codes, dec = pipe.run(batch["image"])
+    want = task.coarse_codes(out["state"].frozen, batch["image"])
+    np.testing.assert_allclose(np.asarray(codes["shape"]), np.asarray(want["shape"]), rtol=1e-4, atol=1e-5)
+    dcode, _ = task.encode_detail(out["state"].params, out["state"].batch_stats, batch["image"], False)
+    np.testing.assert_allclose(np.asarray(codes["detail"]), np.asarray(dcode), rtol=1e-4, atol=1e-5)
+    assert dec["uv_z"].shape == (4, 32, 32, 1) and dec["images"].shape == (4, 224, 224, 3)
+    with pytest.raises(pipeline.CheckpointError, match="no such checkpoint directory"):
+        pipeline.load_pipeline(checkpoint=str(tmp_path / "nope"))
