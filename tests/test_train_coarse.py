@@ -57,3 +57,27 @@ def test_identity_loss_needs_weights():
     config.loss.id = 0.2
     with pytest.raises(paths.ConfigPathError, match="weights.vggface2"):
         CoarseTask(config)
+
+
+def test_identity_loss_runs_with_converted_vggface2(tmp_path):
+    """loss.id > 0 with weights from a `jaxdeca.convert`-style directory (random values here):
+    the term is present, finite and gives the encoder a gradient."""
+    import jax
+    import jax.numpy as jnp
+    from jaxdeca import models
+    from jaxdeca.convert.core import save_variables
+    net = models.vggface2_resnet50()
+    v = net.init(jax.random.key(3), jnp.zeros((1, 224, 224, 3)), train=False)
+    save_variables(jax.tree.map(np.asarray, v), str(tmp_path / "vggface2"))
+    config = test_coarse.get_config("coarse")
+    config.loss.id = 0.2
+    config.loss.shape_consistency = False  # half the images through ResNet-50 at 224 (CPU time)
+    config.weights.vggface2 = str(tmp_path / "vggface2")
+    task = CoarseTask(config)
+    params, stats, frozen = task.init_variables(jax.random.key(0))
+    assert "vggface2" in frozen
+    batch = task.make_loader(2, 0, 1).next()
+    grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
+    (loss, (terms, _)), g = grad_fn(params, stats, frozen, batch, jax.random.key(1))
+    assert "identity" in terms and np.isfinite(float(terms["identity"])) and float(terms["identity"]) > 0
+    assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g)) > 0

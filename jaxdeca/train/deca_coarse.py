@@ -1,9 +1,10 @@
-"""DECA's pretrain and coarse stages as tasks for `jaxdeca.train.loop` (synthetic demo heads).
+"""DECA's pretrain and coarse stages as tasks for `jaxdeca.train.loop`.
 
 Step (DECA's ``training_step`` for the coarse model): images -> coarse encoder (train-mode BN)
 -> decompose_code -> (coarse stage) shape consistency, which doubles the batch by swapping
-shape codes within an identity -> FLAME -> orth_proj -> render (only when the photometric term
-is on) -> `coarse_losses`. Only the coarse encoder is trained. The pretrain stage is the same
+shape codes within an identity -> FLAME -> orth_proj -> render (when the photometric or the
+identity term is on) -> `coarse_losses`; the identity term runs the frozen VGGFace2 ResNet-50
+(config.weights.vggface2) on the render pasted into the photo. Only the coarse encoder trains. The pretrain stage is the same
 step with photo = 0, id = 0 and no shape consistency (landmark, eye, lip and regularisers).
 
 Data (`jaxdeca.train.data`, by config.data.source): identity-grouped tfds datasets through the
