@@ -133,7 +133,10 @@ class CoarseTask(deca_common.DecaParts):
         if self.weights["photo"] > 0 or self.weights["id"] > 0:
             r = self.render(out, trans, codes)
             fem = self.face_eye_mask_images(r["grid"])
-            extra = dict(images=images, rendered_images=r["images"], alpha_images=r["alpha"],
+            # DECA multiplies by the hard coverage; the soft SoftRas alpha (0.94-0.99 inside a mesh
+            # of sub-pixel triangles) only lends its gradient, so silhouettes still move.
+            alpha = r["mask"] + r["alpha"] - jax.lax.stop_gradient(r["alpha"])
+            extra = dict(images=images, rendered_images=r["images"], alpha_images=alpha,
                          face_eye_mask=fem, skin_mask=mask)
             if self.weights["id"] > 0:
                 albedo_images = grid_sample(self.albedo(codes), r["grid"])
