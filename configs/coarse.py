@@ -28,7 +28,7 @@ def get_config(stage: str = "coarse"):
     c.task = stage
     c.stage = stage
     c.seed = 0
-    c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=0.0))
+    c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=0.0, schedule="constant"))
     c.model = ml_collections.ConfigDict(dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256,
                                              dtype="float32"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",

@@ -36,12 +36,12 @@ def get_config():
     config.stage_defaults = d
     config.stages = ("pretrain", "coarse", "detail")
     config.pretrain = ml_collections.ConfigDict(dict(
-        train=dict(num_steps=3000, eval_every=1000),
+        train=dict(num_steps=5000, eval_every=1000), optim=dict(schedule="cosine"),
         loss=dict(photo=0.0, id=0.0, shape_consistency=False)))
     # the photometric and consistency terms join at a lower rate so they refine, not undo, the landmarks
-    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150),
-                                                   optim=dict(learning_rate=3e-4)))
-    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150)))
+    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=250, eval_every=250, image_every=250),
+                                                   optim=dict(learning_rate=1e-4)))
+    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=250, eval_every=250, image_every=250)))
     config.data_dir = ml_collections.config_dict.placeholder(str)  # default WORKDIR/data
     config.heldout_faces = 8
 

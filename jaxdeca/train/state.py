@@ -32,9 +32,17 @@ class TrainState:
 def make_optimizer(config) -> optax.GradientTransformation:
     """Adam as DECA (lr 1e-4, no weight decay); optional global-norm clipping.
 
-    Reads `config.optim.learning_rate` and `config.optim.clip_norm` (0 = no clipping).
+    Reads `config.optim.learning_rate`, `config.optim.clip_norm` (0 = no clipping) and
+    `config.optim.schedule`: 'constant' (DECA) or 'cosine' (decay to 5% over train.num_steps;
+    the short demo runs use it to settle).
     """
-    opt = optax.adam(float(config.optim.learning_rate))
+    lr = float(config.optim.learning_rate)
+    schedule = config.optim.get("schedule", "constant") or "constant"
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, decay_steps=max(int(config.train.num_steps), 1), alpha=0.05)
+    elif schedule != "constant":
+        raise ValueError(f"config.optim.schedule={schedule!r} must be 'constant' or 'cosine'")
+    opt = optax.adam(lr)
     clip = float(config.optim.get("clip_norm", 0.0) or 0.0)
     return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
 
