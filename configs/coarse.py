@@ -33,7 +33,7 @@ def get_config(stage: str = "coarse"):
                                              dtype="float32"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
                                             data_dir=placeholder(str), k=4, image_size=224, eval_batches=2,
-                                            eval_split="train", color_jitter=0.0, num_threads=4))
+                                            eval_split="test", color_jitter=0.0, num_threads=4))
     c.train = ml_collections.ConfigDict(dict(num_steps=500000, batch_size=2 * 4, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))

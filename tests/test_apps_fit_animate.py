@@ -40,7 +40,7 @@ def test_fit_synthetic_render_recovers_landmarks(pipe):
     out = pipe.decode(codes)
     img = np.asarray(out["images"][0]) + (1 - np.asarray(out["mask"][0]))[..., None] * 0.3
     img8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112
+    gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5  # pixels, centre of k at k
     start = fit.mean_codes(pipe, fit.to_image_space(gt, fit.landmark_crop(img8, gt).matrix))
     c, o, crop = fit.fit_image(pipe, img8, gt, (100, 300, 10))
     err = iod_error(pipeline.landmarks_original(np.asarray(o["landmarks2d"][0]), crop.matrix), gt)

@@ -85,7 +85,7 @@ def test_landmarks_in_original_pixels():
     """A decode's landmarks through a crop land back at the same original pixels."""
     p = pipeline.load_pipeline()
     head, out = render_head(p)
-    lmk_crop = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112
+    lmk_crop = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5  # crop pixels, centre of k at k
     a = crop.square_transform(np.array([150.0, 90.0]), 223 / 1.5, 224)  # crop = 1.5 x original + shift
     orig = pipeline.landmarks_original(np.asarray(out["landmarks2d"][0]), a)
     np.testing.assert_allclose(orig * 1.5 + a[:2, 2], lmk_crop, atol=1e-6)

@@ -64,7 +64,9 @@ def test_warp_moves_a_known_pixel_where_the_matrix_says():
 
 
 def test_normalisation_is_decas():
-    np.testing.assert_allclose(crop.normalise_points([[0.0, 224.0], [112.0, 56.0]], 224), [[-1, 1], [0, -0.5]])
+    # pixel k's centre (k in OpenCV / dlib) sits where the renderer draws pixel k: (2k + 1) / S - 1
+    np.testing.assert_allclose(crop.normalise_points([[-0.5, 223.5], [111.5, 55.5]], 224), [[-1, 1], [0, -0.5]])
+    np.testing.assert_allclose(crop.normalise_points([[0.0, 63.0]], 64), [[1 / 64 - 1, 1 - 1 / 64]])
     np.testing.assert_allclose(crop.denormalise_points(crop.normalise_points([[3.0, 7.0]], 64), 64), [[3.0, 7.0]])
 
 

@@ -107,3 +107,12 @@ def test_cli_and_make_loader(prepared_vggface2, tmp_path):
         tfds_faces.get_builder("synthetic_faces", "nope")
     assert tfds_faces.main(["--dataset", "identity_faces", "--config", "celeba", "--manual-dir",
                             str(prepared_vggface2 / "out"), "--data-dir", str(tmp_path)]) == 2
+
+
+def test_heldout_identity_split_rule_and_eval_fallback(synthetic_builder):
+    from jaxdeca.train.data import choose_eval_split
+    assert tfds_faces.heldout_identities(49) == set()
+    assert tfds_faces.heldout_identities(120) == {49, 99}
+    # the fixture dataset holds no identities out: the trainer evaluates on 'train' instead
+    assert choose_eval_split(synthetic_builder, "test") == "train"
+    assert choose_eval_split(synthetic_builder, "train") == "train"

@@ -42,8 +42,9 @@ def grid(tiles, cols: int) -> np.ndarray:
 
 
 def image_to_pixels(points, size: int) -> np.ndarray:
-    """DECA image space [-1, 1] (y down) [..., >=2] -> pixels [..., 2]."""
-    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0
+    """[-1, 1] image space (y down) [..., >=2] -> pixels [..., 2] with pixel k's centre at k
+    (OpenCV drawing), the inverse of `jaxdeca.data.crop.normalise_points`."""
+    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0 - 0.5
 
 
 def overlay(image, render, mask, alpha: float = 0.7) -> np.ndarray:

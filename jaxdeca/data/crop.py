@@ -94,10 +94,14 @@ def warp_image(image, tform, out_size, interpolation=cv2.INTER_LINEAR):
 
 
 def normalise_points(points, out_size):
-    """Crop pixels -> DECA's [-1, 1] image space: p / S * 2 - 1."""
-    return np.asarray(points, np.float64) / out_size * 2.0 - 1.0
+    """Crop pixels (pixel k's centre at k, OpenCV / dlib) -> [-1, 1] image space, where the
+    renderer puts pixel k's centre at (2k + 1) / S - 1: (p + 0.5) / S * 2 - 1.
+
+    DECA writes p / S * 2 - 1, half a pixel off its own renderer (0.0045 at 224 px, but 0.016 at
+    the demo's 64 px, where it measurably pulled the photometric and landmark terms apart)."""
+    return (np.asarray(points, np.float64) + 0.5) / out_size * 2.0 - 1.0
 
 
 def denormalise_points(points, out_size):
-    """DECA's [-1, 1] image space -> crop pixels: (p + 1) * S / 2."""
-    return (np.asarray(points, np.float64) + 1.0) * out_size / 2.0
+    """[-1, 1] image space -> crop pixels (centre of pixel k at k): (p + 1) * S / 2 - 0.5."""
+    return (np.asarray(points, np.float64) + 1.0) * out_size / 2.0 - 0.5

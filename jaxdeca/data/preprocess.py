@@ -52,7 +52,7 @@ def crop_for_inference(image_uint8, landmarks=None, bbox=None, size: int = INPUT
 
 def to_original(points, tform, size: int = INPUT_SIZE, normalized: bool = True):
     """Crop points [..., 2] -> original-image pixels [..., 2]. normalized=True: points in
-    DECA's [-1, 1] crop space (pixel = (p + 1) * size / 2); False: crop pixels."""
+    [-1, 1] crop space (pixel = (p + 1) * size / 2 - 0.5, see crop.normalise_points); False: crop pixels."""
     p = np.asarray(points, np.float64)
     if normalized:
         p = _crop.denormalise_points(p, size)

@@ -9,6 +9,9 @@ dataset metadata so the loader can sample K images of one identity without readi
 
     info.metadata["groups"]["train"] = [[identity_int, first_index, count], ...]
 
+With 50 or more identities, every 50th identity goes to a 'test' split instead (held-out
+identities for the trainer's eval pass); `synthetic_faces` configs name their held-out count.
+
 Features: image (JPEG bytes; original JPEG bytes when the file was a clean 8-bit RGB JPEG,
 re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (PNG, 255 = skin), identity
 (int64 index into info.metadata["identities"]), identity_name, path, score (dlib score, NaN
@@ -77,6 +80,14 @@ def _groups(identities):
     return out
 
 
+HELDOUT_EVERY = 50  # identity_faces: every 50th identity (2%) forms the 'test' split
+
+
+def heldout_identities(n_identities: int) -> set:
+    """Identity ints of the held-out 'test' split: every HELDOUT_EVERY-th (none below 50)."""
+    return set(range(HELDOUT_EVERY - 1, n_identities, HELDOUT_EVERY))
+
+
 @dataclasses.dataclass
 class FacesConfig(tfds.core.BuilderConfig):
     layout: str = "folders"
@@ -117,8 +128,12 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         ids = {n: i for i, n in enumerate(names)}
         records.sort(key=lambda r: (ids[r["identity"]], r["path"]))
         self.info.metadata["identities"] = names
-        self.info.metadata["groups"] = {"train": _groups([ids[r["identity"]] for r in records])}
-        return {"train": self._generate_examples(root, meta["images_root"], records, ids)}
+        held = heldout_identities(len(names))
+        splits = {"train": [r for r in records if ids[r["identity"]] not in held]}
+        if held:  # identities never trained on, for the trainer's held-out landmark error
+            splits["test"] = [r for r in records if ids[r["identity"]] in held]
+        self.info.metadata["groups"] = {k: _groups([ids[r["identity"]] for r in v]) for k, v in splits.items()}
+        return {k: self._generate_examples(root, meta["images_root"], v, ids) for k, v in splits.items()}
 
     def _generate_examples(self, root, images_root, records, ids):
         for i, r in enumerate(records):

@@ -5,7 +5,8 @@
                `synthetic_faces`), through `jaxdeca.data.loader.FaceLoader`: DECA's landmark-box
                crop at a random scale, K images per identity, deterministic and resumable.
                Fields: dataset, config, data_dir (None = tfds' default; a synthetic dataset
-               that is missing is built there), eval_split ('test' when the dataset has one).
+               that is missing is built there), eval_split ('test': held-out identities;
+               falls back to 'train' with a warning for a dataset too small to have them).
   'synthetic'  demo heads rendered on the fly (`deca_coarse.SyntheticFaceLoader`), no files at
                all; used by the tests.
 
@@ -16,6 +17,8 @@ Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmar
 from __future__ import annotations
 
 import os
+
+from absl import logging
 
 from jaxdeca.train import paths
 
@@ -80,14 +83,27 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     if n <= 0:
         return []
     if d.get("source", "synthetic") == "tfds":
-        stream = _tfds_loader(config, local_bs, process_index, process_count, d.get("eval_split", "test"),
-                              int(config.seed) + 1)
+        from jaxdeca.data import tfds_faces
+        builder = tfds_faces.get_builder(d.dataset, d.config, d.get("data_dir"))
+        split = choose_eval_split(builder, d.get("eval_split", "test"))
+        stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1)
         return [{k: b[k] for k in ("image", "landmarks", "mask", "identity")}
                 for b in (stream.batch_at(i) for i in range(n))]
     from jaxdeca.train.deca_coarse import SyntheticFaceLoader
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
                                  process_index, process_count, _flame_path(config))
     return [loader.next() for _ in range(n)]
+
+
+def choose_eval_split(builder, wanted: str) -> str:
+    """`wanted` if the built dataset has that split, else 'train' with a warning (a dataset with
+    fewer than 50 identities holds none out)."""
+    splits = builder.info.metadata.get("groups", {})
+    if wanted in splits:
+        return wanted
+    logging.warning("%s/%s has no %r split (identities held out); evaluating on 'train'",
+                    builder.name, builder.builder_config.name, wanted)
+    return "train"
 
 
 def _flame_path(config):
