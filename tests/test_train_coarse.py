@@ -81,3 +81,17 @@ def test_identity_loss_runs_with_converted_vggface2(tmp_path):
     (loss, (terms, _)), g = grad_fn(params, stats, frozen, batch, jax.random.key(1))
     assert "identity" in terms and np.isfinite(float(terms["identity"])) and float(terms["identity"]) > 0
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g)) > 0
+
+
+def test_init_cam_scale_sets_the_camera_scale_output():
+    import jax
+    config = test_coarse.get_config("pretrain")
+    config.model.init_cam_scale = 8.0
+    task = CoarseTask(config)
+    params, stats, _ = task.init_variables(jax.random.key(0))
+    codes, _ = task._encode(params, stats, np.zeros((2, 48, 48, 3), np.float32), False)
+    base = test_coarse.get_config("pretrain")
+    p0, s0, _ = CoarseTask(base).init_variables(jax.random.key(0))
+    codes0, _ = task._encode(p0, s0, np.zeros((2, 48, 48, 3), np.float32), False)
+    np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(codes["pose"]), np.asarray(codes0["pose"]), atol=1e-6)

@@ -104,6 +104,8 @@ class CoarseTask(deca_common.DecaParts):
         if init:
             prev = export.inference_variables(init)["E_flame"]
             v = _checked_like(v, prev, f"config.init.checkpoint={init!r} (E_flame)")
+        elif self.model.get("init_cam_scale"):
+            v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
         return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)
 
     def _encode(self, params, batch_stats, images, train: bool):
@@ -176,6 +178,19 @@ class CoarseTask(deca_common.DecaParts):
         return {"coarse/landmarks": marked,
                 "coarse/shape": r["shape_images"] * a + img * (1 - a),
                 "coarse/albedo_render": r["images"] * a + img * (1 - a)}
+
+
+def init_cam_scale(params, scale: float):
+    """Sets the bias of the camera-scale output of a fresh coarse encoder to `scale`.
+
+    Landmarks alone cannot tell a head from the same head rolled by pi and seen with a negative
+    orthographic scale (the projections coincide); from DECA's zero init the pretrain stage may
+    fall into that mirror solution, which the renders of later stages show from behind. A
+    positive initial scale keeps the encoder in the right basin. None / 0 = DECA's init.
+    """
+    start = sum(n for name, n in models.CODE_SIZES[:[k for k, _ in models.CODE_SIZES].index("cam")])
+    bias = params["layers_2"]["bias"]
+    return dict(params, layers_2=dict(params["layers_2"], bias=bias.at[start].set(scale)))
 
 
 def _checked_like(template: dict, loaded: dict, where: str) -> dict:

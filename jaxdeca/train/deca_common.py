@@ -6,7 +6,8 @@ Variables are keyed by network like a converted official model: params {'E_flame
 
 config.model: width (ResNet channel multiplier, 1.0 = DECA), blocks ((3, 4, 6, 3) = ResNet-50),
 hidden (MLP head, 1024), uv_size (displacement map, 256), dtype ('float32' or 'bfloat16' compute
-with float32 params).
+with float32 params), init_cam_scale (initial camera-scale output of a fresh coarse encoder;
+None = DECA's zero init, see deca_coarse.init_cam_scale).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import numpy as np
 from jaxdeca import flame, models, render
 from jaxdeca.train import paths
 
-DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32")
+DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32",
+                     init_cam_scale=None)
 
 
 def model_config(config) -> dict:
@@ -35,7 +37,7 @@ def dtype_of(name: str):
     return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
-def arch(m: dict) -> dict:
+def arch(m: dict) -> dict:  # the encoder/decoder constructor fields of a model config
     return dict(width=float(m["width"]), blocks=tuple(m["blocks"]), hidden=int(m["hidden"]))
 
 
