@@ -31,7 +31,8 @@ def get_config(stage: str = "coarse"):
     c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=0.0, schedule="constant"))
     c.model = ml_collections.ConfigDict(dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256,
                                              dtype="float32",
-                                             init_cam_scale=ml_collections.config_dict.placeholder(float)))
+                                             init_cam_scale=ml_collections.config_dict.placeholder(float),
+                                             cam_scale="raw"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
                                             data_dir=placeholder(str), k=4, image_size=224, eval_batches=2,
                                             eval_split="test", color_jitter=0.0, num_threads=4))

@@ -26,9 +26,10 @@ def get_config():
     # --- training: fields shared by the three stages, then each stage's overrides -------------
     d = coarse.get_config("coarse")
     d.optim.learning_rate = 1e-3
-    # a positive initial camera scale keeps pretraining out of the mirrored (rolled by pi,
-    # negative scale) landmark solution; see jaxdeca.train.deca_coarse.init_cam_scale
-    d.model.update(dict(width=0.25, blocks=(1, 1, 1, 1), hidden=256, uv_size=64, init_cam_scale=8.0))
+    # |camera scale| and a positive initial scale keep the landmark-only pretrain out of the
+    # mirrored (rolled by pi, negative scale) solution; see deca_common.camera_codes
+    d.model.update(dict(width=0.25, blocks=(1, 1, 1, 1), hidden=256, uv_size=64, init_cam_scale=8.0,
+                        cam_scale="abs"))
     d.data.update(dict(source="tfds", dataset="synthetic_faces", config="demo", image_size=64, k=4,
                        eval_batches=4, eval_split="test", num_threads=2))
     d.loss.id = 0.0

@@ -160,7 +160,8 @@ class Pipeline:
     def _encode_impl(self, v, images):
         if images.shape[1] != self.net_size:
             images = jax.image.resize(images, (images.shape[0], self.net_size, self.net_size, 3), "linear")
-        codes = models.decompose_code(self.nets["E_flame"].apply(v["E_flame"], images))
+        from jaxdeca.train.deca_common import camera_codes
+        codes = camera_codes(models.decompose_code(self.nets["E_flame"].apply(v["E_flame"], images)), self.model)
         if "E_detail" in v:
             codes["detail"] = self.nets["E_detail"].apply(v["E_detail"], images)
         return codes

@@ -110,7 +110,7 @@ class CoarseTask(deca_common.DecaParts):
 
     def _encode(self, params, batch_stats, images, train: bool):
         code, bs = self.apply("E_flame", params["E_flame"], batch_stats["E_flame"], images, train)
-        return models.decompose_code(code), {"E_flame": bs}
+        return deca_common.camera_codes(models.decompose_code(code), self.model), {"E_flame": bs}
 
     def _landmarks(self, codes):
         out, lmk, _ = self.decode_flame(codes)

@@ -7,7 +7,8 @@ Variables are keyed by network like a converted official model: params {'E_flame
 config.model: width (ResNet channel multiplier, 1.0 = DECA), blocks ((3, 4, 6, 3) = ResNet-50),
 hidden (MLP head, 1024), uv_size (displacement map, 256), dtype ('float32' or 'bfloat16' compute
 with float32 params), init_cam_scale (initial camera-scale output of a fresh coarse encoder;
-None = DECA's zero init, see deca_coarse.init_cam_scale).
+None = DECA's zero init, see deca_coarse.init_cam_scale), cam_scale ('raw' = DECA: the code's
+scale is used as it is; 'abs': its absolute value, see `camera_codes`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from jaxdeca import flame, models, render
 from jaxdeca.train import paths
 
 DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32",
-                     init_cam_scale=None)
+                     init_cam_scale=None, cam_scale="raw")
 
 
 def model_config(config) -> dict:
@@ -47,6 +48,22 @@ def build_networks(m: dict) -> dict:
     return {"E_flame": models.coarse_encoder(dt, **arch(m)),
             "E_detail": models.detail_encoder(dt, **arch(m)),
             "D_detail": models.detail_decoder(dt, uv_size=int(m["uv_size"]))}
+
+
+def camera_codes(codes: dict, model: dict) -> dict:
+    """Applies config.model.cam_scale to decoded codes: 'raw' (DECA) returns them unchanged;
+    'abs' takes |scale|. Landmarks alone cannot tell a head from the same head rolled by pi
+    under a negative orthographic scale (the projections coincide), and a landmark-only
+    pretrain from scratch often lands in that mirror, which every render then shows from
+    behind; with |scale| the mirror no longer fits the landmarks. Identical to 'raw' for any
+    trained DECA model (its scales are positive)."""
+    mode = model.get("cam_scale", "raw") or "raw"
+    if mode == "raw":
+        return codes
+    if mode != "abs":
+        raise ValueError(f"config.model.cam_scale={mode!r} must be 'raw' or 'abs'")
+    cam = codes["cam"]
+    return dict(codes, cam=cam.at[..., 0].set(jnp.abs(cam[..., 0])))
 
 
 def flame_path(config):

@@ -58,7 +58,8 @@ class DetailTask(deca_common.DecaParts):
     def coarse_codes(self, frozen, images):
         e = frozen["E_flame"]
         code, _ = self.apply("E_flame", e["params"], e["batch_stats"], images, False)
-        return jax.tree.map(jax.lax.stop_gradient, models.decompose_code(code))
+        codes = deca_common.camera_codes(models.decompose_code(code), self.model)
+        return jax.tree.map(jax.lax.stop_gradient, codes)
 
     def encode_detail(self, params, batch_stats, images, train: bool):
         """images [B, S, S, 3] -> (detail code [B, 128], {'E_detail': new batch_stats})."""
