@@ -95,3 +95,14 @@ def test_init_cam_scale_sets_the_camera_scale_output():
     codes0, _ = task._encode(p0, s0, np.zeros((2, 48, 48, 3), np.float32), False)
     np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(codes["pose"]), np.asarray(codes0["pose"]), atol=1e-6)
+
+
+def test_camera_codes_abs_scale_removes_the_mirror():
+    import jax.numpy as jnp
+    from jaxdeca.train.deca_common import camera_codes
+    codes = {"cam": jnp.array([[-7.0, 0.1, -0.2], [5.0, 0.0, 0.3]]), "pose": jnp.zeros((2, 6))}
+    assert camera_codes(codes, {"cam_scale": "raw"}) is codes
+    out = camera_codes(codes, {"cam_scale": "abs"})
+    np.testing.assert_allclose(np.asarray(out["cam"]), [[7.0, 0.1, -0.2], [5.0, 0.0, 0.3]])
+    with pytest.raises(ValueError, match="cam_scale"):
+        camera_codes(codes, {"cam_scale": "softplus"})
