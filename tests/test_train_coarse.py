@@ -4,7 +4,8 @@ import pytest
 
 from configs import test_coarse
 from jaxdeca.train import loop, paths, run
-from jaxdeca.train.deca_coarse import CoarseTask, SyntheticFaceLoader, synthetic_group_batch
+from jaxdeca.train.data import SyntheticFaceLoader, synthetic_group_batch
+from jaxdeca.train.deca_coarse import CoarseTask
 
 
 def test_synthetic_batch_layout_and_determinism():

@@ -28,6 +28,7 @@ from jaxdeca.apps import export
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import preprocess
+from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes
 
 IMAGE_SIZE = 224
 NETS = ("E_flame", "E_detail", "D_detail")
@@ -55,7 +56,7 @@ def load_checkpoint(path: str) -> dict:
 
 def is_training_workdir(path: str) -> bool:
     """True for a `jaxdeca.main` workdir (or its checkpoints/ folder) with numbered steps."""
-    from jaxdeca.train import export as train_export
+    from jaxdeca.train import export as train_export  # orbax: imported only when a checkpoint is read
     ckpt = train_export.checkpoint_dir(path)
     return os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt))
 
@@ -63,9 +64,8 @@ def is_training_workdir(path: str) -> bool:
 def load_model_dir(path: str) -> tuple[dict, dict]:
     """(variables, model info) of any checkpoint kind in the module docstring. Model info:
     'model' (config.model fields: width, blocks, hidden, uv_size, dtype) and 'image_size'."""
-    from jaxdeca.train import export as train_export
-    from jaxdeca.train.deca_common import DEFAULT_MODEL
-    if os.path.isdir(path) and is_training_workdir(path):
+    if is_training_workdir(path):
+        from jaxdeca.train import export as train_export
         try:
             variables, info = train_export.load_inference(path)
         except Exception as e:  # noqa: BLE001 - one message naming the path
@@ -146,7 +146,6 @@ class Pipeline:
     net_size: int = IMAGE_SIZE    # the encoders' input size; crops are resized to it
 
     def __post_init__(self):
-        from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
         self._encode = jax.jit(self._encode_impl)
@@ -160,7 +159,6 @@ class Pipeline:
     def _encode_impl(self, v, images):
         if images.shape[1] != self.net_size:
             images = jax.image.resize(images, (images.shape[0], self.net_size, self.net_size, 3), "linear")
-        from jaxdeca.train.deca_common import camera_codes
         codes = camera_codes(models.decompose_code(self.nets["E_flame"].apply(v["E_flame"], images)), self.model)
         if "E_detail" in v:
             codes["detail"] = self.nets["E_detail"].apply(v["E_detail"], images)

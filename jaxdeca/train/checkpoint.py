@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -45,13 +46,21 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
     return manager.save(int(step), args=args, force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, dict] | None:
+def open_for_reading(directory: str) -> ocp.CheckpointManager:
+    """A manager over an existing checkpoint directory that reads item metadata too (no writes)."""
+    return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False),
+                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "extra": ocp.JsonCheckpointHandler()})
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -> tuple[int, Any, dict] | None:
     """Restores the newest readable checkpoint.
 
     Args:
-      manager: from `make_manager`.
+      manager: from `make_manager` (or `open_for_reading` when abstract_state is None).
       abstract_state: a pytree with the structure, shapes, dtypes (and shardings) of the state,
-        e.g. `jax.eval_shape(init_fn)` or the freshly initialised state itself.
+        e.g. `jax.eval_shape(init_fn)` or the freshly initialised state itself; None restores
+        the structure saved in the checkpoint's own metadata as host numpy arrays.
 
     Returns:
       (step, state, extra), or None when the directory holds no checkpoint.
@@ -62,13 +71,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         return None
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    abstract = None if abstract_state is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     failures = []
     for step in steps:
         try:
+            target = _host_target(manager.item_metadata(step)["state"]) if abstract is None else abstract
             restored = manager.restore(
                 step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()),
             )
         except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back to the previous one
             failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -76,3 +86,9 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple
             continue
         return step, restored["state"], dict(restored["extra"] or {})
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
+
+
+def _host_target(meta):
+    """Checkpoint metadata tree -> the same tree of zero numpy arrays (restore onto the host)."""
+    return jax.tree.map(lambda m: np.zeros(m.shape, getattr(m, "dtype", np.float32)) if hasattr(m, "shape") else m,
+                        dict(meta), is_leaf=lambda m: hasattr(m, "shape"))

@@ -7,7 +7,7 @@
                Fields: dataset, config, data_dir (None = tfds' default; a synthetic dataset
                that is missing is built there), eval_split ('test': held-out identities;
                falls back to 'train' with a warning for a dataset too small to have them).
-  'synthetic'  demo heads rendered on the fly (`deca_coarse.SyntheticFaceLoader`), no files at
+  'synthetic'  demo heads rendered on the fly (`SyntheticFaceLoader` below), no files at
                all; used by the tests.
 
 Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmarks [N, 68, 3]
@@ -18,9 +18,58 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import logging
 
+from jaxdeca.data import synthetic
 from jaxdeca.train import paths
+from jaxdeca.train.deca_common import flame_path
+
+BATCH_KEYS = ("image", "landmarks", "mask", "identity")
+
+
+def synthetic_group_batch(seed: int, first_identity: int, n_identities: int, k: int, image_size: int,
+                          flame_path: str | None = None) -> dict:
+    """Identities first_identity .. +n_identities, K images each, identity-major order.
+
+    Returns numpy dict: image [N,S,S,3] float32 0..1, landmarks [N,68,3] ([-1,1], y down, conf 1),
+    mask [N,S,S,1] float32 (rendered alpha x face region), identity [N] int32; N = n_identities*k.
+    """
+    groups = [synthetic.sample_codes(np.random.default_rng([int(seed), int(first_identity + i)]), k)
+              for i in range(n_identities)]
+    codes = {key: np.concatenate([g[key] for g in groups], 0) for key in groups[0]}
+    out = synthetic.render_faces(codes, image_size=image_size, flame_path=flame_path)
+    xy = (out["landmarks"] + 0.5) * (2.0 / image_size) - 1.0  # pixel centres (j) -> [-1, 1]
+    lmk = np.concatenate([xy, np.ones(xy.shape[:2] + (1,), np.float32)], -1).astype(np.float32)
+    ident = np.repeat(np.arange(first_identity, first_identity + n_identities), k).astype(np.int32)
+    return dict(image=out["image"].astype(np.float32) / 255.0, landmarks=lmk,
+                mask=(out["mask"][..., None] > 127).astype(np.float32), identity=ident)
+
+
+class SyntheticFaceLoader:
+    """Resumable stream of identity-grouped synthetic batches.
+
+    Batch i of process p holds identities (i * process_count + p) * n_id ... + n_id - 1 of `seed`,
+    so it is a pure function of (seed, i, p); position() = {'index': i} (JSON-able).
+    """
+
+    def __init__(self, local_bs: int, k: int, image_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, flame_path: str | None = None):
+        if local_bs % k:
+            raise ValueError(f"local batch size {local_bs} is not a multiple of K={k} (identities x K)")
+        self.n_id, self.k, self.size, self.seed = local_bs // k, k, image_size, seed
+        self.pi, self.pc, self.flame_path, self.i = process_index, process_count, flame_path, 0
+
+    def next(self) -> dict:
+        first = (self.i * self.pc + self.pi) * self.n_id
+        self.i += 1
+        return synthetic_group_batch(self.seed, first, self.n_id, self.k, self.size, self.flame_path)
+
+    def position(self):
+        return {"index": self.i}
+
+    def restore(self, position):
+        self.i = int(position["index"])
 
 
 class _TfdsStream:
@@ -30,8 +79,7 @@ class _TfdsStream:
         self.loader = loader
 
     def next(self) -> dict:
-        batch = next(self.loader)
-        return {k: batch[k] for k in ("image", "landmarks", "mask", "identity")}
+        return _select(next(self.loader))
 
     def position(self) -> dict:
         return self.loader.state()
@@ -67,9 +115,8 @@ def make_loader(config, local_bs: int, process_index: int, process_count: int):
     if source == "tfds":
         return _TfdsStream(_tfds_loader(config, local_bs, process_index, process_count, "train", int(config.seed)))
     if source == "synthetic":
-        from jaxdeca.train.deca_coarse import SyntheticFaceLoader
         return SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed), process_index,
-                                   process_count, _flame_path(config))
+                                   process_count, flame_path(config))
     raise ValueError(f"config.data.source={source!r} must be 'tfds' or 'synthetic'")
 
 
@@ -87,11 +134,9 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
         builder = tfds_faces.get_builder(d.dataset, d.config, d.get("data_dir"))
         split = choose_eval_split(builder, d.get("eval_split", "test"))
         stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1)
-        return [{k: b[k] for k in ("image", "landmarks", "mask", "identity")}
-                for b in (stream.batch_at(i) for i in range(n))]
-    from jaxdeca.train.deca_coarse import SyntheticFaceLoader
+        return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
-                                 process_index, process_count, _flame_path(config))
+                                 process_index, process_count, flame_path(config))
     return [loader.next() for _ in range(n)]
 
 
@@ -106,5 +151,6 @@ def choose_eval_split(builder, wanted: str) -> str:
     return "train"
 
 
-def _flame_path(config):
-    return config.flame.get("path") if "flame" in config else None
+def _select(batch: dict) -> dict:
+    """The trainer's fields of a FaceLoader batch (drops e.g. crop transforms)."""
+    return {k: batch[k] for k in BATCH_KEYS}

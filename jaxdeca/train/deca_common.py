@@ -1,5 +1,5 @@
 """What the DECA stages share: the networks built from `config.model`, FLAME + renderer from
-`config.flame`, the frozen pretrained feature networks, and picture grids for TensorBoard.
+`config.flame`, the frozen pretrained feature networks, picture helpers for TensorBoard and checked loading of a previous stage's variables.
 
 Variables are keyed by network like a converted official model: params {'E_flame': ...},
 {'E_detail': ..., 'D_detail': ...}; frozen {'E_flame': ..., 'vggface2': ..., 'vgg19': ...}.
@@ -116,8 +116,9 @@ class DecaParts:
     def albedo(self, codes):
         return flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=self.uv_size)
 
-    def render(self, out, trans, codes, uv_z=None):
-        return render.render(out["vertices"], trans, self.albedo(codes), codes["light"], self.topo,
+    def render(self, out, trans, albedo, light, uv_z=None):
+        """`render.render` of a FLAME output at the stage's image size and UV topology."""
+        return render.render(out["vertices"], trans, albedo, light, self.topo,
                              image_size=(self.size, self.size), uv_z=uv_z)
 
     def face_eye_mask_images(self, grid):
@@ -135,7 +136,7 @@ def load_frozen_features(config, weights: dict) -> dict:
     """
     from jaxdeca.convert.core import load_variables
     out = {}
-    if weights.get("id", 0) > 0 and config.get("stage") in ("coarse",):
+    if weights.get("id", 0) > 0 and config.get("stage") == "coarse":
         p = paths.require_path(config, "weights.vggface2", "the converted VGGFace2 ResNet-50 "
                                "(python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR)")
         out["vggface2"] = load_variables(p)
@@ -155,5 +156,25 @@ def draw_points(images, points, colour):
     return images.at[bi, y, x].set(jnp.asarray(colour, images.dtype))
 
 
-def to_numpy_images(images) -> np.ndarray:
-    return np.clip(np.asarray(jax.device_get(images), np.float32), 0.0, 1.0)
+def composite(render_images, mask, images):
+    """A render over the input where it covers it: [B,H,W,C], mask [B,H,W] -> [B,H,W,C]."""
+    a = mask[..., None]
+    return render_images * a + images * (1 - a)
+
+
+def checked_like(template: dict, loaded: dict, where: str) -> dict:
+    """`loaded` variables cast onto `template`'s structure; a shape mismatch is one clear error."""
+    flat_t = jax.tree_util.tree_flatten_with_path(template)[0]
+    flat_l = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0])
+    leaves = []
+    for p, t in flat_t:
+        key = jax.tree_util.keystr(p)
+        if key not in flat_l:
+            raise ValueError(f"{where}: missing variable {key} (the checkpoint's network differs from "
+                             "config.model)")
+        v = np.asarray(flat_l[key])
+        if v.shape != t.shape:
+            raise ValueError(f"{where}: variable {key} has shape {v.shape}, expected {tuple(t.shape)} "
+                             "(config.model must match the checkpoint's)")
+        leaves.append(jnp.asarray(v, t.dtype))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

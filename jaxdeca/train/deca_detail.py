@@ -21,13 +21,12 @@ import jax
 import jax.numpy as jnp
 
 from jaxdeca import models, render
-from jaxdeca.losses import detail_consistency, detail_losses
+from jaxdeca.losses import detail_consistency, detail_losses, tile_batch
 from jaxdeca.losses.defaults import as_weights
 from jaxdeca.losses.detail import uv_visibility_mask
 from jaxdeca.train import data as data_lib
 from jaxdeca.train import deca_common, export, paths
-from jaxdeca.train.deca_coarse import _checked_like
-from jaxdeca.train.deca_common import draw_points
+from jaxdeca.train.deca_common import composite, draw_points
 
 
 class DetailTask(deca_common.DecaParts):
@@ -48,7 +47,7 @@ class DetailTask(deca_common.DecaParts):
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
         k1, k2, k3 = jax.random.split(rng, 3)
-        coarse = _checked_like(self.init_net("E_flame", k1), export.inference_variables(self.coarse_ckpt)["E_flame"],
+        coarse = deca_common.checked_like(self.init_net("E_flame", k1), export.inference_variables(self.coarse_ckpt)["E_flame"],
                                f"config.init.coarse_checkpoint={self.coarse_ckpt!r} (E_flame)")
         enc, dec = self.init_net("E_detail", k2), self.init_net("D_detail", k3)
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
@@ -81,14 +80,12 @@ class DetailTask(deca_common.DecaParts):
         if train and self.use_dc:
             n = images.shape[0]
             codes = detail_consistency(rng, codes, n // self.k, self.k)
-            tile = lambda x: jnp.concatenate([x, x], 0)
-            images, mask = tile(images), tile(mask)
+            images, mask = tile_batch((images, mask))
         uv_z, bs_d = self.decode_detail(params, batch_stats, codes, codes["detail"], train)
         bs = dict(bs, D_detail=bs_d)
         out, lmk, trans = self.decode_flame(codes)
-        light = jax.lax.stop_gradient(codes["light"])
-        r = render.render(out["vertices"], trans, jax.lax.stop_gradient(self.albedo(codes)), light, self.topo,
-                          image_size=(self.size, self.size), uv_z=uv_z)
+        r = self.render(out, trans, jax.lax.stop_gradient(self.albedo(codes)),
+                        jax.lax.stop_gradient(codes["light"]), uv_z=uv_z)
         # ground truth in UV at the projected vertices (DECA: grid_sample of [images, masks])
         uv_pverts = jax.lax.stop_gradient(r["uv_pverts"])
         uv_gt = render.extract_texture(jnp.concatenate([images, mask], -1), uv_pverts)
@@ -131,11 +128,10 @@ class DetailTask(deca_common.DecaParts):
         """Grids: input + landmarks, coarse shape, detailed shape, albedo render, displacement map."""
         f, _ = self.forward(state.params, state.batch_stats, state.frozen, batch, None, False)
         r, img = f["render"], batch["image"]
-        a = r["mask"][..., None]
         z = f["uv_z"]
         z = (z - z.min()) / jnp.maximum(z.max() - z.min(), 1e-8)
         return {"detail/landmarks": draw_points(img, f["lmk"], (1.0, 0.0, 0.0)),
-                "detail/coarse_shape": r["shape_images"] * a + img * (1 - a),
-                "detail/detail_shape": r["shape_detail_images"] * a + img * (1 - a),
-                "detail/albedo_render": r["images"] * a + img * (1 - a),
+                "detail/coarse_shape": composite(r["shape_images"], r["mask"], img),
+                "detail/detail_shape": composite(r["shape_detail_images"], r["mask"], img),
+                "detail/albedo_render": composite(r["images"], r["mask"], img),
                 "detail/displacement_uv": jnp.repeat(z, 3, axis=-1)}

@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca.train import loop, run as run_lib
+from jaxdeca.train.deca_common import composite
 
 STAGES = ("pretrain", "coarse", "detail")
 
@@ -110,14 +111,13 @@ def export_heldout(config, workdir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths, tiles = [], []
     labels = ("input, landmarks", "coarse shape", "detailed shape", "albedo x SH")
+    overlays = [composite(r[k], r["mask"], batch["image"]) for k in ("shape_images", "shape_detail_images", "images")]
     for i in range(n):
-        img, a = batch["image"][i], r["mask"][i][..., None]
         gt = vis.image_to_pixels(batch["landmarks"][i][:, :2], size)
         pred = vis.image_to_pixels(f["lmk"][i], size)
-        marked = vis.draw_landmarks(vis.draw_landmarks(img, gt, (60, 220, 60), 1), pred, (255, 60, 60), 1)
-        row = [vis.to_uint8(marked), vis.to_uint8(r["shape_images"][i] * a + img * (1 - a)),
-               vis.to_uint8(r["shape_detail_images"][i] * a + img * (1 - a)),
-               vis.to_uint8(r["images"][i] * a + img * (1 - a))]
+        marked = vis.draw_landmarks(vis.draw_landmarks(batch["image"][i], gt, (60, 220, 60), 1), pred,
+                                    (255, 60, 60), 1)
+        row = [vis.to_uint8(marked)] + [vis.to_uint8(o[i]) for o in overlays]
         row = [cv2.resize(t, (128, 128), interpolation=cv2.INTER_LINEAR) for t in row]
         tiles += [vis.label(t, lab) for t, lab in zip(row, labels)] if i == 0 else row
         codes = {k: np.asarray(v[i:i + 1]) for k, v in f["codes"].items()}

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
-
-from jaxdeca.train.checkpoint import CheckpointError
+from jaxdeca.train import checkpoint
 
 
 def checkpoint_dir(path: str) -> str:
@@ -41,43 +37,14 @@ def load_stage(path: str) -> dict:
     ckpt = checkpoint_dir(path)
     if not os.path.isdir(ckpt):
         raise FileNotFoundError(f"{path}: no such directory (expected a training workdir with checkpoints/)")
-    manager = ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(create=False),
-                                    item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                   "extra": ocp.JsonCheckpointHandler()})
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps:
+    restored = checkpoint.restore_latest(checkpoint.open_for_reading(ckpt))
+    if restored is None:
         raise FileNotFoundError(f"{ckpt}: no checkpoint found (expected numbered step folders written "
                                 "by python -m jaxdeca.main)")
-    failures = []
-    for step in steps:
-        try:
-            meta = manager.item_metadata(step)["state"]
-            target = _numpy_target(meta)
-            restored = manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
-        except Exception as e:  # noqa: BLE001 -- fall back to the previous checkpoint
-            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
-            logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, ckpt,
-                            failures[-1])
-            continue
-        state = restored["state"]
-        extra = dict(restored["extra"] or {})
-        return {"step": int(step), "stage": str(extra.get("stage", "")), "extra": extra,
-                "params": _get(state, "params"), "batch_stats": _get(state, "batch_stats"),
-                "frozen": _get(state, "frozen")}
-    raise CheckpointError(f"no readable checkpoint in {ckpt}:\n  " + "\n  ".join(failures))
-
-
-def _numpy_target(meta):
-    """Checkpoint metadata tree -> the same tree of zero numpy arrays (restore onto host)."""
-    def leaf(m):
-        shape = getattr(m, "shape", None)
-        if shape is None:
-            return m
-        return np.zeros(shape, getattr(m, "dtype", np.float32))
-    import jax
-    return jax.tree.map(leaf, dict(meta) if hasattr(meta, "keys") else meta,
-                        is_leaf=lambda m: hasattr(m, "shape"))
+    step, state, extra = restored
+    return {"step": int(step), "stage": str(extra.get("stage", "")), "extra": extra,
+            "params": _get(state, "params"), "batch_stats": _get(state, "batch_stats"),
+            "frozen": _get(state, "frozen")}
 
 
 def _get(state, key):
