@@ -6,13 +6,17 @@ write held-out pictures/OBJs and the renderer showcase. Everything a full run us
 only sizes shrink: 64 px images, 64 px UV maps, a narrow one-block-per-stage ResNet, batch
 4 identities x K=4. Identity and ID-MRF losses are off (their pretrained VGGFace2 / VGG19 weights
 are user-supplied files, not part of the package).
+
+`get_config("tiny")` (`--config=configs/demo.py:tiny`) is the same job at toy size, about a
+minute on CPU: the train-a-tiny-model notebook and the end-to-end test run it.
 """
 import ml_collections
 
 from configs import coarse
 
 
-def get_config():
+def get_config(size: str = ""):
+    """size: "" (the main job) or "tiny" (48 px, 1/8-width ResNet, 120 + 4 + 4 steps)."""
     config = ml_collections.ConfigDict()
     config.mode = "demo"
     config.seed = 0
@@ -39,12 +43,12 @@ def get_config():
     config.stage_defaults = d
     config.stages = ("pretrain", "coarse", "detail")
     config.pretrain = ml_collections.ConfigDict(dict(
-        train=dict(num_steps=5000, eval_every=1000), optim=dict(schedule="cosine"),
+        train=dict(num_steps=4000, eval_every=1000), optim=dict(schedule="cosine"),
         loss=dict(photo=0.0, id=0.0, shape_consistency=False)))
     # the photometric and consistency terms join at a lower rate so they refine, not undo, the landmarks
-    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=250, eval_every=250, image_every=250),
+    config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150),
                                                    optim=dict(learning_rate=1e-4)))
-    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=250, eval_every=250, image_every=250)))
+    config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150)))
     config.data_dir = ml_collections.config_dict.placeholder(str)  # default WORKDIR/data
     config.heldout_faces = 8
 
@@ -54,4 +58,21 @@ def get_config():
     config.showcase.identity_sigma = 2.0  # identity modes shown at +-sigma
     config.showcase.jaw_open = 0.35  # radians
     config.showcase.cam = (7.6, 0.0, 0.0)  # DECA orthographic camera (scale, tx, ty)
+    if size == "tiny":
+        _shrink_to_tiny(config)
+    elif size:
+        raise ValueError(f"configs/demo.py: unknown size {size!r}; use '' or 'tiny'")
     return config
+
+
+def _shrink_to_tiny(config):
+    d = config.stage_defaults
+    d.model.update(dict(width=0.125, hidden=64, uv_size=32))
+    d.data.update(dict(config="tiny", image_size=48, k=2, eval_batches=1))
+    d.train.update(dict(batch_size=4, checkpoint_every=20, log_every=20))
+    d.optim.learning_rate = 2e-3
+    config.pretrain.train.update(dict(num_steps=120, eval_every=60))
+    config.coarse.train.update(dict(num_steps=4, eval_every=4, image_every=0))
+    config.detail.train.update(dict(num_steps=4, eval_every=4, image_every=0))
+    config.heldout_faces = 2
+    config.showcase.image_size = 96

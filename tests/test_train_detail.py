@@ -133,14 +133,10 @@ def test_real_data_path_required():
 def test_demo_job_end_to_end_tiny(tmp_path):
     """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
     pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips."""
-    config = demo_config.get_config()
-    d = config.stage_defaults
-    d.model.update(dict(width=0.125, hidden=64, uv_size=32))
-    d.data.update(dict(config="tiny", image_size=48, k=2, eval_batches=1))
-    d.train.update(dict(batch_size=4, checkpoint_every=3))
+    config = demo_config.get_config("tiny")  # the notebook's config, with fewer steps
+    config.stage_defaults.train.checkpoint_every = 3
     for stage, steps in (("pretrain", 6), ("coarse", 2), ("detail", 2)):
-        config[stage].train.update(dict(num_steps=steps, eval_every=steps, image_every=0))
-    config.heldout_faces = 2
+        config[stage].train.update(dict(num_steps=steps, eval_every=steps))
     config.showcase.image_size = 64
     jmain.run_mode(config, str(tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
