@@ -8,7 +8,7 @@ only sizes shrink: 64 px images, 64 px UV maps, a narrow one-block-per-stage Res
 are user-supplied files, not part of the package).
 
 `get_config("tiny")` (`--config=configs/demo.py:tiny`) is the same job at toy size, about a
-minute on CPU: the train-a-tiny-model notebook and the end-to-end test run it.
+minute on CPU: the train-a-tiny-model notebook runs it, the end-to-end test starts from it.
 """
 import ml_collections
 
