@@ -38,7 +38,7 @@ def main():
     import smplx
     import torch
 
-    from jaxdeca import flame
+    from jaxdeca import flame, xla_options
     from jaxdeca.flame import io
 
     if not hasattr(np, "bool"):
@@ -46,7 +46,7 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     arrays = flame.load_arrays()
     model = flame.from_arrays(arrays)
-    fwd = jax.jit(lambda s, e, p: model(s, e, p))  # vertices and both landmark sets
+    fwd = xla_options.jit(lambda s, e, p: model(s, e, p))  # vertices and both landmark sets
     tmp = tempfile.mkdtemp()
     os.makedirs(os.path.join(tmp, "flame"))
     io.write_generic_model_pkl(os.path.join(tmp, "flame", "FLAME_NEUTRAL.pkl"), arrays, chumpy=False)

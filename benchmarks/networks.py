@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca import xla_options
 from jaxdeca.models import (coarse_encoder, decompose_code, detail_decoder, detail_encoder,
                             detail_latent)
 
@@ -29,7 +30,7 @@ def make_step(dtype):
     variables = jax.jit(lambda k: (e_flame.init(k, x), e_detail.init(k, x),
                                    d_detail.init(k, jnp.zeros((1, 181)))))(jax.random.PRNGKey(0))
 
-    @jax.jit
+    @xla_options.jit
     def step(variables, images):
         vf, vd, vg = variables
         code = decompose_code(e_flame.apply(vf, images))

@@ -7,8 +7,9 @@ fill ~90% of the image. Batch B renders B copies of the mesh.
 
 Ours: DECA image-space rasterization (hard z-buffer + SoftRas soft coverage, sigma = 1 px^2),
 interpolation of vertex normals, 9-band SH shading, times alpha; 'fwd+bwd' adds the gradient
-of the image sum w.r.t. the vertices. 'hard f+b' is the same with sigma = 0 (alpha = hard
-mask), i.e. what the SoftRas pass costs on top. Memory: XLA's memory_analysis() of the compiled call
+of the image sum w.r.t. the vertices. Both are compiled as jaxdeca compiles its own programs
+(`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products). 'hard f+b' is the same with
+sigma = 0 (alpha = hard mask), i.e. what the SoftRas pass costs on top. Memory: XLA's memory_analysis() of the compiled call
 (temp + argument + output bytes), i.e. what one call needs on the device.
 
 Peer: DEODR (PyPI `deodr` 0.2.3, C++ differentiable rasterizer: z-buffer, per-vertex colour
@@ -76,6 +77,7 @@ def make_fns(faces, size, sigma=1.0):
     import jax
     import jax.numpy as jnp
 
+    from jaxdeca import xla_options
     from jaxdeca.render import interpolate, orth_proj, rasterize, sh_shading, vertex_normals
 
     def image(verts):
@@ -86,8 +88,8 @@ def make_fns(faces, size, sigma=1.0):
         light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
 
-    fwd = jax.jit(image)
-    bwd = jax.jit(jax.grad(lambda v: jnp.sum(image(v))))
+    fwd = xla_options.jit(image)
+    bwd = xla_options.jit(jax.grad(lambda v: jnp.sum(image(v))))
     return fwd, bwd
 
 

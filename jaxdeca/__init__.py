@@ -10,6 +10,7 @@ Packages, one job each:
   train       train state, steps and loop.
   apps        reconstruct, animate, teaser, fit.
   evaluation  NoW benchmark export and metric.
+  xla_options the compile options of jaxdeca's jitted programs (`jit`), for XLA:CPU.
 """
 
 __version__ = "0.1.0"

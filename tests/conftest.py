@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -21,7 +23,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # Test programs are tiny, so LLVM's optimisation passes cost more than they save; results differ
 # from the optimised build only by rounding (e.g. fused multiply-adds). Subprocesses inherit
-# this unless a test sets XLA_FLAGS itself.
+# this; tests that need four host devices add to it (`four_device_flags`).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
@@ -29,3 +31,9 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE is not None:
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture
+def four_device_flags():
+    """XLA_FLAGS for a subprocess with four host devices that keeps this session's flags (-O0)."""
+    return (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()

@@ -149,8 +149,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_batches_split_over_four_host_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+def test_batches_split_over_four_host_devices(four_device_flags):
+    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]))
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]

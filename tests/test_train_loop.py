@@ -105,12 +105,12 @@ def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
 
 
-def test_four_host_devices_match_one_device(tmp_path):
+def test_four_host_devices_match_one_device(tmp_path, four_device_flags):
     drv = _driver(tmp_path)
     one = subprocess.run([sys.executable, drv, str(tmp_path / "one"), str(tmp_path / "one.npz"), "0"], cwd=REPO,
                          env=_env(), capture_output=True, text=True, timeout=300)
     four = subprocess.run([sys.executable, drv, str(tmp_path / "four"), str(tmp_path / "four.npz"), "0"], cwd=REPO,
-                          env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+                          env=_env(XLA_FLAGS=four_device_flags),
                           capture_output=True, text=True, timeout=300)
     assert one.returncode == 0 and four.returncode == 0, (one.stderr[-1500:], four.stderr[-1500:])
     assert "DONE 1" in one.stdout and "DONE 4" in four.stdout

@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 
-def test_batch_split_over_four_devices():
+def test_batch_split_over_four_devices(four_device_flags):
     code = textwrap.dedent("""
         import jax, numpy as np
         from jaxdeca.train import parallel
@@ -25,6 +25,6 @@ def test_batch_split_over_four_devices():
             raise AssertionError("expected ValueError")
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

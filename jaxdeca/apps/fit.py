@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxdeca import render
+from jaxdeca import render, xla_options
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.data import preprocess
 from jaxdeca.losses import coarse
@@ -121,7 +121,7 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
     opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
     grad = jax.grad(fit_loss)
 
-    @jax.jit
+    @xla_options.jit
     def run(p, detail, target, image, mask):
         def body(_, carry):
             p, s = carry

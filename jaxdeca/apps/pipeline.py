@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca import flame, models, render
+from jaxdeca import flame, models, render, xla_options
 from jaxdeca.apps import export
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
@@ -148,9 +148,9 @@ class Pipeline:
     def __post_init__(self):
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
-        self._encode = jax.jit(self._encode_impl)
-        self._decode = jax.jit(self._decode_impl)
-        self._both = jax.jit(self._both_impl)
+        self._encode = xla_options.jit(self._encode_impl)
+        self._decode = xla_options.jit(self._decode_impl)
+        self._both = xla_options.jit(self._both_impl)
 
     def _both_impl(self, v, images):
         codes = self._encode_impl(v, images)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxdeca import flame, render
+from jaxdeca import flame, render, xla_options
 from jaxdeca.apps import export
 
 
@@ -86,7 +86,7 @@ def run(config, workdir: str) -> None:
 
     names, shape, exp, pose = head_batch(model, cfg.identity_sigma, cfg.jaw_open)
     n = len(names)
-    out = jax.jit(model.__call__)(jnp.asarray(shape), jnp.asarray(exp), jnp.asarray(pose))
+    out = xla_options.jit(model.__call__)(jnp.asarray(shape), jnp.asarray(exp), jnp.asarray(pose))
     cams = jnp.broadcast_to(cam, (n, 3))
     trans = render.orth_proj(out["vertices"], cams)
     lmk = render.orth_proj(out["landmarks2d"], cams)
@@ -95,7 +95,7 @@ def run(config, workdir: str) -> None:
     albedo = flame.texture.albedo_from_arrays(arrays, jnp.zeros((n, config.n_tex)), size=tex_size)
     light = jnp.zeros((n, 9, 3)).at[:, 0, :].set(2.6).at[:, 2, :].set(-0.6).at[:, 3, :].set(1.0)
     uv_z = jnp.broadcast_to(_wrinkles(tex_size), (n, tex_size, tex_size, 1))
-    rendered = jax.jit(lambda v, tv, a, l, z: render.render(v, tv, a, l, topo, size, uv_z=z))(
+    rendered = xla_options.jit(lambda v, tv, a, l, z: render.render(v, tv, a, l, topo, size, uv_z=z))(
         out["vertices"], trans, albedo, light, uv_z)
     rendered = jax.device_get(rendered)
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca import flame, render
+from jaxdeca import flame, render, xla_options
 
 
 @functools.lru_cache(maxsize=4)
@@ -68,7 +68,7 @@ def _renderer(flame_path, image_size):
     s0 = 0.7 / extent  # landmark box about a third of the image
     face_uv = topo.uv_face_eye_mask[None, ..., None]
 
-    @jax.jit
+    @xla_options.jit
     def fn(c):
         n = c["shape"].shape[0]
         out = model(c["shape"], c["expression"], c["pose"])

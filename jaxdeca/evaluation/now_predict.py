@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxdeca import xla_options
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.evaluation import now
 from jaxdeca.evaluation.meshio import NowFileError
@@ -99,7 +100,7 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
     if pipe is None:
         pipe = pipeline.load_pipeline(checkpoint, flame_path)
     faces = np.asarray(pipe.arrays["faces"])
-    predict = jax.jit(lambda shape: neutral_prediction(pipe.flame, shape))
+    predict = xla_options.jit(lambda shape: neutral_prediction(pipe.flame, shape))
     written, skipped, pending = [], [], []
 
     def write(entry, shape):

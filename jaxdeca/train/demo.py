@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from jaxdeca import xla_options
 from jaxdeca.train import loop, run as run_lib
 from jaxdeca.train.deca_common import composite
 
@@ -104,7 +105,7 @@ def export_heldout(config, workdir: str) -> list[str]:
     batch = task.eval_batches(int(c.train.batch_size), 0, 1)[0]
     n = min(int(config.heldout_faces), batch["image"].shape[0])
     batch = {k: v[:n] for k, v in batch.items()}
-    fwd = jax.jit(lambda p, bs, fr, b: task.forward(p, bs, fr, b, None, False)[0])
+    fwd = xla_options.jit(lambda p, bs, fr, b: task.forward(p, bs, fr, b, None, False)[0])
     f = jax.device_get(fwd(st["params"], st["batch_stats"], st["frozen"], batch))
     r, size = f["render"], task.size
     out_dir = os.path.join(workdir, "heldout")

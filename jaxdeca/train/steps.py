@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import optax
 
+from jaxdeca import xla_options
 from jaxdeca.train import parallel
 from jaxdeca.train.state import TrainState
 
@@ -30,7 +31,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         terms = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
         return state.replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state), terms
 
-    return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
+    return xla_options.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 def make_eval_step(metric_fn: Callable, mesh) -> Callable:
@@ -41,4 +42,4 @@ def make_eval_step(metric_fn: Callable, mesh) -> Callable:
     def ev(state: TrainState, batch):
         return metric_fn(state.params, state.batch_stats, state.frozen, batch)
 
-    return jax.jit(ev, in_shardings=(repl, data), out_shardings=repl)
+    return xla_options.jit(ev, in_shardings=(repl, data), out_shardings=repl)

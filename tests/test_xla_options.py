@@ -1,0 +1,60 @@
+"""jaxdeca.xla_options: the CPU compile option is accepted, takes effect, and changes no result."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdeca import xla_options
+
+
+def _blend_grad(b, c):
+    """Gradient of a broadcast blend: autodiff reduces over the 3-channel minor axis."""
+    return jax.grad(lambda b, c: jnp.sum(jnp.sin(b[..., :1] * c + b[..., 1:2])), argnums=(0, 1))(b, c)
+
+
+def _inputs():
+    k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+    return jax.random.uniform(k1, (2, 32, 32, 3)), jax.random.normal(k2, (2, 32, 32, 3))
+
+
+def test_options_only_on_cpu_and_only_when_the_user_has_not_set_the_flag(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    assert xla_options.compiler_options("cpu") == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+    assert xla_options.compiler_options("gpu") is None
+    assert xla_options.compiler_options("tpu") is None
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot,reduce")
+    assert xla_options.compiler_options("cpu") is None
+
+
+def test_jit_compiles_reductions_without_ynnpack_and_gives_the_same_result(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    b, c = _inputs()
+    ours = xla_options.jit(_blend_grad)
+    hlo = ours.lower(b, c).compile().as_text()
+    assert "__ynn_fusion" not in hlo  # every reduction is XLA's own loop
+    ref = jax.jit(_blend_grad)(b, c)
+    for x, y in zip(ours(b, c), ref):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_as_decorator_keeps_jit_arguments(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "")
+
+    @xla_options.jit(static_argnums=1)
+    def scale(x, k):
+        return jnp.sum(x * k, -1)
+
+    x = jnp.arange(6.0).reshape(2, 3)
+    np.testing.assert_allclose(scale(x, 2), [6.0, 24.0])
+    user = xla_options.jit(lambda x: x + 1, compiler_options={"xla_cpu_enable_fast_math": False})
+    np.testing.assert_allclose(user(x), x + 1)
+
+
+def test_package_code_jits_through_xla_options():
+    """Every jitted program of the package gets the CPU options: no bare jax.jit in jaxdeca/."""
+    import pathlib
+    import re
+    root = pathlib.Path(xla_options.__file__).parent
+    bare = re.compile(r"@jax\.jit\b|\bjax\.jit\(")
+    found = [f"{p.relative_to(root)}:{i + 1}" for p in sorted(root.rglob("*.py")) if p.name != "xla_options.py"
+             for i, line in enumerate(p.read_text().splitlines()) if bare.search(line.split("#")[0])]
+    assert not found, f"use jaxdeca.xla_options.jit instead of jax.jit at {found}"
