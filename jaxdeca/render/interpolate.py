@@ -32,14 +32,15 @@ def _blend(corners, frags):
     Up to 8 channels it is written per channel (C = 3: 0.1 ms instead of 6 ms for the gradient
     of a 224 x 224 blend on XLA:CPU), so that the bary gradient is a sum of products rather than
     a reduction over the short channel axis, which XLA:CPU's default YNNPACK path runs slowly
-    (see jaxdeca.xla_options). Wider attributes use one contraction.
+    (see jaxdeca.xla_options). Wider attributes broadcast the barycentrics (not a contraction,
+    which GPUs and TPUs would run at reduced matmul precision by default).
     """
     b = frags.bary
     C = corners[0].shape[-1]
     if C <= 8:
         out = jnp.stack([sum(b[..., k] * corners[k][..., c] for k in range(3)) for c in range(C)], -1)
     else:
-        out = jnp.einsum("...k,...kc->...c", b, jnp.stack(corners, -2))
+        out = sum(b[..., k, None] * corners[k] for k in range(3))
     return jnp.where((frags.face_index >= 0)[..., None], out, 0.0)
 
 
