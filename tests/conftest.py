@@ -21,11 +21,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _OWN_CACHE = tempfile.mkdtemp(prefix="jaxdeca-test-xla-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def _xla_flags_with(flag):
+    """This process's XLA_FLAGS with `flag` appended."""
+    return (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+
+
 # Test programs are tiny, so LLVM's optimisation passes cost more than they save; results differ
 # from the optimised build only by rounding (e.g. fused multiply-adds). Subprocesses inherit
 # this; tests that need four host devices add to it (`four_device_flags`).
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = _xla_flags_with("--xla_backend_optimization_level=0")
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -36,4 +43,4 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture
 def four_device_flags():
     """XLA_FLAGS for a subprocess with four host devices that keeps this session's flags (-O0)."""
-    return (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    return _xla_flags_with("--xla_force_host_platform_device_count=4")
