@@ -76,7 +76,7 @@ def test_identity_loss_runs_with_converted_vggface2(tmp_path):
     config.weights.vggface2 = str(tmp_path / "vggface2")
     task = CoarseTask(config)
     params, stats, frozen = task.init_variables(jax.random.key(0))
-    assert "vggface2" in frozen
+    assert "vggface2" in frozen and task.frozen_from_config == ("vggface2",)  # not checkpointed
     batch = task.make_loader(2, 0, 1).next()
     grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
     (loss, (terms, _)), g = grad_fn(params, stats, frozen, batch, jax.random.key(1))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import test_toy
-from jaxdeca.train import loop
+from jaxdeca.train import checkpoint, loop
 from jaxdeca.train.toy import ToyTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,6 +77,32 @@ def test_loss_decreases_and_same_seed_same_losses(tmp_path):
     np.testing.assert_array_equal(la, [l for _, l in b["losses"]])
     # checkpoints: keep-last-3 of every 10 steps up to 40
     assert sorted(int(d) for d in os.listdir(tmp_path / "a" / "checkpoints") if d.isdigit()) == [20, 30, 40]
+
+
+class _ProjFromConfig(ToyTask):
+    frozen_from_config = ("proj",)  # as the DECA stages' loss networks: rebuilt, never saved
+
+
+def test_frozen_from_config_left_out_of_checkpoints_and_restored_on_resume(tmp_path):
+    config = test_toy.get_config()
+    ref = loop.train(config, str(tmp_path / "ref"), ToyTask(config))
+    half = test_toy.get_config()
+    half.train.num_steps = 20
+
+    loop.train(half, str(tmp_path / "new"), _ProjFromConfig(half))
+    reader = checkpoint.open_for_reading(str(tmp_path / "new" / "checkpoints"))
+    assert "proj" not in reader.item_metadata(20)["state"]["frozen"]
+    assert checkpoint.restore_latest(reader)[2]["frozen_from_config"] == ["proj"]
+    # a checkpoint from before entries were left out (it holds proj) resumes the same way
+    loop.train(half, str(tmp_path / "old"), ToyTask(half))
+    assert "proj" in checkpoint.open_for_reading(str(tmp_path / "old" / "checkpoints")).item_metadata(20)["state"]["frozen"]
+
+    for run in ("new", "old"):
+        out = loop.train(config, str(tmp_path / run), _ProjFromConfig(config))
+        assert [s for s, _ in out["losses"]][0] > 20, "did not resume"
+        np.testing.assert_array_equal(np.asarray(out["state"].frozen["proj"]), np.asarray(ref["state"].frozen["proj"]))
+        for x, y in zip(jax.tree.leaves(ref["state"].params), jax.tree.leaves(out["state"].params)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
 
 
 def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):

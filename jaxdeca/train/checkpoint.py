@@ -9,9 +9,14 @@ run killed mid-save leaves no half-written step behind the latest complete one. 
 checkpoint that is nonetheless unreadable (a truncated file, a disk error) is skipped with a
 warning and the previous one is restored instead; only when none can be read does resuming
 fail, naming every step it tried.
+
+Restoring onto a given structure reads what that structure asks for: entries a checkpoint
+holds beyond it (a dict key a stage no longer saves, e.g. the frozen feature networks that
+checkpoints written before they were left out still carry) are read and dropped.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -25,6 +30,10 @@ class CheckpointError(RuntimeError):
     """No checkpoint in a directory could be restored."""
 
 
+def _item_handlers():
+    return {"state": ocp.StandardCheckpointHandler(), "extra": ocp.JsonCheckpointHandler()}
+
+
 def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
     """A CheckpointManager for `directory` keeping the last `max_to_keep` checkpoints."""
     options = ocp.CheckpointManagerOptions(
@@ -33,7 +42,7 @@ def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = Tru
         create=True,
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=_item_handlers())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | None = None, *, force: bool = False) -> bool:
@@ -49,8 +58,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
 def open_for_reading(directory: str) -> ocp.CheckpointManager:
     """A manager over an existing checkpoint directory that reads item metadata too (no writes)."""
     return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False),
-                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                "extra": ocp.JsonCheckpointHandler()})
+                                 item_handlers=_item_handlers())
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -> tuple[int, Any, dict] | None:
@@ -60,7 +68,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -
       manager: from `make_manager` (or `open_for_reading` when abstract_state is None).
       abstract_state: a pytree with the structure, shapes, dtypes (and shardings) of the state,
         e.g. `jax.eval_shape(init_fn)` or the freshly initialised state itself; None restores
-        the structure saved in the checkpoint's own metadata as host numpy arrays.
+        the structure saved in the checkpoint's own metadata as host numpy arrays. Dict
+        entries the checkpoint holds beyond abstract_state are read and dropped.
 
     Returns:
       (step, state, extra), or None when the directory holds no checkpoint.
@@ -75,7 +84,8 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -
     failures = []
     for step in steps:
         try:
-            target = _host_target(manager.item_metadata(step)["state"]) if abstract is None else abstract
+            meta = manager.item_metadata(step)["state"]
+            target = _host_target(meta) if abstract is None else _with_unasked(abstract, meta)
             restored = manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()),
@@ -84,11 +94,37 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -
             failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
             continue
-        return step, restored["state"], dict(restored["extra"] or {})
+        state = restored["state"] if abstract is None else _asked(restored["state"], abstract)
+        return step, state, dict(restored["extra"] or {})
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
 
 
 def _host_target(meta):
     """Checkpoint metadata tree -> the same tree of zero numpy arrays (restore onto the host)."""
     return jax.tree.map(lambda m: np.zeros(m.shape, getattr(m, "dtype", np.float32)) if hasattr(m, "shape") else m,
-                        dict(meta), is_leaf=lambda m: hasattr(m, "shape"))
+                        dict(meta) if hasattr(meta, "keys") else meta, is_leaf=lambda m: hasattr(m, "shape"))
+
+
+def _with_unasked(abstract, meta):
+    """`abstract` plus, as host zeros, the dict entries the checkpoint metadata `meta` holds
+    beyond it (StandardRestore needs the checkpoint's exact tree); `_asked` drops them again."""
+    if meta is None:
+        return abstract
+    if isinstance(abstract, dict) and hasattr(meta, "keys"):
+        out = {k: _with_unasked(v, meta[k]) if k in meta else v for k, v in abstract.items()}
+        out.update({k: _host_target(meta[k]) for k in meta.keys() if k not in abstract})
+        return out
+    if dataclasses.is_dataclass(abstract) and hasattr(meta, "keys"):
+        return abstract.replace(**{f.name: _with_unasked(getattr(abstract, f.name), meta[f.name])
+                                   for f in dataclasses.fields(abstract) if f.name in meta})
+    return abstract
+
+
+def _asked(restored, abstract):
+    """`restored` cut back to the structure of `abstract` (inverse of `_with_unasked`)."""
+    if isinstance(abstract, dict) and isinstance(restored, dict):
+        return {k: _asked(restored[k], v) for k, v in abstract.items()}
+    if dataclasses.is_dataclass(abstract) and dataclasses.is_dataclass(restored):
+        return restored.replace(**{f.name: _asked(getattr(restored, f.name), getattr(abstract, f.name))
+                                   for f in dataclasses.fields(abstract)})
+    return restored

@@ -90,6 +90,13 @@ class DecaParts:
         return {"model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()},
                 "image_size": self.size, "flame_path": self.flame_path}
 
+    @property
+    def frozen_from_config(self) -> tuple:
+        """Frozen variables read from config.weights at every start and left out of
+        checkpoints: the loss networks (VGGFace2 ResNet-50, 90 MiB; VGG19 features, 13 MiB),
+        fixed files. The detail stage's coarse encoder is saved: it is part of the exported model."""
+        return tuple(getattr(self, "frozen_features", {}))
+
     def init_net(self, name: str, rng):
         if name == "D_detail":
             x = jnp.zeros((2, models.DETAIL_LATENT_SIZE))

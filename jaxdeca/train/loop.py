@@ -8,6 +8,11 @@ A *task* (see `jaxdeca.train.toy.ToyTask` for the smallest one) supplies the sta
       `next() -> dict of numpy [local_batch, ...]`, `position() -> JSON-able`, `restore(position)`
   eval_batches(local_batch_size, process_index, process_count) -> list of numpy batches
   images(state, batch) -> optional dict name -> [N, H, W, 3] image grid (may be None)
+and optionally
+  checkpoint_info() -> JSON-able dict saved with every checkpoint
+  frozen_from_config -> names of `frozen` entries that init_variables reads from fixed files
+      (pretrained loss networks): checkpoints leave them out and a resume takes them from
+      init_variables again
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
 loader position), so a killed run restarted with the same config continues bit-for-bit.
@@ -51,18 +56,23 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
     params, batch_stats, frozen = task.init_variables(jax.random.key(int(config.seed)))
     init_state = parallel.replicate(state_lib.create(params, batch_stats, frozen, optimizer, int(config.seed)), mesh)
+    from_config = sorted(k for k in getattr(task, "frozen_from_config", ()) if k in frozen)
+
+    def saved(s):  # the part of a state a checkpoint holds
+        return s.replace(frozen={k: v for k, v in s.frozen.items() if k not in from_config})
     loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
     eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpoint.make_manager(ckpt_dir, max_to_keep=int(tc.keep_checkpoints),
                                       async_save=bool(tc.get("async_checkpoints", True)))
-    restored = checkpoint.restore_latest(manager, init_state)
+    restored = checkpoint.restore_latest(manager, saved(init_state))
     if restored is None:
         state, start = init_state, 0
     else:
         start, state, extra = restored
         state = parallel.replicate(state, mesh)
+        state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
         loader.restore(extra["loader"])
         logging.info("resumed from step %d in %s", start, ckpt_dir)
 
@@ -100,7 +110,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             do_eval(step)
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
             info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-            checkpoint.save(manager, step, state, {"loader": loader.position(), "stage": config.get("stage", ""), **info})
+            checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
+                                                          "frozen_from_config": from_config, **info})
     manager.wait_until_finished()
     writer.flush()
     return {"state": state, "eval_history": eval_history, "losses": losses}

@@ -6,8 +6,10 @@
   batch_stats   BatchNorm running statistics of the trainable nets
   opt_state     optax state for `params`
   rng           raw uint32 key data (checkpointable; wrap with `jax.random.wrap_key_data`)
-  frozen        variables that are used but never updated (the detail stage's coarse encoder);
-                kept apart so gradients and the optimiser never see them.
+  frozen        variables that are used but never updated (the detail stage's coarse encoder,
+                the loss networks); kept apart so gradients and the optimiser never see them.
+                Entries a task names in `frozen_from_config` (the loss networks) are read
+                from their files at every start and left out of checkpoints (`loop.train`).
 """
 from __future__ import annotations
 
