@@ -92,7 +92,8 @@ def test_frozen_from_config_left_out_of_checkpoints_and_restored_on_resume(tmp_p
     loop.train(half, str(tmp_path / "new"), _ProjFromConfig(half))
     reader = checkpoint.open_for_reading(str(tmp_path / "new" / "checkpoints"))
     assert "proj" not in reader.item_metadata(20)["state"]["frozen"]
-    assert checkpoint.restore_latest(reader)[2]["frozen_from_config"] == ["proj"]
+    proj = ToyTask(half).init_variables(jax.random.key(int(half.seed)))[2]["proj"]
+    assert checkpoint.restore_latest(reader)[2]["frozen_from_config"] == {"proj": loop.fingerprint(proj)}
     # a checkpoint from before entries were left out (it holds proj) resumes the same way
     loop.train(half, str(tmp_path / "old"), ToyTask(half))
     assert "proj" in checkpoint.open_for_reading(str(tmp_path / "old" / "checkpoints")).item_metadata(20)["state"]["frozen"]
@@ -103,6 +104,16 @@ def test_frozen_from_config_left_out_of_checkpoints_and_restored_on_resume(tmp_p
         np.testing.assert_array_equal(np.asarray(out["state"].frozen["proj"]), np.asarray(ref["state"].frozen["proj"]))
         for x, y in zip(jax.tree.leaves(ref["state"].params), jax.tree.leaves(out["state"].params)):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+
+    class OtherProj(_ProjFromConfig):  # config.weights now names a different file
+        def init_variables(self, rng):
+            p, s, f = super().init_variables(rng)
+            return p, s, dict(f, proj=f["proj"] * 1.01)
+
+    more = test_toy.get_config()
+    more.train.num_steps = 50
+    with pytest.raises(ValueError, match="trained with frozen 'proj' weights"):
+        loop.train(more, str(tmp_path / "new"), OtherProj(more))
 
 
 def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):

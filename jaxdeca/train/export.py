@@ -9,8 +9,8 @@ dicts of numpy arrays:
 
 'extra' holds the loader position and what the stage saved to rebuild its networks: 'model'
 (width, blocks, hidden, uv_size, dtype), 'image_size', 'flame_path'. 'frozen' holds the detail
-stage's coarse encoder; the loss networks (VGGFace2, VGG19) are not saved ('extra' lists them
-under 'frozen_from_config'; checkpoints written before that hold them too).
+stage's coarse encoder; the loss networks (VGGFace2, VGG19) are not saved ('extra' names them,
+with a fingerprint, under 'frozen_from_config'; checkpoints written before that hold them).
 
 `inference_variables(path)` turns a coarse or detail stage into the Flax variables of each
 network, keyed like a converted official DECA model (`jaxdeca.convert.convert_deca`):

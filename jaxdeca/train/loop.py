@@ -11,8 +11,8 @@ A *task* (see `jaxdeca.train.toy.ToyTask` for the smallest one) supplies the sta
 and optionally
   checkpoint_info() -> JSON-able dict saved with every checkpoint
   frozen_from_config -> names of `frozen` entries that init_variables reads from fixed files
-      (pretrained loss networks): checkpoints leave them out and a resume takes them from
-      init_variables again
+      (pretrained loss networks): checkpoints leave them out, recording a fingerprint of each,
+      and a resume takes them from init_variables again, refusing ones whose fingerprint differs
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
 loader position), so a killed run restarted with the same config continues bit-for-bit.
@@ -43,6 +43,22 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
 
+def fingerprint(tree) -> list[float]:
+    """[number of values, sum of |values|] of a pytree of arrays (float64 on the host): tells
+    two files of pretrained weights apart without storing them."""
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(tree))]
+    return [float(sum(x.size for x in leaves)), float(sum(np.abs(x).sum() for x in leaves))]
+
+
+def _check_fingerprints(saved, now, ckpt_dir, step):
+    """Refuses a resume whose frozen_from_config weights are not the ones the run started with."""
+    for k, fp in (saved if isinstance(saved, dict) else {}).items():
+        if k in now and not np.allclose(fp, now[k], rtol=1e-6, atol=0):
+            raise ValueError(f"{ckpt_dir}: checkpoint step {step} was trained with frozen {k!r} weights "
+                             f"{fp} ([values, sum |values|]) but the ones loaded now (config.weights) are "
+                             f"{now[k]}; resume with the same files or start a new workdir")
+
+
 def train(config, workdir: str, task) -> dict[str, Any]:
     """Runs `config.train.num_steps` steps of `task`; returns {'state', 'eval_history', 'losses'}.
 
@@ -57,6 +73,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     params, batch_stats, frozen = task.init_variables(jax.random.key(int(config.seed)))
     init_state = parallel.replicate(state_lib.create(params, batch_stats, frozen, optimizer, int(config.seed)), mesh)
     from_config = sorted(k for k in getattr(task, "frozen_from_config", ()) if k in frozen)
+    fingerprints = {k: fingerprint(frozen[k]) for k in from_config}
 
     def saved(s):  # the part of a state a checkpoint holds
         return s.replace(frozen={k: v for k, v in s.frozen.items() if k not in from_config})
@@ -72,6 +89,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     else:
         start, state, extra = restored
         state = parallel.replicate(state, mesh)
+        _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
         loader.restore(extra["loader"])
         logging.info("resumed from step %d in %s", start, ckpt_dir)
@@ -111,7 +129,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
             info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
             checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
-                                                          "frozen_from_config": from_config, **info})
+                                                          "frozen_from_config": fingerprints, **info})
     manager.wait_until_finished()
     writer.flush()
     return {"state": state, "eval_history": eval_history, "losses": losses}
