@@ -1,6 +1,7 @@
 """Lighting: DECA's 9-band spherical harmonics and its directional 'shape' lights."""
-import numpy as np
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 _PI = np.pi
 # DECA Renderer.constant_factor
@@ -24,17 +25,57 @@ SHAPE_GREY = 180.0 / 255.0
 
 def sh_basis(normals):
     """normals: [..., 3] -> [..., 9] scaled SH basis (DECA's add_SHlight order)."""
-    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    b = jnp.stack([jnp.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], -1)
-    return b * SH_CONSTANTS
+    return jnp.stack(_basis_terms(normals), -1) * SH_CONSTANTS
 
 
+def _basis_terms(n):
+    """The 9 unscaled basis functions of n [..., 3], each [...]."""
+    x, y, z = n[..., 0], n[..., 1], n[..., 2]
+    return [jnp.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1]
+
+
+def _light_coef(light, k, c, ndim):
+    """SH_CONSTANTS[k] * light[:, k, c] shaped [B, 1, ...] to broadcast against [B, ...] maps."""
+    return (light[:, k, c] * float(SH_CONSTANTS[k])).reshape((-1,) + (1,) * (ndim - 2))
+
+
+@jax.custom_vjp
 def sh_shading(normals, light):
-    """DECA add_SHlight. normals: [B, ..., 3]; light: [B, 9, 3] -> shading [B, ..., 3]."""
-    b = sh_basis(normals)
+    """DECA add_SHlight: sum_k SH_CONSTANTS[k] basis_k(n) light[:, k, c].
+
+    normals: [B, ..., 3]; light: [B, 9, 3] -> shading [B, ..., 3].
+    Written per output channel with a hand-written VJP: the gradient w.r.t. the normals is
+    elementwise and only the light's gradient is a contraction over pixels. (The einsum form
+    costs ~2.5x more per 224 x 224 image forward+backward on XLA:CPU, which runs the transposed
+    9 -> 3 contraction and the [..., 9] basis it materialises slowly, and on GPUs/TPUs its
+    forward would run at reduced matmul precision by default.)
+    """
+    b = _basis_terms(normals)
+    return jnp.stack([sum(b[k] * _light_coef(light, k, c, normals.ndim) for k in range(9)) for c in range(3)], -1)
+
+
+def _sh_shading_fwd(normals, light):
+    return sh_shading(normals, light), (normals, light)
+
+
+def _sh_shading_bwd(res, g):
+    normals, light = res
+    nd = normals.ndim
+    x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
+    # s_k = d loss / d basis_k (scaled): sum_c g_c SH_CONSTANTS[k] light[k, c]
+    s = [sum(g[..., c] * _light_coef(light, k, c, nd) for c in range(3)) for k in range(9)]
+    g_n = jnp.stack([s[1] + s[4] * y + s[5] * z + 2.0 * x * s[7],
+                     s[2] + s[4] * x + s[6] * z - 2.0 * y * s[7],
+                     s[3] + s[5] * x + s[6] * y + 6.0 * z * s[8]], -1)
     B = normals.shape[0]
-    flat = b.reshape(B, -1, 9)
-    return jnp.einsum("bpk,bkc->bpc", flat, light).reshape(normals.shape[:-1] + (3,))
+    basis = jnp.stack([t.reshape(B, -1) for t in _basis_terms(normals)], 1)  # [B, 9, P]
+    gc = jnp.stack([g[..., c].reshape(B, -1) for c in range(3)], 1)  # [B, 3, P]
+    g_light = jnp.einsum("bkp,bcp->bkc", basis, gc, precision=jax.lax.Precision.HIGHEST)
+    g_light = g_light * jnp.asarray(SH_CONSTANTS, g_light.dtype)[:, None]
+    return g_n.astype(normals.dtype), g_light.astype(light.dtype)
+
+
+sh_shading.defvjp(_sh_shading_fwd, _sh_shading_bwd)
 
 
 def directional_shading(normals, positions=SHAPE_LIGHT_POSITIONS, intensity=SHAPE_LIGHT_INTENSITY):
