@@ -46,9 +46,10 @@ def sh_shading(normals, light):
     normals: [B, ..., 3]; light: [B, 9, 3] -> shading [B, ..., 3].
     Written per output channel with a hand-written VJP: the gradient w.r.t. the normals is
     elementwise and only the light's gradient is a contraction over pixels. (The einsum form
-    costs ~2.5x more per 224 x 224 image forward+backward on XLA:CPU, which runs the transposed
-    9 -> 3 contraction and the [..., 9] basis it materialises slowly, and on GPUs/TPUs its
-    forward would run at reduced matmul precision by default.)
+    runs its transposed 9 -> 3 contraction and the [..., 9] basis it materialises slowly on
+    XLA:CPU: interpolation + shading of a 224 x 224 image, forward+backward, took 4.5 ms
+    instead of 1.7 for the normals' gradient and 5.2 instead of 3.9 with the light's; and on
+    GPUs/TPUs its forward would run at reduced matmul precision by default.)
     """
     b = _basis_terms(normals)
     return jnp.stack([sum(b[k] * _light_coef(light, k, c, normals.ndim) for k in range(9)) for c in range(3)], -1)
