@@ -10,6 +10,7 @@ Packages, one job each:
   train       train state, steps and loop.
   apps        reconstruct, animate, teaser, fit.
   evaluation  NoW benchmark export and metric.
+  wavefront   the one OBJ reader and writer (FLAME template, NoW meshes, exports).
   xla_options the compile options of jaxdeca's jitted programs (`jit`), for XLA:CPU.
 """
 

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
+from jaxdeca import wavefront
 from jaxdeca.apps import export, inputs
 
 
@@ -69,23 +70,6 @@ def test_folder_with_videos_expands_good_ones_and_skips_broken_ones(tmp_path):
     assert isinstance(items[3], inputs.Skipped) and items[3].reason.startswith(str(tmp_path / "c_bad.mp4"))
 
 
-def _read_obj(path):
-    v, vt, f, ft = [], [], [], []
-    for line in open(path):
-        p = line.split()
-        if not p:
-            continue
-        if p[0] == "v":
-            v.append([float(x) for x in p[1:4]])
-        elif p[0] == "vt":
-            vt.append([float(x) for x in p[1:3]])
-        elif p[0] == "f":
-            f.append([int(x.split("/")[0]) - 1 for x in p[1:]])
-            if "/" in p[1]:
-                ft.append([int(x.split("/")[1]) - 1 for x in p[1:]])
-    return np.array(v), np.array(vt), np.array(f), np.array(ft)
-
-
 def test_write_obj_roundtrip_with_texture(tmp_path):
     rng = np.random.default_rng(1)
     v = rng.normal(size=(6, 3))
@@ -95,11 +79,12 @@ def test_write_obj_roundtrip_with_texture(tmp_path):
     tex = rng.random((16, 16, 3))
     nmap = rng.uniform(-1, 1, (16, 16, 3))
     path = export.write_obj(str(tmp_path / "m.obj"), v, f, uv_coords=vt, uv_faces=ft, texture=tex, normal_map=nmap)
-    v2, vt2, f2, ft2 = _read_obj(path)
-    np.testing.assert_allclose(v2, v, atol=1e-6)
-    np.testing.assert_allclose(vt2, vt, atol=1e-6)
-    np.testing.assert_array_equal(f2, f)
-    np.testing.assert_array_equal(ft2, ft)
+    m = wavefront.read(path)
+    np.testing.assert_allclose(m["vertices"], v, atol=1e-6)
+    np.testing.assert_allclose(m["uv_coords"], vt, atol=1e-6)
+    np.testing.assert_array_equal(m["faces"], f)
+    np.testing.assert_array_equal(m["uv_faces"], ft)
+    assert "usemtl FaceTexture" in open(path).read()
     assert "map_Kd m.png" in open(tmp_path / "m.mtl").read()
     back = cv2.imread(str(tmp_path / "m.png"))[..., ::-1] / 255.0
     np.testing.assert_allclose(back, tex, atol=1 / 255)

@@ -8,6 +8,8 @@ import os
 import cv2
 import numpy as np
 
+from jaxdeca import wavefront
+
 
 def save_image(path: str, image: np.ndarray) -> str:
     """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path."""
@@ -39,38 +41,20 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
     Returns:
       The OBJ path.
     """
-    vertices = np.asarray(vertices, np.float64)
-    faces = np.asarray(faces, np.int64)
     stem, _ = os.path.splitext(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     has_uv = uv_coords is not None and uv_faces is not None
-    lines = []
+    mtllib = None
     if texture is not None and has_uv:
-        mtl = stem + ".mtl"
-        name = os.path.basename(stem)
+        mtllib, name = os.path.basename(stem) + ".mtl", os.path.basename(stem)
         save_image(stem + ".png", texture)
-        with open(mtl, "w") as f:
+        with open(stem + ".mtl", "w") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
             if normal_map is not None:
                 save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
                 f.write(f"disp {name}_normals.png\n")
-        lines.append(f"mtllib {os.path.basename(mtl)}")
-    if colors is not None:
-        colors = np.asarray(colors, np.float64)
-        lines += [f"v {v[0]:.6f} {v[1]:.6f} {v[2]:.6f} {c[0]:.4f} {c[1]:.4f} {c[2]:.4f}" for v, c in zip(vertices, colors)]
-    else:
-        lines += [f"v {v[0]:.6f} {v[1]:.6f} {v[2]:.6f}" for v in vertices]
-    if has_uv:
-        lines += [f"vt {t[0]:.6f} {t[1]:.6f}" for t in np.asarray(uv_coords, np.float64)]
-        if texture is not None:
-            lines.append("usemtl FaceTexture")
-        fi, ti = faces + 1, np.asarray(uv_faces, np.int64) + 1
-        lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in zip(fi, ti)]
-    else:
-        lines += [f"f {a} {b} {c}" for a, b, c in faces + 1]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return wavefront.write(path, vertices, faces, uv_coords=uv_coords if has_uv else None,
+                           uv_faces=uv_faces if has_uv else None, colors=colors, mtllib=mtllib,
+                           usemtl="FaceTexture" if mtllib else None)
 
 
 def grid_mesh(valid: np.ndarray) -> np.ndarray:

@@ -16,6 +16,8 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from jaxdeca import wavefront
+
 
 class NowFileError(ValueError):
     """A NoW input file is missing or malformed (the message names the file)."""
@@ -23,45 +25,13 @@ class NowFileError(ValueError):
 
 def read_obj(path: str) -> tuple[np.ndarray, np.ndarray]:
     """OBJ -> (vertices [V, 3] float64, faces [F, 3] int64, 0-based; polygons fan-triangulated)."""
-    if not os.path.isfile(path):
-        raise NowFileError(f"{path}: OBJ file not found")
-    v, f = [], []
-    with open(path, "r", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            p = line.split()
-            if not p:
-                continue
-            try:
-                if p[0] == "v":
-                    v.append([float(x) for x in p[1:4]])
-                elif p[0] == "f":
-                    idx = [int(c.split("/")[0]) for c in p[1:]]
-                    idx = [i - 1 if i > 0 else len(v) + i for i in idx]
-                    if len(idx) < 3:
-                        raise ValueError
-                    f.extend([idx[0], idx[k], idx[k + 1]] for k in range(1, len(idx) - 1))
-            except (ValueError, IndexError):
-                raise NowFileError(f"{path}: line {n} is not a valid OBJ record: {line.strip()[:80]}") from None
-    if not v:
-        raise NowFileError(f"{path}: no vertices found")
-    vertices, faces = np.asarray(v, np.float64).reshape(-1, 3), np.asarray(f, np.int64).reshape(-1, 3)
-    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
-        raise NowFileError(f"{path}: face index out of range for {len(vertices)} vertices")
-    return vertices, faces
+    m = wavefront.read(path, NowFileError)
+    return m["vertices"], m["faces"]
 
 
 def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray) -> str:
     """vertices [V, 3], faces [F, 3] (0-based) -> plain OBJ (`v`, `f` 1-based). Returns path."""
-    vertices, faces = np.asarray(vertices), np.asarray(faces)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"{path}: vertices must be [V, 3], found {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3:
-        raise ValueError(f"{path}: faces must be [F, 3], found {faces.shape}")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write("".join(f"v {x:.8g} {y:.8g} {z:.8g}\n" for x, y, z in vertices))
-        fh.write("".join(f"f {a + 1} {b + 1} {c + 1}\n" for a, b, c in faces))
-    return path
+    return wavefront.write(path, vertices, faces)
 
 
 def read_pp(path: str, n_points: int = 7) -> np.ndarray:

@@ -26,6 +26,8 @@ import types
 
 import numpy as np
 
+from jaxdeca import wavefront
+
 # ----------------------------------------------------------------------------- plain npz
 
 REQUIRED = {
@@ -396,32 +398,13 @@ def read_albedo(path: str) -> dict:
 
 def read_obj(path: str) -> dict:
     """`head_template.obj` -> vertices [V,3], faces [F,3], uv_coords [T,2], uv_faces [F,3] (0-based)."""
-    if not os.path.isfile(path):
-        raise FlameFileError(f"{path}: OBJ file not found")
-    v, vt, f, ft = [], [], [], []
-    with open(path, "r", errors="replace") as fh:
-        for n, line in enumerate(fh, 1):
-            p = line.split()
-            if not p:
-                continue
-            try:
-                if p[0] == "v":
-                    v.append([float(x) for x in p[1:4]])
-                elif p[0] == "vt":
-                    vt.append([float(x) for x in p[1:3]])
-                elif p[0] == "f":
-                    corners = [c.split("/") for c in p[1:4]]
-                    f.append([int(c[0]) - 1 for c in corners])
-                    if all(len(c) > 1 and c[1] for c in corners):
-                        ft.append([int(c[1]) - 1 for c in corners])
-            except (ValueError, IndexError):
-                raise FlameFileError(f"{path}: line {n} is not a valid OBJ record: {line.strip()[:80]}") from None
-    if not v or not f:
-        raise FlameFileError(f"{path}: no vertices or faces found")
-    if len(ft) != len(f) or not vt:
+    m = wavefront.read(path, FlameFileError)
+    if not len(m["faces"]):
+        raise FlameFileError(f"{path}: no faces found")
+    if m["uv_faces"] is None or not len(m["uv_coords"]):
         raise FlameFileError(f"{path}: faces have no texture (vt) indices; a UV layout is required")
-    return dict(vertices=np.asarray(v, np.float32), faces=np.asarray(f, np.int32),
-                uv_coords=np.asarray(vt, np.float32), uv_faces=np.asarray(ft, np.int32))
+    return dict(vertices=m["vertices"].astype(np.float32), faces=m["faces"].astype(np.int32),
+                uv_coords=m["uv_coords"].astype(np.float32), uv_faces=m["uv_faces"].astype(np.int32))
 
 
 def read_uv_mask(path: str, size: int = 256) -> np.ndarray:
@@ -597,13 +580,7 @@ def write_albedo_npz(path: str, mean: np.ndarray, basis: np.ndarray, fmt: str = 
 def write_obj_template(path: str, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray,
                        uv_faces: np.ndarray) -> str:
     """Writes a `head_template.obj`-style OBJ (v, vt, f v/vt, 1-based)."""
-    lines = [f"v {x:.8f} {y:.8f} {z:.8f}" for x, y, z in np.asarray(vertices, np.float64)]
-    lines += [f"vt {u:.8f} {w:.8f}" for u, w in np.asarray(uv_coords, np.float64)]
-    lines += [f"f {a}/{ta} {b}/{tb} {c}/{tc}" for (a, b, c), (ta, tb, tc) in
-              zip(np.asarray(faces) + 1, np.asarray(uv_faces) + 1)]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return wavefront.write(path, vertices, faces, uv_coords=uv_coords, uv_faces=uv_faces)
 
 
 def write_official(directory: str, arrays: dict, chumpy: bool = True) -> dict:
