@@ -18,7 +18,6 @@ import cv2
 import imageio
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
 from jaxdeca.apps import export, inputs, pipeline
 from jaxdeca.apps import visualize as vis
@@ -63,23 +62,10 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
     ident = pipe.encode(c.image[None])
     frames, skipped, strips = [], [], []
-    items = []
-    for item in tqdm(inputs.iter_frames(expression_path), desc="animate", unit="frame", disable=None):
-        if isinstance(item, inputs.Skipped):
-            skipped.append(item)
-            continue
-        dc = pipeline.crop_face(item.image, crop)
-        if dc is None:
-            skipped.append(inputs.no_face(item))
-            continue
-        items.append((item.name, dc))
+    items = list(pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame"))
     for s in range(0, len(items), batch):
         chunk = items[s:s + batch]
-        imgs = np.stack([d.image for _, d in chunk])
-        n = len(chunk)
-        if n < batch:
-            imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - n, 0)])
-        drv = pipe.encode(imgs)
+        drv = pipe.encode(pipeline.padded_batch([d.image for _, d in chunk], batch))
         codes = animate_codes(ident, drv)
         out = pipe.decode(codes)
         for k, (name, d) in enumerate(chunk):

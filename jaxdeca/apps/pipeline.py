@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxdeca import flame, models, render, xla_options
-from jaxdeca.apps import export
+from jaxdeca.apps import export, inputs
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import preprocess
@@ -126,6 +128,30 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
     except preprocess.NoFaceError:
         return None
     return Crop(image=img, tform=t)
+
+
+def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img") -> Iterator[tuple[str, Crop]]:
+    """(name, Crop) of every frame of an image, folder or video (`inputs.iter_frames`) in which a
+    face is found; unreadable frames and frames without a face are appended to `skipped` as
+    `inputs.Skipped`. Shows a progress bar labelled `app`."""
+    for item in tqdm(inputs.iter_frames(path), desc=app, unit=unit, disable=None):
+        if isinstance(item, inputs.Skipped):
+            skipped.append(item)
+            continue
+        c = crop_face(item.image, crop)
+        if c is None:
+            skipped.append(inputs.no_face(item))
+            continue
+        yield item.name, c
+
+
+def padded_batch(images: list, batch: int) -> np.ndarray:
+    """Stacks up to `batch` images [224, 224, 3], repeating the last to `batch` so that the
+    jitted functions always see one shape. Returns [batch, 224, 224, 3]."""
+    imgs = np.stack(images)
+    if len(imgs) < batch:
+        imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - len(imgs), 0)])
+    return imgs
 
 
 def to_original(points, tform, normalized: bool = True) -> np.ndarray:

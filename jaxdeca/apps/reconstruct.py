@@ -13,9 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
-from tqdm import tqdm
-
 from jaxdeca.apps import inputs, pipeline
 
 
@@ -33,25 +30,14 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
     def flush():
         if not pending:
             return
-        imgs = np.stack([c.image for _, c in pending])
-        n = len(pending)
-        if n < batch:  # pad so the jitted function sees one shape
-            imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - n, 0)])
-        codes, out = pipe.run(imgs)
+        codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in pending], batch))
         for k, (name, c) in enumerate(pending):
             pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex)
             written.append(name)
         pending.clear()
 
-    for item in tqdm(inputs.iter_frames(input_path), desc="reconstruct", unit="img", disable=None):
-        if isinstance(item, inputs.Skipped):
-            skipped.append(item)
-            continue
-        c = pipeline.crop_face(item.image, crop)
-        if c is None:
-            skipped.append(inputs.no_face(item))
-            continue
-        pending.append((item.name, c))
+    for name, c in pipeline.face_crops(input_path, crop, skipped, "reconstruct"):
+        pending.append((name, c))
         if len(pending) == batch:
             flush()
     flush()

@@ -10,7 +10,6 @@ import argparse
 import sys
 
 import jax.numpy as jnp
-import numpy as np
 
 from jaxdeca.apps import animate, inputs, pipeline
 from jaxdeca.apps import visualize as vis

@@ -111,10 +111,7 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
 
     def flush():
         if pending:
-            imgs = np.stack([c for _, c in pending])
-            n = len(pending)
-            imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - n, 0)]) if n < batch else imgs
-            shape = pipe.encode(imgs)["shape"][:n]
+            shape = pipe.encode(pipeline.padded_batch([c for _, c in pending], batch))["shape"][:len(pending)]
             write([e for e, _ in pending], shape)
             pending.clear()
 
