@@ -106,6 +106,8 @@ def test_animate_app_writes_frames_and_video(tmp_path):
                           video="a.gif", batch=2)
     assert res["frames"] == ["f0", "f1"] and res["skipped"][0][0] == "x"
     assert os.path.getsize(res["video"]) > 0 and (tmp_path / "out" / "f1" / "f1.obj").exists()
+    from PIL import Image
+    assert Image.open(res["video"]).n_frames == 2
 
 
 def test_teaser_writes_gif(tmp_path, pipe):

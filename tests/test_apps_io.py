@@ -105,3 +105,50 @@ def test_grid_mesh_and_dense_mesh_orientation():
         assert verts.shape == (6, 3) and f.max() == 5
         fn = np.cross(verts[f[:, 1]] - verts[f[:, 0]], verts[f[:, 2]] - verts[f[:, 0]])
         assert np.all(np.sign(fn[:, 2]) == sign)
+
+
+def test_video_writer_streams_gif_and_mp4_at_10_fps(tmp_path):
+    from PIL import Image
+
+    from jaxdeca.apps import animate
+    frames = [np.full((24, 32, 3), 60 * k, np.uint8) for k in range(3)]
+    with animate.VideoWriter(str(tmp_path / "sub" / "v.gif")) as w:
+        for f in frames:
+            w.append(f)
+    assert w.close() == str(tmp_path / "sub" / "v.gif") and w.n_frames == 3
+    im = Image.open(tmp_path / "sub" / "v.gif")
+    assert im.n_frames == 3
+    for k in range(3):
+        im.seek(k)
+        assert im.info["duration"] == 100  # ms: 10 frames per second, as the mp4
+        np.testing.assert_allclose(np.asarray(im.convert("RGB"))[0, 0], 60 * k, atol=2)
+    path = animate.write_video(str(tmp_path / "v.mp4"), [f.astype(np.float32) / 255.0 for f in frames])
+    cap = cv2.VideoCapture(path)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and round(cap.get(cv2.CAP_PROP_FPS)) == 10
+    cap.release()
+
+
+def test_video_writer_without_frames_writes_nothing_and_refuses_a_size_change(tmp_path):
+    from jaxdeca.apps import animate
+    with animate.VideoWriter(str(tmp_path / "none.mp4")) as w:
+        pass
+    assert w.close() is None and not (tmp_path / "none.mp4").exists()
+    with pytest.raises(ValueError, match=r"none.gif: no frames to write"):
+        animate.write_video(str(tmp_path / "none.gif"), [])
+    with pytest.raises(ValueError, match=r"v.gif: frame of size \(8, 8\), the video's is \(4, 4\)"):
+        animate.write_video(str(tmp_path / "v.gif"), [np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_chunks_are_lazy_and_keep_the_short_tail():
+    from jaxdeca.apps import pipeline
+    drawn = []
+
+    def items():
+        for i in range(5):
+            drawn.append(i)
+            yield i
+
+    it = pipeline.chunks(items(), 2)
+    assert next(it) == [0, 1] and drawn == [0, 1]
+    assert list(it) == [[2, 3], [4]]
+    assert list(pipeline.chunks([], 3)) == []

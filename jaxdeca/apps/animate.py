@@ -3,7 +3,8 @@
 Reenactment as DECA does it: the identity image gives shape, albedo, light, camera, global
 pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is
 decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
-change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF).
+change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF), batch
+by batch: memory does not grow with the length of the driving video.
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
 whole stops the run with one message (exit status 2); no frame written: exit status 1.
@@ -34,20 +35,64 @@ def animate_codes(identity: dict, driver: dict) -> dict:
     return out
 
 
+FPS = 10  # frames per second of the written videos (GIF: 100 ms per frame)
+
+
+class VideoWriter:
+    """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to an .mp4 (cv2 mp4v) or a .gif
+    (imageio), by extension, one at a time: nothing but the current frame is held in memory.
+    The file is opened at the first frame (its size fixes the video's) and finished by `close`
+    or at the end of a `with` block; with no frame, no file is written.
+    """
+
+    def __init__(self, path: str):
+        self.path, self._out, self._size, self.n_frames = path, None, None, 0
+
+    def append(self, frame) -> None:
+        frame = vis.to_uint8(frame)
+        if self._out is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._size = frame.shape[:2]
+            if self.path.endswith(".gif"):
+                # imageio's pillow plugin takes the duration in milliseconds
+                self._out = imageio.get_writer(self.path, mode="I", duration=1000 / FPS, loop=0)
+            else:
+                self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), FPS,
+                                            (self._size[1], self._size[0]))
+                if not self._out.isOpened():
+                    raise OSError(f"{self.path}: cv2 cannot open an mp4v writer")
+        if frame.shape[:2] != self._size:
+            raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video's is {self._size}")
+        if self.path.endswith(".gif"):
+            self._out.append_data(frame)
+        else:
+            self._out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        self.n_frames += 1
+
+    def close(self) -> str | None:
+        """Finishes the file (again: no-op); returns its path, or None when no frame was written."""
+        if self._out is not None:
+            if self.path.endswith(".gif"):
+                self._out.close()
+            else:
+                self._out.release()
+            self._out = None
+        return self.path if self.n_frames else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def write_video(path: str, frames) -> str:
-    """Frames [H, W, 3] uint8 RGB -> .mp4 (cv2 mp4v) or .gif (imageio), by extension."""
-    frames = [vis.to_uint8(f) for f in frames]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if path.endswith(".gif"):
-        imageio.mimsave(path, frames, duration=0.1, loop=0)
-        return path
-    h, w = frames[0].shape[:2]
-    vw = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
-    if not vw.isOpened():
-        raise OSError(f"{path}: cv2 cannot open an mp4v writer")
-    for f in frames:
-        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    vw.release()
+    """Frames [H, W, 3] RGB (uint8, or float in [0, 1]) -> .mp4 or .gif at FPS (see VideoWriter)."""
+    with VideoWriter(path) as w:
+        for f in frames:
+            w.append(f)
+    if not w.n_frames:
+        raise ValueError(f"{path}: no frames to write")
     return path
 
 
@@ -61,13 +106,12 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     if c is None:
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
     ident = pipe.encode(c.image[None])
-    frames, skipped, strips = [], [], []
-    items = list(pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame"))
-    for s in range(0, len(items), batch):
-        chunk = items[s:s + batch]
+    frames, skipped = [], []
+    sink = VideoWriter(os.path.join(out_dir, video))
+
+    def run(chunk):  # one padded batch of (name, Crop): decode, write its files, stream its tiles
         drv = pipe.encode(pipeline.padded_batch([d.image for _, d in chunk], batch))
-        codes = animate_codes(ident, drv)
-        out = pipe.decode(codes)
+        out = pipe.decode(animate_codes(ident, drv))
         for k, (name, d) in enumerate(chunk):
             export.write_obj(os.path.join(out_dir, name, f"{name}.obj"), np.asarray(out["vertices"][k]), pipe.arrays["faces"],
                              uv_coords=pipe.arrays["uv_coords"], uv_faces=pipe.arrays["uv_faces"],
@@ -75,11 +119,13 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
             tile = vis.grid([vis.label(d.image, "driver"), vis.label(out["shape_detail_images"][k], "detail shape"),
                              vis.label(out["images"][k], "render")], 3)
             export.save_image(os.path.join(out_dir, name, f"{name}_render.png"), tile)
-            strips.append(tile)
+            sink.append(tile)
             frames.append(name)
-    result = {"frames": frames, "skipped": [(s.name, s.reason) for s in skipped], "video": None}
-    if strips:
-        result["video"] = write_video(os.path.join(out_dir, video), strips)
+
+    with sink:
+        for chunk in pipeline.chunks(pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame"), batch):
+            run(chunk)
+    result = {"frames": frames, "skipped": [(s.name, s.reason) for s in skipped], "video": sink.close()}
     inputs.report("animate", len(frames), skipped, out_dir, "frame(s)")
     return result
 

@@ -17,8 +17,9 @@ with (a coarse-stage workdir gives coarse results with a zero displacement map).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -143,6 +144,13 @@ def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img")
             skipped.append(inputs.no_face(item))
             continue
         yield item.name, c
+
+
+def chunks(items: Iterable, n: int) -> Iterator[list]:
+    """Consecutive lists of n items (the last may be shorter), drawn lazily from `items`."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
 
 
 def padded_batch(images: list, batch: int) -> np.ndarray:

@@ -25,22 +25,11 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
             raise pipeline.CheckpointError("reconstruct needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(checkpoint, flame_path, random_seed)
     written, skipped = [], []
-    pending = []  # (name, Crop)
-
-    def flush():
-        if not pending:
-            return
-        codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in pending], batch))
-        for k, (name, c) in enumerate(pending):
+    for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
+        codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
+        for k, (name, c) in enumerate(chunk):
             pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex)
             written.append(name)
-        pending.clear()
-
-    for name, c in pipeline.face_crops(input_path, crop, skipped, "reconstruct"):
-        pending.append((name, c))
-        if len(pending) == batch:
-            flush()
-    flush()
     inputs.report("reconstruct", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
 
