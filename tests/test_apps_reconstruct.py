@@ -1,6 +1,5 @@
 """reconstruct app: a folder with a rendered demo-head face, a broken file and a no-face
 image, run with a random-weight model saved in the converted-checkpoint layout."""
-import os
 
 import cv2
 import jax.numpy as jnp

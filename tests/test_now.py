@@ -1,7 +1,6 @@
 """NoW export layout, file formats, face crop, alignment + metric on synthetic scans, CLI end to end."""
 import csv
 import json
-import os
 
 import jax
 import jax.numpy as jnp

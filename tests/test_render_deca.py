@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdeca.render import extract_texture, make_topology, orth_proj, render, vertex_normals
+from jaxdeca.render import extract_texture, make_topology, orth_proj, render
 from jaxdeca.render.meshes import uv_sphere
 
 R = 32  # UV size for tests

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca.render.interpolate import face_vertices, interpolate, interpolate_face_attr, vertex_normals
+from jaxdeca.render.interpolate import interpolate, interpolate_face_attr, vertex_normals
 from jaxdeca.render.rasterize import rasterize
 from jaxdeca.render.shading import SHAPE_GREY, directional_shading, sh_shading
 from jaxdeca.render.texture import grid_sample
