@@ -47,13 +47,14 @@ class VideoWriter:
 
     def __init__(self, path: str):
         self.path, self._out, self._size, self.n_frames = path, None, None, 0
+        self._gif = path.endswith(".gif")
 
     def append(self, frame) -> None:
         frame = vis.to_uint8(frame)
         if self._out is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._size = frame.shape[:2]
-            if self.path.endswith(".gif"):
+            if self._gif:
                 # imageio's pillow plugin takes the duration in milliseconds
                 self._out = imageio.get_writer(self.path, mode="I", duration=1000 / FPS, loop=0)
             else:
@@ -63,7 +64,7 @@ class VideoWriter:
                     raise OSError(f"{self.path}: cv2 cannot open an mp4v writer")
         if frame.shape[:2] != self._size:
             raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video's is {self._size}")
-        if self.path.endswith(".gif"):
+        if self._gif:
             self._out.append_data(frame)
         else:
             self._out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
@@ -72,7 +73,7 @@ class VideoWriter:
     def close(self) -> str | None:
         """Finishes the file (again: no-op); returns its path, or None when no frame was written."""
         if self._out is not None:
-            if self.path.endswith(".gif"):
+            if self._gif:
                 self._out.close()
             else:
                 self._out.release()
