@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxdeca.models import (Generator, ResnetEncoder, VGG19Features, coarse_encoder,
-                            deca_layer_names, decompose_code, detail_decoder, detail_latent,
+                            deca_layer_names, decompose_code, detail_decoder, detail_latent, jit_init,
                             vggface2_preprocess)
 from jaxdeca.models.resnet import max_pool_3x3_s2
 
@@ -127,3 +127,13 @@ def test_train_mode_updates_batch_stats_with_momentum_0_9(decoder):
     h = z @ v["params"]["l1_0"]["kernel"] + v["params"]["l1_0"]["bias"]
     np.testing.assert_allclose(new["batch_stats"]["conv_blocks_0"]["mean"],
                                0.1 * h.reshape(4, 128, 64).mean(axis=(0, 2)), rtol=1e-4, atol=1e-6)
+
+
+def test_jit_init_equals_eager_init():
+    """`jit_init` is `module.init` compiled as one program: same tree, bitwise-equal values."""
+    net, x = detail_decoder(uv_size=32), jnp.zeros((2, 181))  # dense, convs, batch norm
+    eager, jitted = net.init(KEY, x, train=False), jit_init(net, KEY, x, train=False)
+    assert set(jitted) == {"params", "batch_stats"}
+    assert jax.tree.structure(eager) == jax.tree.structure(jitted)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -81,9 +81,9 @@ def random_variables(seed: int = 0) -> dict:
     """Randomly initialised DECA networks (tests, demos with no trained model)."""
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(seed), 3)
     img = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))
-    return {"E_flame": models.coarse_encoder().init(k1, img),
-            "E_detail": models.detail_encoder().init(k2, img),
-            "D_detail": models.detail_decoder().init(k3, jnp.zeros((1, models.DETAIL_LATENT_SIZE)))}
+    return {"E_flame": models.jit_init(models.coarse_encoder(), k1, img),
+            "E_detail": models.jit_init(models.detail_encoder(), k2, img),
+            "D_detail": models.jit_init(models.detail_decoder(), k3, jnp.zeros((1, models.DETAIL_LATENT_SIZE)))}
 
 
 # ----------------------------------------------------------------------------- cropping

@@ -102,7 +102,7 @@ class DecaParts:
             x = jnp.zeros((2, models.DETAIL_LATENT_SIZE))
         else:
             x = jnp.zeros((2, self.size, self.size, 3))
-        v = self.nets[name].init(rng, x, train=False)
+        v = models.jit_init(self.nets[name], rng, x, train=False)
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     def apply(self, name, params, batch_stats, x, train: bool):
