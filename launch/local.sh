@@ -42,7 +42,11 @@ case "$cmd" in
   test)
     ensure_venv "[test]"
     # pytest exits 5 when it collected no test; that is a failure here, as any non-zero exit is.
-    exec "$venv/bin/python" -m pytest tests "$@"
+    # Two pytest-xdist workers, each taking whole test files (module fixtures are built once):
+    # on a 2-core machine one process leaves a core idle while XLA compiles, and the workers
+    # share the session's compilation cache (tests/conftest.py). JAXDECA_TEST_WORKERS=0 runs
+    # in one process; a later -n in the arguments also wins.
+    exec "$venv/bin/python" -m pytest tests -n "${JAXDECA_TEST_WORKERS:-2}" --dist loadfile "$@"
     ;;
   run)
     ensure_venv ""

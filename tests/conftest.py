@@ -5,7 +5,9 @@ networks again: in each test that builds them, in the subprocess runs (kill-and-
 distributed, forced devices) and in the notebook kernels. A persistent compilation cache in a
 fresh temporary folder, shared by this process and every child through the environment, lets
 an identical program compile once per session. It starts empty and is removed at the end, so
-no test depends on an earlier run; set JAX_COMPILATION_CACHE_DIR yourself to keep one.
+no test depends on an earlier run; set JAX_COMPILATION_CACHE_DIR yourself to keep one. Under
+pytest-xdist (`launch/local.sh test` runs two workers) the controlling process loads this file
+before it starts the workers, so they inherit the same folder, and it alone removes it.
 """
 import os
 import shutil
