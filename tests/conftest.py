@@ -1,13 +1,19 @@
-"""Shared pytest setup: CPU, float32, quiet TensorFlow, one XLA compilation cache per test session.
+"""Shared pytest setup: CPU, float32, quiet TensorFlow, one temporary folder per test session.
 
-Most of the suite's time on a 2-core CPU is XLA compiling the same train steps, renders and
-networks again: in each test that builds them, in the subprocess runs (kill-and-resume,
-distributed, forced devices) and in the notebook kernels. A persistent compilation cache in a
-fresh temporary folder, shared by this process and every child through the environment, lets
-an identical program compile once per session. It starts empty and is removed at the end, so
-no test depends on an earlier run; set JAX_COMPILATION_CACHE_DIR yourself to keep one. Under
-pytest-xdist (`launch/local.sh test` runs two workers) the controlling process loads this file
-before it starts the workers, so they inherit the same folder, and it alone removes it.
+The session folder holds everything the suite leaves in the system's temporary directory, and
+is removed at the end:
+- Temporary files. TMPDIR points into it for this process and every child (subprocess runs,
+  notebook kernels), so a notebook's `tempfile.mkdtemp` workdir or the empty folder tfds makes
+  for every builder of an unprepared dataset do not pile up in /tmp. pytest's own `tmp_path`
+  folders stay where pytest keeps them (PYTEST_DEBUG_TEMPROOT).
+- One XLA compilation cache. Most of the suite's time on a 2-core CPU is XLA compiling the same
+  train steps, renders and networks again: in each test that builds them, in the subprocess
+  runs (kill-and-resume, distributed, forced devices) and in the notebook kernels. A persistent
+  cache shared by this process and every child through the environment lets an identical
+  program compile once per session. It starts empty, so no test depends on an earlier run; set
+  JAX_COMPILATION_CACHE_DIR yourself to keep one.
+Under pytest-xdist (`launch/local.sh test` runs two workers) the controlling process loads this
+file before it starts the workers, so they inherit the same folder, and it alone removes it.
 """
 import os
 import shutil
@@ -18,10 +24,15 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_OWN_CACHE = None
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _OWN_CACHE = tempfile.mkdtemp(prefix="jaxdeca-test-xla-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+_SESSION_DIR = None
+if "JAXDECA_TEST_SESSION_DIR" not in os.environ:  # not set: this is the controlling (or only) process
+    _SESSION_DIR = tempfile.mkdtemp(prefix="jaxdeca-test-")
+    os.environ["JAXDECA_TEST_SESSION_DIR"] = _SESSION_DIR
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    os.environ["TMPDIR"] = os.path.join(_SESSION_DIR, "tmp")
+    os.makedirs(os.environ["TMPDIR"])
+    tempfile.tempdir = None  # this process's tempfile reads TMPDIR again
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_SESSION_DIR, "xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
@@ -38,8 +49,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _OWN_CACHE is not None:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+    if _SESSION_DIR is not None:
+        shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture
