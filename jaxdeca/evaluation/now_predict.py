@@ -84,37 +84,10 @@ def resolve_image_dirs(images: str, bboxes: str | None = None) -> tuple[str, str
     return img_dir, bboxes
 
 
-def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | None = None,
-                 flame_path: str | None = None, bboxes: str | None = None, batch: int = 8,
-                 fit_steps=(100, 400, 0), pipe=None) -> dict:
-    """Predict and write every listed image's neutral mesh + 7 landmarks under out_dir.
-
-    images: see `resolve_image_dirs`; image_list: NoW list of `<subject>/<challenge>/<image>`.
-    Uses `checkpoint`'s coarse encoder, or `fit` per image when there is no network. Images that
-    are missing, unreadable or without a detectable face are skipped with one message naming
-    the file. Returns {'written': [list entries], 'skipped': [(entry, reason)]}.
-    """
-    from jaxdeca.apps import fit, inputs, pipeline
-    img_dir, box_dir = resolve_image_dirs(images, bboxes)
-    entries = now.read_image_list(image_list)
-    if pipe is None:
-        pipe = pipeline.load_pipeline(checkpoint, flame_path)
-    faces = np.asarray(pipe.arrays["faces"])
-    predict = xla_options.jit(lambda shape: neutral_prediction(pipe.flame, shape))
-    written, skipped, pending = [], [], []
-
-    def write(entry, shape):
-        v, l7 = jax.device_get(predict(jnp.asarray(shape, jnp.float32)))
-        for k, e in enumerate(entry):
-            now.export_prediction(out_dir, e, v[k], faces, l7[k])
-            written.append(e)
-
-    def flush():
-        if pending:
-            shape = pipe.encode(pipeline.padded_batch([c for _, c in pending], batch))["shape"][:len(pending)]
-            write([e for e, _ in pending], shape)
-            pending.clear()
-
+def _read_entries(img_dir: str, box_dir: str | None, entries: list, skipped: list):
+    """(entry, path, image [H, W, 3] uint8, NoW box or None) of each listed image that reads;
+    an unreadable image or box file is appended to `skipped` as (entry, reason)."""
+    from jaxdeca.apps import inputs
     for entry in tqdm(entries, desc="NoW export", unit="img", disable=None):
         path = os.path.join(img_dir, entry)
         try:
@@ -124,24 +97,61 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
         except (inputs.InputError, NowFileError) as e:
             skipped.append((entry, str(e)))
             continue
-        if pipe.variables is None:  # fit the codes to dlib's landmarks
+        yield entry, path, image, box
+
+
+def _crops(items, skipped: list):
+    """(entry, crop [224, 224, 3] float32) of `_read_entries` items: NoW's box crop, or DECA's
+    test-time crop from dlib's landmarks where there is no box (skipped when no face is found)."""
+    from jaxdeca.apps import pipeline
+    for entry, path, image, box in items:
+        if box is not None:
+            yield entry, now_crop(image, box)[0]
+            continue
+        c = pipeline.crop_face(image)
+        if c is None:
+            skipped.append((entry, f"{path}: no face detected (and no detected_face box)"))
+            continue
+        yield entry, c.image
+
+
+def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | None = None,
+                 flame_path: str | None = None, bboxes: str | None = None, batch: int = 8,
+                 fit_steps=(100, 400, 0), pipe=None) -> dict:
+    """Predict and write every listed image's neutral mesh + 7 landmarks under out_dir.
+
+    images: see `resolve_image_dirs`; image_list: NoW list of `<subject>/<challenge>/<image>`.
+    Uses `checkpoint`'s coarse encoder on batches of `batch` crops, or `fit` per image when there
+    is no network. Images that are missing, unreadable or without a detectable face are skipped
+    with one message naming the file. Returns {'written': [list entries], 'skipped': [(entry,
+    reason)]}.
+    """
+    from jaxdeca.apps import fit, inputs, pipeline
+    img_dir, box_dir = resolve_image_dirs(images, bboxes)
+    entries = now.read_image_list(image_list)
+    if pipe is None:
+        pipe = pipeline.load_pipeline(checkpoint, flame_path)
+    faces = np.asarray(pipe.arrays["faces"])
+    predict = xla_options.jit(lambda shape: neutral_prediction(pipe.flame, shape))
+    written, skipped = [], []
+
+    def write(names, shape):
+        v, l7 = jax.device_get(predict(jnp.asarray(shape, jnp.float32)))
+        for k, e in enumerate(names):
+            now.export_prediction(out_dir, e, v[k], faces, l7[k])
+            written.append(e)
+
+    items = _read_entries(img_dir, box_dir, entries, skipped)
+    if pipe.variables is None:  # fit the codes to dlib's landmarks, one image at a time
+        for entry, path, image, _ in items:
             res = fit.fit_image(pipe, image, None, fit_steps)
             if res is None:
                 skipped.append((entry, f"{path}: no face detected"))
                 continue
             write([entry], res[0]["shape"])
-            continue
-        if box is not None:
-            crop = now_crop(image, box)[0]
-        else:
-            c = pipeline.crop_face(image)
-            if c is None:
-                skipped.append((entry, f"{path}: no face detected (and no detected_face box)"))
-                continue
-            crop = c.image
-        pending.append((entry, crop))
-        if len(pending) == batch:
-            flush()
-    flush()
+    else:
+        for chunk in pipeline.chunks(_crops(items, skipped), batch):
+            shape = pipe.encode(pipeline.padded_batch([c for _, c in chunk], batch))["shape"][:len(chunk)]
+            write([e for e, _ in chunk], shape)
     inputs.report("now export", len(written), [inputs.Skipped(e, r) for e, r in skipped], out_dir, "prediction(s)")
     return {"written": written, "skipped": skipped}
