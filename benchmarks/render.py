@@ -1,9 +1,10 @@
 """Renderer benchmark: ms per batch (median) and peak memory at 224 x 224, ours vs a peer.
 
-    python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224]
+    python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224] [--batch-size N|all]
 
 Meshes: a 10k-face UV sphere and the demo head (jaxdeca/assets/demo_head.npz), scaled to
-fill ~90% of the image. Batch B renders B copies of the mesh.
+fill ~90% of the image. Batch B renders B copies of the mesh; ours rasterizes them one at a
+time on CPU and all together on accelerators (`rasterize`'s default; --batch-size overrides).
 
 Ours: DECA image-space rasterization (hard z-buffer + SoftRas soft coverage, sigma = 1 px^2),
 interpolation of vertex normals, 9-band SH shading, times alpha; 'fwd+bwd' adds the gradient
@@ -73,7 +74,7 @@ def median_ms(fn, repeats):
 
 # ----------------------------------------------------------------------------- ours
 
-def make_fns(faces, size, sigma=1.0):
+def make_fns(faces, size, sigma=1.0, batch_size=None):
     import jax
     import jax.numpy as jnp
 
@@ -83,7 +84,7 @@ def make_fns(faces, size, sigma=1.0):
     def image(verts):
         tv = orth_proj(verts, jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (verts.shape[0], 1)))
         tv = tv.at[..., 2].add(10.0)
-        fr = rasterize(tv, faces, (size, size), sigma=sigma)
+        fr = rasterize(tv, faces, (size, size), sigma=sigma, batch_size=batch_size)
         n = interpolate(vertex_normals(verts, faces), faces, fr)
         light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
@@ -100,13 +101,14 @@ def mem_mib(fn, x):
     return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
 
 
-def run_ours(v, f, size, batches, repeats):
+def run_ours(v, f, size, batches, repeats, batch_size=None):
     import jax
     import jax.numpy as jnp
-    fwd, bwd = make_fns(jnp.asarray(f), size)
-    hfwd, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0)
     rows = {}
     for B in batches:
+        bs = B if batch_size == "all" else batch_size
+        fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs)
+        _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs)
         x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
         tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
@@ -222,6 +224,9 @@ def main():
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch-size", default=None,
+                   help="our images rasterized together: N, 'all', or unset for rasterize's default "
+                        "(1 on CPU, the whole batch on accelerators)")
     p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
@@ -229,15 +234,17 @@ def main():
         return peer_worker(a.peer_worker, batches, a.repeats)
 
     import jax
+    bs = a.batch_size if a.batch_size in (None, "all") else int(a.batch_size)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.size}x{a.size}, "
-          f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB")
+          f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB; "
+          f"rasterize batch_size={'default' if bs is None else bs}")
     python = peer_python()
     hdr = (f"{'mesh':<11}{'faces':>6}{'B':>4} | {'ours fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7}{'hard f+b':>9} | "
            f"{'DEODR fwd':>10}{'MiB':>7}{'f+b':>9}{'MiB':>7} | {'fwd x':>6}{'f+b x':>7}")
     print(hdr)
     notes = set()
     for name, (v, f) in meshes().items():
-        ours = run_ours(v, f, a.size, batches, a.repeats)
+        ours = run_ours(v, f, a.size, batches, a.repeats, bs)
         peer, note = run_peer(v, f, a.size, batches, a.repeats, python)
         notes.add(note)
         for B in batches:

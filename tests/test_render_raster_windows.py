@@ -120,6 +120,43 @@ def test_big_triangle_edge_gradient_finite_differences():
     _fd_check(loss, v, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)], eps=1e-3, rtol=0.03)
 
 
+def four_scenes():
+    """big_scene and three other placements of its faces: mirrored, stretched past the bottom
+    and right edges (windows reach into the canvas padding), and shifted mostly off-screen."""
+    v, faces = big_scene()
+    vs = np.stack([v, v * [-0.8, -0.9, 1.0] + [0.1, 0.0, 0.0], v * [1.2, 1.4, 1.0] + [0.4, 0.5, 0.0],
+                   v + [-0.9, 0.7, 0.0]]).astype(np.float32)
+    return vs, faces
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_images_rasterized_together_equal_one_at_a_time(batch_size):
+    # batch_size 2: two canvases of two (lax.map); 3: a canvas of three, then one of one.
+    # No image's faces reach another's pixels; fragments and gradients are those of one image
+    # at a time, whose face indices match the brute-force reference.
+    vs, faces = four_scenes()
+    H, W = 20, 17
+    w = jnp.asarray(np.random.default_rng(7).normal(size=(4, H, W)), jnp.float32)
+
+    def frags(v, bs):
+        return rasterize(v, faces, (H, W), sigma=1.0, batch_size=bs, window=4, slots=5)
+
+    def loss(v, bs):
+        fr = frags(v, bs)
+        return jnp.sum(w * (fr.alpha + fr.depth + fr.bary @ jnp.array([1.0, 2.0, 3.0])))
+
+    frags, grad = jax.jit(frags, static_argnums=1), jax.jit(jax.grad(loss), static_argnums=1)
+    one, together = frags(jnp.asarray(vs), 1), frags(jnp.asarray(vs), batch_size)
+    for b in range(4):
+        np.testing.assert_array_equal(one.face_index[b], brute_force(vs[b], faces, H, W)[0])
+    np.testing.assert_array_equal(together.face_index, one.face_index)
+    for name in ("bary", "depth", "mask", "alpha"):
+        np.testing.assert_allclose(getattr(together, name), getattr(one, name), atol=1e-6, err_msg=name)
+    g1, g = (grad(jnp.asarray(vs), bs) for bs in (1, batch_size))
+    assert np.abs(np.asarray(g1)).max() > 1.0
+    np.testing.assert_allclose(g, g1, rtol=1e-5, atol=1e-4)
+
+
 def test_degenerate_and_nonfinite_faces_are_ignored():
     v, faces = big_scene()
     v = np.concatenate([v, [[np.nan, 0.0, 1.0], [0.1, 0.1, 1.0], [0.2, -0.3, 1.0]]]).astype(np.float32)
@@ -132,19 +169,27 @@ def test_degenerate_and_nonfinite_faces_are_ignored():
     assert np.isfinite(g[:-3]).all() and np.abs(g[9:12]).max() == 0.0  # degenerate face: no gradient
 
 
-def test_batch32_224_10k_faces_memory_is_bounded():
-    # compile only: XLA's own accounting of what a forward+backward call needs
+@pytest.mark.parametrize("accelerator_defaults", [False, True])
+def test_batch32_224_10k_faces_memory_is_bounded(accelerator_defaults, monkeypatch):
+    # compile only: XLA's own accounting of what a forward+backward call needs, with the CPU
+    # defaults (one image at a time) and with the accelerators' (all 32 images on one canvas,
+    # rounds of up to 2^24 pixels), compiled here for the CPU
     from jaxdeca.render.meshes import uv_sphere
     s = uv_sphere(50, 100, radius=0.9)
     faces = jnp.asarray(s["faces"])
     assert faces.shape[0] == 10000
+    batch_size = None
+    if accelerator_defaults:
+        monkeypatch.setattr(R, "_CPU_ROUND_PIXELS", R._ACCELERATOR_ROUND_PIXELS)
+        batch_size = 32
 
     def loss(v):
-        return jnp.sum(rasterize(v, faces, (224, 224), sigma=1.0).alpha)
+        return jnp.sum(rasterize(v, faces, (224, 224), sigma=1.0, batch_size=batch_size).alpha)
 
     x = jax.ShapeDtypeStruct((32,) + s["verts"].shape, jnp.float32)
     m = jax.jit(jax.grad(loss)).lower(x).compile().memory_analysis()
     if m is None:
         pytest.skip("backend without memory_analysis")
     total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    print(f"accelerator_defaults={accelerator_defaults}: {total / 2**20:.0f} MiB")
     assert total < 2 * 2**30, total / 2**20

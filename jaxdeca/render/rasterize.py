@@ -1,15 +1,18 @@
 """Triangle rasterizer in pure jax.numpy: hard z-buffer plus soft coverage, face-centric.
 
-Scheme (per image). Every face is visited only at the pixels of its own screen bounding
-box, never against the whole image: the box is cut into `window` x `window` pixel windows
-(a small face needs one, a face covering the image needs many), and windows are processed
-`slots` at a time (slot s of round r is window r * slots + s of the face list, found by
+Scheme. Every face is visited only at the pixels of its own screen bounding box, never
+against the whole image: the box is cut into `window` x `window` pixel windows (a small
+face needs one, a face covering the image needs many), and windows are processed `slots`
+at a time (slot s of round r is window r * slots + s of the face list, found by
 searchsorted on the cumulative window counts). A while loop runs the rounds until every
-window is done, so the result is exact for any triangle size and count. On accelerators a
-mesh whose faces fit one window (the usual case) takes a single round; on CPU rounds are
-capped at 2^19 pixels so that their working set stays in cache. Memory per image is
+window is done, so the result is exact for any triangle size and count. Several images are
+rasterized together as one face list on one canvas: image g's faces follow image g - 1's,
+and its rows of the canvas follow g - 1's, each image with S rows and columns of padding
+that windows at its edges may run into (`batch_size`: one image at a time on CPU, the
+whole batch on accelerators). Rounds hold all faces plus 25%, capped at 2^19 pixels on CPU
+(so that their working set stays in cache) and 2^24 on accelerators, so memory is
 O(slots * window^2) for one round, independent of the image-times-faces product. Windows
-are written to and read from the image as [S, S] blocks (one scatter/gather index per
+are written to and read from the canvas as [S, S] blocks (one scatter/gather index per
 window).
 
 * Hard pass (no gradients): each window pixel inside its face gives a depth; a scatter-min
@@ -167,6 +170,23 @@ def _block_gather(img, ox, oy, window):
     return jax.lax.gather(img, jnp.stack([oy, ox], -1), _GATHER_DN, (window, window), mode=_IN_BOUNDS)
 
 
+def _canvas_rows(oy, face, F, H, S):
+    """Canvas row of window origins: image g = face // F owns rows g (H + S) .. g (H + S) + H + S - 1
+    (its H rows and S rows of padding that windows may run into). oy, face: [M] -> [M] int32."""
+    return oy + (face // F) * (H + S)
+
+
+def _to_canvas(x, S):
+    """[G, H, W] images -> [G (H + S), W + S] canvas (zero padding)."""
+    G, H, W = x.shape
+    return jnp.pad(x, ((0, 0), (0, S), (0, S))).reshape(G * (H + S), W + S)
+
+
+def _from_canvas(canvas, G, H, W):
+    """[G (H + S), W + S] canvas -> [G, H, W] images."""
+    return canvas.reshape(G, canvas.shape[0] // G, canvas.shape[1])[:, :H, :W]
+
+
 def _edges(fv, ox, oy):
     """Edge functions of faces relative to window origins, affine in the pixel offset.
 
@@ -194,17 +214,24 @@ def _col(v, k):
 
 # ----------------------------------------------------------------------------- hard pass
 
-def _hard_index(xyz, H, W, window, slots):
-    """Nearest face per pixel (no gradients). xyz: [F, 3, 3] pixels + depth -> [H, W] int32."""
+def _hard_index(xyz, F, H, W, window, slots):
+    """Nearest face per pixel (no gradients).
+
+    xyz: [G * F, 3, 3] pixels + depth, the faces of G images one after another -> [G, H, W]
+    int32 face index within its image (-1 for background).
+    """
     S = window
+    G = xyz.shape[0] // F
     boxes = _face_boxes(xyz[..., :2], H, W, 0.0)
     wx, cum, total = _window_table(boxes, S)
     big = jnp.iinfo(jnp.int32).max
     dx, dy = _offsets(S, xyz.dtype)
+    canvas = (G * (H + S), W + S)
 
     def body(carry):
         r, zbuf, fbuf = carry
         face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
+        cy = _canvas_rows(oy, face, F, H, S)
         fv = xyz[face]  # [M, 3, 3]
         a, b, c, _, _, area = _edges(fv[..., :2], ox, oy)
         nondeg = jnp.abs(area) > _EPS_AREA
@@ -216,18 +243,18 @@ def _hard_index(xyz, H, W, window, slots):
         zw = fv[..., 2] * inv[:, None]  # depth = sum_k w_k z_k / area: affine too
         zc, za, zb = (jnp.sum(t * zw, -1)[:, None, None] for t in (c, a, b))
         z = jnp.where(inside, zc + za * dx + zb * dy, jnp.inf)
-        zr = _block_scatter("min", jnp.full((H + S, W + S), jnp.inf, xyz.dtype), z, ox, oy)
-        win = inside & (z == _block_gather(zr, ox, oy, S))
+        zr = _block_scatter("min", jnp.full(canvas, jnp.inf, xyz.dtype), z, ox, cy)
+        win = inside & (z == _block_gather(zr, ox, cy, S))
         fcand = jnp.where(win, face[:, None, None], big)
-        fr = _block_scatter("min", jnp.full((H + S, W + S), big, jnp.int32), fcand, ox, oy)
+        fr = _block_scatter("min", jnp.full(canvas, big, jnp.int32), fcand, ox, cy)
         better = (zr < zbuf) | ((zr == zbuf) & (fr < fbuf))
         return r + 1, jnp.where(better, zr, zbuf), jnp.where(better, fr, fbuf)
 
     n = _n_rounds(total, slots)
-    init = (jnp.int32(0), jnp.full((H + S, W + S), jnp.inf, xyz.dtype), jnp.full((H + S, W + S), big, jnp.int32))
+    init = (jnp.int32(0), jnp.full(canvas, jnp.inf, xyz.dtype), jnp.full(canvas, big, jnp.int32))
     _, _, fbuf = jax.lax.while_loop(lambda c: c[0] < n, body, init)
-    fbuf = fbuf[:H, :W]
-    return jnp.where(fbuf == big, -1, fbuf)
+    fbuf = _from_canvas(fbuf, G, H, W)
+    return jnp.where(fbuf == big, -1, fbuf % F)
 
 
 # ----------------------------------------------------------------------------- soft pass
@@ -340,36 +367,40 @@ def _soft_setup(xy, H, W, window, sigma):
     return boxes, wx, cum, total
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5))
-def _soft_logt(xy, H, W, window, slots, sigma):
-    """sum_j log(1 - D_j) per pixel. xy: [F, 3, 2] pixels -> [H, W]."""
-    return _soft_logt_fwd(xy, H, W, window, slots, sigma)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
+def _soft_logt(xy, F, H, W, window, slots, sigma):
+    """sum_j log(1 - D_j) per pixel. xy: [G * F, 3, 2] pixels, the faces of G images one after
+    another -> [G, H, W]."""
+    return _soft_logt_fwd(xy, F, H, W, window, slots, sigma)[0]
 
 
-def _soft_logt_fwd(xy, H, W, window, slots, sigma):
+def _soft_logt_fwd(xy, F, H, W, window, slots, sigma):
     S = window
+    G = xy.shape[0] // F
     boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma)
 
     def body(carry):
         r, acc = carry
         face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
-        return r + 1, _block_scatter("add", acc, _soft_term(xy[face], ox, oy, ok, sigma), ox, oy)
+        term = _soft_term(xy[face], ox, oy, ok, sigma)
+        return r + 1, _block_scatter("add", acc, term, ox, _canvas_rows(oy, face, F, H, S))
 
     n = _n_rounds(total, slots)
-    init = (jnp.int32(0), jnp.zeros((H + S, W + S), xy.dtype))
+    init = (jnp.int32(0), jnp.zeros((G * (H + S), W + S), xy.dtype))
     _, acc = jax.lax.while_loop(lambda c: c[0] < n, body, init)
-    return acc[:H, :W], xy
+    return _from_canvas(acc, G, H, W), xy
 
 
-def _soft_logt_bwd(H, W, window, slots, sigma, xy, g):
+def _soft_logt_bwd(F, H, W, window, slots, sigma, xy, g):
     S = window
     boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma)
-    gpad = jnp.pad(g, ((0, S), (0, S)))
+    gpad = _to_canvas(g, S)
 
     def body(carry):
         r, gxy = carry
         face, ox, oy, ok = _round_windows(boxes, wx, cum, total, r, slots, S, H, W)
-        gfv = _soft_term_vjp(xy[face], ox, oy, ok, sigma, _block_gather(gpad, ox, oy, S), live=r < n)
+        gw = _block_gather(gpad, ox, _canvas_rows(oy, face, F, H, S), S)
+        gfv = _soft_term_vjp(xy[face], ox, oy, ok, sigma, gw, live=r < n)
         return r + 1, gxy.at[face].add(gfv)
 
     n = _n_rounds(total, slots)
@@ -382,14 +413,19 @@ _soft_logt.defvjp(_soft_logt_fwd, _soft_logt_bwd)
 
 # ----------------------------------------------------------------------------- public
 
-def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots, soft_slots):
-    xyz = v_pix[faces]  # [F, 3, 3]
-    fidx = _hard_index(jax.lax.stop_gradient(xyz), H, W, window, slots)
+def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft_slots):
+    """G images rasterized together on one canvas. v_pix: [G, V, 3] pixels + depth ->
+    Fragments [G, H, W]."""
+    G, V = v_pix.shape[:2]
+    F = faces.shape[0]
+    xyz = v_pix[:, faces].reshape(G * F, 3, 3)  # the faces of image g are rows g F .. g F + F - 1
+    fidx = _hard_index(jax.lax.stop_gradient(xyz), F, H, W, window, slots)
     hit = fidx >= 0
-    # corners of the winning face, one [H, W, 3] gather of v_pix per corner (a gather of
-    # [3, 3] blocks of xyz is ~10x slower on XLA's CPU)
-    vid = faces[jnp.maximum(fidx, 0)]  # [H, W, 3]
-    c0, c1, c2 = (v_pix[vid[..., k]] for k in range(3))
+    # corners of the winning face, one [G, H, W, 3] gather of the flattened vertices per corner
+    # (a gather of [3, 3] blocks of xyz is ~10x slower on XLA's CPU)
+    vid = faces[jnp.maximum(fidx, 0)] + (jnp.arange(G, dtype=jnp.int32) * V)[:, None, None, None]
+    flat = v_pix.reshape(G * V, 3)
+    c0, c1, c2 = (flat[vid[..., k]] for k in range(3))
     ys, xs = jnp.meshgrid(jnp.arange(H) + 0.5, jnp.arange(W) + 0.5, indexing="ij")
     p = jnp.stack([xs, ys], -1).astype(v_pix.dtype)
     b, _ = barycentric(p, c0[..., :2], c1[..., :2], c2[..., :2])
@@ -397,7 +433,7 @@ def _rasterize_one(v_pix, faces, H, W, sigma, window, soft_window, slots, soft_s
     depth = b[..., 0] * c0[..., 2] + b[..., 1] * c1[..., 2] + b[..., 2] * c2[..., 2]
     mask = hit.astype(v_pix.dtype)
     if sigma > 0:
-        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], H, W, soft_window, soft_slots, float(sigma)))
+        alpha = 1.0 - jnp.exp(_soft_logt(xyz[..., :2], F, H, W, soft_window, soft_slots, float(sigma)))
     else:
         alpha = mask
     return Fragments(fidx, b, depth, mask, alpha)
@@ -410,47 +446,69 @@ def _default_soft_window(sigma, window):
     return max(8, -(-w // 8) * 8)
 
 
-# Pixels per round on CPU: rounds whose working set stays in cache are ~2.5x faster than
-# one round over all faces (10k faces, 224^2: soft pass 24 ms vs 60 ms per image).
+# Pixels per round. CPU: rounds whose working set stays in cache are ~2.5x faster than one
+# round over all faces (10k faces, 224^2: soft pass 24 ms vs 60 ms per image). Accelerators:
+# one round holds all faces of a few images (a DECA head's 10k faces take 3.2 M soft-pass
+# pixels per image), bounding a large batch's working set to about a GB.
 _CPU_ROUND_PIXELS = 2 ** 19
+_ACCELERATOR_ROUND_PIXELS = 2 ** 24
 
 
-def _default_slots(F, window):
-    """Windows per round: all faces (plus 25% for multi-window faces) on accelerators; on
-    CPU at most _CPU_ROUND_PIXELS pixels per round."""
-    n = F + F // 4
-    if jax.default_backend() == "cpu":
-        n = min(n, _CPU_ROUND_PIXELS // (window * window))
-    return max(n, 1)
+def _default_slots(n_faces, window):
+    """Windows per round: all faces (plus 25% for multi-window faces), at most
+    _CPU_ROUND_PIXELS (CPU) or _ACCELERATOR_ROUND_PIXELS (others) pixels per round."""
+    cap = _CPU_ROUND_PIXELS if jax.default_backend() == "cpu" else _ACCELERATOR_ROUND_PIXELS
+    return max(min(n_faces + n_faces // 4, cap // (window * window)), 1)
+
+
+def _concat(parts):
+    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
 
 
 def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=None, slots=None,
-              batch_size=1):
+              batch_size=None):
     """Rasterize a batch of meshes given in DECA image space.
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
       transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
     sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask).
-    window, soft_window, slots: speed knobs only (results do not depend on them): side in
-      pixels of the per-face windows of the hard and soft passes (soft_window defaults to
-      `window` plus the soft radius on both sides, rounded up to a multiple of 8) and
-      windows processed per round in both passes (default: F + F // 4 on accelerators, so
-      a mesh of small faces takes one round; on CPU at most 2^19 pixels per round).
-    batch_size: images rasterized together (lax.map batch_size); 1 bounds memory on CPU,
-      larger values give accelerators more parallel work.
+    batch_size: images rasterized together, as one canvas of batch_size images whose faces
+      are one list; groups run one after another (lax.map). Default (None): 1 on CPU, where
+      a whole batch of 32 runs ~30% slower than one image at a time (its per-pixel arrays
+      leave the cache); the whole batch on accelerators, which then run all images' faces
+      in parallel instead of looping over the images.
+    window, soft_window, slots: speed knobs only (results do not depend on them or on
+      batch_size): side in pixels of the per-face windows of the hard and soft passes
+      (soft_window defaults to `window` plus the soft radius on both sides, rounded up to a
+      multiple of 8) and windows processed per round in both passes (default: all faces of
+      the group plus 25%, at most 2^19 pixels per round on CPU and 2^24 on accelerators).
     Returns Fragments ([B, H, W] ...).
-    Memory per image: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
-    for the soft pass, never O(pixels * faces) (XLA's accounting for 10k faces at 224 x 224,
-    sigma = 1, forward + backward of the alpha sum on CPU: ~0.5 GB for batch 32).
+    Memory per group: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
+    for the soft pass, never O(pixels * faces). XLA's accounting for the forward + backward
+    of the alpha sum, 10k faces at 224 x 224, sigma = 1, batch 32: 32 MiB one image at a
+    time (CPU default), 422 MiB with all 32 images on one canvas in rounds of 2^24 pixels
+    (the accelerators' default, compiled for the CPU).
     """
     H, W = image_size
     v_pix = to_pixels(verts_img, (H, W))
     faces = jnp.asarray(faces, jnp.int32)
-    F = faces.shape[0]
+    B, F = v_pix.shape[0], faces.shape[0]
+    if batch_size is None:
+        batch_size = 1 if jax.default_backend() == "cpu" else B
+    G = max(1, min(int(batch_size), B))
     window = int(window)
     soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
-    hard_slots = int(slots) if slots else _default_slots(F, window)
-    soft_slots = int(slots) if slots else _default_slots(F, soft_window)
-    fn = functools.partial(_rasterize_one, faces=faces, H=H, W=W, sigma=sigma, window=window,
+    hard_slots = int(slots) if slots else _default_slots(G * F, window)
+    soft_slots = int(slots) if slots else _default_slots(G * F, soft_window)
+    fn = functools.partial(_rasterize_group, faces=faces, H=H, W=W, sigma=sigma, window=window,
                            soft_window=soft_window, slots=hard_slots, soft_slots=soft_slots)
-    return jax.lax.map(fn, v_pix, batch_size=batch_size if batch_size > 1 else None)
+    n, rest = divmod(B, G)
+    parts = []
+    if n == 1:
+        parts.append(fn(v_pix[:G]))
+    elif n > 1:
+        groups = jax.lax.map(fn, v_pix[:n * G].reshape((n, G) + v_pix.shape[1:]))
+        parts.append(jax.tree.map(lambda x: x.reshape((n * G,) + x.shape[2:]), groups))
+    if rest:
+        parts.append(fn(v_pix[n * G:]))
+    return _concat(parts)
