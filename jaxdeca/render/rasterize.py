@@ -449,7 +449,7 @@ def _default_soft_window(sigma, window):
 # Pixels per round. CPU: rounds whose working set stays in cache are ~2.5x faster than one
 # round over all faces (10k faces, 224^2: soft pass 24 ms vs 60 ms per image). Accelerators:
 # one round holds all faces of a few images (a DECA head's 10k faces take 3.2 M soft-pass
-# pixels per image), bounding a large batch's working set to about a GB.
+# pixels per image), so a batch's working set stays bounded however large it is (below).
 _CPU_ROUND_PIXELS = 2 ** 19
 _ACCELERATOR_ROUND_PIXELS = 2 ** 24
 
@@ -474,9 +474,10 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=Non
     sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask).
     batch_size: images rasterized together, as one canvas of batch_size images whose faces
       are one list; groups run one after another (lax.map). Default (None): 1 on CPU, where
-      a whole batch of 32 runs ~30% slower than one image at a time (its per-pixel arrays
-      leave the cache); the whole batch on accelerators, which then run all images' faces
-      in parallel instead of looping over the images.
+      the forward + backward of a whole batch of 32 (benchmarks/render.py image, 10k faces)
+      ran 8-30% slower than one image at a time on 2 cores; the whole batch on
+      accelerators, which then run all images' faces in parallel instead of looping over
+      the images.
     window, soft_window, slots: speed knobs only (results do not depend on them or on
       batch_size): side in pixels of the per-face windows of the hard and soft passes
       (soft_window defaults to `window` plus the soft radius on both sides, rounded up to a
