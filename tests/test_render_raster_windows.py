@@ -1,6 +1,7 @@
 """Face-window rasterizer: large / off-screen / multi-window triangles, round overflow,
 soft coverage against a brute-force SoftRas reference, the hand-written soft VJP against
-autodiff and finite differences, degenerate faces, and the memory of a batch-32 call."""
+autodiff and finite differences, degenerate faces, images rasterized together on one canvas,
+and the memory of a batch-32 call."""
 import importlib
 
 import jax
@@ -145,8 +146,8 @@ def test_images_rasterized_together_equal_one_at_a_time(batch_size):
         fr = frags(v, bs)
         return jnp.sum(w * (fr.alpha + fr.depth + fr.bary @ jnp.array([1.0, 2.0, 3.0])))
 
-    frags, grad = jax.jit(frags, static_argnums=1), jax.jit(jax.grad(loss), static_argnums=1)
-    one, together = frags(jnp.asarray(vs), 1), frags(jnp.asarray(vs), batch_size)
+    run, grad = jax.jit(frags, static_argnums=1), jax.jit(jax.grad(loss), static_argnums=1)
+    one, together = run(jnp.asarray(vs), 1), run(jnp.asarray(vs), batch_size)
     for b in range(4):
         np.testing.assert_array_equal(one.face_index[b], brute_force(vs[b], faces, H, W)[0])
     np.testing.assert_array_equal(together.face_index, one.face_index)
