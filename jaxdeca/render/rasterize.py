@@ -9,11 +9,11 @@ window is done, so the result is exact for any triangle size and count. Several 
 rasterized together as one face list on one canvas: image g's faces follow image g - 1's,
 and its rows of the canvas follow g - 1's, each image with S rows and columns of padding
 that windows at its edges may run into (`batch_size`: one image at a time on CPU, the
-whole batch on accelerators). Rounds hold all faces plus 25%, capped at 2^19 pixels on CPU
-(so that their working set stays in cache) and 2^24 on accelerators, so memory is
-O(slots * window^2) for one round, independent of the image-times-faces product. Windows
-are written to and read from the canvas as [S, S] blocks (one scatter/gather index per
-window).
+whole batch on accelerators; under a context mesh each device takes its own images).
+Rounds hold all faces plus 25%, capped at 2^19 pixels on CPU (so that their working set
+stays in cache) and 2^24 on accelerators, so memory is O(slots * window^2) for one round,
+independent of the image-times-faces product. Windows are written to and read from the
+canvas as [S, S] blocks (one scatter/gather index per window).
 
 * Hard pass (no gradients): each window pixel inside its face gives a depth; a scatter-min
   (`.at[].min`) builds the z-buffer, and a second scatter-min over the pixels whose depth
@@ -483,6 +483,11 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=Non
       (soft_window defaults to `window` plus the soft radius on both sides, rounded up to a
       multiple of 8) and windows processed per round in both passes (default: all faces of
       the group plus 25%, at most 2^19 pixels per round on CPU and 2^24 on accelerators).
+    On a device mesh: under a context mesh (`jax.set_mesh`, `jax.sharding.use_abstract_mesh`;
+      `jaxdeca.train.steps` traces its steps so) whose devices split B evenly, the batch is
+      split over all its devices (shard_map) and each rasterizes its own images; XLA's
+      partitioner cannot split the data-dependent windows itself and would rasterize the
+      whole batch on every device. batch_size then counts each device's images.
     Returns Fragments ([B, H, W] ...).
     Memory per group: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
     for the soft pass, never O(pixels * faces). XLA's accounting for the forward + backward
@@ -493,12 +498,36 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=8, soft_window=Non
     H, W = image_size
     v_pix = to_pixels(verts_img, (H, W))
     faces = jnp.asarray(faces, jnp.int32)
+    window = int(window)
+    soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
+    run = functools.partial(_rasterize_batch, H=H, W=W, sigma=sigma, window=window,
+                            soft_window=soft_window, slots=slots, batch_size=batch_size)
+    mesh, axes = _batch_mesh_axes(v_pix.shape[0])
+    if axes:
+        P = jax.sharding.PartitionSpec
+        return jax.shard_map(run, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes),
+                             check_vma=False)(v_pix, faces)
+    return run(v_pix, faces)
+
+
+def _batch_mesh_axes(B):
+    """(mesh, axes) to split a batch of B images over: the context mesh's (`jax.set_mesh`,
+    `jax.sharding.use_abstract_mesh`) axes that are not already manual, when it has more than
+    one device along them and B splits evenly; else (None, ())."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return None, ()
+    axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != jax.sharding.AxisType.Manual)
+    n = math.prod(mesh.shape[a] for a in axes)
+    return (mesh, axes) if n > 1 and B % n == 0 else (None, ())
+
+
+def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batch_size):
+    """v_pix: [B, V, 3] pixels + depth -> Fragments [B, H, W], in groups of batch_size images."""
     B, F = v_pix.shape[0], faces.shape[0]
     if batch_size is None:
         batch_size = 1 if jax.default_backend() == "cpu" else B
     G = max(1, min(int(batch_size), B))
-    window = int(window)
-    soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
     hard_slots = int(slots) if slots else _default_slots(G * F, window)
     soft_slots = int(slots) if slots else _default_slots(G * F, soft_window)
     fn = functools.partial(_rasterize_group, faces=faces, H=H, W=W, sigma=sigma, window=window,

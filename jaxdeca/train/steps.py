@@ -4,6 +4,9 @@ A stage supplies `loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (te
 `make_train_step` turns it into `step(state, batch) -> (state, terms)` compiled with the state
 replicated and the batch split over the mesh axis `data`. Gradients of a sharded batch mean are
 all-reduced by XLA automatically (GSPMD), so the same function is exact on 1 or N devices.
+Steps are traced with the mesh as the context mesh, so that per-image work that XLA cannot
+split by itself (the rasterizer's data-dependent windows) runs on each device's own images
+(`jaxdeca.render.rasterize`) instead of on the whole batch everywhere.
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     def step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (terms, new_bs)), grads = grad_fn(state.params, state.batch_stats, state.frozen, batch, key)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            (loss, (terms, new_bs)), grads = grad_fn(state.params, state.batch_stats, state.frozen, batch, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         terms = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -40,6 +44,7 @@ def make_eval_step(metric_fn: Callable, mesh) -> Callable:
     data = parallel.batch_sharding(mesh)
 
     def ev(state: TrainState, batch):
-        return metric_fn(state.params, state.batch_stats, state.frozen, batch)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return metric_fn(state.params, state.batch_stats, state.frozen, batch)
 
     return xla_options.jit(ev, in_shardings=(repl, data), out_shardings=repl)
