@@ -6,8 +6,8 @@ its first batch) and optionally cold (the real CLI process: start-up, model init
     python benchmarks/inference.py [--big-batch 256] [--repeats 3] [--app-images 8] [--cold]
 
 CPU: 256 takes minutes and ~10+ GB; pass a smaller --big-batch there. Random-weight networks
-(speed does not depend on the weights); the demo head's topology. Ratios are against batch 1
-measured in the same run.
+(speed does not depend on the weights); the demo head's topology. Batches are split over all
+local devices, as the apps run them. Ratios are against batch 1 measured in the same run.
 """
 import argparse
 import os

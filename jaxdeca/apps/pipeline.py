@@ -13,6 +13,11 @@ whose top level has those three keys (a trained model saved with `save_variables
 workdir of a detail-stage training run (`python -m jaxdeca.main --config=configs/detail.py`),
 whose newest checkpoint is read together with the architecture and input size it was trained
 with (a coarse-stage workdir gives coarse results with a zero displacement map).
+
+Devices: encode/decode/run split each batch over all local devices (`Pipeline.devices`): the
+network variables are replicated, the batch is padded to a multiple of the device count by
+repeating its last item and split along its first axis, each device runs its share (the
+rasterizer included, see `render.rasterize`), and the outputs are cut back to the batch.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from jaxdeca.apps import export, inputs
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import preprocess
+from jaxdeca.train import parallel
 from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes
 
 IMAGE_SIZE = 224
@@ -171,20 +177,60 @@ def to_original(points, tform, normalized: bool = True) -> np.ndarray:
 
 @dataclasses.dataclass
 class Pipeline:
-    """FLAME arrays, topology and network variables with jitted encode/decode."""
+    """FLAME arrays, topology and network variables with jitted encode/decode, run over
+    `devices` (default: all local devices; each call splits its batch over them)."""
     arrays: dict
     flame: flame.FlameModel
     topo: render.Topology
     variables: dict | None
     model: dict | None = None     # architecture (config.model fields); None = DECA's
     net_size: int = IMAGE_SIZE    # the encoders' input size; crops are resized to it
+    devices: list | None = None   # None: jax.local_devices()
 
     def __post_init__(self):
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
-        self._encode = xla_options.jit(self._encode_impl)
-        self._decode = xla_options.jit(self._decode_impl)
-        self._both = xla_options.jit(self._both_impl)
+        self.mesh = parallel.make_mesh(jax.local_devices() if self.devices is None else self.devices)
+        self.variables = self._replicate(self.variables)
+        self._encode = self._jit(self._encode_impl)
+        self._decode = self._jit(self._decode_impl)
+        self._both = self._jit(self._both_impl)
+
+    @property
+    def n_devices(self) -> int:
+        return self.mesh.devices.size
+
+    def _jit(self, fn):
+        """fn jitted; with several devices, traced under the mesh so that the rasterizer splits
+        the batch over them (XLA alone would rasterize the whole batch on every device)."""
+        if self.n_devices == 1:
+            return xla_options.jit(fn)
+
+        def in_mesh(*args):
+            with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+                return fn(*args)
+        return xla_options.jit(in_mesh)
+
+    def _replicate(self, tree):
+        """Variables (or None) as copies on every device of the mesh."""
+        if self.n_devices == 1 or tree is None:
+            return tree
+        return jax.device_put(tree, parallel.replicated(self.mesh))
+
+    def _split(self, tree):
+        """Batch arrays [B, ...] -> (arrays padded to a multiple of the device count by
+        repeating item B - 1 and split along the first axis, B)."""
+        B = jax.tree.leaves(tree)[0].shape[0]
+        n = self.n_devices
+        if n == 1:
+            return tree, B
+        extra = -B % n
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x  # noqa: E731
+        return jax.device_put(jax.tree.map(lambda x: pad(np.asarray(x)), tree), parallel.batch_sharding(self.mesh)), B
+
+    def _cut(self, tree, B):
+        """Outputs of a padded batch back to its first B items."""
+        return jax.tree.map(lambda x: x[:B], tree) if jax.tree.leaves(tree)[0].shape[0] != B else tree
 
     def _both_impl(self, v, images):
         codes = self._encode_impl(v, images)
@@ -228,18 +274,22 @@ class Pipeline:
 
     def encode(self, images):
         """images: [B, 224, 224, 3] in [0, 1] -> codes dict (shape, tex, exp, pose, cam, light, detail)."""
-        return self._encode(self.variables, jnp.asarray(images))
+        x, B = self._split(images)
+        return self._cut(self._encode(self.variables, x), B)
 
     def decode(self, codes, images=None):
         """codes -> dict of decoded arrays (see `_decode_impl`); images adds the extracted texture."""
         d = None if self.variables is None else self.variables.get("D_detail")
         if images is None:
-            return self._decode(codes, d)
-        return self._decode(codes, d, jnp.asarray(images))
+            c, B = self._split(codes)
+            return self._cut(self._decode(c, d), B)
+        (c, x), B = self._split((codes, images))
+        return self._cut(self._decode(c, d, x), B)
 
     def run(self, images):
         """One jitted encode+decode. images: [B, 224, 224, 3] -> (codes, decoded)."""
-        return self._both(self.variables, jnp.asarray(images))
+        x, B = self._split(images)
+        return self._cut(self._both(self.variables, x), B)
 
 
 def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:

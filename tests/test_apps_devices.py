@@ -1,0 +1,69 @@
+"""The apps' pipeline on several devices: each batch is padded to a multiple of the device count,
+split over the devices and cut back, with the results of one device; 4 forced host devices in a
+subprocess, a narrow model with random weights."""
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pipeline_splits_batches_over_all_local_devices(four_device_flags):
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jaxdeca import flame, models, render
+        from jaxdeca.apps import animate, pipeline
+        from jaxdeca.train.deca_common import build_networks
+
+        model = dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32)
+        arrays = flame.load_arrays()
+        nets = build_networks(dict(pipeline.DEFAULT_MODEL, **model))
+        k = jax.random.split(jax.random.PRNGKey(0), 3)
+        img = jnp.zeros((1, 64, 64, 3))
+        variables = {"E_flame": models.jit_init(nets["E_flame"], k[0], img),
+                     "E_detail": models.jit_init(nets["E_detail"], k[1], img),
+                     "D_detail": models.jit_init(nets["D_detail"], k[2], jnp.zeros((1, models.DETAIL_LATENT_SIZE)))}
+
+        def make(devices):
+            return pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays),
+                                     topo=render.make_topology(arrays, uv_size=32), variables=variables,
+                                     model=model, net_size=64, devices=devices)
+
+        one, four = make(jax.devices()[:1]), make(None)
+        assert one.n_devices == 1 and four.n_devices == 4
+        rng = np.random.default_rng(0)
+        images = rng.random((6, 224, 224, 3)).astype(np.float32)  # 6: padded to 8, 2 per device
+
+        def same(a, b, what):
+            assert jax.tree.structure(a) == jax.tree.structure(b)
+            for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+                assert x.shape == y.shape, (what, path, x.shape, y.shape)
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-4,
+                                           err_msg=f"{what} {jax.tree_util.keystr(path)}")
+
+        codes1, out1 = one.run(images)
+        codes4, out4 = four.run(images)
+        assert codes4["shape"].shape[0] == 6 and out4["images"].shape[0] == 6
+        same(codes4, codes1, "run codes")
+        same(out4, out1, "run outputs")
+        same(four.encode(images[:1]), one.encode(images[:1]), "encode of one image")
+
+        # decode of a driven batch (the animate app's path) with the heads in view, so that the
+        # renders compared are not empty
+        codes = dict(codes1, cam=jnp.asarray([[7.0, 0.01 * i, -0.02 * i] for i in range(6)]))
+        drv = animate.animate_codes(jax.tree.map(lambda x: x[:1], codes), codes)
+        out1 = one.decode(drv)
+        assert out1["mask"].sum(axis=(1, 2)).min() > 5000
+        same(four.decode(drv), out1, "decode")
+
+        # each device runs its own share: the rasterizer is split, no batch is all-gathered
+        x, B = four._split(images)
+        assert B == 6 and x.shape[0] == 8 and len(x.sharding.device_set) == 4
+        assert "all-gather" not in four._both.lower(four.variables, x).compile().as_text()
+        print("OK")
+    """)
+    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
