@@ -159,13 +159,16 @@ def chunks(items: Iterable, n: int) -> Iterator[list]:
         yield chunk
 
 
+def pad_rows(x, n: int) -> np.ndarray:
+    """x [B, ...] -> numpy [max(B, n), ...]: rows B .. n - 1 repeat row B - 1."""
+    x = np.asarray(x)
+    return x if len(x) >= n else np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)])
+
+
 def padded_batch(images: list, batch: int) -> np.ndarray:
     """Stacks up to `batch` images [224, 224, 3], repeating the last to `batch` so that the
     jitted functions always see one shape. Returns [batch, 224, 224, 3]."""
-    imgs = np.stack(images)
-    if len(imgs) < batch:
-        imgs = np.concatenate([imgs, np.repeat(imgs[-1:], batch - len(imgs), 0)])
-    return imgs
+    return pad_rows(np.stack(images), batch)
 
 
 def to_original(points, tform, normalized: bool = True) -> np.ndarray:
@@ -191,7 +194,8 @@ class Pipeline:
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
         self.mesh = parallel.make_mesh(jax.local_devices() if self.devices is None else self.devices)
-        self.variables = self._replicate(self.variables)
+        if self.n_devices > 1:
+            self.variables = parallel.replicate(self.variables, self.mesh)
         self._encode = self._jit(self._encode_impl)
         self._decode = self._jit(self._decode_impl)
         self._both = self._jit(self._both_impl)
@@ -211,12 +215,6 @@ class Pipeline:
                 return fn(*args)
         return xla_options.jit(in_mesh)
 
-    def _replicate(self, tree):
-        """Variables (or None) as copies on every device of the mesh."""
-        if self.n_devices == 1 or tree is None:
-            return tree
-        return jax.device_put(tree, parallel.replicated(self.mesh))
-
     def _split(self, tree):
         """Batch arrays [B, ...] -> (arrays padded to a multiple of the device count by
         repeating item B - 1 and split along the first axis, B)."""
@@ -224,9 +222,8 @@ class Pipeline:
         n = self.n_devices
         if n == 1:
             return tree, B
-        extra = -B % n
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], extra, 0)]) if extra else x  # noqa: E731
-        return jax.device_put(jax.tree.map(lambda x: pad(np.asarray(x)), tree), parallel.batch_sharding(self.mesh)), B
+        size = -(-B // n) * n
+        return parallel.shard_batch(jax.tree.map(lambda x: pad_rows(x, size), tree), self.mesh), B
 
     def _cut(self, tree, B):
         """Outputs of a padded batch back to its first B items."""
