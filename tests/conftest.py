@@ -17,6 +17,8 @@ file before it starts the workers, so they inherit the same folder, and it alone
 """
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -57,3 +59,19 @@ def pytest_sessionfinish(session, exitstatus):
 def four_device_flags():
     """XLA_FLAGS for a subprocess with four host devices that keeps this session's flags (-O0)."""
     return _xla_flags_with("--xla_force_host_platform_device_count=4")
+
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def run_on_four_devices(four_device_flags):
+    """`run(code, timeout=300)`: runs Python source `code` in a subprocess with four host CPU
+    devices (this session's XLA flags; the repository and tests/ importable) and asserts that
+    it exits 0 and prints OK, showing the end of its stderr otherwise."""
+    def run(code, timeout=300):
+        path = [_TESTS, os.path.dirname(_TESTS)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+        assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    return run

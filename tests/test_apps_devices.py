@@ -1,15 +1,10 @@
 """The apps' pipeline on several devices: each batch is padded to a multiple of the device count,
 split over the devices and cut back, with the results of one device; 4 forced host devices in a
 subprocess, a narrow model with random weights."""
-import os
-import subprocess
-import sys
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def test_pipeline_splits_batches_over_all_local_devices(four_device_flags):
+def test_pipeline_splits_batches_over_all_local_devices(run_on_four_devices):
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from jaxdeca import flame, models, render
@@ -65,7 +60,4 @@ def test_pipeline_splits_batches_over_all_local_devices(four_device_flags):
         assert "all-gather" not in four._both.lower(four.variables, x).compile().as_text()
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_on_four_devices(code, timeout=600)

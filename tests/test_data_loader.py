@@ -1,7 +1,4 @@
 """Identity-grouped loader: grouping, crop alignment, determinism, resume, process and device split."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -148,8 +145,5 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_batches_split_over_four_host_devices(four_device_flags):
-    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.path.dirname(os.path.dirname(__file__))]))
-    r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+def test_batches_split_over_four_host_devices(run_on_four_devices):
+    run_on_four_devices(SCRIPT)

@@ -1,14 +1,9 @@
 """The rasterizer on a device mesh: under a context mesh (as the training steps trace their
 loss) each device rasterizes only its own images, with 4 forced host devices in a subprocess."""
-import os
-import subprocess
-import sys
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def test_each_device_rasterizes_its_own_images(four_device_flags):
+def test_each_device_rasterizes_its_own_images(run_on_four_devices):
     # Without a context mesh, XLA cannot split the data-dependent windows by image: it gathers
     # the whole batch onto every device (all-gather) and each device rasterizes all 8 images.
     # Under the mesh (directly, and inside a train step) there is no all-gather, and losses
@@ -54,7 +49,4 @@ def test_each_device_rasterizes_its_own_images(four_device_flags):
         np.testing.assert_allclose(terms["loss"], ref_l, rtol=1e-5)
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests"), ROOT, os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_on_four_devices(code)

@@ -1,11 +1,8 @@
 """Mesh and batch sharding, with 4 forced host devices in a subprocess."""
-import os
-import subprocess
-import sys
 import textwrap
 
 
-def test_batch_split_over_four_devices(four_device_flags):
+def test_batch_split_over_four_devices(run_on_four_devices):
     code = textwrap.dedent("""
         import jax, numpy as np
         from jaxdeca.train import parallel
@@ -25,6 +22,4 @@ def test_batch_split_over_four_devices(four_device_flags):
             raise AssertionError("expected ValueError")
         print("OK")
     """)
-    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    run_on_four_devices(code)
