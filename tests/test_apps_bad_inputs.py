@@ -84,12 +84,21 @@ def test_animate_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
         assert rc == 2 and len(err) == 1 and str(bad) in err[0] and what in err[0], err
 
 
-def test_fit_bad_inputs(tmp_path, folder, pipe, capsys, monkeypatch):
+def test_fit_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
     nonet = pipeline.load_pipeline()  # fit with no network starts from the mean
     steps = (4, 4, 0)
-    res = fit.fit_inputs(str(folder), str(tmp_path / "out"), nonet, steps=steps)
-    assert res["written"] == ["a_face"] and (tmp_path / "out" / "a_face" / "a_face_kpt2d.txt").exists()
+    # three faces in batches of 2 (a_face and e_face together, then f_face alone), each written
+    # under its own name with its own fit: the heads are shifted right by 20 and 40 px
+    export.save_image(str(folder / "e_face.png"), np.roll(head, 20, axis=1))
+    export.save_image(str(folder / "f_face.png"), np.roll(head, 40, axis=1))
+    res = fit.fit_inputs(str(folder), str(tmp_path / "out"), nonet, steps=steps, batch=2)
+    assert res["written"] == ["a_face", "e_face", "f_face"]
+    kpt = {n: np.loadtxt(tmp_path / "out" / n / f"{n}_kpt2d.txt") for n in res["written"]}
+    for n, shift in (("e_face", 20), ("f_face", 40)):
+        np.testing.assert_allclose((kpt[n] - kpt["a_face"]).mean(0), [shift, 0], atol=5)
     check_messages(capsys.readouterr().err, "fit", folder)
+    (folder / "e_face.png").unlink()
+    (folder / "f_face.png").unlink()
 
     # a landmark folder: a_face has a broken .pts -> skipped with that file named, the rest go on
     lm = tmp_path / "lmk"

@@ -1,6 +1,6 @@
 """The apps' pipeline on several devices: each batch is padded to a multiple of the device count,
-split over the devices and cut back, with the results of one device; 4 forced host devices in a
-subprocess, a narrow model with random weights."""
+split over the devices and cut back, with the results of one device (encode, decode, run, fit);
+4 forced host devices in a subprocess, a narrow model with random weights."""
 import textwrap
 
 
@@ -55,9 +55,26 @@ def test_pipeline_splits_batches_over_all_local_devices(run_on_four_devices):
         same(out4, out1, "decode")
 
         # each device runs its own share: the rasterizer is split, no batch is all-gathered
-        x, B = four._split(images)
+        x, B = four.split_batch(images)
         assert B == 6 and x.shape[0] == 8 and len(x.sharding.device_set) == 4
         assert "all-gather" not in four._both.lower(four.variables, x).compile().as_text()
+
+        # fit: a batch of 3 faces (padded to 4, one per device) fitted to the landmarks of these
+        # renders moves them where the one-device fit does, and its photometric stage renders
+        # each device's own face
+        from jaxdeca.apps import fit
+        target = np.asarray(out1["landmarks2d"][:3, :, :2])
+        mask = np.stack([fit.hull_mask(t) for t in target])
+        start = fit.mean_codes(one, target)
+        lmk = lambda p, c: np.asarray(p.decode(c)["landmarks2d"][..., :2])
+        fitted = {p.n_devices: lmk(p, fit.fit(p, start, target, np.asarray(out1["images"][:3]), mask, (20, 20, 2)))
+                  for p in (one, four)}
+        assert fitted[4].shape == (3, 68, 2)
+        assert np.abs(fitted[4] - fitted[1]).max() * 112 < 0.1
+        assert np.abs(fitted[4] - lmk(one, start)).max() * 112 > 1
+        photo = fit._stage_runner(four, 2, 2, 0.01, fit.WEIGHTS)
+        args, _ = four.split_batch((fit._split(start), start["detail"], target, np.asarray(out1["images"][:3]), mask))
+        assert "all-gather" not in photo.lower(*args).compile().as_text()
         print("OK")
     """)
     run_on_four_devices(code, timeout=600)

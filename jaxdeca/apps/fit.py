@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.fit --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--steps N]`
+"""`python -m jaxdeca.apps.fit --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--steps N] [--batch N]`
 
 Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo, light) against
 68 2D landmarks and the photometric loss, with optax Adam and a coarse-to-fine schedule:
@@ -9,6 +9,9 @@ Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo,
      landmark-hull mask.
 Starts from the regressor's codes with --checkpoint, else from the mean (zeros) with the
 camera fitted to the landmark box. Works on the embedded demo head with no network at all.
+Faces are fitted --batch at a time (a folder's images, a video's frames), each on its own: the
+loss is the sum of the faces' losses and Adam works per element. The batch is split over all
+local devices like the other apps' batches.
 Writes the same outputs as reconstruct, per face. Bad inputs are handled like reconstruct's:
 one message per unusable file or face-less image naming it, the rest of a folder still fitted;
 exit status 0 (something written), 1 (nothing written), 2 (input unusable as a whole).
@@ -26,7 +29,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from jaxdeca import render, xla_options
+from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.data import preprocess
 from jaxdeca.losses import coarse
@@ -57,15 +60,16 @@ def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE) -> np.ndarray:
 
 
 def mean_codes(pipe: pipeline.Pipeline, target_img) -> dict:
-    """Zero codes with the camera fitted to the landmark box. target_img: [68, 2] image space."""
-    z = lambda n: jnp.zeros((1, n))  # noqa: E731
-    codes = dict(shape=z(pipe.flame.n_shape), exp=z(pipe.flame.n_exp), pose=z(6), tex=z(50),
-                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.5), detail=z(128))
-    lm = np.asarray(pipe.flame(codes["shape"], codes["exp"], codes["pose"])["landmarks2d"][0, :, :2])
+    """Zero codes with each camera fitted to its landmark box. target_img: [B, 68, 2] image space."""
     t = np.asarray(target_img)
-    s = float(np.ptp(t, 0).mean() / np.ptp(lm, 0).mean())
-    tc, mc = t.mean(0), lm.mean(0)
-    codes["cam"] = jnp.array([[s, tc[0] / s - mc[0], -tc[1] / s - mc[1]]], jnp.float32)
+    B = t.shape[0]
+    z = lambda n: jnp.zeros((B, n))  # noqa: E731
+    codes = dict(shape=z(pipe.flame.n_shape), exp=z(pipe.flame.n_exp), pose=z(6), tex=z(50),
+                 light=jnp.zeros((B, 9, 3)).at[:, 0, :].set(2.5), detail=z(128))
+    lm = np.asarray(pipe.flame(codes["shape"][:1], codes["exp"][:1], codes["pose"][:1])["landmarks2d"][0, :, :2])
+    s = np.ptp(t, 1).mean(-1) / np.ptp(lm, 0).mean()  # [B]
+    tc, mc = t.mean(1), lm.mean(0)
+    codes["cam"] = jnp.asarray(np.stack([s, tc[:, 0] / s - mc[0], -tc[:, 1] / s - mc[1]], 1), jnp.float32)
     return codes
 
 
@@ -83,25 +87,38 @@ def _merge(p, detail):
     return c
 
 
-def fit_loss(p, detail, pipe, target, image, mask, stage, w):
-    """Total loss of a stage (0 rigid, 1 + shape/exp, 2 + photometric). target: [1, 68, 2]."""
+def _per_image(loss, *args):
+    """A loss over a batch applied to each image alone: args [B, ...] -> [B]."""
+    return jax.vmap(lambda *a: loss(*(x[None] for x in a)))(*args)
+
+
+def fit_losses(p, detail, pipe, target, image, mask, stage, w):
+    """Each image's total loss of a stage (0 rigid, 1 + shape/exp, 2 + photometric): [B].
+    target: [B, 68, 2]; image: [B, 224, 224, 3]; mask: [B, 224, 224]."""
     c = _merge(p, detail)
     out = pipe.flame(c["shape"], c["exp"], c["pose"])
     lmk = render.orth_proj(out["landmarks2d"], c["cam"])[..., :2]
-    loss = coarse.weighted_landmark_loss(lmk, target) * w["lmk"]
+    loss = w["lmk"] * _per_image(coarse.weighted_landmark_loss, lmk, target)
     if stage >= 1:
-        loss += w["eye"] * coarse.eyed_loss(lmk, target) + w["lip"] * coarse.lipd_loss(lmk, target)
-        loss += w["reg"] * (coarse.code_reg(c["shape"]) + coarse.code_reg(c["exp"]))
-        loss += w["jaw"] * jnp.sum(c["pose"][:, 3:] ** 2)
+        loss += w["eye"] * _per_image(coarse.eyed_loss, lmk, target) + w["lip"] * _per_image(coarse.lipd_loss, lmk, target)
+        loss += w["reg"] * (_per_image(coarse.code_reg, c["shape"]) + _per_image(coarse.code_reg, c["exp"]))
+        loss += w["jaw"] * jnp.sum(c["pose"][:, 3:] ** 2, 1)
     if stage >= 2:
         from jaxdeca import flame
         trans = render.orth_proj(out["vertices"], c["cam"])
         albedo = flame.texture.albedo_from_arrays(pipe.arrays, c["tex"], size=pipe.topo.uv_face_eye_mask.shape[0])
         r = render.render(out["vertices"], trans, albedo, c["light"], pipe.topo, (pipeline.IMAGE_SIZE,) * 2)
         m = (r["mask"] * mask)[..., None]
-        loss += w["photo"] * jnp.sum(jnp.abs(r["images"] - image) * m) / (jnp.sum(m) * 3 + 1e-6)
-        loss += w["reg"] * coarse.code_reg(c["tex"]) + w["light"] * coarse.light_reg(c["light"])
+        loss += w["photo"] * jnp.sum(jnp.abs(r["images"] - image) * m, (1, 2, 3)) / (jnp.sum(m, (1, 2, 3)) * 3 + 1e-6)
+        loss += w["reg"] * _per_image(coarse.code_reg, c["tex"]) + w["light"] * _per_image(coarse.light_reg, c["light"])
     return loss
+
+
+def fit_loss(p, detail, pipe, target, image, mask, stage, w):
+    """The sum of the images' losses (`fit_losses`). Its gradient for an image's codes is that of
+    the image's own loss, and Adam works per element, so a batch is fitted as independently as
+    one image at a time."""
+    return jnp.sum(fit_losses(p, detail, pipe, target, image, mask, stage, w))
 
 
 STAGE_GROUPS = ({"pose", "cam"}, {"pose", "cam", "shape", "exp"}, {"pose", "cam", "shape", "exp", "tex", "light"})
@@ -109,8 +126,10 @@ WEIGHTS = dict(lmk=1.0, eye=1.0, lip=0.5, reg=1e-4, jaw=1e-2, photo=2.0, light=1
 
 
 def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weights: dict):
-    """The jitted n-step optimisation of one stage, compiled once per pipeline and settings:
-    (params, detail, target [1, 68, 2], image [1, 224, 224, 3], mask [1, 224, 224]) -> params."""
+    """The jitted n-step optimisation of one stage, compiled once per pipeline, settings and batch
+    size: (params, detail, target [B, 68, 2], image [B, 224, 224, 3], mask [B, 224, 224]) -> params.
+    Traced like the pipeline's own functions (`Pipeline.jit`), so a batch split over several
+    devices is rendered by each device for its own images."""
     cache = pipe.__dict__.setdefault("_fit_runners", {})
     key = (stage, n, lr, tuple(sorted(weights.items())))
     if key in cache:
@@ -121,7 +140,6 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
     opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
     grad = jax.grad(fit_loss)
 
-    @xla_options.jit
     def run(p, detail, target, image, mask):
         def body(_, carry):
             p, s = carry
@@ -129,39 +147,53 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
             return optax.apply_updates(p, u), s
         return jax.lax.fori_loop(0, n, body, (p, opt.init(p)))[0]
 
-    cache[key] = run
-    return run
+    cache[key] = pipe.jit(run)
+    return cache[key]
 
 
 def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(100, 400, 40), lr: float = 0.01,
         weights: dict = WEIGHTS) -> dict:
-    """Optimise codes (batch 1) through the three stages; returns the fitted codes.
-    target_img: [68, 2] image space; image: [224, 224, 3]; mask: [224, 224]."""
-    target = jnp.asarray(target_img, jnp.float32)[None]
-    image = jnp.asarray(image, jnp.float32)[None]
-    mask = jnp.asarray(mask, jnp.float32)[None]
-    p = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), _split(codes))
-    detail = jnp.asarray(codes["detail"], jnp.float32)
+    """Optimise a batch of codes through the three stages; returns the fitted codes. Each image is
+    fitted on its own (`fit_loss`); the batch is split over the pipeline's devices.
+    codes: [B, ...] each; target_img: [B, 68, 2] image space; image: [B, 224, 224, 3]; mask: [B, 224, 224]."""
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    p = jax.tree.map(f32, _split(codes))
+    (p, detail, target, image, mask), B = pipe.split_batch(
+        (p, f32(codes["detail"]), f32(target_img), f32(image), f32(mask)))
     for stage, n in enumerate(steps):
         if n > 0:
             p = _stage_runner(pipe, stage, int(n), lr, weights)(p, detail, target, image, mask)
-    return _merge(p, detail)
+    return pipe.cut_batch(_merge(p, detail), B)
 
 
-def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
-    """Fit one RGB uint8 image. landmarks_px: [68, 2] original pixels (None: dlib detects them).
-    Returns (codes, decoded, crop) or None when no face is found."""
+def prepare(image: np.ndarray, landmarks_px=None):
+    """(crop, target [68, 2] in the crop's image space) of one RGB uint8 image, or None when no
+    face is found. landmarks_px: [68, 2] original pixels (None: dlib detects them)."""
     if landmarks_px is None:
         landmarks_px = pipeline.detect_landmarks(image)
         if landmarks_px is None:
             return None
     crop = landmark_crop(image, landmarks_px)
-    target = to_image_space(landmarks_px, crop.tform)
-    if pipe.variables is not None:
-        codes = pipe.encode(crop.image[None])
-    else:
-        codes = mean_codes(pipe, target)
-    codes = fit(pipe, codes, target, crop.image, hull_mask(target), steps)
+    return crop, to_image_space(landmarks_px, crop.tform)
+
+
+def fit_crops(pipe, crops: list, targets: list, steps=(100, 400, 40)) -> dict:
+    """Fit a batch of prepared faces (`prepare`: crops and their targets) together. Starts from
+    the regressor's codes when the pipeline has networks, else from the mean. Returns the codes [B]."""
+    images = np.stack([c.image for c in crops])
+    targets = np.stack(targets)
+    codes = pipe.encode(images) if pipe.variables is not None else mean_codes(pipe, targets)
+    return fit(pipe, codes, targets, images, np.stack([hull_mask(t) for t in targets]), steps)
+
+
+def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
+    """Fit one RGB uint8 image. landmarks_px: [68, 2] original pixels (None: dlib detects them).
+    Returns (codes, decoded, crop) or None when no face is found."""
+    prep = prepare(image, landmarks_px)
+    if prep is None:
+        return None
+    crop, target = prep
+    codes = fit_crops(pipe, [crop], [target], steps)
     return codes, pipe.decode(codes, crop.image[None]), crop
 
 
@@ -183,32 +215,40 @@ def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
 
 
 def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks: str | None = None,
-               steps=(100, 400, 40)) -> dict:
-    """fit every face of an image, folder or video and write reconstruct's outputs per face.
-    Unusable files and faces are skipped with one message naming the file (see inputs.report).
-    Returns {'written': [names], 'skipped': [(name, reason)]}."""
+               steps=(100, 400, 40), batch: int = 8) -> dict:
+    """fit every face of an image, folder or video, `batch` faces at a time (`fit_crops`), and
+    write reconstruct's outputs per face. Unusable files and faces are skipped with one message
+    naming the file (see inputs.report). Returns {'written': [names], 'skipped': [(name, reason)]}."""
     single = os.path.isfile(input_path) and not input_path.lower().endswith(inputs.VIDEO_EXTS)
     if landmarks is not None and not os.path.exists(landmarks):
         raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
     written, skipped = [], []
-    for item in tqdm(inputs.iter_frames(input_path), desc="fit", unit="img", disable=True if single else None):
-        if isinstance(item, inputs.Skipped):
-            skipped.append(item)
-            continue
-        try:
-            lmk = landmarks_for(item, landmarks, single)
-        except (OSError, ValueError) as e:
-            if single:
-                raise inputs.InputError(str(e)) from None
-            skipped.append(inputs.Skipped(item.name, str(e)))
-            continue
-        res = fit_image(pipe, item.image, lmk, steps)
-        if res is None:
-            skipped.append(inputs.no_face(item))
-            continue
-        codes, out, crop = res
-        pipeline.write_outputs(out_dir, item.name, out, 0, crop, codes, pipe.arrays)
-        written.append(item.name)
+
+    def faces():
+        for item in tqdm(inputs.iter_frames(input_path), desc="fit", unit="img", disable=True if single else None):
+            if isinstance(item, inputs.Skipped):
+                skipped.append(item)
+                continue
+            try:
+                lmk = landmarks_for(item, landmarks, single)
+            except (OSError, ValueError) as e:
+                if single:
+                    raise inputs.InputError(str(e)) from None
+                skipped.append(inputs.Skipped(item.name, str(e)))
+                continue
+            prep = prepare(item.image, lmk)
+            if prep is None:
+                skipped.append(inputs.no_face(item))
+                continue
+            yield item.name, prep
+
+    for chunk in pipeline.chunks(faces(), batch):
+        crops = [crop for _, (crop, _) in chunk]
+        codes = fit_crops(pipe, crops, [target for _, (_, target) in chunk], steps)
+        out = pipe.decode(codes, np.stack([c.image for c in crops]))
+        for k, (name, (crop, _)) in enumerate(chunk):
+            pipeline.write_outputs(out_dir, name, out, k, crop, codes, pipe.arrays)
+            written.append(name)
     inputs.report("fit", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
 
@@ -222,10 +262,11 @@ def main(argv=None) -> int:
     p.add_argument("--landmarks", default=None,
                    help="68-point .pts/.txt in original pixels, or a folder of <stem>.pts (default: dlib)")
     p.add_argument("--steps", type=int, default=400, help="shape/expression steps (rigid = steps/4, photo = steps/10)")
+    p.add_argument("--batch", type=int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
     try:
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
-        res = fit_inputs(a.input, a.out, pipe, a.landmarks, (a.steps // 4, a.steps, a.steps // 10))
+        res = fit_inputs(a.input, a.out, pipe, a.landmarks, (a.steps // 4, a.steps, a.steps // 10), a.batch)
     except (inputs.InputError, pipeline.CheckpointError) as e:
         print(f"fit: {e}", file=sys.stderr)
         return 2

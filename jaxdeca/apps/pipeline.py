@@ -196,15 +196,15 @@ class Pipeline:
         self.mesh = parallel.make_mesh(jax.local_devices() if self.devices is None else self.devices)
         if self.n_devices > 1:
             self.variables = parallel.replicate(self.variables, self.mesh)
-        self._encode = self._jit(self._encode_impl)
-        self._decode = self._jit(self._decode_impl)
-        self._both = self._jit(self._both_impl)
+        self._encode = self.jit(self._encode_impl)
+        self._decode = self.jit(self._decode_impl)
+        self._both = self.jit(self._both_impl)
 
     @property
     def n_devices(self) -> int:
         return self.mesh.devices.size
 
-    def _jit(self, fn):
+    def jit(self, fn):
         """fn jitted; with several devices, traced under the mesh so that the rasterizer splits
         the batch over them (XLA alone would rasterize the whole batch on every device)."""
         if self.n_devices == 1:
@@ -215,7 +215,7 @@ class Pipeline:
                 return fn(*args)
         return xla_options.jit(in_mesh)
 
-    def _split(self, tree):
+    def split_batch(self, tree):
         """Batch arrays [B, ...] -> (arrays padded to a multiple of the device count by
         repeating item B - 1 and split along the first axis, B)."""
         B = jax.tree.leaves(tree)[0].shape[0]
@@ -225,7 +225,7 @@ class Pipeline:
         size = -(-B // n) * n
         return parallel.shard_batch(jax.tree.map(lambda x: pad_rows(x, size), tree), self.mesh), B
 
-    def _cut(self, tree, B):
+    def cut_batch(self, tree, B):
         """Outputs of a padded batch back to its first B items."""
         return jax.tree.map(lambda x: x[:B], tree) if jax.tree.leaves(tree)[0].shape[0] != B else tree
 
@@ -271,22 +271,22 @@ class Pipeline:
 
     def encode(self, images):
         """images: [B, 224, 224, 3] in [0, 1] -> codes dict (shape, tex, exp, pose, cam, light, detail)."""
-        x, B = self._split(images)
-        return self._cut(self._encode(self.variables, x), B)
+        x, B = self.split_batch(images)
+        return self.cut_batch(self._encode(self.variables, x), B)
 
     def decode(self, codes, images=None):
         """codes -> dict of decoded arrays (see `_decode_impl`); images adds the extracted texture."""
         d = None if self.variables is None else self.variables.get("D_detail")
         if images is None:
-            c, B = self._split(codes)
-            return self._cut(self._decode(c, d), B)
-        (c, x), B = self._split((codes, images))
-        return self._cut(self._decode(c, d, x), B)
+            c, B = self.split_batch(codes)
+            return self.cut_batch(self._decode(c, d), B)
+        (c, x), B = self.split_batch((codes, images))
+        return self.cut_batch(self._decode(c, d, x), B)
 
     def run(self, images):
         """One jitted encode+decode. images: [B, 224, 224, 3] -> (codes, decoded)."""
-        x, B = self._split(images)
-        return self._cut(self._both(self.variables, x), B)
+        x, B = self.split_batch(images)
+        return self.cut_batch(self._both(self.variables, x), B)
 
 
 def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:
