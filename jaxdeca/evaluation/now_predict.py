@@ -121,10 +121,10 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
     """Predict and write every listed image's neutral mesh + 7 landmarks under out_dir.
 
     images: see `resolve_image_dirs`; image_list: NoW list of `<subject>/<challenge>/<image>`.
-    Uses `checkpoint`'s coarse encoder on batches of `batch` crops, or `fit` per image when there
-    is no network. Images that are missing, unreadable or without a detectable face are skipped
-    with one message naming the file. Returns {'written': [list entries], 'skipped': [(entry,
-    reason)]}.
+    Uses `checkpoint`'s coarse encoder on batches of `batch` crops, or `fit` on batches of
+    `batch` images when there is no network. Images that are missing, unreadable or without a
+    detectable face are skipped with one message naming the file. Returns {'written': [list
+    entries], 'skipped': [(entry, reason)]}.
     """
     from jaxdeca.apps import fit, inputs, pipeline
     img_dir, box_dir = resolve_image_dirs(images, bboxes)
@@ -142,13 +142,18 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
             written.append(e)
 
     items = _read_entries(img_dir, box_dir, entries, skipped)
-    if pipe.variables is None:  # fit the codes to dlib's landmarks, one image at a time
-        for entry, path, image, _ in items:
-            res = fit.fit_image(pipe, image, None, fit_steps)
-            if res is None:
-                skipped.append((entry, f"{path}: no face detected"))
-                continue
-            write([entry], res[0]["shape"])
+    if pipe.variables is None:  # fit the codes to dlib's landmarks, `batch` images at a time
+        def prepared():
+            for entry, path, image, _ in items:
+                prep = fit.prepare(image)
+                if prep is None:
+                    skipped.append((entry, f"{path}: no face detected"))
+                    continue
+                yield entry, prep
+
+        for chunk in pipeline.chunks(prepared(), batch):
+            codes = fit.fit_crops(pipe, [c for _, (c, _) in chunk], [t for _, (_, t) in chunk], fit_steps)
+            write([e for e, _ in chunk], codes["shape"])
     else:
         for chunk in pipeline.chunks(_crops(items, skipped), batch):
             shape = pipe.encode(pipeline.padded_batch([c for _, c in chunk], batch))["shape"][:len(chunk)]
