@@ -1,9 +1,10 @@
 """Inference speed: faces/s of the jitted encode+decode (no visualisation or file writing) at
-batch 1 and a large batch, and of the whole reconstruct app per image (detect, crop, encode+
+batch 1 and a large batch, of the whole reconstruct app per image (detect, crop, encode+
 decode, write every output), warm (compiled, in-process: what `reconstruct.main` runs after
-its first batch) and optionally cold (the real CLI process: start-up, model init, compile).
+its first batch) and optionally cold (the real CLI process: start-up, model init, compile), and
+of the fit app's optimisation (`fit.fit`, the app's default schedule) at batch 1 and --fit-batch.
 
-    python benchmarks/inference.py [--big-batch 256] [--repeats 3] [--app-images 8] [--cold]
+    python benchmarks/inference.py [--big-batch 256] [--repeats 3] [--app-images 8] [--cold] [--fit-batch 8]
 
 CPU: 256 takes minutes and ~10+ GB; pass a smaller --big-batch there. Random-weight networks
 (speed does not depend on the weights); the demo head's topology. Batches are split over all
@@ -32,6 +33,25 @@ def time_run(pipe, batch, repeats):
     return batch * repeats / (time.perf_counter() - t)
 
 
+def time_fit(pipe, batch, steps):
+    """faces/s of fit.fit (warm) on `batch` demo-head renders of random shapes and expressions."""
+    import jax.numpy as jnp
+    from jaxdeca.apps import fit
+    rng = np.random.default_rng(0)
+    codes = dict(shape=rng.normal(size=(batch, 100)) * 0.5, exp=rng.normal(size=(batch, 50)) * 0.5,
+                 pose=rng.normal(size=(batch, 6)) * 0.05, tex=np.zeros((batch, 50)), detail=np.zeros((batch, 128)),
+                 cam=np.tile([[7.0, 0.0, 0.0]], (batch, 1)), light=np.zeros((batch, 9, 3)))
+    codes["light"][:, 0] = 2.6  # ambient band only
+    out = pipe.decode(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), codes))
+    target = np.asarray(out["landmarks2d"][..., :2])
+    args = (fit.mean_codes(pipe, target), target, np.asarray(out["images"]),
+            np.stack([fit.hull_mask(t) for t in target]), steps)
+    jax.block_until_ready(fit.fit(pipe, *args))  # compile
+    t = time.perf_counter()
+    jax.block_until_ready(fit.fit(pipe, *args))
+    return batch / (time.perf_counter() - t)
+
+
 def demo_folder(pipe, folder, n):
     """n rendered demo-head photos (320 x 288, the face detected by dlib) in folder."""
     from jaxdeca.apps.teaser import demo_codes
@@ -49,6 +69,8 @@ def main():
     ap.add_argument("--app-images", type=int, default=8)
     ap.add_argument("--app-batch", type=int, default=8, help="reconstruct --batch (its default is 8)")
     ap.add_argument("--cold", action="store_true", help="also time the CLI as a fresh process")
+    ap.add_argument("--fit-batch", type=int, default=8, help="fit --batch (its default is 8)")
+    ap.add_argument("--fit-steps", type=int, default=400, help="fit --steps (its default is 400)")
     a = ap.parse_args()
     pipe = pipeline.load_pipeline(random_seed=0)
     print(f"device: {jax.devices()[0].platform} x{jax.device_count()} ({jax.devices()[0].device_kind})")
@@ -75,6 +97,11 @@ def main():
             dt = (time.perf_counter() - t) / a.app_images
             print(f"reconstruct CLI, cold process ({a.app_images} images incl. start-up, init, compile): "
                   f"{1 / dt:.2f} faces/s ({dt:.2f} s/image)")
+    steps = (a.fit_steps // 4, a.fit_steps, a.fit_steps // 10)
+    fit_rates = {b: time_fit(pipe, b, steps) for b in dict.fromkeys((1, a.fit_batch))}
+    for b, r in fit_rates.items():
+        print(f"fit, warm, steps {steps}, batch {b}: {r:.2f} faces/s ({1 / r:.2f} s/face)"
+              + (f", x{r / fit_rates[1]:.1f} batch 1" if b != 1 else ""))
 
 
 if __name__ == "__main__":
