@@ -79,12 +79,21 @@ def test_fit_batch_fits_each_image_on_its_own(pipe):
 
     steps = (100, 300, 0)  # test_fit_synthetic_render_recovers_landmarks's stages: batch 1 is compiled once
     lmk = lambda c: np.asarray(pipe.decode(c)["landmarks2d"][..., :2])  # noqa: E731
-    fitted = lmk(fit.fit(pipe, start, target, images, mask, steps))
+    batch = fit.fit(pipe, start, target, images, mask, steps)
+    fitted = lmk(batch)
     alone = np.concatenate([lmk(fit.fit(pipe, *one((start, target, images, mask), k), steps)) for k in range(B)])
     px = 112.0  # image space -> pixels
     assert np.abs(fitted - alone).max() * px < 0.1
     err, err0 = (np.abs(x - target).mean((1, 2)) for x in (fitted, lmk(start)))
     assert np.all(err < 0.3 * err0), (err, err0)
+
+    # the photometric stage fits albedo and light to each image and holds the geometry
+    photo = lambda c: np.asarray(fit.fit_losses(fit._split(c), c["detail"], pipe, target, images, mask, 2,  # noqa: E731
+                                                dict(fit.WEIGHTS, lmk=0, eye=0, lip=0, reg=0, jaw=0, light=0)))
+    lit = fit.fit(pipe, batch, target, images, mask, (0, 0, 10))
+    for name in ("shape", "exp", "pose", "cam"):
+        np.testing.assert_array_equal(lit[name], batch[name])
+    assert np.all(photo(lit) < 0.9 * photo(batch)), (photo(lit), photo(batch))
 
 
 def test_read_pts_errors(tmp_path):
