@@ -6,9 +6,9 @@ Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo,
   2. + shape, expression, jaw with DECA's weighted landmark loss, eye and lip closure terms and
      code regularisers;
   3. albedo and light with the photometric loss masked by the rendered coverage x the
-     landmark-hull mask (added to the landmark terms), the geometry held: on demo-head renders
-     whose albedo the model represents exactly, letting pose, camera, shape and expression move
-     too made the vertex error 4x larger (0.54 -> 2.17 mm) for a 6% lower photometric loss.
+     landmark-hull mask, the geometry held: on demo-head renders whose albedo the model
+     represents exactly, letting pose, camera, shape and expression move too made the vertex
+     error 4x larger (0.54 -> 2.17 mm) for a 6% lower photometric loss.
 Starts from the regressor's codes with --checkpoint, else from the mean (zeros) with the
 camera fitted to the landmark box. Works on the embedded demo head with no network at all.
 Faces are fitted --batch at a time (a folder's images, a video's frames), each on its own: the
