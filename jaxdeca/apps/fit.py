@@ -137,17 +137,20 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
     if key in cache:
         return cache[key]
     groups = STAGE_GROUPS[stage]
-    labels = lambda p: {k: ("on" if k in groups else "off") for k in p}  # noqa: E731
-    sched = optax.cosine_decay_schedule(lr, n, alpha=0.05)  # settle at the end of each stage
-    opt = optax.multi_transform({"on": optax.adam(sched), "off": optax.set_to_zero()}, labels)
-    grad = jax.grad(fit_loss)
+    opt = optax.adam(optax.cosine_decay_schedule(lr, n, alpha=0.05))  # settle at the end of each stage
+    # differentiated with respect to the stage's codes only: the photometric stage (albedo and
+    # light) then skips the rasterizer's backward pass
+    grad = jax.grad(lambda on, off, *a: fit_loss({**off, **on}, a[0], pipe, *a[1:], stage, weights))
 
     def run(p, detail, target, image, mask):
+        on = {k: v for k, v in p.items() if k in groups}
+        off = {k: v for k, v in p.items() if k not in groups}
+
         def body(_, carry):
-            p, s = carry
-            u, s = opt.update(grad(p, detail, pipe, target, image, mask, stage, weights), s, p)
-            return optax.apply_updates(p, u), s
-        return jax.lax.fori_loop(0, n, body, (p, opt.init(p)))[0]
+            on, s = carry
+            u, s = opt.update(grad(on, off, detail, target, image, mask), s, on)
+            return optax.apply_updates(on, u), s
+        return {**off, **jax.lax.fori_loop(0, n, body, (on, opt.init(on)))[0]}
 
     cache[key] = pipe.jit(run)
     return cache[key]
