@@ -76,7 +76,7 @@ def mean_codes(pipe: pipeline.Pipeline, target_img) -> dict:
 
 
 def _split(codes):
-    """codes -> (params to optimise, fixed). The camera scale is optimised in log space."""
+    """codes -> the optimised codes (all but detail), the camera scale in log space."""
     p = {k: v for k, v in codes.items() if k != "detail"}
     p["cam"] = jnp.concatenate([jnp.log(codes["cam"][:, :1]), codes["cam"][:, 1:]], 1)
     return p
@@ -138,9 +138,13 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
         return cache[key]
     groups = STAGE_GROUPS[stage]
     opt = optax.adam(optax.cosine_decay_schedule(lr, n, alpha=0.05))  # settle at the end of each stage
+
+    def stage_loss(on, off, detail, target, image, mask):
+        return fit_loss({**off, **on}, detail, pipe, target, image, mask, stage, weights)
+
     # differentiated with respect to the stage's codes only: the photometric stage (albedo and
     # light) then skips the rasterizer's backward pass
-    grad = jax.grad(lambda on, off, *a: fit_loss({**off, **on}, a[0], pipe, *a[1:], stage, weights))
+    grad = jax.grad(stage_loss)
 
     def run(p, detail, target, image, mask):
         on = {k: v for k, v in p.items() if k in groups}
