@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
@@ -233,25 +232,16 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
         raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
     written, skipped = [], []
 
-    def faces():
-        for item in tqdm(inputs.iter_frames(input_path), desc="fit", unit="img", disable=True if single else None):
-            if isinstance(item, inputs.Skipped):
-                skipped.append(item)
-                continue
-            try:
-                lmk = landmarks_for(item, landmarks, single)
-            except (OSError, ValueError) as e:
-                if single:
-                    raise inputs.InputError(str(e)) from None
-                skipped.append(inputs.Skipped(item.name, str(e)))
-                continue
-            prep = prepare(item.image, lmk)
-            if prep is None:
-                skipped.append(inputs.no_face(item))
-                continue
-            yield item.name, prep
+    def find(frame):
+        try:
+            lmk = landmarks_for(frame, landmarks, single)
+        except (OSError, ValueError) as e:
+            if single:
+                raise inputs.InputError(str(e)) from None
+            return inputs.Skipped(frame.name, str(e))
+        return prepare(frame.image, lmk)
 
-    for chunk in pipeline.chunks(faces(), batch):
+    for chunk in pipeline.chunks(pipeline.found_faces(input_path, find, skipped, "fit", quiet=single), batch):
         crops = [crop for _, (crop, _) in chunk]
         codes = fit_crops(pipe, crops, [target for _, (_, target) in chunk], steps)
         out = pipe.decode(codes, np.stack([c.image for c in crops]))

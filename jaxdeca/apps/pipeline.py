@@ -137,19 +137,25 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
     return Crop(image=img, tform=t)
 
 
-def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img") -> Iterator[tuple[str, Crop]]:
-    """(name, Crop) of every frame of an image, folder or video (`inputs.iter_frames`) in which a
-    face is found; unreadable frames and frames without a face are appended to `skipped` as
-    `inputs.Skipped`. Shows a progress bar labelled `app`."""
-    for item in tqdm(inputs.iter_frames(path), desc=app, unit=unit, disable=None):
-        if isinstance(item, inputs.Skipped):
-            skipped.append(item)
-            continue
-        c = crop_face(item.image, crop)
-        if c is None:
+def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", quiet: bool = False) -> Iterator[tuple]:
+    """(name, find(frame)) of every frame of an image, folder or video (`inputs.iter_frames`).
+    find returns None when the frame has no face, or an `inputs.Skipped` when it cannot be used
+    for another reason; those frames and the unreadable ones are appended to `skipped`. Shows a
+    progress bar labelled `app` (unless quiet)."""
+    for item in tqdm(inputs.iter_frames(path), desc=app, unit=unit, disable=True if quiet else None):
+        found = item if isinstance(item, inputs.Skipped) else find(item)
+        if found is None:
             skipped.append(inputs.no_face(item))
-            continue
-        yield item.name, c
+        elif isinstance(found, inputs.Skipped):
+            skipped.append(found)
+        else:
+            yield item.name, found
+
+
+def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img") -> Iterator[tuple[str, Crop]]:
+    """(name, Crop) of every frame of an image, folder or video in which a face is found
+    (`found_faces` with `crop_face`)."""
+    return found_faces(path, lambda frame: crop_face(frame.image, crop), skipped, app, unit)
 
 
 def chunks(items: Iterable, n: int) -> Iterator[list]:
