@@ -4,7 +4,7 @@ Four orthogonal ops (camera/rasterize/interpolate/texture) plus DECA's shading, 
 maps and a one-call `render` of a DECA decode. Runs on CPU/GPU/TPU; jit/vmap/grad friendly.
 """
 from jaxdeca.render.camera import orth_proj, perspective_proj, to_pixels
-from jaxdeca.render.deca import Topology, depth_image, make_topology, render, shape_image
+from jaxdeca.render.deca import Topology, depth_image, image_geometry, make_topology, render, shade_image, shape_image
 from jaxdeca.render.interpolate import (face_normals, face_vertices, interpolate, interpolate_face_attr,
                                         vertex_normals)
 from jaxdeca.render.rasterize import Fragments, barycentric, rasterize

@@ -89,6 +89,22 @@ def shape_image(normal_images, trans_normal_images, mask):
     return SHAPE_GREY * directional_shading(normal_images) * alpha[..., None]
 
 
+def image_geometry(verts, trans_verts, topo, image_size=(224, 224), sigma=1.0):
+    """The geometry's part of a render: (frags, world vertex normals [B, V, 3], the pixels' UVs
+    grid [B, H, W, 2], their normals normal_images [B, H, W, 3]). verts, trans_verts: [B, V, 3]."""
+    frags = rasterize(trans_verts, topo.faces, image_size, sigma=sigma)
+    normals = vertex_normals(verts, topo.faces)
+    uv_grid = jnp.broadcast_to(topo.uv_grid, (verts.shape[0],) + topo.uv_grid.shape)
+    return frags, normals, interpolate_face_attr(uv_grid, frags), interpolate(normals, topo.faces, frags)
+
+
+def shade_image(albedo, light, grid, normal_images, mask):
+    """DECA's rendered image: the albedo sampled at the pixels' UVs x SH shading of their normals
+    x the hard mask. albedo: [B, R, R, 3]; light: [B, 9, 3]; grid: [B, H, W, 2]; normal_images:
+    [B, H, W, 3]; mask: [B, H, W] -> [B, H, W, 3]."""
+    return grid_sample(albedo, grid) * sh_shading(normal_images, light) * mask[..., None]
+
+
 def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=None, sigma=1.0):
     """Render a DECA decode.
 
@@ -102,16 +118,11 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
     uv_detail_normals [B,R,R,3], uv_shading, uv_texture and shape_detail_images.
     """
     faces = topo.faces
-    B = verts.shape[0]
-    frags = rasterize(trans_verts, faces, image_size, sigma=sigma)
+    frags, normals, grid, normal_images = image_geometry(verts, trans_verts, topo, image_size, sigma)
     mask = frags.mask
-    normals = vertex_normals(verts, faces)
     tnormals = vertex_normals(trans_verts, faces)
-    grid = interpolate_face_attr(jnp.broadcast_to(topo.uv_grid, (B,) + topo.uv_grid.shape), frags)
-    normal_images = interpolate(normals, faces, frags)
     tnormal_images = interpolate(tnormals, faces, frags)
-    albedo_images = grid_sample(albedo, grid)
-    images = albedo_images * sh_shading(normal_images, light) * mask[..., None]
+    images = shade_image(albedo, light, grid, normal_images, mask)
     out = dict(
         images=images, mask=mask, alpha=frags.alpha, grid=grid, normal_images=normal_images,
         pos_mask=(tnormal_images[..., 2] < -0.05).astype(mask.dtype),
