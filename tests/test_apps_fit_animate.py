@@ -92,7 +92,7 @@ def test_fit_batch_fits_each_image_on_its_own(pipe):
     lit = fit.fit(pipe, batch, target, images, mask, (0, 0, 10))
     for name in ("shape", "exp", "pose", "cam"):
         np.testing.assert_array_equal(lit[name], batch[name])
-    assert np.all(photo(lit) < 0.9 * photo(batch)), (photo(lit), photo(batch))
+    assert np.all(photo(lit) < 0.4 * photo(batch)), (photo(lit), photo(batch))  # measured 0.20-0.22
 
 
 def test_read_pts_errors(tmp_path):
