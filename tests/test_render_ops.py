@@ -25,22 +25,30 @@ def test_perspective_centre_and_scale():
 
 
 def test_grid_sample_matches_torch_including_out_of_range():
+    """Values and gradients (image and grid, the custom VJP) against torch, for a batch of two
+    (vmapped) and of one (sampled without vmap); under jit too."""
     rng = np.random.default_rng(0)
     img = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
     grid = rng.uniform(-1.6, 1.6, size=(2, 9, 11, 2)).astype(np.float32)
     grid[0, 0, :4] = [[-1, -1], [1, 1], [-1.0 - 1 / 7, 0], [1.0, 1.0 + 1 / 5]]  # exact borders
-    ref = torch.nn.functional.grid_sample(torch.from_numpy(img).permute(0, 3, 1, 2), torch.from_numpy(grid),
-                                          mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = grid_sample(jnp.asarray(img), jnp.asarray(grid))
-    np.testing.assert_allclose(out, ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
-    # gradients w.r.t. image and grid agree with torch autograd
-    ti = torch.from_numpy(img).permute(0, 3, 1, 2).requires_grad_()
-    tg = torch.from_numpy(grid).requires_grad_()
-    torch.nn.functional.grid_sample(ti, tg, align_corners=False).pow(2).sum().backward()
-    gi, gg = jax.grad(lambda i, g: jnp.sum(grid_sample(i, g) ** 2), argnums=(0, 1))(jnp.asarray(img), jnp.asarray(grid))
-    np.testing.assert_allclose(gi, ti.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
-    inner = np.abs(grid).max(-1) < 0.9  # torch's grid grad at exact integer taps is one-sided
-    np.testing.assert_allclose(np.asarray(gg)[inner], tg.grad.numpy()[inner], atol=1e-3)
+    for n in (2, 1):
+        i, g = img[:n], grid[:n]
+        ref = torch.nn.functional.grid_sample(torch.from_numpy(i).permute(0, 3, 1, 2), torch.from_numpy(g),
+                                              mode="bilinear", padding_mode="zeros", align_corners=False)
+        for fn in (grid_sample, jax.jit(grid_sample)):
+            np.testing.assert_allclose(fn(jnp.asarray(i), jnp.asarray(g)), ref.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+        # gradients w.r.t. image and grid agree with torch autograd
+        ti = torch.from_numpy(i).permute(0, 3, 1, 2).requires_grad_()
+        tg = torch.from_numpy(g).requires_grad_()
+        torch.nn.functional.grid_sample(ti, tg, align_corners=False).pow(2).sum().backward()
+        gi, gg = jax.jit(jax.grad(lambda i, g: jnp.sum(grid_sample(i, g) ** 2), argnums=(0, 1)))(jnp.asarray(i), jnp.asarray(g))
+        np.testing.assert_allclose(gi, ti.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
+        inner = np.abs(g).max(-1) < 0.9  # torch's grid grad at exact integer taps is one-sided
+        np.testing.assert_allclose(np.asarray(gg)[inner], tg.grad.numpy()[inner], atol=1e-3)
+    # a non-finite coordinate samples zeros and passes no gradient
+    bad = jnp.asarray(grid[:1]).at[0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(grid_sample(jnp.asarray(img[:1]), bad)[0, 0, 0], 0.0)
+    assert np.isfinite(np.asarray(jax.grad(lambda i: jnp.sum(grid_sample(i, bad) ** 2))(jnp.asarray(img[:1])))).all()
 
 
 def test_sh_constants_and_closed_form():

@@ -1,14 +1,19 @@
-"""Bilinear texture sampling identical to torch grid_sample(bilinear, zeros, align_corners=False)."""
+"""Bilinear texture sampling identical to torch grid_sample(bilinear, zeros, align_corners=False).
+
+One image at a time: the image, padded by one zero texel, is a table of (H + 2) (W + 2) rows of C
+channels, and each of the four taps of a sample is one row gather from it. The gradient is
+written out (custom VJP): four row scatter-adds for the image, and for the grid the weights'
+derivatives times the taps kept from the forward pass. On XLA:CPU (benchmarks/texture.py, 224^2
+samples of a 256^2 texture, batch 4) forward+backward for the image and the grid takes 11 ms,
+where autodiff of the same gathers took 29 and autodiff of indexing [H, W, C] by (row, column)
+41; torch's grid_sample takes 5.
+"""
 import jax
 import jax.numpy as jnp
 
 
-def _sample_one(img, grid):
-    """img: [H, W, C]; grid: [..., 2] -> [..., C]. The image, padded by one zero texel, is a table
-    of (H + 2) (W + 2) rows of C channels, and each of the four taps is one row gather from it,
-    so the backward pass is four row scatter-adds: on XLA:CPU 2x faster for the image's gradient
-    than indexing the [H, W, C] image by (row, column)."""
-    H, W, C = img.shape
+def _setup(grid, H, W):
+    """grid: [..., 2] -> fractional offsets fx, fy, in-range mask ok and top-left table row [...]."""
     x = ((grid[..., 0] + 1.0) * W - 1.0) / 2.0
     y = ((grid[..., 1] + 1.0) * H - 1.0) / 2.0
     x0 = jnp.floor(x)
@@ -16,14 +21,50 @@ def _sample_one(img, grid):
     # with the padding, taps (y0 + dy, x0 + dx) read zeros outside the image when -1 <= x0 <= W - 1
     # and -1 <= y0 <= H - 1; outside that range every tap is outside the image
     ok = (x0 >= -1) & (x0 <= W - 1) & (y0 >= -1) & (y0 <= H - 1)
-    table = jnp.pad(img, ((1, 1), (1, 1), (0, 0))).reshape((H + 2) * (W + 2), C)
     row = jnp.clip(y0 + 1, 0, H).astype(jnp.int32) * (W + 2) + jnp.clip(x0 + 1, 0, W).astype(jnp.int32)
+    return jnp.where(ok, x - x0, 0.0), jnp.where(ok, y - y0, 0.0), ok, row  # 0: no NaN weights
+
+
+_TAPS = ((0, 0), (0, 1), (1, 0), (1, 1))  # (dx, dy)
+
+
+def _weights(fx, fy):
+    """Bilinear weights of the taps in _TAPS order."""
+    return ((1.0 - fx) * (1.0 - fy), (1.0 - fx) * fy, fx * (1.0 - fy), fx * fy)
+
+
+def _sample_fwd(img, grid):
+    H, W, C = img.shape
+    fx, fy, ok, row = _setup(grid, H, W)
+    table = jnp.pad(img, ((1, 1), (1, 1), (0, 0))).reshape((H + 2) * (W + 2), C)
+    taps = [jnp.take(table, row + (dy * (W + 2) + dx), axis=0, mode="clip") for dx, dy in _TAPS]
     out = 0.0
-    for dx in (0, 1):
-        for dy in (0, 1):
-            w = (1.0 - jnp.abs(x - (x0 + dx))) * (1.0 - jnp.abs(y - (y0 + dy)))
-            out = out + w[..., None] * jnp.take(table, row + (dy * (W + 2) + dx), axis=0, mode="clip")
-    return jnp.where(ok[..., None], out, 0.0)
+    for w, v in zip(_weights(fx, fy), taps):
+        out = out + w[..., None] * v
+    return jnp.where(ok[..., None], out, 0.0), (fx, fy, ok, row, taps, img)  # img: for its shape
+
+
+def _sample_bwd(res, g):
+    fx, fy, ok, row, taps, img = res
+    H, W, C = img.shape
+    g = jnp.where(ok[..., None], g, 0.0)
+    gt = jnp.zeros(((H + 2) * (W + 2), C), img.dtype)
+    for w, (dx, dy) in zip(_weights(fx, fy), _TAPS):
+        gt = gt.at[row + (dy * (W + 2) + dx)].add((w[..., None] * g).astype(img.dtype), mode="clip")
+    s00, s01, s10, s11 = (jnp.sum(g * v, -1) for v in taps)
+    d_fx = (1.0 - fy) * (s10 - s00) + fy * (s11 - s01)
+    d_fy = (1.0 - fx) * (s01 - s00) + fx * (s11 - s10)
+    d_grid = jnp.stack([d_fx * (W / 2.0), d_fy * (H / 2.0)], -1).astype(fx.dtype)
+    return gt.reshape(H + 2, W + 2, C)[1:-1, 1:-1], d_grid
+
+
+@jax.custom_vjp
+def _sample_one(img, grid):
+    """img: [H, W, C]; grid: [..., 2] -> [..., C]."""
+    return _sample_fwd(img, grid)[0]
+
+
+_sample_one.defvjp(_sample_fwd, _sample_bwd)
 
 
 def grid_sample(img, grid):
@@ -31,6 +72,10 @@ def grid_sample(img, grid):
 
     img: [B, H, W, C] (NHWC); grid: [B, Ho, Wo, 2] with (x, y) in [-1, 1] addressing pixel
     edges (align_corners=False); x = -1 is the left edge of column 0, y = -1 the top edge.
-    Returns [B, Ho, Wo, C]. Out-of-range taps read zeros exactly like torch.
+    Returns [B, Ho, Wo, C]. Out-of-range taps read zeros exactly like torch. Gradients: reverse
+    mode (custom VJP); the grid's is that of the bilinear weights, one-sided like torch's at
+    integer taps.
     """
+    if img.shape[0] == 1:  # vmap over one image: XLA:CPU took ~6x longer for the grid's gradient
+        return _sample_one(img[0], grid[0])[None]
     return jax.vmap(_sample_one)(img, grid)
