@@ -76,6 +76,6 @@ def grid_sample(img, grid):
     mode (custom VJP); the grid's is that of the bilinear weights, one-sided like torch's at
     integer taps.
     """
-    if img.shape[0] == 1:  # vmap over one image: XLA:CPU took ~6x longer for the grid's gradient
+    if img.shape[0] == 1:  # vmapped, one image took XLA:CPU 5x longer for the grid's gradient
         return _sample_one(img[0], grid[0])[None]
     return jax.vmap(_sample_one)(img, grid)
