@@ -9,8 +9,6 @@ Columns: forward; forward+backward for the texture (what the albedo code's gradi
 forward+backward for the texture and the grid (what training needs: the grid moves with the
 geometry). The loss is the sum of squares of the samples. Ratio = torch ms / our ms (> 1: ours
 faster). torch runs with as many threads as this machine has cores; it is in the test extra.
-On XLA:CPU at B = 1 the grid's gradient costs several times what it costs at B = 2 (the batched
-gather that vmap makes; calling the per-image sampler without vmap avoids it), see the column.
 """
 from __future__ import annotations
 
