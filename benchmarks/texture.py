@@ -4,7 +4,7 @@
 
 What DECA's render does per image: a 224 x 224 grid of UVs samples a 256 x 256 RGB texture
 (bilinear, zero padding, align_corners=False). The UVs are those of the demo head rendered by
-jaxdeca (about 40% of the pixels; the background samples the texture's centre, as in DECA).
+jaxdeca (about 30% of the pixels; the background samples the texture's centre, as in DECA).
 Columns: forward; forward+backward for the texture (what the albedo code's gradient needs);
 forward+backward for the texture and the grid (what training needs: the grid moves with the
 geometry). The loss is the sum of squares of the samples. Ratio = torch ms / our ms (> 1: ours
