@@ -111,7 +111,7 @@ def fit_losses(p, detail, pipe, target, image, mask, stage, w):
         frags, _, grid, normal_images = render.image_geometry(  # sigma 0: the soft coverage is not used
             out["vertices"], trans, pipe.topo, (pipeline.IMAGE_SIZE,) * 2, sigma=0.0)
         albedo = flame.texture.albedo_from_arrays(pipe.arrays, c["tex"], size=pipe.topo.uv_face_eye_mask.shape[0])
-        images = render.shade_image(albedo, c["light"], grid, normal_images, frags.mask)
+        images = render.shade_image(render.grid_sample(albedo, grid), c["light"], normal_images, frags.mask)
         m = (frags.mask * mask)[..., None]
         loss += w["photo"] * jnp.sum(jnp.abs(images - image) * m, (1, 2, 3)) / (jnp.sum(m, (1, 2, 3)) * 3 + 1e-6)
         loss += w["reg"] * _per_image(coarse.code_reg, c["tex"]) + w["light"] * _per_image(coarse.light_reg, c["light"])

@@ -98,11 +98,11 @@ def image_geometry(verts, trans_verts, topo, image_size=(224, 224), sigma=1.0):
     return frags, normals, interpolate_face_attr(uv_grid, frags), interpolate(normals, topo.faces, frags)
 
 
-def shade_image(albedo, light, grid, normal_images, mask):
-    """DECA's rendered image: the albedo sampled at the pixels' UVs x SH shading of their normals
-    x the hard mask. albedo: [B, R, R, 3]; light: [B, 9, 3]; grid: [B, H, W, 2]; normal_images:
-    [B, H, W, 3]; mask: [B, H, W] -> [B, H, W, 3]."""
-    return grid_sample(albedo, grid) * sh_shading(normal_images, light) * mask[..., None]
+def shade_image(albedo_images, light, normal_images, mask):
+    """DECA's rendered image: the albedo at the pixels (grid_sample of the UV albedo at `grid`) x SH
+    shading of their normals x the hard mask. albedo_images, normal_images: [B, H, W, 3]; light:
+    [B, 9, 3]; mask: [B, H, W] -> [B, H, W, 3]."""
+    return albedo_images * sh_shading(normal_images, light) * mask[..., None]
 
 
 def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=None, sigma=1.0):
@@ -111,7 +111,8 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
     verts: [B, V, 3] world; trans_verts: [B, V, 3] image space (orth_proj output);
     albedo: [B, R, R, 3] UV texture; light: [B, 9, 3] SH; topo: Topology;
     uv_z: optional [B, R, R, 1] displacement. sigma: soft-coverage sharpness (pixel^2).
-    Returns dict: images [B,H,W,3] (albedo x SH shading x hard mask, DECA), mask [B,H,W],
+    Returns dict: images [B,H,W,3] (albedo x SH shading x hard mask, DECA), albedo_images
+    [B,H,W,3] (the albedo at the pixels), mask [B,H,W],
     alpha [B,H,W] (soft coverage, for silhouette gradients), grid [B,H,W,2], normal_images,
     pos_mask [B,H,W], shape_images, depth_images [B,H,W], uv_pverts, uv_coarse_vertices,
     uv_coarse_normals [B,R,R,3], normals [B,V,3], trans_normals [B,V,3]; with uv_z also
@@ -122,9 +123,11 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
     mask = frags.mask
     tnormals = vertex_normals(trans_verts, faces)
     tnormal_images = interpolate(tnormals, faces, frags)
-    images = shade_image(albedo, light, grid, normal_images, mask)
+    albedo_images = grid_sample(albedo, grid)
+    images = shade_image(albedo_images, light, normal_images, mask)
     out = dict(
-        images=images, mask=mask, alpha=frags.alpha, grid=grid, normal_images=normal_images,
+        images=images, albedo_images=albedo_images, mask=mask, alpha=frags.alpha, grid=grid,
+        normal_images=normal_images,
         pos_mask=(tnormal_images[..., 2] < -0.05).astype(mask.dtype),
         shape_images=shape_image(jax.lax.stop_gradient(normal_images), tnormal_images, mask),
         depth_images=depth_image(trans_verts, faces, frags),
