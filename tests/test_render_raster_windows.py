@@ -64,7 +64,7 @@ def big_scene():
     return v, np.arange(len(v)).reshape(-1, 3)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(window=4, slots=3), dict(window=5, soft_window=7, slots=1)])
+@pytest.mark.parametrize("kw", [{}, dict(window=8), dict(window=4, slots=3), dict(window=5, soft_window=7, slots=1)])
 def test_big_offscreen_and_hidden_faces_match_brute_force(kw):
     v, faces = big_scene()
     H, W = 20, 17

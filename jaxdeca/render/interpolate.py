@@ -8,6 +8,43 @@ def face_vertices(attr, faces):
     return attr[:, faces]
 
 
+def _take_rows_fwd(table, idx):
+    return table[idx], (idx, table)  # table: for its shape and dtype
+
+
+def _take_rows_bwd(res, g):
+    idx, table = res
+    # The barrier materialises the incoming gradient: fused into the scatter below, XLA:CPU
+    # computes the whole per-pixel chain rule inside its scalar scatter loop.
+    g = jax.lax.optimization_barrier(g)
+    i = idx.reshape(-1)
+    cols = [jnp.zeros(table.shape[:1], g.dtype).at[i].add(g[..., c].reshape(-1))
+            for c in range(table.shape[1])]
+    return jnp.stack(cols, -1).astype(table.dtype), None
+
+
+@jax.custom_vjp
+def _take_rows(table, idx):
+    return table[idx]
+
+
+_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+
+
+def take_rows(table, idx):
+    """table[idx] with a scatter-friendly gradient. table: [B, N, C]; idx: [B, ...] int in
+    [0, N) -> [B, ..., C].
+
+    The gradient is one 1-D scatter-add per channel of the materialised incoming gradient.
+    With autodiff's transpose of the row gather instead (a row scatter-add with the per-pixel
+    chain rule fused into it), forward+backward of the rasterizer's barycentrics and depth for
+    benchmarks/render.py's sphere (224 x 224, one image) took 3.5 ms instead of 2.4 on XLA:CPU.
+    """
+    if table.shape[0] == 1:
+        return _take_rows(table[0], idx[0])[None]
+    return jax.vmap(_take_rows)(table, idx)
+
+
 def interpolate(attr, faces, frags):
     """Interpolate per-vertex attributes. attr: [B, V, C] -> [B, H, W, C] (0 on background).
 
@@ -15,14 +52,14 @@ def interpolate(attr, faces, frags):
     gather of [3, C] blocks from [B, F, 3, C] face attributes is ~10x slower on XLA's CPU.
     """
     vid = jnp.asarray(faces, jnp.int32)[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
-    corners = [jax.vmap(lambda a, i: a[i])(attr, vid[..., k]) for k in range(3)]
+    corners = [take_rows(attr, vid[..., k]) for k in range(3)]
     return _blend(corners, frags)
 
 
 def interpolate_face_attr(face_attr, frags):
     """Interpolate per-face corner attributes. face_attr: [B, F, 3, C] -> [B, H, W, C]."""
     idx = jnp.maximum(frags.face_index, 0)
-    corners = [jax.vmap(lambda a, i: a[i])(face_attr[:, :, k], idx) for k in range(3)]  # [B, H, W, C]
+    corners = [take_rows(face_attr[:, :, k], idx) for k in range(3)]  # [B, H, W, C]
     return _blend(corners, frags)
 
 
