@@ -90,7 +90,8 @@ def test_soft_alpha_equals_softras_reference(kw):
 
 
 def test_soft_vjp_matches_autodiff():
-    # hand-written per-window VJP vs jax.vjp of the forward term, float64, random windows
+    # hand-written per-window VJP of log(1 - D) vs jax.vjp of the forward factor's log, float64,
+    # random windows
     with jax.enable_x64(True):
         rng = np.random.default_rng(6)
         M, S = 7, 8
@@ -99,7 +100,7 @@ def test_soft_vjp_matches_autodiff():
         oy = jnp.asarray(rng.integers(0, 3, M), jnp.int32)
         ok = jnp.asarray(rng.uniform(size=(M, S, S)) < 0.9)
         g = jnp.asarray(rng.normal(size=(M, S, S)))
-        _, vjp = jax.vjp(lambda f: R._soft_term(f, ox, oy, ok, 1.5), fv)
+        _, vjp = jax.vjp(lambda f: jnp.log(R._soft_factor(f, ox, oy, ok, 1.5)), fv)
         np.testing.assert_allclose(R._soft_term_vjp(fv, ox, oy, ok, 1.5, g), vjp(g)[0], rtol=1e-9, atol=1e-9)
 
 
