@@ -104,6 +104,23 @@ def test_soft_vjp_matches_autodiff():
         np.testing.assert_allclose(R._soft_term_vjp(fv, ox, oy, ok, 1.5, g), vjp(g)[0], rtol=1e-9, atol=1e-9)
 
 
+def test_soft_alpha_saturates_under_many_stacked_faces():
+    # 40 copies of one triangle: the product of their 1 - D underflows to 0 well inside it, where
+    # alpha must be exactly 1 with finite gradients, and near the edge it equals 1 - (1 - D)^40
+    size = 24
+    p = np.array([[2.0, 2.0, 1.0], [22.0, 3.0, 1.0], [4.0, 21.0, 1.0]], np.float32)
+    p[:, :2] = pix_to_img(p[:, :2], size)
+    v = jnp.asarray(np.tile(p, (40, 1))[None])
+    faces = np.arange(120).reshape(40, 3)
+    alpha = lambda v: rasterize(v, faces, (size, size), sigma=1.0).alpha[0]
+    a = np.asarray(alpha(v))
+    assert a[8, 8] == 1.0 and a[23, 23] == 0.0
+    one = np.asarray(rasterize(v[:, :3], faces[:1], (size, size), sigma=1.0).alpha[0])
+    np.testing.assert_allclose(a, 1.0 - (1.0 - one) ** 40, atol=1e-5)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(alpha(v) * jnp.arange(size * size, dtype=jnp.float32).reshape(size, size)))(v))
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+
+
 def test_big_triangle_edge_gradient_finite_differences():
     # a triangle spanning several soft windows and rounds (slots=2): silhouette gradients
     size = 24

@@ -425,7 +425,7 @@ def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft
     xyz = v_pix[:, faces].reshape(G * F, 3, 3)  # the faces of image g are rows g F .. g F + F - 1
     fidx = _hard_index(jax.lax.stop_gradient(xyz), F, H, W, window, slots)
     hit = fidx >= 0
-    # corners of the winning face, one [G, H, W, 3] gather of the flattened vertices per corner
+    # corners of the winning face, one [G, H, W, 3] row gather of the vertices per corner
     # (a gather of [3, 3] blocks of xyz is ~10x slower on XLA's CPU)
     vid = faces[jnp.maximum(fidx, 0)]
     c0, c1, c2 = (take_rows(v_pix, vid[..., k]) for k in range(3))
