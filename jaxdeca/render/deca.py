@@ -99,9 +99,9 @@ def image_geometry(verts, trans_verts, topo, image_size=(224, 224), sigma=1.0):
 
 
 def shade_image(albedo_images, light, normal_images, mask):
-    """DECA's rendered image: the albedo at the pixels (grid_sample of the UV albedo at `grid`) x SH
-    shading of their normals x the hard mask. albedo_images, normal_images: [B, H, W, 3]; light:
-    [B, 9, 3]; mask: [B, H, W] -> [B, H, W, 3]."""
+    """DECA's rendered image: the albedo at the pixels (grid_sample of the UV albedo at the
+    pixels' UVs, image_geometry's grid) x SH shading of their normals x the hard mask.
+    albedo_images, normal_images: [B, H, W, 3]; light: [B, 9, 3]; mask: [B, H, W] -> [B, H, W, 3]."""
     return albedo_images * sh_shading(normal_images, light) * mask[..., None]
 
 

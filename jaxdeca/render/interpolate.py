@@ -40,7 +40,7 @@ def take_rows(table, idx):
     chain rule fused into it), forward+backward of the rasterizer's barycentrics and depth for
     benchmarks/render.py's sphere (224 x 224, one image) took 3.5 ms instead of 2.4 on XLA:CPU.
     """
-    if table.shape[0] == 1:
+    if table.shape[0] == 1:  # vmapped, the image's sigma-0 f+b there took 12.9 ms instead of 11.0
         return _take_rows(table[0], idx[0])[None]
     return jax.vmap(_take_rows)(table, idx)
 
