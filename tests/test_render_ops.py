@@ -26,7 +26,8 @@ def test_perspective_centre_and_scale():
 
 def test_grid_sample_matches_torch_including_out_of_range():
     """Values and gradients (image and grid, the custom VJP) against torch, for a batch of two
-    (vmapped) and of one (sampled without vmap); under jit too."""
+    (forward vmapped, backward looped over the images on CPU) and of one (no vmap); under jit
+    too. tests/test_render_sharded.py covers the vmapped backward."""
     rng = np.random.default_rng(0)
     img = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
     grid = rng.uniform(-1.6, 1.6, size=(2, 9, 11, 2)).astype(np.float32)
@@ -201,7 +202,8 @@ def test_interpolate_vertex_and_face_attributes_against_numpy():
 def test_take_rows_values_and_gradient_against_numpy():
     """take_rows (the corner gather of interpolate and rasterize, with a hand-written VJP):
     values and the table's gradient against NumPy's np.add.at, for one image (no vmap) and a
-    batch of three (vmapped), eager and under jit, with repeated indices."""
+    batch of three (forward vmapped, backward looped over the images on CPU), eager and under
+    jit, with repeated indices. tests/test_render_sharded.py covers the vmapped backward."""
     from jaxdeca.render.interpolate import take_rows
     rng = np.random.default_rng(1)
     for B in (1, 3):

@@ -1,5 +1,6 @@
-"""The rasterizer on a device mesh: under a context mesh (as the training steps trace their
-loss) each device rasterizes only its own images, with 4 forced host devices in a subprocess."""
+"""The renderer on a device mesh: under a context mesh (as the training steps trace their
+loss) each device rasterizes, interpolates and samples textures only for its own images, with 4
+forced host devices in a subprocess."""
 import textwrap
 
 
@@ -7,21 +8,27 @@ def test_each_device_rasterizes_its_own_images(run_on_four_devices):
     # Without a context mesh, XLA cannot split the data-dependent windows by image: it gathers
     # the whole batch onto every device (all-gather) and each device rasterizes all 8 images.
     # Under the mesh (directly, and inside a train step) there is no all-gather, and losses
-    # and gradients equal one device's.
+    # and gradients equal one device's. interpolate's and grid_sample's backward passes loop
+    # over the images on one CPU device, and are vmapped under the mesh (a loop over a split
+    # batch would gather it too).
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np, optax
         from test_render_raster_windows import four_scenes
-        from jaxdeca.render import rasterize
+        from jaxdeca.render import grid_sample, interpolate, rasterize
         from jaxdeca.train import parallel, state as state_lib, steps
         mesh = parallel.make_mesh()
         assert mesh.devices.size == 4
         vs, faces = four_scenes()
         vs = np.concatenate([vs, vs[:, :, [1, 0, 2]]])  # 8 images
-        w = jnp.asarray(np.random.default_rng(3).normal(size=(8, 20, 17)), jnp.float32)
+        rng = np.random.default_rng(3)
+        w = jnp.asarray(rng.normal(size=(8, 20, 17)), jnp.float32)
+        tex = jnp.asarray(rng.normal(size=(8, 6, 5, 3)), jnp.float32)
 
         def loss(v, f):  # f: the faces, traced like any jit argument
             fr = rasterize(v, f, (20, 17), sigma=1.0)
-            return jnp.sum(w * (fr.alpha + fr.depth))
+            n = interpolate(v * v, f, fr)  # take_rows
+            s = grid_sample(tex, v[:, None, :, :2])  # [8, 1, V, 3]
+            return jnp.sum(w * (fr.alpha + fr.depth)) + jnp.sum(n) + jnp.sum(s ** 2)
 
         def in_mesh(v, f):
             with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):

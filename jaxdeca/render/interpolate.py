@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.render.batching import images_custom_vjp
+
 
 def face_vertices(attr, faces):
     """Per-face corner attributes. attr: [B, V, C]; faces: [F, 3] -> [B, F, 3, C]."""
@@ -23,12 +25,7 @@ def _take_rows_bwd(res, g):
     return jnp.stack(cols, -1).astype(table.dtype), None
 
 
-@jax.custom_vjp
-def _take_rows(table, idx):
-    return table[idx]
-
-
-_take_rows.defvjp(_take_rows_fwd, _take_rows_bwd)
+_take_rows = images_custom_vjp(_take_rows_fwd, _take_rows_bwd)
 
 
 def take_rows(table, idx):
@@ -39,10 +36,9 @@ def take_rows(table, idx):
     With autodiff's transpose of the row gather instead (a row scatter-add with the per-pixel
     chain rule fused into it), forward+backward of the rasterizer's barycentrics and depth for
     benchmarks/render.py's sphere (224 x 224, one image) took 3.5 ms instead of 2.4 on XLA:CPU.
+    A batch's backward pass runs one image after another on CPU (`batching.images_custom_vjp`).
     """
-    if table.shape[0] == 1:  # vmapped, the image's sigma-0 f+b there took 12.9 ms instead of 11.0
-        return _take_rows(table[0], idx[0])[None]
-    return jax.vmap(_take_rows)(table, idx)
+    return _take_rows(table, idx)
 
 
 def interpolate(attr, faces, frags):

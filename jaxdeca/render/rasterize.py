@@ -41,6 +41,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.render.batching import batch_mesh_axes
 from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.interpolate import take_rows
 
@@ -515,24 +516,12 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
     run = functools.partial(_rasterize_batch, H=H, W=W, sigma=sigma, window=window,
                             soft_window=soft_window, slots=slots, batch_size=batch_size)
-    mesh, axes = _batch_mesh_axes(v_pix.shape[0])
+    mesh, axes = batch_mesh_axes(v_pix.shape[0])
     if axes:
         P = jax.sharding.PartitionSpec
         return jax.shard_map(run, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes),
                              check_vma=False)(v_pix, faces)
     return run(v_pix, faces)
-
-
-def _batch_mesh_axes(B):
-    """(mesh, axes) to split a batch of B images over: the context mesh's (`jax.set_mesh`,
-    `jax.sharding.use_abstract_mesh`) axes that are not already manual, when it has more than
-    one device along them and B splits evenly; else (None, ())."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return None, ()
-    axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != jax.sharding.AxisType.Manual)
-    n = math.prod(mesh.shape[a] for a in axes)
-    return (mesh, axes) if n > 1 and B % n == 0 else (None, ())
 
 
 def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batch_size):

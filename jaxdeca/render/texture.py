@@ -3,13 +3,19 @@
 One image at a time: the image, padded by one zero texel, is a table of (H + 2) (W + 2) rows of C
 channels, and each of the four taps of a sample is one row gather from it. The gradient is
 written out (custom VJP): four row scatter-adds for the image, and for the grid the weights'
-derivatives times the taps kept from the forward pass. On XLA:CPU (benchmarks/texture.py, 224^2
-samples of a 256^2 texture, batch 4) forward+backward for the image and the grid takes 11 ms,
-where autodiff of the same gathers took 29 and autodiff of indexing [H, W, C] by (row, column)
-41; torch's grid_sample takes 5.
+derivatives times the taps, gathered again rather than kept from the forward pass. A batch's
+forward pass is vmapped and its backward pass runs one image after another on CPU
+(`jaxdeca.render.batching.images_custom_vjp`). On XLA:CPU (benchmarks/texture.py's 224^2 samples
+of a 256^2 texture, interleaved medians) forward+backward for the image and the grid takes 19 ms
+at batch 8 and 95 ms at batch 32, where vmapping the backward pass and keeping the taps took 47
+and 176 ms; torch's grid_sample took 17-18 and 65-78 ms in that script's runs. At batch 4,
+autodiff of the same gathers took 29 ms against 11 for this VJP, and autodiff of indexing
+[H, W, C] by (row, column) 41.
 """
 import jax
 import jax.numpy as jnp
+
+from jaxdeca.render.batching import images_custom_vjp
 
 
 def _setup(grid, H, W):
@@ -33,20 +39,27 @@ def _weights(fx, fy):
     return ((1.0 - fx) * (1.0 - fy), (1.0 - fx) * fy, fx * (1.0 - fy), fx * fy)
 
 
+def _taps(img, row):
+    """img: [H, W, C]; row: [...] top-left table rows -> the four taps in _TAPS order, 4 x [..., C]."""
+    H, W, C = img.shape
+    table = jnp.pad(img, ((1, 1), (1, 1), (0, 0))).reshape((H + 2) * (W + 2), C)
+    return [jnp.take(table, row + (dy * (W + 2) + dx), axis=0, mode="clip") for dx, dy in _TAPS]
+
+
 def _sample_fwd(img, grid):
     H, W, C = img.shape
     fx, fy, ok, row = _setup(grid, H, W)
-    table = jnp.pad(img, ((1, 1), (1, 1), (0, 0))).reshape((H + 2) * (W + 2), C)
-    taps = [jnp.take(table, row + (dy * (W + 2) + dx), axis=0, mode="clip") for dx, dy in _TAPS]
     out = 0.0
-    for w, v in zip(_weights(fx, fy), taps):
+    for w, v in zip(_weights(fx, fy), _taps(img, row)):
         out = out + w[..., None] * v
-    return jnp.where(ok[..., None], out, 0.0), (fx, fy, ok, row, taps, img)  # img: for its shape
+    # the taps are gathered again in the backward pass rather than kept (4 C floats a sample)
+    return jnp.where(ok[..., None], out, 0.0), (fx, fy, ok, row, img)
 
 
 def _sample_bwd(res, g):
-    fx, fy, ok, row, taps, img = res
+    fx, fy, ok, row, img = res
     H, W, C = img.shape
+    taps = _taps(img, row)
     g = jnp.where(ok[..., None], g, 0.0)
     gt = jnp.zeros(((H + 2) * (W + 2), C), img.dtype)
     for w, (dx, dy) in zip(_weights(fx, fy), _TAPS):
@@ -58,13 +71,7 @@ def _sample_bwd(res, g):
     return gt.reshape(H + 2, W + 2, C)[1:-1, 1:-1], d_grid
 
 
-@jax.custom_vjp
-def _sample_one(img, grid):
-    """img: [H, W, C]; grid: [..., 2] -> [..., C]."""
-    return _sample_fwd(img, grid)[0]
-
-
-_sample_one.defvjp(_sample_fwd, _sample_bwd)
+_sample = images_custom_vjp(_sample_fwd, _sample_bwd)  # img [B, H, W, C], grid [B, ..., 2]
 
 
 def grid_sample(img, grid):
@@ -76,6 +83,4 @@ def grid_sample(img, grid):
     mode (custom VJP); the grid's is that of the bilinear weights, one-sided like torch's at
     integer taps.
     """
-    if img.shape[0] == 1:  # vmapped, one image took XLA:CPU 5x longer for the grid's gradient
-        return _sample_one(img[0], grid[0])[None]
-    return jax.vmap(_sample_one)(img, grid)
+    return _sample(img, grid)
