@@ -49,8 +49,9 @@ def images_custom_vjp(fwd, bwd):
       - one image: a vmapped backward pass took 5x as long for grid_sample and 1.2x for the
         image of benchmarks/render.py (take_rows in interpolate, sigma 0: 12.9 ms against 11.0);
       - 8 and 32 images: vmapped, grid_sample took 2.5x and 1.9x as long (benchmarks/texture.py:
-        47 ms against 19, 176 against 95), and the render image 1.0-1.17x (demo head at 32:
-        1059 ms against 970);
+        47 ms against 19, 176 against 95; at 8, vmapped, it made no difference whether its taps
+        were kept or gathered again), and the render image 1.0-1.17x (demo head at 32: 1059 ms
+        against 970);
       - a looped forward pass (gathers) is 1.6x slower than the vmapped one (grid_sample, 8
         and 32 images).
     """

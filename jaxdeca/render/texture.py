@@ -12,7 +12,6 @@ and 176 ms; torch's grid_sample took 17-18 and 65-78 ms in that script's runs. A
 autodiff of the same gathers took 29 ms against 11 for this VJP, and autodiff of indexing
 [H, W, C] by (row, column) 41.
 """
-import jax
 import jax.numpy as jnp
 
 from jaxdeca.render.batching import images_custom_vjp
