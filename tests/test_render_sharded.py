@@ -4,7 +4,7 @@ forced host devices in a subprocess."""
 import textwrap
 
 
-def test_each_device_rasterizes_its_own_images(run_on_four_devices):
+def test_each_device_renders_its_own_images(run_on_four_devices):
     # Without a context mesh, XLA cannot split the data-dependent windows by image: it gathers
     # the whole batch onto every device (all-gather) and each device rasterizes all 8 images.
     # Under the mesh (directly, and inside a train step) there is no all-gather, and losses
