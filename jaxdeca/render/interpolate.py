@@ -1,4 +1,5 @@
 """Attribute interpolation by barycentrics, and mesh normals (DECA's vertex_normals)."""
+import jax
 import jax.numpy as jnp
 
 from jaxdeca.render.batching import images_custom_vjp
@@ -15,9 +16,12 @@ def _take_rows_fwd(table, idx):
 
 def _take_rows_bwd(res, g):
     idx, table = res
-    # No fusion barrier on g: XLA:CPU drops optimization_barrier before fusion (the compiled
-    # forward+backward of benchmarks/render.py's image is the same with or without one), and a
-    # lax.cond barrier, which does hold, measured no faster here.
+    # XLA:CPU removes optimization barriers before fusion, so on CPU this one changes nothing:
+    # the compiled forward+backward of benchmarks/render.py's image is the same without it, and
+    # a lax.cond barrier, which does hold there, measured no faster. XLA:GPU removes them only
+    # after fusion, so there it keeps g materialised for the per-channel scatters below
+    # (not measured on a GPU).
+    g = jax.lax.optimization_barrier(g)
     i = idx.reshape(-1)
     cols = [jnp.zeros(table.shape[:1], g.dtype).at[i].add(g[..., c].reshape(-1))
             for c in range(table.shape[1])]
