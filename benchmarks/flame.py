@@ -12,21 +12,12 @@ import argparse
 import os
 import pickle
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _median_ms(fn, repeats):
-    fn()  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
+from timing import median_ms
 
 
 def main():
@@ -62,7 +53,7 @@ def main():
         shape, exp = rng.normal(size=(B, 100)).astype(np.float32), rng.normal(size=(B, 50)).astype(np.float32)
         pose = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
         js, je, jp = map(jnp.asarray, (shape, exp, pose))
-        ours = _median_ms(lambda: jax.block_until_ready(fwd(js, je, jp)), a.repeats)
+        ours = median_ms(lambda: jax.block_until_ready(fwd(js, je, jp)), a.repeats)
         ref = smplx.create(tmp, model_type="flame", num_betas=100, num_expression_coeffs=50, batch_size=B,
                            use_face_contour=False, ext="pkl")
         ts, te, tp = map(torch.from_numpy, (shape, exp, pose))
@@ -71,7 +62,7 @@ def main():
             with torch.no_grad():
                 ref(betas=ts, expression=te, global_orient=tp[:, :3], jaw_pose=tp[:, 3:])
 
-        theirs = _median_ms(run_ref, a.repeats)
+        theirs = median_ms(run_ref, a.repeats)
         print(f"{B:>6} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>13.1f}x")
 
 

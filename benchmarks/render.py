@@ -35,13 +35,13 @@ The ratio column is peer ms / our ms for the same batch: > 1 means we are faster
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
+
+from timing import median_ms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIGHT = np.zeros((9, 3), np.float32)
@@ -60,16 +60,6 @@ def meshes():
         v = (v - v.mean(0)) / np.abs(v - v.mean(0)).max() * 0.9
         out["demo_head"] = (v.astype(np.float32), d["faces"].astype(np.int32))
     return out
-
-
-def median_ms(fn, repeats):
-    fn()  # warm-up (and compile)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
 
 
 # ----------------------------------------------------------------------------- ours

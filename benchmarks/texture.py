@@ -14,21 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def median_ms(fn, repeats):
-    fn()  # warm-up (and compile)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(ts))
+from timing import median_ms
 
 
 def demo_uvs(batch, size):
@@ -50,7 +41,7 @@ def ours(tex, grid, repeats):
     fwd = jax.jit(lambda t, g: grid_sample(t, g))
     b_tex = jax.jit(jax.grad(loss))
     b_both = jax.jit(jax.grad(loss, (0, 1)))
-    return [median_ms(lambda f=f: f(tex, grid), repeats) for f in (fwd, b_tex, b_both)]
+    return [median_ms(lambda f=f: jax.block_until_ready(f(tex, grid)), repeats) for f in (fwd, b_tex, b_both)]
 
 
 def peer(tex, grid, repeats):
