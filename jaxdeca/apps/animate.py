@@ -147,7 +147,7 @@ def main(argv=None) -> int:
             raise pipeline.CheckpointError("animate needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame, a.random_weights)
         res = animate(a.identity, a.expression, a.out, pipe, a.crop, a.video)
-    except (inputs.InputError, pipeline.CheckpointError) as e:
+    except pipeline.CLI_ERRORS as e:
         print(f"animate: {e}", file=sys.stderr)
         return 2
     return 0 if res["frames"] else 1

@@ -275,7 +275,7 @@ def main(argv=None) -> int:
     try:
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
         res = fit_inputs(a.input, a.out, pipe, a.landmarks, (a.steps // 4, a.steps, a.steps // 10), a.batch)
-    except (inputs.InputError, pipeline.CheckpointError) as e:
+    except pipeline.CLI_ERRORS as e:
         print(f"fit: {e}", file=sys.stderr)
         return 2
     return 0 if res["written"] else 1

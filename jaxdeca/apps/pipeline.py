@@ -35,7 +35,7 @@ from jaxdeca import flame, models, render, xla_options
 from jaxdeca.apps import export, inputs
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
-from jaxdeca.data import preprocess
+from jaxdeca.data import detect, preprocess
 from jaxdeca.train import parallel
 from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes
 
@@ -45,6 +45,10 @@ NETS = ("E_flame", "E_detail", "D_detail")
 
 class CheckpointError(ValueError):
     """A --checkpoint path that is not a DECA model directory."""
+
+
+# What the apps' command lines report as one message (exit status 2) instead of a traceback.
+CLI_ERRORS = (inputs.InputError, CheckpointError, detect.DetectorUnavailable)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)
-    except (inputs.InputError, pipeline.CheckpointError) as e:
+    except pipeline.CLI_ERRORS as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
     return 0 if res["written"] else 1

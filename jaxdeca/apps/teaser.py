@@ -66,7 +66,7 @@ def main(argv=None) -> int:
                 if res is None:
                     raise inputs.InputError(f"{a.input}: no face detected")
                 base = res[0]
-    except (inputs.InputError, pipeline.CheckpointError) as e:
+    except pipeline.CLI_ERRORS as e:
         print(f"teaser: {e}", file=sys.stderr)
         return 2
     print(f"teaser: wrote {teaser(pipe, base, a.out, a.frames)}")

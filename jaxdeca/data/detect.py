@@ -32,15 +32,30 @@ def default_predictor_path() -> str:
                             "face-recognition-models or libdlib-data, or pass --predictor PATH")
 
 
+class DetectorUnavailable(RuntimeError):
+    """Face detection cannot run at all (dlib or its landmark model is missing), as opposed to
+    an image in which no face is found: callers stop with this message instead of skipping or
+    recording every image."""
+
+
 class Detector:
     """Largest-face detection + 68 landmarks. Call with an [H, W, 3] uint8 RGB image;
-    returns (landmarks [68, 2] float32 pixels, score float) or None when no face is found."""
+    returns (landmarks [68, 2] float32 pixels, score float) or None when no face is found.
+    Raises DetectorUnavailable when dlib is not installed or the landmark model is missing."""
 
     def __init__(self, predictor_path: str | None = None, max_side: int = 1024, upsample: int = 1):
-        import dlib
-        path = predictor_path or default_predictor_path()
+        try:
+            import dlib
+        except ImportError as e:
+            raise DetectorUnavailable(
+                f"face detection needs dlib, which cannot be imported ({e}); install jaxdeca's data "
+                "extra (dlib-bin, face-recognition-models): pip install -e '.[data]' in the repository") from None
+        try:
+            path = predictor_path or default_predictor_path()
+        except FileNotFoundError as e:
+            raise DetectorUnavailable(str(e)) from None
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: landmark model file not found")
+            raise DetectorUnavailable(f"{path}: landmark model file not found")
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(path)
         self.max_side = max_side

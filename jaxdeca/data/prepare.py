@@ -107,7 +107,8 @@ def _detector():
 
 def process_image(images_root: str, out_dir: str, rel: str, identity: str | None) -> dict:
     """Prepare one image; returns its record (status 'ok' or 'bad' + reason). Never raises
-    for a bad file. Writes the mask and the per-image record file."""
+    for a bad file; raises detect.DetectorUnavailable (and writes no record) when the image
+    needs dlib and detection cannot run. Writes the mask and the per-image record file."""
     path = os.path.join(images_root, rel)
     rec = dict(path=rel, identity=identity)
     try:
@@ -139,6 +140,8 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
                    width=w, height=h)
     except images.BadImage as e:
         rec.update(status="bad", reason=str(e))
+    except detect.DetectorUnavailable:
+        raise  # not this file's fault: stop the run, and record nothing that a re-run would skip
     except Exception as e:  # the run never dies on one file
         rec.update(status="bad", reason=f"{type(e).__name__}: {e}")
     rec_path = record_path(out_dir, rel)
@@ -176,16 +179,18 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, file=sys.stderr)
-    if workers <= 1 or len(tasks) <= 1:
-        _init_worker(predictor, max_side)
-        for t in tasks:
-            _report(_task(t), bar)
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(predictor, max_side)) as pool:
-            for rec in pool.imap_unordered(_task, tasks, chunksize=4):
-                _report(rec, bar)
-    bar.close()
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            _init_worker(predictor, max_side)
+            for t in tasks:
+                _report(_task(t), bar)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(predictor, max_side)) as pool:
+                for rec in pool.imap_unordered(_task, tasks, chunksize=4):
+                    _report(rec, bar)
+    finally:
+        bar.close()
     return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo))
 
 
@@ -250,7 +255,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         summary = prepare(a.images, a.out, a.layout, a.workers, a.predictor, a.max_side)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, detect.DetectorUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
