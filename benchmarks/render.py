@@ -142,7 +142,8 @@ def peer_worker(path, batches, repeats):
     ij, depth, f, col, size = d["ij"], d["depth"], d["faces"].astype(np.uint32), d["colours"], int(d["size"])
     F, V = len(f), len(ij)
     tri = ij[f]
-    area = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    d1, d2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    area = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]  # np.cross of 2-vectors is gone in numpy 2.5
 
     def scene(clockwise):
         front = area > 0 if clockwise else area < 0

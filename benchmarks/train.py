@@ -126,8 +126,9 @@ def main():
         r = bench(stage, a)
         print(f"{r['stage']:<8}{r['ms']:>10.1f}{r['ips']:>9.2f}{r['compile_s']:>11.1f}  {','.join(r['terms'])}",
               flush=True)
+    why = "and no GPU on this machine" if jax.default_backend() == "cpu" else "and neither is built here"
     print("peer: PyTorch DECA training step not run -- it needs PyTorch3D or DECA's CUDA rasterizer "
-          "extension (no wheels for this Python/torch, and no GPU on this machine)")
+          f"extension (no wheels for this Python/torch, {why})")
 
 
 if __name__ == "__main__":
