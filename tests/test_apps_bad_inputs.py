@@ -89,12 +89,15 @@ def test_animate_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
 def test_fit_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
     nonet = pipeline.load_pipeline()  # fit with no network starts from the mean
     steps = (4, 4, 0)
-    # three faces in batches of 2 (a_face and e_face together, then f_face alone), each written
-    # under its own name with its own fit: the heads are shifted right by 20 and 40 px
+    # three faces in batches of 2 (a_face and e_face together, then f_face alone, padded to 2 so
+    # that the fit is not compiled again), each written under its own name with its own fit:
+    # the heads are shifted right by 20 and 40 px
     export.save_image(str(folder / "e_face.png"), np.roll(head, 20, axis=1))
     export.save_image(str(folder / "f_face.png"), np.roll(head, 40, axis=1))
+    sizes, fit_crops = [], fit.fit_crops
+    monkeypatch.setattr(fit, "fit_crops", lambda p, crops, *a: sizes.append(len(crops)) or fit_crops(p, crops, *a))
     res = fit.fit_inputs(str(folder), str(tmp_path / "out"), nonet, steps=steps, batch=2)
-    assert res["written"] == ["a_face", "e_face", "f_face"]
+    assert res["written"] == ["a_face", "e_face", "f_face"] and sizes == [2, 2]
     kpt = {n: np.loadtxt(tmp_path / "out" / n / f"{n}_kpt2d.txt") for n in res["written"]}
     for n, shift in (("e_face", 20), ("f_face", 40)):
         np.testing.assert_allclose((kpt[n] - kpt["a_face"]).mean(0), [shift, 0], atol=5)
