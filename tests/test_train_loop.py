@@ -116,6 +116,42 @@ def test_frozen_from_config_left_out_of_checkpoints_and_restored_on_resume(tmp_p
         loop.train(more, str(tmp_path / "new"), OtherProj(more))
 
 
+def test_resume_over_unreadable_checkpoint_keeps_history_and_a_finished_run_trains_nothing(tmp_path, capsys):
+    """A 30-step run whose step-30 checkpoint is then unreadable (garbage in every file) is
+    continued to 40 steps: it resumes from 20, sets 30 aside as 30.unreadable and saves 30
+    and 40 again; its eval history spans the whole run (checkpoints carry it) and its state
+    equals an uninterrupted run's. Run again, it trains nothing and reports the run complete."""
+    from jaxdeca.train import run
+
+    config = test_toy.get_config()  # 40 steps, a checkpoint every 10, an eval every 20
+    ref = loop.train(config, str(tmp_path / "ref"), ToyTask(config))
+    half = test_toy.get_config()
+    half.train.num_steps = 30
+    work = tmp_path / "work"
+    loop.train(half, str(work), ToyTask(half))
+    for root, _, files in os.walk(work / "checkpoints" / "30"):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+
+    out = loop.train(config, str(work), ToyTask(config))
+    assert [s for s, _ in out["losses"]][0] == 25, "did not resume from step 20"
+    names = os.listdir(work / "checkpoints")
+    assert sorted(int(d) for d in names if d.isdigit()) == [20, 30, 40] and "30.unreadable" in names
+    assert checkpoint.restore_latest(checkpoint.open_for_reading(str(work / "checkpoints")))[0] == 40
+    for x, y in zip(jax.tree.leaves(ref["state"].params), jax.tree.leaves(out["state"].params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+    assert [s for s, _ in out["eval_history"]] == [s for s, _ in ref["eval_history"]] == [0, 20, 40]
+    for (_, a), (_, b) in zip(out["eval_history"], ref["eval_history"]):
+        np.testing.assert_allclose(a["eval/mse"], b["eval/mse"], rtol=1e-5)
+
+    again = loop.train(config, str(work), ToyTask(config))
+    assert again["losses"] == [] and [s for s, _ in again["eval_history"]] == [0, 20, 40]
+    capsys.readouterr()
+    run.run(config, str(work))
+    assert "no steps trained: the run in" in capsys.readouterr().out
+
+
 def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     drv = _driver(tmp_path)
     ref = subprocess.run([sys.executable, drv, str(tmp_path / "ref"), str(tmp_path / "ref.npz"), "0"],

@@ -7,8 +7,9 @@ A checkpoint holds two items:
 Orbax writes every checkpoint into a temporary directory and renames it when complete, so a
 run killed mid-save leaves no half-written step behind the latest complete one. A latest
 checkpoint that is nonetheless unreadable (a truncated file, a disk error) is skipped with a
-warning and the previous one is restored instead; only when none can be read does resuming
-fail, naming every step it tried.
+warning and the previous one is restored instead (the training loop renames the unreadable
+ones to `<step>.unreadable`, so that it saves those steps again); only when none can be read
+does resuming fail, naming every step it tried.
 
 Restoring onto a given structure reads what that structure asks for: entries a checkpoint
 holds beyond it (a dict key a stage no longer saves, e.g. the frozen feature networks that
@@ -61,7 +62,8 @@ def open_for_reading(directory: str) -> ocp.CheckpointManager:
                                  item_handlers=_item_handlers())
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -> tuple[int, Any, dict] | None:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *,
+                   set_aside_unreadable: bool = False) -> tuple[int, Any, dict] | None:
     """Restores the newest readable checkpoint.
 
     Args:
@@ -70,6 +72,10 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -
         e.g. `jax.eval_shape(init_fn)` or the freshly initialised state itself; None restores
         the structure saved in the checkpoint's own metadata as host numpy arrays. Dict
         entries the checkpoint holds beyond abstract_state are read and dropped.
+      set_aside_unreadable: rename the unreadable checkpoints newer than the one restored to
+        `<step>.unreadable` (kept for inspection, no longer steps of the manager), so that a
+        run going on from the restored one saves those steps again (orbax does not save a
+        step that exists). For a manager that writes (the training loop's).
 
     Returns:
       (step, state, extra), or None when the directory holds no checkpoint.
@@ -95,8 +101,24 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None) -
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
             continue
         state = restored["state"] if abstract is None else _asked(restored["state"], abstract)
+        if set_aside_unreadable and failures:
+            _set_aside(manager, [s for s in steps if s > step])
         return step, state, dict(restored["extra"] or {})
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Renames checkpoint directories `<step>` to `<step>.unreadable` (process 0) and reloads
+    the manager's list of steps."""
+    if jax.process_index() == 0:
+        for step in steps:
+            src = os.path.join(str(manager.directory), str(step))
+            dst, n = src + ".unreadable", 1
+            while os.path.exists(dst):
+                dst, n = f"{src}.unreadable{n}", n + 1
+            os.rename(src, dst)
+            logging.warning("set aside unreadable checkpoint %d as %s", step, dst)
+    manager.reload()
 
 
 def _host_target(meta):

@@ -62,6 +62,10 @@ def _check_fingerprints(saved, now, ckpt_dir, step):
 def train(config, workdir: str, task) -> dict[str, Any]:
     """Runs `config.train.num_steps` steps of `task`; returns {'state', 'eval_history', 'losses'}.
 
+    eval_history ([(step, {name: value})]) spans the whole run, resumes included (checkpoints
+    carry it); losses are this call's logged training losses. A run resumed from a checkpoint
+    at or past num_steps trains nothing; it evaluates that state unless the history holds it.
+
     Config fields used (config.train): num_steps, batch_size (global), checkpoint_every,
     keep_checkpoints, log_every, eval_every, image_every; config.seed; config.optim.*.
     """
@@ -83,7 +87,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpoint.make_manager(ckpt_dir, max_to_keep=int(tc.keep_checkpoints),
                                       async_save=bool(tc.get("async_checkpoints", True)))
-    restored = checkpoint.restore_latest(manager, saved(init_state))
+    restored = checkpoint.restore_latest(manager, saved(init_state), set_aside_unreadable=True)
+    eval_history = []
     if restored is None:
         state, start = init_state, 0
     else:
@@ -92,13 +97,13 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
         loader.restore(extra["loader"])
+        eval_history = [(int(st), dict(ev)) for st, ev in extra.get("eval_history", []) if int(st) <= start]
         logging.info("resumed from step %d in %s", start, ckpt_dir)
 
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
     eval_step = steps.make_eval_step(task.eval_fn, mesh)
     writer = metrics.make_writer(workdir)
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
-    eval_history = []
     losses = []
 
     def do_eval(step):
@@ -110,6 +115,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
     if start == 0 and eval_batches:
         do_eval(0)
+    if start >= int(tc.num_steps):
+        _console(f"checkpoint step {start} in {ckpt_dir} has reached num_steps {int(tc.num_steps)}: "
+                 "nothing to train")
+        if eval_batches and not any(st == start for st, _ in eval_history):
+            do_eval(start)
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
         state, terms = train_step(state, batch)
@@ -128,8 +138,10 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             do_eval(step)
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
             info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-            checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
-                                                          "frozen_from_config": fingerprints, **info})
+            if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
+                                                                 "frozen_from_config": fingerprints,
+                                                                 "eval_history": list(eval_history), **info}):
+                logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
     manager.wait_until_finished()
     writer.flush()
     return {"state": state, "eval_history": eval_history, "losses": losses}

@@ -23,4 +23,7 @@ def run(config, workdir: str) -> None:
     out = loop.train(config, workdir, make_task(config))
     for step, ev in out["eval_history"]:
         logging.info("eval step %d: %s", step, ev)
-    print(f"final train loss {out['losses'][-1][1]:.6f}; checkpoints in {workdir}/checkpoints", flush=True)
+    if out["losses"]:
+        print(f"final train loss {out['losses'][-1][1]:.6f}; checkpoints in {workdir}/checkpoints", flush=True)
+    else:
+        print(f"no steps trained: the run in {workdir}/checkpoints is complete", flush=True)
