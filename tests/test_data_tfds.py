@@ -93,6 +93,10 @@ def test_identity_faces_errors(prepared_vggface2, tmp_path):
     (empty / "README.txt").write_text("not a prepared folder")
     with pytest.raises(FileNotFoundError, match="index.jsonl: missing"):
         tfds_faces.build(tfds_faces.IdentityFaces(config="folders", data_dir=str(tmp_path / "d2")), str(empty))
+    # an image that went bad after prepare accepted it stops the build naming the file
+    (empty / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(images.BadImage, match=r"a\.jpg: truncated JPEG"):
+        tfds_faces._image_bytes(str(empty / "a.jpg"))
 
 
 def test_cli_and_make_loader(prepared_vggface2, tmp_path):

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
+from jaxdeca.data import images
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
@@ -67,13 +69,13 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str) -> np.ndarray:
-    """Reads one image as [H, W, 3] uint8 RGB; raises InputError naming the file and problem."""
+    """Reads one image as [H, W, 3] uint8 RGB (a JPEG turned upright by its EXIF orientation,
+    as viewers show it); raises InputError naming the file and problem."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: empty file")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    image = images.imdecode(np.fromfile(path, dtype=np.uint8))
     if image is None or image.size == 0:
         raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
     return to_rgb_uint8(image)

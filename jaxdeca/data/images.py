@@ -5,7 +5,7 @@ grayscale, RGBA, palette and 16-bit images. `read_image` turns every usable file
 [H, W, 3] uint8 RGB array and raises `BadImage(reason)` for the rest, so a preparation run can
 count and list them instead of dying.
 """
-import os
+import re
 
 import cv2
 import numpy as np
@@ -17,19 +17,63 @@ class BadImage(ValueError):
     """A file that cannot be used as a face image; str() is the reason."""
 
 
+# a marker: FF then anything but a stuffed zero, a restart marker (they sit inside scan data) or
+# another FF (fill bytes before a marker)
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _jpeg_truncated(data: bytes) -> bool:
-    """JPEG files end with the EOI marker FF D9 (trailing padding allowed)."""
-    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00\r\n \t")[-2:] != b"\xff\xd9"
+    """Whether a JPEG ends before its end-of-image marker (FF D9).
+
+    Walks the file's segments from the start-of-image marker (header segments by their length,
+    scan data up to the next marker) until the end-of-image marker. Bytes after it (phone
+    trailers, the video of a motion photo) do not count. False for data that is not a JPEG or
+    whose segments cannot be followed (OpenCV then judges it)."""
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while i < n:
+        if data[i] != 0xFF:
+            return False
+        if i + 1 >= n:
+            return True
+        m = data[i + 1]
+        if m == 0xD9:
+            return False
+        if m == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= m <= 0xD7 or m == 0x01:  # markers without a length
+            i += 2
+        else:
+            if i + 4 > n:
+                return True
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+            if m == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+                nxt = _MARKER.search(data, min(i, n))
+                if nxt is None:
+                    return True
+                i = nxt.start()
+    return True
 
 
-def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def imdecode(data) -> np.ndarray | None:
+    """cv2.imdecode keeping bit depth, channels and alpha; a JPEG is turned upright by its EXIF
+    orientation, as image viewers and phones show it (8-bit BGR; JPEGs have no alpha).
+    data: bytes or a uint8 array. Returns None when OpenCV cannot decode it."""
+    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.asarray(data, np.uint8)
+    jpeg = buf[:2].tobytes() == b"\xff\xd8"
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+
+
+def decode_image(data: bytes) -> np.ndarray:
     """Encoded bytes -> [H, W, 3] uint8 RGB. Converts grayscale -> 3 channels, RGBA -> RGB
-    (alpha dropped), 16-bit -> 8-bit (>> 8), float -> 8-bit. Raises BadImage naming `name`."""
+    (alpha dropped), 16-bit -> 8-bit (>> 8), float -> 8-bit; JPEGs are turned upright by
+    their EXIF orientation (`imdecode`). Raises BadImage with the reason (callers add the file)."""
     if len(data) == 0:
         raise BadImage("empty file")
     if _jpeg_truncated(data):
         raise BadImage("truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    img = imdecode(data)
     if img is None:
         head = data[:16]
         kind = "text, not an image" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a decodable image"
@@ -62,7 +106,7 @@ def read_image(path: str) -> np.ndarray:
             data = f.read()
     except OSError as e:
         raise BadImage(f"unreadable ({e.strerror})") from None
-    return decode_image(data, os.path.basename(path))
+    return decode_image(data)
 
 
 def encode_png(image: np.ndarray) -> bytes:

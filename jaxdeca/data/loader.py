@@ -115,8 +115,15 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
 def load_group(source, groups, cfg: LoaderConfig, g: int) -> dict:
     """The K samples of global group g, stacked: image [K,S,S,3], ..."""
     idx = group_records(groups, cfg.seed, g, cfg.k)
-    samples = [crop_example(source[int(i)], np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg)
-               for k, i in enumerate(idx)]
+    samples = []
+    for k, i in enumerate(idx):
+        record = source[int(i)]
+        try:
+            samples.append(crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg))
+        except Exception as e:  # noqa: BLE001 -- name the record whatever went wrong with it
+            path = record.get("path", b"") if isinstance(record, dict) else b""
+            path = path.decode() if isinstance(path, bytes) else str(path)
+            raise ValueError(f"record {int(i)} ({path or 'no path'}): {type(e).__name__}: {e}") from e
     return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
 
 

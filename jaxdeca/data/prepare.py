@@ -38,6 +38,7 @@ from jaxdeca.data import detect, images, masks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
 LAYOUTS = ("vggface2", "voxceleb2", "celeba", "folders")
+MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 
 
 # ----------------------------------------------------------------------------- identities
@@ -124,6 +125,12 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
                 raise images.BadImage(str(e)) from None
             if lmk.shape != (68, 2):
                 raise images.BadImage(f"{pts}: need 68 points, found {lmk.shape[0]}")
+            if not np.all(np.isfinite(lmk)):
+                raise images.BadImage(f"{pts}: landmarks are not all finite numbers")
+            span = float(np.ptp(lmk, axis=0).mean())
+            if span < MIN_LANDMARK_SPAN:
+                raise images.BadImage(f"{pts}: the landmarks span {span:.1f} px (need >= {MIN_LANDMARK_SPAN}; "
+                                      "the training crop is sized by them)")
             score, source = None, "pts"
         else:
             found = _detector()(img)

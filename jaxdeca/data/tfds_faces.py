@@ -60,7 +60,10 @@ def _image_bytes(path: str) -> bytes:
     """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG."""
     with open(path, "rb") as f:
         data = f.read()
-    img = imageio.decode_image(data, path)
+    try:
+        img = imageio.decode_image(data)
+    except imageio.BadImage as e:  # the file changed since prepare accepted it
+        raise imageio.BadImage(f"{path}: {e}") from None
     if data[:3] == b"\xff\xd8\xff":
         import cv2
         raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
