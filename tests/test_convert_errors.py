@@ -83,6 +83,15 @@ def test_deca_file_without_parts(tmp_path, vgg_state):
         convert.convert_deca(str(src))
 
 
+def test_deca_trainer_bookkeeping_is_not_unexpected(tmp_path):
+    # DECA's decalib/trainer.py saves opt, global_step and batch_size next to the three parts.
+    src = tmp_path / "deca_model.tar"
+    torch.save({"E_flame": {}, "opt": {}, "global_step": 1000, "batch_size": 2, "something": 1}, src)
+    with pytest.raises(ConversionError, match=r"missing parts \['E_detail', 'D_detail'\], "
+                                              r"unexpected entries \['something'\]$"):
+        convert.convert_deca(str(src))
+
+
 def test_torch_to_flax_round_trip_layouts():
     template = {"params": {"lin": {"kernel": np.zeros((3, 2)), "bias": np.zeros(2)},
                            "conv": {"kernel": np.zeros((1, 2, 3, 4))},

@@ -183,11 +183,12 @@ def randomize(module, seed=0):
 
 
 def save_deca_tar(path, e_flame, e_detail, d_detail):
-    """Write a file in the official deca_model.tar layout."""
+    """Write a file in the official deca_model.tar layout (DECA's decalib/trainer.py: the three
+    state dicts plus 'opt', 'global_step' and 'batch_size')."""
     opt = torch.optim.Adam(list(e_detail.parameters())[:2], lr=1e-4)
     torch.save({"E_flame": e_flame.state_dict(), "E_detail": e_detail.state_dict(),
                 "D_detail": d_detail.state_dict(), "opt": opt.state_dict(),
-                "global_step": 123}, path)
+                "global_step": 123, "batch_size": 2}, path)
 
 
 def save_vggface2_pkl(path, net):

@@ -1,9 +1,10 @@
 """Official ``deca_model.tar`` -> Flax variables for E_flame, E_detail and D_detail.
 
 The file is a ``torch.save`` dict ``{'E_flame': state_dict, 'E_detail': state_dict,
-'D_detail': state_dict, 'opt': ..., 'global_step': ...}``; ``opt`` and ``global_step`` are
-ignored on purpose. Result: ``{'E_flame': {'params', 'batch_stats'}, 'E_detail': {...},
-'D_detail': {...}}`` ready for ``coarse_encoder()``, ``detail_encoder()``, ``detail_decoder()``.
+'D_detail': state_dict, 'opt': ..., 'global_step': ..., 'batch_size': ...}`` (what DECA's
+``decalib/trainer.py`` saves); ``opt``, ``global_step`` and ``batch_size`` are ignored on
+purpose. Result: ``{'E_flame': {'params', 'batch_stats'}, 'E_detail': {...}, 'D_detail': {...}}``
+ready for ``coarse_encoder()``, ``detail_encoder()``, ``detail_decoder()``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from jaxdeca.models.decoders import DETAIL_LATENT_SIZE, detail_decoder
 from jaxdeca.models.encoders import coarse_encoder, detail_encoder
 
 DECA_PARTS = ("E_flame", "E_detail", "D_detail")
-DECA_IGNORED = ("opt", "global_step")
+DECA_IGNORED = ("opt", "global_step", "batch_size")  # trainer bookkeeping, no weights
 
 
 def deca_templates():
