@@ -214,10 +214,71 @@ def test_albedo_jit_vmap_grad():
     np.testing.assert_allclose(g, np.broadcast_to(expect, (3, 4)), rtol=1e-5, atol=1e-5)
 
 
+def test_albedo_of_numpy_arrays_keeps_only_the_used_part_in_jit():
+    """A jitted caller of the npz dict (numpy arrays, constants of the program) holds the
+    texels and components it uses, not the whole basis (626 MB at the official size): here a
+    128 px, 40-component basis read at 32 px with 5 components, equal to the jax-array path."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(1)
+    arrays = dict(albedo_mean=rng.random((128, 128, 3), np.float32),
+                  albedo_basis=rng.random((128, 128, 3, 40), np.float32))
+    code = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32)
+    fn = jax.jit(lambda c: texture.albedo_from_arrays(arrays, c, size=32))
+    hlo = fn.lower(code).as_text()
+    basis_bytes = arrays["albedo_basis"].nbytes  # 7.9 MB; its texels at 32 px, 5 components: 61 kB
+    assert len(hlo) < basis_bytes / 8, len(hlo)
+    ref = texture.albedo(jnp.asarray(arrays["albedo_mean"]), jnp.asarray(arrays["albedo_basis"]), code, 32)
+    np.testing.assert_allclose(fn(code), ref, rtol=1e-6, atol=1e-6)
+
+
 def test_convert_cli_reports_bad_file(tmp_path, capsys):
     a = random_flame()
     p = io.write_official(str(tmp_path / "official"), a, chumpy=True)
     rc = convert.main(["--flame", p["model_pkl"], "--landmarks", str(tmp_path / "nope.npy"), "--obj", p["obj"],
                        "--out", str(tmp_path / "flame.npz")])
     assert rc == 1 and "nope.npy: landmark embedding not found" in capsys.readouterr().err
+    assert not (tmp_path / "flame.npz").exists()
+
+
+def _bad_fixed_displacement(path, kind):
+    """Writes a broken fixed_displacement_256.npy of the given kind at path."""
+    good = np.zeros((256, 256), np.float32)
+    if kind == "html":  # the GitHub 'blob' page fetched instead of the raw file
+        open(path, "wb").write(b"<!DOCTYPE html>\n<html><body>GitHub blob page</body></html>\n")
+    elif kind in ("truncated header", "truncated data"):
+        np.save(path, good)
+        raw = open(path, "rb").read()
+        open(path, "wb").write(raw[:100] if kind == "truncated header" else raw[: len(raw) // 2])
+    elif kind == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, disp=good)
+    elif kind == "pickled":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "wrong shape":
+        np.save(path, np.zeros((128, 128), np.float32))
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("html", r"cannot read fixed displacement \(ValueError: not an \.npy file \(starts with b'<!DOCT'\)\)"),
+    ("truncated header", r"cannot read fixed displacement \(ValueError: EOF"),
+    ("truncated data", r"cannot read fixed displacement"),
+    ("npz", r"cannot read fixed displacement \(ValueError: not an \.npy file \(starts with b'PK"),
+    ("pickled", r"cannot read fixed displacement"),
+    ("wrong shape", r"fixed displacement has shape \(128, 128\), expected \(256, 256\)"),
+])
+def test_bad_fixed_displacement_refused_naming_the_file(tmp_path, capsys, kind, message):
+    from jaxdeca import flame
+
+    a = dict(random_flame(), fixed_displacement=np.zeros((256, 256), np.float32))
+    p = io.write_official(str(tmp_path / "data"), a)
+    _bad_fixed_displacement(p["fixed_displacement"], kind)
+    with pytest.raises(io.FlameFileError, match=r"fixed_displacement_256\.npy: " + message):
+        io.read_fixed_displacement(p["fixed_displacement"])
+    with pytest.raises(io.FlameFileError, match=r"fixed_displacement_256\.npy: " + message):
+        flame.load_arrays(str(tmp_path / "data"))
+    rc = convert.main(["--flame", p["model_pkl"], "--landmarks", p["landmarks"], "--obj", p["obj"],
+                       "--fixed-displacement", p["fixed_displacement"], "--out", str(tmp_path / "flame.npz")])
+    assert rc == 1 and "fixed_displacement_256.npy: " in capsys.readouterr().err
     assert not (tmp_path / "flame.npz").exists()

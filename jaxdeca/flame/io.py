@@ -417,13 +417,31 @@ def read_uv_mask(path: str, size: int = 256) -> np.ndarray:
     return cv2.resize(img.astype(np.float32) / 255.0, (size, size))
 
 
-def read_fixed_displacement(path: str) -> np.ndarray:
+def _read_numeric_npy(path: str, what: str) -> np.ndarray:
+    """A plain numeric `.npy` -> its array; an HTML page, a .npz, a pickle or a truncated file
+    saved under that name -> one FlameFileError naming the file."""
     if not os.path.isfile(path):
-        raise FlameFileError(f"{path}: fixed displacement file not found")
-    a = np.load(path, allow_pickle=False).astype(np.float32)
+        raise FlameFileError(f"{path}: {what} file not found")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+            if magic != b"\x93NUMPY":
+                raise ValueError(f"not an .npy file (starts with {magic!r})")
+            f.seek(0)
+            a = np.load(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 -- truncated/corrupt/wrong file: one clear message
+        raise FlameFileError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from None
+    if a.dtype.kind not in "biuf":
+        raise FlameFileError(f"{path}: {what} has dtype {a.dtype}, expected numbers")
+    return a
+
+
+def read_fixed_displacement(path: str) -> np.ndarray:
+    """DECA's `fixed_displacement_256.npy` -> [256, 256] float32 UV displacement."""
+    a = _read_numeric_npy(path, "fixed displacement")
     if a.shape != (256, 256):
         raise FlameFileError(f"{path}: fixed displacement has shape {a.shape}, expected (256, 256)")
-    return a
+    return a.astype(np.float32)
 
 
 def assemble(model_pkl: str, landmarks: str, obj: str, albedo: str | None = None, uv_face_eye_mask: str | None = None,

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+
+def _nearest_index(R: int, size: int) -> np.ndarray:
+    """Source rows of torch's 'nearest' resize from R to size: floor(dst * R / size) in float32."""
+    return np.floor(np.arange(size, dtype=np.float32) * np.float32(R / size)).astype(np.int32)
 
 
 def albedo(mean, basis, texcode, size: int = 256):
@@ -10,13 +16,18 @@ def albedo(mean, basis, texcode, size: int = 256):
     mean: [R, R, 3]; basis: [R, R, 3, K]; texcode: [B, n_tex] with n_tex <= K.
     Returns [B, size, size, 3]. DECA resizes with torch's default F.interpolate mode
     ('nearest': source index floor(dst * R / size)) and reverses the channels [2, 1, 0], which
-    turns the official files' BGR order into RGB.
+    turns the official files' BGR order into RGB. The resize picks texels, so it is applied to
+    the model before the product: numpy mean/basis are cut to the texels and the n_tex
+    components used before they reach jax, and a jitted caller holds only that part as a
+    constant (the official basis is 512 x 512 x 3 x 199 float32, 626 MB; DECA at 256 px with
+    50 components needs 39 MB of it).
     """
     n = texcode.shape[-1]
-    tex = mean[None] + jnp.einsum("hwck,bk->bhwc", basis[..., :n], texcode)
-    R = mean.shape[0]
-    idx = jnp.floor(jnp.arange(size) * (R / size)).astype(jnp.int32)
-    tex = tex[:, idx][:, :, idx]
+    idx = _nearest_index(mean.shape[0], size)
+    rows, cols = idx[:, None], idx[None, :]  # one gather (chained, numpy first copies half the basis)
+    mean = jnp.asarray(mean[rows, cols])
+    basis = jnp.asarray(basis[rows, cols, :, :n])
+    tex = mean[None] + jnp.einsum("hwck,bk->bhwc", basis, texcode)
     return tex[..., ::-1]
 
 
@@ -25,4 +36,4 @@ def albedo_from_arrays(arrays: dict, texcode, size: int = 256):
     model has no albedo basis. texcode: [B, n_tex] -> [B, size, size, 3]."""
     if "albedo_mean" not in arrays:
         return jnp.full((texcode.shape[0], size, size, 3), 0.5, jnp.float32)
-    return albedo(jnp.asarray(arrays["albedo_mean"]), jnp.asarray(arrays["albedo_basis"]), texcode, size)
+    return albedo(arrays["albedo_mean"], arrays["albedo_basis"], texcode, size)
