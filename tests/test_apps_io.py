@@ -70,6 +70,24 @@ def test_folder_with_videos_expands_good_ones_and_skips_broken_ones(tmp_path):
     assert isinstance(items[3], inputs.Skipped) and items[3].reason.startswith(str(tmp_path / "c_bad.mp4"))
 
 
+def test_folder_items_with_the_same_name_are_renamed(tmp_path):
+    """Outputs go to out/<name>/: a later file (or video frame) whose name an earlier one has
+    gets '<name>_<ext>', so nothing is overwritten; the other names stay as they were."""
+    img = np.zeros((8, 8, 3), np.uint8)
+    for f in ("a.png", "face.jpg", "face.png", "face_png.png", "clip_00000.png"):
+        cv2.imwrite(str(tmp_path / f), img)
+    (tmp_path / "face.bmp").write_bytes(b"not an image")  # skipped, under a unique name too
+    w = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (8, 8))
+    for _ in range(2):
+        w.write(img)
+    w.release()
+    items = list(inputs.iter_frames(str(tmp_path)))
+    assert [(i.name, os.path.basename(i.source.split(" frame ")[0]) if isinstance(i, inputs.Frame) else None)
+            for i in items] == [("a", "a.png"), ("clip_00000", "clip.avi"), ("clip_00001", "clip.avi"),
+                                ("clip_00000_png", "clip_00000.png"), ("face", None), ("face_jpg", "face.jpg"),
+                                ("face_png", "face.png"), ("face_png_png", "face_png.png")]
+
+
 def test_write_obj_roundtrip_with_texture(tmp_path):
     rng = np.random.default_rng(1)
     v = rng.normal(size=(6, 3))
@@ -137,6 +155,9 @@ def test_video_writer_without_frames_writes_nothing_and_refuses_a_size_change(tm
         animate.write_video(str(tmp_path / "none.gif"), [])
     with pytest.raises(ValueError, match=r"v.gif: frame of size \(8, 8\), the video's is \(4, 4\)"):
         animate.write_video(str(tmp_path / "v.gif"), [np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)])
+    for name in ("v", "v.png"):  # neither a GIF nor a video container: refused before any frame
+        with pytest.raises(inputs.InputError, match=rf"{name}: not a video name; .*\.mp4, .*\.gif"):
+            animate.VideoWriter(str(tmp_path / name))
 
 
 def test_chunks_are_lazy_and_keep_the_short_tail():

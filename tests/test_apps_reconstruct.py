@@ -1,11 +1,14 @@
 """reconstruct app: a folder with a rendered demo-head face, a broken file and a no-face
 image, run with a random-weight model saved in the converted-checkpoint layout."""
 
+import os
+
 import cv2
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdeca import flame, render
 from jaxdeca.apps import export, pipeline, reconstruct
 from jaxdeca.convert.core import save_variables
 from jaxdeca.data import crop, preprocess
@@ -94,3 +97,62 @@ def test_cli_reports_missing_input(tmp_path, model_dir, capsys):
     rc = reconstruct.main(["--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
                            "--checkpoint", model_dir])
     assert rc == 2 and "nothing" in capsys.readouterr().err
+
+
+def test_outputs_at_a_small_uv_size_with_decas_extracted_texture(tmp_path):
+    """A model with a 32 x 32 UV map (configs/demo.py sizes; the FLAME masks are 256 x 256) writes
+    every output, and the coarse texture is DECA's extract_tex: the photo inside the face-eye
+    mask, albedo x SH shading outside it (here a pure red photo and a band-0 light of 2.6)."""
+    arrays = flame.load_arrays()
+    R = 32
+    p = pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays, uv_size=R),
+                          variables=None, model={"uv_size": R})
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)), tex=jnp.zeros((1, 50)),
+                 cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6))
+    photo = np.zeros((1, 224, 224, 3), np.float32)
+    photo[..., 0] = 1.0
+    out = p.decode(codes, photo)
+    paths = pipeline.write_outputs(str(tmp_path), "x", out, 0, pipeline.Crop(photo[0], np.eye(3)), codes, arrays)
+    assert all(os.path.getsize(f) > 0 for f in paths) and (tmp_path / "x" / "x_detail.obj").exists()
+    tex = cv2.imread(str(tmp_path / "x" / "x.png"))[..., ::-1] / 255.0
+    assert tex.shape == (R, R, 3)
+    fem = np.asarray(p.topo.uv_face_eye_mask) > 0.5
+    cover = np.asarray(p.topo.uv_raster.mask) > 0
+    inside, outside = fem & cover, ~fem & cover
+    assert inside.sum() > 50 and outside.sum() > 50
+    red = np.array([1.0, 0.0, 0.0])
+    assert np.mean(np.abs(tex[inside] - red).max(-1) < 0.02) > 0.9  # the photo (some texels at its border)
+    shaded = np.clip(np.asarray(out["albedo"][0]) * 2.6 * 0.282095, 0, 1)
+    np.testing.assert_allclose(tex[outside], shaded[outside], atol=1.5 / 255)
+
+
+def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path, capsys):
+    """A training workdir records its FLAME file: the apps read it when --flame is not given,
+    take an explicit --flame of the same topology, and refuse one of another topology (or a
+    recorded file that is gone, with no --flame) with one message."""
+    from jaxdeca.train import checkpoint
+    demo = flame.load_arrays()
+    trained = str(tmp_path / "trained_flame.npz")
+    np.savez(trained, **dict(demo, v_template=demo["v_template"] * 2.0))
+    other_topology = str(tmp_path / "other_topology.npz")
+    np.savez(other_topology, **dict(demo, faces=demo["faces"][:, [0, 2, 1]]))
+    workdir = str(tmp_path / "detail")
+    m = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+    z = np.zeros((2,), np.float32)  # the networks are not run here: any variables will do
+    checkpoint.save(m, 1, {"params": {"E_flame": {"w": z}}, "batch_stats": {"E_flame": {"m": z}}},
+                    {"stage": "coarse", "model": {"uv_size": 32}, "image_size": 48, "flame_path": trained})
+    m.wait_until_finished()
+
+    v = lambda pipe: np.asarray(pipe.arrays["v_template"])  # noqa: E731
+    np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir)), demo["v_template"] * 2.0)
+    np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir, flame.DEMO_HEAD)), demo["v_template"])
+    with pytest.raises(pipeline.CheckpointError, match=f"{other_topology}: not the FLAME topology .*'faces' differ"):
+        pipeline.load_pipeline(workdir, other_topology)
+    rc = reconstruct.main(["--input", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", workdir,
+                           "--flame", other_topology])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and other_topology in err[0] and trained in err[0], err
+    os.remove(trained)
+    with pytest.raises(pipeline.CheckpointError, match=f"trained with the FLAME model {trained}.*pass --flame"):
+        pipeline.load_pipeline(workdir)
+    np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir, flame.DEMO_HEAD)), demo["v_template"])

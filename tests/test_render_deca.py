@@ -6,6 +6,7 @@ import optax
 import pytest
 
 from jaxdeca.render import extract_texture, make_topology, orth_proj, render
+from jaxdeca.render.deca import face_texture, uv_face_eye_mask
 from jaxdeca.render.meshes import uv_sphere
 
 R = 32  # UV size for tests
@@ -27,6 +28,20 @@ def test_make_topology_names_bad_key():
     with pytest.raises(ValueError, match="fixed_displacement"):
         make_topology(dict(faces=np.zeros((1, 3), np.int32), uv_coords=np.zeros((3, 2)),
                            uv_faces=np.zeros((1, 3), np.int32), fixed_displacement=np.zeros((4, 5))), uv_size=8)
+
+
+def test_uv_face_eye_mask_at_the_topology_size():
+    """The apps' outputs take the mask at the model's UV size from the same function as Topology."""
+    mask = np.zeros((16, 16), np.float32)
+    mask[4:12, 2:10] = 1.0
+    model = dict(faces=np.zeros((1, 3), np.int32), uv_coords=np.zeros((3, 2)), uv_faces=np.zeros((1, 3), np.int32),
+                 uv_face_eye_mask=mask)
+    topo = make_topology(model, uv_size=8)
+    small = uv_face_eye_mask(model, 8)
+    np.testing.assert_array_equal(np.asarray(topo.uv_face_eye_mask), small)
+    np.testing.assert_array_equal(small, mask[::2, ::2])
+    np.testing.assert_array_equal(uv_face_eye_mask(model, 16), mask)
+    np.testing.assert_array_equal(uv_face_eye_mask({}, 4), np.ones((4, 4)))
 
 
 def test_render_outputs(sphere):
@@ -51,7 +66,10 @@ def test_render_outputs(sphere):
     # centre pixel sees the +z pole: world normal ~ +z, nearest depth 1, shape shading
     n = np.asarray(out["normal_images"])[0, 12, 12]
     assert n[2] > 0.9  # (coarse 8 x 12 sphere)
-    assert np.asarray(out["depth_images"])[0][disk].max() > 0.95
+    # depth is normalised per image: each image's nearest point is ~1, whatever else is in the
+    # batch (image 1, at scale 1.0 next to image 0's 1.4, reached 0.86 when normalised over both)
+    for k in range(B):
+        assert np.asarray(out["depth_images"])[k][mask[k] > 0].max() > 0.95, k
     assert np.asarray(out["pos_mask"])[0, 12, 12] == 1.0
     s = np.asarray(out["shape_images"])[0, 12, 12]
     np.testing.assert_allclose(s, 180 / 255 * 1.7 * (4 / np.sqrt(3) * n[2] + n[2]) / 5, rtol=0.05)
@@ -60,6 +78,12 @@ def test_render_outputs(sphere):
     # texture extraction samples the image where each UV texel's vertex projects
     tex = extract_texture(out["images"], out["uv_pverts"])
     assert tex.shape == (B, R, R, 3)
+    # DECA's extracted texture: the photo inside the face-eye mask, albedo x shading outside
+    fem = np.zeros((R, R), np.float32)
+    fem[:, : R // 2] = 1.0
+    ft = np.asarray(face_texture(tex, out["uv_texture"], jnp.asarray(fem)))
+    np.testing.assert_array_equal(ft[:, :, : R // 2], np.asarray(tex)[:, :, : R // 2])
+    np.testing.assert_array_equal(ft[:, :, R // 2:], np.asarray(out["uv_texture"])[:, :, R // 2:])
 
 
 def test_uv_normal_map_matches_vertex_normals(sphere):

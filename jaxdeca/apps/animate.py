@@ -36,18 +36,29 @@ def animate_codes(identity: dict, driver: dict) -> dict:
 
 
 FPS = 10  # frames per second of the written videos (GIF: 100 ms per frame)
+# what VideoWriter writes: a GIF, or an mp4v video in one of these containers
+VIDEO_OUT_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".gif")
+
+
+def check_video_path(path: str) -> str:
+    """path if it names a video VideoWriter can write (VIDEO_OUT_EXTS, any case), else
+    inputs.InputError naming it and the extensions (a CLI_ERRORS: one line from the apps)."""
+    if not path.lower().endswith(VIDEO_OUT_EXTS):
+        raise inputs.InputError(f"{path}: not a video name; use one of the extensions {', '.join(VIDEO_OUT_EXTS)}")
+    return path
 
 
 class VideoWriter:
-    """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to an .mp4 (cv2 mp4v) or a .gif
-    (imageio), by extension, one at a time: nothing but the current frame is held in memory.
+    """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to a .gif (imageio) or an mp4v
+    video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another name: InputError), one
+    at a time: nothing but the current frame is held in memory.
     The file is opened at the first frame (its size fixes the video's) and finished by `close`
     or at the end of a `with` block; with no frame, no file is written.
     """
 
     def __init__(self, path: str):
-        self.path, self._out, self._size, self.n_frames = path, None, None, 0
-        self._gif = path.endswith(".gif")
+        self.path, self._out, self._size, self.n_frames = check_video_path(path), None, None, 0
+        self._gif = path.lower().endswith(".gif")
 
     def append(self, frame) -> None:
         frame = vis.to_uint8(frame)
@@ -139,14 +150,17 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)
     p.add_argument("--crop", choices=["detect", "none"], default="detect")
-    p.add_argument("--video", default="animation.mp4", help="output name; .gif for a GIF")
+    p.add_argument("--video", default="animation.mp4",
+                   help=f"output name under --out ({', '.join(VIDEO_OUT_EXTS)}); .gif for a GIF")
+    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="driver frames decoded together")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED")
     a = p.parse_args(argv)
     try:
+        check_video_path(a.video)
         if a.checkpoint is None and a.random_weights is None:
             raise pipeline.CheckpointError("animate needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame, a.random_weights)
-        res = animate(a.identity, a.expression, a.out, pipe, a.crop, a.video)
+        res = animate(a.identity, a.expression, a.out, pipe, a.crop, a.video, a.batch)
     except pipeline.CLI_ERRORS as e:
         print(f"animate: {e}", file=sys.stderr)
         return 2

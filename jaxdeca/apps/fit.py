@@ -216,8 +216,9 @@ def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
 
 def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
     """68 landmarks [68, 2] for a frame from --landmarks, or None (dlib detects them).
-    landmarks: a .pts/.txt file (single-image input) or a folder of `<stem>.pts` / `<stem>.txt`
-    (a frame without one falls back to dlib). Raises ValueError naming the file when unreadable."""
+    landmarks: a .pts/.txt file (single-image input) or a folder of `<name>.pts` / `<name>.txt`
+    named like the frames (`inputs.Frame.name`: the file stem; a frame without one falls back to
+    dlib). Raises ValueError naming the file when unreadable."""
     if landmarks is None:
         return None
     if not os.path.isdir(landmarks):
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--landmarks", default=None,
                    help="68-point .pts/.txt in original pixels, or a folder of <stem>.pts (default: dlib)")
     p.add_argument("--steps", type=int, default=400, help="shape/expression steps (rigid = steps/4, photo = steps/10)")
-    p.add_argument("--batch", type=int, default=8, help="faces fitted together (each on its own)")
+    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
     try:
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
@@ -291,8 +292,11 @@ def main(argv=None) -> int:
 def read_pts(path: str) -> np.ndarray:
     """68 landmarks [68, 2] from an iBUG .pts file or a plain text file of x y rows.
     Raises ValueError (or OSError) naming the file."""
-    with open(path) as f:
-        text = f.read()
+    try:
+        with open(path) as f:
+            text = f.read()
+    except UnicodeDecodeError:  # a ValueError whose message would not name the file
+        raise ValueError(f"{path}: not a landmark file (not text)") from None
     try:
         if "{" in text:
             text = text[text.index("{") + 1:text.index("}")]

@@ -29,7 +29,7 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    name: str  # file stem, or "<video stem>_<frame index>"
+    name: str  # file stem, or "<video stem>_<frame index>" (made unique in a folder: unique_names)
     image: np.ndarray  # [H, W, 3] uint8 RGB
     source: str = ""  # the file path, or "<video path> frame <index>"
 
@@ -118,23 +118,50 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
 
 
 def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
-    """Frames of an image file, a folder of images or a video file (see module doc)."""
+    """Frames of an image file, a folder of images or a video file (see module doc). In a
+    folder every item's name is unique (`unique_names`): the outputs are written per name."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory")
     if os.path.isdir(path):
         files = list_images(path, videos=True)
         if not files:
             raise InputError(f"{path}: folder contains no images or videos ({', '.join(IMAGE_EXTS + VIDEO_EXTS)})")
+        taken: set[str] = set()
         for f in files:
-            name = os.path.splitext(os.path.basename(f))[0]
-            try:
-                if _is_video(f):
-                    yield from iter_video(f, every=video_every)
-                else:
-                    yield Frame(name, read_image(f), f)
-            except InputError as e:
-                yield Skipped(name, str(e))
+            yield from unique_names(_file_items(f, video_every), _ext(f), taken)
     elif _is_video(path):
         yield from iter_video(path, every=video_every)
     else:
         yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)
+
+
+def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
+    """The frames of one file of a folder, or one Skipped when it cannot be read."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    try:
+        if _is_video(path):
+            yield from iter_video(path, every=video_every)
+        else:
+            yield Frame(name, read_image(path), path)
+    except InputError as e:
+        yield Skipped(name, str(e))
+
+
+def _ext(path: str) -> str:
+    return os.path.splitext(path)[1].lstrip(".").lower()
+
+
+def unique_names(items, ext: str, taken: set) -> Iterator[Frame | Skipped]:
+    """items (Frame or Skipped) of one file with ext, renamed where an earlier item of the folder
+    has the name: face.jpg then face.png -> 'face', 'face_png'; clip.mp4's frame 0 then
+    clip_00000.png -> 'clip_00000', 'clip_00000_png' (then '<name>_<ext>_2', ...). Names are
+    added to `taken`. A folder without such collisions keeps the file and frame names."""
+    for item in items:
+        name = item.name
+        if name in taken:
+            base = name = f"{item.name}_{ext}"
+            k = 2
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        yield item if name == item.name else dataclasses.replace(item, name=name)

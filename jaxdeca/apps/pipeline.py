@@ -21,6 +21,7 @@ rasterizer included, see `render.rasterize`), and the outputs are cut back to th
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import itertools
 import os
@@ -36,6 +37,7 @@ from jaxdeca.apps import export, inputs
 from jaxdeca.convert.core import load_variables
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import detect, preprocess
+from jaxdeca.render import deca as render_deca
 from jaxdeca.train import parallel
 from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes
 
@@ -48,7 +50,18 @@ class CheckpointError(ValueError):
 
 
 # What the apps' command lines report as one message (exit status 2) instead of a traceback.
-CLI_ERRORS = (inputs.InputError, CheckpointError, detect.DetectorUnavailable)
+CLI_ERRORS = (inputs.InputError, CheckpointError, detect.DetectorUnavailable, flame.FlameFileError)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be at least 1 (--batch, --frames)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+    return n
 
 
 def load_checkpoint(path: str) -> dict:
@@ -275,8 +288,9 @@ class Pipeline:
                    images=r["images"], mask=r["mask"], shape_images=r["shape_images"],
                    shape_detail_images=r["shape_detail_images"], depth_images=r["depth_images"],
                    uv_pverts=r["uv_pverts"])
-        if images is not None:
-            res["uv_texture_extracted"] = render.extract_texture(images, r["uv_pverts"])
+        if images is not None:  # DECA's extract_tex: the photo inside the face-eye mask only
+            res["uv_texture_extracted"] = render_deca.face_texture(
+                render.extract_texture(images, r["uv_pverts"]), r["uv_texture"], self.topo.uv_face_eye_mask)
         return res
 
     def encode(self, images):
@@ -300,16 +314,68 @@ class Pipeline:
 
 
 def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:
-    """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed)."""
-    arrays = flame.load_arrays(flame_path)
+    """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed).
+
+    flame_path: the FLAME file (None: the one a training workdir was trained with, else the
+    demo head). A training workdir records its FLAME file; an explicit flame_path that differs
+    from it is used only with the same mesh topology (`trained_flame_arrays`)."""
     info = {"model": None, "image_size": IMAGE_SIZE}
     if checkpoint:
         variables, info = load_model_dir(checkpoint)
     else:
         variables = random_variables(random_seed) if random_seed is not None else None
+    arrays, where = trained_flame_arrays(checkpoint, info, flame_path)
     uv_size = int((info["model"] or {}).get("uv_size", 256))
-    return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays, uv_size=uv_size),
+    return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays, where=where),
+                    topo=render.make_topology(arrays, uv_size=uv_size, where=where),
                     variables=variables, model=info["model"], net_size=int(info["image_size"]))
+
+
+TOPOLOGY_KEYS = ("v_template", "faces", "uv_coords", "uv_faces")  # what trained networks depend on
+
+
+def flame_name(path: str | None) -> str:
+    return "the embedded demo head" if path is None else path
+
+
+def trained_flame_arrays(checkpoint: str | None, info: dict, flame_path: str | None) -> tuple[dict, str]:
+    """(FLAME arrays, their name for messages) for a model with info from `load_model_dir`.
+
+    A training workdir's info holds 'flame_path' (None: the demo head). With no flame_path
+    given, that file is read (CheckpointError when it is gone). A flame_path that differs is
+    kept if its mesh has the trained one's topology (TOPOLOGY_KEYS' shapes, the same faces),
+    else CheckpointError naming both. Converted models record no FLAME file: flame_path or the
+    demo head, unchecked."""
+    if "flame_path" not in info or flame_path == info["flame_path"]:
+        return flame.load_arrays(flame_path), flame_name(flame_path)
+    trained = info["flame_path"]
+    try:
+        trained_arrays = flame.load_arrays(trained)
+    except flame.FlameFileError as e:
+        if flame_path is not None:  # the user's choice; nothing left to compare it with
+            return flame.load_arrays(flame_path), flame_path
+        raise CheckpointError(f"{checkpoint}: trained with the FLAME model {trained}, which cannot be read "
+                              f"({e}); pass --flame") from None
+    if flame_path is None:
+        return trained_arrays, flame_name(trained)
+    arrays = flame.load_arrays(flame_path)
+    diff = topology_difference(trained_arrays, arrays)
+    if diff:
+        raise CheckpointError(f"{flame_path}: not the FLAME topology {checkpoint} was trained with "
+                              f"({flame_name(trained)}): {diff}")
+    return arrays, flame_path
+
+
+def topology_difference(a: dict, b: dict) -> str | None:
+    """How two FLAME dicts' meshes differ (TOPOLOGY_KEYS), or None when they do not."""
+    for k in TOPOLOGY_KEYS:
+        sa, sb = np.shape(a[k]), np.shape(b[k])
+        if sa != sb:
+            return f"'{k}' has shape {sb}, expected {sa}"
+    for k in ("faces", "uv_faces"):
+        if not np.array_equal(a[k], b[k]):
+            return f"'{k}' differ"
+    return None
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -331,7 +397,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     paths.append(export.write_obj(os.path.join(d, f"{name}.obj"), g("vertices"), arrays["faces"],
                                   uv_coords=arrays["uv_coords"], uv_faces=arrays["uv_faces"], texture=tex,
                                   normal_map=g("uv_detail_normals")))
-    mask = np.asarray(arrays.get("uv_face_eye_mask", np.ones(g("uv_z").shape[:2])))
+    mask = render_deca.uv_face_eye_mask(arrays, g("uv_z").shape[0])  # at the model's UV size
     cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
     dv, df, dc = export.dense_detail_mesh(g("uv_detail_vertices"), g("uv_detail_normals"), (mask > 0.5) & cover, tex)
     paths.append(export.write_obj(os.path.join(d, f"{name}_detail.obj"), dv, df, colors=dc))

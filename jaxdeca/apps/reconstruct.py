@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="converted (jaxdeca.convert deca) or trained model directory")
     p.add_argument("--flame", default=None, help="FLAME npz (default: the embedded demo head)")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=pipeline.positive_int, default=8)
     p.add_argument("--crop", choices=["detect", "none"], default="detect")
     p.add_argument("--albedo", action="store_true", help="texture = FLAME albedo instead of extracted")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",

@@ -47,10 +47,11 @@ def main(argv=None) -> int:
     p.add_argument("--input", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)
-    p.add_argument("--out", default="teaser.gif")
-    p.add_argument("--frames", type=int, default=12, help="frames per segment")
+    p.add_argument("--out", default="teaser.gif", help=f"the video ({', '.join(animate.VIDEO_OUT_EXTS)})")
+    p.add_argument("--frames", type=pipeline.positive_int, default=12, help="frames per segment")
     a = p.parse_args(argv)
     try:
+        animate.check_video_path(a.out)
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
         base = demo_codes()
         if a.input:

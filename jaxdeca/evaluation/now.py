@@ -317,6 +317,11 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     return summary
 
 
+def _positive_int(text: str) -> int:
+    from jaxdeca.apps.pipeline import positive_int  # the apps' argparse type, imported when parsing
+    return positive_int(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxdeca.evaluation.now", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -337,7 +342,7 @@ def main(argv=None) -> int:
     x.add_argument("--checkpoint", default=None, help="converted or trained DECA model dir (default: fit)")
     x.add_argument("--flame", default=None, help="FLAME npz/pkl (default: the embedded demo head)")
     x.add_argument("--bboxes", default=None, help="detected_face folder (default: beside iphone_pictures/)")
-    x.add_argument("--batch", type=int, default=8)
+    x.add_argument("--batch", type=_positive_int, default=8)
     x.add_argument("--fit-steps", type=int, default=400, help="fit only: shape/expression steps (rigid = 1/4)")
     a = p.parse_args(argv)
     if a.cmd == "export":

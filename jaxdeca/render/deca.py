@@ -49,22 +49,42 @@ def make_topology(model, uv_size=256, where="FLAME npz"):
     uv_faces = _check(model, "uv_faces", 2, where).astype(np.int32)
     if uv_faces.shape != faces.shape:
         raise ValueError(f"{where}: 'uv_faces' shape {uv_faces.shape} != 'faces' shape {faces.shape}")
-    mask = np.asarray(model["uv_face_eye_mask"], np.float32) if "uv_face_eye_mask" in model else np.ones((uv_size, uv_size), np.float32)
-    fixed = np.asarray(model["fixed_displacement"], np.float32) if "fixed_displacement" in model else np.zeros((uv_size, uv_size), np.float32)
-    for k, a in (("uv_face_eye_mask", mask), ("fixed_displacement", fixed)):
-        if a.ndim != 2 or a.shape[0] != a.shape[1]:
-            raise ValueError(f"{where}: '{k}' has shape {a.shape}, expected a square UV map "
-                             f"such as {(uv_size, uv_size)}")
-    if mask.shape[0] != uv_size:  # UV maps of another resolution (small test/demo configs)
-        mask = (_resize_area(mask, uv_size) > 0.5).astype(np.float32)
-    if fixed.shape[0] != uv_size:
-        fixed = _resize_area(fixed, uv_size)
+    mask = uv_face_eye_mask(model, uv_size, where)
+    fixed = fixed_displacement(model, uv_size, where)
     return Topology(
         faces=jnp.asarray(faces), uv_faces=jnp.asarray(uv_faces),
         uv_grid=uv_to_image(jnp.asarray(uv_coords))[jnp.asarray(uv_faces)],
         uv_raster=uv_rasterize(uv_coords, uv_faces, uv_size),
         uv_face_eye_mask=jnp.asarray(mask), fixed_displacement=jnp.asarray(fixed),
         dense_faces=jnp.asarray(dense_grid_faces(uv_size, uv_size)))
+
+
+def _uv_map(model, key, uv_size, fill, where):
+    """The model's square UV map `key` (float32), or [uv_size, uv_size] of `fill` when absent."""
+    if key not in model:
+        return np.full((uv_size, uv_size), fill, np.float32)
+    a = np.asarray(model[key], np.float32)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{where}: '{key}' has shape {a.shape}, expected a square UV map "
+                         f"such as {(uv_size, uv_size)}")
+    return a
+
+
+def uv_face_eye_mask(model, uv_size=256, where="FLAME npz"):
+    """The FLAME dict's UV face-eye mask at [uv_size, uv_size] float32, as Topology holds it:
+    ones when the dict has none; of another size (small test/demo configs), area-resized and
+    thresholded at 0.5."""
+    mask = _uv_map(model, "uv_face_eye_mask", uv_size, 1.0, where)
+    if mask.shape[0] != uv_size:
+        mask = (_resize_area(mask, uv_size) > 0.5).astype(np.float32)
+    return mask
+
+
+def fixed_displacement(model, uv_size=256, where="FLAME npz"):
+    """The FLAME dict's fixed displacement at [uv_size, uv_size] float32 (zeros when absent,
+    area-resized when its size differs), as Topology holds it."""
+    fixed = _uv_map(model, "fixed_displacement", uv_size, 0.0, where)
+    return fixed if fixed.shape[0] == uv_size else _resize_area(fixed, uv_size)
 
 
 def _resize_area(a, size):
@@ -75,11 +95,22 @@ def _resize_area(a, size):
 
 
 def depth_image(trans_verts, faces, frags):
-    """DECA render_depth: z normalised over the whole batch so the nearest point is 1.
+    """DECA render_depth: z normalised per image so that its nearest vertex is 1 and its
+    farthest 0 (DECA normalises over the batch, but its demo decodes one image at a time).
     trans_verts: [B, V, 3] -> [B, H, W] (0 on background)."""
     tz = trans_verts[..., 2]
-    z = (tz.max() - tz) / jnp.maximum(tz.max() - tz.min(), 1e-12)
+    hi, lo = tz.max(-1, keepdims=True), tz.min(-1, keepdims=True)
+    z = (hi - tz) / jnp.maximum(hi - lo, 1e-12)
     return interpolate(z[..., None], faces, frags)[..., 0]
+
+
+def face_texture(uv_photo, uv_texture, uv_face_eye_mask):
+    """DECA's extracted texture (decode with extract_tex, `uv_texture_gt`): the photo sampled
+    into UV inside the face-eye mask, the model's texture (albedo x SH shading, render's
+    'uv_texture') outside it. uv_photo, uv_texture: [B, R, R, 3]; uv_face_eye_mask: [R, R]
+    -> [B, R, R, 3]."""
+    m = uv_face_eye_mask[..., None]
+    return uv_photo[..., :3] * m + uv_texture[..., :3] * (1.0 - m)
 
 
 def shape_image(normal_images, trans_normal_images, mask):
