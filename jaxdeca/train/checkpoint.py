@@ -18,13 +18,14 @@ checkpoints written before they were left out still carry) are read and dropped.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from jaxdeca.train import paths
 
 
 class CheckpointError(RuntimeError):
@@ -43,7 +44,7 @@ def make_manager(directory: str, *, max_to_keep: int = 3, async_save: bool = Tru
         create=True,
         cleanup_tmp_directories=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=_item_handlers())
+    return ocp.CheckpointManager(paths.resolve(directory), options=options, item_handlers=_item_handlers())
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | None = None, *, force: bool = False) -> bool:
@@ -58,7 +59,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
 
 def open_for_reading(directory: str) -> ocp.CheckpointManager:
     """A manager over an existing checkpoint directory that reads item metadata too (no writes)."""
-    return ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(create=False),
+    return ocp.CheckpointManager(paths.resolve(directory), options=ocp.CheckpointManagerOptions(create=False),
                                  item_handlers=_item_handlers())
 
 
@@ -112,11 +113,11 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     the manager's list of steps."""
     if jax.process_index() == 0:
         for step in steps:
-            src = os.path.join(str(manager.directory), str(step))
+            src = f"{str(manager.directory).rstrip('/')}/{step}"
             dst, n = src + ".unreadable", 1
-            while os.path.exists(dst):
+            while paths.exists(dst):
                 dst, n = f"{src}.unreadable{n}", n + 1
-            os.rename(src, dst)
+            paths.rename(src, dst)
             logging.warning("set aside unreadable checkpoint %d as %s", step, dst)
     manager.reload()
 

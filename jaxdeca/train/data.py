@@ -16,8 +16,6 @@ Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmar
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from absl import logging
 
@@ -99,7 +97,7 @@ def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, 
         paths.require_path(config, "data.data_dir", f"the tfds data dir holding {d.dataset}/{d.config} "
                            "(build it with python -m jaxdeca.data.tfds_faces)")
     if data_dir is not None:
-        os.makedirs(data_dir, exist_ok=True)
+        paths.makedirs(data_dir)
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
                                   color_jitter=float(d.get("color_jitter", 0.0)),
@@ -117,7 +115,7 @@ def make_loader(config, local_bs: int, process_index: int, process_count: int):
     if source == "synthetic":
         return SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed), process_index,
                                    process_count, flame_path(config))
-    raise ValueError(f"config.data.source={source!r} must be 'tfds' or 'synthetic'")
+    raise paths.ConfigError(f"config.data.source={source!r} must be 'tfds' or 'synthetic'")
 
 
 def eval_batches(config, local_bs: int, process_index: int, process_count: int) -> list[dict]:

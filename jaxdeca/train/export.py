@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import os
 
-from jaxdeca.train import checkpoint
+from jaxdeca.train import checkpoint, paths
 
 
 def checkpoint_dir(path: str) -> str:
-    """A stage workdir or its checkpoints/ folder -> the checkpoints folder (absolute)."""
-    path = os.path.abspath(path)
+    """A stage workdir or its checkpoints/ folder -> the checkpoints folder (absolute, or the
+    URL of one in a bucket)."""
+    path = paths.resolve(path)
     sub = os.path.join(path, "checkpoints")
-    return sub if os.path.isdir(sub) else path
+    return sub if paths.isdir(sub) else path
 
 
 def load_stage(path: str) -> dict:
@@ -37,7 +38,7 @@ def load_stage(path: str) -> dict:
     Raises FileNotFoundError when `path` holds no checkpoint, CheckpointError when none reads.
     """
     ckpt = checkpoint_dir(path)
-    if not os.path.isdir(ckpt):
+    if not paths.isdir(ckpt):
         raise FileNotFoundError(f"{path}: no such directory (expected a training workdir with checkpoints/)")
     restored = checkpoint.restore_latest(checkpoint.open_for_reading(ckpt))
     if restored is None:
