@@ -16,10 +16,13 @@ Any field can be overridden on the command line, e.g. `--config.flame_path=/data
 from __future__ import annotations
 
 import importlib
-import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from jaxdeca.flame.io import FlameFileError
+from jaxdeca.train import paths
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
@@ -37,10 +40,17 @@ MODES = {
 def run_mode(config, workdir: str) -> None:
     """Runs the job named by `config.mode` with outputs under `workdir`."""
     if config.mode not in MODES:
-        raise ValueError(f"config.mode={config.mode!r} is not one of {sorted(MODES)}")
+        raise paths.ConfigError(f"config.mode={config.mode!r} is not one of {sorted(MODES)}")
     module_name, fn_name = MODES[config.mode].split(":")
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     getattr(importlib.import_module(module_name), fn_name)(config, workdir)
+
+
+def _user_errors():
+    """What the job reports as one line (exit status 2) instead of a traceback: a config field,
+    a FLAME file or a checkpoint it cannot use."""
+    from jaxdeca.train.checkpoint import CheckpointError
+    return paths.ConfigError, FlameFileError, CheckpointError
 
 
 def main(argv):
@@ -48,7 +58,11 @@ def main(argv):
     # Progress and eval lines go to stdout; library INFO logs (orbax, tfds) only with -v 0.
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    run_mode(FLAGS.config, FLAGS.workdir)
+    try:
+        run_mode(FLAGS.config, FLAGS.workdir)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

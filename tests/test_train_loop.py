@@ -227,3 +227,18 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
         paths.require_path(c, "detail.coarse_checkpoint", "the frozen coarse encoder")
     c.detail.coarse_checkpoint = str(tmp_path)
     assert paths.require_path(c, "detail.coarse_checkpoint", "x") == str(tmp_path)
+    # a bucket URL stays a URL (a local path made absolute would become ./gs:/bucket/...)
+    assert paths.resolve("gs://bucket/deca/coarse") == "gs://bucket/deca/coarse"
+    assert paths.resolve("runs/coarse") == os.path.abspath("runs/coarse")
+    assert checkpoint.make_manager(str(tmp_path / "m")).directory.as_posix() == str(tmp_path / "m")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--config=configs/coarse.py"], "error: config.weights.vggface2 is not set"),
+    (["--config=configs/test_toy.py", "--config.task=nope"], "error: config.task='nope' is not one of"),
+])
+def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
+    res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,
+                         env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr

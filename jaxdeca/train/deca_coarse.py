@@ -38,7 +38,7 @@ class CoarseTask(deca_common.DecaParts):
     def __init__(self, config):
         self.stage = str(config.stage)
         if self.stage not in ("pretrain", "coarse"):
-            raise ValueError(f"config.stage={self.stage!r} must be 'pretrain' or 'coarse'")
+            raise paths.ConfigError(f"config.stage={self.stage!r} must be 'pretrain' or 'coarse'")
         self.weights = as_weights(config.get("loss"))
         if self.stage == "pretrain":
             self.weights["id"] = 0.0  # DECA's pretrain has no identity term

@@ -34,7 +34,7 @@ def model_config(config) -> dict:
 
 def dtype_of(name: str):
     if name not in ("float32", "bfloat16"):
-        raise ValueError(f"config.model.dtype={name!r} must be 'float32' or 'bfloat16'")
+        raise paths.ConfigError(f"config.model.dtype={name!r} must be 'float32' or 'bfloat16'")
     return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 
@@ -61,7 +61,7 @@ def camera_codes(codes: dict, model: dict) -> dict:
     if mode == "raw":
         return codes
     if mode != "abs":
-        raise ValueError(f"config.model.cam_scale={mode!r} must be 'raw' or 'abs'")
+        raise paths.ConfigError(f"config.model.cam_scale={mode!r} must be 'raw' or 'abs'")
     cam = codes["cam"]
     return dict(codes, cam=cam.at[..., 0].set(jnp.abs(cam[..., 0])))
 

@@ -35,7 +35,7 @@ class DetailTask(deca_common.DecaParts):
 
     def __init__(self, config):
         if str(config.stage) != "detail":
-            raise ValueError(f"config.stage={config.stage!r}: DetailTask trains the 'detail' stage")
+            raise paths.ConfigError(f"config.stage={config.stage!r}: DetailTask trains the 'detail' stage")
         self.stage = "detail"
         self.coarse_ckpt = paths.require_path(config, "init.coarse_checkpoint",
                                               "the workdir of the trained coarse stage (its encoder is frozen here)")

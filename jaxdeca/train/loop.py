@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxdeca.train import checkpoint, metrics, parallel, state as state_lib, steps
+from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps
 
 
 def _console(line: str) -> None:
@@ -54,7 +54,7 @@ def _check_fingerprints(saved, now, ckpt_dir, step):
     """Refuses a resume whose frozen_from_config weights are not the ones the run started with."""
     for k, fp in (saved if isinstance(saved, dict) else {}).items():
         if k in now and not np.allclose(fp, now[k], rtol=1e-6, atol=0):
-            raise ValueError(f"{ckpt_dir}: checkpoint step {step} was trained with frozen {k!r} weights "
+            raise paths.ConfigError(f"{ckpt_dir}: checkpoint step {step} was trained with frozen {k!r} weights "
                              f"{fp} ([values, sum |values|]) but the ones loaded now (config.weights) are "
                              f"{now[k]}; resume with the same files or start a new workdir")
 

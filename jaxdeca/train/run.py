@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from absl import logging
 
-from jaxdeca.train import loop, parallel
+from jaxdeca.train import loop, parallel, paths
 
 TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coarse:CoarseTask",
          "coarse": "jaxdeca.train.deca_coarse:CoarseTask", "detail": "jaxdeca.train.deca_detail:DetailTask"}
@@ -11,7 +11,7 @@ TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coa
 
 def make_task(config):
     if config.task not in TASKS:
-        raise ValueError(f"config.task={config.task!r} is not one of {sorted(TASKS)}")
+        raise paths.ConfigError(f"config.task={config.task!r} is not one of {sorted(TASKS)}")
     import importlib
     mod, cls = TASKS[config.task].split(":")
     return getattr(importlib.import_module(mod), cls)(config)

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdeca.train import paths
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -43,7 +45,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
     if schedule == "cosine":
         lr = optax.cosine_decay_schedule(lr, decay_steps=max(int(config.train.num_steps), 1), alpha=0.05)
     elif schedule != "constant":
-        raise ValueError(f"config.optim.schedule={schedule!r} must be 'constant' or 'cosine'")
+        raise paths.ConfigError(f"config.optim.schedule={schedule!r} must be 'constant' or 'cosine'")
     opt = optax.adam(lr)
     clip = float(config.optim.get("clip_norm", 0.0) or 0.0)
     return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
