@@ -3,22 +3,75 @@
 # hosts itself (jax.distributed.initialize auto-detects TPU pods), each host feeds its share of
 # the global batch and one jitted step runs over all chips.
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [extra flags...]
+#   launch/tpu_pod.sh [--dry-run] TPU_NAME ZONE CONFIG WORKDIR [extra flags...]
 #   e.g. launch/tpu_pod.sh deca-v4-32 us-central2-b configs/coarse.py gs://bucket/deca/coarse
 #
 # WORKDIR must be visible from every host (a GCS bucket or a shared filesystem): orbax writes
-# one checkpoint cooperatively from all hosts. The repository is copied to each worker and
-# installed with the TPU build of jaxlib.
-set -euo pipefail
-[ $# -ge 4 ] || { sed -n '2,12p' "$0"; exit 2; }
-tpu="$1"; zone="$2"; config="$3"; workdir="$4"; shift 4
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-tarball="$(mktemp -d)/jaxdeca.tar.gz"
-git -C "$root" archive --format=tar.gz -o "$tarball" HEAD
-gcloud compute tpus tpu-vm scp "$tarball" "$tpu":~/jaxdeca.tar.gz --zone="$zone" --worker=all
-gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="
-  set -e
-  mkdir -p ~/jaxdeca && tar -xzf ~/jaxdeca.tar.gz -C ~/jaxdeca && cd ~/jaxdeca
-  python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'
-  .venv/bin/python -m jaxdeca.main --config=$config --workdir=$workdir $*
-"
+# one checkpoint cooperatively from all hosts. The working tree as it is (uncommitted edits
+# included: git's tracked and untracked, not ignored, files) is copied to each worker and
+# installed with the TPU build of jaxlib into ~/jaxdeca/.venv. The workers need Python >= 3.11
+# (python3.11, python3.12, or a python3 that new): tpu-ubuntu2204-base has 3.10 only, so install one
+# there first or use an image that has one. --dry-run packs the tarball and prints the gcloud commands.
+
+# pack_tree SRC OUT: writes SRC's working tree to the .tar.gz OUT. In a git checkout: the files
+# `git ls-files -co --exclude-standard` lists (tracked, and untracked but not ignored) that exist
+# on disk; elsewhere (e.g. an unpacked download): all of SRC but .git, .venv, workdir and caches.
+pack_tree() {
+  local src="$1" out="$2"
+  if git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (set -o pipefail; cd "$src" && git ls-files -z -co --exclude-standard |
+       while IFS= read -r -d '' f; do  # tracked files deleted from the working tree are not shipped
+         if [ -e "$f" ] || [ -L "$f" ]; then printf '%s\0' "$f"; fi
+       done |
+       tar --null --no-recursion -T - -czf "$out")
+  else
+    tar -C "$src" --exclude=./.git --exclude=./.venv --exclude=./workdir \
+        --exclude=__pycache__ --exclude='*.egg-info' -czf "$out" .
+  fi
+}
+
+# What each worker runs: picks a Python >= 3.11, (re)makes ~/jaxdeca/.venv with it, installs, trains.
+remote_script() {  # $1: the quoted jaxdeca.main arguments
+  cat <<EOF
+set -e
+mkdir -p ~/jaxdeca && tar -xzf ~/jaxdeca.tar.gz -C ~/jaxdeca && cd ~/jaxdeca
+py=
+for c in python3.11 python3.12 python3; do
+  if command -v "\$c" >/dev/null 2>&1 && "\$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py="\$c"; break; fi
+done
+if [ -z "\$py" ]; then
+  echo "\$(hostname): jaxdeca needs Python >= 3.11; this TPU VM has \$(python3 -V 2>&1). Install python3.11 and python3.11-venv on every worker (Ubuntu: the deadsnakes PPA), or create the TPU VM from an image whose python3 is 3.11 or newer." >&2
+  exit 1
+fi
+.venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || "\$py" -m venv --clear .venv
+.venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'
+.venv/bin/python -m jaxdeca.main $1
+EOF
+}
+
+main() {
+  local dry_run=0
+  if [ "${1:-}" = --dry-run ]; then dry_run=1; shift; fi
+  [ $# -ge 4 ] || { sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 2; }
+  local tpu="$1" zone="$2" config="$3" workdir="$4"; shift 4
+  local root tarball args
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  tmp="$(mktemp -d)"; tarball="$tmp/jaxdeca.tar.gz"  # tmp is global: the EXIT trap reads it after main
+  pack_tree "$root" "$tarball"
+  args="$(printf '%q ' --config="$config" --workdir="$workdir" "$@")"
+  local run=(gcloud)
+  if [ "$dry_run" = 1 ]; then
+    run=(echo gcloud)
+    echo "# packed $tarball ($(tar -tzf "$tarball" | wc -l) files)"
+  else
+    trap 'rm -rf "$tmp"' EXIT
+  fi
+  "${run[@]}" compute tpus tpu-vm scp "$tarball" "$tpu":~/jaxdeca.tar.gz --zone="$zone" --worker=all
+  "${run[@]}" compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command="$(remote_script "$args")"
+}
+
+# Sourcing the file (e.g. to call pack_tree alone) defines the functions and runs nothing.
+if ! (return 0 2>/dev/null); then  # `return` works only in a sourced file
+  set -euo pipefail
+  main "$@"
+fi

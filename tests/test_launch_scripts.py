@@ -1,0 +1,165 @@
+"""launch/*.sh without a cluster: SLURM's task layout, what tpu_pod.sh ships, local.sh's checks.
+
+The real srun and gcloud are never run: stand-ins on PATH print or record their arguments;
+tpu_pod.sh is also sourced (to call its pack_tree alone) and run with --dry-run.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
+
+needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+
+
+def _bash(args, env=None, cwd=None):
+    return subprocess.run(["bash", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("script", ["local.sh", "slurm.sh", "tpu_pod.sh"])
+def test_scripts_parse(script):
+    r = _bash(["-n", os.path.join(LAUNCH, script)])
+    assert r.returncode == 0, r.stderr
+
+
+# --- slurm.sh ------------------------------------------------------------------------------------
+
+def _slurm_env(tmp_path, **slurm):
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "srun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    (fake / "srun").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{fake}:{env['PATH']}", JAXDECA_VENV="/venv", **slurm)
+    return env
+
+
+def test_slurm_one_task_per_gpu_every_gpu_visible(tmp_path):
+    env = _slurm_env(tmp_path, SLURM_GPUS_ON_NODE="8", SLURM_NTASKS_PER_NODE="8", SLURM_CPUS_ON_NODE="96")
+    r = _bash([os.path.join(LAUNCH, "slurm.sh"), "configs/coarse.py", "/shared/w", "--config.batch_size=64"], env=env)
+    assert r.returncode == 0, r.stderr
+    args = r.stdout.splitlines()
+    # JAX picks GPU SLURM_LOCALID of the node's GPUs: no per-task binding may hide them.
+    assert "--gpu-bind=none" in args and "--cpus-per-task=12" in args
+    assert args[args.index("/venv/bin/python"):] == ["/venv/bin/python", "-m", "jaxdeca.main",
+                                                      "--config=configs/coarse.py", "--workdir=/shared/w",
+                                                      "--config.batch_size=64"]
+
+
+def test_slurm_refuses_tasks_not_matching_gpus(tmp_path):
+    env = _slurm_env(tmp_path, SLURM_GPUS_ON_NODE="8", SLURM_NTASKS_PER_NODE="1")
+    r = _bash([os.path.join(LAUNCH, "slurm.sh"), "configs/coarse.py", "/shared/w"], env=env)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--ntasks-per-node=8" in r.stderr
+
+
+def test_slurm_passes_cpus_per_task_on(tmp_path):
+    env = _slurm_env(tmp_path, SLURM_GPUS_ON_NODE="4", SLURM_NTASKS_PER_NODE="4", SLURM_CPUS_ON_NODE="64",
+                     SLURM_CPUS_PER_TASK="6")
+    r = _bash([os.path.join(LAUNCH, "slurm.sh"), "c.py", "w"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert "--cpus-per-task=6" in r.stdout.splitlines()
+
+
+# --- tpu_pod.sh --------------------------------------------------------------------------------
+
+def _pack(src, out):
+    r = _bash(["-c", 'source "$0" && pack_tree "$1" "$2"', os.path.join(LAUNCH, "tpu_pod.sh"), str(src), str(out)])
+    assert r.returncode == 0, r.stderr
+    with tarfile.open(out) as tar:  # names are "configs/a.py" from git, "./configs/a.py" from a plain tar
+        members = {os.path.normpath(m.name): m for m in tar.getmembers() if m.name not in (".", "./")}
+        return members, tar.extractfile(members["configs/a.py"]).read()
+
+
+def _tree(root):
+    (root / "configs").mkdir(parents=True)
+    (root / "configs" / "a.py").write_text("lr = 1\n")
+    (root / "gone.txt").write_text("deleted later\n")
+    (root / ".gitignore").write_text("workdir/\n.venv/\n")
+
+
+@needs_git
+def test_tpu_pod_ships_the_working_tree(tmp_path):
+    repo = tmp_path / "repo"
+    _tree(repo)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    (repo / "configs" / "a.py").write_text("lr = 3\n")                 # uncommitted edit
+    (repo / "configs" / "new.py").write_text("x = 1\n")                # untracked, not ignored
+    (repo / "workdir").mkdir(); (repo / "workdir" / "ckpt").write_text("big")  # ignored
+    (repo / "gone.txt").unlink()                                        # deleted, not committed
+    members, a = _pack(repo, tmp_path / "t.tar.gz")
+    assert a == b"lr = 3\n"
+    assert set(members) == {".gitignore", "configs/a.py", "configs/new.py"}
+
+
+def test_tpu_pod_ships_a_tree_without_git(tmp_path):
+    src = tmp_path / "src"
+    _tree(src)
+    (src / ".venv" / "bin").mkdir(parents=True); (src / ".venv" / "bin" / "python").write_text("")
+    (src / "workdir").mkdir(); (src / "workdir" / "ckpt").write_text("big")
+    members, a = _pack(src, tmp_path / "t.tar.gz")
+    files = {n for n, m in members.items() if m.isfile()}
+    assert a == b"lr = 1\n"
+    assert files == {".gitignore", "configs/a.py", "gone.txt"}
+
+
+def test_tpu_pod_dry_run_runs_no_gcloud(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "gcloud").write_text("#!/bin/sh\necho REAL GCLOUD >&2; exit 9\n")
+    (fake / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}")
+    r = _bash([os.path.join(LAUNCH, "tpu_pod.sh"), "--dry-run", "tpu1", "zone1", "configs/coarse.py", "gs://b/w",
+               "--config.name=a b"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert "REAL GCLOUD" not in r.stderr
+    assert "scp" in r.stdout and "--worker=all" in r.stdout
+    assert "for c in python3.11 python3.12 python3" in r.stdout     # the worker picks a Python >= 3.11
+    assert r"--workdir=gs://b/w --config.name=a\ b" in r.stdout      # flags reach the workers quoted
+
+
+def test_tpu_pod_runs_gcloud_scp_then_ssh(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "gcloud.log"
+    (fake / "gcloud").write_text(f'#!/bin/sh\necho "$3 $4 ${{5##*/}}" >> {log}\n')
+    (fake / "gcloud").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", TMPDIR=str(tmp_path))
+    r = _bash([os.path.join(LAUNCH, "tpu_pod.sh"), "tpu1", "zone1", "configs/coarse.py", "gs://b/w"], env=env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert log.read_text().splitlines() == ["tpu-vm scp jaxdeca.tar.gz", "tpu-vm ssh tpu1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "gcloud.log"]  # the tarball is removed
+
+
+# --- local.sh ----------------------------------------------------------------------------------
+
+def test_local_refuses_python_older_than_311(tmp_path):
+    old = tmp_path / "python3.10"
+    old.write_text('#!/bin/sh\ncase "$2" in *platform*) echo 3.10.12;; *) exit 1;; esac\n')
+    old.chmod(0o755)
+    venv = tmp_path / "venv"
+    env = dict(os.environ, PYTHON=str(old), JAXDECA_VENV=str(venv))
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "run", "jaxdeca.main"], env=env)
+    assert r.returncode == 1
+    assert "needs Python >= 3.11" in r.stderr and "3.10.12" in r.stderr
+    assert not venv.exists()
+
+
+def test_local_failed_install_is_not_stamped(tmp_path):
+    """A venv whose pip fails (here: it has none): local.sh stops, writes no stamp, retries next run."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    env = dict(os.environ, JAXDECA_VENV=str(venv))
+    for _ in range(2):
+        r = _bash([os.path.join(LAUNCH, "local.sh"), "run", "jaxdeca.main"], env=env)
+        assert r.returncode == 1
+        assert "installing jaxdeca into" in r.stderr and "pip could not install jaxdeca" in r.stderr
+        assert not [p for p in os.listdir(venv) if p.startswith(".jaxdeca-stamp")]
