@@ -30,11 +30,28 @@ pack_tree() {
   fi
 }
 
-# What each worker runs: picks a Python >= 3.11, (re)makes ~/jaxdeca/.venv with it, installs, trains.
+# unpack_tree TARBALL DEST: extracts TARBALL into DEST. The files the previous unpack shipped
+# (listed in DEST/.shipped) that TARBALL no longer holds are deleted first, so a file deleted
+# locally does not linger on the workers; anything else in DEST (.venv, a local workdir) is kept.
+unpack_tree() {
+  local tarball="$1" dest="$2" new f
+  mkdir -p "$dest"
+  new="$(tar -tzf "$tarball" | sed 's|^\./||; /\/$/d; /^\.\{0,1\}$/d' | sort)"
+  if [ -f "$dest/.shipped" ]; then
+    comm -23 <(sort "$dest/.shipped") <(printf '%s\n' "$new") | while IFS= read -r f; do
+      rm -f -- "$dest/$f"
+    done
+  fi
+  tar -xzf "$tarball" -C "$dest"
+  printf '%s\n' "$new" > "$dest/.shipped"
+}
+
+# What each worker runs: unpacks, picks a Python >= 3.11, (re)makes ~/jaxdeca/.venv, installs, trains.
 remote_script() {  # $1: the quoted jaxdeca.main arguments
   cat <<EOF
 set -e
-mkdir -p ~/jaxdeca && tar -xzf ~/jaxdeca.tar.gz -C ~/jaxdeca && cd ~/jaxdeca
+$(declare -f unpack_tree)
+unpack_tree ~/jaxdeca.tar.gz ~/jaxdeca && cd ~/jaxdeca
 py=
 for c in python3.11 python3.12 python3; do
   if command -v "\$c" >/dev/null 2>&1 && "\$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then py="\$c"; break; fi

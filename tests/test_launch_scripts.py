@@ -111,6 +111,34 @@ def test_tpu_pod_ships_a_tree_without_git(tmp_path):
     assert files == {".gitignore", "configs/a.py", "gone.txt"}
 
 
+def _unpack(tarball, dest):
+    r = _bash(["-c", 'source "$0" && unpack_tree "$1" "$2"', os.path.join(LAUNCH, "tpu_pod.sh"), str(tarball),
+               str(dest)])
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("use_git", [pytest.param(True, marks=needs_git), False])
+def test_tpu_pod_unpack_drops_files_deleted_locally_and_keeps_the_rest(tmp_path, use_git):
+    src, dest = tmp_path / "src", tmp_path / "worker"
+    _tree(src)
+    (src / "configs" / "old name.py").write_text("x = 0\n")
+    if use_git:
+        subprocess.run(["git", "-C", str(src), "init", "-q"], check=True)
+    _pack(src, tmp_path / "1.tar.gz")
+    _unpack(tmp_path / "1.tar.gz", dest)
+    assert (dest / "gone.txt").exists() and (dest / "configs" / "old name.py").exists()
+    (dest / ".venv").mkdir(); (dest / ".venv" / "python").write_text("")   # made on the worker
+    (dest / "runs").mkdir(); (dest / "runs" / "ckpt").write_text("keep")   # a local workdir
+    (src / "gone.txt").unlink()
+    (src / "configs" / "old name.py").rename(src / "configs" / "new name.py")
+    _pack(src, tmp_path / "2.tar.gz")
+    _unpack(tmp_path / "2.tar.gz", dest)
+    assert not (dest / "gone.txt").exists() and not (dest / "configs" / "old name.py").exists()
+    assert (dest / "configs" / "new name.py").read_text() == "x = 0\n"
+    assert (dest / "configs" / "a.py").read_text() == "lr = 1\n"
+    assert (dest / ".venv" / "python").exists() and (dest / "runs" / "ckpt").read_text() == "keep"
+
+
 def test_tpu_pod_dry_run_runs_no_gcloud(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()
