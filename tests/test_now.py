@@ -246,3 +246,37 @@ def test_cli_evaluates_official_layout(tmp_path, capsys):
     rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(tmp_path / "nowhere"), "--image-list",
                    str(lst), "--out", str(out)])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+
+
+def small_now_layout(tmp_path, images):
+    """A one-subject NoW layout (scan + .pp) and an image list; returns (root, list path, mesh, landmarks)."""
+    rng = np.random.default_rng(3)
+    v, f = head_mesh()
+    lm = v[np.argsort(((v[:, None, :2] - _XY[None]) ** 2).sum(-1) + 1e3 * (v[:, None, 2] < 0), axis=0)[0]]
+    root = tmp_path / "NoW_Dataset"
+    subj = images[0].split("/")[0]
+    meshio.write_obj(str(root / "scans" / subj / "scan.obj"), sample_surface(v, f, 600, rng), np.zeros((0, 3), int))
+    meshio.write_pp(str(root / "scans_lmks_onlypp" / subj / "scan_picked_points.pp"), lm)
+    lst = root / "imagepathsvalidation.txt"
+    lst.write_text("\n".join(images) + "\n")
+    return root, lst, v, f, lm
+
+
+@pytest.mark.parametrize("broken", ["nan_vertex", "coincident_landmarks"])
+def test_cli_names_the_files_of_an_image_that_cannot_be_evaluated(tmp_path, capsys, broken):
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg", "FaMoS_1/selfie/IMG_0002.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path, images)
+    pv, pl = to_prediction(v), to_prediction(lm)
+    now.export_prediction(str(tmp_path / "pred"), images[0], pv, f, pl)
+    if broken == "nan_vertex":
+        pv = pv.copy()
+        pv[3] = np.nan
+    else:
+        pl = np.zeros((7, 3))
+    now.export_prediction(str(tmp_path / "pred"), images[1], pv, f, pl)
+    rc = now.main(["evaluate", "--predictions", str(tmp_path / "pred"), "--scans", str(root), "--image-list",
+                   str(lst), "--out", str(tmp_path / "out"), "--no-refine"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert images[1] in err and "IMG_0002.obj" in err, err
+    assert ("NaN" in err) if broken == "nan_vertex" else ("coincide" in err), err

@@ -210,13 +210,20 @@ def compute_errors(scan_vertices, scan_lmks7, pred_vertices, pred_faces, pred_lm
 
     scan_vertices: [S, 3], scan_lmks7: [7, 3] (scan frame), pred_vertices: [V, 3],
     pred_faces: [F, 3], pred_lmks7: [7, 3] (prediction frame) -> distances [N] for the N scan
-    vertices inside the face crop.
+    vertices inside the face crop. Raises ValueError for NaN/inf landmarks or vertices, coincident
+    landmarks or an empty crop.
     """
     scan_vertices = np.asarray(scan_vertices, np.float64)
     pred_faces = np.asarray(pred_faces, np.int64)
     for name, a, shape in (("scan_lmks7", scan_lmks7, (7, 3)), ("pred_lmks7", pred_lmks7, (7, 3))):
         if np.shape(a) != shape:
             raise ValueError(f"compute_errors: {name} must be {shape}, found {np.shape(a)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"compute_errors: {name} contain NaN or inf values")
+        if not np.any(np.asarray(a) - np.mean(a, axis=0)):
+            raise ValueError(f"compute_errors: the 7 landmarks of {name} coincide")
+    if not np.all(np.isfinite(pred_vertices)):
+        raise ValueError("compute_errors: pred_vertices contain NaN or inf values")
     points = scan_vertices[crop_scan(scan_vertices, scan_lmks7)]
     if len(points) == 0:
         raise ValueError("compute_errors: no scan vertex lies inside the face crop; check the scan landmarks")
@@ -271,7 +278,8 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     Outputs in out_dir: `<method>_per_image.csv` (image, subject, challenge, n_points, median,
     mean, std), `<method>_summary.json` (overall and per challenge, num_missing_files) and
     `<method>_computed_distances[_<challenge>].npy` in the official dict format (readable by
-    `cumulative_errors.py`). Missing predictions are counted and skipped, as officially.
+    `cumulative_errors.py`). Missing predictions are counted and skipped, as officially; an image
+    whose files cannot be evaluated stops the run with a NowFileError naming them.
     """
     if challenge and challenge not in CHALLENGES:
         raise ValueError(f"challenge {challenge!r} is not one of {CHALLENGES}")
@@ -292,11 +300,15 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
             continue
         if subject not in cache:
             scan_obj, scan_pp = _scan_files(scans_dir, lmks_dir, subject)
-            cache = {subject: (read_obj(scan_obj)[0], read_pp(scan_pp))}
-        scan_v, scan_l = cache[subject]
+            cache = {subject: (read_obj(scan_obj)[0], read_pp(scan_pp), f"scan {scan_obj}, {scan_pp}")}
+        scan_v, scan_l, scan_files = cache[subject]
+        lmk = npy if os.path.isfile(npy) else txt
         pv, pf = read_obj(obj)
-        pl = read_landmarks(npy if os.path.isfile(npy) else txt)
-        d = compute_errors(scan_v, scan_l, pv, pf, pl, refine=refine)
+        pl = read_landmarks(lmk)
+        try:
+            d = compute_errors(scan_v, scan_l, pv, pf, pl, refine=refine)
+        except ValueError as e:  # name the image and its files (the message alone names none)
+            raise NowFileError(f"{image}: {e} (prediction {obj}, {lmk}; {scan_files})") from None
         distances.append(d)
         per_challenge.setdefault(chal, []).append(d)
         st = summarise([d])
