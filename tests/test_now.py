@@ -147,6 +147,18 @@ def test_obj_reader_triangulates_polygons_and_names_bad_files(tmp_path):
         meshio.read_landmarks(str(tmp_path / "l.npy"))
 
 
+def test_landmark_reader_names_empty_or_truncated_files(tmp_path):
+    (tmp_path / "empty.npy").write_bytes(b"")  # e.g. an export killed while writing
+    with pytest.raises(meshio.NowFileError, match=r"empty.npy: cannot parse landmarks"):
+        meshio.read_landmarks(str(tmp_path / "empty.npy"))
+    np.save(tmp_path / "cut.npy", np.zeros((7, 3)))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "cut.npy").read_bytes()[:140])
+    with pytest.raises(meshio.NowFileError, match=r"cut.npy: cannot parse landmarks"):
+        meshio.read_landmarks(str(tmp_path / "cut.npy"))
+    (tmp_path / "crlf.txt").write_bytes(b"1 2 3\r\n" * 7)  # Windows line endings
+    np.testing.assert_array_equal(meshio.read_landmarks(str(tmp_path / "crlf.txt")), np.tile([1.0, 2, 3], (7, 1)))
+
+
 def test_face_mask_by_hand_and_crop():
     lm = np.zeros((7, 3))
     lm[0], lm[3] = [-40, 30, 0], [40, 30, 0]  # outer eyes 80 apart

@@ -74,8 +74,8 @@ def read_landmarks(path: str, n_points: int = 7) -> np.ndarray:
         raise NowFileError(f"{path}: landmark file not found")
     try:
         lmk = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
-    except ValueError as e:
-        raise NowFileError(f"{path}: cannot parse landmarks ({e})") from None
+    except (ValueError, EOFError) as e:  # EOFError: an empty .npy
+        raise NowFileError(f"{path}: cannot parse landmarks ({e or type(e).__name__})") from None
     lmk = np.asarray(lmk, np.float64)
     if lmk.shape != (n_points, 3):
         raise NowFileError(f"{path}: landmarks have shape {lmk.shape}, expected ({n_points}, 3)")
