@@ -292,3 +292,21 @@ def test_cli_names_the_files_of_an_image_that_cannot_be_evaluated(tmp_path, caps
     assert rc == 2
     assert images[1] in err and "IMG_0002.obj" in err, err
     assert ("NaN" in err) if broken == "nan_vertex" else ("coincide" in err), err
+
+
+def test_challenge_run_keeps_the_full_run_outputs(tmp_path):
+    """Like the official .npy, every output of a one-challenge run carries the challenge suffix."""
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg", "FaMoS_1/selfie/IMG_0002.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path, images)
+    for img in images:
+        now.export_prediction(str(tmp_path / "pred"), img, to_prediction(v), f, to_prediction(lm))
+    out = tmp_path / "out"
+    full = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(out), refine=False)
+    selfie = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(out), challenge="selfie", refine=False)
+    assert full["num_images"] == 2 and selfie["num_images"] == 1
+    assert json.load(open(out / "jaxdeca_summary.json")) == full
+    assert len(list(csv.DictReader(open(out / "jaxdeca_per_image.csv")))) == 2
+    assert json.load(open(out / "jaxdeca_summary_selfie.json")) == selfie
+    assert [r["image"] for r in csv.DictReader(open(out / "jaxdeca_per_image_selfie.csv"))] == images[1:]
+    assert (out / "jaxdeca_computed_distances.npy").is_file()
+    assert (out / "jaxdeca_computed_distances_selfie.npy").is_file()

@@ -275,10 +275,11 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
              scan_landmarks: str | None = None, method: str = "jaxdeca", refine: bool = True) -> dict:
     """Run the metric over an image list; write per-image CSV, summary JSON, official distances .npy.
 
-    Outputs in out_dir: `<method>_per_image.csv` (image, subject, challenge, n_points, median,
-    mean, std), `<method>_summary.json` (overall and per challenge, num_missing_files) and
-    `<method>_computed_distances[_<challenge>].npy` in the official dict format (readable by
-    `cumulative_errors.py`). Missing predictions are counted and skipped, as officially; an image
+    Outputs in out_dir: `<method>_per_image[_<challenge>].csv` (image, subject, challenge,
+    n_points, median, mean, std), `<method>_summary[_<challenge>].json` (overall and per
+    challenge, num_missing_files) and `<method>_computed_distances[_<challenge>].npy` in the
+    official dict format (readable by `cumulative_errors.py`); the suffix, as in the official
+    file name, keeps a one-challenge run from overwriting the full run's outputs. Missing predictions are counted and skipped, as officially; an image
     whose files cannot be evaluated stops the run with a NowFileError naming them.
     """
     if challenge and challenge not in CHALLENGES:
@@ -317,13 +318,13 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     summary = dict(num_images=len(rows), num_missing_files=missing,
                    overall=summarise(distances) if distances else None,
                    per_challenge={c: summarise(v) for c, v in sorted(per_challenge.items())})
-    with open(os.path.join(out_dir, f"{method}_per_image.csv"), "w", newline="") as fh:
+    suffix = f"_{challenge}" if challenge else ""
+    with open(os.path.join(out_dir, f"{method}_per_image{suffix}.csv"), "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "subject", "challenge", "n_points", "median", "mean", "std"])
         w.writeheader()
         w.writerows(rows)
-    with open(os.path.join(out_dir, f"{method}_summary.json"), "w") as fh:
+    with open(os.path.join(out_dir, f"{method}_summary{suffix}.json"), "w") as fh:
         json.dump(summary, fh, indent=2)
-    suffix = f"_{challenge}" if challenge else ""
     np.save(os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy"),
             {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
     return summary
