@@ -185,3 +185,28 @@ def test_similarity_gradient_matches_finite_differences():
             e[i, j] = eps
             num[i, j] = (loss(dst + e, np) - loss(dst - e, np)) / (2 * eps)
     np.testing.assert_allclose(g, num, atol=1e-5)
+
+
+def test_one_large_triangle_does_not_make_every_point_test_every_triangle(monkeypatch):
+    """A mesh with one big triangle (a cap, a background quad) stays exact without the search
+    degenerating to all pairs: count the (point, triangle) pairs given to Ericson's test."""
+    from jaxdeca.evaluation import geometry
+    rng = np.random.default_rng(5)
+    v, f = icosphere(3, 80.0)  # 1280 triangles, bounding radii ~4
+    big = np.array([[[-1000.0, -1000, -500], [1000, -1000, -500], [0, 1000, -500]]])
+    soup = np.concatenate([v[f], big])
+    dirs = rng.normal(size=(300, 3))
+    pts = (80 + rng.uniform(-3, 3, size=(300, 1))) * dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    pts[:5] = [[0, 0, -490], [10, 5, -510], [0, 0, -300], [300, 200, -450], [0, 0, -5000]]  # near the big one
+    pairs = []
+    real = geometry.closest_point_on_triangle
+
+    def counting(p, a, b, c, xp=jnp):
+        pairs.append(np.broadcast_shapes(np.shape(p), np.shape(a))[0])
+        return real(p, a, b, c, xp=xp)
+    monkeypatch.setattr(geometry, "closest_point_on_triangle", counting)
+    d, _ = point_to_triangle_distance(pts, soup)
+    monkeypatch.undo()
+    d_ref, _ = brute_force_point_to_triangle_distance(pts, soup, xp=np)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-12, atol=1e-9)
+    assert sum(pairs) < 40 * len(pts), sum(pairs)  # all pairs would be 300 * 1281

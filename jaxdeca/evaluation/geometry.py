@@ -103,24 +103,41 @@ def brute_force_point_to_triangle_distance(points, triangles, xp=jnp):
     return xp.sqrt(xp.take_along_axis(d2, j[:, None], axis=1)[:, 0]), closest
 
 
-def _candidate_pairs(tree, centroids_radius, points, triangles):
+def _radius_classes(radii, n_classes: int = 6):
+    """Triangle indices grouped by bounding radius: (r_max / 2, r_max], (r_max / 4, r_max / 2], ...,
+    the last class taking everything smaller. radii: [M] -> list of index arrays (non-empty)."""
+    ratio = radii.max() / np.maximum(radii, _TINY)
+    k = np.clip(np.floor(np.log2(np.maximum(ratio, 1.0))), 0, n_classes - 1).astype(np.int64)
+    return [np.nonzero(k == i)[0] for i in range(n_classes) if np.any(k == i)]
+
+
+def _candidate_pairs(tree, radii, classes, points, triangles):
     """(point index, triangle index) pairs that are guaranteed to contain each point's closest triangle.
 
-    For triangle f with centroid c_f and bounding radius r_f = max_k |v_k - c_f|, every point of
-    f lies within r_f of c_f, so dist(p, f) >= |p - c_f| - r_f >= |p - c_f| - r_max. With the
-    upper bound u_p = dist(p, f0) for f0 the triangle of p's nearest centroid, any triangle
-    closer than u_p has |p - c_f| <= u_p + r_max: a ball query with that radius is exact.
+    tree: cKDTree of all centroids, radii: [M] bounding radii, classes: [(cKDTree, triangle
+    indices, largest radius)] per `_radius_classes` group. For triangle f with centroid c_f and
+    bounding radius r_f = max_k |v_k - c_f|, every point of f lies within r_f of c_f, so
+    dist(p, f) >= |p - c_f| - r_f. With the upper bound u_p = dist(p, f0) for f0 the triangle of
+    p's nearest centroid, any triangle closer than u_p has |p - c_f| <= u_p + r_f: a ball query
+    of radius u_p + r_max(class) in each radius class is exact, and one large triangle only
+    widens the query of its own class. Pairs with |p - c_f| - r_f > u_p are dropped.
     """
     _, nearest = tree.query(points, k=1)
     q0 = closest_point_on_triangle(points, *np.moveaxis(triangles[nearest], 1, 0), xp=np)
     upper = np.sqrt(_dot(np, points - q0, points - q0))
-    radius = upper + centroids_radius
-    radius = radius * (1 + 1e-9) + 1e-12
-    lists = tree.query_ball_point(points, radius, return_sorted=False)
-    counts = np.fromiter((len(x) for x in lists), np.int64, count=len(lists))
-    faces = np.fromiter((j for x in lists for j in x), np.int64, count=int(counts.sum()))
-    owners = np.repeat(np.arange(len(points)), counts)
-    return owners, faces, counts
+    owners, faces = [np.arange(len(points))], [nearest]  # f0 always: every point has a candidate
+    for ctree, idx, r_class in classes:
+        radius = (upper + r_class) * (1 + 1e-9) + 1e-12
+        lists = ctree.query_ball_point(points, radius, return_sorted=False)
+        counts = np.fromiter((len(x) for x in lists), np.int64, count=len(lists))
+        f = idx[np.fromiter((j for x in lists for j in x), np.int64, count=int(counts.sum()))]
+        o = np.repeat(np.arange(len(points)), counts)
+        to_centroid = np.sqrt(_dot(np, points[o] - tree.data[f], points[o] - tree.data[f]))
+        keep = to_centroid - radii[f] <= upper[o] + 1e-9 * (to_centroid + radii[f]) + 1e-12
+        owners.append(o[keep])
+        faces.append(f[keep])
+    owners, faces = np.concatenate(owners), np.concatenate(faces)
+    return owners, faces, np.bincount(owners, minlength=len(points))
 
 
 def point_to_triangle_distance(points, triangles, chunk: int = 8192):
@@ -137,13 +154,14 @@ def point_to_triangle_distance(points, triangles, chunk: int = 8192):
     if triangles.ndim != 3 or triangles.shape[1:] != (3, 3) or len(triangles) == 0:
         raise ValueError(f"triangles: expected [M, 3, 3] with M > 0, found {triangles.shape}")
     centroids = triangles.mean(axis=1)
-    r_max = float(np.sqrt(((triangles - centroids[:, None]) ** 2).sum(-1)).max())
+    radii = np.sqrt(((triangles - centroids[:, None]) ** 2).sum(-1)).max(1)
     tree = cKDTree(centroids)
+    classes = [(cKDTree(centroids[i]), i, float(radii[i].max())) for i in _radius_classes(radii)]
     dist = np.empty(len(points))
     closest = np.empty((len(points), 3))
     for s in range(0, len(points), chunk):
         p = points[s:s + chunk]
-        owners, faces, counts = _candidate_pairs(tree, r_max, p, triangles)
+        owners, faces, counts = _candidate_pairs(tree, radii, classes, p, triangles)
         tri = triangles[faces]
         q = closest_point_on_triangle(p[owners], tri[:, 0], tri[:, 1], tri[:, 2], xp=np)
         d2 = _dot(np, p[owners] - q, p[owners] - q)
