@@ -109,6 +109,11 @@ def test_export_cli_errors(tmp_path, capsys):
     rc = now.main(["export", "--images", str(tmp_path / "nowhere"), "--image-list", str(tmp_path / "l.txt"),
                    "--out", str(tmp_path / "o")])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+    (tmp_path / "iphone_pictures").mkdir()
+    (tmp_path / "l.txt").write_text(ENTRIES[0] + "\n")
+    rc = now.main(["export", "--images", str(tmp_path), "--image-list", str(tmp_path / "l.txt"),
+                   "--out", str(tmp_path / "o"), "--flame", str(tmp_path / "typo.npz")])
+    assert rc == 2 and "typo.npz: FLAME model file not found" in capsys.readouterr().err
     (tmp_path / "bad.npy").write_bytes(b"junk")
     with pytest.raises(meshio.NowFileError, match="bad.npy"):
         now_predict.read_bbox(str(tmp_path / "bad.npy"))

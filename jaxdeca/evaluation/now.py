@@ -376,12 +376,12 @@ def main(argv=None) -> int:
 
 
 def _export_main(a) -> int:
-    from jaxdeca.apps import inputs, pipeline
+    from jaxdeca.apps import pipeline
     from jaxdeca.evaluation import now_predict
     try:
         res = now_predict.export_model(a.images, a.image_list, a.out, a.checkpoint, a.flame, a.bboxes, a.batch,
                                        (a.fit_steps // 4, a.fit_steps, 0))
-    except (NowFileError, inputs.InputError, pipeline.CheckpointError) as err:
+    except (NowFileError,) + pipeline.CLI_ERRORS as err:  # the apps' one-line errors (FLAME file, dlib, ...)
         print(f"now export: {err}", file=sys.stderr)
         return 2
     return 0 if res["written"] else 1
