@@ -279,8 +279,9 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     n_points, median, mean, std), `<method>_summary[_<challenge>].json` (overall and per
     challenge, num_missing_files) and `<method>_computed_distances[_<challenge>].npy` in the
     official dict format (readable by `cumulative_errors.py`); the suffix, as in the official
-    file name, keeps a one-challenge run from overwriting the full run's outputs. Missing predictions are counted and skipped, as officially; an image
-    whose files cannot be evaluated stops the run with a NowFileError naming them.
+    file name, keeps a one-challenge run from overwriting the full run's outputs. Missing
+    predictions are counted and skipped, as officially; an image whose files cannot be
+    evaluated stops the run with a NowFileError naming them.
     """
     if challenge and challenge not in CHALLENGES:
         raise ValueError(f"challenge {challenge!r} is not one of {CHALLENGES}")
