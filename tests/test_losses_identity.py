@@ -93,15 +93,42 @@ def test_cosine_is_safe_at_zero():
     np.testing.assert_allclose(float(loss), 1.0)
 
 
-def test_overlay_pastes_render_and_detaches_albedo():
+def test_overlay_pastes_render_and_detaches_mask():
     alb = jnp.full((1, 2, 2, 3), 0.5)
     sh = jnp.full((1, 2, 2, 3), 2.0)
     img = jnp.full((1, 2, 2, 3), 0.1)
     m = jnp.asarray([[[1.0, 0.0], [0.0, 1.0]]])
     out = np.asarray(identity.id_overlay(alb, sh, m, img))
     np.testing.assert_allclose(out[0, :, :, 0], [[1.0, 0.1], [0.1, 1.0]])
-    ga, gs = jax.grad(lambda a, s: jnp.sum(identity.id_overlay(a, s, m, img)), (0, 1))(alb, sh)
-    assert float(jnp.abs(ga).sum()) == 0.0 and float(jnp.abs(gs).sum()) > 0
+    gm, gs = jax.grad(lambda mm, s: jnp.sum(identity.id_overlay(alb, s, mm, img)), (0, 1))(m, sh)
+    assert float(jnp.abs(gm).sum()) == 0.0 and float(jnp.abs(gs).sum()) > 0
+
+
+def test_overlay_gradient_reaches_the_grid_through_the_albedo_like_deca():
+    """DECA: albedo_images = grid_sample(albedo.detach(), grid) with a LIVE grid, so the identity
+    term moves the geometry through where the (frozen) albedo is sampled."""
+    from jaxdeca.render import grid_sample
+    rng = np.random.default_rng(7)
+    albedo = rng.random((1, 8, 8, 3)).astype(np.float32)
+    grid = rng.uniform(-0.9, 0.9, (1, 4, 4, 2)).astype(np.float32)
+    sh = rng.random((1, 4, 4, 3)).astype(np.float32) + 0.5
+    img = rng.random((1, 4, 4, 3)).astype(np.float32)
+    m = (rng.random((1, 4, 4)) > 0.3).astype(np.float32)
+    cot = rng.standard_normal((1, 4, 4, 3)).astype(np.float32)
+
+    def ours(g):
+        alb = grid_sample(jax.lax.stop_gradient(jnp.asarray(albedo)), g)
+        return jnp.sum(identity.id_overlay(alb, sh, m, img) * cot)
+
+    g_ours = np.asarray(jax.grad(ours)(jnp.asarray(grid)))
+    nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).double()
+    gt = torch.from_numpy(grid).double().requires_grad_(True)
+    alb_t = F.grid_sample(nchw(albedo).detach(), gt, align_corners=False)
+    m_t = torch.from_numpy(m).double()[:, None]
+    overlay = alb_t * nchw(sh) * m_t + nchw(img) * (1 - m_t)
+    (overlay * nchw(cot)).sum().backward()
+    assert np.abs(gt.grad.numpy()).sum() > 0
+    np.testing.assert_allclose(g_ours, gt.grad.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_transform_is_bgr_minus_mean():

@@ -157,8 +157,9 @@ def coarse_losses(*, landmarks_pred, landmarks_gt, codes: Mapping[str, jnp.ndarr
     mask sampled to image space), and skin_mask when ``use_seg``. The prediction is
     ``rendered * face_eye_mask * alpha`` as in DECA.
     Identity (weight ``id``) needs images, face_eye_mask, albedo_images, shading_images and
-    ``id_features_fn``: [B, 224, 224, 3] preprocessed BGR -> [B, F] (see identity.py). Shade
-    with ``stop_gradient(light)`` as DECA does; albedo is detached here.
+    ``id_features_fn``: [B, 224, 224, 3] preprocessed BGR -> [B, F] (see identity.py). As DECA
+    does, sample albedo_images from the detached UV albedo with the live grid
+    (``grid_sample(stop_gradient(albedo), grid)``) and shade with ``stop_gradient(light)``.
     Returns (total scalar, {term name: weighted scalar}); zero-weight terms are absent.
     """
     w = as_weights(weights)

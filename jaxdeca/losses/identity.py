@@ -73,9 +73,12 @@ def id_overlay(albedo_images, shading_images, face_eye_mask, images):
     """DECA's identity-loss input: the shaded render pasted into the photo.
 
     albedo_images, shading_images, images: [B, H, W, 3]; face_eye_mask: [B, H, W(, 1)].
-    overlay = stop_gradient(albedo) * shading * m + images * (1 - m). Shading must already use
-    stop_gradient(light) (DECA detaches light; the gradient reaches shape through the normals).
+    overlay = albedo_images * shading * stop_gradient(m) + images * (1 - stop_gradient(m)).
+    As in DECA, albedo_images must be the DETACHED UV albedo sampled at the pixels with the live
+    grid (``grid_sample(stop_gradient(albedo), grid)``: the gradient reaches the geometry through
+    where the albedo is sampled, not the albedo), and shading must use stop_gradient(light)
+    (the gradient reaches shape through the normals).
     """
     m = face_eye_mask[..., None] if face_eye_mask.ndim == 3 else face_eye_mask
     m = jax.lax.stop_gradient(m)   # DECA samples the mask with grid.detach()
-    return jax.lax.stop_gradient(albedo_images) * shading_images * m + images * (1.0 - m)
+    return albedo_images * shading_images * m + images * (1.0 - m)

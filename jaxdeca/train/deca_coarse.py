@@ -18,10 +18,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxdeca import models
+from jaxdeca import models, render
 from jaxdeca.losses import coarse_losses, shape_consistency, tile_batch, weighted_landmark_loss
 from jaxdeca.losses.defaults import as_weights
-from jaxdeca.render import sh_shading
 from jaxdeca.train import data as data_lib
 from jaxdeca.train import deca_common, export, paths
 from jaxdeca.train.deca_common import composite, draw_points
@@ -88,9 +87,10 @@ class CoarseTask(deca_common.DecaParts):
             extra = dict(images=images, rendered_images=r["images"], alpha_images=alpha,
                          face_eye_mask=fem, skin_mask=mask)
             if self.weights["id"] > 0:
-                albedo_images = r["albedo_images"]
-                shading = sh_shading(r["normal_images"], jax.lax.stop_gradient(codes["light"]))
-                extra.update(albedo_images=jax.lax.stop_gradient(albedo_images), shading_images=shading,
+                # DECA: grid_sample(albedo.detach(), grid) -- the albedo is frozen, the grid is live
+                albedo_images = render.grid_sample(jax.lax.stop_gradient(albedo), r["grid"])
+                shading = render.sh_shading(r["normal_images"], jax.lax.stop_gradient(codes["light"]))
+                extra.update(albedo_images=albedo_images, shading_images=shading,
                              id_features_fn=self._id_features(frozen))
         total, terms = coarse_losses(landmarks_pred=lmk, landmarks_gt=lmk_gt, codes=codes,
                                      weights=self.weights, **extra)
