@@ -43,9 +43,12 @@ def get_config(stage: str = "coarse"):
     c.weights = ml_collections.ConfigDict(dict(vggface2=placeholder(str), vgg19=placeholder(str)))
     c.init = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), coarse_checkpoint=placeholder(str)))
     c.loss = default_loss_config()
-    if stage == "pretrain":  # DECA's pretrain: landmarks + closures + regularisers only
+    if stage == "pretrain":  # DECA's deca_pretrain.yml: landmarks, closures, shape/exp regularisers
         c.loss.photo = 0.0
         c.loss.id = 0.0
+        c.loss.use_seg = False
+        c.loss.reg_tex = 0.0
+        c.loss.reg_light = 0.0
         c.loss.shape_consistency = False
     c.coordinator_address = placeholder(str)
     c.num_processes = placeholder(int)

@@ -1,5 +1,6 @@
-"""DECA pretrain stage: the coarse encoder on landmark, eye/lip closure and regularisers only
-(photo 0, id 0, no shape consistency). Same fields as configs/coarse.py."""
+"""DECA pretrain stage (configs/release_version/deca_pretrain.yml): the coarse encoder on
+landmark, eye/lip closure and the shape/expression regularisers only (photo 0, id 0, useSeg
+off, reg_tex 0, reg_light 0, no shape consistency). Same fields as configs/coarse.py."""
 from configs import coarse
 
 
