@@ -1,8 +1,10 @@
 """DECA coarse stage (DECA's released defaults, decalib/utils/config.py + configs/release_version).
 
-Image 224, UV 256, ResNet-50 encoders, Adam 1e-4, batch = 2 identities x K=4 images per device
-step as DECA (cfg.dataset.batch_size=2, K=4; raise train.batch_size with more devices), loss
-weights from `default_loss_config()` with shape consistency and the VGGFace2 identity loss.
+Image 224, UV 256, ResNet-50 encoders, Adam 1e-4, loss weights from `default_loss_config()`
+with shape consistency and the VGGFace2 identity loss. Batches and steps are those of DECA's
+release recipe (configs/release_version/deca_{pretrain,coarse,detail}.yml, one GPU):
+`RELEASE_BATCHES`, identities x K images per step (train.batch_size is the global batch, split
+over all devices; it must be a multiple of K and of the device count).
 
 Paths the user supplies (each a config field; a missing one is one clear error at start):
   data.data_dir         tfds data dir holding identity_faces/<data.config> (build it with
@@ -22,7 +24,13 @@ from jaxdeca.losses import default_loss_config
 placeholder = ml_collections.config_dict.placeholder
 
 
+# stage -> (identities per step, K images per identity, steps): DECA's dataset.batch_size,
+# dataset.K and train.max_steps in configs/release_version/deca_<stage>.yml
+RELEASE_BATCHES = {"pretrain": (64, 1, 100_000), "coarse": (8, 2, 200_000), "detail": (6, 3, 1_000_000)}
+
+
 def get_config(stage: str = "coarse"):
+    identities, k, steps = RELEASE_BATCHES[stage]
     c = ml_collections.ConfigDict()
     c.mode = "train"
     c.task = stage
@@ -34,9 +42,9 @@ def get_config(stage: str = "coarse"):
                                              init_cam_scale=ml_collections.config_dict.placeholder(float),
                                              cam_scale="raw"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
-                                            data_dir=placeholder(str), k=4, image_size=224, eval_batches=2,
+                                            data_dir=placeholder(str), k=k, image_size=224, eval_batches=2,
                                             eval_split="test", color_jitter=0.0, num_threads=4))
-    c.train = ml_collections.ConfigDict(dict(num_steps=500000, batch_size=2 * 4, checkpoint_every=1000,
+    c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))
     c.flame = ml_collections.ConfigDict(dict(path=placeholder(str)))

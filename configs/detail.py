@@ -1,6 +1,6 @@
 """DECA detail stage: detail encoder + detail decoder, coarse encoder frozen.
 
-Defaults as DECA's release: image 224, UV 256, Adam 1e-4, 2 identities x K=4, detail loss
+Defaults as DECA's release: image 224, UV 256, Adam 1e-4, 6 identities x K=3, detail loss
 weights (photo_D 2, ID-MRF 0.05 x photo_D, reg_z / reg_diff / reg_sym 0.005) with detail
 consistency. Extra paths over configs/coarse.py:
   init.coarse_checkpoint   the coarse stage's workdir (required; its encoder is frozen)

@@ -1,6 +1,7 @@
 """DECA pretrain stage (configs/release_version/deca_pretrain.yml): the coarse encoder on
 landmark, eye/lip closure and the shape/expression regularisers only (photo 0, id 0, useSeg
-off, reg_tex 0, reg_light 0, no shape consistency). Same fields as configs/coarse.py."""
+off, reg_tex 0, reg_light 0, no shape consistency), 64 identities x K=1 images per step. Same
+fields as configs/coarse.py."""
 from configs import coarse
 
 

@@ -57,9 +57,10 @@ def test_stage_learns_and_is_deterministic(tmp_path, stage):
         np.testing.assert_allclose([l for _, l in out2["losses"]], losses, rtol=1e-5)
 
 
-def test_stage_configs_loss_weights_are_decas_release():
+def test_stage_configs_are_decas_release():
     """decalib/utils/config.py defaults, overridden by configs/release_version/deca_pretrain.yml
-    (photo 0, id 0, useSeg False, reg_tex 0, reg_light 0, shape_consistency False)."""
+    (photo 0, id 0, useSeg False, reg_tex 0, reg_light 0, shape_consistency False) and each
+    stage's yml's dataset.batch_size (identities), dataset.K and train.max_steps."""
     from configs import coarse, detail, pretrain
     deca = dict(lmk=1.0, use_wlmk=True, eyed=1.0, lipd=0.5, photo=2.0, use_seg=True, id=0.2,
                 reg_shape=1e-4, reg_exp=1e-4, reg_tex=1e-4, reg_light=1.0, shape_consistency=True,
@@ -70,6 +71,10 @@ def test_stage_configs_loss_weights_are_decas_release():
     assert coarse.get_config().loss.to_dict() == deca
     assert detail.get_config().loss.to_dict() == deca
     assert pretrain.get_config().loss.to_dict() == pre
+    for config, (identities, k, steps) in ((pretrain.get_config(), (64, 1, 100_000)),
+                                           (coarse.get_config(), (8, 2, 200_000)),
+                                           (detail.get_config(), (6, 3, 1_000_000))):
+        assert (config.train.batch_size, config.data.k, config.train.num_steps) == (identities * k, k, steps)
 
 
 def test_identity_loss_needs_weights():
