@@ -27,8 +27,8 @@ def make_step(dtype):
     e_flame, e_detail = coarse_encoder(dtype), detail_encoder(dtype)
     d_detail = detail_decoder(dtype)
     x = jnp.zeros((1, 224, 224, 3))
-    variables = jax.jit(lambda k: (e_flame.init(k, x), e_detail.init(k, x),
-                                   d_detail.init(k, jnp.zeros((1, 181)))))(jax.random.PRNGKey(0))
+    variables = xla_options.jit(lambda k: (e_flame.init(k, x), e_detail.init(k, x),
+                                           d_detail.init(k, jnp.zeros((1, 181)))))(jax.random.PRNGKey(0))
 
     @xla_options.jit
     def step(variables, images):

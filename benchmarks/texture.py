@@ -7,8 +7,10 @@ What DECA's render does per image: a 224 x 224 grid of UVs samples a 256 x 256 R
 jaxdeca (about 30% of the pixels; the background samples the texture's centre, as in DECA).
 Columns: forward; forward+backward for the texture (what the albedo code's gradient needs);
 forward+backward for the texture and the grid (what training needs: the grid moves with the
-geometry). The loss is the sum of squares of the samples. Ratio = torch ms / our ms (> 1: ours
-faster). torch runs with as many threads as this machine has cores; it is in the test extra.
+geometry). The loss is the sum of squares of the samples. Ours is compiled as jaxdeca compiles
+its own programs (`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products).
+Ratio = torch ms / our ms (> 1: ours faster). torch runs with as many threads as this machine
+has cores; it is in the test extra.
 """
 from __future__ import annotations
 
@@ -36,11 +38,12 @@ def demo_uvs(batch, size):
 
 
 def ours(tex, grid, repeats):
+    from jaxdeca import xla_options
     from jaxdeca.render import grid_sample
     loss = lambda t, g: jnp.sum(grid_sample(t, g) ** 2)  # noqa: E731
-    fwd = jax.jit(lambda t, g: grid_sample(t, g))
-    b_tex = jax.jit(jax.grad(loss))
-    b_both = jax.jit(jax.grad(loss, (0, 1)))
+    fwd = xla_options.jit(lambda t, g: grid_sample(t, g))
+    b_tex = xla_options.jit(jax.grad(loss))
+    b_both = xla_options.jit(jax.grad(loss, (0, 1)))
     return [median_ms(lambda f=f: jax.block_until_ready(f(tex, grid)), repeats) for f in (fwd, b_tex, b_both)]
 
 

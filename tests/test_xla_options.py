@@ -49,12 +49,27 @@ def test_jit_as_decorator_keeps_jit_arguments(monkeypatch):
     np.testing.assert_allclose(user(x), x + 1)
 
 
+def _bare_jits(files, root):
+    """'path:line' of every bare `jax.jit` (call or decorator) outside comments in files."""
+    import re
+    bare = re.compile(r"@jax\.jit\b|\bjax\.jit\(")
+    return [f"{p.relative_to(root)}:{i + 1}" for p in files
+            for i, line in enumerate(p.read_text().splitlines()) if bare.search(line.split("#")[0])]
+
+
 def test_package_code_jits_through_xla_options():
     """Every jitted program of the package gets the CPU options: no bare jax.jit in jaxdeca/."""
     import pathlib
-    import re
     root = pathlib.Path(xla_options.__file__).parent
-    bare = re.compile(r"@jax\.jit\b|\bjax\.jit\(")
-    found = [f"{p.relative_to(root)}:{i + 1}" for p in sorted(root.rglob("*.py")) if p.name != "xla_options.py"
-             for i, line in enumerate(p.read_text().splitlines()) if bare.search(line.split("#")[0])]
+    found = _bare_jits([p for p in sorted(root.rglob("*.py")) if p.name != "xla_options.py"], root)
+    assert not found, f"use jaxdeca.xla_options.jit instead of jax.jit at {found}"
+
+
+def test_benchmarks_jit_through_xla_options():
+    """The benchmarks time jaxdeca's programs as jaxdeca compiles them (README: the benchmarks compile
+    through xla_options.jit); a bare jax.jit on CPU times YNNPACK's slow reductions instead, e.g.
+    grid_sample's texture gradient in benchmarks/texture.py ran 2.4x slower than the package's."""
+    import pathlib
+    root = pathlib.Path(xla_options.__file__).parent.parent
+    found = _bare_jits(sorted((root / "benchmarks").glob("*.py")), root)
     assert not found, f"use jaxdeca.xla_options.jit instead of jax.jit at {found}"
