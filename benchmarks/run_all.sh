@@ -5,6 +5,7 @@
 # exit status, seconds and the last lines it printed.
 #
 #   benchmarks/run_all.sh [OUT] [RUNS]     # OUT default: bench-out; RUNS: comma-separated names
+#                                          # (an unknown name: exit 2 before anything runs)
 #   SMOKE=1 benchmarks/run_all.sh OUT      # tiny sizes: checks that every run starts and prints
 #   PYTHON=python3 benchmarks/run_all.sh   # interpreter (default: .venv/bin/python, else python3)
 #
@@ -29,7 +30,6 @@ py="${PYTHON:-}"
 if [ -z "$py" ]; then
   if [ -x .venv/bin/python ]; then py=.venv/bin/python; else py=python3; fi
 fi
-mkdir -p "$out"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 if [ -n "${SMOKE:-}" ]; then
@@ -52,6 +52,17 @@ else
   )
 fi
 
+names=()
+for r in "${runs[@]}"; do names+=("${r%% *}"); done
+IFS=, read -r -a wanted <<< "$only"
+for w in ${wanted[@]+"${wanted[@]}"}; do
+  if [[ " ${names[*]} " != *" $w "* ]]; then
+    echo "[run_all] unknown run '$w' in '$only'; runs: $(IFS=,; echo "${names[*]}")" >&2
+    exit 2
+  fi
+done
+
+mkdir -p "$out"
 summary="$out/summary.txt"
 { echo "# benchmarks/run_all.sh $(date -u +%FT%TZ) ${SMOKE:+(SMOKE) }python: $py"
   "$py" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1
