@@ -27,9 +27,10 @@ is kept out of the project venv, so it runs in a subprocess of its own venv:
     PEER_PYTHON=/tmp/peer_venv/bin/python python benchmarks/render.py
 
 Without PEER_PYTHON, /tmp/peer_venv/bin/python is used when it exists, else this interpreter;
-when the peer cannot be imported the reason is printed. Other registry candidates tried on
-Python 3.11 CPU: pytorch3d (no wheel), jaxrenderer 0.4.0 (needs Python >= 3.12; 0.3.2 fails
-with jax 0.10.2), nvdiffrast/diffrp (CUDA only), kaolin (placeholder wheel).
+when the peer cannot be run or imported the reason is printed (our figures still are). Other
+registry candidates tried on Python 3.11 CPU: pytorch3d (no wheel), jaxrenderer 0.4.0 (needs
+Python >= 3.12; 0.3.2 fails with jax 0.10.2), nvdiffrast/diffrp (CUDA only), kaolin (placeholder
+wheel).
 The ratio column is peer ms / our ms for the same batch: > 1 means we are faster.
 """
 import argparse
@@ -191,7 +192,10 @@ def run_peer(v, f, size, batches, repeats, python):
                  faces=f, colours=_sh_vertex_colours(v.astype(np.float64), f), size=size)
         cmd = [python, os.path.abspath(__file__), "--peer-worker", path,
                "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
-        p = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:  # PEER_PYTHON names no runnable interpreter
+            return {}, f"DEODR unavailable: cannot run {python} ({e.strerror})"
     if p.returncode != 0:
         return {}, f"DEODR unavailable with {python}: {p.stderr.strip().splitlines()[-1:]}"
     rows = {}

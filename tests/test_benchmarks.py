@@ -1,7 +1,10 @@
-"""benchmarks/run_all.sh without running a benchmark: a stand-in interpreter (PYTHON=) prints or
-fails per script, so what the runner does with each run's exit status and its RUNS argument shows."""
+"""benchmarks/ without timing anything: run_all.sh with a stand-in interpreter (PYTHON=) that prints
+or fails per script, so what the runner does with each run's exit status and its RUNS argument
+shows; render.py's peer launcher with a peer interpreter that is not there."""
 import os
 import subprocess
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.sh")
@@ -30,3 +33,17 @@ def test_an_unknown_run_name_is_an_error_not_an_empty_success(tmp_path):
     assert r.returncode == 2
     assert "txture" in r.stderr and "texture" in r.stderr  # names the bad one and the known ones
     assert not (tmp_path / "out" / "render.log").exists()  # nothing ran
+
+
+def test_render_peer_interpreter_missing_is_a_note_not_a_crash(tmp_path, monkeypatch):
+    """PEER_PYTHON naming no interpreter (e.g. the docstring's /tmp/peer_venv never made) skips
+    DEODR with a note, as a missing deodr does, instead of ending the run after our figures."""
+    import importlib.util
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # render.py imports timing from there
+    spec = importlib.util.spec_from_file_location("bench_render", os.path.join(ROOT, "benchmarks", "render.py"))
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    missing = str(tmp_path / "no_venv" / "bin" / "python")
+    v = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], np.float32)
+    rows, note = render.run_peer(v, np.array([[0, 1, 2]], np.int32), 8, [1], 1, missing)
+    assert rows == {} and missing in note and "unavailable" in note
