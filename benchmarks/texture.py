@@ -81,7 +81,7 @@ def main():
         o = ours(tex, grid, a.repeats)
         try:
             t = peer(tex, grid, a.repeats)
-        except ImportError as e:
+        except (ImportError, OSError) as e:  # OSError: a torch install whose libraries do not load
             print(f"{B:3d} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} | torch unavailable ({e})")
             continue
         r = [x / y for x, y in zip(t, o)]

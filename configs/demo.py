@@ -7,8 +7,8 @@ only sizes shrink: 64 px images, 64 px UV maps, a narrow one-block-per-stage Res
 4 identities x K=4. Identity and ID-MRF losses are off (their pretrained VGGFace2 / VGG19 weights
 are user-supplied files, not part of the package).
 
-`get_config("tiny")` (`--config=configs/demo.py:tiny`) is the same job at toy size, about a
-minute on CPU: the train-a-tiny-model notebook runs it, the end-to-end test starts from it.
+`get_config("tiny")` (`--config=configs/demo.py:tiny`) is the same job at toy size, a few
+minutes on 2 CPU cores: the train-a-tiny-model notebook runs it, the end-to-end test starts from it.
 """
 import ml_collections
 
