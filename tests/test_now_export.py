@@ -114,6 +114,11 @@ def test_export_cli_errors(tmp_path, capsys):
     rc = now.main(["export", "--images", str(tmp_path), "--image-list", str(tmp_path / "l.txt"),
                    "--out", str(tmp_path / "o"), "--flame", str(tmp_path / "typo.npz")])
     assert rc == 2 and "typo.npz: FLAME model file not found" in capsys.readouterr().err
+    for flag in ("--batch", "--fit-steps"):  # 0 steps would export the unfitted mean face
+        with pytest.raises(SystemExit) as e:
+            now.main(["export", "--images", str(tmp_path), "--image-list", str(tmp_path / "l.txt"),
+                      "--out", str(tmp_path / "o"), flag, "0"])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
     (tmp_path / "bad.npy").write_bytes(b"junk")
     with pytest.raises(meshio.NowFileError, match="bad.npy"):
         now_predict.read_bbox(str(tmp_path / "bad.npy"))

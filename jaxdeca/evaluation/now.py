@@ -357,7 +357,8 @@ def main(argv=None) -> int:
     x.add_argument("--flame", default=None, help="FLAME npz/pkl (default: the embedded demo head)")
     x.add_argument("--bboxes", default=None, help="detected_face folder (default: beside iphone_pictures/)")
     x.add_argument("--batch", type=_positive_int, default=8)
-    x.add_argument("--fit-steps", type=int, default=400, help="fit only: shape/expression steps (rigid = 1/4)")
+    x.add_argument("--fit-steps", type=_positive_int, default=400,
+                   help="fit only: shape/expression steps (rigid = 1/4)")
     a = p.parse_args(argv)
     if a.cmd == "export":
         return _export_main(a)
