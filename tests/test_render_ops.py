@@ -115,6 +115,43 @@ def test_vertex_normals_match_deca_torch():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(fn), axis=-1), 1.0, atol=1e-5)
 
 
+def test_vertex_normals_gradient_of_collapsed_faces_matches_torch():
+    """A vertex whose faces have all collapsed to a point has a zero normal sum. DECA's
+    F.normalize passes it a finite gradient (torch's norm has subgradient 0 at 0); the
+    gradient must not be NaN, neither there nor at the vertices next to it."""
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=(1, 7, 3)).astype(np.float32)
+    v[0, 4:] = v[0, 3]  # vertices 3..6 coincide: faces among them have zero area
+    f = np.array([[0, 1, 2], [0, 2, 3], [3, 4, 5], [3, 5, 6], [4, 5, 6]], np.int32)
+    w = rng.normal(size=(1, 7, 3)).astype(np.float32)
+    tv = torch.from_numpy(v).requires_grad_()
+    (torch_vertex_normals(tv, torch.from_numpy(f)[None]) * torch.from_numpy(w)).sum().backward()
+    g = jax.grad(lambda x: jnp.sum(vertex_normals(x, f) * w))(jnp.asarray(v))
+    np.testing.assert_allclose(g, tv.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_detail_normals_gradient_finite_where_the_uv_layout_leaves_texels_empty():
+    # world2uv gives zeros outside the UV layout, so the dense grid's triangles there collapse
+    # to the origin; the displacement's gradient must stay finite (the detail stage's loss)
+    R = 16
+    c = (np.arange(R) + 0.5) / R
+    pos = np.stack(list(np.meshgrid(c, 1 - c, indexing="xy")) + [np.zeros((R, R))], -1)[None].astype(np.float32)
+    nrm = np.broadcast_to(np.array([0, 0, 1.0], np.float32), pos.shape).copy()
+    pos[:, :, R // 2:] = 0.0  # right half: no UV face
+    nrm[:, :, R // 2:] = 0.0
+    mask = np.zeros((R, R), np.float32)
+    mask[:, 3:R // 2 - 1] = 1.0
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(1, R, R, 1)).astype(np.float32) * 0.01)
+
+    def loss(z):
+        n = displacement_to_normals(z, jnp.asarray(pos), jnp.asarray(nrm), jnp.asarray(mask), jnp.zeros((R, R)))
+        return jnp.sum(n * jnp.array([1.0, 2.0, 3.0]))
+
+    g = np.asarray(jax.grad(loss)(z))
+    assert np.isfinite(g).all(), np.argwhere(~np.isfinite(g[0, ..., 0]))[:4]
+    assert np.abs(g[0, :, 3:R // 2 - 1]).max() > 0 and np.abs(g[0, :, R // 2:]).max() == 0
+
+
 def deca_generate_triangles(h, w, margin_x=2, margin_y=5):
     tris = []
     for x in range(margin_x, w - 1 - margin_x):

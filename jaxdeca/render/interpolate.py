@@ -81,8 +81,10 @@ def _blend(corners, frags):
 
 
 def _normalize(x, eps=1e-6):
-    # torch.nn.functional.normalize: x / max(||x||, eps)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    """torch.nn.functional.normalize: x / max(||x||, eps), written as sqrt(max(||x||^2, eps^2))
+    so that a zero vector (a vertex whose faces all collapsed) gets a finite gradient as in torch
+    (the gradient of jnp.linalg.norm at 0 is NaN, even when nothing depends on it)."""
+    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 def face_normals(verts, faces):
