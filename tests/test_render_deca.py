@@ -133,3 +133,91 @@ def test_optimise_translation_and_scale(sphere):
     for _ in range(150):
         cam, state, l = step(cam, state)
     np.testing.assert_allclose(np.asarray(cam), np.asarray(target_cam), atol=0.02)
+
+
+def test_render_matches_deca_formulas_in_torch():
+    """Every output of `render` (coarse and detail, a non-square image) against DECA's
+    SRenderY.forward / render_shape / render_depth / world2uv and displacement2normal written
+    in torch, with the brute-force NumPy z-buffer as DECA's rasterizer (its attributes
+    interpolated as DECA does: per-face corners x barycentrics, zero on background)."""
+    import torch
+    import torch.nn.functional as F
+    from test_render_ops import deca_generate_triangles, torch_vertex_normals
+    from test_render_rasterize import brute_force
+    from jaxdeca.render import SH_CONSTANTS
+
+    Ruv, H, W = 16, 16, 11
+    m = uv_sphere(5, 7, radius=0.5)
+    rng = np.random.default_rng(0)
+    fem = np.zeros((Ruv, Ruv), np.float32)
+    fem[3:13, 2:12] = 1.0
+    fixed = rng.normal(size=(Ruv, Ruv)).astype(np.float32) * 1e-2
+    topo = make_topology(dict(faces=m["faces"], uv_coords=m["uv_coords"], uv_faces=m["uv_faces"],
+                              uv_face_eye_mask=fem, fixed_displacement=fixed), uv_size=Ruv)
+    verts = (m["verts"] + 0.02 * rng.normal(size=m["verts"].shape)).astype(np.float32)[None]
+    tv = np.array(orth_proj(jnp.asarray(verts), jnp.array([[1.6, 0.05, -0.03]])))
+    albedo = rng.uniform(size=(1, Ruv, Ruv, 3)).astype(np.float32)
+    light = (rng.normal(size=(1, 9, 3)) * 0.5).astype(np.float32)
+    uv_z = (rng.normal(size=(1, Ruv, Ruv, 1)) * 0.01).astype(np.float32)
+    out = jax.jit(lambda v, t, a, l, z: render(v, t, a, l, topo, (H, W), uv_z=z, sigma=0.0))(
+        *(jnp.asarray(a) for a in (verts, tv, albedo, light, uv_z)))
+
+    # DECA (NCHW)
+    faces = torch.from_numpy(m["faces"]).long()
+    V, TV, L = torch.from_numpy(verts), torch.from_numpy(tv), torch.from_numpy(light)
+
+    def raster(vimg, f, face_attr, h, w):  # DECA's Pytorch3dRasterizer.forward -> [1, D + 1, h, w]
+        fidx, bary, _ = brute_force(vimg[0].numpy(), f.numpy(), h, w)
+        vals = (torch.from_numpy(bary).float()[..., None] * face_attr[0][torch.from_numpy(np.maximum(fidx, 0))]).sum(-2)
+        vals[torch.from_numpy(fidx < 0)] = 0
+        return torch.cat([vals.permute(2, 0, 1), torch.from_numpy((fidx >= 0).astype(np.float32))[None]])[None]
+
+    fv = lambda a, f: a[:, f]  # util.face_vertices
+    uvc = torch.from_numpy(m["uv_coords"])[None]
+    uvc = torch.cat([uvc, uvc[..., :1] * 0 + 1], -1) * 2 - 1
+    uvc[..., 1] = -uvc[..., 1]
+    uvfaces = torch.from_numpy(m["uv_faces"]).long()
+    normals, tnormals = torch_vertex_normals(V, faces[None]), torch_vertex_normals(TV, faces[None])
+    rend = raster(TV, faces, torch.cat([fv(uvc, uvfaces), fv(tnormals, faces), fv(V, faces), fv(normals, faces)], -1), H, W)
+    alpha = rend[:, -1:]
+    grid = rend[:, :3].permute(0, 2, 3, 1)[..., :2]
+    alb = torch.from_numpy(albedo).permute(0, 3, 1, 2)
+    albedo_images = F.grid_sample(alb, grid, align_corners=False)
+    normal_images = rend[:, 9:12]
+    c = torch.from_numpy(SH_CONSTANTS)
+
+    def add_sh(n):  # SRenderY.add_SHlight
+        sh = torch.stack([n[:, 0] * 0 + 1, n[:, 0], n[:, 1], n[:, 2], n[:, 0] * n[:, 1], n[:, 0] * n[:, 2],
+                          n[:, 1] * n[:, 2], n[:, 0] ** 2 - n[:, 1] ** 2, 3 * n[:, 2] ** 2 - 1], 1) * c[None, :, None, None]
+        return torch.sum(L[:, :, :, None, None] * sh[:, :, None], 1)
+
+    def render_shape(normal_images):  # SRenderY.render_shape with its default lights
+        r = raster(TV, faces, torch.cat([fv(torch.full((1, V.shape[1], 3), 180 / 255), faces), fv(tnormals, faces)], -1), H, W)
+        d = F.normalize(torch.tensor([[-1, 1, 1], [1, 1, 1], [-1, -1, 1], [1, -1, 1], [0, 0, 1]]).float(), dim=1)
+        ndl = torch.clamp(torch.einsum("bchw,lc->blhw", normal_images, d), 0, 1)
+        shading = (ndl[:, :, None] * 1.7).mean(1).expand(-1, 3, -1, -1)
+        return r[:, :3] * shading * r[:, -1:] * (r[:, 5:6] < 0.15).float()
+
+    world2uv = lambda a: raster(uvc, uvfaces, fv(a, faces), Ruv, Ruv)[:, :3]
+    uv_cv, uv_cn = world2uv(V), world2uv(normals)
+    mt = torch.from_numpy(fem)
+    det = uv_cv + torch.from_numpy(uv_z).permute(0, 3, 1, 2) * mt * uv_cn + torch.from_numpy(fixed) * uv_cn
+    dense = torch.from_numpy(deca_generate_triangles(Ruv, Ruv)).long()[None]
+    udn = torch_vertex_normals(det.permute(0, 2, 3, 1).reshape(1, -1, 3), dense).reshape(1, Ruv, Ruv, 3).permute(0, 3, 1, 2)
+    udn = udn * mt + uv_cn * (1 - mt)
+    z = -(TV[..., 2:] - TV[..., 2:].min())
+    z = (z - z.min()) / (z - z.min()).max()
+    nhwc = lambda t: t.permute(0, 2, 3, 1).numpy()
+    ref = dict(
+        images=nhwc(albedo_images * add_sh(normal_images) * alpha),
+        albedo_images=nhwc(albedo_images),  # DECA's trainer's (unmasked) grid_sample of the albedo
+        mask=alpha[:, 0].numpy(), grid=grid.numpy(), normal_images=nhwc(normal_images * alpha),
+        pos_mask=(rend[:, 5] < -0.05).float().numpy(), shape_images=nhwc(render_shape(normal_images)),
+        depth_images=raster(TV, faces, fv(z.repeat(1, 1, 3), faces), H, W)[:, 0].numpy(),
+        uv_pverts=nhwc(world2uv(TV)), uv_coarse_vertices=nhwc(uv_cv), uv_coarse_normals=nhwc(uv_cn),
+        normals=normals.numpy(), trans_normals=tnormals.numpy(), uv_detail_normals=nhwc(udn),
+        uv_shading=nhwc(add_sh(udn)), uv_texture=nhwc(alb * add_sh(udn)),
+        shape_detail_images=nhwc(render_shape(F.grid_sample(udn, grid, align_corners=False) * alpha)))
+    assert 0.2 < ref["mask"].mean() < 0.8 and ref["pos_mask"].sum() > 20
+    for k, r in ref.items():
+        np.testing.assert_allclose(np.asarray(out[k]), r, atol=1e-5, err_msg=k)
