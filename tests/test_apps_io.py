@@ -173,3 +173,12 @@ def test_chunks_are_lazy_and_keep_the_short_tail():
     assert next(it) == [0, 1] and drawn == [0, 1]
     assert list(it) == [[2, 3], [4]]
     assert list(pipeline.chunks([], 3)) == []
+
+
+def test_float_tiff_reads_as_its_0_to_1_intensities(tmp_path):
+    """A 32-bit float TIFF holds intensities in [0, 1] (OpenCV's and image tools' convention for
+    float images): it reads as the same picture as its 8-bit PNG, not as a black image."""
+    img = (np.random.default_rng(2).random((20, 30, 3)) * 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "f.tif"), img.astype(np.float32) / 255.0)
+    assert cv2.imread(str(tmp_path / "f.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
+    np.testing.assert_array_equal(inputs.read_image(str(tmp_path / "f.tif")), img[..., ::-1])

@@ -54,9 +54,11 @@ def report(app: str, n_written: int, skipped, out_dir: str, what: str = "face(s)
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any cv2-decoded image (gray, BGR, BGRA; 8 or 16 bit) -> [H, W, 3] uint8 RGB."""
+    """Any cv2-decoded image (gray, BGR, BGRA; 8 or 16 bit, or float in [0, 1]) -> [H, W, 3] uint8 RGB."""
     if image.dtype == np.uint16:
         image = (image / 257.0).round().astype(np.uint8)
+    elif image.dtype.kind == "f":  # a float TIFF: intensities in [0, 1]
+        image = np.clip(np.nan_to_num(image) * 255.0, 0, 255).round().astype(np.uint8)
     elif image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.uint8)
     if image.ndim == 2:
