@@ -161,6 +161,42 @@ def test_animate_app_writes_frames_and_video(tmp_path):
     assert Image.open(res["video"]).n_frames == 2
 
 
+def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
+    """A 25 fps driver clip of 3 frames (plain grey levels: --crop none needs no face) gives a
+    3-frame animation at 25 fps (GIF: 40 ms a frame) whose driver tiles are the clip's frames
+    in order."""
+    import cv2
+    from PIL import Image
+    p = pipeline.load_pipeline(random_seed=0)
+    levels = (40, 120, 200)
+    clip = str(tmp_path / "drv.avi")
+    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for g in levels:
+        w.write(np.full((64, 64, 3), g, np.uint8))
+    w.release()
+    identity = str(tmp_path / "id.png")
+    cv2.imwrite(identity, np.full((64, 64, 3), 90, np.uint8))
+    for video in ("a.mp4", "a.gif"):
+        res = animate.animate(identity, clip, str(tmp_path / "out"), p, crop="none", video=video, batch=2)
+        assert res["frames"] == ["drv_00000", "drv_00001", "drv_00002"]
+        tiles = []
+        if video.endswith(".gif"):
+            im = Image.open(res["video"])
+            for k in range(im.n_frames):
+                im.seek(k)
+                assert im.info["duration"] == 40
+                tiles.append(np.asarray(im.convert("RGB")))
+        else:
+            cap = cv2.VideoCapture(res["video"])
+            assert round(cap.get(cv2.CAP_PROP_FPS)) == 25
+            while (f := cap.read())[0]:
+                tiles.append(f[1])
+            cap.release()
+        assert len(tiles) == 3
+        driver = [float(np.median(t[40:, :224])) for t in tiles]  # below the tile's label
+        np.testing.assert_allclose(driver, levels, atol=6)
+
+
 def test_teaser_writes_gif(tmp_path, pipe):
     from jaxdeca.apps import teaser
     c = teaser.teaser_codes(teaser.demo_codes(), n=2)

@@ -3,8 +3,9 @@
 Reenactment as DECA does it: the identity image gives shape, albedo, light, camera, global
 pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is
 decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
-change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF), batch
-by batch: memory does not grow with the length of the driving video.
+change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF) at the
+driving video's frame rate (10 fps for images), batch by batch: memory does not grow with the
+length of the driving video.
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
 whole stops the run with one message (exit status 2); no frame written: exit status 1.
@@ -35,7 +36,7 @@ def animate_codes(identity: dict, driver: dict) -> dict:
     return out
 
 
-FPS = 10  # frames per second of the written videos (GIF: 100 ms per frame)
+FPS = 10  # frames per second of the written videos unless told (GIF: 100 ms per frame)
 # what VideoWriter writes: a GIF, or an mp4v video in one of these containers
 VIDEO_OUT_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".gif")
 
@@ -51,13 +52,14 @@ def check_video_path(path: str) -> str:
 class VideoWriter:
     """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to a .gif (imageio) or an mp4v
     video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another name: InputError), one
-    at a time: nothing but the current frame is held in memory.
+    at a time at `fps` frames per second: nothing but the current frame is held in memory.
     The file is opened at the first frame (its size fixes the video's) and finished by `close`
     or at the end of a `with` block; with no frame, no file is written.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fps: float = FPS):
         self.path, self._out, self._size, self.n_frames = check_video_path(path), None, None, 0
+        self.fps = float(fps)
         self._gif = path.lower().endswith(".gif")
 
     def append(self, frame) -> None:
@@ -67,9 +69,9 @@ class VideoWriter:
             self._size = frame.shape[:2]
             if self._gif:
                 # imageio's pillow plugin takes the duration in milliseconds
-                self._out = imageio.get_writer(self.path, mode="I", duration=1000 / FPS, loop=0)
+                self._out = imageio.get_writer(self.path, mode="I", duration=1000 / self.fps, loop=0)
             else:
-                self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), FPS,
+                self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                             (self._size[1], self._size[0]))
                 if not self._out.isOpened():
                     raise OSError(f"{self.path}: cv2 cannot open an mp4v writer")
@@ -110,7 +112,8 @@ def write_video(path: str, frames) -> str:
 
 def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeline.Pipeline,
             crop: str = "detect", video: str = "animation.mp4", batch: int = 8) -> dict:
-    """Runs the app; returns {'frames': [names], 'skipped': [(name, reason)], 'video': path}."""
+    """Runs the app; returns {'frames': [names], 'skipped': [(name, reason)], 'video': path}.
+    The video plays at the driver video's frame rate (images or a folder: FPS)."""
     if os.path.isdir(identity_path):
         raise inputs.InputError(f"{identity_path}: --identity must be one image, not a folder")
     img = inputs.read_image(identity_path)
@@ -119,7 +122,7 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
     ident = pipe.encode(c.image[None])
     frames, skipped = [], []
-    sink = VideoWriter(os.path.join(out_dir, video))
+    sink = VideoWriter(os.path.join(out_dir, video), inputs.video_fps(expression_path) or FPS)
 
     def run(chunk):  # one padded batch of (name, Crop): decode, write its files, stream its tiles
         drv = pipe.encode(pipeline.padded_batch([d.image for _, d in chunk], batch))

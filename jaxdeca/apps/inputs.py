@@ -119,6 +119,20 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
         cap.release()
 
 
+def video_fps(path: str) -> float | None:
+    """The frame rate a video file declares, or None for anything else (an image, a folder, a
+    video that cannot be opened or declares none)."""
+    if not (os.path.isfile(path) and _is_video(path)):
+        return None
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cap = cv2.VideoCapture(path)
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return float(fps) if np.isfinite(fps) and fps > 0 else None
+
+
 def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
     """Frames of an image file, a folder of images or a video file (see module doc). In a
     folder every item's name is unique (`unique_names`): the outputs are written per name."""
