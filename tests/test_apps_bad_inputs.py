@@ -143,9 +143,9 @@ def test_apps_without_dlib_stop_with_one_message(tmp_path, folder, pipe, capsys,
 
 
 def test_cli_argument_errors(tmp_path, folder, pipe, capsys, monkeypatch):
-    """--batch below 1 is refused by argparse (exit 2, the option named); an output video name
-    that is neither a GIF nor a video container, and a landmark file that is not text, give one
-    line naming the file (exit 2) before anything is computed."""
+    """--batch (and fit's --steps) below 1 is refused by argparse (exit 2, the option named); an
+    output video name that is neither a GIF nor a video container, and a landmark file that is
+    not text, give one line naming the file (exit 2) before anything is computed."""
     from jaxdeca.apps import teaser
     from jaxdeca.evaluation import now
     monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
@@ -161,6 +161,10 @@ def test_cli_argument_errors(tmp_path, folder, pipe, capsys, monkeypatch):
                 run()
             err = capsys.readouterr().err
             assert e.value.code == 2 and f"argument --batch: must be a positive integer, got {b}" in err, err
+        with pytest.raises(SystemExit) as e:  # 0 steps would write the unfitted mean face
+            fit.main(["--input", face, "--out", out, "--steps", b])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument --steps: must be a positive integer, got {b}" in err, err
     for name in ("anim", "anim.png"):
         for app, run in (
                 ("teaser", lambda: teaser.main(["--out", str(tmp_path / name), "--frames", "1"])),

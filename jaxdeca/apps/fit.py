@@ -277,7 +277,8 @@ def main(argv=None) -> int:
     p.add_argument("--flame", default=None)
     p.add_argument("--landmarks", default=None,
                    help="68-point .pts/.txt in original pixels, or a folder of <stem>.pts (default: dlib)")
-    p.add_argument("--steps", type=int, default=400, help="shape/expression steps (rigid = steps/4, photo = steps/10)")
+    p.add_argument("--steps", type=pipeline.positive_int, default=400,
+                   help="shape/expression steps (rigid = steps/4, photo = steps/10)")
     p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
     try:
