@@ -26,6 +26,13 @@ def save_image(path: str, image: np.ndarray) -> str:
     return path
 
 
+def material_stem(obj_path: str) -> str:
+    """The base name of an OBJ's .mtl and texture files: its own, whitespace replaced by '_'.
+    OBJ's `mtllib` takes a list of whitespace-separated names and MTL readers take a map's
+    name as the last token after its options, so a name with spaces would not resolve."""
+    return "_".join(os.path.splitext(os.path.basename(obj_path))[0].split())
+
+
 def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.ndarray | None = None,
               uv_faces: np.ndarray | None = None, texture: np.ndarray | None = None,
               normal_map: np.ndarray | None = None, colors: np.ndarray | None = None) -> str:
@@ -34,18 +41,20 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
     Args:
       vertices: [V, 3]. faces: [F, 3] int, 0-based.
       uv_coords: [T, 2] in [0, 1] (v up); uv_faces: [F, 3] into uv_coords.
-      texture: [R, R, 3] RGB in [0, 1] -> `<stem>.png`, referenced by `<stem>.mtl`.
+      texture: [R, R, 3] RGB in [0, 1] -> `<stem>.png`, referenced by `<stem>.mtl` (in these
+        three names, `material_stem`: whitespace in the OBJ's name becomes '_').
       normal_map: [R, R, 3] tangent-free UV normal map with components in [-1, 1] ->
         `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
       colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
     Returns:
       The OBJ path.
     """
-    stem, _ = os.path.splitext(path)
     has_uv = uv_coords is not None and uv_faces is not None
     mtllib = None
     if texture is not None and has_uv:
-        mtllib, name = os.path.basename(stem) + ".mtl", os.path.basename(stem)
+        name = material_stem(path)
+        stem = os.path.join(os.path.dirname(path), name)
+        mtllib = name + ".mtl"
         save_image(stem + ".png", texture)
         with open(stem + ".mtl", "w") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
