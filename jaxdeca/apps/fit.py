@@ -276,7 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)
     p.add_argument("--landmarks", default=None,
-                   help="68-point .pts/.txt in original pixels, or a folder of <stem>.pts (default: dlib)")
+                   help="68 points in original pixels: an iBUG .pts (1-based) or a .txt of x y rows "
+                        "(0-based, like *_kpt2d.txt), or a folder of <stem>.pts/.txt (default: dlib)")
     p.add_argument("--steps", type=pipeline.positive_int, default=400,
                    help="shape/expression steps (rigid = steps/4, photo = steps/10)")
     p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces fitted together (each on its own)")
@@ -291,15 +292,18 @@ def main(argv=None) -> int:
 
 
 def read_pts(path: str) -> np.ndarray:
-    """68 landmarks [68, 2] from an iBUG .pts file or a plain text file of x y rows.
+    """68 landmarks [68, 2] in 0-based original pixels (pixel column j is x = j) from an iBUG
+    .pts file (1-based, as Matlab: 1 is subtracted, like `jaxdeca.data.detect.read_pts` and
+    menpo) or a plain text file of x y rows (0-based, like the apps' *_kpt2d.txt).
     Raises ValueError (or OSError) naming the file."""
     try:
         with open(path) as f:
             text = f.read()
     except UnicodeDecodeError:  # a ValueError whose message would not name the file
         raise ValueError(f"{path}: not a landmark file (not text)") from None
+    ibug = "{" in text
     try:
-        if "{" in text:
+        if ibug:
             text = text[text.index("{") + 1:text.index("}")]
         pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
                         if line.strip() and not line.startswith("#")])
@@ -307,7 +311,7 @@ def read_pts(path: str) -> np.ndarray:
         raise ValueError(f"{path}: not a landmark file ({e})") from None
     if pts.shape != (68, 2):
         raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
-    return pts
+    return pts - 1.0 if ibug else pts
 
 
 if __name__ == "__main__":
