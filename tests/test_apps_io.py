@@ -166,6 +166,21 @@ def test_video_writer_streams_gif_and_mp4_at_10_fps(tmp_path):
     cap.release()
 
 
+def test_gif_of_a_fast_video_keeps_a_delay_browsers_honour(tmp_path):
+    """GIF delays are whole centiseconds and browsers show 0 or 1 cs as 10 cs: a 60 fps
+    animation would play at 10 fps. The GIF runs at most 50 fps (20 ms a frame) instead."""
+    from PIL import Image
+
+    from jaxdeca.apps import animate
+    with animate.VideoWriter(str(tmp_path / "v.gif"), fps=60) as w:
+        for k in range(2):
+            w.append(np.full((8, 8, 3), 90 * k, np.uint8))
+    im = Image.open(tmp_path / "v.gif")
+    for k in range(2):
+        im.seek(k)
+        assert im.info["duration"] == 20
+
+
 def test_video_writer_without_frames_writes_nothing_and_refuses_a_size_change(tmp_path):
     from jaxdeca.apps import animate
     with animate.VideoWriter(str(tmp_path / "none.mp4")) as w:

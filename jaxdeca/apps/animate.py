@@ -52,7 +52,8 @@ def check_video_path(path: str) -> str:
 class VideoWriter:
     """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to a .gif (imageio) or an mp4v
     video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another name: InputError), one
-    at a time at `fps` frames per second: nothing but the current frame is held in memory.
+    at a time at `fps` frames per second (a GIF at most 50): nothing but the current frame is
+    held in memory.
     The file is opened at the first frame (its size fixes the video's) and finished by `close`
     or at the end of a `with` block; with no frame, no file is written.
     """
@@ -68,8 +69,9 @@ class VideoWriter:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._size = frame.shape[:2]
             if self._gif:
-                # imageio's pillow plugin takes the duration in milliseconds
-                self._out = imageio.get_writer(self.path, mode="I", duration=1000 / self.fps, loop=0)
+                # imageio's pillow plugin takes the duration in milliseconds; GIF delays are
+                # whole centiseconds, and browsers show 0 or 1 cs as 10: at most 50 fps
+                self._out = imageio.get_writer(self.path, mode="I", duration=max(1000 / self.fps, 20.0), loop=0)
             else:
                 self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                             (self._size[1], self._size[0]))
