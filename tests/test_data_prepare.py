@@ -224,6 +224,9 @@ def test_decode_conversions():
     g16 = (rgb[..., 0].astype(np.uint16) << 8) | 0x7F
     out = images.decode_image(cv2.imencode(".png", g16)[1].tobytes())
     assert out.shape == (70, 80, 3) and np.array_equal(out[..., 1], rgb[..., 0])
+    # a float TIFF holds intensities in [0, 1]: rounded to the nearest level, as the apps read it
+    f32 = cv2.imencode(".tiff", (bgra[..., :3].astype(np.float32) + 0.6) / 255.0)[1].tobytes()
+    np.testing.assert_array_equal(images.decode_image(f32), rgb + 1)
 
 
 def test_exif_orientation_is_applied_by_every_reader(tmp_path):

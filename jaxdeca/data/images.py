@@ -81,7 +81,7 @@ def decode_image(data: bytes) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        img = np.clip(img * 255.0, 0, 255).astype(np.uint8)
+        img = np.clip(np.nan_to_num(img) * 255.0, 0, 255).round().astype(np.uint8)
     elif img.dtype != np.uint8:
         raise BadImage(f"unsupported pixel type {img.dtype}")
     if img.ndim == 2:
