@@ -210,6 +210,38 @@ def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
         np.testing.assert_allclose(driver, levels, atol=6)
 
 
+def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path, monkeypatch):
+    """Driver frames without a face (here: grey levels 40, 200 and 80) are skipped and named, and
+    the video repeats the previous frame in their place (the first one before any face), so it
+    has as many frames as the driver clip."""
+    import cv2
+    p = pipeline.load_pipeline(random_seed=0)
+    levels, no_face = (40, 120, 200, 160, 80), {40, 200, 80}
+    clip = str(tmp_path / "drv.avi")
+    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for g in levels:
+        w.write(np.full((64, 64, 3), g, np.uint8))
+    w.release()
+    identity = str(tmp_path / "id.png")
+    cv2.imwrite(identity, np.full((64, 64, 3), 90, np.uint8))
+    real = pipeline.crop_face
+
+    def crop_face(image, crop):
+        level = int(np.median(image))
+        return None if any(abs(level - g) < 8 for g in no_face) else real(image, crop)
+    monkeypatch.setattr(pipeline, "crop_face", crop_face)
+    res = animate.animate(identity, clip, str(tmp_path / "out"), p, crop="none", video="a.mp4", batch=2)
+    assert res["frames"] == ["drv_00001", "drv_00003"]
+    assert [name for name, _ in res["skipped"]] == ["drv_00000", "drv_00002", "drv_00004"]
+    cap = cv2.VideoCapture(res["video"])
+    tiles = []
+    while (f := cap.read())[0]:
+        tiles.append(f[1])
+    cap.release()
+    driver = [float(np.median(t[40:, :224])) for t in tiles]  # below the tile's label
+    np.testing.assert_allclose(driver, (120, 120, 120, 160, 160), atol=6)
+
+
 def test_teaser_writes_gif(tmp_path, pipe):
     from jaxdeca.apps import teaser
     c = teaser.teaser_codes(teaser.demo_codes(), n=2)

@@ -5,7 +5,8 @@ pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The d
 decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
 change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF) at the
 driving video's frame rate (10 fps for images), batch by batch: memory does not grow with the
-length of the driving video.
+length of the driving video. A driver video's frames without a face repeat the previous frame
+in the video (the first one before any face), so it keeps the driver's length and timing.
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
 whole stops the run with one message (exit status 2); no frame written: exit status 1.
@@ -124,24 +125,37 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
     ident = pipe.encode(c.image[None])
     frames, skipped = [], []
-    sink = VideoWriter(os.path.join(out_dir, video), inputs.video_fps(expression_path) or FPS)
+    fps = inputs.video_fps(expression_path)  # None: images or a folder
+    sink = VideoWriter(os.path.join(out_dir, video), fps or FPS)
+    held, last = [0], [None]  # skipped driver frames already filled in the video; the last tile
 
-    def run(chunk):  # one padded batch of (name, Crop): decode, write its files, stream its tiles
-        drv = pipe.encode(pipeline.padded_batch([d.image for _, d in chunk], batch))
+    def hold(tile, n_skipped):  # a driver video keeps its timing: skipped frames repeat a tile
+        if fps is not None:
+            for _ in range(n_skipped - held[0]):
+                sink.append(tile)
+            held[0] = n_skipped
+
+    def run(chunk):  # one padded batch of (name, Crop, skips so far): decode, write files, stream tiles
+        drv = pipe.encode(pipeline.padded_batch([d.image for _, d, _ in chunk], batch))
         out = pipe.decode(animate_codes(ident, drv))
-        for k, (name, d) in enumerate(chunk):
+        for k, (name, d, n_skipped) in enumerate(chunk):
             export.write_obj(os.path.join(out_dir, name, f"{name}.obj"), np.asarray(out["vertices"][k]), pipe.arrays["faces"],
                              uv_coords=pipe.arrays["uv_coords"], uv_faces=pipe.arrays["uv_faces"],
                              texture=np.asarray(out["albedo"][k]), normal_map=np.asarray(out["uv_detail_normals"][k]))
             tile = vis.grid([vis.label(d.image, "driver"), vis.label(out["shape_detail_images"][k], "detail shape"),
                              vis.label(out["images"][k], "render")], 3)
             export.save_image(os.path.join(out_dir, name, f"{name}_render.png"), tile)
+            hold(tile if last[0] is None else last[0], n_skipped)  # skipped frames before this one
             sink.append(tile)
             frames.append(name)
+            last[0] = tile
 
     with sink:
-        for chunk in pipeline.chunks(pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame"), batch):
+        crops = pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame")
+        for chunk in pipeline.chunks(((name, d, len(skipped)) for name, d in crops), batch):
             run(chunk)
+        if last[0] is not None:  # frames skipped after the last face
+            hold(last[0], len(skipped))
     result = {"frames": frames, "skipped": [(s.name, s.reason) for s in skipped], "video": sink.close()}
     inputs.report("animate", len(frames), skipped, out_dir, "frame(s)")
     return result
