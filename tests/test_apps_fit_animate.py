@@ -174,6 +174,36 @@ def test_animate_app_writes_frames_and_video(tmp_path):
     assert Image.open(res["video"]).n_frames == 2
 
 
+def grey_driver(tmp_path, levels):
+    """A 64 px identity image (grey 90) and a 25 fps MJPG driver clip of plain grey frames at
+    `levels` (--crop none needs no face). Returns (identity path, clip path)."""
+    import cv2
+    clip = str(tmp_path / "drv.avi")
+    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
+    for g in levels:
+        w.write(np.full((64, 64, 3), g, np.uint8))
+    w.release()
+    identity = str(tmp_path / "id.png")
+    cv2.imwrite(identity, np.full((64, 64, 3), 90, np.uint8))
+    return identity, clip
+
+
+def read_video(path):
+    """Every frame of a video file, as cv2 decodes it (BGR)."""
+    import cv2
+    cap = cv2.VideoCapture(path)
+    tiles = []
+    while (f := cap.read())[0]:
+        tiles.append(f[1])
+    cap.release()
+    return tiles
+
+
+def driver_levels(tiles):
+    """The grey level of each animate tile's driver panel (below its label)."""
+    return [float(np.median(t[40:, :224])) for t in tiles]
+
+
 def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
     """A 25 fps driver clip of 3 frames (plain grey levels: --crop none needs no face) gives a
     3-frame animation at 25 fps (GIF: 40 ms a frame) whose driver tiles are the clip's frames
@@ -182,13 +212,7 @@ def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
     from PIL import Image
     p = pipeline.load_pipeline(random_seed=0)
     levels = (40, 120, 200)
-    clip = str(tmp_path / "drv.avi")
-    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
-    for g in levels:
-        w.write(np.full((64, 64, 3), g, np.uint8))
-    w.release()
-    identity = str(tmp_path / "id.png")
-    cv2.imwrite(identity, np.full((64, 64, 3), 90, np.uint8))
+    identity, clip = grey_driver(tmp_path, levels)
     for video in ("a.mp4", "a.gif"):
         res = animate.animate(identity, clip, str(tmp_path / "out"), p, crop="none", video=video, batch=2)
         assert res["frames"] == ["drv_00000", "drv_00001", "drv_00002"]
@@ -202,28 +226,19 @@ def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
         else:
             cap = cv2.VideoCapture(res["video"])
             assert round(cap.get(cv2.CAP_PROP_FPS)) == 25
-            while (f := cap.read())[0]:
-                tiles.append(f[1])
             cap.release()
+            tiles = read_video(res["video"])
         assert len(tiles) == 3
-        driver = [float(np.median(t[40:, :224])) for t in tiles]  # below the tile's label
-        np.testing.assert_allclose(driver, levels, atol=6)
+        np.testing.assert_allclose(driver_levels(tiles), levels, atol=6)
 
 
 def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path, monkeypatch):
     """Driver frames without a face (here: grey levels 40, 200 and 80) are skipped and named, and
     the video repeats the previous frame in their place (the first one before any face), so it
     has as many frames as the driver clip."""
-    import cv2
     p = pipeline.load_pipeline(random_seed=0)
-    levels, no_face = (40, 120, 200, 160, 80), {40, 200, 80}
-    clip = str(tmp_path / "drv.avi")
-    w = cv2.VideoWriter(clip, cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 64))
-    for g in levels:
-        w.write(np.full((64, 64, 3), g, np.uint8))
-    w.release()
-    identity = str(tmp_path / "id.png")
-    cv2.imwrite(identity, np.full((64, 64, 3), 90, np.uint8))
+    no_face = {40, 200, 80}
+    identity, clip = grey_driver(tmp_path, (40, 120, 200, 160, 80))
     real = pipeline.crop_face
 
     def crop_face(image, crop):
@@ -233,13 +248,7 @@ def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path,
     res = animate.animate(identity, clip, str(tmp_path / "out"), p, crop="none", video="a.mp4", batch=2)
     assert res["frames"] == ["drv_00001", "drv_00003"]
     assert [name for name, _ in res["skipped"]] == ["drv_00000", "drv_00002", "drv_00004"]
-    cap = cv2.VideoCapture(res["video"])
-    tiles = []
-    while (f := cap.read())[0]:
-        tiles.append(f[1])
-    cap.release()
-    driver = [float(np.median(t[40:, :224])) for t in tiles]  # below the tile's label
-    np.testing.assert_allclose(driver, (120, 120, 120, 160, 160), atol=6)
+    np.testing.assert_allclose(driver_levels(read_video(res["video"])), (120, 120, 120, 160, 160), atol=6)
 
 
 def test_teaser_writes_gif(tmp_path, pipe):
