@@ -33,7 +33,7 @@ import optax
 
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
-from jaxdeca.data import preprocess
+from jaxdeca.data import detect, preprocess
 from jaxdeca.losses import coarse
 
 LANDMARK_GROUPS = ("pose", "cam")
@@ -293,25 +293,25 @@ def main(argv=None) -> int:
 
 def read_pts(path: str) -> np.ndarray:
     """68 landmarks [68, 2] in 0-based original pixels (pixel column j is x = j) from an iBUG
-    .pts file (1-based, as Matlab: 1 is subtracted, like `jaxdeca.data.detect.read_pts` and
-    menpo) or a plain text file of x y rows (0-based, like the apps' *_kpt2d.txt).
-    Raises ValueError (or OSError) naming the file."""
+    .pts file (read by `jaxdeca.data.detect.read_pts`, which subtracts 1 from its 1-based
+    coordinates, as menpo does) or a plain text file of x y rows (0-based, like the apps'
+    *_kpt2d.txt). Raises ValueError (or OSError) naming the file."""
     try:
         with open(path) as f:
             text = f.read()
     except UnicodeDecodeError:  # a ValueError whose message would not name the file
         raise ValueError(f"{path}: not a landmark file (not text)") from None
-    ibug = "{" in text
-    try:
-        if ibug:
-            text = text[text.index("{") + 1:text.index("}")]
-        pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
-                        if line.strip() and not line.startswith("#")])
-    except ValueError as e:
-        raise ValueError(f"{path}: not a landmark file ({e})") from None
+    if "{" in text:
+        pts = detect.read_pts(path)
+    else:
+        try:
+            pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
+                            if line.strip() and not line.startswith("#")])
+        except ValueError as e:
+            raise ValueError(f"{path}: not a landmark file ({e})") from None
     if pts.shape != (68, 2):
         raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
-    return pts - 1.0 if ibug else pts
+    return pts
 
 
 if __name__ == "__main__":

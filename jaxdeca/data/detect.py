@@ -86,7 +86,7 @@ class Detector:
 
 
 def read_pts(path: str) -> np.ndarray:
-    """iBUG .pts -> [N, 2] float32. The format: 'version: 1', 'n_points: N', '{', N lines
+    """iBUG .pts -> [N, 2] float64. The format: 'version: 1', 'n_points: N', '{', N lines
     'x y', '}'. iBUG coordinates are 1-based (Matlab): we subtract 1 so pixel column j is x = j."""
     try:
         with open(path) as f:
@@ -97,7 +97,7 @@ def read_pts(path: str) -> np.ndarray:
         n = int(next(ln for ln in lines if ln.startswith("n_points")).split(":")[1])
         start = lines.index("{") + 1
         end = lines.index("}", start)
-        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start:end]], np.float32).reshape(-1, 2)
+        pts = np.array([[float(v) for v in ln.split()[:2]] for ln in lines[start:end]], np.float64).reshape(-1, 2)
     except (StopIteration, ValueError, IndexError):
         raise ValueError(f"{path}: not an iBUG .pts file (need 'n_points: N', '{{', N 'x y' lines, '}}')") from None
     if pts.shape != (n, 2):
