@@ -75,3 +75,17 @@ def test_skin_matches_full_4x4_blend():
     T = np.einsum("vj,bjmn->bvmn", W, A)
     expect = np.einsum("bvmn,bvn->bvm", T, np.concatenate([p, np.ones((2, 7, 1), np.float32)], -1))[..., :3]
     np.testing.assert_allclose(lbs.skin(jnp.asarray(W), jnp.asarray(A), jnp.asarray(p)), expect, atol=1e-5)
+
+
+def test_rodrigues_half_precision_is_finite_at_zero_and_keeps_dtype():
+    # 1e-8 underflows to 0 in float16, so |r + 1e-8| was 0 and R = 0 / 0 = NaN at zero pose.
+    for dt in (jnp.float16, jnp.bfloat16):
+        r = jnp.zeros((2, 3), dt)
+        R = lbs.rodrigues(r)
+        assert R.dtype == dt
+        np.testing.assert_allclose(np.asarray(R, np.float32), np.broadcast_to(np.eye(3), (2, 3, 3)), atol=1e-3)
+        g = jax.jacobian(lambda x: lbs.rodrigues(x).astype(jnp.float32))(jnp.zeros(3, dt))
+        np.testing.assert_allclose(np.asarray(g[..., 2], np.float32), [[0, -1, 0], [1, 0, 0], [0, 0, 0]], atol=1e-2)
+        r = jnp.asarray([0.3, -0.2, 0.5], dt)
+        np.testing.assert_allclose(np.asarray(lbs.rodrigues(r), np.float32),
+                                   Rotation.from_rotvec(np.asarray(r, np.float64)).as_matrix(), atol=1e-2)

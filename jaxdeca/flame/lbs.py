@@ -10,17 +10,22 @@ import jax.numpy as jnp
 def rodrigues(rvec):
     """Axis-angle -> rotation matrix (DECA/smplx convention, finite gradients at zero).
 
-    rvec: [..., 3]. Returns [..., 3, 3]. angle = |r + 1e-8| as in the original, so the
-    direction r / angle is defined (and differentiable) at r = 0.
+    rvec: [..., 3]. Returns [..., 3, 3] in rvec's float dtype. angle = |r + 1e-8| as in the
+    original, so the direction r / angle is defined (and differentiable) at r = 0. Half
+    precision is computed in float32 (1e-8 underflows to 0 in float16: R = 0 / 0 at r = 0).
     """
-    angle = jnp.linalg.norm(rvec + 1e-8, axis=-1, keepdims=True)  # [..., 1]
-    axis = rvec / angle
+    rvec = jnp.asarray(rvec)
+    wide = jnp.promote_types(rvec.dtype, jnp.float32)
+    out_dtype = rvec.dtype if jnp.issubdtype(rvec.dtype, jnp.floating) else wide
+    r = rvec.astype(wide)
+    angle = jnp.linalg.norm(r + 1e-8, axis=-1, keepdims=True)  # [..., 1]
+    axis = r / angle
     s, c = jnp.sin(angle)[..., None], jnp.cos(angle)[..., None]
     x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
     zero = jnp.zeros_like(x)
-    K = jnp.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(rvec.shape[:-1] + (3, 3))
-    eye = jnp.eye(3, dtype=rvec.dtype)
-    return eye + s * K + (1.0 - c) * (K @ K)
+    K = jnp.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(r.shape[:-1] + (3, 3))
+    eye = jnp.eye(3, dtype=wide)
+    return (eye + s * K + (1.0 - c) * (K @ K)).astype(out_dtype)
 
 
 def rigid_transforms(rot_mats, joints, parents):
