@@ -55,3 +55,22 @@ def test_jit_vmap_grad():
 def test_too_many_components_refused():
     with pytest.raises(flame.FlameFileError, match="n_shape=300"):
         flame.from_arrays(random_flame(), n_shape=300)
+
+
+@pytest.mark.parametrize("name, args, message", [
+    # A full 15-value pose (global, neck, jaw, eyes) was read as global + jaw = its neck rotation.
+    ("full pose", dict(pose=(1, 15)), r"pose must be \[B, 6\] \(global, jaw\), found \(1, 15\)"),
+    ("global only", dict(pose=(1, 3)), r"pose must be \[B, 6\]"),
+    ("fewer shape", dict(shape=(1, 50)), r"shape must be \[B, 100\], found \(1, 50\)"),
+    ("unbatched", dict(shape=(100,), expression=(50,), pose=(6,)), r"shape must be \[B, 100\], found \(100,\)"),
+    ("batch", dict(expression=(2, 50)), r"expression must be \[B, 50\] with B = 1, found \(2, 50\)"),
+    ("neck", dict(neck_pose=(1, 6)), r"neck_pose must be \[B, 3\]"),
+    ("eyes", dict(eye_pose=(1, 3)), r"eye_pose must be \[B, 6\]"),
+])
+def test_wrong_code_shapes_refused_with_clear_error(name, args, message):
+    m = flame.from_arrays(random_flame())
+    shapes = dict(shape=(1, 100), expression=(1, 50), pose=(1, 6), neck_pose=None, eye_pose=None)
+    shapes.update(args)
+    codes = {k: None if s is None else jnp.zeros(s) for k, s in shapes.items()}
+    with pytest.raises(ValueError, match=message):
+        m(**codes)

@@ -49,7 +49,10 @@ class FlameModel:
         jaw rotation (3), axis-angle; neck_pose: [B, 3] (zeros if None); eye_pose: [B, 6]
         (zeros if None). Returns dict(vertices [B,V,3], landmarks2d [B,68,3] (17 dynamic
         contour + 51 static, iBUG-68 order), landmarks3d [B,68,3] (the fixed 68)).
+        Raises ValueError for any other code shape (e.g. a full 15-value pose).
         """
+        check_codes(dict(shape=shape, expression=expression, pose=pose, neck_pose=neck_pose, eye_pose=eye_pose),
+                    dict(shape=self.n_shape, expression=self.n_exp, pose=6, neck_pose=3, eye_pose=6))
         B = shape.shape[0]
         dtype = self.v_template.dtype
         zeros3 = jnp.zeros((B, 3), dtype)
@@ -70,6 +73,26 @@ class FlameModel:
             landmarks3d=barycentric_landmarks(verts, self.faces, jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68)),
                                               jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3))),
         )
+
+
+def check_codes(codes: dict, widths: dict) -> None:
+    """Raises ValueError unless every code that is not None is [B, width] with one B.
+
+    codes: name -> array or None; widths: name -> expected number of columns. Shapes are
+    static, so this also runs under jit/vmap. (A full 15-value pose would otherwise be read
+    as global + jaw = its neck rotation.)
+    """
+    B = None
+    for name, code in codes.items():
+        if code is None:
+            continue
+        hint = " (global, jaw)" if name == "pose" else ""
+        if code.ndim != 2 or code.shape[1] != widths[name]:
+            raise ValueError(f"FLAME: {name} must be [B, {widths[name]}]{hint}, found {tuple(code.shape)}")
+        if B is None:
+            B = code.shape[0]
+        elif code.shape[0] != B:
+            raise ValueError(f"FLAME: {name} must be [B, {widths[name]}] with B = {B}, found {tuple(code.shape)}")
 
 
 def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
