@@ -52,6 +52,18 @@ def test_crop_none_passes_a_224_crop_through():
     np.testing.assert_allclose(c.image, img / 255.0, atol=1e-6)
 
 
+def test_crop_none_takes_grey_rgba_and_one_pixel_images():
+    grey = (np.random.default_rng(2).random((50, 70)) * 255).astype(np.uint8)
+    want = pipeline.crop_face(np.repeat(grey[..., None], 3, 2), "none")
+    for img in (grey, np.dstack([grey] * 3 + [grey])):
+        c = pipeline.crop_face(img, "none")
+        np.testing.assert_array_equal(c.image, want.image)
+        np.testing.assert_array_equal(c.tform, want.tform)
+    assert pipeline.crop_face(np.full((1, 1, 3), 200, np.uint8), "none").image.shape == (224, 224, 3)
+    with pytest.raises(ValueError, match=r"crop_face: need an \[H, W, 3\] uint8"):
+        pipeline.crop_face(grey / 255.0, "none")
+
+
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(pipeline.CheckpointError, match="no such checkpoint"):
         pipeline.load_checkpoint(str(tmp_path / "missing"))

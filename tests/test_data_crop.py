@@ -109,3 +109,68 @@ def test_crop_for_inference_detects_a_real_face():
         preprocess.crop_for_inference(np.full((100, 100, 3), 127, np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         preprocess.crop_for_inference(np.zeros((10, 10), np.float32))
+
+
+def inverse_map_bilinear(image, tform, out_size):
+    """Independent reference for DECA's skimage `warp(image, tform.inverse)`: output pixel
+    (row r, col c) samples the source at inv @ (c, r, 1), pixel centres at integers, bilinear,
+    neighbours outside the source count as 0 (mode='constant', cval=0)."""
+    inv = np.linalg.inv(tform)
+    r, c = np.mgrid[0:out_size, 0:out_size].astype(np.float64)
+    x = inv[0, 0] * c + inv[0, 1] * r + inv[0, 2]
+    y = inv[1, 0] * c + inv[1, 1] * r + inv[1, 2]
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    H, W = image.shape[:2]
+
+    def px(yy, xx):
+        inside = (0 <= yy) & (yy < H) & (0 <= xx) & (xx < W)
+        return np.where(inside[..., None], image[np.clip(yy, 0, H - 1), np.clip(xx, 0, W - 1)], 0.0)
+    return ((1 - fy) * ((1 - fx) * px(y0, x0) + fx * px(y0, x0 + 1))
+            + fy * ((1 - fx) * px(y0 + 1, x0) + fx * px(y0 + 1, x0 + 1)))
+
+
+@pytest.mark.parametrize("lmk_range", [(60.0, 200.0), (-40.0, 70.0), (190.0, 330.0)])
+def test_warp_is_decas_inverse_map_also_beyond_the_border(lmk_range):
+    # a smooth photo; faces inside, over the top-left corner and past the bottom-right corner
+    yy, xx = np.mgrid[0:300, 0:260]
+    img = np.stack([np.sin(xx / 7.0), np.cos(yy / 5.0), np.sin((xx + yy) / 11.0)], -1).astype(np.float32) * 0.5 + 0.5
+    lmk = np.random.default_rng(1).uniform(*lmk_range, (68, 2))
+    t = crop.test_transform(landmarks=lmk, out_size=64)
+    got = crop.warp_image(img, t, 64)
+    want = inverse_map_bilinear(img, t, 64)
+    np.testing.assert_allclose(got, want, atol=4e-3)  # OpenCV rounds source positions to 1/32 px
+    outside = (want == 0).all(-1)
+    if lmk_range[0] < 0 or lmk_range[1] > 260:
+        assert outside.any() and np.all(got[outside] == 0)
+
+
+def test_bad_landmarks_and_boxes_are_one_clear_error():
+    ok = np.random.default_rng(0).uniform(50, 150, (68, 2))
+    for bad, match in [(np.full((68, 2), np.nan), "not all finite"), (np.zeros((0, 2)), r"\[N, 2\]"),
+                       (ok.ravel(), r"\[N, 2\]"), (np.full((68, 2), 7.0), "too small to crop")]:
+        with pytest.raises(ValueError, match=match):
+            crop.test_transform(landmarks=bad)
+        with pytest.raises(ValueError, match=match):
+            crop.train_transform(bad, 224, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="right >= left"):
+        crop.test_transform(bbox=(30, 30, 10, 10))
+    with pytest.raises(ValueError, match="finite"):
+        crop.test_transform(bbox=(0, 0, np.inf, 10))
+    # x, y first: a third column (confidence, depth) is ignored; a tiny face still gets a crop
+    np.testing.assert_allclose(crop.test_transform(landmarks=np.c_[ok, ok[:, :1]]), crop.test_transform(landmarks=ok))
+    assert crop.test_transform(landmarks=[[10.0, 10.0], [11.0, 11.0]])[0, 0] == pytest.approx(223 / 1)
+
+
+def test_grey_and_rgba_images_crop_as_their_rgb():
+    rng = np.random.default_rng(2)
+    grey = rng.integers(0, 255, (120, 100), dtype=np.uint8)
+    lmk = rng.uniform(30, 90, (68, 2))
+    want, t = preprocess.crop_for_inference(np.repeat(grey[..., None], 3, 2), landmarks=lmk)
+    for img in (grey, grey[..., None], np.dstack([grey] * 3 + [rng.integers(0, 255, (120, 100), dtype=np.uint8)])):
+        got, t2 = preprocess.crop_for_inference(img, landmarks=lmk)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(t2, t)
+    for bad in (grey.astype(np.float32), np.zeros((120, 100, 2), np.uint8), np.zeros((0, 100, 3), np.uint8)):
+        with pytest.raises(ValueError, match=r"crop_for_inference: need an \[H, W, 3\] uint8"):
+            preprocess.crop_for_inference(bad, landmarks=lmk)

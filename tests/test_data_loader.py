@@ -61,6 +61,22 @@ def test_a_record_that_cannot_be_cropped_is_named():
         loader.load_group(recs, groups, CFG, g)
 
 
+def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
+    recs, groups = make_source()
+    rec = dict(recs[0], image=recs[0]["image"][..., 0], mask=recs[0]["mask"])
+    want = loader.crop_example(dict(rec, image=np.repeat(rec["image"][..., None], 3, 2)), np.random.default_rng(0), CFG)
+    for image, mask in [(rec["image"], rec["mask"]), (rec["image"][..., None], rec["mask"][..., None] > 127),
+                        (np.dstack([rec["image"]] * 3 + [rec["mask"]]), np.repeat(rec["mask"][..., None], 3, 2))]:
+        got = loader.crop_example(dict(rec, image=image, mask=mask), np.random.default_rng(0), CFG)
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+    assert want["image"].shape == (48, 48, 3) and want["mask"].max() == 1
+    recs[3].update(image=recs[3]["image"] / 255.0, path="id1/float.png")
+    g = next(g for g in range(100) if 3 in loader.group_records(groups, CFG.seed, g, CFG.k))
+    with pytest.raises(ValueError, match=r"record 3 \(id1/float.png\): ValueError: record holds a float64 array"):
+        loader.load_group(recs, groups, CFG, g)
+
+
 def test_every_identity_once_per_epoch():
     _, groups = make_source()
     for epoch in range(2):

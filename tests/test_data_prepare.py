@@ -177,6 +177,32 @@ def test_large_image_is_detected_downscaled():
     assert inter_ocular_error(lmk_big / 3, gt) < 0.08
 
 
+class _Rect:
+    def __init__(self, l, t, r, b):
+        self.left, self.top, self.right, self.bottom = (lambda v=v: v for v in (l, t, r, b))
+
+
+def test_downscaled_detection_box_maps_back_to_the_same_pixels():
+    # a stand-in detector: the inclusive pixel box of what is bright in the image it is given
+    seen = []
+
+    class Bright:
+        def run(self, img, up, threshold):
+            seen.append(img.shape)
+            ys, xs = np.nonzero(img[..., 0] > 127)
+            return [_Rect(xs.min(), ys.min(), xs.max(), ys.max())], [1.0], [0]
+
+    det = detect.Detector.__new__(detect.Detector)
+    det.detector, det.upsample = Bright(), 0
+    img = np.zeros((1000, 600, 3), np.uint8)
+    img[100:200, 48:348] = 255  # columns 48..347, rows 100..199: whole 4 x 4 blocks of the small image
+    for max_side, want_shape in [(1000, (1000, 600, 3)), (250, (250, 150, 3))]:
+        det.max_side = max_side
+        (box,) = det.detect(img)
+        assert seen[-1] == want_shape
+        np.testing.assert_allclose(box[:4], (48, 100, 347, 199))
+
+
 def test_detector_unavailable_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(detect.DetectorUnavailable, match="nope.dat: landmark model file not found"):
         detect.Detector(str(tmp_path / "nope.dat"))

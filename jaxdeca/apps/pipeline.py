@@ -138,12 +138,16 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
     mode='detect': landmark box of the given landmarks [68, 2] (pixels) or, when None, of dlib's;
     None when no face is found. mode='none': the image is already a face crop; its centred
     square is resized to 224 with the same warp (pixel centres 0 and max(H, W) - 1 map to 0
-    and 223, so a 224 x 224 input passes through unchanged).
+    and 223, so a 224 x 224 input passes through unchanged). Grey and RGBA uint8 images are
+    converted (`preprocess.as_rgb_uint8`); other dtypes raise ValueError in both modes.
     """
-    image = np.asarray(image)
     if mode == "none":
+        try:
+            image = preprocess.as_rgb_uint8(image)
+        except ValueError as e:
+            raise ValueError(f"crop_face: {e}") from None
         h, w = image.shape[:2]
-        t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w) - 1, IMAGE_SIZE)
+        t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w, 2) - 1, IMAGE_SIZE)
         return Crop(image=crop_lib.warp_image(image, t, IMAGE_SIZE).astype(np.float32) / 255.0, tform=t)
     if mode != "detect":
         raise ValueError(f"crop mode must be 'detect' or 'none', got {mode!r}")

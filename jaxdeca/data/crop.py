@@ -19,22 +19,45 @@ TRAIN_SCALE = (1.4, 1.8)
 TEST_SCALE = 1.25
 
 
-def landmark_box(landmarks):
-    """(left, top, right, bottom) of landmarks [N, 2] in pixels."""
+def _landmarks(landmarks):
+    """landmarks as float64 [N, >=2], N >= 1, finite; ValueError naming the problem otherwise."""
     lmk = np.asarray(landmarks, np.float64)
+    if lmk.ndim != 2 or lmk.shape[0] < 1 or lmk.shape[1] < 2:
+        raise ValueError(f"landmarks must be [N, 2] pixels (N >= 1), got shape {lmk.shape}")
+    if not np.all(np.isfinite(lmk[:, :2])):
+        raise ValueError("landmarks are not all finite numbers")
+    return lmk
+
+
+def landmark_box(landmarks):
+    """(left, top, right, bottom) of landmarks [N, 2] (or [N, >2]: x, y first) in pixels."""
+    lmk = _landmarks(landmarks)
     return lmk[:, 0].min(), lmk[:, 1].min(), lmk[:, 0].max(), lmk[:, 1].max()
 
 
 def box_square(left, top, right, bottom, kind="kpt"):
     """DECA's (centre [2], old_size) of a box; kind 'kpt' (landmark box, training and test) or
     'bbox' (face detector box at test time: centre shifted down by 0.12 old_size)."""
+    if kind not in ("kpt", "bbox"):
+        raise ValueError(f"box kind must be 'kpt' or 'bbox', got {kind!r}")
+    box = np.array([left, top, right, bottom], np.float64)
+    if not np.all(np.isfinite(box)) or right < left or bottom < top:
+        raise ValueError(f"box (left, top, right, bottom) = {tuple(box.tolist())} needs finite numbers with "
+                         "right >= left and bottom >= top")
     old = (right - left + bottom - top) / 2.0
     center = np.array([right - (right - left) / 2.0, bottom - (bottom - top) / 2.0], np.float64)
     if kind == "bbox":
         center[1] += old * 0.12
-    elif kind != "kpt":
-        raise ValueError(f"box kind must be 'kpt' or 'bbox', got {kind!r}")
     return center, old
+
+
+def _crop_size(old, scale):
+    """DECA's int(old_size x scale), with a clear error for a face too small to crop."""
+    size = int(old * scale)
+    if size < 1:
+        raise ValueError(f"face box too small to crop: (w + h) / 2 = {old:.3g} px x scale {scale:.3g} "
+                         f"gives a {size} px square")
+    return size
 
 
 def square_transform(center, size, out_size):
@@ -56,11 +79,13 @@ def train_transform(landmarks, out_size, rng, scale=TRAIN_SCALE, trans_scale=0.0
     shift = (rng.random(2) * 2 - 1) * trans_scale
     center = center + shift * old
     s = rng.random() * (scale[1] - scale[0]) + scale[0]
-    return square_transform(center, int(old * s), out_size)
+    return square_transform(center, _crop_size(old, s), out_size)
 
 
 def test_transform(landmarks=None, bbox=None, out_size=224, scale=TEST_SCALE):
-    """DECA's test crop from landmarks [N, 2] ('kpt': x1.1) or a detector box (l, t, r, b)."""
+    """DECA's test crop from landmarks [N, 2] ('kpt': x1.1) or a detector box (l, t, r, b).
+    ValueError for landmarks that are not [N, 2] finite numbers, an inverted box, or a box whose
+    crop would be under one pixel."""
     if landmarks is not None:
         center, old = box_square(*landmark_box(landmarks), kind="kpt")
         old = old * 1.1
@@ -68,7 +93,7 @@ def test_transform(landmarks=None, bbox=None, out_size=224, scale=TEST_SCALE):
         center, old = box_square(*bbox, kind="bbox")
     else:
         raise ValueError("test_transform needs landmarks or a bbox")
-    return square_transform(center, int(old * scale), out_size)
+    return square_transform(center, _crop_size(old, scale), out_size)
 
 
 def apply_points(tform, points):

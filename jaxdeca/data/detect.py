@@ -63,13 +63,21 @@ class Detector:
         self._dlib = dlib
 
     def detect(self, image):
-        """[(left, top, right, bottom, score)] in original pixels, largest first."""
+        """[(left, top, right, bottom, score)] in original pixels (dlib's inclusive pixel
+        indices), largest first. A box found in the downscaled image maps back per axis by
+        cv2.resize's area sampling: small pixel k covers original pixels k s .. (k + 1) s - 1,
+        s = w / w_small, so the box keeps its centre and extent."""
         h, w = image.shape[:2]
         f = min(1.0, self.max_side / max(h, w))
-        small = image if f == 1.0 else cv2.resize(image, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+        if f == 1.0:
+            small = image
+        else:
+            small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        sx, sy = w / small.shape[1], h / small.shape[0]
         up = self.upsample if max(small.shape[:2]) <= 640 else 0
         rects, scores, _ = self.detector.run(np.ascontiguousarray(small), up, 0.0)
-        boxes = [(r.left() / f, r.top() / f, r.right() / f, r.bottom() / f, float(s)) for r, s in zip(rects, scores)]
+        boxes = [(r.left() * sx, r.top() * sy, (r.right() + 1) * sx - 1, (r.bottom() + 1) * sy - 1, float(s))
+                 for r, s in zip(rects, scores)]
         return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
 
     def landmarks(self, image, box):

@@ -21,7 +21,8 @@ device count, every device gets whole groups.
 
 Each crop follows DECA's training datasets: landmark box (w + h) / 2 x U[1.4, 1.8], centred
 (trans_scale 0), similarity warp to image_size with OpenCV (bilinear image, nearest mask),
-landmarks mapped and normalised as p / S * 2 - 1, with a confidence column of ones.
+landmarks mapped and normalised as (p + 0.5) / S * 2 - 1 (`crop.normalise_points`: where the
+renderer draws pixel p; DECA writes p / S * 2 - 1), with a confidence column of ones.
 
 Batch: image [N*K, S, S, 3] float32 0..1, landmarks [N*K, 68, 3], mask [N*K, S, S, 1] float32
 {0, 1}, identity [N*K] int32.
@@ -32,7 +33,7 @@ import dataclasses
 import cv2
 import numpy as np
 
-from jaxdeca.data import crop
+from jaxdeca.data import crop, preprocess
 
 _SALT_GROUP, _SALT_IMAGE = 1, 2
 
@@ -75,9 +76,15 @@ def global_group(step: int, j: int, groups_per_batch: int, process_index: int = 
 # ----------------------------------------------------------------------------- one image
 
 def _decode(data, flags):
-    """Encoded bytes -> array (OpenCV: BGR for colour); arrays pass through."""
+    """Encoded bytes -> uint8 array (RGB for colour); uint8 arrays pass through, bool ones become
+    0 / 255 (a float array's scale is unknown: ValueError)."""
     if not isinstance(data, bytes):
-        return np.asarray(data)
+        arr = np.asarray(data)
+        if arr.dtype == bool:
+            return arr.astype(np.uint8) * 255
+        if arr.dtype != np.uint8:
+            raise ValueError(f"record holds a {arr.dtype} array {arr.shape}, need uint8 (0..255)")
+        return arr
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
         raise ValueError("record holds bytes OpenCV cannot decode")
@@ -97,9 +104,11 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
     """One record (image/mask encoded bytes or arrays, landmarks [68, 2] pixels) -> training
     sample: image [S,S,3] f32, landmarks [68,3], mask [S,S,1], identity, tform [3,3]."""
     S = cfg.image_size
-    img = _decode(record["image"], cv2.IMREAD_COLOR)
+    img = preprocess.as_rgb_uint8(_decode(record["image"], cv2.IMREAD_COLOR))
     mask = _decode(record["mask"], cv2.IMREAD_GRAYSCALE)
-    mask = mask.reshape(mask.shape[:2])
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be [H, W] (or [H, W, C]: first channel), got {mask.shape}")
     lmk = np.asarray(record["landmarks"], np.float64)
     t = crop.train_transform(lmk, S, rng, cfg.scale, cfg.trans_scale)
     image = crop.warp_image(img, t, S).astype(np.float32) / 255.0

@@ -35,14 +35,32 @@ def detect_landmarks(image_uint8, predictor_path: str | None = None):
     return found[0]
 
 
+def as_rgb_uint8(image) -> np.ndarray:
+    """An uint8 image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> [H, W, 3] RGB, as DECA's
+    TestData reads one (grey repeated to three channels, alpha dropped). ValueError for any
+    other dtype (a float image's scale is unknown) or shape."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)) \
+            or 0 in image.shape[:2]:
+        raise ValueError(f"need an [H, W, 3] uint8 RGB image (grey [H, W] or RGBA [H, W, 4] are converted), "
+                         f"got {image.shape} {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[..., :3]
+
+
 def crop_for_inference(image_uint8, landmarks=None, bbox=None, size: int = INPUT_SIZE, scale: float = _crop.TEST_SCALE,
                        predictor_path: str | None = None):
-    """DECA's test crop. image_uint8: [H, W, 3] uint8 RGB; landmarks: [N, 2] pixels or None;
-    bbox: (left, top, right, bottom) or None; neither = detect with dlib.
-    Returns (crop [size, size, 3] float32 0..1, tform [3, 3] original pixels -> crop pixels)."""
-    image = np.asarray(image_uint8)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"crop_for_inference needs an [H, W, 3] uint8 image, got {image.shape} {image.dtype}")
+    """DECA's test crop. image_uint8: [H, W, 3] uint8 RGB (grey and RGBA: `as_rgb_uint8`);
+    landmarks: [N, 2] pixels or None; bbox: (left, top, right, bottom) or None; neither = detect
+    with dlib. Returns (crop [size, size, 3] float32 0..1, tform [3, 3] original pixels -> crop
+    pixels). A face near or beyond the border is cropped all the same; outside the photo is 0."""
+    try:
+        image = as_rgb_uint8(image_uint8)
+    except ValueError as e:
+        raise ValueError(f"crop_for_inference: {e}") from None
     if landmarks is None and bbox is None:
         landmarks = detect_landmarks(image, predictor_path)
     t = _crop.test_transform(landmarks=landmarks, bbox=bbox if landmarks is None else None, out_size=size, scale=scale)
