@@ -18,7 +18,7 @@ from jaxdeca.train.toy import ToyTask
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DRIVER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     import jax, numpy as np
     from absl import logging
     logging.set_verbosity(logging.INFO)
@@ -28,6 +28,7 @@ DRIVER = textwrap.dedent("""
     workdir, out, sleep = sys.argv[1], sys.argv[2], float(sys.argv[3])
     extra = sys.argv[4:]
     config = test_toy.get_config()
+    config.train.image_every = int(os.environ.get("IMAGE_EVERY", "0"))
     if extra:
         config.coordinator_address, config.num_processes, config.process_id = extra[0], 2, int(extra[1])
         parallel.maybe_initialize_distributed(config.coordinator_address, 2, int(extra[1]))
@@ -193,14 +194,17 @@ def test_four_host_devices_match_one_device(tmp_path, four_device_flags):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_two_process_distributed_run_checkpoints(tmp_path):
+def test_two_process_distributed_run_checkpoints_and_writes_image_grids(tmp_path):
+    """Two processes, one device each: the image grids (computed from the global batch, split
+    over both processes) are gathered to every process and written by process 0."""
     drv = _driver(tmp_path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     work = tmp_path / "mp"
     procs = [subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "mp.npz"), "0", f"127.0.0.1:{port}", str(i)],
-                              cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=REPO, env=_env(IMAGE_EVERY="20"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (o, e) in zip(procs, outs):
@@ -208,6 +212,7 @@ def test_two_process_distributed_run_checkpoints(tmp_path):
         assert "DONE 2" in o
     assert 40 in [int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()]
     assert np.isfinite(np.load(tmp_path / "mp.npz")["losses"]).all()
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(work))
 
 
 def test_image_grids_written_and_config_paths_checked(tmp_path):

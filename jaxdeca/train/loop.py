@@ -43,6 +43,22 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
 
+def host_images(images: dict) -> dict:
+    """Image grids -> numpy on this process: {name: [N, H, W, 3]}.
+
+    A grid computed from the sharded batch is a global jax.Array; in a multi-process run its
+    rows lie on other processes too, so it is gathered (a collective: every process calls this,
+    process 0 writes). Host arrays and fully addressable ones are read as they are.
+    """
+    from jax.experimental import multihost_utils
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return {k: gather(v) for k, v in images.items()}
+
+
 def fingerprint(tree) -> list[float]:
     """[number of values, sum of |values|] of a pytree of arrays (float64 on the host): tells
     two files of pretrained weights apart without storing them."""
@@ -132,8 +148,10 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             _console(f"{line} loss {scalars['train/loss']:.5f}")
         if int(tc.image_every) and step % int(tc.image_every) == 0:
             imgs = task.images(state, batch)
-            if imgs and jax.process_index() == 0:
-                writer.write_images(step, {k: np.asarray(v) for k, v in imgs.items()})
+            if imgs:
+                imgs = host_images(imgs)
+                if jax.process_index() == 0:
+                    writer.write_images(step, imgs)
         if eval_batches and int(tc.eval_every) and (step % int(tc.eval_every) == 0 or step == int(tc.num_steps)):
             do_eval(step)
         if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
