@@ -247,3 +247,16 @@ def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, messag
                          env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
+
+
+def test_zero_log_and_checkpoint_cadence_means_only_the_last_step(tmp_path):
+    """train.log_every / checkpoint_every = 0 turn the periodic reports off, as eval_every and
+    image_every = 0 do: the last step is still logged and saved. A negative one is refused."""
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=3, log_every=0, checkpoint_every=0, eval_every=0))
+    out = loop.train(config, str(tmp_path / "z"), ToyTask(config))
+    assert [s for s, _ in out["losses"]] == [3]
+    assert [d for d in os.listdir(tmp_path / "z" / "checkpoints") if d.isdigit()] == ["3"]
+    config.train.checkpoint_every = -1
+    with pytest.raises(ValueError, match="config.train.checkpoint_every=-1"):
+        loop.train(config, str(tmp_path / "n"), ToyTask(config))

@@ -43,6 +43,21 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
 
+def cadence(tc, name: str) -> int:
+    """`config.train.<name>` (a step interval) as an int >= 0; 0 = no periodic action."""
+    every = int(tc[name])
+    if every < 0:
+        raise paths.ConfigError(f"config.train.{name}={every} must be >= 0 (0: only at the last step, "
+                                "or never for eval_every / image_every)")
+    return every
+
+
+def due(step: int, every: int, last: int) -> bool:
+    """Whether a periodic action with interval `every` (0 = none) falls on `step`; the last
+    step always counts."""
+    return (every > 0 and step % every == 0) or step == last
+
+
 def host_images(images: dict) -> dict:
     """Image grids -> numpy on this process: {name: [N, H, W, 3]}.
 
@@ -84,8 +99,12 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
     Config fields used (config.train): num_steps, batch_size (global), checkpoint_every,
     keep_checkpoints, log_every, eval_every, image_every; config.seed; config.optim.*.
+    The intervals are steps >= 0: log_every / checkpoint_every 0 = only the last step;
+    eval_every / image_every 0 = none after step 0 (eval) / none (images).
     """
     tc = config.train
+    log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
+                                                      ("log_every", "checkpoint_every", "eval_every", "image_every"))
     mesh = parallel.make_mesh()
     local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
     optimizer = state_lib.make_optimizer(config)
@@ -139,22 +158,22 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
         state, terms = train_step(state, batch)
-        if step % int(tc.log_every) == 0 or step == int(tc.num_steps):
+        if due(step, log_every, int(tc.num_steps)):
             scalars = {f"train/{k}": v for k, v in metrics.to_scalars(terms).items()}
             losses.append((step, scalars["train/loss"]))
             rates, line = progress.report(step)
             writer.write_scalars(step, {**scalars, **rates})
             logging.info("%s loss %.5f", line, scalars["train/loss"])
             _console(f"{line} loss {scalars['train/loss']:.5f}")
-        if int(tc.image_every) and step % int(tc.image_every) == 0:
+        if image_every and step % image_every == 0:
             imgs = task.images(state, batch)
             if imgs:
                 imgs = host_images(imgs)
                 if jax.process_index() == 0:
                     writer.write_images(step, imgs)
-        if eval_batches and int(tc.eval_every) and (step % int(tc.eval_every) == 0 or step == int(tc.num_steps)):
+        if eval_batches and eval_every and due(step, eval_every, int(tc.num_steps)):
             do_eval(step)
-        if step % int(tc.checkpoint_every) == 0 or step == int(tc.num_steps):
+        if due(step, ckpt_every, int(tc.num_steps)):
             info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
             if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
                                                                  "frozen_from_config": fingerprints,
