@@ -120,6 +120,18 @@ def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
         deca_detail.DetailTask(config).init_variables(jax.random.key(0))
 
 
+def test_checkpoint_with_more_layers_than_config_model_is_refused():
+    """A ResNet with blocks (3, 4, 6, 3) holds every variable of one with (1, 1, 1, 1) at the same
+    shapes (layerN_0); loading it into the smaller config must not silently drop the rest."""
+    from jaxdeca.train.deca_common import checked_like
+    template = {"params": {"layer1_0": {"kernel": np.zeros((2, 3), np.float32)}}}
+    loaded = {"params": {"layer1_0": {"kernel": np.ones((2, 3))}, "layer1_1": {"kernel": np.ones((2, 3))}}}
+    with pytest.raises(ValueError, match=r"ckpt: unexpected variable \['params'\]\['layer1_1'\]\['kernel'\]"):
+        checked_like(template, loaded, "ckpt")
+    out = checked_like(template, {"params": {"layer1_0": {"kernel": np.ones((2, 3))}}}, "ckpt")
+    np.testing.assert_array_equal(np.asarray(out["params"]["layer1_0"]["kernel"]), np.ones((2, 3)))
+
+
 def test_real_data_path_required():
     from configs import coarse
     config = coarse.get_config()

@@ -170,9 +170,16 @@ def composite(render_images, mask, images):
 
 
 def checked_like(template: dict, loaded: dict, where: str) -> dict:
-    """`loaded` variables cast onto `template`'s structure; a shape mismatch is one clear error."""
+    """`loaded` variables cast onto `template`'s structure; a missing, unexpected or misshapen
+    variable is one clear error (a deeper network's checkpoint holds every variable of a
+    shallower one at the same shapes: its extra layers must not be dropped silently)."""
     flat_t = jax.tree_util.tree_flatten_with_path(template)[0]
     flat_l = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0])
+    extra = sorted(set(flat_l) - {jax.tree_util.keystr(p) for p, _ in flat_t})
+    if extra:
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ValueError(f"{where}: unexpected variable {', '.join(extra[:3])}{more} (the checkpoint's network "
+                         "differs from config.model)")
     leaves = []
     for p, t in flat_t:
         key = jax.tree_util.keystr(p)
