@@ -84,11 +84,12 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
     vertices: [V, 3]; faces: [F, 3] int, 0-based; uv_coords: [T, 2] with uv_faces: [F, 3]
     (both or neither); colors: [V, 3] per-vertex RGB, written as `v x y z r g b`;
     mtllib / usemtl: material library file and material name lines.
-    Refuses wrong shapes with a ValueError naming the file.
+    Refuses wrong shapes and indices out of range with a ValueError naming the file.
     """
     vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
     _check(path, "vertices", vertices, 3)
     _check(path, "faces", faces, 3)
+    _check_indices(path, "faces", faces, len(vertices), "vertices")
     if (uv_coords is None) != (uv_faces is None):
         raise ValueError(f"{path}: uv_coords and uv_faces go together; got only one of them")
     lines = [f"mtllib {mtllib}"] if mtllib else []
@@ -105,6 +106,7 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
         uv_coords, uv_faces = np.asarray(uv_coords, np.float64), np.asarray(uv_faces, np.int64)
         _check(path, "uv_coords", uv_coords, 2)
         _check(path, "uv_faces", uv_faces, 3)
+        _check_indices(path, "uv_faces", uv_faces, len(uv_coords), "texture coordinates")
         if len(uv_faces) != len(faces):
             raise ValueError(f"{path}: {len(uv_faces)} uv_faces for {len(faces)} faces")
         lines += ["vt %.9g %.9g" % tuple(r) for r in uv_coords]
@@ -124,3 +126,10 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
 def _check(path: str, name: str, a: np.ndarray, cols: int) -> None:
     if a.ndim != 2 or a.shape[1] != cols:
         raise ValueError(f"{path}: {name} must be [N, {cols}], found {a.shape}")
+
+
+def _check_indices(path: str, name: str, idx: np.ndarray, count: int, what: str) -> None:
+    """Refuses 0-based indices outside [0, count) (they would write an OBJ no reader accepts)."""
+    bad = idx[(idx < 0) | (idx >= count)]
+    if bad.size:
+        raise ValueError(f"{path}: {name} index {bad[0]} out of range for {count} {what} (0-based indices expected)")

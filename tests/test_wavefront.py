@@ -83,6 +83,11 @@ def test_write_read_roundtrip_is_exact_for_float32(tmp_path):
      r"uv_coords and uv_faces go together"),
     (dict(vertices=np.zeros((3, 3)), faces=np.zeros((1, 3), int), colors=np.zeros((2, 3))),
      r"2 colours for 3 vertices"),
+    # Indices the reader (and any OBJ reader) refuses: 1-based faces passed in, -1 padding.
+    (dict(vertices=np.zeros((3, 3)), faces=np.array([[1, 2, 3]])), r"faces index 3 out of range for 3 vertices"),
+    (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, -1]])), r"faces index -1 out of range for 3 vertices"),
+    (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 2]]), uv_coords=np.zeros((2, 2)),
+          uv_faces=np.array([[0, 1, 2]])), r"uv_faces index 2 out of range for 2 texture coordinates"),
 ])
 def test_write_refuses_wrong_shapes(tmp_path, kwargs, message):
     path = tmp_path / "w.obj"
