@@ -161,3 +161,13 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="missing"):
         idmrf.idmrf_loss_from_features({"relu3_2": jnp.zeros((1, 2, 2, 3))},
                                        {"relu3_2": jnp.zeros((1, 2, 2, 3))})
+
+
+def test_different_gen_and_tar_sizes_raise_clearly():
+    # meanT is subtracted per location (DECA: gen - mean(tar, dim=1)), so gen and tar must share
+    # H and W; a mismatch was a broadcasting TypeError, or (tar 1x1) a silent loss of exactly 0.
+    rng = np.random.default_rng(7)
+    gen = jnp.asarray(_feats(rng, 1, 4, 4, 8))
+    for tar in (jnp.asarray(_feats(rng, 1, 2, 2, 8)), jnp.asarray(_feats(rng, 1, 1, 1, 8))):
+        with pytest.raises(ValueError, match="mrf_loss"):
+            idmrf.mrf_loss(gen, tar)

@@ -57,14 +57,17 @@ def _mrf_single(gen, tar):
 
 
 def mrf_loss(gen, tar, chunk: Optional[int] = None):
-    """One layer's MRF term. gen, tar: [B, H, W, C] (gen may have another H, W) -> scalar.
+    """One layer's MRF term. gen, tar: [B, H, W, C] of the same shape -> scalar.
+
+    The same H, W is required, as in DECA: the target's channel mean is subtracted from both at
+    each location (``gen - mean(tar, dim=1)``), which pairs gen and tar location by location.
 
     chunk: None runs the whole batch at once (vmap); an int runs ``chunk`` images at a time
     (``lax.map``), bounding memory to chunk * HW_gen * HW_tar floats.
     """
-    if gen.ndim != 4 or tar.ndim != 4 or gen.shape[0] != tar.shape[0] or gen.shape[-1] != tar.shape[-1]:
-        raise ValueError(f"mrf_loss: expected [B, H, W, C] features with equal B and C, got "
-                         f"gen {gen.shape}, tar {tar.shape}")
+    if gen.ndim != 4 or gen.shape != tar.shape:
+        raise ValueError(f"mrf_loss: expected gen and tar [B, H, W, C] features of the same "
+                         f"shape, got gen {gen.shape}, tar {tar.shape}")
     b, c = gen.shape[0], gen.shape[-1]
     dt = jnp.promote_types(jnp.promote_types(gen.dtype, tar.dtype), jnp.float32)  # bf16 -> f32
     g = gen.reshape(b, -1, c).astype(dt)
