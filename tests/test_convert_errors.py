@@ -144,3 +144,17 @@ def test_vggface2_pkl_needs_no_torch_and_pth_names_the_extra(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "vgg19.pth: reading PyTorch files needs torch; pip install jaxdeca[torch]" in proc.stdout
+
+
+def test_half_precision_checkpoint_converts_to_float32(tmp_path, vgg_state):
+    # A state dict saved after model.bfloat16() / .half(): numpy has no bfloat16, so the tensors
+    # must be widened in torch before leaving it; the variables are float32 as always.
+    for dtype in (torch.bfloat16, torch.float16):
+        state = {k: v.to(dtype) for k, v in vgg_state.items()}
+        src = tmp_path / f"vgg19_{str(dtype)[6:]}.pth"
+        torch.save(state, src)
+        out = convert.convert_vgg19(str(src))
+        kernel = out["params"]["features_0"]["kernel"]
+        assert kernel.dtype == np.float32
+        np.testing.assert_array_equal(
+            kernel, state["features.0.weight"].float().numpy().transpose(2, 3, 1, 0))

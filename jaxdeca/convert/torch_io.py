@@ -53,13 +53,19 @@ def load_pickle_arrays(path) -> dict:
 
 
 def state_dict_to_numpy(state, path, what) -> dict:
-    """Torch state dict (``{name: tensor}``) -> ``{name: float32/int numpy array}``."""
+    """Torch state dict (``{name: tensor}``) -> ``{name: float32/int numpy array}``.
+
+    Floating tensors are widened to float32 in torch first: numpy has no bfloat16, so a state
+    dict saved after ``model.bfloat16()`` could not leave torch otherwise."""
     if not isinstance(state, Mapping):
         raise ConversionError(f"{path}: {what} should be a state dict, "
                               f"found {type(state).__name__}")
     out = {}
     for k, v in state.items():
         if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
+            v = v.detach().cpu()
+            if v.is_floating_point():
+                v = v.float()
+            v = v.numpy()
         out[str(k)] = np.asarray(v)
     return out
