@@ -117,3 +117,27 @@ def test_torchvision_resnet50_init_matches(tmp_path, images):
     with torch.no_grad():
         ref = net(to_nchw(images)).numpy()
     assert_close(ResNet50().apply(variables, images), ref)
+
+
+def test_detail_decoder_train_mode_matches_pytorch_train_mode():
+    # Training mode: normalisation by batch statistics with eps 0.8 (and 1e-5 for conv_blocks.0),
+    # running means moved by momentum 0.1. Running variances differ by the documented n/(n-1)
+    # (Flax: biased); at 256x256 that is invisible, so only conv_blocks.19's is compared.
+    from jaxdeca.convert.core import init_template, torch_to_flax
+
+    net = randomize(Generator(), 7)
+    state = {k: v.clone().numpy() for k, v in net.state_dict().items()}
+    dec = detail_decoder()
+    variables = torch_to_flax(state, init_template(dec, jnp.zeros((1, 181))), "D_detail")
+    z = np.random.default_rng(2).normal(size=(3, 181)).astype(np.float32)
+    net.train()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(z)).numpy().transpose(0, 2, 3, 1)
+    out, new = jax.jit(lambda v, z: dec.apply(v, z, train=True, mutable=["batch_stats"]))(
+        variables, z)
+    assert_close(out, ref)
+    for i in (0, 3, 7, 11, 15, 19):
+        assert_close(new["batch_stats"][f"conv_blocks_{i}"]["mean"],
+                     net.conv_blocks[i].running_mean.numpy())
+    assert_close(new["batch_stats"]["conv_blocks_19"]["var"],
+                 net.conv_blocks[19].running_var.numpy())
