@@ -138,3 +138,11 @@ def test_jit_init_equals_eager_init(decoder):
     assert jax.tree.structure(eager) == jax.tree.structure(jitted)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("uv_size", [48, 0, -32])
+def test_detail_decoder_refuses_bad_uv_size(uv_size):
+    # 0 and negative multiples of 32 used to pass the check and fail later inside init
+    # (ZeroDivisionError, or a reshape TypeError about (1, 128, -1, -1)).
+    with pytest.raises(ValueError, match=f"uv_size must be a positive multiple of 32, got {uv_size}"):
+        detail_decoder(uv_size=uv_size)

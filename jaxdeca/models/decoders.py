@@ -77,6 +77,6 @@ def detail_decoder(dtype: Any = jnp.float32, uv_size: int = 256) -> Generator:
 
     uv_size 256 is DECA's (8 x 8 start, five x2 upsamplings); smaller multiples of 32 start from
     uv_size / 32 (test and demo configs)."""
-    if uv_size % 32:
-        raise ValueError(f"detail_decoder: uv_size must be a multiple of 32, got {uv_size}")
+    if uv_size < 32 or uv_size % 32:
+        raise ValueError(f"detail_decoder: uv_size must be a positive multiple of 32, got {uv_size}")
     return Generator(out_channels=1, out_scale=0.01, init_size=uv_size // 32, dtype=dtype)
