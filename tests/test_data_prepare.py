@@ -312,3 +312,20 @@ def test_skin_mask_hand_case():
     m = masks.skin_mask(lmk, 100, 100)
     assert m[60, 50] == 255 and m[45, 36] == 0 and m[75, 50] == 0 and m[2, 2] == 0
     assert m[35, 50] == 255  # the forehead band above the brows
+
+
+def test_same_stem_images_keep_their_own_masks(tmp_path):
+    # a.jpg and a.png side by side (both annotated by a.pts): each record's mask is its own image's
+    img = tmp_path / "images" / "p1"
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    write_rgb(str(img / "a.jpg"), np.full((128, 128, 3), 90, np.uint8))
+    write_rgb(str(img / "a.png"), np.full((96, 160, 3), 90, np.uint8))
+    detect.write_pts(str(img / "a.pts"), pts)
+    out = tmp_path / "out"
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["ok"] == 2
+    recs = [json.loads(line) for line in open(out / "index.jsonl")]
+    assert len({r["mask"] for r in recs}) == 2
+    for r in recs:
+        mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (r["height"], r["width"]), r["path"]

@@ -11,7 +11,7 @@ detection), draw the skin mask (`masks.skin_mask`) and write
 
     OUT/records/<relative path>.json   one result per image (ok or bad + reason); a re-run
                                        skips images that already have one (resumable)
-    OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin)
+    OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin); `p/a.jpg` -> `masks/p/a.jpg.png`
     OUT/index.jsonl                    all good records, sorted by identity then path
     OUT/summary.json                   counts, reasons, every bad file with its reason
     OUT/meta.json                      images root and layout (the tfds builders read it)
@@ -139,7 +139,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             lmk, score = found
             source = "dlib"
         mask = masks.skin_mask(lmk, h, w)
-        mask_rel = os.path.join("masks", os.path.splitext(rel)[0] + ".png")
+        mask_rel = os.path.join("masks", rel + ".png")  # the full name: a.jpg and a.png differ
         os.makedirs(os.path.dirname(os.path.join(out_dir, mask_rel)), exist_ok=True)
         with open(os.path.join(out_dir, mask_rel), "wb") as f:
             f.write(images.encode_png(mask))
