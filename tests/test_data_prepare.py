@@ -329,3 +329,13 @@ def test_same_stem_images_keep_their_own_masks(tmp_path):
     for r in recs:
         mask = cv2.imread(str(out / r["mask"]), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (r["height"], r["width"]), r["path"]
+
+
+def test_folder_without_images_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "images" / "n000001").mkdir(parents=True)
+    (tmp_path / "images" / "README.txt").write_text("photos go here")
+    out = tmp_path / "out"
+    rc = prepare.main(["--images", str(tmp_path / "images"), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no image files" in err and str(tmp_path / "images") in err
+    assert not out.exists()  # no empty index.jsonl for a dataset builder to pick up

@@ -179,9 +179,12 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if predictor is not None and not os.path.isfile(predictor):
         raise FileNotFoundError(f"{predictor}: landmark model file not found")
-    os.makedirs(out_dir, exist_ok=True)
     celeba = read_celeba_identities(images_root) if layout == "celeba" else None
     rels = list_images(images_root)
+    if not rels:
+        raise FileNotFoundError(f"{images_root}: no image files found (looked for {', '.join(IMAGE_EXTS)}, "
+                                "any case, in all subfolders)")
+    os.makedirs(out_dir, exist_ok=True)
     todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
