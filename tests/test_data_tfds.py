@@ -120,3 +120,17 @@ def test_heldout_identity_split_rule_and_eval_fallback(synthetic_builder):
     # the fixture dataset holds no identities out: the trainer evaluates on 'train' instead
     assert choose_eval_split(synthetic_builder, "test") == "train"
     assert choose_eval_split(synthetic_builder, "train") == "train"
+
+
+def test_identity_faces_without_good_images_is_one_clear_error(tmp_path, capsys):
+    # every image bad (here: text saved as .jpg): prepare lists them; the build says so, no tfds traceback
+    (tmp_path / "images" / "n0001").mkdir(parents=True)
+    (tmp_path / "images" / "n0001" / "a.jpg").write_text("<html>404</html>\n")
+    s = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "out"), "vggface2", workers=1, progress=False)
+    assert s["ok"] == 0 and s["bad"] == 1
+    with pytest.raises(ValueError, match=r"index\.jsonl: no usable images.*summary\.json"):
+        tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=str(tmp_path / "d")),
+                         str(tmp_path / "out"))
+    assert tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir",
+                            str(tmp_path / "out"), "--data-dir", str(tmp_path / "d")]) == 2
+    assert "no usable images" in capsys.readouterr().err

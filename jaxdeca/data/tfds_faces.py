@@ -127,6 +127,9 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     raise ValueError(f"{index}:{k}: not a JSON line") from None
+        if not records:
+            raise ValueError(f"{index}: no usable images (every file was skipped); "
+                             f"see the reasons in {os.path.join(root, 'summary.json')}")
         names = sorted({r["identity"] for r in records})
         ids = {n: i for i, n in enumerate(names)}
         records.sort(key=lambda r: (ids[r["identity"]], r["path"]))
