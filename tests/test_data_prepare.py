@@ -339,3 +339,25 @@ def test_folder_without_images_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "no image files" in err and str(tmp_path / "images") in err
     assert not out.exists()  # no empty index.jsonl for a dataset builder to pick up
+
+
+def test_rerun_into_an_output_of_another_layout_or_folder_is_refused(tmp_path, capsys):
+    # records of a finished (or killed) run are reused by path: another layout or images folder
+    # would keep their old identities/landmarks under the new meta.json, so it is refused
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    for root in ("images", "other"):
+        write_rgb(str(tmp_path / root / "p1" / "000001.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(tmp_path / root / "p1" / "000001.pts"), pts)
+    (tmp_path / "images" / "identity_CelebA.txt").write_text("000001.jpg 2880\n")
+    out = tmp_path / "out"
+    assert prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)["identities"] == 1
+    meta = (out / "meta.json").read_text()
+    with pytest.raises(ValueError, match=r"prepared with layout 'folders'.*--layout celeba"):
+        prepare.prepare(str(tmp_path / "images"), str(out), "celeba", progress=False)
+    args = ["--images", str(tmp_path / "other"), "--out", str(out), "--workers", "1"]
+    assert prepare.main(args) == 2
+    assert "prepared from" in capsys.readouterr().err
+    assert (out / "meta.json").read_text() == meta
+    # the same folder again (another spelling of its path) still resumes
+    s = prepare.prepare(str(tmp_path / "images") + "/", str(out), "folders", progress=False)
+    assert s["already_done"] == 1

@@ -14,7 +14,8 @@ detection), draw the skin mask (`masks.skin_mask`) and write
     OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin); `p/a.jpg` -> `masks/p/a.jpg.png`
     OUT/index.jsonl                    all good records, sorted by identity then path
     OUT/summary.json                   counts, reasons, every bad file with its reason
-    OUT/meta.json                      images root and layout (the tfds builders read it)
+    OUT/meta.json                      images root and layout (the tfds builders read it; a re-run
+                                       with another --images or --layout is refused)
 
 Identities come from the folder layout: vggface2 / folders = first directory under --images
 (`n000002/0001_01.jpg`); voxceleb2 = the `idNNNNN` directory (`id00012/abc/00001.jpg`), else
@@ -184,7 +185,7 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     if not rels:
         raise FileNotFoundError(f"{images_root}: no image files found (looked for {', '.join(IMAGE_EXTS)}, "
                                 "any case, in all subfolders)")
-    os.makedirs(out_dir, exist_ok=True)
+    _claim_output(images_root, out_dir, layout)
     todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
@@ -202,6 +203,28 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     finally:
         bar.close()
     return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo))
+
+
+def _claim_output(images_root, out_dir, layout):
+    """Create out_dir and its meta.json, or check that an existing one was made from the same
+    images folder and layout: a re-run reuses the per-image records by path, so another folder
+    or layout would silently keep their old identities and landmarks."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "meta.json")
+    root = os.path.abspath(images_root)
+    if os.path.isfile(path):
+        with open(path) as f:
+            meta = json.load(f)
+        old_root, old_layout = meta.get("images_root"), meta.get("layout")
+        if old_layout != layout:
+            raise ValueError(f"{out_dir}: prepared with layout {old_layout!r}, now --layout {layout}; "
+                             "its records keep the old identities: use a new --out")
+        if old_root is None or os.path.realpath(old_root) != os.path.realpath(root):
+            raise ValueError(f"{out_dir}: prepared from {old_root}, now --images {root}; its records "
+                             "belong to those images: use a new --out (or edit meta.json if the folder moved)")
+        return
+    with open(path, "w") as f:
+        json.dump(dict(images_root=root, layout=layout), f, indent=1)
 
 
 def _report(rec, bar):
