@@ -282,3 +282,21 @@ def test_bad_fixed_displacement_refused_naming_the_file(tmp_path, capsys, kind, 
                        "--fixed-displacement", p["fixed_displacement"], "--out", str(tmp_path / "flame.npz")])
     assert rc == 1 and "fixed_displacement_256.npy: " in capsys.readouterr().err
     assert not (tmp_path / "flame.npz").exists()
+
+
+def test_uv_mask_resized_like_deca(tmp_path):
+    """DECA reads a UV mask PNG as channel 0 / 255 and resizes it with F.interpolate's default
+    'nearest' (decalib/deca.py); a 512 px RGB mask with soft (non-binary) edges, as the
+    official one has, must give the same 256 px mask, not a bilinear blend of it."""
+    torch = pytest.importorskip("torch")
+    import cv2
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:512, :512]
+    grey = np.where((yy - 256) ** 2 + (xx - 256) ** 2 < 180 ** 2, 255, 0).astype(np.uint8)
+    grey[rng.random((512, 512)) < 0.05] = 128  # non-binary texels scattered over the mask
+    path = str(tmp_path / "uv_face_eye_mask.png")
+    cv2.imwrite(path, np.repeat(grey[:, :, None], 3, 2))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(grey.astype(np.float32) / 255.0)[None, None],
+                                          [256, 256])[0, 0].numpy()
+    np.testing.assert_array_equal(io.read_uv_mask(path), ref)

@@ -408,13 +408,16 @@ def read_obj(path: str) -> dict:
 
 
 def read_uv_mask(path: str, size: int = 256) -> np.ndarray:
-    """A DECA UV mask PNG -> [size, size] float32 in {0, 1}-ish (grey / 255, resized)."""
+    """A DECA UV mask PNG -> [size, size] float32 (grey / 255), resized as DECA does with
+    F.interpolate's default 'nearest' (source texel floor(dst * R / size)), not blended."""
     import cv2  # local: only this reader needs OpenCV
 
     img = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
     if img is None:
         raise FlameFileError(f"{path}: not a readable mask image")
-    return cv2.resize(img.astype(np.float32) / 255.0, (size, size))
+    rows, cols = (np.minimum(np.floor(np.arange(size, dtype=np.float32) * np.float32(n / size)), n - 1).astype(np.int64)
+                  for n in img.shape[:2])
+    return img[rows[:, None], cols[None, :]].astype(np.float32) / 255.0
 
 
 def _read_numeric_npy(path: str, what: str) -> np.ndarray:
