@@ -28,7 +28,7 @@ def read(path: str, error: type[Exception] = ValueError) -> dict:
         raise error(f"{path}: OBJ file not found")
     v, vt, f, ft = [], [], [], []
     all_uv = True
-    with open(path, "r", errors="replace") as fh:
+    with open(path, "r", encoding="utf-8-sig", errors="replace") as fh:  # -sig: drops a byte-order mark
         for n, line in enumerate(fh, 1):
             p = line.split()
             if not p:

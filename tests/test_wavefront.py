@@ -94,3 +94,13 @@ def test_write_refuses_wrong_shapes(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         wavefront.write(str(path), **kwargs)
     assert not path.exists()
+
+
+def test_read_utf8_bom_keeps_the_first_vertex(tmp_path):
+    """An OBJ saved with a UTF-8 byte-order mark (Windows editors, .NET writers) starts with
+    '\\ufeffv': the first vertex must not be dropped (that shifts every face silently)."""
+    p = tmp_path / "bom.obj"
+    p.write_bytes("\ufeffv 0 0 0\r\nv 1 0 0\r\nv 0 1 0\r\nv 1 1 0\r\nf 1 2 3\r\nf 2 4 3\r\n".encode("utf-8"))
+    m = wavefront.read(str(p))
+    np.testing.assert_array_equal(m["vertices"], [[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(m["faces"], [[0, 1, 2], [1, 3, 2]])
