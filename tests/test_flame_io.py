@@ -300,3 +300,12 @@ def test_uv_mask_resized_like_deca(tmp_path):
     ref = torch.nn.functional.interpolate(torch.from_numpy(grey.astype(np.float32) / 255.0)[None, None],
                                           [256, 256])[0, 0].numpy()
     np.testing.assert_array_equal(io.read_uv_mask(path), ref)
+
+
+def test_albedo_with_fewer_components_than_the_code_is_refused_clearly():
+    """An albedo model with K < n_tex components (here 6 for DECA's 50) is refused with the
+    two counts, not with an einsum error from inside jit."""
+    a = random_flame(K=6)
+    with pytest.raises(ValueError, match=r"albedo: texcode has 50 components, the albedo basis only 6"):
+        texture.albedo_from_arrays(a, np.zeros((2, 50), np.float32))
+    assert texture.albedo_from_arrays(a, np.zeros((2, 6), np.float32), size=4).shape == (2, 4, 4, 3)

@@ -13,7 +13,7 @@ def _nearest_index(R: int, size: int) -> np.ndarray:
 def albedo(mean, basis, texcode, size: int = 256):
     """mean + basis . texcode, nearest-resized to `size`, channels reversed (DECA's FLAMETex).
 
-    mean: [R, R, 3]; basis: [R, R, 3, K]; texcode: [B, n_tex] with n_tex <= K.
+    mean: [R, R, 3]; basis: [R, R, 3, K]; texcode: [B, n_tex] with n_tex <= K (else ValueError).
     Returns [B, size, size, 3]. DECA resizes with torch's default F.interpolate mode
     ('nearest': source index floor(dst * R / size)) and reverses the channels [2, 1, 0], which
     turns the official files' BGR order into RGB. The resize picks texels, so it is applied to
@@ -23,6 +23,8 @@ def albedo(mean, basis, texcode, size: int = 256):
     50 components needs 39 MB of it).
     """
     n = texcode.shape[-1]
+    if n > basis.shape[-1]:
+        raise ValueError(f"albedo: texcode has {n} components, the albedo basis only {basis.shape[-1]}")
     idx = _nearest_index(mean.shape[0], size)
     rows, cols = idx[:, None], idx[None, :]  # one gather (chained, numpy first copies half the basis)
     mean = jnp.asarray(mean[rows, cols])
