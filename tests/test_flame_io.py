@@ -309,3 +309,19 @@ def test_albedo_with_fewer_components_than_the_code_is_refused_clearly():
     with pytest.raises(ValueError, match=r"albedo: texcode has 50 components, the albedo basis only 6"):
         texture.albedo_from_arrays(a, np.zeros((2, 50), np.float32))
     assert texture.albedo_from_arrays(a, np.zeros((2, 6), np.float32), size=4).shape == (2, 4, 4, 3)
+
+
+@pytest.mark.parametrize("fmt", ["csc", "csr", "coo"])
+def test_sparse_j_regressor_of_todays_scipy_read(tmp_path, fmt):
+    """A generic_model.pkl re-saved with today's SciPy (plain arrays, J_regressor in any of
+    the sparse formats the shim claims): COO now pickles its indices as 'coords', not row/col."""
+    import scipy.sparse as sp
+
+    a = random_flame()
+    path = io.write_generic_model_pkl(str(tmp_path / "generic_model.pkl"), a, chumpy=False)
+    with open(path, "rb") as f:
+        d = pickle.load(f)
+    d["J_regressor"] = getattr(sp, f"{fmt}_matrix")(np.asarray(a["J_regressor"], np.float64))
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=4)
+    np.testing.assert_allclose(io.read_generic_model_pkl(path)["J_regressor"], a["J_regressor"], atol=1e-7)

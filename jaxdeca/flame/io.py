@@ -147,8 +147,9 @@ class _SparseShim:
 
         st = self.state
         shape = tuple(st.get("_shape", st.get("shape")))
-        if self.fmt == "coo":
-            return sp.coo_matrix((st["data"], (st["row"], st["col"])), shape=shape).toarray()
+        if self.fmt == "coo":  # newer SciPy pickles the indices as 'coords', older as row/col
+            row, col = st["coords"] if "coords" in st else (st["row"], st["col"])
+            return sp.coo_matrix((st["data"], (row, col)), shape=shape).toarray()
         cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
         return cls((st["data"], st["indices"], st["indptr"]), shape=shape).toarray()
 
