@@ -325,3 +325,17 @@ def test_sparse_j_regressor_of_todays_scipy_read(tmp_path, fmt):
     with open(path, "wb") as f:
         pickle.dump(d, f, protocol=4)
     np.testing.assert_allclose(io.read_generic_model_pkl(path)["J_regressor"], a["J_regressor"], atol=1e-7)
+
+
+def test_convert_cli_writes_the_out_path_it_names(tmp_path, capsys):
+    """--out without the .npz suffix: the file is written at exactly that path (numpy's savez
+    would append '.npz' while the CLI reports the path given), and it loads from there."""
+    from jaxdeca import flame
+
+    p = io.write_official(str(tmp_path / "official"), random_flame(), chumpy=True)
+    out = str(tmp_path / "my_flame")
+    assert convert.main(["--flame", p["model_pkl"], "--landmarks", p["landmarks"], "--obj", p["obj"],
+                         "--out", out]) == 0
+    assert f"wrote {out}:" in capsys.readouterr().out
+    assert os.path.isfile(out) and not os.path.exists(out + ".npz")
+    assert flame.load_model(out).basis.shape == (120, 3, 150)

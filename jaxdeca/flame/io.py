@@ -100,10 +100,11 @@ def load_npz(path: str) -> dict:
 
 
 def save_npz(path: str, arrays: dict) -> str:
-    """Validates and writes a FLAME npz (compressed)."""
+    """Validates and writes a FLAME npz (compressed) at exactly `path` (no '.npz' appended)."""
     validate(arrays, path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a bare name
+        np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
 
