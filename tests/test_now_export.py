@@ -1,5 +1,6 @@
 """NoW export through the apps: two rendered demo-head photos in NoW's folder layout -> neutral
 mesh + 7 landmarks per image, with `fit` (no network) and with a converted-layout checkpoint."""
+import copy
 import os
 
 import jax.numpy as jnp
@@ -122,3 +123,26 @@ def test_export_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.npy").write_bytes(b"junk")
     with pytest.raises(meshio.NowFileError, match="bad.npy"):
         now_predict.read_bbox(str(tmp_path / "bad.npy"))
+
+
+def test_checkpoint_export_skips_an_image_whose_box_cannot_be_cropped(tmp_path, now_root, capsys):
+    """A detected-face box of zero size or with NaN (another detector's failure, `write_bbox`)
+    is one skipped image named in the report, not a ValueError traceback ending the export."""
+    root, _, p = now_root
+    img = inputs.read_image(str(root / "iphone_pictures" / ENTRIES[0]))
+    mine = tmp_path / "final_release_version"
+    entries = [f"{SUBJ}/selfie/IMG_{k}.jpg" for k in range(3)]
+    for entry, box in zip(entries, [(60.0, 50.0, 165.0, 180.0), (80.0, 80.0, 80.0, 80.0),
+                                    (float("nan"), 50.0, 165.0, 180.0)]):
+        export.save_image(str(mine / "iphone_pictures" / entry), img)
+        now_predict.write_bbox(str(mine / "detected_face" / entry.replace(".jpg", ".npy")), *box)
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(entries) + "\n")
+    pipe = copy.copy(p)  # the network path with a stand-in encoder: only the crops matter here
+    pipe.variables = {}
+    pipe.encode = lambda crops: {"shape": jnp.zeros((len(crops), 100))}
+    res = now_predict.export_model(str(mine), str(lst), str(tmp_path / "pred"), pipe=pipe, batch=2)
+    assert res["written"] == entries[:1]
+    assert [e for e, _ in res["skipped"]] == entries[1:]
+    err = capsys.readouterr().err
+    assert "IMG_1.jpg" in err and "IMG_2.jpg" in err, err

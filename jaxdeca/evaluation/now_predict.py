@@ -106,7 +106,12 @@ def _crops(items, skipped: list):
     from jaxdeca.apps import pipeline
     for entry, path, image, box in items:
         if box is not None:
-            yield entry, now_crop(image, box)[0]
+            try:
+                crop = now_crop(image, box)[0]
+            except ValueError as e:  # NaN, inverted or sub-pixel box (crop_lib's message says which)
+                skipped.append((entry, f"{path}: cannot crop with its detected-face box {box}: {e}"))
+                continue
+            yield entry, crop
             continue
         c = pipeline.crop_face(image)
         if c is None:
