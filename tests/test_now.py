@@ -310,3 +310,13 @@ def test_challenge_run_keeps_the_full_run_outputs(tmp_path):
     assert [r["image"] for r in csv.DictReader(open(out / "jaxdeca_per_image_selfie.csv"))] == images[1:]
     assert (out / "jaxdeca_computed_distances.npy").is_file()
     assert (out / "jaxdeca_computed_distances_selfie.npy").is_file()
+
+
+def test_scans_under_a_folder_with_glob_characters_are_found(tmp_path):
+    """A dataset folder named like 'NoW [val]' holds the scan and .pp like any other: the
+    lookup of <subject>/*.obj must not read the folder's brackets as a glob pattern."""
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path / "NoW [val]", images)
+    now.export_prediction(str(tmp_path / "pred"), images[0], to_prediction(v), f, to_prediction(lm))
+    s = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(tmp_path / "out"), refine=False)
+    assert s["num_images"] == 1 and s["overall"]["median"] < 1e-3

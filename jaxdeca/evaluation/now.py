@@ -248,8 +248,8 @@ def summarise(all_distances) -> dict:
 # ----------------------------------------------------------------------------- evaluation job
 
 def _scan_files(scans_dir: str, lmks_dir: str, subject: str) -> tuple[str, str]:
-    objs = sorted(glob.glob(os.path.join(scans_dir, subject, "*.obj")))
-    pps = sorted(glob.glob(os.path.join(lmks_dir, subject, "*.pp")))
+    objs = sorted(glob.glob(os.path.join(glob.escape(os.path.join(scans_dir, subject)), "*.obj")))
+    pps = sorted(glob.glob(os.path.join(glob.escape(os.path.join(lmks_dir, subject)), "*.pp")))
     if not objs:
         raise NowFileError(f"{os.path.join(scans_dir, subject)}: no scan .obj for subject {subject}")
     if not pps:
