@@ -210,3 +210,21 @@ def test_one_large_triangle_does_not_make_every_point_test_every_triangle(monkey
     d_ref, _ = brute_force_point_to_triangle_distance(pts, soup, xp=np)
     np.testing.assert_allclose(d, d_ref, rtol=1e-12, atol=1e-9)
     assert sum(pairs) < 40 * len(pts), sum(pairs)  # all pairs would be 300 * 1281
+
+
+def test_non_finite_points_get_nan_and_leave_the_others_exact():
+    """A raw scan with NaN (or inf) rows, e.g. holes a scanner exports as NaN: those rows have
+    no distance (NaN), every other row is the brute-force minimum; scipy's KD-tree used to
+    refuse the whole call ('x' must be finite)."""
+    rng = np.random.default_rng(4)
+    v, f = icosphere(1, 50.0)
+    pts = rng.normal(scale=60, size=(40, 3))
+    pts[3] = np.nan
+    pts[7, 1] = np.inf
+    d, q = point_to_triangle_distance(pts, v[f])
+    bad = np.zeros(len(pts), bool)
+    bad[[3, 7]] = True
+    assert np.isnan(d[bad]).all() and np.isnan(q[bad]).all()
+    d_ref, q_ref = brute_force_point_to_triangle_distance(pts[~bad], v[f], xp=np)
+    np.testing.assert_allclose(d[~bad], d_ref, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(q[~bad], q_ref, rtol=1e-12, atol=1e-9)

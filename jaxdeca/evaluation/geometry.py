@@ -146,6 +146,7 @@ def point_to_triangle_distance(points, triangles, chunk: int = 8192):
     points: [N, 3], triangles: [M, 3, 3] -> (dist [N], closest [N, 3]), float64.
     Chunks over points to bound memory; each chunk evaluates Ericson's test only on the
     candidate triangles of `_candidate_pairs`, so the result equals the brute-force minimum.
+    Points with a NaN or inf coordinate (holes in a raw scan) get NaN distance and closest point.
     """
     points = np.asarray(points, np.float64)
     triangles = np.asarray(triangles, np.float64)
@@ -153,6 +154,11 @@ def point_to_triangle_distance(points, triangles, chunk: int = 8192):
         raise ValueError(f"points: expected [N, 3], found {points.shape}")
     if triangles.ndim != 3 or triangles.shape[1:] != (3, 3) or len(triangles) == 0:
         raise ValueError(f"triangles: expected [M, 3, 3] with M > 0, found {triangles.shape}")
+    finite = np.isfinite(points).all(axis=1)
+    if not finite.all():  # the KD-tree refuses non-finite queries: NaN rows, the others as usual
+        dist, closest = np.full(len(points), np.nan), np.full((len(points), 3), np.nan)
+        dist[finite], closest[finite] = point_to_triangle_distance(points[finite], triangles, chunk)
+        return dist, closest
     centroids = triangles.mean(axis=1)
     radii = np.sqrt(((triangles - centroids[:, None]) ** 2).sum(-1)).max(1)
     tree = cKDTree(centroids)
