@@ -320,3 +320,19 @@ def test_scans_under_a_folder_with_glob_characters_are_found(tmp_path):
     now.export_prediction(str(tmp_path / "pred"), images[0], to_prediction(v), f, to_prediction(lm))
     s = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(tmp_path / "out"), refine=False)
     assert s["num_images"] == 1 and s["overall"]["median"] < 1e-3
+
+
+def test_cli_fails_when_no_prediction_is_found(tmp_path, capsys):
+    """--predictions pointing one folder off (every image 'missing') evaluates nothing: that is
+    a failed run (exit 1, as `now export` with nothing written), not a success with a null score."""
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg", "FaMoS_1/selfie/IMG_0002.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path, images)
+    for img in images:
+        now.export_prediction(str(tmp_path / "pred" / "step_1000"), img, to_prediction(v), f, to_prediction(lm))
+    rc = now.main(["evaluate", "--predictions", str(tmp_path / "pred"), "--scans", str(root), "--image-list",
+                   str(lst), "--out", str(tmp_path / "out"), "--no-refine"])
+    assert rc == 1
+    assert "no predictions evaluated (2 missing)" in capsys.readouterr().out
+    rc = now.main(["evaluate", "--predictions", str(tmp_path / "pred" / "step_1000"), "--scans", str(root),
+                   "--image-list", str(lst), "--out", str(tmp_path / "out"), "--no-refine"])
+    assert rc == 0

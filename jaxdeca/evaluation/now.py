@@ -371,6 +371,7 @@ def main(argv=None) -> int:
     o = s["overall"]
     if o is None:
         print(f"no predictions evaluated ({s['num_missing_files']} missing)")
+        return 1  # nothing found to score (e.g. --predictions one folder off): a failed run
     else:
         print(f"{s['num_images']} images, {s['num_missing_files']} missing: median {o['median']:.4f}, "
               f"mean {o['mean']:.4f}, std {o['std']:.4f}")
