@@ -336,3 +336,17 @@ def test_cli_fails_when_no_prediction_is_found(tmp_path, capsys):
     rc = now.main(["evaluate", "--predictions", str(tmp_path / "pred" / "step_1000"), "--scans", str(root),
                    "--image-list", str(lst), "--out", str(tmp_path / "out"), "--no-refine"])
     assert rc == 0
+
+
+def test_image_list_written_with_a_byte_order_mark_reads_every_line(tmp_path):
+    """Windows PowerShell's `Out-File -Encoding utf8` (and Notepad's 'UTF-8 with BOM') start the
+    list with U+FEFF and end lines with CRLF; the first image must not turn into the missing
+    subject '\\ufeffFaMoS_1'."""
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg", "FaMoS_1/selfie/IMG_0002.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path, images)
+    lst.write_bytes("\r\n".join(images).encode("utf-8-sig") + b"\r\n")
+    assert now.read_image_list(str(lst)) == images
+    for img in images:
+        now.export_prediction(str(tmp_path / "pred"), img, to_prediction(v), f, to_prediction(lm))
+    s = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(tmp_path / "out"), refine=False)
+    assert s["num_images"] == 2 and s["num_missing_files"] == 0

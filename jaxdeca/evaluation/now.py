@@ -59,10 +59,10 @@ def now_landmarks(static_landmarks3d):
 
 
 def read_image_list(path: str) -> list[str]:
-    """NoW image list -> relative image paths (blank lines dropped)."""
+    """NoW image list -> relative image paths (blank lines dropped; CRLF and a UTF-8 BOM read too)."""
     if not os.path.isfile(path):
         raise NowFileError(f"{path}: image list not found")
-    with open(path) as fh:
+    with open(path, encoding="utf-8-sig") as fh:
         lines = [ln.strip() for ln in fh.read().splitlines() if ln.strip()]
     for ln in lines:
         if len(ln.replace("\\", "/").split("/")) < 3:
