@@ -159,6 +159,13 @@ def test_landmark_reader_names_empty_or_truncated_files(tmp_path):
     np.testing.assert_array_equal(meshio.read_landmarks(str(tmp_path / "crlf.txt")), np.tile([1.0, 2, 3], (7, 1)))
 
 
+def test_landmark_txt_with_a_byte_order_mark_reads(tmp_path):
+    """Landmarks written by Windows PowerShell (Out-File -Encoding utf8: BOM + CRLF) are seven
+    rows of numbers like any other; the BOM used to make row 1 'could not convert \\ufeff1'."""
+    (tmp_path / "bom.txt").write_bytes(("1 2 3\r\n" * 7).encode("utf-8-sig"))
+    np.testing.assert_array_equal(meshio.read_landmarks(str(tmp_path / "bom.txt")), np.tile([1.0, 2, 3], (7, 1)))
+
+
 def test_face_mask_by_hand_and_crop():
     lm = np.zeros((7, 3))
     lm[0], lm[3] = [-40, 30, 0], [40, 30, 0]  # outer eyes 80 apart

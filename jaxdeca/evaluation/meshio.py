@@ -73,7 +73,7 @@ def read_landmarks(path: str, n_points: int = 7) -> np.ndarray:
     if not os.path.isfile(path):
         raise NowFileError(f"{path}: landmark file not found")
     try:
-        lmk = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2)
+        lmk = np.load(path) if path.endswith(".npy") else np.loadtxt(path, ndmin=2, encoding="utf-8-sig")
     except (ValueError, EOFError) as e:  # EOFError: an empty .npy
         raise NowFileError(f"{path}: cannot parse landmarks ({e or type(e).__name__})") from None
     lmk = np.asarray(lmk, np.float64)
