@@ -23,3 +23,22 @@ def test_batch_split_over_four_devices(run_on_four_devices):
         print("OK")
     """)
     run_on_four_devices(code)
+
+
+def test_batch_not_divisible_by_the_devices_is_a_config_error(run_on_four_devices, tmp_path):
+    # a config whose global batch does not split over the devices (DECA's detail batch of 18 on
+    # 4 GPUs) is a config error (`jaxdeca.main` prints it as one line, exit 2) naming the field
+    code = textwrap.dedent(f"""
+        from configs import test_toy
+        from jaxdeca.train import loop, paths, toy
+        config = test_toy.get_config()
+        config.train.batch_size = 6
+        try:
+            loop.train(config, {str(tmp_path / "w")!r}, toy.ToyTask(config))
+        except paths.ConfigError as e:
+            assert "config.train.batch_size=6" in str(e) and "4 devices" in str(e), e
+        else:
+            raise AssertionError("expected ConfigError")
+        print("OK")
+    """)
+    run_on_four_devices(code)

@@ -106,7 +106,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
                                                       ("log_every", "checkpoint_every", "eval_every", "image_every"))
     mesh = parallel.make_mesh()
-    local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
+    try:
+        local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
+    except ValueError as e:
+        raise paths.ConfigError(f"config.train.batch_size={int(tc.batch_size)} (the global batch) must be a "
+                                f"multiple of the number of devices: {e}") from None
     optimizer = state_lib.make_optimizer(config)
 
     params, batch_stats, frozen = task.init_variables(jax.random.key(int(config.seed)))
