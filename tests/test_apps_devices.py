@@ -78,3 +78,31 @@ def test_pipeline_splits_batches_over_all_local_devices(run_on_four_devices):
         print("OK")
     """)
     run_on_four_devices(code, timeout=600)
+
+
+def test_pipeline_on_one_given_device_runs_there(run_on_four_devices):
+    # devices=[d]: the variables and every batch live on d and the work runs there, as with
+    # several devices (e.g. two pipelines, one per GPU), not on the default device
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from jaxdeca import flame, models, render
+        from jaxdeca.apps import pipeline
+        from jaxdeca.train.deca_common import build_networks
+
+        model = dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32)
+        arrays = flame.load_arrays()
+        nets = build_networks(dict(pipeline.DEFAULT_MODEL, **model))
+        variables = {"E_flame": models.jit_init(nets["E_flame"], jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))}
+        d = jax.devices()[2]
+        pipe = pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays),
+                                 topo=render.make_topology(arrays, uv_size=32), variables=variables,
+                                 model=model, net_size=64, devices=[d])
+        assert pipe.n_devices == 1
+        codes = pipe.encode(np.zeros((2, 224, 224, 3), np.float32))
+        assert codes["shape"].shape[0] == 2
+        out = pipe.decode(codes)
+        for k, v in list(codes.items()) + list(out.items()):
+            assert v.devices() == {d}, (k, v.devices())
+        print("OK")
+    """)
+    run_on_four_devices(code)

@@ -221,8 +221,7 @@ class Pipeline:
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
         self.mesh = parallel.make_mesh(jax.local_devices() if self.devices is None else self.devices)
-        if self.n_devices > 1:
-            self.variables = parallel.replicate(self.variables, self.mesh)
+        self.variables = parallel.replicate(self.variables, self.mesh)
         self._encode = self.jit(self._encode_impl)
         self._decode = self.jit(self._decode_impl)
         self._both = self.jit(self._both_impl)
@@ -247,8 +246,8 @@ class Pipeline:
         repeating item B - 1 and split along the first axis, B)."""
         B = jax.tree.leaves(tree)[0].shape[0]
         n = self.n_devices
-        if n == 1:
-            return tree, B
+        if n == 1:  # placed on the pipeline's device, which need not be the default one
+            return jax.device_put(tree, self.mesh.devices.item()), B
         size = -(-B // n) * n
         return parallel.shard_batch(jax.tree.map(lambda x: pad_rows(x, size), tree), self.mesh), B
 
