@@ -142,6 +142,20 @@ def test_real_data_path_required():
         task.make_loader(8, 0, 1)
 
 
+@pytest.mark.parametrize("source", ["synthetic", "tfds"])
+def test_batch_not_a_multiple_of_k_is_a_config_error(source):
+    """A batch of 6 images with K=4 images per identity: one ConfigError naming both config
+    fields (jaxdeca.main prints it as one line), for the training stream and the eval batches."""
+    from configs import coarse
+    config = coarse.get_config()
+    config.data.source, config.data.k = source, 4
+    config.loss.id = 0.0  # no VGGFace2 weights needed
+    task = run.make_task(config)
+    for make in (task.make_loader, task.eval_batches):
+        with pytest.raises(paths.ConfigError, match=r"config.train.batch_size.*config.data.k=4"):
+            make(6, 0, 1)
+
+
 def test_demo_job_end_to_end_tiny(tmp_path):
     """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
     pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips."""

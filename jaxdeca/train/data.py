@@ -89,9 +89,7 @@ class _TfdsStream:
 def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split: str, seed: int):
     from jaxdeca.data import loader as loader_lib
     d = config.data
-    k = int(d.k)
-    if local_bs % k:
-        raise ValueError(f"local batch size {local_bs} is not a multiple of K={k} (identities x K)")
+    k = check_k(config, local_bs)
     data_dir = d.get("data_dir")
     if data_dir is None and d.dataset != "synthetic_faces":
         paths.require_path(config, "data.data_dir", f"the tfds data dir holding {d.dataset}/{d.config} "
@@ -106,9 +104,21 @@ def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, 
                                   process_index=process_index, process_count=process_count)
 
 
+def check_k(config, local_bs: int) -> int:
+    """config.data.k (images per identity) if it divides the process's batch local_bs, else a
+    ConfigError naming config.train.batch_size and config.data.k (one line from jaxdeca.main)."""
+    k = int(config.data.k)
+    if k <= 0 or local_bs % k:
+        raise paths.ConfigError(
+            f"config.train.batch_size={int(config.train.batch_size)} gives {local_bs} images per process, "
+            f"not a multiple of config.data.k={k} (a batch holds whole identities of K images each)")
+    return k
+
+
 def make_loader(config, local_bs: int, process_index: int, process_count: int):
     """The training stream of this process: `next()`, `position()`, `restore(position)`."""
     d = config.data
+    check_k(config, local_bs)
     source = d.get("source", "synthetic")
     if source == "tfds":
         return _TfdsStream(_tfds_loader(config, local_bs, process_index, process_count, "train", int(config.seed)))
@@ -127,6 +137,7 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     n = int(d.get("eval_batches", 1))
     if n <= 0:
         return []
+    check_k(config, local_bs)
     if d.get("source", "synthetic") == "tfds":
         from jaxdeca.data import tfds_faces
         builder = tfds_faces.get_builder(d.dataset, d.config, d.get("data_dir"))
