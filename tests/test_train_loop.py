@@ -260,3 +260,16 @@ def test_zero_log_and_checkpoint_cadence_means_only_the_last_step(tmp_path):
     config.train.checkpoint_every = -1
     with pytest.raises(ValueError, match="config.train.checkpoint_every=-1"):
         loop.train(config, str(tmp_path / "n"), ToyTask(config))
+
+
+def test_keep_checkpoints_below_one_is_a_config_error(tmp_path):
+    """train.keep_checkpoints = 0 made orbax delete every checkpoint, the last one included, so a
+    finished run left nothing to resume or export; it is refused before training, naming the field."""
+    from jaxdeca.train import paths
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=3, keep_checkpoints=0, eval_every=0))
+    with pytest.raises(paths.ConfigError, match="config.train.keep_checkpoints=0"):
+        loop.train(config, str(tmp_path / "k"), ToyTask(config))
+    config.train.keep_checkpoints = 1
+    loop.train(config, str(tmp_path / "k"), ToyTask(config))
+    assert [d for d in os.listdir(tmp_path / "k" / "checkpoints") if d.isdigit()] == ["3"]

@@ -98,13 +98,17 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     at or past num_steps trains nothing; it evaluates that state unless the history holds it.
 
     Config fields used (config.train): num_steps, batch_size (global), checkpoint_every,
-    keep_checkpoints, log_every, eval_every, image_every; config.seed; config.optim.*.
+    keep_checkpoints (>= 1), log_every, eval_every, image_every; config.seed; config.optim.*.
     The intervals are steps >= 0: log_every / checkpoint_every 0 = only the last step;
     eval_every / image_every 0 = none after step 0 (eval) / none (images).
     """
     tc = config.train
     log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
                                                       ("log_every", "checkpoint_every", "eval_every", "image_every"))
+    keep = int(tc.keep_checkpoints)
+    if keep < 1:  # orbax's max_to_keep=0 deletes every checkpoint, the last one too
+        raise paths.ConfigError(f"config.train.keep_checkpoints={keep} must be >= 1 (the number of latest "
+                                "checkpoints kept)")
     mesh = parallel.make_mesh()
     try:
         local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
@@ -124,7 +128,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
 
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    manager = checkpoint.make_manager(ckpt_dir, max_to_keep=int(tc.keep_checkpoints),
+    manager = checkpoint.make_manager(ckpt_dir, max_to_keep=keep,
                                       async_save=bool(tc.get("async_checkpoints", True)))
     restored = checkpoint.restore_latest(manager, saved(init_state), set_aside_unreadable=True)
     eval_history = []
