@@ -273,3 +273,20 @@ def test_keep_checkpoints_below_one_is_a_config_error(tmp_path):
     config.train.keep_checkpoints = 1
     loop.train(config, str(tmp_path / "k"), ToyTask(config))
     assert [d for d in os.listdir(tmp_path / "k" / "checkpoints") if d.isdigit()] == ["3"]
+
+
+def test_workdir_of_another_stage_is_refused(tmp_path):
+    """A workdir trained as one stage and run again with another stage's config (pretrain and
+    coarse share one train-state structure) was resumed silently: the coarse run went on from
+    the pretrain weights, optimiser and step count, or reported 'nothing to train'. It is a
+    ConfigError naming both stages, and leaves the checkpoints as they were."""
+    from jaxdeca.train import paths
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=3, eval_every=0))
+    loop.train(config, str(tmp_path / "w"), ToyTask(config))
+    other = test_toy.get_config()
+    other.train.update(dict(num_steps=6, eval_every=0))
+    other.stage = "coarse"
+    with pytest.raises(paths.ConfigError, match="stage 'toy'.*config.stage='coarse'"):
+        loop.train(other, str(tmp_path / "w"), ToyTask(other))
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["3"]

@@ -15,7 +15,8 @@ and optionally
       and a resume takes them from init_variables again, refusing ones whose fingerprint differs
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
-loader position), so a killed run restarted with the same config continues bit-for-bit.
+loader position), so a killed run restarted with the same config continues bit-for-bit; a
+checkpoint saved by another stage (config.stage) is refused.
 """
 from __future__ import annotations
 
@@ -136,6 +137,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         state, start = init_state, 0
     else:
         start, state, extra = restored
+        saved_stage, stage = str(extra.get("stage") or ""), str(config.get("stage", "") or "")
+        if saved_stage and saved_stage != stage:
+            raise paths.ConfigError(f"{ckpt_dir}: checkpoint step {start} is of stage {saved_stage!r} but "
+                                    f"config.stage={stage!r}; use another --workdir for this stage (a later "
+                                    "stage starts from an earlier one through config.init.*)")
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
