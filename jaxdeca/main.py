@@ -11,7 +11,8 @@ The config file (an ml_collections config) is the single source of hyper-paramet
   demo       the embedded default end to end (jaxdeca.train.demo): synthetic demo-head data,
              pretrain -> coarse -> detail, held-out pictures and OBJs, renderer showcase.
 
-Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`.
+Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`;
+an override naming no field of the config is one 'error:' line (exit status 2).
 """
 from __future__ import annotations
 
@@ -53,6 +54,26 @@ def _user_errors():
     return paths.ConfigError, FlameFileError, CheckpointError
 
 
+def parse_flags(argv):
+    """absl's flag parsing, except that a `--config.<field>` override naming no field of the
+    config (a typo) is one 'error:' line (exit status 2) instead of ml_collections' traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        if not overrides:
+            raise
+        chain = [e]
+        while isinstance(chain[-1].__context__, (AttributeError, KeyError)):
+            chain.append(chain[-1].__context__)
+        field = str(chain[-1].args[0] if chain[-1].args else chain[-1]).strip("'")
+        hints = [str(x.args[0]) for x in chain if x.args and "Did you mean" in str(x.args[0])]
+        hint = ("; d" + hints[0][hints[0].index("Did you mean") + 1:].rstrip("'")) if hints else ""
+        named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+        print(f"error: {named[0]}: the config has no field {field!r}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv):
     del argv
     # Progress and eval lines go to stdout; library INFO logs (orbax, tfds) only with -v 0.
@@ -66,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

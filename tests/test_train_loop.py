@@ -241,6 +241,11 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--config=configs/coarse.py"], "error: config.weights.vggface2 is not set"),
     (["--config=configs/test_toy.py", "--config.task=nope"], "error: config.task='nope' is not one of"),
+    # a typo in an override's field name: one line naming the flag (ml_collections' traceback before)
+    (["--config=configs/test_toy.py", "--config.train.num_stpes=3"],
+     "error: --config.train.num_stpes: the config has no field 'num_stpes'; did you mean \"num_steps\""),
+    (["--config=configs/test_toy.py", "--config.trian.num_steps=3"], "error: --config.trian.num_steps: the config "
+     "has no field 'trian'"),
 ])
 def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
     res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,
