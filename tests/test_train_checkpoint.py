@@ -59,3 +59,21 @@ def test_all_corrupt_raises_naming_steps(tmp_path):
     mngr = checkpoint.make_manager(str(d), async_save=False)
     with pytest.raises(checkpoint.CheckpointError, match="step 5"):
         checkpoint.restore_latest(mngr, _state(0))
+
+
+def test_checkpoint_of_another_config_is_named_not_called_unreadable(tmp_path):
+    """Resuming with another network width or optimiser (clip_norm, schedule) than the run was
+    trained with was reported as 'checkpoint N is unreadable; trying the previous one' for every
+    step, then 'no readable checkpoint', as if the files were corrupt. It is one CheckpointError
+    naming the entry that differs, its shape in the checkpoint and now, and nothing is set aside."""
+    d = tmp_path / "ckpt"
+    mngr = checkpoint.make_manager(str(d), async_save=False)
+    for s in (1, 2):
+        checkpoint.save(mngr, s, _state(s))
+    wider = dict(_state(0), params={"w": jnp.zeros((3, 5), jnp.float32)})
+    with pytest.raises(checkpoint.CheckpointError, match=r"another config.*params/w is \(3, 4\) there but \(3, 5\)"):
+        checkpoint.restore_latest(mngr, wider, set_aside_unreadable=True)
+    more = dict(_state(0), opt_state=({"count": jnp.zeros((), jnp.int32)},))
+    with pytest.raises(checkpoint.CheckpointError, match=r"another config.*opt_state/0/count is not in the checkpoint"):
+        checkpoint.restore_latest(mngr, more, set_aside_unreadable=True)
+    assert sorted(os.listdir(d)) == ["1", "2"]

@@ -9,7 +9,9 @@ run killed mid-save leaves no half-written step behind the latest complete one. 
 checkpoint that is nonetheless unreadable (a truncated file, a disk error) is skipped with a
 warning and the previous one is restored instead (the training loop renames the unreadable
 ones to `<step>.unreadable`, so that it saves those steps again); only when none can be read
-does resuming fail, naming every step it tried.
+does resuming fail, naming every step it tried. A checkpoint whose structure or shapes differ
+from the state asked for (written with another config: network width, optimiser) is not
+unreadable: restoring stops there with a CheckpointError naming the first entry that differs.
 
 Restoring onto a given structure reads what that structure asks for: entries a checkpoint
 holds beyond it (a dict key a stage no longer saves, e.g. the frozen feature networks that
@@ -93,6 +95,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         try:
             meta = manager.item_metadata(step)["state"]
             target = _host_target(meta) if abstract is None else _with_unasked(abstract, meta)
+        except Exception as e:  # noqa: BLE001 -- unreadable metadata: fall back to the previous one
+            failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
+            continue
+        if abstract is not None and meta is not None:
+            _check_matches(manager, step, target, meta)
+        try:
             restored = manager.restore(
                 step,
                 args=ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()),
@@ -106,6 +115,30 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
             _set_aside(manager, [s for s in steps if s > step])
         return step, state, dict(restored["extra"] or {})
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    """{'params/Dense_0/kernel': shape} of a state, abstract state or checkpoint metadata tree."""
+    def name(k):
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+    return {"/".join(name(k) for k in path): tuple(getattr(x, "shape", ())) for path, x in leaves}
+
+
+def _check_matches(manager, step, target, meta) -> None:
+    """Raises CheckpointError when checkpoint `step` (its metadata `meta`) holds another tree or
+    other shapes than `target`: it was written by another config, not damaged."""
+    want, have = _leaf_shapes(target), _leaf_shapes(meta)
+    diffs = [f"{k} is not in the checkpoint" for k in want if k not in have]
+    diffs += [f"{k} is {have[k]} there but {want[k]} now" for k in want if k in have and have[k] != want[k]]
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise CheckpointError(f"{manager.directory}: checkpoint step {step} was written with another config "
+                              f"(network, optimiser or stage): {diffs[0]}{more}; resume with the config it "
+                              "was trained with, or use another workdir")
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
