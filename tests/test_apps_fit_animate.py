@@ -95,6 +95,20 @@ def test_fit_batch_fits_each_image_on_its_own(pipe):
     assert np.all(photo(lit) < 0.4 * photo(batch)), (photo(lit), photo(batch))  # measured 0.20-0.22
 
 
+def test_fit_starts_from_a_coarse_only_checkpoint(pipe):
+    """A coarse-stage workdir has no detail encoder (`train.export.load_inference`), so its
+    codes have no 'detail': fit starts from them all the same (detail code zero)."""
+    coarse = pipeline.Pipeline(arrays=pipe.arrays, flame=pipe.flame, topo=pipe.topo, variables={
+        "E_flame": models.jit_init(models.coarse_encoder(), jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))})
+    img8, out = render_head(pipe)
+    gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
+    crop, target = fit.prepare(img8, gt)
+    assert "detail" not in coarse.encode(crop.image[None])
+    codes = fit.fit_crops(coarse, [crop], [target], (1, 1, 0))
+    assert sorted(codes) == ["cam", "detail", "exp", "light", "pose", "shape", "tex"]
+    np.testing.assert_array_equal(codes["detail"], np.zeros((1, 128)))
+
+
 def test_read_pts_errors(tmp_path):
     p = tmp_path / "bad.pts"
     p.write_text("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\n")

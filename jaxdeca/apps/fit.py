@@ -171,12 +171,14 @@ def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(10
     """Optimise a batch of codes through the three stages; returns the fitted codes. Each image is
     fitted on its own (`fit_loss`); the batch is split over the pipeline's devices.
     codes: [B, ...] each; target_img: [B, 68, 2] image space; image: [B, 224, 224, 3]; mask: [B, 224, 224].
-    lr: Adam's peak learning rate per stage, or one for all three."""
+    lr: Adam's peak learning rate per stage, or one for all three. Codes without 'detail' (a
+    coarse-stage checkpoint's regressor has no detail encoder) get a zero detail code."""
     lrs = (float(lr),) * 3 if np.isscalar(lr) else tuple(float(x) for x in lr)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     p = jax.tree.map(f32, _split(codes))
+    detail = codes.get("detail", np.zeros((len(codes["shape"]), 128)))
     (p, detail, target, image, mask), B = pipe.split_batch(
-        (p, f32(codes["detail"]), f32(target_img), f32(image), f32(mask)))
+        (p, f32(detail), f32(target_img), f32(image), f32(mask)))
     for stage, n in enumerate(steps):
         if n > 0:
             p = _stage_runner(pipe, stage, int(n), lrs[stage], weights)(p, detail, target, image, mask)
