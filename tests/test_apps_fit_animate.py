@@ -109,6 +109,25 @@ def test_fit_starts_from_a_coarse_only_checkpoint(pipe):
     np.testing.assert_array_equal(codes["detail"], np.zeros((1, 128)))
 
 
+def test_fit_replaces_a_regressed_camera_with_no_positive_scale(pipe):
+    """fit optimises log(camera scale): a regressor whose scale is not positive (this random
+    encoder's is -0.04; a landmark-only pretrain in the mirror solution, see
+    deca_common.camera_codes) made every fitted code NaN. Such a face starts from the
+    landmark-box camera with zero global rotation instead."""
+    coarse = pipeline.Pipeline(arrays=pipe.arrays, flame=pipe.flame, topo=pipe.topo, variables={
+        "E_flame": models.jit_init(models.coarse_encoder(), jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))})
+    img8, out = render_head(pipe)
+    gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
+    crop, target = fit.prepare(img8, gt)
+    assert float(coarse.encode(crop.image[None])["cam"][0, 0]) <= 0
+    codes = fit.fit_crops(coarse, [crop], [target], (1, 1, 0))
+    for name, v in codes.items():
+        assert np.all(np.isfinite(np.asarray(v))), name
+    assert float(codes["cam"][0, 0]) > 0
+    lmk = np.asarray(coarse.decode(codes)["landmarks2d"][0, :, :2])
+    assert np.abs(lmk - target).mean() < 0.05, np.abs(lmk - target).mean()
+
+
 def test_read_pts_errors(tmp_path):
     p = tmp_path / "bad.pts"
     p.write_text("version: 1\nn_points: 2\n{\n1 2\n3 4\n}\n")

@@ -198,10 +198,21 @@ def prepare(image: np.ndarray, landmarks_px=None):
 
 def fit_crops(pipe, crops: list, targets: list, steps=(100, 400, 40)) -> dict:
     """Fit a batch of prepared faces (`prepare`: crops and their targets) together. Starts from
-    the regressor's codes when the pipeline has networks, else from the mean. Returns the codes [B]."""
+    the regressor's codes when the pipeline has networks, else from the mean. A face whose
+    regressed camera scale is not positive (fit optimises its logarithm; a landmark-only pretrain
+    can land in the mirror solution, see `deca_common.camera_codes`) starts from the landmark-box
+    camera with zero global rotation. Returns the codes [B]."""
     images = np.stack([c.image for c in crops])
     targets = np.stack(targets)
-    codes = pipe.encode(images) if pipe.variables is not None else mean_codes(pipe, targets)
+    if pipe.variables is None:
+        codes = mean_codes(pipe, targets)
+    else:
+        codes = dict(pipe.encode(images))
+        bad = ~(np.asarray(codes["cam"][:, 0]) > 0)  # NaN included
+        if bad.any():
+            box = mean_codes(pipe, targets)["cam"]
+            codes["cam"] = jnp.where(bad[:, None], box, codes["cam"])
+            codes["pose"] = jnp.where(bad[:, None], codes["pose"].at[:, :3].set(0.0), codes["pose"])
     return fit(pipe, codes, targets, images, np.stack([hull_mask(t) for t in targets]), steps)
 
 
