@@ -14,10 +14,12 @@ def to_uint8(image) -> np.ndarray:
 
 
 def draw_landmarks(image, points, color=(255, 60, 60), radius: int = 2) -> np.ndarray:
-    """Dots at points [K, >=2] (pixels, x right y down) on a copy of image [H, W, 3]."""
+    """Dots at points [K, >=2] (pixels, x right y down) on a copy of image [H, W, 3]. Points
+    that are not finite or whose dot lies wholly outside the image are left out."""
     out = to_uint8(image).copy()
+    h, w = out.shape[:2]
     for x, y in np.asarray(points)[:, :2]:
-        if np.isfinite(x) and np.isfinite(y):
+        if -radius - 1 <= x <= w + radius and -radius - 1 <= y <= h + radius:  # False for NaN
             cv2.circle(out, (int(round(x)), int(round(y))), radius, color, -1, lineType=cv2.LINE_AA)
     return out
 
