@@ -13,3 +13,15 @@ def test_draw_landmarks_skips_points_far_outside_the_image():
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8 and not out.any()
     edge = vis.draw_landmarks(img, np.array([[30.5, 10.0], [1e12, 5.0]]), radius=2)
     assert edge[:, 28:].any() and not edge[:, :25].any()
+
+
+def test_to_uint8_maps_nan_to_black_without_a_cast_warning():
+    """NaN pixels (a render of degenerate codes) are black, not an 'invalid value encountered
+    in cast' RuntimeWarning per picture with a platform-dependent value; float64, out-of-range
+    and bool inputs keep their meaning."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = vis.to_uint8(np.array([[[np.nan, np.inf, -np.inf], [0.5, 2.0, -1.0]]], np.float64))
+    np.testing.assert_array_equal(out, [[[0, 255, 0], [128, 255, 0]]])
+    np.testing.assert_array_equal(vis.to_uint8(np.array([[[True, False, True]]])), [[[255, 0, 255]]])

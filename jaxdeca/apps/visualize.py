@@ -6,11 +6,11 @@ import numpy as np
 
 
 def to_uint8(image) -> np.ndarray:
-    """[H, W, 3] float in [0, 1] (or uint8) -> uint8."""
+    """[H, W, 3] float in [0, 1] (or uint8) -> uint8; values outside [0, 1] are clipped, NaN is 0."""
     image = np.asarray(image)
     if image.dtype == np.uint8:
         return image
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return (np.clip(np.nan_to_num(image, nan=0.0), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def draw_landmarks(image, points, color=(255, 60, 60), radius: int = 2) -> np.ndarray:
