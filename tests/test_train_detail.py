@@ -142,6 +142,28 @@ def test_real_data_path_required():
         task.make_loader(8, 0, 1)
 
 
+@pytest.mark.parametrize("stage, field", [("coarse", "checkpoint"), ("detail", "coarse_checkpoint")])
+def test_previous_stage_folder_without_checkpoints_is_a_config_error(tmp_path, stage, field):
+    """config.init.<field> naming an existing folder that holds no trained stage (the previous
+    stage was never run, or another folder): one ConfigPathError naming the field, which
+    jaxdeca.main prints as one line, not a FileNotFoundError traceback."""
+    (tmp_path / "pretrain").mkdir()
+    config = test_coarse.get_config(stage)
+    config.init[field] = str(tmp_path / "pretrain")
+    task = run.make_task(config)
+    with pytest.raises(paths.ConfigPathError, match=rf"config.init.{field}=.*pretrain.*no checkpoint"):
+        task.init_variables(jax.random.key(0))
+
+
+def test_previous_stage_of_another_network_is_a_config_error(coarse_dir):
+    """A coarse workdir trained with another encoder width: one ConfigError naming the field."""
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config.model.width = 0.25
+    with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*E_flame.*config.model"):
+        run.make_task(config).init_variables(jax.random.key(0))
+
+
 @pytest.mark.parametrize("source", ["synthetic", "tfds"])
 def test_batch_not_a_multiple_of_k_is_a_config_error(source):
     """A batch of 6 images with K=4 images per identity: one ConfigError naming both config

@@ -23,7 +23,7 @@ from jaxdeca import models, render
 from jaxdeca.losses import coarse_losses, shape_consistency, tile_batch, weighted_landmark_loss
 from jaxdeca.losses.defaults import as_weights
 from jaxdeca.train import data as data_lib
-from jaxdeca.train import deca_common, export, paths
+from jaxdeca.train import deca_common, paths
 from jaxdeca.train.deca_common import composite, draw_points
 
 
@@ -53,8 +53,7 @@ class CoarseTask(deca_common.DecaParts):
         v = self.init_net("E_flame", rng)
         init = self.config.init.get("checkpoint") if "init" in self.config else None
         if init:
-            prev = export.inference_variables(init)["E_flame"]
-            v = deca_common.checked_like(v, prev, f"config.init.checkpoint={init!r} (E_flame)")
+            v = deca_common.previous_stage_encoder(v, self.config, "init.checkpoint")
         elif self.model.get("init_cam_scale"):
             v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
         return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdeca import flame, models, render
-from jaxdeca.train import paths
+from jaxdeca.train import export, paths
 
 DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32",
                      init_cam_scale=None, cam_scale="raw")
@@ -171,24 +171,38 @@ def composite(render_images, mask, images):
 
 def checked_like(template: dict, loaded: dict, where: str) -> dict:
     """`loaded` variables cast onto `template`'s structure; a missing, unexpected or misshapen
-    variable is one clear error (a deeper network's checkpoint holds every variable of a
+    variable is one clear ConfigError (a deeper network's checkpoint holds every variable of a
     shallower one at the same shapes: its extra layers must not be dropped silently)."""
     flat_t = jax.tree_util.tree_flatten_with_path(template)[0]
     flat_l = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0])
     extra = sorted(set(flat_l) - {jax.tree_util.keystr(p) for p, _ in flat_t})
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise ValueError(f"{where}: unexpected variable {', '.join(extra[:3])}{more} (the checkpoint's network "
+        raise paths.ConfigError(f"{where}: unexpected variable {', '.join(extra[:3])}{more} (the checkpoint's network "
                          "differs from config.model)")
     leaves = []
     for p, t in flat_t:
         key = jax.tree_util.keystr(p)
         if key not in flat_l:
-            raise ValueError(f"{where}: missing variable {key} (the checkpoint's network differs from "
+            raise paths.ConfigError(f"{where}: missing variable {key} (the checkpoint's network differs from "
                              "config.model)")
         v = np.asarray(flat_l[key])
         if v.shape != t.shape:
-            raise ValueError(f"{where}: variable {key} has shape {v.shape}, expected {tuple(t.shape)} "
+            raise paths.ConfigError(f"{where}: variable {key} has shape {v.shape}, expected {tuple(t.shape)} "
                              "(config.model must match the checkpoint's)")
         leaves.append(jnp.asarray(v, t.dtype))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+
+
+def previous_stage_encoder(template: dict, config, field: str) -> dict:
+    """The E_flame variables of the stage workdir config.<field> names (e.g. 'init.checkpoint'),
+    cast onto `template` (checked_like). A folder that holds no trained stage (the previous stage
+    never ran, or another folder) or another network is one ConfigError naming the field."""
+    path = config
+    for part in field.split("."):
+        path = path[part]
+    try:
+        prev = export.inference_variables(path)["E_flame"]
+    except FileNotFoundError as e:
+        raise paths.ConfigPathError(f"config.{field}={path!r} holds no trained stage ({e})") from None
+    return checked_like(template, prev, f"config.{field}={path!r} (E_flame)")

@@ -25,7 +25,7 @@ from jaxdeca.losses import detail_consistency, detail_losses, tile_batch
 from jaxdeca.losses.defaults import as_weights
 from jaxdeca.losses.detail import uv_visibility_mask
 from jaxdeca.train import data as data_lib
-from jaxdeca.train import deca_common, export, paths
+from jaxdeca.train import deca_common, paths
 from jaxdeca.train.deca_common import composite, draw_points
 
 
@@ -47,8 +47,8 @@ class DetailTask(deca_common.DecaParts):
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
         k1, k2, k3 = jax.random.split(rng, 3)
-        coarse = deca_common.checked_like(self.init_net("E_flame", k1), export.inference_variables(self.coarse_ckpt)["E_flame"],
-                               f"config.init.coarse_checkpoint={self.coarse_ckpt!r} (E_flame)")
+        coarse = deca_common.previous_stage_encoder(self.init_net("E_flame", k1), self.config,
+                                                    "init.coarse_checkpoint")
         enc, dec = self.init_net("E_detail", k2), self.init_net("D_detail", k3)
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
         stats = {"E_detail": enc["batch_stats"], "D_detail": dec["batch_stats"]}
