@@ -107,8 +107,8 @@ def test_detail_config_errors(tmp_path):
     with pytest.raises(paths.ConfigPathError, match="weights.vgg19"):
         deca_detail.DetailTask(config)
     config.loss.mrf = 0.0
-    task = deca_detail.DetailTask(config)
-    with pytest.raises(FileNotFoundError, match="no checkpoint found"):
+    task = deca_detail.DetailTask(config)  # an existing folder that holds no trained stage
+    with pytest.raises(paths.ConfigPathError, match=r"config.init.coarse_checkpoint=.*no checkpoint found"):
         task.init_variables(jax.random.key(0))
 
 
@@ -116,7 +116,7 @@ def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
     config = test_coarse.get_config("detail")
     config.init.coarse_checkpoint = str(coarse_dir / "coarse")
     config.model.hidden = 32
-    with pytest.raises(ValueError, match=r"\['layers_0'\]\['bias'\] has shape \(64,\), expected \(32,\)"):
+    with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*\['layers_0'\]\['bias'\] has shape \(64,\), expected \(32,\)"):
         deca_detail.DetailTask(config).init_variables(jax.random.key(0))
 
 
@@ -142,25 +142,14 @@ def test_real_data_path_required():
         task.make_loader(8, 0, 1)
 
 
-@pytest.mark.parametrize("stage, field", [("coarse", "checkpoint"), ("detail", "coarse_checkpoint")])
-def test_previous_stage_folder_without_checkpoints_is_a_config_error(tmp_path, stage, field):
-    """config.init.<field> naming an existing folder that holds no trained stage (the previous
-    stage was never run, or another folder): one ConfigPathError naming the field, which
-    jaxdeca.main prints as one line, not a FileNotFoundError traceback."""
+def test_coarse_from_a_folder_without_checkpoints_is_a_config_error(tmp_path):
+    """config.init.checkpoint naming an existing folder that holds no trained stage (pretrain was
+    never run): one ConfigPathError naming the field, which jaxdeca.main prints as one line, not
+    a FileNotFoundError traceback (the detail stage's case: test_detail_config_errors)."""
     (tmp_path / "pretrain").mkdir()
-    config = test_coarse.get_config(stage)
-    config.init[field] = str(tmp_path / "pretrain")
-    task = run.make_task(config)
-    with pytest.raises(paths.ConfigPathError, match=rf"config.init.{field}=.*pretrain.*no checkpoint"):
-        task.init_variables(jax.random.key(0))
-
-
-def test_previous_stage_of_another_network_is_a_config_error(coarse_dir):
-    """A coarse workdir trained with another encoder width: one ConfigError naming the field."""
-    config = test_coarse.get_config("detail")
-    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
-    config.model.width = 0.25
-    with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*E_flame.*config.model"):
+    config = test_coarse.get_config("coarse")
+    config.init.checkpoint = str(tmp_path / "pretrain")
+    with pytest.raises(paths.ConfigPathError, match=r"config.init.checkpoint=.*pretrain.*no checkpoint"):
         run.make_task(config).init_variables(jax.random.key(0))
 
 
