@@ -92,7 +92,8 @@ def load_npz(path: str) -> dict:
         raise FlameFileError(f"{path}: FLAME model file not found")
     try:
         with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k].astype(np.float32) if f[k].dtype == np.float16 else f[k] for k in f.files}
+            arrays = {k: f[k] for k in f.files}  # f[k] inflates the member each time: once per key
+        arrays = {k: a.astype(np.float32) if a.dtype == np.float16 else a for k, a in arrays.items()}
     except Exception as e:  # noqa: BLE001 -- any unreadable file gets one message
         raise FlameFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
     validate(arrays, path)
