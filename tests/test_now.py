@@ -357,3 +357,20 @@ def test_image_list_written_with_a_byte_order_mark_reads_every_line(tmp_path):
         now.export_prediction(str(tmp_path / "pred"), img, to_prediction(v), f, to_prediction(lm))
     s = now.evaluate(str(tmp_path / "pred"), str(root), str(lst), str(tmp_path / "out"), refine=False)
     assert s["num_images"] == 2 and s["num_missing_files"] == 0
+
+
+def test_prediction_obj_without_faces_is_one_error_naming_the_file(tmp_path, capsys):
+    """A prediction OBJ holding only `v` lines (a point cloud) cannot be scored: the run stops
+    with one line naming that file and saying it has no faces (not a message about triangle
+    array shapes). Scans, which the metric uses as points only, may have no faces."""
+    images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg"]
+    root, lst, v, f, lm = small_now_layout(tmp_path, images)  # its scan.obj has no faces
+    obj, _ = now.export_prediction(str(tmp_path / "pred"), images[0], to_prediction(v), np.zeros((0, 3), int),
+                                   to_prediction(lm))
+    rc = now.main(["evaluate", "--predictions", str(tmp_path / "pred"), "--scans", str(root), "--image-list",
+                   str(lst), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and f"{obj}: has no faces" in err, err
+    with pytest.raises(ValueError, match="pred_faces.*no faces"):
+        now.compute_errors(v, lm, v, np.zeros((0, 3), int), lm, refine=False)

@@ -210,8 +210,8 @@ def compute_errors(scan_vertices, scan_lmks7, pred_vertices, pred_faces, pred_lm
 
     scan_vertices: [S, 3], scan_lmks7: [7, 3] (scan frame), pred_vertices: [V, 3],
     pred_faces: [F, 3], pred_lmks7: [7, 3] (prediction frame) -> distances [N] for the N scan
-    vertices inside the face crop. Raises ValueError for NaN/inf landmarks or vertices, coincident
-    landmarks or an empty crop.
+    vertices inside the face crop. Raises ValueError for NaN/inf landmarks or vertices, a
+    prediction without faces, coincident landmarks or an empty crop.
     """
     scan_vertices = np.asarray(scan_vertices, np.float64)
     pred_faces = np.asarray(pred_faces, np.int64)
@@ -224,6 +224,9 @@ def compute_errors(scan_vertices, scan_lmks7, pred_vertices, pred_faces, pred_lm
             raise ValueError(f"compute_errors: the 7 landmarks of {name} coincide")
     if not np.all(np.isfinite(pred_vertices)):
         raise ValueError("compute_errors: pred_vertices contain NaN or inf values")
+    if pred_faces.ndim != 2 or pred_faces.shape[1] != 3 or not len(pred_faces):
+        raise ValueError(f"compute_errors: pred_faces must be [F, 3] with F > 0, found {pred_faces.shape}"
+                         + (": the prediction has no faces" if pred_faces.size == 0 else ""))
     points = scan_vertices[crop_scan(scan_vertices, scan_lmks7)]
     if len(points) == 0:
         raise ValueError("compute_errors: no scan vertex lies inside the face crop; check the scan landmarks")
@@ -306,6 +309,8 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
         scan_v, scan_l, scan_files = cache[subject]
         lmk = npy if os.path.isfile(npy) else txt
         pv, pf = read_obj(obj)
+        if not len(pf):  # the reader accepts point clouds (scans are used as points); a prediction is a surface
+            raise NowFileError(f"{obj}: has no faces (only vertices); a NoW prediction must be a triangle mesh")
         pl = read_landmarks(lmk)
         try:
             d = compute_errors(scan_v, scan_l, pv, pf, pl, refine=refine)
