@@ -84,10 +84,13 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
     vertices: [V, 3]; faces: [F, 3] int, 0-based; uv_coords: [T, 2] with uv_faces: [F, 3]
     (both or neither); colors: [V, 3] per-vertex RGB, written as `v x y z r g b`;
     mtllib / usemtl: material library file and material name lines.
-    Refuses wrong shapes and indices out of range with a ValueError naming the file.
+    Refuses wrong shapes, indices out of range and an empty vertex list (an OBJ `read` refuses)
+    with a ValueError naming the file. Vertices without faces (a point cloud) are written.
     """
     vertices, faces = np.asarray(vertices, np.float64), np.asarray(faces, np.int64)
     _check(path, "vertices", vertices, 3)
+    if not len(vertices):
+        raise ValueError(f"{path}: no vertices to write (an OBJ without vertices cannot be read back)")
     _check(path, "faces", faces, 3)
     _check_indices(path, "faces", faces, len(vertices), "vertices")
     if (uv_coords is None) != (uv_faces is None):

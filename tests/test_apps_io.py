@@ -217,3 +217,26 @@ def test_float_tiff_reads_as_its_0_to_1_intensities(tmp_path):
     cv2.imwrite(str(tmp_path / "f.tif"), img.astype(np.float32) / 255.0)
     assert cv2.imread(str(tmp_path / "f.tif"), cv2.IMREAD_UNCHANGED).dtype == np.float32
     np.testing.assert_array_equal(inputs.read_image(str(tmp_path / "f.tif")), img[..., ::-1])
+
+
+def test_detail_obj_with_no_faces_is_skipped_with_a_message(tmp_path, capsys):
+    """An empty (or too sparse) valid-texel mask gives a detailed mesh with no faces and, as
+    unused texels are dropped, no vertices: an OBJ the package's reader refuses. It is not
+    written (an earlier run's file of that name is removed) and stderr says why; a mesh with
+    faces is written and reads back."""
+    pos = np.random.default_rng(0).normal(size=(6, 6, 3))
+    nrm = np.zeros((6, 6, 3))
+    nrm[..., 2] = 1.0
+    path = tmp_path / "x_detail.obj"
+    path.write_text("v 0 0 0\n")  # a previous run's output
+    sparse = np.zeros((6, 6))
+    sparse[::2, ::2] = 1.0  # valid texels, but no three of them form a grid triangle
+    for valid in (np.zeros((6, 6)), sparse):
+        assert export.write_detail_obj(str(path), pos, nrm, valid) is None
+        err = capsys.readouterr().err
+        assert f"{path}: not written: the detailed mesh has no faces" in err and err.count("\n") == 1, err
+        assert not path.exists()
+    valid = np.zeros((6, 6))
+    valid[1:4, 1:5] = 1.0
+    assert export.write_detail_obj(str(path), pos, nrm, valid) == str(path)
+    assert len(wavefront.read(str(path))["faces"]) == 2 * 2 * 3 and capsys.readouterr().err == ""

@@ -88,6 +88,8 @@ def test_write_read_roundtrip_is_exact_for_float32(tmp_path):
     (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, -1]])), r"faces index -1 out of range for 3 vertices"),
     (dict(vertices=np.zeros((3, 3)), faces=np.array([[0, 1, 2]]), uv_coords=np.zeros((2, 2)),
           uv_faces=np.array([[0, 1, 2]])), r"uv_faces index 2 out of range for 2 texture coordinates"),
+    # An OBJ without vertices: the reader refuses it ('no vertices found'), so it is never written.
+    (dict(vertices=np.zeros((0, 3)), faces=np.zeros((0, 3), int)), r"w.obj: no vertices to write"),
 ])
 def test_write_refuses_wrong_shapes(tmp_path, kwargs, message):
     path = tmp_path / "w.obj"

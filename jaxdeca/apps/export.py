@@ -4,6 +4,7 @@ landmark text files and images. NumPy in, files out; nothing here is differentia
 from __future__ import annotations
 
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -111,6 +112,26 @@ def dense_detail_mesh(uv_positions: np.ndarray, uv_normals: np.ndarray, valid: n
     remap[used] = np.arange(used.size)
     colors = None if uv_colors is None else np.asarray(uv_colors).reshape(-1, 3)[used]
     return pos[used], remap[faces], colors
+
+
+def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray, valid: np.ndarray,
+                     uv_colors: np.ndarray | None = None) -> str | None:
+    """Writes `dense_detail_mesh` as an OBJ with per-vertex colours; returns the path.
+
+    When the mesh has no faces (no grid triangle has its three texels valid: an empty or
+    too sparse face mask, or no UV coverage, e.g. a NaN decode) it would also have no
+    vertices, an OBJ that `wavefront.read` refuses: nothing is written, a file of that name
+    left by an earlier run is removed, one line on stderr says why, and None is returned.
+    """
+    vertices, faces, colors = dense_detail_mesh(uv_positions, uv_normals, valid, uv_colors)
+    if not len(faces):
+        if os.path.isfile(path):
+            os.remove(path)
+        print(f"warning: {path}: not written: the detailed mesh has no faces (no UV texels both inside the "
+              "face-eye mask and covered by the rendered mesh; check the FLAME file's uv_face_eye_mask)",
+              file=sys.stderr)
+        return None
+    return write_obj(path, vertices, faces, colors=colors)
 
 
 def save_landmarks(path: str, points: np.ndarray, header: str = "") -> str:

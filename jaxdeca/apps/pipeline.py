@@ -390,7 +390,9 @@ def landmarks_original(lmk_img, tform) -> np.ndarray:
 
 def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
                   arrays: dict, extract_tex: bool = True) -> list[str]:
-    """Write every output of face k of a decoded batch under out_dir/name/; returns paths."""
+    """Write every output of face k of a decoded batch under out_dir/name/; returns paths (the
+    detailed OBJ is left out, with a message on stderr, when its mesh has no faces:
+    `export.write_detail_obj`)."""
     from jaxdeca.apps import visualize as vis
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
@@ -402,8 +404,9 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
                                   normal_map=g("uv_detail_normals")))
     mask = render_deca.uv_face_eye_mask(arrays, g("uv_z").shape[0])  # at the model's UV size
     cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
-    dv, df, dc = export.dense_detail_mesh(g("uv_detail_vertices"), g("uv_detail_normals"), (mask > 0.5) & cover, tex)
-    paths.append(export.write_obj(os.path.join(d, f"{name}_detail.obj"), dv, df, colors=dc))
+    detail = export.write_detail_obj(os.path.join(d, f"{name}_detail.obj"), g("uv_detail_vertices"),
+                                     g("uv_detail_normals"), (mask > 0.5) & cover, tex)  # None: no faces
+    paths += [detail] if detail else []
     lmk2 = landmarks_original(g("landmarks2d"), crop.tform)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
     vis3 = (g("trans_normals")[..., 2] < 0.1)  # per-vertex visibility; landmark = nearest vertex's
