@@ -361,3 +361,24 @@ def test_rerun_into_an_output_of_another_layout_or_folder_is_refused(tmp_path, c
     # the same folder again (another spelling of its path) still resumes
     s = prepare.prepare(str(tmp_path / "images") + "/", str(out), "folders", progress=False)
     assert s["already_done"] == 1
+
+
+def test_symlinked_subfolders_are_walked_once_and_loops_end(tmp_path):
+    """Images in a symlinked subfolder (a dataset kept on another disk and linked in) are listed
+    under the link's name; a link back up the tree (a loop) and a second path to a folder
+    already listed (a link to a sibling) add nothing and end."""
+    root, elsewhere = tmp_path / "images", tmp_path / "elsewhere"
+    for d in (root / "real", elsewhere / "deep"):
+        d.mkdir(parents=True)
+    (root / "real" / "a.jpg").write_bytes(b"")
+    (elsewhere / "b.png").write_bytes(b"")
+    (elsewhere / "deep" / "c.png").write_bytes(b"")
+    try:
+        os.symlink(elsewhere, root / "linked", target_is_directory=True)
+        os.symlink(root, root / "real" / "loop", target_is_directory=True)
+        os.symlink(root / "real", root / "a_second_path_to_real", target_is_directory=True)
+    except (OSError, NotImplementedError) as e:  # e.g. Windows without the symlink privilege
+        pytest.skip(f"cannot create symlinks here: {e}")
+    rels = [r.replace(os.sep, "/") for r in prepare.list_images(str(root))]
+    assert rels == ["linked/b.png", "linked/deep/c.png", "real/a.jpg"]
+    assert prepare.identity_of(os.path.join("linked", "b.png"), "folders") == "linked"

@@ -45,10 +45,23 @@ MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the trai
 # ----------------------------------------------------------------------------- identities
 
 def list_images(root: str) -> list[str]:
-    """Relative paths of all image files under root, sorted."""
+    """Relative paths of all image files under root, sorted.
+
+    Symlinked subfolders are walked (their images listed under the link's path). Each real
+    folder is walked once: a link back up the tree (a loop) or a second path to a folder met
+    already adds nothing; at each level real subfolders are claimed before links, so a link
+    to a sibling leaves the sibling's own paths.
+    """
     out = []
-    for d, dirs, files in os.walk(root):
-        dirs.sort()
+    seen = {os.path.realpath(root)}
+    for d, dirs, files in os.walk(root, followlinks=True):
+        keep = set()
+        for x in sorted(dirs, key=lambda x: (os.path.islink(os.path.join(d, x)), x)):  # real ones first
+            real = os.path.realpath(os.path.join(d, x))
+            if real not in seen:
+                seen.add(real)
+                keep.add(x)
+        dirs[:] = sorted(keep)
         for f in sorted(files):
             if f.lower().endswith(IMAGE_EXTS):
                 out.append(os.path.relpath(os.path.join(d, f), root))
