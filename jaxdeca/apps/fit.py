@@ -34,6 +34,7 @@ import optax
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.data import detect, preprocess
+from jaxdeca.data.prepare import MIN_LANDMARK_SPAN
 from jaxdeca.losses import coarse
 
 LANDMARK_GROUPS = ("pose", "cam")
@@ -69,7 +70,11 @@ def mean_codes(pipe: pipeline.Pipeline, target_img) -> dict:
     codes = dict(shape=z(pipe.flame.n_shape), exp=z(pipe.flame.n_exp), pose=z(6), tex=z(50),
                  light=jnp.zeros((B, 9, 3)).at[:, 0, :].set(2.5), detail=z(128))
     lm = np.asarray(pipe.flame(codes["shape"][:1], codes["exp"][:1], codes["pose"][:1])["landmarks2d"][0, :, :2])
-    s = np.ptp(t, 1).mean(-1) / np.ptp(lm, 0).mean()  # [B]
+    spread = np.ptp(t, 1).mean(-1)  # [B]
+    if not np.all(spread > 0):  # NaN included: fit would optimise log(0)
+        raise ValueError(f"mean_codes: target landmarks of batch item(s) {np.flatnonzero(~(spread > 0)).tolist()} "
+                         "have no spread (all points equal or not finite): no camera scale fits them")
+    s = spread / np.ptp(lm, 0).mean()  # [B]
     tc, mc = t.mean(1), lm.mean(0)
     codes["cam"] = jnp.asarray(np.stack([s, tc[:, 0] / s - mc[0], -tc[:, 1] / s - mc[1]], 1), jnp.float32)
     return codes
@@ -308,7 +313,9 @@ def read_pts(path: str) -> np.ndarray:
     """68 landmarks [68, 2] in 0-based original pixels (pixel column j is x = j) from an iBUG
     .pts file (read by `jaxdeca.data.detect.read_pts`, which subtracts 1 from its 1-based
     coordinates, as menpo does) or a plain text file of x y rows (0-based, like the apps'
-    *_kpt2d.txt). Raises ValueError (or OSError) naming the file."""
+    *_kpt2d.txt). Landmarks that are not finite or whose box is under MIN_LANDMARK_SPAN px (data
+preparation's limit; all points on one pixel give no face box to crop) are refused. Raises
+ValueError (or OSError) naming the file."""
     try:
         with open(path) as f:
             text = f.read()
@@ -324,6 +331,12 @@ def read_pts(path: str) -> np.ndarray:
             raise ValueError(f"{path}: not a landmark file ({e})") from None
     if pts.shape != (68, 2):
         raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError(f"{path}: landmarks are not all finite numbers")
+    span = float(np.ptp(pts, axis=0).mean())
+    if span < MIN_LANDMARK_SPAN:  # the crop and the starting camera are sized by the landmark box
+        raise ValueError(f"{path}: the landmarks span {span:.1f} px (need >= {MIN_LANDMARK_SPAN:g}: the face "
+                         "crop is sized by them)")
     return pts
 
 
