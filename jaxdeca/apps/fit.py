@@ -2,9 +2,10 @@
 
 Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo, light) against
 68 2D landmarks and the photometric loss, with optax Adam and a coarse-to-fine schedule:
-  1. rigid: global pose + camera on the landmarks;
-  2. + shape, expression, jaw with DECA's weighted landmark loss, eye and lip closure terms and
-     code regularisers;
+  1. rigid: pose (the global rotation and, as in the reference photometric fitting whose rigid
+     stage optimises the whole 6-value pose, the jaw) + camera on the landmarks;
+  2. + shape and expression, with the eye and lip closure terms, the code regularisers and a
+     jaw regulariser added to DECA's weighted landmark loss;
   3. albedo and light with the photometric loss masked by the rendered coverage x the
      landmark-hull mask, at 10x the learning rate (LEARNING_RATES), the geometry held: on
      demo-head renders whose albedo the model represents exactly, letting pose, camera, shape
@@ -36,8 +37,6 @@ from jaxdeca.apps import inputs, pipeline
 from jaxdeca.data import detect, preprocess
 from jaxdeca.data.prepare import MIN_LANDMARK_SPAN
 from jaxdeca.losses import coarse
-
-LANDMARK_GROUPS = ("pose", "cam")
 
 
 def to_image_space(points_px, tform) -> np.ndarray:
@@ -130,7 +129,8 @@ def fit_loss(p, detail, pipe, target, image, mask, stage, w):
     return jnp.sum(fit_losses(p, detail, pipe, target, image, mask, stage, w))
 
 
-STAGE_GROUPS = ({"pose", "cam"}, {"pose", "cam", "shape", "exp"}, {"tex", "light"})  # codes each stage moves
+# codes each stage moves ('pose' is global rotation and jaw: the rigid stage moves the jaw too)
+STAGE_GROUPS = ({"pose", "cam"}, {"pose", "cam", "shape", "exp"}, {"tex", "light"})
 WEIGHTS = dict(lmk=1.0, eye=1.0, lip=0.5, reg=1e-4, jaw=1e-2, photo=2.0, light=1.0)
 # Adam's peak learning rate per stage (cosine-decayed over the stage). The photometric stage's
 # 0.1: after 40 steps on four demo-head renders, photometric L1 0.032 where 0.01 left 0.236
