@@ -15,3 +15,24 @@ def test_showcase_writes_pictures(tmp_path):
     assert views.shape == (2 * 96, 5 * 96, 3) and outputs.shape == (2 * 96, 3 * 96, 3)
     assert views.std() > 10 and outputs.std() > 10  # not blank
     assert (tmp_path / "showcase" / "head_neutral.obj").stat().st_size > 100_000
+
+
+def test_showcase_landmarks_follow_the_apps_drawing_convention():
+    """showcase drew image-space landmarks at round((x + 1) w / 2), half a pixel right of and
+    below the apps' convention (visualize.image_to_pixels: pixel k's centre at k), and raised
+    on a NaN point. It now draws through visualize.draw_landmarks: the same pixels as the
+    apps, NaN and far-off points left out."""
+    import numpy as np
+
+    from jaxdeca.apps import showcase, visualize as vis
+    w = 32
+    lmk = np.zeros((68, 2))
+    lmk[:, 0] = -1 + (2 * (np.arange(68) % 16 * 2 + 1) + 1) / w  # pixel centres x = 1, 3, ..., 31
+    lmk[:, 1] = -1 + (2 * (np.arange(68) // 16 * 6 + 2) + 1) / w
+    lmk[5], lmk[40] = np.nan, 1e12
+    out = showcase._draw_landmarks(np.zeros((w, w, 3), np.float32), lmk)
+    px = vis.image_to_pixels(lmk, w)
+    want = vis.draw_landmarks(vis.draw_landmarks(np.zeros((w, w, 3)), px[:17], (60, 200, 255), 1),
+                              px[17:], (255, 60, 60), 1)
+    assert out.dtype == np.float32 and out.shape == (w, w, 3)
+    np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), want)

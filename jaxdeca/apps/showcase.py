@@ -21,16 +21,18 @@ from absl import logging
 
 from jaxdeca import flame, render, xla_options
 from jaxdeca.apps import export
+from jaxdeca.apps import visualize as vis
 
 
 def _draw_landmarks(image: np.ndarray, lmk_img: np.ndarray, color=(255, 60, 60)) -> np.ndarray:
-    """image: [H, W, 3] float 0..1; lmk_img: [68, 2] in [-1, 1] image space (y down)."""
-    out = (np.clip(image, 0, 1) * 255).astype(np.uint8).copy()
-    h, w = out.shape[:2]
-    for k, (x, y) in enumerate(lmk_img):
-        px, py = int(round((x + 1) * w / 2)), int(round((y + 1) * h / 2))
-        c = (60, 200, 255) if k < 17 else color
-        cv2.circle(out, (px, py), max(1, w // 128), c, -1, lineType=cv2.LINE_AA)
+    """image: [H, W, 3] float 0..1; lmk_img: [68, 2] in [-1, 1] image space (y down). Drawn by
+    the apps' `visualize.draw_landmarks` (pixel k's centre at k, `visualize.image_to_pixels`;
+    NaN and far-off points left out), the 17 contour points in light blue. Returns float 0..1."""
+    h, w = image.shape[:2]
+    px = np.stack([vis.image_to_pixels(lmk_img, w)[:, 0], vis.image_to_pixels(lmk_img, h)[:, 1]], 1)
+    radius = max(1, w // 128)
+    out = vis.draw_landmarks(image, px[:17], (60, 200, 255), radius)
+    out = vis.draw_landmarks(out, px[17:], color, radius)
     return out.astype(np.float32) / 255.0
 
 
