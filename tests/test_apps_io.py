@@ -210,6 +210,31 @@ def test_chunks_are_lazy_and_keep_the_short_tail():
     assert list(pipeline.chunks([], 3)) == []
 
 
+def test_batch_helpers_refuse_an_empty_batch():
+    """No app reaches the batch helpers with zero images (`chunks` yields no empty chunk: a
+    folder of only unusable files reports '0 face(s) written, N skipped', exit 1), but an API
+    caller could: pad_rows returned fewer rows than asked for, padded_batch failed in np.stack,
+    Pipeline.decode with a ZeroDivisionError inside FLAME and split_batch of no arrays with an
+    IndexError. Each now raises one ValueError saying the batch is empty."""
+    from jaxdeca import flame, render
+    from jaxdeca.apps import pipeline
+    with pytest.raises(ValueError, match="empty batch"):
+        pipeline.pad_rows(np.zeros((0, 3)), 2)
+    assert pipeline.pad_rows(np.zeros((0, 3)), 0).shape == (0, 3)  # nothing asked for
+    with pytest.raises(ValueError, match="empty batch"):
+        pipeline.padded_batch([], 2)
+    arrays = flame.load_arrays()
+    pipe = pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays),
+                             topo=render.make_topology(arrays, uv_size=32), variables=None)
+    codes = dict(shape=np.zeros((0, 100)), exp=np.zeros((0, 50)), pose=np.zeros((0, 6)), tex=np.zeros((0, 50)),
+                 cam=np.zeros((0, 3)), light=np.zeros((0, 9, 3)))
+    for tree in (codes, {}, np.zeros((0, 224, 224, 3), np.float32)):
+        with pytest.raises(ValueError, match="empty batch"):
+            pipe.split_batch(tree)
+    with pytest.raises(ValueError, match="empty batch"):
+        pipe.decode(codes)
+
+
 def test_float_tiff_reads_as_its_0_to_1_intensities(tmp_path):
     """A 32-bit float TIFF holds intensities in [0, 1] (OpenCV's and image tools' convention for
     float images): it reads as the same picture as its 8-bit PNG, not as a black image."""

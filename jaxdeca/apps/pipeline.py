@@ -187,14 +187,21 @@ def chunks(items: Iterable, n: int) -> Iterator[list]:
 
 
 def pad_rows(x, n: int) -> np.ndarray:
-    """x [B, ...] -> numpy [max(B, n), ...]: rows B .. n - 1 repeat row B - 1."""
+    """x [B, ...] -> numpy [max(B, n), ...]: rows B .. n - 1 repeat row B - 1. ValueError for
+    an empty x (B = 0) when rows are asked for: there is no row to repeat."""
     x = np.asarray(x)
-    return x if len(x) >= n else np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)])
+    if len(x) >= n:
+        return x
+    if len(x) == 0:
+        raise ValueError(f"pad_rows: empty batch (0 rows of shape {x.shape[1:]}): no row to repeat up to {n}")
+    return np.concatenate([x, np.repeat(x[-1:], n - len(x), 0)])
 
 
 def padded_batch(images: list, batch: int) -> np.ndarray:
-    """Stacks up to `batch` images [224, 224, 3], repeating the last to `batch` so that the
-    jitted functions always see one shape. Returns [batch, 224, 224, 3]."""
+    """Stacks 1 to `batch` images [224, 224, 3], repeating the last to `batch` so that the
+    jitted functions always see one shape. Returns [batch, 224, 224, 3]; ValueError for no images."""
+    if len(images) == 0:
+        raise ValueError("padded_batch: empty batch (no images)")
     return pad_rows(np.stack(images), batch)
 
 
@@ -243,8 +250,12 @@ class Pipeline:
 
     def split_batch(self, tree):
         """Batch arrays [B, ...] -> (arrays padded to a multiple of the device count by
-        repeating item B - 1 and split along the first axis, B)."""
-        B = jax.tree.leaves(tree)[0].shape[0]
+        repeating item B - 1 and split along the first axis, B). ValueError for an empty batch
+        (B = 0 or no arrays): encode, decode, run and fit need at least one item."""
+        leaves = jax.tree.leaves(tree)
+        if not leaves or np.shape(leaves[0])[0] == 0:
+            raise ValueError("empty batch (0 items): the pipeline needs at least one image or code row")
+        B = np.shape(leaves[0])[0]
         n = self.n_devices
         if n == 1:  # placed on the pipeline's device, which need not be the default one
             return jax.device_put(tree, self.mesh.devices.item()), B
