@@ -255,6 +255,24 @@ def test_decode_conversions():
     np.testing.assert_array_equal(images.decode_image(f32), rgb + 1)
 
 
+def test_16_bit_images_scale_to_the_nearest_8_bit_level(tmp_path):
+    """A 16-bit level x is the intensity x / 65535 (skimage's img_as_float, which DECA's reader
+    goes through); its 8-bit level is round(x / 257), as the apps' reader has it. decode_image
+    took x >> 8 (truncating x / 256): 129 -> 0, 386 -> 1, 25829 -> 100 (a level darker) and
+    65406 -> 255 (a level brighter)."""
+    from jaxdeca.apps import inputs
+    x = np.array([0, 128, 129, 257, 386, 25829, 32767, 32768, 65406, 65535], np.uint16)
+    want = np.array([0, 0, 1, 1, 2, 101, 127, 128, 254, 255], np.uint8)  # by hand: x / 257 to the nearest
+    grey = np.resize(x, (64, 70))
+    path = tmp_path / "g16.png"
+    cv2.imwrite(str(path), grey)
+    for out in (images.decode_image(path.read_bytes()), inputs.read_image(str(path))):
+        np.testing.assert_array_equal(out, np.repeat(np.resize(want, (64, 70))[..., None], 3, -1))
+    bgr = np.stack([np.resize(x, (64, 70)), np.resize(x[::-1], (64, 70)), np.full((64, 70), 129, np.uint16)], -1)
+    out = images.decode_image(cv2.imencode(".png", bgr)[1].tobytes())  # RGB out: B is the last channel
+    np.testing.assert_array_equal(out[0, :10], np.stack([np.ones(10, np.uint8), want[::-1], want], -1))
+
+
 def test_exif_orientation_is_applied_by_every_reader(tmp_path):
     """prepare (images.decode_image), the training loader and the apps turn a JPEG upright by
     its EXIF orientation alike, so landmarks and masks made on one read fit the other's pixels."""

@@ -67,7 +67,7 @@ def imdecode(data) -> np.ndarray | None:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Encoded bytes -> [H, W, 3] uint8 RGB. Converts grayscale -> 3 channels, RGBA -> RGB
-    (alpha dropped), 16-bit -> 8-bit (>> 8), float -> 8-bit; JPEGs are turned upright by
+    (alpha dropped), 16-bit -> 8-bit (x / 257 rounded), float -> 8-bit; JPEGs are turned upright by
     their EXIF orientation (`imdecode`). Raises BadImage with the reason (callers add the file)."""
     if len(data) == 0:
         raise BadImage("empty file")
@@ -78,8 +78,8 @@ def decode_image(data: bytes) -> np.ndarray:
         head = data[:16]
         kind = "text, not an image" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a decodable image"
         raise BadImage(f"{kind} (OpenCV cannot decode it)")
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+    if img.dtype == np.uint16:  # intensity x / 65535 (skimage's img_as_float) to the nearest 8-bit level
+        img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
         img = np.clip(np.nan_to_num(img) * 255.0, 0, 255).round().astype(np.uint8)
     elif img.dtype != np.uint8:
