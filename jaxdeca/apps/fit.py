@@ -314,8 +314,8 @@ def read_pts(path: str) -> np.ndarray:
     .pts file (read by `jaxdeca.data.detect.read_pts`, which subtracts 1 from its 1-based
     coordinates, as menpo does) or a plain text file of x y rows (0-based, like the apps'
     *_kpt2d.txt). Landmarks that are not finite or whose box is under MIN_LANDMARK_SPAN px (data
-preparation's limit; all points on one pixel give no face box to crop) are refused. Raises
-ValueError (or OSError) naming the file."""
+    preparation's limit; all points on one pixel give no face box to crop) are refused. Raises
+    ValueError (or OSError) naming the file."""
     try:
         with open(path) as f:
             text = f.read()
