@@ -127,6 +127,38 @@ def test_same_seed_same_batches_and_resume():
         resumed.restore({"step": 0, "seed": 8})
 
 
+class CountingSource:
+    """Records of make_source, counting reads (from any thread)."""
+
+    def __init__(self, recs):
+        import threading
+        self.recs, self.reads, self.lock = recs, 0, threading.Lock()
+
+    def __len__(self):
+        return len(self.recs)
+
+    def __getitem__(self, i):
+        with self.lock:
+            self.reads += 1
+        return self.recs[i]
+
+
+def test_prefetch_counts_batches_not_groups():
+    """LoaderConfig.prefetch is the number of batches built ahead: the buffer once held
+    prefetch x groups_per_batch whole batches (256 batches, ~13 GB, for DECA's pretrain batch of
+    64 identities at 224 px)."""
+    import time
+    recs, groups = make_source()
+    src = CountingSource(recs)
+    ld = loader.FaceLoader(src, groups, CFG, process_index=0, process_count=1)
+    next(ld)
+    last, t0 = -1, time.monotonic()
+    while src.reads != last and time.monotonic() - t0 < 20:  # until the threads stop reading
+        last = src.reads
+        time.sleep(0.5)
+    assert src.reads <= (1 + CFG.prefetch) * CFG.groups_per_batch * CFG.k
+
+
 def test_processes_split_the_single_process_batch():
     recs, groups = make_source()
     whole = loader.FaceLoader(recs, groups, CFG, 0, 1).batch_at(5)

@@ -40,7 +40,8 @@ _SALT_GROUP, _SALT_IMAGE = 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
-    """groups_per_batch: N identities per global batch; k: images per identity."""
+    """groups_per_batch: N identities per global batch; k: images per identity; num_threads
+    threads each build whole batches, at most `prefetch` batches ahead of the one consumed."""
     groups_per_batch: int
     k: int = 4
     image_size: int = 224
@@ -180,7 +181,7 @@ class FaceLoader:
         ds = ds.map(lambda t: load_group(self.source, self.groups, self.cfg, self._global(t // n, t % n)))
         ds = ds.batch(n, batch_fn=self._collate)
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=self.cfg.num_threads,
-                                                    prefetch_buffer_size=self.cfg.prefetch * n))
+                                                    prefetch_buffer_size=self.cfg.prefetch))
 
     def __iter__(self):
         return self
