@@ -53,12 +53,43 @@ def test_groups_share_identity_and_shapes():
             assert idx[0] != idx[1]
 
 
-def test_a_record_that_cannot_be_cropped_is_named():
-    recs, groups = make_source()
-    recs[3].update(landmarks=np.full((68, 2), np.nan, np.float32), path="id1/bad.jpg")
-    g = next(g for g in range(100) if 3 in loader.group_records(groups, CFG.seed, g, CFG.k))
-    with pytest.raises(ValueError, match=r"record 3 \(id1/bad.jpg\): ValueError"):
-        loader.load_group(recs, groups, CFG, g)
+def test_a_record_that_cannot_be_loaded_is_skipped_and_counted(caplog):
+    """A bad record mid-epoch used to end training with a ValueError, and a resumed run died on
+    the same batch again. Now its slot takes another image of the identity (or the group another
+    identity); the batch keeps its size and K images per identity, the record is counted and logged."""
+    recs, groups = make_source(encoded=True)
+    clean = [loader.load_group(recs, groups, CFG, g) for g in range(12)]
+    recs[1] = dict(recs[1], image=b"<html>404</html>", path="id0/bad.jpg")  # identity 0 has records 0..2
+    recs[3] = dict(recs[3], landmarks=np.full((68, 2), np.nan, np.float32), path="id1/only.jpg")  # its only one
+    skipped = {}
+    with caplog.at_level("WARNING"):
+        got = [loader.load_group(recs, groups, CFG, g, skipped) for g in range(12)]
+    assert sorted(skipped) == [1, 3]
+    assert skipped[1] == "record 1 (id0/bad.jpg): ValueError: record holds bytes OpenCV cannot decode"
+    assert skipped[3].startswith("record 3 (id1/only.jpg): ValueError: ") and "finite" in skipped[3]
+    assert "skipped record 1 (id0/bad.jpg)" in caplog.text and "2 record(s) skipped so far" in caplog.text
+    for g, (a, b) in enumerate(zip(clean, got)):
+        picks = loader.group_records(groups, CFG.seed, g, CFG.k)
+        assert b["image"].shape == a["image"].shape and len(set(b["identity"])) == 1
+        if 3 in picks:  # identity 1 has nothing else: the group takes another identity
+            assert b["identity"][0] != 1
+        for k, i in enumerate(picks):
+            if i == 1:  # another image of identity 0 in that slot
+                assert b["identity"][k] == 0 and not np.array_equal(a["landmarks"][k], b["landmarks"][k])
+            elif 3 not in picks:  # the rest is untouched
+                np.testing.assert_array_equal(a["image"][k], b["image"][k])
+    # the trainer's loader goes on past it, batches full, the same batches when resumed
+    step = next(s for s in range(20) if any(3 in loader.group_records(groups, CFG.seed, 4 * s + j, 2)
+                                            for j in range(4)))
+    ld = loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1)
+    ld.restore({"step": step, "seed": CFG.seed})
+    batch = next(ld)
+    assert batch["image"].shape == (8, 48, 48, 3) and 3 in ld.skipped
+    np.testing.assert_array_equal(batch["image"], loader.FaceLoader(recs, groups, CFG, 0, 1).batch_at(step)["image"])
+    # nothing loads at all: one error naming a record, not an endless search
+    broken = [dict(r, image=b"not an image", path=f"p/{i}.jpg") for i, r in enumerate(recs)]
+    with pytest.raises(ValueError, match=r"no image of 5 identities in a row could be loaded; record \d+ \(p/\d+\.jpg\)"):
+        loader.load_group(broken, groups, CFG, 0)
 
 
 def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
@@ -72,9 +103,8 @@ def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
             np.testing.assert_array_equal(got[key], want[key])
     assert want["image"].shape == (48, 48, 3) and want["mask"].max() == 1
     recs[3].update(image=recs[3]["image"] / 255.0, path="id1/float.png")
-    g = next(g for g in range(100) if 3 in loader.group_records(groups, CFG.seed, g, CFG.k))
-    with pytest.raises(ValueError, match=r"record 3 \(id1/float.png\): ValueError: record holds a float64 array"):
-        loader.load_group(recs, groups, CFG, g)
+    with pytest.raises(ValueError, match=r"record holds a float64 array"):
+        loader.crop_example(recs[3], np.random.default_rng(0), CFG)
 
 
 def test_every_identity_once_per_epoch():

@@ -19,6 +19,13 @@ together see exactly the single-process sequence. Within a process, the batch is
 ([N_local * K, ...], the K images of a group adjacent); with N_local divisible by the local
 device count, every device gets whole groups.
 
+A record that cannot be loaded (bytes OpenCV cannot decode, landmarks that cannot be
+cropped, a read error) is skipped, never the batch: its slot takes another image of the same
+identity, or, when none of the identity's images loads, the group takes the next identity of
+the epoch's order (`load_group`). The substitute depends only on (seed, g) and the data, so a
+resumed run sees the same batches; `FaceLoader.skipped` counts the skipped records and each
+new one is logged with the running count.
+
 Each crop follows DECA's training datasets: landmark box (w + h) / 2 x U[1.4, 1.8], centred
 (trans_scale 0), similarity warp to image_size with OpenCV (bilinear image, nearest mask),
 landmarks mapped and normalised as (p + 0.5) / S * 2 - 1 (`crop.normalise_points`: where the
@@ -32,10 +39,12 @@ import dataclasses
 
 import cv2
 import numpy as np
+from absl import logging
 
 from jaxdeca.data import crop, preprocess
 
 _SALT_GROUP, _SALT_IMAGE = 1, 2
+MAX_FALLBACK_IDENTITIES = 8  # identities in a row without a loadable image before load_group gives up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +64,21 @@ class LoaderConfig:
 
 # ----------------------------------------------------------------------------- sampling
 
-def group_records(groups, seed: int, g: int, k: int) -> np.ndarray:
-    """Record indices [k] of global group g. groups: [G, 3] (identity, first, count)."""
+def _group_picks(groups, seed: int, g: int, k: int, shift: int = 0):
+    """(first, count, picks [k]) of global group g; shift > 0 takes the identity `shift` places
+    further in the epoch's order (the fallback of a group whose identity has no loadable image)."""
     groups = np.asarray(groups)
     G = len(groups)
     epoch, pos = divmod(int(g), G)
-    ident, first, count = groups[np.random.default_rng([seed, epoch]).permutation(G)[pos]]
+    ident, first, count = groups[np.random.default_rng([seed, epoch]).permutation(G)[(pos + shift) % G]]
     rng = np.random.default_rng([seed, _SALT_GROUP, int(g)])
     picks = rng.choice(count, size=k, replace=bool(count < k))
+    return int(first), int(count), picks
+
+
+def group_records(groups, seed: int, g: int, k: int) -> np.ndarray:
+    """Record indices [k] of global group g. groups: [G, 3] (identity, first, count)."""
+    first, _, picks = _group_picks(groups, seed, g, k)
     return first + picks
 
 
@@ -122,19 +138,59 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
                 tform=t.astype(np.float32))
 
 
-def load_group(source, groups, cfg: LoaderConfig, g: int) -> dict:
-    """The K samples of global group g, stacked: image [K,S,S,3], ..."""
-    idx = group_records(groups, cfg.seed, g, cfg.k)
-    samples = []
-    for k, i in enumerate(idx):
-        record = source[int(i)]
+def _record_name(record, i: int) -> str:
+    path = record.get("path", b"") if isinstance(record, dict) else b""
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    return f"record {i} ({path or 'no path'})"
+
+
+def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: dict, bad: list):
+    """The sample of slot k of group g from the first candidate record that loads (each with the
+    slot's own crop draw), or None. Records that fail go into `skipped` (new ones logged) and `bad`."""
+    for i in candidates:
+        if i in skipped:  # failed before: it would again
+            bad.append(i)
+            continue
+        record = None
         try:
-            samples.append(crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg))
-        except Exception as e:  # noqa: BLE001 -- name the record whatever went wrong with it
-            path = record.get("path", b"") if isinstance(record, dict) else b""
-            path = path.decode() if isinstance(path, bytes) else str(path)
-            raise ValueError(f"record {int(i)} ({path or 'no path'}): {type(e).__name__}: {e}") from e
-    return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+            record = source[i]
+            return crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg)
+        except Exception as e:  # noqa: BLE001 -- whatever is wrong with one record, skip it and say why
+            reason = f"{_record_name(record, i)}: {type(e).__name__}: {e}"
+            if skipped.setdefault(i, reason) is reason:
+                logging.warning("skipped %s; %d record(s) skipped so far", reason, len(skipped))
+            bad.append(i)
+    return None
+
+
+def load_group(source, groups, cfg: LoaderConfig, g: int, skipped: dict | None = None) -> dict:
+    """The K samples of global group g, stacked: image [K,S,S,3], ...
+
+    A record that cannot be loaded is skipped: its slot takes another image of the identity
+    (those not already in the group first, each with the slot's crop draw), and when none of the
+    identity's images loads, the whole group takes the next identity of the epoch's order. So a
+    group always holds K images of one identity, decided by (seed, g) and the data alone.
+    skipped: {record index: reason}, shared by the loader's threads, collects the skipped records
+    (each new one logged). ValueError naming a failed record when MAX_FALLBACK_IDENTITIES
+    identities in a row have no loadable image (then the data, not a few files, is broken)."""
+    skipped = {} if skipped is None else skipped
+    bad = []
+    tries = min(len(groups), MAX_FALLBACK_IDENTITIES)
+    for shift in range(tries):
+        first, count, picks = _group_picks(groups, cfg.seed, g, cfg.k, shift)
+        taken = {int(p) for p in picks}
+        samples = []
+        for k, p in enumerate(picks):
+            others = [(int(p) + d) % count for d in range(1, count)]
+            order = [int(p)] + [o for o in others if o not in taken] + [o for o in others if o in taken]
+            sample = _load_one(source, [first + o for o in order], cfg, g, k, skipped, bad)
+            if sample is None:
+                break
+            samples.append(sample)
+        else:
+            return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
+    raise ValueError(f"group {g}: no image of {tries} identities in a row could be loaded; "
+                     f"{skipped.get(bad[0], bad[0])}")
 
 
 # ----------------------------------------------------------------------------- the loader
@@ -146,6 +202,7 @@ class FaceLoader:
         loader.restore(saved_state)          # optional: {"step": int, "seed": int}
         batch = next(loader)                 # image [N_local*K, S, S, 3], ...
         saved_state = loader.state()         # the step of the next batch
+        loader.skipped                       # {record index: reason} skipped so far (see load_group)
     """
 
     def __init__(self, source, groups, cfg: LoaderConfig, process_index: int | None = None,
@@ -161,10 +218,12 @@ class FaceLoader:
         self.local_groups = cfg.groups_per_batch // self.process_count
         self._step = 0
         self._it = None
+        self.skipped = {}
 
     def batch_at(self, step: int) -> dict:
         """This process's batch number `step`, computed directly (no iterator)."""
-        groups = [load_group(self.source, self.groups, self.cfg, self._global(step, j)) for j in range(self.local_groups)]
+        groups = [load_group(self.source, self.groups, self.cfg, self._global(step, j), self.skipped)
+                  for j in range(self.local_groups)]
         return self._collate(groups)
 
     def _global(self, step, j):
@@ -178,7 +237,7 @@ class FaceLoader:
         import grain
         n = self.local_groups
         ds = grain.MapDataset.range(start_step * n, 2 ** 40)
-        ds = ds.map(lambda t: load_group(self.source, self.groups, self.cfg, self._global(t // n, t % n)))
+        ds = ds.map(lambda t: load_group(self.source, self.groups, self.cfg, self._global(t // n, t % n), self.skipped))
         ds = ds.batch(n, batch_fn=self._collate)
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=self.cfg.num_threads,
                                                     prefetch_buffer_size=self.cfg.prefetch))
