@@ -61,21 +61,23 @@ def test_a_record_that_cannot_be_loaded_is_skipped_and_counted(caplog):
     clean = [loader.load_group(recs, groups, CFG, g) for g in range(12)]
     recs[1] = dict(recs[1], image=b"<html>404</html>", path="id0/bad.jpg")  # identity 0 has records 0..2
     recs[3] = dict(recs[3], landmarks=np.full((68, 2), np.nan, np.float32), path="id1/only.jpg")  # its only one
+    recs[11] = dict(recs[11], mask=images.encode_png(np.zeros((58, 48), np.uint8)), path="id4/a.jpg")  # half size
     skipped = {}
     with caplog.at_level("WARNING"):
         got = [loader.load_group(recs, groups, CFG, g, skipped) for g in range(12)]
-    assert sorted(skipped) == [1, 3]
+    assert sorted(skipped) == [1, 3, 11]
+    assert skipped[11] == "record 11 (id4/a.jpg): ValueError: mask is 48x58 px, its image 96x116 px"
     assert skipped[1] == "record 1 (id0/bad.jpg): ValueError: record holds bytes OpenCV cannot decode"
     assert skipped[3].startswith("record 3 (id1/only.jpg): ValueError: ") and "finite" in skipped[3]
-    assert "skipped record 1 (id0/bad.jpg)" in caplog.text and "2 record(s) skipped so far" in caplog.text
+    assert "skipped record 1 (id0/bad.jpg)" in caplog.text and "3 record(s) skipped so far" in caplog.text
     for g, (a, b) in enumerate(zip(clean, got)):
         picks = loader.group_records(groups, CFG.seed, g, CFG.k)
         assert b["image"].shape == a["image"].shape and len(set(b["identity"])) == 1
         if 3 in picks:  # identity 1 has nothing else: the group takes another identity
             assert b["identity"][0] != 1
         for k, i in enumerate(picks):
-            if i == 1:  # another image of identity 0 in that slot
-                assert b["identity"][k] == 0 and not np.array_equal(a["landmarks"][k], b["landmarks"][k])
+            if i in (1, 11):  # another image of the identity in that slot
+                assert b["identity"][k] == a["identity"][k] and not np.array_equal(a["landmarks"][k], b["landmarks"][k])
             elif 3 not in picks:  # the rest is untouched
                 np.testing.assert_array_equal(a["image"][k], b["image"][k])
     # the trainer's loader goes on past it, batches full, the same batches when resumed

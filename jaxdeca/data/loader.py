@@ -126,6 +126,8 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
     mask = mask[..., 0] if mask.ndim == 3 else mask
     if mask.ndim != 2:
         raise ValueError(f"mask must be [H, W] (or [H, W, C]: first channel), got {mask.shape}")
+    if mask.shape != img.shape[:2]:  # warped with the image's crop it would cover other pixels
+        raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} px, its image {img.shape[1]}x{img.shape[0]} px")
     lmk = np.asarray(record["landmarks"], np.float64)
     t = crop.train_transform(lmk, S, rng, cfg.scale, cfg.trans_scale)
     image = crop.warp_image(img, t, S).astype(np.float32) / 255.0
