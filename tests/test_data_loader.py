@@ -109,6 +109,15 @@ def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
         loader.crop_example(recs[3], np.random.default_rng(0), CFG)
 
 
+def test_an_identity_with_fewer_than_k_images_gives_each_once():
+    """With 2 images and K = 3, a group drawn with replacement was one image 3 times in 1 of 4
+    groups (the shape-consistency loss then compares a face with itself)."""
+    for count, k in ((2, 3), (3, 4), (1, 2)):
+        for g in range(40):
+            idx = loader.group_records(np.array([[0, 10, count]]), 0, g, k)
+            assert len(idx) == k and set(idx.tolist()) == set(range(10, 10 + count)), (count, k, idx)
+
+
 def test_every_identity_once_per_epoch():
     _, groups = make_source()
     for epoch in range(2):

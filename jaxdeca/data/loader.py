@@ -11,8 +11,8 @@ iterator checkpoints and a shuffle buffer that breaks identity grouping.
 
 Sampling (global group g = step * N + j, N groups per global batch):
     epoch = g // G, identities visited in the permutation default_rng([seed, epoch]) of the G
-    groups; the K images drawn by default_rng([seed, 1, g]) (without replacement when the
-    identity has >= K images); each image's crop scale (and optional colour jitter) drawn by
+    groups; the K images drawn by default_rng([seed, 1, g]) (without replacement; an identity
+    with fewer than K images gives each of them once, the rest drawn again); each image's crop scale (and optional colour jitter) drawn by
     default_rng([seed, 2, g, k]).
 Process p of P loads groups j in [p N/P, (p+1) N/P) of every global batch, so all processes
 together see exactly the single-process sequence. Within a process, the batch is group-major
@@ -72,7 +72,10 @@ def _group_picks(groups, seed: int, g: int, k: int, shift: int = 0):
     epoch, pos = divmod(int(g), G)
     ident, first, count = groups[np.random.default_rng([seed, epoch]).permutation(G)[(pos + shift) % G]]
     rng = np.random.default_rng([seed, _SALT_GROUP, int(g)])
-    picks = rng.choice(count, size=k, replace=bool(count < k))
+    if count >= k:
+        picks = rng.choice(count, size=k, replace=False)
+    else:  # every image once before any repeats
+        picks = np.concatenate([rng.permutation(count), rng.choice(count, size=k - count)])
     return int(first), int(count), picks
 
 
