@@ -93,6 +93,20 @@ def test_identity_faces_errors(prepared_vggface2, tmp_path):
     (empty / "README.txt").write_text("not a prepared folder")
     with pytest.raises(FileNotFoundError, match="index.jsonl: missing"):
         tfds_faces.build(tfds_faces.IdentityFaces(config="folders", data_dir=str(tmp_path / "d2")), str(empty))
+    # a phone photo stored sideways with an EXIF orientation is stored upright, as prepare read it
+    # (tfds' own decoding ignores EXIF: it saw the photo sideways, under upright landmarks and mask)
+    import io
+    import tensorflow as tf
+    from PIL import Image
+    upright = np.zeros((96, 160, 3), np.uint8)
+    upright[10:40, 100:150] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to view
+    buf = io.BytesIO()
+    Image.fromarray(np.rot90(upright).copy()).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    (empty / "phone.jpg").write_bytes(buf.getvalue())
+    stored = tf.io.decode_jpeg(tfds_faces._image_bytes(str(empty / "phone.jpg"))).numpy()
+    assert stored.shape == (96, 160, 3) and np.abs(stored.astype(int) - upright).mean() < 3
     # an image that went bad after prepare accepted it stops the build naming the file
     (empty / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
     with pytest.raises(images.BadImage, match=r"a\.jpg: truncated JPEG"):

@@ -12,8 +12,8 @@ dataset metadata so the loader can sample K images of one identity without readi
 With 50 or more identities, every 50th identity goes to a 'test' split instead (held-out
 identities for the trainer's eval pass); `synthetic_faces` configs name their held-out count.
 
-Features: image (JPEG bytes; original JPEG bytes when the file was a clean 8-bit RGB JPEG,
-re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (PNG, 255 = skin), identity
+Features: image (JPEG bytes; original JPEG bytes when the file was a clean 8-bit RGB JPEG
+stored upright, re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (PNG, 255 = skin), identity
 (int64 index into info.metadata["identities"]), identity_name, path, score (dlib score, NaN
 for annotated or rendered landmarks).
 
@@ -57,7 +57,11 @@ class _FileBytes:
 
 
 def _image_bytes(path: str) -> bytes:
-    """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG."""
+    """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG.
+
+    A JPEG whose EXIF orientation turns it (phone photos) is re-encoded upright: prepare made
+    its landmarks and mask on the upright image, and readers that ignore EXIF (tfds' and
+    TensorFlow's own decoding) would otherwise see it sideways."""
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -67,7 +71,8 @@ def _image_bytes(path: str) -> bytes:
     if data[:3] == b"\xff\xd8\xff":
         import cv2
         raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and raw.dtype == np.uint8:
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and raw.dtype == np.uint8 \
+                and raw.shape == img.shape and np.array_equal(raw[..., ::-1], img):  # no EXIF turn
             return data
     return imageio.encode_jpeg(img)
 
