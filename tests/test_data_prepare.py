@@ -306,6 +306,12 @@ def test_identity_layouts(tmp_path):
     assert prepare.identity_of("n000002/0001_01.jpg", "vggface2") == "n000002"
     assert prepare.identity_of("dev/id00012/abc/00001.jpg", "voxceleb2") == "id00012"
     assert prepare.identity_of("loose.jpg", "folders") is None
+    # BUPT: race/identity/image; the race folder is not the person
+    assert prepare.identity_of("African/m.0c7mh2/m.0c7mh2_0001.jpg", "bupt") == "African/m.0c7mh2"
+    assert prepare.identity_of("m.0c7mh2/0001.jpg", "bupt") == "m.0c7mh2"  # --images at one race
+    assert prepare.identity_of("loose.jpg", "bupt") is None
+    from jaxdeca.data import tfds_faces
+    assert "bupt" in [c.name for c in tfds_faces.IdentityFaces.BUILDER_CONFIGS]
     (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 2880\n000002.jpg 2937\n")
     ids = prepare.read_celeba_identities(str(tmp_path))
     assert prepare.identity_of("000002.jpg", "celeba", ids) == "2937"

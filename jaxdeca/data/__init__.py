@@ -1,7 +1,7 @@
 """jaxdeca.data: face datasets for DECA training and the test-time crop.
 
     prepare      python -m jaxdeca.data.prepare: dlib landmarks / .pts, skin masks, identities
-    tfds_faces   tfds builders (identity_faces: vggface2/voxceleb2/celeba/folders; synthetic_faces)
+    tfds_faces   tfds builders (identity_faces: vggface2/voxceleb2/bupt/celeba/folders; synthetic_faces)
                  written as array_record, identity groups in metadata
     loader       identity-grouped, deterministic, resumable batches (grain), sharding to devices
     preprocess   DECA's inference crop and the inverse mapping to original pixels

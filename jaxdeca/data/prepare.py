@@ -1,6 +1,6 @@
 """Offline preparation of an in-the-wild face folder: 68 landmarks, skin masks, identities.
 
-    python -m jaxdeca.data.prepare --images DIR --out DIR [--layout vggface2|voxceleb2|celeba|folders]
+    python -m jaxdeca.data.prepare --images DIR --out DIR [--layout vggface2|voxceleb2|bupt|celeba|folders]
                                    [--workers N] [--predictor PATH]
 
 For every image under --images: decode it (grayscale/RGBA/16-bit converted; empty, text,
@@ -19,7 +19,9 @@ detection), draw the skin mask (`masks.skin_mask`) and write
 
 Identities come from the folder layout: vggface2 / folders = first directory under --images
 (`n000002/0001_01.jpg`); voxceleb2 = the `idNNNNN` directory (`id00012/abc/00001.jpg`), else
-the first directory; celeba = `identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or
+the first directory; bupt = the image's own folder, for race/identity trees such as BUPT's
+`race_per_7000/African/m.0c7mh2/0001.jpg` (identity `African/m.0c7mh2` when --images is
+race_per_7000; with vggface2 / folders every race would be one identity); celeba = `identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or
 its parent. A record: path, identity, landmarks [68, 2] (pixels, pixel centre at integer
 coordinates), mask, score (dlib detection score; null for .pts landmarks), source, width,
 height.
@@ -38,7 +40,7 @@ import numpy as np
 from jaxdeca.data import detect, images, masks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
-LAYOUTS = ("vggface2", "voxceleb2", "celeba", "folders")
+LAYOUTS = ("vggface2", "voxceleb2", "bupt", "celeba", "folders")
 MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 
 
@@ -91,6 +93,8 @@ def identity_of(rel: str, layout: str, celeba_ids: dict | None = None) -> str | 
     parts = rel.replace(os.sep, "/").split("/")
     if layout == "celeba":
         return (celeba_ids or {}).get(parts[-1])
+    if layout == "bupt":
+        return "/".join(parts[:-1]) or None
     if layout == "voxceleb2":
         for p in parts[:-1]:
             if re.fullmatch(r"id\d+", p):

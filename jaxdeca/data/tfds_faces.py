@@ -1,7 +1,7 @@
 """tfds builders for identity-grouped face datasets, written as array_record for random access.
 
 `IdentityFaces` reads a folder made by `python -m jaxdeca.data.prepare` (pass it as the
-manual_dir) with one BuilderConfig per source layout (vggface2, voxceleb2, celeba, folders);
+manual_dir) with one BuilderConfig per source layout (vggface2, voxceleb2, bupt, celeba, folders);
 `SyntheticFaces` renders the embedded demo head (`jaxdeca.data.synthetic`) and needs no input.
 Both write the same features, one example per image, in identity order (shuffling disabled,
 so example i of the split is the i-th record written), and store the identity groups in the
@@ -106,7 +106,7 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [FacesConfig(name=n, layout=n, description=f"{n} folder layout") for n in
-                       ("vggface2", "voxceleb2", "celeba", "folders")]
+                       ("vggface2", "voxceleb2", "bupt", "celeba", "folders")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Run `python -m jaxdeca.data.prepare --images IMAGES --out PREPARED "
                                     "--layout LAYOUT` and pass PREPARED as manual_dir.")
 
@@ -257,7 +257,7 @@ def main(argv=None):
     import sys
     p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=main.__doc__.split("\n")[0])
     p.add_argument("--dataset", default="synthetic_faces", choices=sorted(BUILDERS))
-    p.add_argument("--config", default=None, help="vggface2|voxceleb2|celeba|folders, or default|tiny")
+    p.add_argument("--config", default=None, help="vggface2|voxceleb2|bupt|celeba|folders, or default|tiny|demo")
     p.add_argument("--manual-dir", default=None, help="folder made by jaxdeca.data.prepare (identity_faces)")
     p.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
     a = p.parse_args(argv)
