@@ -12,8 +12,8 @@ iterator checkpoints and a shuffle buffer that breaks identity grouping.
 Sampling (global group g = step * N + j, N groups per global batch):
     epoch = g // G, identities visited in the permutation default_rng([seed, epoch]) of the G
     groups; the K images drawn by default_rng([seed, 1, g]) (without replacement; an identity
-    with fewer than K images gives each of them once, the rest drawn again); each image's crop scale (and optional colour jitter) drawn by
-    default_rng([seed, 2, g, k]).
+    with fewer than K images gives each of them once, the rest drawn again); each image's crop
+    scale (and optional colour jitter) drawn by default_rng([seed, 2, g, k]).
 Process p of P loads groups j in [p N/P, (p+1) N/P) of every global batch, so all processes
 together see exactly the single-process sequence. Within a process, the batch is group-major
 ([N_local * K, ...], the K images of a group adjacent); with N_local divisible by the local

@@ -21,8 +21,8 @@ Identities come from the folder layout: vggface2 / folders = first directory und
 (`n000002/0001_01.jpg`); voxceleb2 = the `idNNNNN` directory (`id00012/abc/00001.jpg`), else
 the first directory; bupt = the image's own folder, for race/identity trees such as BUPT's
 `race_per_7000/African/m.0c7mh2/0001.jpg` (identity `African/m.0c7mh2` when --images is
-race_per_7000; with vggface2 / folders every race would be one identity); celeba = `identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or
-its parent. A record: path, identity, landmarks [68, 2] (pixels, pixel centre at integer
+race_per_7000; with vggface2 / folders every race would be one identity); celeba =
+`identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or its parent. A record: path, identity, landmarks [68, 2] (pixels, pixel centre at integer
 coordinates), mask, score (dlib detection score; null for .pts landmarks), source, width,
 height.
 """
