@@ -295,3 +295,18 @@ def test_workdir_of_another_stage_is_refused(tmp_path):
     with pytest.raises(paths.ConfigError, match="stage 'toy'.*config.stage='coarse'"):
         loop.train(other, str(tmp_path / "w"), ToyTask(other))
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["3"]
+
+
+def test_zero_eval_cadence_means_no_eval(tmp_path, capsys):
+    """train.eval_every = 0 switches evaluation off, as image_every = 0 does: no eval at step 0
+    (it used to run one there, on the untrained state, and none after), none on a resume that
+    has nothing left to train. eval_every > 0 still evaluates the starting state (step 0)."""
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=3, eval_every=0))
+    out = loop.train(config, str(tmp_path / "e"), ToyTask(config))
+    assert out["eval_history"] == []
+    out = loop.train(config, str(tmp_path / "e"), ToyTask(config))  # resumed at num_steps
+    assert out["eval_history"] == [] and "eval at step" not in capsys.readouterr().out
+    config.train.eval_every = 2
+    out = loop.train(config, str(tmp_path / "f"), ToyTask(config))
+    assert [s for s, _ in out["eval_history"]] == [0, 2, 3]

@@ -96,12 +96,13 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
     eval_history ([(step, {name: value})]) spans the whole run, resumes included (checkpoints
     carry it); losses are this call's logged training losses. A run resumed from a checkpoint
-    at or past num_steps trains nothing; it evaluates that state unless the history holds it.
+    at or past num_steps trains nothing; it evaluates that state (eval_every > 0) unless the
+    history holds it.
 
     Config fields used (config.train): num_steps, batch_size (global), checkpoint_every,
     keep_checkpoints (>= 1), log_every, eval_every, image_every; config.seed; config.optim.*.
     The intervals are steps >= 0: log_every / checkpoint_every 0 = only the last step;
-    eval_every / image_every 0 = none after step 0 (eval) / none (images).
+    eval_every / image_every 0 = never (eval_every > 0 also evaluates the starting state).
     """
     tc = config.train
     log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
@@ -162,12 +163,12 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         logging.info("eval at step %d: %s", step, ev)
         _console(f"eval at step {step}: " + ", ".join(f"{k} {v:.5f}" for k, v in sorted(ev.items())))
 
-    if start == 0 and eval_batches:
+    if start == 0 and eval_batches and eval_every:
         do_eval(0)
     if start >= int(tc.num_steps):
         _console(f"checkpoint step {start} in {ckpt_dir} has reached num_steps {int(tc.num_steps)}: "
                  "nothing to train")
-        if eval_batches and not any(st == start for st, _ in eval_history):
+        if eval_batches and eval_every and not any(st == start for st, _ in eval_history):
             do_eval(start)
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
