@@ -30,6 +30,10 @@ RELEASE_BATCHES = {"pretrain": (64, 1, 100_000), "coarse": (8, 2, 200_000), "det
 
 
 def get_config(stage: str = "coarse"):
+    """stage: "pretrain", "coarse" or "detail" (`--config=configs/coarse.py:detail`)."""
+    if stage not in RELEASE_BATCHES:
+        raise ValueError(f"configs/coarse.py: unknown stage {stage!r}; use one of "
+                         f"{', '.join(repr(s) for s in sorted(RELEASE_BATCHES))}")
     identities, k, steps = RELEASE_BATCHES[stage]
     c = ml_collections.ConfigDict()
     c.mode = "train"

@@ -12,11 +12,13 @@ The config file (an ml_collections config) is the single source of hyper-paramet
              pretrain -> coarse -> detail, held-out pictures and OBJs, renderer showcase.
 
 Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`;
-an override naming no field of the config is one 'error:' line (exit status 2).
+an override naming no field of the config is one 'error:' line (exit status 2), as is a
+`--config=FILE[:ARG]` whose FILE is not there or whose get_config(ARG) fails (an unknown stage).
 """
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from absl import app, flags, logging
@@ -26,7 +28,46 @@ from jaxdeca.flame.io import FlameFileError
 from jaxdeca.train import paths
 
 FLAGS = flags.FLAGS
+
+
+class ConfigFileError(Exception):
+    """A --config=FILE[:ARG] that gives no config; the message names the flag and why. Not a
+    ValueError: absl would turn it into its 'FATAL Flags parsing error' report."""
+
+
+class _ConfigFileParser:
+    """The --config flag's parser (ml_collections' parser of --config=FILE[:ARG], which it wraps),
+    except that a FILE that is not there and an exception from FILE's get_config(ARG) (e.g. an
+    ARG it does not know) are a ConfigFileError. Before, the first was a traceback at the config's
+    first use, the second absl's FATAL line with a traceback inside (ValueError, TypeError) or a
+    bare traceback (any other error)."""
+
+    def __init__(self, parser):
+        self._parser = parser
+
+    def __getattr__(self, name):  # flag_type, syntactic_help, ...: ml_collections' parser's
+        return getattr(self._parser, name)
+
+    def parse(self, path):
+        file = path.split(":", 1)[0]
+        if not os.path.isfile(file):
+            raise ConfigFileError(f"--config={path}: no such config file {file}")
+        try:
+            return self._parser.parse(path)
+        except Exception as e:  # noqa: BLE001 -- whatever get_config raised, named in one line
+            raise ConfigFileError(f"--config={path}: {_get_config_error(e)}") from e
+
+
+def _get_config_error(e: Exception) -> str:
+    """The message of what FILE's get_config raised: ml_collections re-raises a ValueError or
+    TypeError as a new one holding the traceback as text; the original is its __context__."""
+    if "Error whilst parsing config file" in str(e) and e.__context__ is not None:
+        e = e.__context__
+    return str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+
+
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+FLAGS["config"].parser = _ConfigFileParser(FLAGS["config"].parser)
 flags.DEFINE_string("workdir", None, "Directory for outputs, checkpoints and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -56,9 +97,13 @@ def _user_errors():
 
 def parse_flags(argv):
     """absl's flag parsing, except that a `--config.<field>` override naming no field of the
-    config (a typo) is one 'error:' line (exit status 2) instead of ml_collections' traceback."""
+    config (a typo) and a --config=FILE[:ARG] that gives no config (ConfigFileError) are one
+    'error:' line (exit status 2) instead of ml_collections' traceback."""
     try:
         return app.parse_flags_with_usage(argv)
+    except ConfigFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (AttributeError, KeyError) as e:
         overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
         if not overrides:

@@ -246,6 +246,14 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
      "error: --config.train.num_stpes: the config has no field 'num_stpes'; did you mean \"num_steps\""),
     (["--config=configs/test_toy.py", "--config.trian.num_steps=3"], "error: --config.trian.num_steps: the config "
      "has no field 'trian'"),
+    # a config file argument its get_config refuses (absl's FATAL line with a traceback inside, or a
+    # bare KeyError traceback, before), one it takes none of, and a config file that is not there
+    (["--config=configs/demo.py:huge"], "error: --config=configs/demo.py:huge: configs/demo.py: unknown size 'huge'"),
+    (["--config=configs/coarse.py:nope"], "error: --config=configs/coarse.py:nope: configs/coarse.py: unknown stage "
+     "'nope'; use one of 'coarse', 'detail', 'pretrain'"),
+    (["--config=configs/test_toy.py:x"], "error: --config=configs/test_toy.py:x: TypeError: get_config() takes 0 "
+     "positional arguments but 1 was given"),
+    (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file configs/nope.py"),
 ])
 def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
     res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,
