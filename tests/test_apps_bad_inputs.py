@@ -177,3 +177,15 @@ def test_cli_argument_errors(tmp_path, folder, pipe, capsys, monkeypatch):
     rc = fit.main(["--input", face, "--out", out, "--landmarks", face, "--steps", "4"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"fit: {face}: not a landmark file (not text)"], err
+
+
+def test_teaser_unwritable_out_is_one_line(tmp_path, pipe, capsys, monkeypatch):
+    """--out under a folder that cannot be made (here: a file stands where it would be) ended the
+    teaser with an OSError traceback from the video writer; it is one line naming --out, exit 2."""
+    from jaxdeca.apps import teaser
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    (tmp_path / "a_file").write_text("")
+    out = str(tmp_path / "a_file" / "teaser.gif")
+    assert teaser.main(["--out", out, "--frames", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"teaser: cannot write {out}: "), err

@@ -70,7 +70,12 @@ def main(argv=None) -> int:
     except pipeline.CLI_ERRORS as e:
         print(f"teaser: {e}", file=sys.stderr)
         return 2
-    print(f"teaser: wrote {teaser(pipe, base, a.out, a.frames)}")
+    try:
+        path = teaser(pipe, base, a.out, a.frames)
+    except OSError as e:  # --out's folder cannot be made or written, the writer cannot open it
+        print(f"teaser: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"teaser: wrote {path}")
     return 0
 
 
