@@ -131,3 +131,28 @@ def test_camera_codes_abs_scale_removes_the_mirror():
     np.testing.assert_allclose(np.asarray(out["cam"]), [[7.0, 0.1, -0.2], [5.0, 0.0, 0.3]])
     with pytest.raises(ValueError, match="cam_scale"):
         camera_codes(codes, {"cam_scale": "softplus"})
+
+
+def test_resume_with_other_model_fields_is_refused(tmp_path):
+    """A workdir resumed with another config.model.cam_scale, compute dtype or data.image_size
+    (same parameter shapes, so the checkpoint restored) went on silently, training and recording
+    another model than the one it started; it is one ConfigError naming each field with both
+    values, the checkpoints left as they were. Fields that do not change the model (num_steps,
+    cadences) and init_cam_scale (only a fresh init reads it) still resume."""
+    config = test_coarse.get_config("pretrain")
+    config.train.update(dict(num_steps=1, eval_every=0))
+    loop.train(config, str(tmp_path / "w"), run.make_task(config))
+    other = test_coarse.get_config("pretrain")
+    other.train.update(dict(num_steps=2, eval_every=0))
+    other.model.update(dict(cam_scale="abs", dtype="bfloat16"))
+    other.data.image_size = 64
+    with pytest.raises(paths.ConfigError) as e:
+        loop.train(other, str(tmp_path / "w"), run.make_task(other))
+    msg = str(e.value)
+    assert "checkpoint step 1" in msg and "config.model.cam_scale='abs' (the checkpoint's 'raw')" in msg, msg
+    assert "config.model.dtype='bfloat16' (the checkpoint's 'float32')" in msg, msg
+    assert "config.data.image_size=64 (the checkpoint's 48)" in msg and "another workdir" in msg, msg
+    same = test_coarse.get_config("pretrain")
+    same.train.update(dict(num_steps=1, eval_every=0, log_every=7))
+    same.model.init_cam_scale = 8.0
+    assert loop.train(same, str(tmp_path / "w"), run.make_task(same))["losses"] == []

@@ -66,6 +66,18 @@ def camera_codes(codes: dict, model: dict) -> dict:
     return dict(codes, cam=cam.at[..., 0].set(jnp.abs(cam[..., 0])))
 
 
+def resume_fields(info: dict) -> dict:
+    """The config fields of a checkpoint_info dict that a resume must keep, by config name:
+    {'model.cam_scale': 'raw', 'model.dtype': 'float32', ..., 'data.image_size': 224}: what the
+    networks compute (config.model, data.image_size) and what their codes mean (cam_scale).
+    Left out: model.init_cam_scale (only a fresh init reads it) and flame_path (the same FLAME
+    file may lie elsewhere on another machine). A field the checkpoint predates is absent."""
+    out = {f"model.{k}": v for k, v in (info.get("model") or {}).items() if k != "init_cam_scale"}
+    if "image_size" in info:
+        out["data.image_size"] = info["image_size"]
+    return out
+
+
 def flame_path(config):
     return config.flame.get("path") if "flame" in config else None
 
@@ -89,6 +101,17 @@ class DecaParts:
         """What a reader of the checkpoint needs to rebuild the networks (saved in 'extra')."""
         return {"model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()},
                 "image_size": self.size, "flame_path": self.flame_path}
+
+    def check_resume(self, extra: dict, where: str) -> None:
+        """Refuses (ConfigError) to resume the checkpoint `where` whose `extra` (the checkpoint_info
+        it was saved with) holds other values of the fields that make the model (resume_fields):
+        the run would go on training, and its checkpoints record, another model."""
+        saved, now = resume_fields(extra), resume_fields(self.checkpoint_info())
+        diffs = [f"config.{k}={now[k]!r} (the checkpoint's {saved[k]!r})"
+                 for k in now if k in saved and saved[k] != now[k]]
+        if diffs:
+            raise paths.ConfigError(f"{where} was trained with other values of the model's fields: {', '.join(diffs)}; "
+                                    "resume with the values it was trained with, or use another workdir")
 
     @property
     def frozen_from_config(self) -> tuple:

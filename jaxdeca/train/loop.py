@@ -10,13 +10,16 @@ A *task* (see `jaxdeca.train.toy.ToyTask` for the smallest one) supplies the sta
   images(state, batch) -> optional dict name -> [N, H, W, 3] image grid (may be None)
 and optionally
   checkpoint_info() -> JSON-able dict saved with every checkpoint
+  check_resume(extra, where) -> raises ConfigError when the checkpoint `where` (its saved extra,
+      checkpoint_info included) was trained with config values this run must not change
   frozen_from_config -> names of `frozen` entries that init_variables reads from fixed files
       (pretrained loss networks): checkpoints leave them out, recording a fingerprint of each,
       and a resume takes them from init_variables again, refusing ones whose fingerprint differs
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
 loader position), so a killed run restarted with the same config continues bit-for-bit; a
-checkpoint saved by another stage (config.stage) is refused.
+checkpoint saved by another stage (config.stage), or one the task's check_resume refuses (DECA:
+another config.model or image size), is refused.
 """
 from __future__ import annotations
 
@@ -143,6 +146,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             raise paths.ConfigError(f"{ckpt_dir}: checkpoint step {start} is of stage {saved_stage!r} but "
                                     f"config.stage={stage!r}; use another --workdir for this stage (a later "
                                     "stage starts from an earlier one through config.init.*)")
+        if hasattr(task, "check_resume"):
+            task.check_resume(extra, f"{ckpt_dir}: checkpoint step {start}")
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
