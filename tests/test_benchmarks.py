@@ -47,3 +47,18 @@ def test_render_peer_interpreter_missing_is_a_note_not_a_crash(tmp_path, monkeyp
     v = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], np.float32)
     rows, note = render.run_peer(v, np.array([[0, 1, 2]], np.int32), 8, [1], 1, missing)
     assert rows == {} and missing in note and "unavailable" in note
+
+
+def test_train_batch_not_divisible_by_the_devices_is_one_argument_error(four_device_flags):
+    """benchmarks/train.py --batch that does not split over the devices (6 on 4) built both stages'
+    networks and then stopped with a ValueError traceback from sharding the batch; it is argparse's
+    one error line naming --batch and the device count (exit 2), as the trainer names
+    config.train.batch_size, before anything is built."""
+    import sys
+    env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--batch", "6", "--k", "2",
+                        "--size", "32", "--uv", "32", "--width", "0.125", "--blocks", "1,1,1,1", "--hidden", "16",
+                        "--steps", "1", "--no-id", "--no-mrf"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "error: argument --batch: 6 (the global batch) must be a multiple of the number of devices" in r.stderr
+    assert "4 devices" in r.stderr, r.stderr
