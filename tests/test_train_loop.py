@@ -318,3 +318,51 @@ def test_zero_eval_cadence_means_no_eval(tmp_path, capsys):
     config.train.eval_every = 2
     out = loop.train(config, str(tmp_path / "f"), ToyTask(config))
     assert [s for s, _ in out["eval_history"]] == [0, 2, 3]
+
+
+def test_progress_rate_leaves_out_the_compiling_first_step(monkeypatch):
+    """The first step of a run (or of a resume) is mostly XLA compiling the train step; counted in
+    steps/s it made the first reported rate and ETA far off the steady state (e.g. 1.1 steps/s
+    for a step that takes milliseconds). Its time is reported apart; the rate counts from after it."""
+    from jaxdeca.train import metrics
+    clock = [100.0]
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: clock[0])
+    p = metrics.Progress(21, 4, start_step=0)
+    clock[0] += 30.0  # step 1: compile + run
+    assert p.first_step_done(1) == 30.0
+    rates, line = p.report(1)  # a report at the first step itself: its time, no rate yet
+    assert rates == {} and "first step 30.0 s" in line and "steps/s" not in line, line
+    clock[0] += 5.0  # steps 2..11: 2 steps/s
+    rates, line = p.report(11)
+    assert rates == {"steps_per_sec": 2.0, "images_per_sec": 8.0}, rates
+    assert line == "step 11/21 (52%) 2.00 steps/s 8.0 img/s ETA 0m05s", line
+    p = metrics.Progress(21, 4, start_step=10)  # resumed: the first report comes after the first step
+    clock[0] += 30.0
+    p.first_step_done(11)
+    clock[0] += 2.0  # steps 12..15
+    assert p.report(15)[0]["steps_per_sec"] == 2.0
+
+
+def test_first_logged_step_shows_its_time_not_a_rate(tmp_path, capsys, monkeypatch):
+    """With log_every=1 the first line is the first step's time (compile included), the next
+    ones rates; the time also goes to TensorBoard as first_step_sec, whatever log_every."""
+    written = []
+
+    class Writer:
+        def write_scalars(self, step, scalars):
+            written.append((step, sorted(scalars)))
+
+        def write_images(self, step, images):
+            pass
+
+        def flush(self):
+            pass
+    monkeypatch.setattr(loop.metrics, "make_writer", lambda workdir: Writer())
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=3, log_every=1, eval_every=0))
+    loop.train(config, str(tmp_path / "p"), ToyTask(config))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert len(lines) == 3 and "first step" in lines[0] and "steps/s" not in lines[0], lines
+    assert all("steps/s" in ln for ln in lines[1:]), lines
+    assert [s for s, names in written if "first_step_sec" in names] == [1]
+    assert [s for s, names in written if "steps_per_sec" in names] == [2, 3]

@@ -158,7 +158,6 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
     eval_step = steps.make_eval_step(task.eval_fn, mesh)
     writer = metrics.make_writer(workdir)
-    progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
     losses = []
 
     def do_eval(step):
@@ -175,9 +174,15 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                  "nothing to train")
         if eval_batches and eval_every and not any(st == start for st, _ in eval_history):
             do_eval(start)
+    progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
         state, terms = train_step(state, batch)
+        if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
+            jax.block_until_ready(terms)
+            first = progress.first_step_done(step)
+            writer.write_scalars(step, {"first_step_sec": first})
+            logging.info("first step %d took %.1f s (XLA compile included)", step, first)
         if due(step, log_every, int(tc.num_steps)):
             scalars = {f"train/{k}": v for k, v in metrics.to_scalars(terms).items()}
             losses.append((step, scalars["train/loss"]))

@@ -1,7 +1,9 @@
 """Metric writing and console progress for training loops.
 
 TensorBoard scalars and image grids go through clu's metric writers (only process 0
-writes); the console gets one progress line per report with steps/s, images/s and ETA.
+writes); the console gets one progress line per report with steps/s, images/s and ETA, counted
+from the end of the run's first step (XLA compiles the train step there; its time is reported
+apart: the loop writes it as the scalar first_step_sec).
 """
 from __future__ import annotations
 
@@ -25,6 +27,9 @@ def to_scalars(terms: dict) -> dict[str, float]:
 class Progress:
     """Tracks throughput between reports and formats a progress line with ETA.
 
+    The clock starts at construction (just before the run's first step); the loop calls
+    `first_step_done` once that step has finished, and rates count from there.
+
     Args:
       total_steps: the step at which training ends.
       images_per_step: global batch size (after any consistency doubling is *not* counted:
@@ -37,17 +42,30 @@ class Progress:
         self.images_per_step = images_per_step
         self._last_step = start_step
         self._last_time = time.perf_counter()
+        self.first_step_sec = None
+
+    def first_step_done(self, step: int) -> float:
+        """Marks the end of the run's first step `step` (block on its outputs first); returns its
+        seconds (loading, XLA compiling, running), which steps/s leaves out."""
+        now = time.perf_counter()
+        self.first_step_sec = now - self._last_time
+        self._last_step, self._last_time = step, now
+        return self.first_step_sec
 
     def report(self, step: int) -> tuple[dict[str, float], str]:
-        """Returns (rates for the writer, a console line) for the steps since the last report."""
+        """Returns (rates for the writer, a console line) for the steps since the last report;
+        a report at the first step itself gives that step's time instead (no steady rate yet)."""
         now = time.perf_counter()
+        pct = f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%)"
+        if step == self._last_step and self.first_step_sec is not None:
+            self._last_time = now
+            return {}, f"{pct} first step {self.first_step_sec:.1f} s (XLA compile included)"
         steps = max(step - self._last_step, 1)
         sps = steps / max(now - self._last_time, 1e-9)
         self._last_step, self._last_time = step, now
         remaining = max(self.total_steps - step, 0) / max(sps, 1e-9)
         rates = {"steps_per_sec": sps, "images_per_sec": sps * self.images_per_step}
-        line = (f"step {step}/{self.total_steps} ({100.0 * step / max(self.total_steps, 1):.0f}%) "
-                f"{sps:.2f} steps/s {rates['images_per_sec']:.1f} img/s ETA {format_seconds(remaining)}")
+        line = f"{pct} {sps:.2f} steps/s {rates['images_per_sec']:.1f} img/s ETA {format_seconds(remaining)}"
         return rates, line
 
 
