@@ -189,3 +189,23 @@ def test_teaser_unwritable_out_is_one_line(tmp_path, pipe, capsys, monkeypatch):
     assert teaser.main(["--out", out, "--frames", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"teaser: cannot write {out}: "), err
+
+
+def test_unusable_out_folder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """--out where a file stands (or under one) ended reconstruct, animate and fit with an OSError
+    traceback at their first write, after detection and the networks had run; each app now checks
+    it first and stops with one line naming --out and the file in the way, exit 2, without loading
+    a model."""
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+    monkeypatch.setattr(pipeline, "load_pipeline", no_model)
+    (tmp_path / "a_file").write_text("")
+    img = tmp_path / "x.png"
+    export.save_image(str(img), np.zeros((8, 8, 3)))
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "sub"):
+        for app, argv in (("reconstruct", ["--input", str(img), "--random-weights", "0"]),
+                          ("animate", ["--identity", str(img), "--expression", str(img), "--random-weights", "0"]),
+                          ("fit", ["--input", str(img)])):
+            assert getattr(sys.modules[f"jaxdeca.apps.{app}"], "main")([*argv, "--out", str(out)]) == 2, app
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"{app}: --out {out}: cannot be the output folder: {tmp_path / 'a_file'} is not a folder"], err

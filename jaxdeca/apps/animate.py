@@ -176,6 +176,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         check_video_path(a.video)
+        pipeline.check_out_dir(a.out)
         if a.checkpoint is None and a.random_weights is None:
             raise pipeline.CheckpointError("animate needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame, a.random_weights)

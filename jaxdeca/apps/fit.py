@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
     try:
+        pipeline.check_out_dir(a.out)
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
         res = fit_inputs(a.input, a.out, pipe, a.landmarks, (a.steps // 4, a.steps, a.steps // 10), a.batch)
     except pipeline.CLI_ERRORS as e:

@@ -49,8 +49,29 @@ class CheckpointError(ValueError):
     """A --checkpoint path that is not a DECA model directory."""
 
 
+class OutputError(ValueError):
+    """An --out folder that cannot be created or written."""
+
+
 # What the apps' command lines report as one message (exit status 2) instead of a traceback.
-CLI_ERRORS = (inputs.InputError, CheckpointError, detect.DetectorUnavailable, flame.FlameFileError)
+CLI_ERRORS = (inputs.InputError, CheckpointError, OutputError, detect.DetectorUnavailable, flame.FlameFileError)
+
+
+def check_out_dir(path: str) -> str:
+    """Checks before any work that the output folder `path` can be made and written, so that an
+    unusable --out stops an app at once with one message instead of an OSError traceback at its
+    first write, after detection and the networks have run. Nothing is created (an app stopped
+    by a later error leaves no empty folder). OutputError naming --out and the culprit when a
+    file (or a dangling link) stands at `path` or in place of one of its missing parents, or
+    the folder that would hold it is not writable. Returns path."""
+    probe = os.path.abspath(path)
+    while not os.path.lexists(probe):  # the deepest existing entry (a dangling link too), which makedirs extends
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise OutputError(f"--out {path}: cannot be the output folder: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"--out {path}: cannot be the output folder: {probe} is not writable")
+    return path
 
 
 def positive_int(text: str) -> int:

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
     a = p.parse_args(argv)
     try:
+        pipeline.check_out_dir(a.out)
         res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)
     except pipeline.CLI_ERRORS as e:
         print(f"reconstruct: {e}", file=sys.stderr)
