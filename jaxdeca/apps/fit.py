@@ -35,7 +35,7 @@ import optax
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.data import detect, preprocess
-from jaxdeca.data.prepare import MIN_LANDMARK_SPAN
+from jaxdeca.data.prepare import check_landmark_box
 from jaxdeca.losses import coarse
 
 
@@ -314,9 +314,9 @@ def read_pts(path: str) -> np.ndarray:
     """68 landmarks [68, 2] in 0-based original pixels (pixel column j is x = j) from an iBUG
     .pts file (read by `jaxdeca.data.detect.read_pts`, which subtracts 1 from its 1-based
     coordinates, as menpo does) or a plain text file of x y rows (0-based, like the apps'
-    *_kpt2d.txt). Landmarks that are not finite or whose box is under MIN_LANDMARK_SPAN px (data
-    preparation's limit; all points on one pixel give no face box to crop) are refused. Raises
-    ValueError (or OSError) naming the file."""
+    *_kpt2d.txt). Landmarks that are not finite or whose box is under prepare's
+    MIN_LANDMARK_SPAN px (`prepare.check_landmark_box`; all points on one pixel give no face
+    box to crop) are refused. Raises ValueError (or OSError) naming the file."""
     try:
         with open(path) as f:
             text = f.read()
@@ -332,12 +332,7 @@ def read_pts(path: str) -> np.ndarray:
             raise ValueError(f"{path}: not a landmark file ({e})") from None
     if pts.shape != (68, 2):
         raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
-    if not np.all(np.isfinite(pts)):
-        raise ValueError(f"{path}: landmarks are not all finite numbers")
-    span = float(np.ptp(pts, axis=0).mean())
-    if span < MIN_LANDMARK_SPAN:  # the crop and the starting camera are sized by the landmark box
-        raise ValueError(f"{path}: the landmarks span {span:.1f} px (need >= {MIN_LANDMARK_SPAN:g}: the face "
-                         "crop is sized by them)")
+    check_landmark_box(pts, path)  # the crop and the starting camera are sized by the landmark box
     return pts
 
 

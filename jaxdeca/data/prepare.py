@@ -44,6 +44,18 @@ LAYOUTS = ("vggface2", "voxceleb2", "bupt", "celeba", "folders")
 MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 
 
+def check_landmark_box(lmk: np.ndarray, path: str) -> None:
+    """Refuses (ValueError naming `path`) landmarks [K, 2] in pixels that are not all finite or
+    whose box's mean side is under MIN_LANDMARK_SPAN: the face crop is sized by that box.
+    Shared by prepare's .pts reading and the fit app's --landmarks."""
+    if not np.all(np.isfinite(lmk)):
+        raise ValueError(f"{path}: landmarks are not all finite numbers")
+    span = float(np.ptp(lmk, axis=0).mean())
+    if span < MIN_LANDMARK_SPAN:
+        raise ValueError(f"{path}: the landmarks span {span:.1f} px (need >= {MIN_LANDMARK_SPAN:g}: the face crop "
+                         "is sized by them)")
+
+
 # ----------------------------------------------------------------------------- identities
 
 def list_images(root: str) -> list[str]:
@@ -143,12 +155,10 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
                 raise images.BadImage(str(e)) from None
             if lmk.shape != (68, 2):
                 raise images.BadImage(f"{pts}: need 68 points, found {lmk.shape[0]}")
-            if not np.all(np.isfinite(lmk)):
-                raise images.BadImage(f"{pts}: landmarks are not all finite numbers")
-            span = float(np.ptp(lmk, axis=0).mean())
-            if span < MIN_LANDMARK_SPAN:
-                raise images.BadImage(f"{pts}: the landmarks span {span:.1f} px (need >= {MIN_LANDMARK_SPAN}; "
-                                      "the training crop is sized by them)")
+            try:
+                check_landmark_box(lmk, pts)
+            except ValueError as e:
+                raise images.BadImage(str(e)) from None
             score, source = None, "pts"
         else:
             found = _detector()(img)
