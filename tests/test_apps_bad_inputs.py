@@ -179,16 +179,27 @@ def test_cli_argument_errors(tmp_path, folder, pipe, capsys, monkeypatch):
     assert rc == 2 and err == [f"fit: {face}: not a landmark file (not text)"], err
 
 
-def test_teaser_unwritable_out_is_one_line(tmp_path, pipe, capsys, monkeypatch):
-    """--out under a folder that cannot be made (here: a file stands where it would be) ended the
-    teaser with an OSError traceback from the video writer; it is one line naming --out, exit 2."""
+def test_teaser_unwritable_out_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """--out under a folder that cannot be made (a file stands where it would be) or naming a
+    folder: teaser caught the writer's OSError after loading the model and rendering every frame
+    (its own 'cannot write' line); it now checks --out first as the other apps do
+    (pipeline.check_out_dir on the folder it writes into): one line naming --out and the entry in
+    the way, exit 2, no model loaded, nothing created."""
     from jaxdeca.apps import teaser
-    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before --out was checked")
+    monkeypatch.setattr(pipeline, "load_pipeline", no_model)
     (tmp_path / "a_file").write_text("")
-    out = str(tmp_path / "a_file" / "teaser.gif")
-    assert teaser.main(["--out", out, "--frames", "1"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"teaser: cannot write {out}: "), err
+    (tmp_path / "a_dir.gif").mkdir()
+    for out, culprit in ((tmp_path / "a_file" / "teaser.gif", tmp_path / "a_file"),
+                         (tmp_path / "a_file" / "sub" / "teaser.gif", tmp_path / "a_file"),
+                         (tmp_path / "a_dir.gif", tmp_path / "a_dir.gif")):
+        assert teaser.main(["--out", str(out), "--frames", "1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        what = "is a folder" if culprit.is_dir() else "is not a folder"
+        assert err == [f"teaser: --out {out}: cannot be written: {culprit} {what}"], err
+    assert sorted(os.listdir(tmp_path)) == ["a_dir.gif", "a_file"]
 
 
 def test_unusable_out_folder_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):

@@ -57,20 +57,27 @@ class OutputError(ValueError):
 CLI_ERRORS = (inputs.InputError, CheckpointError, OutputError, detect.DetectorUnavailable, flame.FlameFileError)
 
 
-def check_out_dir(path: str) -> str:
+def check_out_dir(path: str, file: str | None = None) -> str:
     """Checks before any work that the output folder `path` can be made and written, so that an
     unusable --out stops an app at once with one message instead of an OSError traceback at its
     first write, after detection and the networks have run. Nothing is created (an app stopped
     by a later error leaves no empty folder). OutputError naming --out and the culprit when a
     file (or a dangling link) stands at `path` or in place of one of its missing parents, or
-    the folder that would hold it is not writable. Returns path."""
+    the folder that would hold it is not writable. `file`: the one file an app writes into
+    `path` when its --out names that file (teaser's video): the message names it, and a folder
+    standing at `file`, or a file there that is not writable, is refused too. Returns path."""
+    head = f"--out {path}: cannot be the output folder" if file is None else f"--out {file}: cannot be written"
+    if file is not None and os.path.isdir(file):
+        raise OutputError(f"{head}: {file} is a folder")
+    if file is not None and os.path.isfile(file) and not os.access(file, os.W_OK):
+        raise OutputError(f"{head}: {file} is not writable")
     probe = os.path.abspath(path)
     while not os.path.lexists(probe):  # the deepest existing entry (a dangling link too), which makedirs extends
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
-        raise OutputError(f"--out {path}: cannot be the output folder: {probe} is not a folder")
+        raise OutputError(f"{head}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError(f"--out {path}: cannot be the output folder: {probe} is not writable")
+        raise OutputError(f"{head}: {probe} is not writable")
     return path
 
 

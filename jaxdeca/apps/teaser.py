@@ -7,6 +7,7 @@ With --input, the codes come from the network (--checkpoint) or from `fit` (no c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax.numpy as jnp
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         animate.check_video_path(a.out)
+        pipeline.check_out_dir(os.path.dirname(os.path.abspath(a.out)), file=a.out)
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
         base = demo_codes()
         if a.input:
@@ -70,11 +72,7 @@ def main(argv=None) -> int:
     except pipeline.CLI_ERRORS as e:
         print(f"teaser: {e}", file=sys.stderr)
         return 2
-    try:
-        path = teaser(pipe, base, a.out, a.frames)
-    except OSError as e:  # --out's folder cannot be made or written, the writer cannot open it
-        print(f"teaser: cannot write {a.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    path = teaser(pipe, base, a.out, a.frames)
     print(f"teaser: wrote {path}")
     return 0
 
