@@ -244,6 +244,40 @@ def test_float_tiff_reads_as_its_0_to_1_intensities(tmp_path):
     np.testing.assert_array_equal(inputs.read_image(str(tmp_path / "f.tif")), img[..., ::-1])
 
 
+def test_apps_read_images_with_the_training_decoder(tmp_path, monkeypatch):
+    """The apps decoded image files with a decoder of their own (inputs.to_rgb_uint8, a copy of
+    images.decode_image's conversions); they read through images.decode_image now, so a file
+    reads the same for training and reconstruction, refusals included. What showed it: a
+    truncated JPEG was 'truncated JPEG (no end-of-image marker)' for prepare but 'not a readable
+    image (corrupt, truncated or not an image format)' for the apps, and a signed 16-bit TIFF,
+    which prepare refuses, was clipped to 0..255 by the apps (a white picture). Each is now one
+    message naming the file and the decoder's reason. Sizes below training's MIN_SIDE still read
+    in the apps (test_float_tiff_reads_as_its_0_to_1_intensities: 30 x 20 px)."""
+    from jaxdeca.data import images
+    rng = np.random.default_rng(5)
+    bgr = cv2.GaussianBlur(rng.integers(0, 255, (72, 80, 3), dtype=np.uint8), (5, 5), 2)
+    files = {"grey.png": bgr[..., 0], "bgra.png": np.concatenate([bgr, bgr[..., :1]], -1),
+             "g16.png": bgr[..., 1].astype(np.uint16) * 257 + 100, "f.tif": bgr.astype(np.float32) / 255.0,
+             "c.jpg": bgr}
+    for name, a in files.items():
+        cv2.imwrite(str(tmp_path / name), a)
+        np.testing.assert_array_equal(inputs.read_image(str(tmp_path / name)),
+                                      images.decode_image((tmp_path / name).read_bytes()))
+    data = (tmp_path / "c.jpg").read_bytes()
+    cut, signed = str(tmp_path / "cut.jpg"), str(tmp_path / "s16.tif")
+    open(cut, "wb").write(data[:len(data) * 3 // 5])
+    cv2.imwrite(signed, bgr[..., 0].astype(np.int16) * 100)
+    for path, reason in ((cut, "truncated JPEG (no end-of-image marker)"), (signed, "unsupported pixel type int16")):
+        with pytest.raises(inputs.InputError) as e:
+            inputs.read_image(path)
+        assert str(e.value) == f"{path}: not a readable image: {reason}", str(e.value)
+    seen = []
+    monkeypatch.setattr(images, "decode_image", lambda data, min_side=images.MIN_SIDE: seen.append(len(data)) or
+                        np.zeros((1, 1, 3), np.uint8))
+    inputs.read_image(str(tmp_path / "grey.png"))
+    assert seen == [os.path.getsize(tmp_path / "grey.png")]
+
+
 def test_detail_obj_with_no_faces_is_skipped_with_a_message(tmp_path, capsys):
     """An empty (or too sparse) valid-texel mask gives a detailed mesh with no faces and, as
     unused texels are dropped, no vertices: an OBJ the package's reader refuses. It is not

@@ -53,34 +53,17 @@ def report(app: str, n_written: int, skipped, out_dir: str, what: str = "face(s)
         print(f"{app}: skipped {reason}", file=sys.stderr)
 
 
-def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Any cv2-decoded image (gray, BGR, BGRA; 8 or 16 bit, or float in [0, 1]) -> [H, W, 3] uint8 RGB."""
-    if image.dtype == np.uint16:
-        image = (image / 257.0).round().astype(np.uint8)
-    elif image.dtype.kind == "f":  # a float TIFF: intensities in [0, 1]
-        image = np.clip(np.nan_to_num(image) * 255.0, 0, 255).round().astype(np.uint8)
-    elif image.dtype != np.uint8:
-        image = np.clip(image, 0, 255).astype(np.uint8)
-    if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
-
-
 def read_image(path: str) -> np.ndarray:
-    """Reads one image as [H, W, 3] uint8 RGB (a JPEG turned upright by its EXIF orientation,
-    as viewers show it); raises InputError naming the file and problem."""
+    """Reads one image as [H, W, 3] uint8 RGB through training's decoder (`images.read_image`:
+    grey, alpha, 16-bit and float images converted, a JPEG turned upright by its EXIF
+    orientation, a truncated JPEG refused), at any size; raises InputError naming the file and
+    the problem."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"{path}: empty file")
-    image = images.imdecode(np.fromfile(path, dtype=np.uint8))
-    if image is None or image.size == 0:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image format)")
-    return to_rgb_uint8(image)
+    try:
+        return images.read_image(path, min_side=1)
+    except images.BadImage as e:
+        raise InputError(f"{path}: not a readable image: {e}") from None
 
 
 def _is_video(path: str) -> bool:
@@ -111,7 +94,7 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
                 break
             if index % every == 0:
                 n_read += 1
-                yield Frame(f"{stem}_{index:05d}", to_rgb_uint8(frame), f"{path} frame {index}")
+                yield Frame(f"{stem}_{index:05d}", images.to_rgb_uint8(frame), f"{path} frame {index}")
             index += 1
         if n_read == 0:
             raise InputError(f"{path}: video has no decodable frames")

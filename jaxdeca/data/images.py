@@ -65,19 +65,11 @@ def imdecode(data) -> np.ndarray | None:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> [H, W, 3] uint8 RGB. Converts grayscale -> 3 channels, RGBA -> RGB
-    (alpha dropped), 16-bit -> 8-bit (x / 257 rounded), float -> 8-bit; JPEGs are turned upright by
-    their EXIF orientation (`imdecode`). Raises BadImage with the reason (callers add the file)."""
-    if len(data) == 0:
-        raise BadImage("empty file")
-    if _jpeg_truncated(data):
-        raise BadImage("truncated JPEG (no end-of-image marker)")
-    img = imdecode(data)
-    if img is None:
-        head = data[:16]
-        kind = "text, not an image" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a decodable image"
-        raise BadImage(f"{kind} (OpenCV cannot decode it)")
+def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """An OpenCV-decoded image (`imdecode`, a video frame: grey [H, W] or [H, W, 1], BGR, BGRA;
+    uint8, uint16 or float in [0, 1]) -> [H, W, 3] uint8 RGB. 16-bit -> 8-bit is x / 257 rounded,
+    float x * 255 rounded (NaN as 0); alpha is dropped. BadImage for another pixel type or
+    channel count."""
     if img.dtype == np.uint16:  # intensity x / 65535 (skimage's img_as_float) to the nearest 8-bit level
         img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
@@ -94,19 +86,38 @@ def decode_image(data: bytes) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     else:
         raise BadImage(f"unsupported channel count {img.shape[2]}")
-    if min(img.shape[:2]) < MIN_SIDE:
-        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]} px, need >= {MIN_SIDE})")
     return np.ascontiguousarray(img)
 
 
-def read_image(path: str) -> np.ndarray:
-    """File -> [H, W, 3] uint8 RGB, or BadImage with the reason."""
+def decode_image(data: bytes, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Encoded bytes -> [H, W, 3] uint8 RGB: the one image decoder of training data and the apps.
+    Converts grayscale -> 3 channels, RGBA -> RGB (alpha dropped), 16-bit -> 8-bit (x / 257
+    rounded), float -> 8-bit (`to_rgb_uint8`); JPEGs are turned upright by their EXIF orientation
+    (`imdecode`). Raises BadImage with the reason (callers add the file): empty, a truncated
+    JPEG, not decodable, or a side below min_side pixels (training's MIN_SIDE; the apps pass 1)."""
+    if len(data) == 0:
+        raise BadImage("empty file")
+    if _jpeg_truncated(data):
+        raise BadImage("truncated JPEG (no end-of-image marker)")
+    img = imdecode(data)
+    if img is None:
+        head = data[:16]
+        kind = "text, not an image" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "not a decodable image"
+        raise BadImage(f"{kind} (OpenCV cannot decode it)")
+    img = to_rgb_uint8(img)
+    if min(img.shape[:2]) < min_side:
+        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]} px, need >= {min_side})")
+    return img
+
+
+def read_image(path: str, min_side: int = MIN_SIDE) -> np.ndarray:
+    """File -> [H, W, 3] uint8 RGB (`decode_image`), or BadImage with the reason."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise BadImage(f"unreadable ({e.strerror})") from None
-    return decode_image(data)
+    return decode_image(data, min_side)
 
 
 def encode_png(image: np.ndarray) -> bytes:
