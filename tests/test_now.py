@@ -361,8 +361,10 @@ def test_image_list_written_with_a_byte_order_mark_reads_every_line(tmp_path):
 
 def test_prediction_obj_without_faces_is_one_error_naming_the_file(tmp_path, capsys):
     """A prediction OBJ holding only `v` lines (a point cloud) cannot be scored: the run stops
-    with one line naming that file and saying it has no faces (not a message about triangle
-    array shapes). Scans, which the metric uses as points only, may have no faces."""
+    with one line naming the image and that file and saying it has no faces (not a message about
+    triangle array shapes). Scans, which the metric uses as points only, may have no faces.
+    evaluate had its own copy of compute_errors' check, whose line named the OBJ but not the
+    image (every other per-image error names both); compute_errors' check is the one left."""
     images = ["FaMoS_1/multiview_neutral/IMG_0001.jpg"]
     root, lst, v, f, lm = small_now_layout(tmp_path, images)  # its scan.obj has no faces
     obj, _ = now.export_prediction(str(tmp_path / "pred"), images[0], to_prediction(v), np.zeros((0, 3), int),
@@ -371,6 +373,8 @@ def test_prediction_obj_without_faces_is_one_error_naming_the_file(tmp_path, cap
                    str(lst), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.count("\n") == 1 and f"{obj}: has no faces" in err, err
+    assert err.count("\n") == 1 and err.startswith(f"error: {images[0]}: "), err
+    assert "the prediction has no faces (only vertices); a NoW prediction must be a triangle mesh" in err, err
+    assert f"(prediction {obj}, " in err, err
     with pytest.raises(ValueError, match="pred_faces.*no faces"):
         now.compute_errors(v, lm, v, np.zeros((0, 3), int), lm, refine=False)

@@ -224,9 +224,11 @@ def compute_errors(scan_vertices, scan_lmks7, pred_vertices, pred_faces, pred_lm
             raise ValueError(f"compute_errors: the 7 landmarks of {name} coincide")
     if not np.all(np.isfinite(pred_vertices)):
         raise ValueError("compute_errors: pred_vertices contain NaN or inf values")
-    if pred_faces.ndim != 2 or pred_faces.shape[1] != 3 or not len(pred_faces):
-        raise ValueError(f"compute_errors: pred_faces must be [F, 3] with F > 0, found {pred_faces.shape}"
-                         + (": the prediction has no faces" if pred_faces.size == 0 else ""))
+    if pred_faces.size == 0:  # an OBJ of `v` lines only: the reader accepts point clouds (scans are used as points)
+        raise ValueError("compute_errors: pred_faces is empty: the prediction has no faces (only vertices); a NoW "
+                         "prediction must be a triangle mesh")
+    if pred_faces.ndim != 2 or pred_faces.shape[1] != 3:
+        raise ValueError(f"compute_errors: pred_faces must be [F, 3], found {pred_faces.shape}")
     points = scan_vertices[crop_scan(scan_vertices, scan_lmks7)]
     if len(points) == 0:
         raise ValueError("compute_errors: no scan vertex lies inside the face crop; check the scan landmarks")
@@ -309,8 +311,6 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
         scan_v, scan_l, scan_files = cache[subject]
         lmk = npy if os.path.isfile(npy) else txt
         pv, pf = read_obj(obj)
-        if not len(pf):  # the reader accepts point clouds (scans are used as points); a prediction is a surface
-            raise NowFileError(f"{obj}: has no faces (only vertices); a NoW prediction must be a triangle mesh")
         pl = read_landmarks(lmk)
         try:
             d = compute_errors(scan_v, scan_l, pv, pf, pl, refine=refine)
