@@ -103,13 +103,20 @@ def bench(stage: str, a) -> dict:
                 terms=sorted(k for k in terms if k not in ("loss", "grad_norm")))
 
 
-def check_batch(p: argparse.ArgumentParser, batch: int) -> None:
+def check_batch(p: argparse.ArgumentParser, batch: int, k: int) -> None:
     """--batch must split over the devices, as the trainer's config.train.batch_size must
-    (parallel.local_batch_size): otherwise argparse's error line (exit 2) before anything is built."""
+    (parallel.local_batch_size), and each process's share must hold whole identities of --k
+    images, as the trainer's config.data.k must (data.check_k): otherwise argparse's error line
+    (exit 2) before anything is built."""
     try:
-        parallel.local_batch_size(batch, parallel.make_mesh())
+        local = parallel.local_batch_size(batch, parallel.make_mesh())
     except ValueError as e:
         p.error(f"argument --batch: {batch} (the global batch) must be a multiple of the number of devices: {e}")
+    if k < 1:
+        p.error(f"argument --k: must be a positive integer, got {k}")
+    if local % k:
+        p.error(f"argument --batch: {batch} gives {local} images per process, not a multiple of --k={k} "
+                "(a batch holds whole identities of K images each)")
 
 
 def main():
@@ -127,7 +134,7 @@ def main():
     p.add_argument("--no-id", dest="id", action="store_false", help="coarse: skip the VGGFace2 identity loss")
     p.add_argument("--no-mrf", dest="mrf", action="store_false", help="detail: skip ID-MRF (VGG19)")
     a = p.parse_args()
-    check_batch(p, a.batch)
+    check_batch(p, a.batch, a.k)
     dev = jax.devices()
     print(f"devices: {len(dev)} x {dev[0].device_kind} ({jax.default_backend()}); image {a.size}, UV {a.uv}, "
           f"batch {a.batch} (K={a.k}), ResNet width {a.width} blocks {a.blocks}, {a.dtype}")

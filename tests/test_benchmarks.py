@@ -62,3 +62,24 @@ def test_train_batch_not_divisible_by_the_devices_is_one_argument_error(four_dev
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "error: argument --batch: 6 (the global batch) must be a multiple of the number of devices" in r.stderr
     assert "4 devices" in r.stderr, r.stderr
+
+
+def test_train_batch_not_a_multiple_of_k_is_one_argument_error():
+    """benchmarks/train.py --batch that is not a multiple of --k (images per identity; 6 with K=4)
+    was not checked: the coarse stage's networks were built and the step stopped with a ValueError
+    traceback from the shape-consistency code swap ('swap_codes: batch 6 != n_identities 1 x k 4';
+    --k 0 a ZeroDivisionError), while the trainer refuses such a config.train.batch_size with one
+    ConfigError (data.check_k). It is argparse's one error line naming --batch and --k, exit
+    status 2, before anything is built; so is --k 0."""
+    import sys
+    base = [sys.executable, os.path.join(ROOT, "benchmarks", "train.py"), "--size", "32", "--uv", "32", "--width",
+            "0.125", "--blocks", "1,1,1,1", "--hidden", "16", "--steps", "1", "--no-id", "--no-mrf", "--stages",
+            "coarse"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for batch, k, message in (("6", "4", "error: argument --batch: 6 gives 6 images per process, not a multiple of "
+                                          "--k=4 (a batch holds whole identities of K images each)"),
+                              ("4", "0", "error: argument --k: must be a positive integer, got 0")):
+        r = subprocess.run([*base, "--batch", batch, "--k", k], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert message in r.stderr, r.stderr
+        assert "stage" not in r.stdout, r.stdout  # no table: nothing was built or run
