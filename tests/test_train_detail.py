@@ -120,6 +120,33 @@ def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
         deca_detail.DetailTask(config).init_variables(jax.random.key(0))
 
 
+def test_stage_started_from_another_cam_scale_is_refused(coarse_dir):
+    """A stage started from a previous one (init.checkpoint, init.coarse_checkpoint) with another
+    config.model.cam_scale went on silently (only shapes were compared; a resume compares
+    checkpoint_info, df1630a): the detail stage then read a raw-trained coarse encoder's camera
+    scale as |s|, or an abs-trained one's as s. It is one ConfigError naming the field and both
+    values. Another config.model.dtype is allowed (float32 parameters either way)."""
+    from configs import test_coarse as tc
+    assert export.load_inference(str(coarse_dir / "coarse"))[1]["model"]["cam_scale"] == "raw"
+    detail = tc.get_config("detail")
+    detail.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    detail.model.cam_scale = "abs"
+    coarse = tc.get_config("coarse")
+    coarse.init.checkpoint = str(coarse_dir / "pretrain")
+    coarse.model.cam_scale = "abs"
+    for config, field, stage, step in ((detail, "init.coarse_checkpoint", "coarse", 2),
+                                       (coarse, "init.checkpoint", "pretrain", 4)):
+        with pytest.raises(paths.ConfigError) as e:
+            run.make_task(config).init_variables(jax.random.key(0))
+        assert str(e.value) == (f"config.{field}={str(coarse_dir / stage)!r} (checkpoint step {step}) was trained "
+                                "with config.model.cam_scale='raw', but this stage has config.model.cam_scale='abs': "
+                                "its camera codes would be read with another scale; start it with the cam_scale of "
+                                "the stage it starts from"), str(e.value)
+    detail.model.update(dict(cam_scale="raw", dtype="bfloat16"))
+    _, _, frozen = run.make_task(detail).init_variables(jax.random.key(0))
+    assert frozen["E_flame"]["params"]["layers_2"]["kernel"].dtype == np.float32
+
+
 def test_checkpoint_with_more_layers_than_config_model_is_refused():
     """A ResNet with blocks (3, 4, 6, 3) holds every variable of one with (1, 1, 1, 1) at the same
     shapes (layerN_0); loading it into the smaller config must not silently drop the rest."""

@@ -220,12 +220,32 @@ def checked_like(template: dict, loaded: dict, where: str) -> dict:
 def previous_stage_encoder(template: dict, config, field: str) -> dict:
     """The E_flame variables of the stage workdir config.<field> names (e.g. 'init.checkpoint'),
     cast onto `template` (checked_like). A folder that holds no trained stage (the previous stage
-    never ran, or another folder) or another network is one ConfigError naming the field."""
+    never ran, or another folder), another network, or another config.model.cam_scale (the
+    checkpoint's checkpoint_info; see check_start_fields) is one ConfigError naming the field."""
     path = config
     for part in field.split("."):
         path = path[part]
     try:
-        prev = export.inference_variables(path)["E_flame"]
+        variables, info = export.load_inference(path)
     except FileNotFoundError as e:
         raise paths.ConfigPathError(f"config.{field}={path!r} holds no trained stage ({e})") from None
-    return checked_like(template, prev, f"config.{field}={path!r} (E_flame)")
+    check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})")
+    return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)")
+
+
+def check_start_fields(info: dict, config, where: str) -> None:
+    """Refuses (ConfigError) to start a stage from the previous stage's checkpoint `where`
+    (info: export.load_inference's, the checkpoint's model fields with DECA's defaults where it
+    predates them) when it was trained with another config.model.cam_scale: the encoder's scale
+    output means |s| under 'abs' and s under 'raw', so a later stage would read its cameras
+    wrongly (a raw-trained mirror solution's negative scale flipped, or an abs-trained one's
+    sign taken as it is). config.model.dtype may differ: checkpoints hold float32 parameters
+    whatever the compute dtype, and a bfloat16 stage may start from float32 weights (or the
+    reverse); the codes mean the same at either precision. Shapes (width, blocks, hidden) are
+    checked_like's."""
+    saved = info["model"].get("cam_scale") or "raw"
+    now = model_config(config).get("cam_scale") or "raw"
+    if saved != now:
+        raise paths.ConfigError(f"{where} was trained with config.model.cam_scale={saved!r}, but this stage has "
+                                f"config.model.cam_scale={now!r}: its camera codes would be read with another scale; "
+                                "start it with the cam_scale of the stage it starts from")
