@@ -12,17 +12,20 @@ The config file (an ml_collections config) is the single source of hyper-paramet
              pretrain -> coarse -> detail, held-out pictures and OBJs, renderer showcase.
 
 Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`;
-an override naming no field of the config is one 'error:' line (exit status 2), as is a
-`--config=FILE[:ARG]` whose FILE is not there or whose get_config(ARG) fails (an unknown stage).
+an override naming no field of the config, or giving a value of another type than the field's
+(--config.seed=abc), is one 'error:' line (exit status 2), as is a `--config=FILE[:ARG]` whose
+FILE is not there or whose get_config(ARG) fails (an unknown stage).
 """
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+import textwrap
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
+from ml_collections.config_flags import config_path
 
 from jaxdeca.flame.io import FlameFileError
 from jaxdeca.train import paths
@@ -97,13 +100,23 @@ def _user_errors():
 
 def parse_flags(argv):
     """absl's flag parsing, except that a `--config.<field>` override naming no field of the
-    config (a typo) and a --config=FILE[:ARG] that gives no config (ConfigFileError) are one
-    'error:' line (exit status 2) instead of ml_collections' traceback."""
+    config (a typo) or giving a value of another type than the field's (--config.seed=abc), and a
+    --config=FILE[:ARG] that gives no config (ConfigFileError), are one 'error:' line (exit status
+    2) instead of ml_collections' traceback or absl's 'FATAL Flags parsing error' line (exit
+    status 1); absl reports any other flag error as before."""
     try:
-        return app.parse_flags_with_usage(argv)
+        return FLAGS(argv)
     except ConfigFileError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except flags.IllegalFlagValueError as e:
+        message = _wrong_type_override(e, argv)
+        if message is None:
+            _absl_flags_error(e)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        _absl_flags_error(e)
     except (AttributeError, KeyError) as e:
         overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
         if not overrides:
@@ -117,6 +130,49 @@ def parse_flags(argv):
         named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
         print(f"error: {named[0]}: the config has no field {field!r}{hint}", file=sys.stderr)
         sys.exit(2)
+
+
+_TYPE_NAMES = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string", tuple: "a tuple"}
+
+
+def _wrong_type_override(error, argv) -> str | None:
+    """The one-line message for absl's IllegalFlagValueError `error` when it is a `--config.<field>`
+    override whose value does not parse as the field's type (absl: 'flag --config.seed=abc:
+    invalid literal for int() with base 10: 'abc''): '--config.seed=abc: config.seed takes an
+    int (invalid literal ...)'. The type is the one ml_collections parsed the value as. None for
+    any other flag error."""
+    text = str(error)
+    if not text.startswith("flag --config."):
+        return None
+    name = text[len("flag --"):].split("=", 1)[0]
+    value = None  # what the command line gave: --config.seed=abc or --config.seed abc
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            value = argv[i + 1]
+    head = f"flag --{name}={value}: "
+    if value is None or not text.startswith(head):
+        return None
+    try:
+        field_type = config_path.get_type(name.split(".", 1)[1], FLAGS["config"].value)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    expected = "a ConfigDict (a dict)" if isinstance(field_type, type) and issubclass(field_type, ConfigDict) \
+        else _TYPE_NAMES.get(field_type, f"a {getattr(field_type, '__name__', field_type)}")
+    return f"--{name}={value}: {name} takes {expected} ({text[len(head):]})"
+
+
+def _absl_flags_error(error) -> None:
+    """absl's own report of a flag error (app.parse_flags_with_usage): 'FATAL Flags parsing
+    error: ...' and the help hint on stderr, exit status 1."""
+    message = str(error)
+    if "\n" in message:
+        sys.stderr.write("FATAL Flags parsing error:\n" + textwrap.indent(message, "  ") + "\n")
+    else:
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+    sys.stderr.write("Pass --helpshort or --helpfull to see help on flags.\n")
+    sys.exit(1)
 
 
 def main(argv):

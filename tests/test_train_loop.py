@@ -246,6 +246,16 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
      "error: --config.train.num_stpes: the config has no field 'num_stpes'; did you mean \"num_steps\""),
     (["--config=configs/test_toy.py", "--config.trian.num_steps=3"], "error: --config.trian.num_steps: the config "
      "has no field 'trian'"),
+    # a value of another type than the field's: one line naming the override and the type (absl's
+    # 'FATAL Flags parsing error' line, exit status 1, before)
+    (["--config=configs/test_toy.py", "--config.seed=abc"], "error: --config.seed=abc: config.seed takes an int "
+     "(invalid literal for int() with base 10: 'abc')"),
+    (["--config=configs/test_toy.py", "--config.optim.learning_rate", "fast"], "error: --config.optim.learning_rate"
+     "=fast: config.optim.learning_rate takes a float (could not convert string to float: 'fast')"),
+    (["--config=configs/test_toy.py", "--config.train.async_checkpoints=maybe"], "error: --config.train."
+     "async_checkpoints=maybe: config.train.async_checkpoints takes a bool (true or false)"),
+    (["--config=configs/test_toy.py", "--config.num_processes=two"], "error: --config.num_processes=two: "
+     "config.num_processes takes an int"),
     # a config file argument its get_config refuses (absl's FATAL line with a traceback inside, or a
     # bare KeyError traceback, before), one it takes none of, and a config file that is not there
     (["--config=configs/demo.py:huge"], "error: --config=configs/demo.py:huge: configs/demo.py: unknown size 'huge'"),
