@@ -315,6 +315,35 @@ def test_workdir_of_another_stage_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["3"]
 
 
+def test_cosine_schedule_resumed_with_other_num_steps_is_refused(tmp_path):
+    """optim.schedule='cosine' decays over train.num_steps and the optimiser state counts steps:
+    a run resumed with another num_steps did not extend its schedule but switched to another
+    curve, silently (a finished 4-step run resumed with 8: the learning rate jumped from 5% of
+    the base rate back to 52%). It is one ConfigError naming both values and the jump, the
+    checkpoints left as they were; the same num_steps resumes, and a constant schedule resumes
+    with any num_steps."""
+    from jaxdeca.train import paths
+
+    def config(steps, schedule="cosine"):
+        c = test_toy.get_config()
+        c.optim.schedule = schedule
+        c.train.update(dict(num_steps=steps, eval_every=0))
+        return c
+    loop.train(config(4), str(tmp_path / "w"), ToyTask(config(4)))
+    with pytest.raises(paths.ConfigError) as e:
+        loop.train(config(8), str(tmp_path / "w"), ToyTask(config(8)))
+    assert str(e.value) == (f"{tmp_path / 'w' / 'checkpoints'}: checkpoint step 4 was trained with "
+                            "config.optim.schedule='cosine' over config.train.num_steps=4; config.train.num_steps=8 "
+                            "would not extend or shorten that schedule but replace it: the learning rate would jump "
+                            "from 0.0005 to 0.00525 at step 4; resume with config.train.num_steps=4, or use another "
+                            "workdir"), str(e.value)
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["4"]
+    assert loop.train(config(4), str(tmp_path / "w"), ToyTask(config(4)))["losses"] == []
+    loop.train(config(4, "constant"), str(tmp_path / "c"), ToyTask(config(4, "constant")))
+    out = loop.train(config(6, "constant"), str(tmp_path / "c"), ToyTask(config(6, "constant")))
+    assert [s for s, _ in out["losses"]] == [5, 6]
+
+
 def test_zero_eval_cadence_means_no_eval(tmp_path, capsys):
     """train.eval_every = 0 switches evaluation off, as image_every = 0 does: no eval at step 0
     (it used to run one there, on the untrained state, and none after), none on a resume that

@@ -18,8 +18,9 @@ and optionally
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
 loader position), so a killed run restarted with the same config continues bit-for-bit; a
-checkpoint saved by another stage (config.stage), or one the task's check_resume refuses (DECA:
-another config.model or image size), is refused.
+checkpoint saved by another stage (config.stage), one the task's check_resume refuses (DECA:
+another config.model or image size), or one of a cosine learning-rate schedule resumed with
+another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
 """
 from __future__ import annotations
 
@@ -148,6 +149,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                                     "stage starts from an earlier one through config.init.*)")
         if hasattr(task, "check_resume"):
             task.check_resume(extra, f"{ckpt_dir}: checkpoint step {start}")
+        state_lib.check_schedule_resume(extra.get("lr_schedule"), config, start, f"{ckpt_dir}: checkpoint step {start}")
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
@@ -202,6 +204,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
             if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
                                                                  "frozen_from_config": fingerprints,
+                                                                 "lr_schedule": state_lib.schedule_info(config),
                                                                  "eval_history": list(eval_history), **info}):
                 logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
     manager.wait_until_finished()

@@ -41,14 +41,53 @@ def make_optimizer(config) -> optax.GradientTransformation:
     the short demo runs use it to settle).
     """
     lr = float(config.optim.learning_rate)
-    schedule = config.optim.get("schedule", "constant") or "constant"
+    schedule = _schedule_name(config)
     if schedule == "cosine":
-        lr = optax.cosine_decay_schedule(lr, decay_steps=max(int(config.train.num_steps), 1), alpha=0.05)
+        lr = _cosine(lr, int(config.train.num_steps))
     elif schedule != "constant":
         raise paths.ConfigError(f"config.optim.schedule={schedule!r} must be 'constant' or 'cosine'")
     opt = optax.adam(lr)
     clip = float(config.optim.get("clip_norm", 0.0) or 0.0)
     return optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt
+
+
+def _schedule_name(config) -> str:
+    return config.optim.get("schedule", "constant") or "constant"
+
+
+def _cosine(lr: float, num_steps: int):
+    """The 'cosine' schedule: step -> learning rate, lr decaying to 5% of it over num_steps."""
+    return optax.cosine_decay_schedule(lr, decay_steps=max(num_steps, 1), alpha=0.05)
+
+
+def schedule_info(config) -> dict:
+    """What fixes each step's learning rate beyond config.optim.learning_rate, saved with every
+    checkpoint (loop.train): {'schedule': 'constant'} or {'schedule': 'cosine', 'num_steps': N}
+    (the cosine decays over train.num_steps)."""
+    schedule = _schedule_name(config)
+    return {"schedule": schedule, "num_steps": int(config.train.num_steps)} if schedule == "cosine" \
+        else {"schedule": schedule}
+
+
+def check_schedule_resume(saved: dict | None, config, step: int, where: str) -> None:
+    """Refuses (ConfigError) to resume, at `step`, the checkpoint `where` of a cosine schedule
+    (saved: its schedule_info; None when the checkpoint predates it: not checked) with another
+    config.train.num_steps. The optimiser state counts steps and the cosine is a function of
+    step / num_steps, so a changed num_steps does not extend or shorten the curve the run was
+    following: the learning rate jumps at once (a longer run back up toward the starting rate, a
+    warm restart; a shorter one down) and the rest follows another curve. A constant schedule
+    resumes with any num_steps."""
+    if not saved or saved.get("schedule") != "cosine" or _schedule_name(config) != "cosine":
+        return
+    old, new = int(saved["num_steps"]), int(config.train.num_steps)
+    if old != new:
+        lr = float(config.optim.learning_rate)
+        a, b = float(_cosine(lr, old)(step)), float(_cosine(lr, new)(step))
+        raise paths.ConfigError(
+            f"{where} was trained with config.optim.schedule='cosine' over config.train.num_steps={old}; "
+            f"config.train.num_steps={new} would not extend or shorten that schedule but replace it: the learning "
+            f"rate would jump from {a:.3g} to {b:.3g} at step {step}; resume with config.train.num_steps={old}, "
+            "or use another workdir")
 
 
 def create(params, batch_stats, frozen, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
