@@ -72,9 +72,9 @@ def test_pipeline_splits_batches_over_all_local_devices(run_on_four_devices):
         assert fitted[4].shape == (3, 68, 2)
         assert np.abs(fitted[4] - fitted[1]).max() * 112 < 0.1
         assert np.abs(fitted[4] - lmk(one, start)).max() * 112 > 1
-        photo = fit._stage_runner(four, 2, 2, 0.01, fit.WEIGHTS)
+        photo = fit._stage_runner(four, 2, fit.WEIGHTS)
         args, _ = four.split_batch((fit._split(start), start["detail"], target, np.asarray(out1["images"][:3]), mask))
-        assert "all-gather" not in photo.lower(*args).compile().as_text()
+        assert "all-gather" not in photo.lower(*args, np.int32(2), np.float32(0.1)).compile().as_text()
         print("OK")
     """)
     run_on_four_devices(code, timeout=600)

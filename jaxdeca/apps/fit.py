@@ -138,17 +138,25 @@ WEIGHTS = dict(lmk=1.0, eye=1.0, lip=0.5, reg=1e-4, jaw=1e-2, photo=2.0, light=1
 LEARNING_RATES = (0.01, 0.01, 0.1)
 
 
-def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weights: dict):
-    """The jitted n-step optimisation of one stage, compiled once per pipeline, settings and batch
-    size: (params, detail, target [B, 68, 2], image [B, 224, 224, 3], mask [B, 224, 224]) -> params.
+def _cosine_decay(lr, n, count, alpha: float = 0.05):
+    """`optax.cosine_decay_schedule(lr, n, alpha)(count)` for an n that may be traced (optax's
+    needs a Python int): lr at count 0, decayed along a half cosine to alpha x lr at count n."""
+    count = jnp.minimum(count, jnp.asarray(n, jnp.float32))
+    return lr * ((1 - alpha) * (0.5 * (1 + jnp.cos(jnp.pi * count / jnp.asarray(n, jnp.float32)))) + alpha)
+
+
+def _stage_runner(pipe: pipeline.Pipeline, stage: int, weights: dict):
+    """The jitted optimisation of one stage, compiled once per pipeline, stage, weights and batch
+    size, not per step count or learning rate (arguments): (params, detail, target [B, 68, 2],
+    image [B, 224, 224, 3], mask [B, 224, 224], n (int32 scalar), lr (float32 scalar)) -> params
+    after n Adam steps at a peak learning rate lr, cosine-decayed over the n steps.
     Traced like the pipeline's own functions (`Pipeline.jit`), so a batch split over several
     devices is rendered by each device for its own images."""
     cache = pipe.__dict__.setdefault("_fit_runners", {})
-    key = (stage, n, lr, tuple(sorted(weights.items())))
+    key = (stage, tuple(sorted(weights.items())))
     if key in cache:
         return cache[key]
     groups = STAGE_GROUPS[stage]
-    opt = optax.adam(optax.cosine_decay_schedule(lr, n, alpha=0.05))  # settle at the end of each stage
 
     def stage_loss(on, off, detail, target, image, mask):
         return fit_loss({**off, **on}, detail, pipe, target, image, mask, stage, weights)
@@ -157,7 +165,8 @@ def _stage_runner(pipe: pipeline.Pipeline, stage: int, n: int, lr: float, weight
     # light) then skips the rasterizer's backward pass
     grad = jax.grad(stage_loss)
 
-    def run(p, detail, target, image, mask):
+    def run(p, detail, target, image, mask, n, lr):
+        opt = optax.adam(lambda count: _cosine_decay(lr, n, count))  # settle at the end of each stage
         on = {k: v for k, v in p.items() if k in groups}
         off = {k: v for k, v in p.items() if k not in groups}
 
@@ -186,7 +195,7 @@ def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(10
         (p, f32(detail), f32(target_img), f32(image), f32(mask)))
     for stage, n in enumerate(steps):
         if n > 0:
-            p = _stage_runner(pipe, stage, int(n), lrs[stage], weights)(p, detail, target, image, mask)
+            p = _stage_runner(pipe, stage, weights)(p, detail, target, image, mask, np.int32(n), np.float32(lrs[stage]))
     return pipe.cut_batch(_merge(p, detail), B)
 
 
