@@ -59,21 +59,21 @@ def test_pipeline_splits_batches_over_all_local_devices(run_on_four_devices):
         assert B == 6 and x.shape[0] == 8 and len(x.sharding.device_set) == 4
         assert "all-gather" not in four._both.lower(four.variables, x).compile().as_text()
 
-        # fit: a batch of 3 faces (padded to 4, one per device) fitted to the landmarks of these
-        # renders moves them where the one-device fit does, and its photometric stage renders
-        # each device's own face
+        # fit: the 6 faces of these renders (padded to 8, two per device) fitted to their
+        # landmarks move where the one-device fit moves them, and the photometric stage renders
+        # each device's own faces; 6, as above: their landmarks are read with the decodes above
         from jaxdeca.apps import fit
-        target = np.asarray(out1["landmarks2d"][:3, :, :2])
+        target = np.asarray(out1["landmarks2d"][..., :2])
         mask = np.stack([fit.hull_mask(t) for t in target])
         start = fit.mean_codes(one, target)
         lmk = lambda p, c: np.asarray(p.decode(c)["landmarks2d"][..., :2])
-        fitted = {p.n_devices: lmk(p, fit.fit(p, start, target, np.asarray(out1["images"][:3]), mask, (20, 20, 2)))
+        fitted = {p.n_devices: lmk(p, fit.fit(p, start, target, np.asarray(out1["images"]), mask, (20, 20, 2)))
                   for p in (one, four)}
-        assert fitted[4].shape == (3, 68, 2)
+        assert fitted[4].shape == (6, 68, 2)
         assert np.abs(fitted[4] - fitted[1]).max() * 112 < 0.1
         assert np.abs(fitted[4] - lmk(one, start)).max() * 112 > 1
         photo = fit._stage_runner(four, 2, fit.WEIGHTS)
-        args, _ = four.split_batch((fit._split(start), start["detail"], target, np.asarray(out1["images"][:3]), mask))
+        args, _ = four.split_batch((fit._split(start), start["detail"], target, np.asarray(out1["images"]), mask))
         assert "all-gather" not in photo.lower(*args, np.int32(2), np.float32(0.1)).compile().as_text()
         print("OK")
     """)
