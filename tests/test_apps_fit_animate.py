@@ -26,6 +26,13 @@ def random_pipe():
     return pipeline.load_pipeline(random_seed=0)
 
 
+@pytest.fixture(scope="module")
+def coarse(pipe):
+    """`pipe` with a random coarse encoder (E_flame only, as a coarse-stage workdir gives)."""
+    return pipeline.Pipeline(arrays=pipe.arrays, flame=pipe.flame, topo=pipe.topo, variables={
+        "E_flame": models.jit_init(models.coarse_encoder(), jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))})
+
+
 def render_head(p, jaw=0.0):
     codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)).at[0, 3].set(jaw),
                  tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
@@ -121,11 +128,9 @@ def test_fit_batch_fits_each_image_on_its_own(pipe):
     assert np.all(photo(lit) < 0.4 * photo(batch)), (photo(lit), photo(batch))  # measured 0.20-0.22
 
 
-def test_fit_starts_from_a_coarse_only_checkpoint(pipe):
+def test_fit_starts_from_a_coarse_only_checkpoint(pipe, coarse):
     """A coarse-stage workdir has no detail encoder (`train.export.load_inference`), so its
     codes have no 'detail': fit starts from them all the same (detail code zero)."""
-    coarse = pipeline.Pipeline(arrays=pipe.arrays, flame=pipe.flame, topo=pipe.topo, variables={
-        "E_flame": models.jit_init(models.coarse_encoder(), jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))})
     img8, out = render_head(pipe)
     gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
     crop, target = fit.prepare(img8, gt)
@@ -135,13 +140,11 @@ def test_fit_starts_from_a_coarse_only_checkpoint(pipe):
     np.testing.assert_array_equal(codes["detail"], np.zeros((1, 128)))
 
 
-def test_fit_replaces_a_regressed_camera_with_no_positive_scale(pipe):
+def test_fit_replaces_a_regressed_camera_with_no_positive_scale(pipe, coarse):
     """fit optimises log(camera scale): a regressor whose scale is not positive (this random
     encoder's is -0.04; a landmark-only pretrain in the mirror solution, see
     deca_common.camera_codes) made every fitted code NaN. Such a face starts from the
     landmark-box camera with zero global rotation instead."""
-    coarse = pipeline.Pipeline(arrays=pipe.arrays, flame=pipe.flame, topo=pipe.topo, variables={
-        "E_flame": models.jit_init(models.coarse_encoder(), jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))})
     img8, out = render_head(pipe)
     gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
     crop, target = fit.prepare(img8, gt)
