@@ -16,7 +16,7 @@ from configs import coarse
 
 
 def get_config(size: str = ""):
-    """size: "" (the main job) or "tiny" (48 px, 1/8-width ResNet, 120 + 4 + 4 steps)."""
+    """size: "" (the main job) or "tiny" (48 px, 1/8-width ResNet, 120 + 2 + 2 steps)."""
     config = ml_collections.ConfigDict()
     config.mode = "demo"
     config.seed = 0
@@ -73,7 +73,7 @@ def _shrink_to_tiny(config):
     d.train.update(dict(batch_size=4, checkpoint_every=20, log_every=20))
     d.optim.learning_rate = 2e-3
     config.pretrain.train.update(dict(num_steps=120, eval_every=60))
-    config.coarse.train.update(dict(num_steps=4, eval_every=4, image_every=0))
-    config.detail.train.update(dict(num_steps=4, eval_every=4, image_every=0))
+    config.coarse.train.update(dict(num_steps=2, eval_every=2, image_every=0))
+    config.detail.train.update(dict(num_steps=2, eval_every=2, image_every=0))
     config.heldout_faces = 2
-    config.showcase.image_size = 96
+    config.showcase.image_size = 64
