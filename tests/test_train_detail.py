@@ -2,6 +2,7 @@
 frozen coarse encoder, stage export, tfds data source, config path errors, the demo job."""
 import json
 import os
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -13,27 +14,36 @@ from jaxdeca import main as jmain
 from jaxdeca.train import deca_detail, export, loop, paths, run
 
 
-def _train(tmp_path, stage, steps, **init):
-    config = test_coarse.get_config(stage)
-    config.train.num_steps = steps
-    config.train.eval_every = steps
-    for k, v in init.items():
-        config.init[k] = v
-    return config, loop.train(config, str(tmp_path / stage), run.make_task(config))
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The tiny demo job (the train_tiny_model notebook's config as it is) run once: the stage
+    chain pretrain -> coarse -> detail in path/<stage>, and the state each loop.train returned
+    (states[stage], the live state its last checkpoint was saved from). Its coarse stage is
+    what the detail tests start from, its detail stage what the apps read."""
+    tmp = tmp_path_factory.mktemp("demo")
+    states, train = {}, loop.train
+
+    def recording(config, workdir, task):
+        out = train(config, workdir, task)
+        states[str(config.stage)] = out["state"]
+        return out
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "train", recording)
+        jmain.run_mode(demo_config.get_config("tiny"), str(tmp))
+    assert sorted(states) == ["coarse", "detail", "pretrain"]
+    return SimpleNamespace(path=tmp, states=states)
 
 
 @pytest.fixture(scope="module")
-def coarse_dir(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chain")
-    _train(tmp, "pretrain", 4)
-    _train(tmp, "coarse", 2, checkpoint=str(tmp / "pretrain"))
-    return tmp
+def coarse_dir(demo_run):
+    """A workdir holding a trained pretrain/ and coarse/ stage (test-sized networks)."""
+    return demo_run.path
 
 
 def test_coarse_starts_from_pretrain(coarse_dir):
     pre = export.inference_variables(str(coarse_dir / "pretrain"))["E_flame"]
     first = export.load_stage(str(coarse_dir / "coarse"))
-    assert first["stage"] == "coarse" and first["step"] == 2
+    assert first["stage"] == "coarse" and first["step"] == demo_config.get_config("tiny").coarse.train.num_steps == 2
     # two Adam steps move the weights a little; a fresh init would be unrelated
     a = np.asarray(pre["params"]["layers_2"]["kernel"])
     b = np.asarray(first["params"]["E_flame"]["layers_2"]["kernel"])
@@ -194,14 +204,13 @@ def test_batch_not_a_multiple_of_k_is_a_config_error(source):
             make(6, 0, 1)
 
 
-def test_demo_job_end_to_end_tiny(tmp_path):
+def test_demo_job_end_to_end_tiny(demo_run):
     """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
-    pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips."""
-    # the notebook's config as it is: the same compiled programs (the session's XLA cache shares
-    # them with the notebook's kernel), and its 120 pretrain steps take seconds; the coarse
-    # step is what is slow
-    config = demo_config.get_config("tiny")
-    jmain.run_mode(config, str(tmp_path))
+    pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips.
+    The job is the demo_run fixture's: the notebook's config as it is, so the session's XLA
+    cache shares the compiled programs with the notebook's kernel (its 120 pretrain steps take
+    seconds; the coarse step is what is slow)."""
+    tmp_path, config = demo_run.path, demo_config.get_config("tiny")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["landmark_loss_step0"] > 0 and summary["landmark_loss_final"] > 0
     for f in ("heldout/heldout_grid.png", "heldout/face_00.obj", "heldout/face_01.png", "showcase/head_views.png",
@@ -213,21 +222,21 @@ def test_demo_job_end_to_end_tiny(tmp_path):
     assert (tmp_path / "detail" / "eval_history.json").stat().st_mtime == before
 
 
-def test_apps_pipeline_reads_training_workdir(coarse_dir, tmp_path):
-    """`--checkpoint runs/detail` in the apps: same architecture and codes as the trained task."""
+def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
+    """`--checkpoint runs/detail` in the apps: same architecture and codes as the trained task
+    (the demo job's detail stage, and the state its training loop ended with)."""
     from jaxdeca.apps import pipeline
-    config = test_coarse.get_config("detail")
-    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
-    config.train.update(dict(num_steps=1, eval_every=0))
-    out = loop.train(config, str(tmp_path / "detail"), run.make_task(config))
-    pipe = pipeline.load_pipeline(checkpoint=str(tmp_path / "detail"))
+    from jaxdeca.train import demo
+    config = demo.stage_config(demo_config.get_config("tiny"), "detail", str(demo_run.path))
+    state = demo_run.states["detail"]
+    pipe = pipeline.load_pipeline(checkpoint=str(demo_run.path / "detail"))
     assert pipe.net_size == 48 and pipe.model["width"] == 0.125 and pipe.topo.uv_face_eye_mask.shape == (32, 32)
     task = run.make_task(config)
-    batch = task.make_loader(4, 0, 1).next()
+    batch = task.eval_batches(4, 0, 1)[0]
     codes, dec = pipe.run(batch["image"])
-    want = task.coarse_codes(out["state"].frozen, batch["image"])
+    want = task.coarse_codes(state.frozen, batch["image"])
     np.testing.assert_allclose(np.asarray(codes["shape"]), np.asarray(want["shape"]), rtol=1e-4, atol=1e-5)
-    dcode, _ = task.encode_detail(out["state"].params, out["state"].batch_stats, batch["image"], False)
+    dcode, _ = task.encode_detail(state.params, state.batch_stats, batch["image"], False)
     np.testing.assert_allclose(np.asarray(codes["detail"]), np.asarray(dcode), rtol=1e-4, atol=1e-5)
     assert dec["uv_z"].shape == (4, 32, 32, 1) and dec["images"].shape == (4, 224, 224, 3)
     with pytest.raises(pipeline.CheckpointError, match="no such checkpoint directory"):
