@@ -8,31 +8,33 @@ from jaxdeca.train.data import SyntheticFaceLoader, synthetic_group_batch
 from jaxdeca.train.deca_coarse import CoarseTask
 
 
+# The synthetic batches here are 4 images at 48 px, as configs/test_coarse.py's (2 identities
+# x K 2): the same compiled demo-head render as the stage tests' loaders, not one more.
 def test_synthetic_batch_layout_and_determinism():
-    b = synthetic_group_batch(3, 10, 2, 2, 32)
-    assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.float32
+    b = synthetic_group_batch(3, 10, 2, 2, 48)
+    assert b["image"].shape == (4, 48, 48, 3) and b["image"].dtype == np.float32
     assert 0 <= b["image"].min() and b["image"].max() <= 1
     assert b["landmarks"].shape == (4, 68, 3) and np.all(b["landmarks"][..., 2] == 1)
     assert np.all(np.abs(b["landmarks"][..., :2]) < 1)
     # y down: the chin (landmark 8) lies below the nose tip (landmark 30)
     assert np.all(b["landmarks"][:, 8, 1] > b["landmarks"][:, 30, 1])
-    assert b["mask"].shape == (4, 32, 32, 1) and 0 < b["mask"].mean() < 1
+    assert b["mask"].shape == (4, 48, 48, 1) and 0 < b["mask"].mean() < 1
     assert list(b["identity"]) == [10, 10, 11, 11]
-    again = synthetic_group_batch(3, 10, 2, 2, 32)
+    again = synthetic_group_batch(3, 10, 2, 2, 48)
     np.testing.assert_array_equal(b["image"], again["image"])
     assert not np.array_equal(b["image"][0], b["image"][1])  # same identity, different image
 
 
 def test_loader_resume_position():
-    a = SyntheticFaceLoader(4, 2, 24, seed=1)
+    a = SyntheticFaceLoader(4, 2, 48, seed=1)
     a.next()
     pos = a.position()
     want = a.next()
-    b = SyntheticFaceLoader(4, 2, 24, seed=1)
+    b = SyntheticFaceLoader(4, 2, 48, seed=1)
     b.restore(pos)
     np.testing.assert_array_equal(b.next()["image"], want["image"])
     with pytest.raises(ValueError, match="multiple of K"):
-        SyntheticFaceLoader(3, 2, 24, seed=1)
+        SyntheticFaceLoader(3, 2, 48, seed=1)
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "coarse"])
