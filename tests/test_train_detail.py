@@ -36,8 +36,18 @@ def demo_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def coarse_dir(demo_run):
-    """A workdir holding a trained pretrain/ and coarse/ stage (test-sized networks)."""
+    """A workdir holding a trained pretrain/ and coarse/ stage (test-sized networks, the demo's
+    config.model.cam_scale='abs')."""
     return demo_run.path
+
+
+def detail_config(coarse_dir):
+    """configs/test_coarse.py's detail stage started from coarse_dir's coarse stage, with that
+    stage's camera scale (a stage is refused another one than the stage it starts from)."""
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config.model.cam_scale = demo_config.get_config("tiny").stage_defaults.model.cam_scale
+    return config
 
 
 def test_coarse_starts_from_pretrain(coarse_dir):
@@ -67,8 +77,7 @@ class _FixedBatch:
 
 
 def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
-    config = test_coarse.get_config("detail")
-    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config = detail_config(coarse_dir)
     config.train.update(dict(num_steps=12, eval_every=12))
     config.optim.learning_rate = 1e-2
     config.loss.detail_consistency = False  # a fixed objective: no random code swaps between steps
@@ -92,8 +101,7 @@ def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
 
 
 def test_detail_decode_shapes_and_grads(coarse_dir):
-    config = test_coarse.get_config("detail")
-    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config = detail_config(coarse_dir)
     task = deca_detail.DetailTask(config)
     params, stats, frozen = task.init_variables(jax.random.key(0))
     batch = task.make_loader(4, 0, 1).next()
@@ -123,8 +131,7 @@ def test_detail_config_errors(tmp_path):
 
 
 def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
-    config = test_coarse.get_config("detail")
-    config.init.coarse_checkpoint = str(coarse_dir / "coarse")
+    config = detail_config(coarse_dir)
     config.model.hidden = 32
     with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*\['layers_0'\]\['bias'\] has shape \(64,\), expected \(32,\)"):
         deca_detail.DetailTask(config).init_variables(jax.random.key(0))
@@ -137,22 +144,23 @@ def test_stage_started_from_another_cam_scale_is_refused(coarse_dir):
     scale as |s|, or an abs-trained one's as s. It is one ConfigError naming the field and both
     values. Another config.model.dtype is allowed (float32 parameters either way)."""
     from configs import test_coarse as tc
-    assert export.load_inference(str(coarse_dir / "coarse"))[1]["model"]["cam_scale"] == "raw"
+    assert export.load_inference(str(coarse_dir / "coarse"))[1]["model"]["cam_scale"] == "abs"
     detail = tc.get_config("detail")
     detail.init.coarse_checkpoint = str(coarse_dir / "coarse")
-    detail.model.cam_scale = "abs"
+    detail.model.cam_scale = "raw"
     coarse = tc.get_config("coarse")
     coarse.init.checkpoint = str(coarse_dir / "pretrain")
-    coarse.model.cam_scale = "abs"
-    for config, field, stage, step in ((detail, "init.coarse_checkpoint", "coarse", 2),
-                                       (coarse, "init.checkpoint", "pretrain", 4)):
+    coarse.model.cam_scale = "raw"
+    tiny = demo_config.get_config("tiny")  # coarse_dir's stages
+    for config, field, stage, step in ((detail, "init.coarse_checkpoint", "coarse", tiny.coarse.train.num_steps),
+                                       (coarse, "init.checkpoint", "pretrain", tiny.pretrain.train.num_steps)):
         with pytest.raises(paths.ConfigError) as e:
             run.make_task(config).init_variables(jax.random.key(0))
         assert str(e.value) == (f"config.{field}={str(coarse_dir / stage)!r} (checkpoint step {step}) was trained "
-                                "with config.model.cam_scale='raw', but this stage has config.model.cam_scale='abs': "
+                                "with config.model.cam_scale='abs', but this stage has config.model.cam_scale='raw': "
                                 "its camera codes would be read with another scale; start it with the cam_scale of "
                                 "the stage it starts from"), str(e.value)
-    detail.model.update(dict(cam_scale="raw", dtype="bfloat16"))
+    detail.model.update(dict(cam_scale="abs", dtype="bfloat16"))
     _, _, frozen = run.make_task(detail).init_variables(jax.random.key(0))
     assert frozen["E_flame"]["params"]["layers_2"]["kernel"].dtype == np.float32
 
