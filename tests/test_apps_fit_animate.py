@@ -351,3 +351,16 @@ def test_teaser_writes_gif(tmp_path, pipe):
     assert c["pose"].shape == (6, 6) and float(c["pose"][0, 1]) < 0 < float(c["pose"][1, 1])
     path = teaser.teaser(pipe, teaser.demo_codes(), str(tmp_path / "t.gif"), n=2)
     assert os.path.getsize(path) > 0
+
+
+def test_fit_cosine_decay_equals_optax_schedule():
+    """fit's stage runners take the step count as an argument (compiled once for any --steps),
+    so they decay the learning rate with fit._cosine_decay, a traced-n copy of optax's
+    cosine_decay_schedule(lr, n, alpha=0.05), which needs a Python int n: both agree at every
+    step, past the end included."""
+    import optax
+    for n in (1, 7, 100, 400):
+        counts = np.arange(n + 3)
+        want = np.asarray([optax.cosine_decay_schedule(0.01, n, alpha=0.05)(c) for c in counts])
+        got = np.asarray(jax.jit(fit._cosine_decay)(jnp.float32(0.01), jnp.int32(n), jnp.asarray(counts)))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=f"n={n}")
