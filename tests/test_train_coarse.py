@@ -79,7 +79,14 @@ def test_stage_configs_are_decas_release():
         assert (config.train.batch_size, config.data.k, config.train.num_steps) == (identities * k, k, steps)
 
 
-def test_identity_loss_needs_weights():
+def test_identity_loss_needs_weights(monkeypatch):
+    """A missing config.weights.vggface2 is refused before the task builds FLAME, the topology
+    and the networks (it came after them, seconds into the run)."""
+    from jaxdeca.train import deca_common
+
+    def built(*a):
+        raise AssertionError("FLAME and the networks were built before weights.vggface2 was checked")
+    monkeypatch.setattr(deca_common.DecaParts, "__init__", built)
     config = test_coarse.get_config()
     config.loss.id = 0.2
     with pytest.raises(paths.ConfigPathError, match="weights.vggface2"):

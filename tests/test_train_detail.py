@@ -11,7 +11,7 @@ import pytest
 from configs import demo as demo_config
 from configs import test_coarse
 from jaxdeca import main as jmain
-from jaxdeca.train import deca_detail, export, loop, paths, run
+from jaxdeca.train import deca_common, deca_detail, export, loop, paths, run
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +122,10 @@ def test_detail_config_errors(tmp_path):
         deca_detail.DetailTask(config)
     config.init.coarse_checkpoint = str(tmp_path)
     config.loss.mrf = 0.05
-    with pytest.raises(paths.ConfigPathError, match="weights.vgg19"):
-        deca_detail.DetailTask(config)
+    with pytest.MonkeyPatch.context() as m:  # refused before FLAME, the topology and the networks are built
+        m.setattr(deca_common.DecaParts, "__init__", lambda *a: pytest.fail("built before weights.vgg19 was checked"))
+        with pytest.raises(paths.ConfigPathError, match="weights.vgg19"):
+            deca_detail.DetailTask(config)
     config.loss.mrf = 0.0
     task = deca_detail.DetailTask(config)  # an existing folder that holds no trained stage
     with pytest.raises(paths.ConfigPathError, match=r"config.init.coarse_checkpoint=.*no checkpoint found"):

@@ -44,8 +44,9 @@ class CoarseTask(deca_common.DecaParts):
             self.weights["id"] = 0.0  # DECA's pretrain has no identity term
         if "init" in config and config.init.get("checkpoint"):
             paths.require_path(config, "init.checkpoint", "the workdir of the stage this one starts from")
+        features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         super().__init__(config)
-        self.frozen_features = deca_common.load_frozen_features(config, self.weights)
+        self.frozen_features = deca_common.load_frozen_features(features)
         self.use_sc = self.stage == "coarse" and bool(self.weights["shape_consistency"])
 
     # --- variables -----------------------------------------------------------------------------

@@ -158,23 +158,28 @@ class DecaParts:
         return render.grid_sample(m, grid)
 
 
-def load_frozen_features(config, weights: dict) -> dict:
-    """Pretrained feature networks the loss weights need, as frozen variables.
+def frozen_feature_paths(config, weights: dict) -> dict:
+    """The pretrained feature networks the loss weights need: {name: path}, checked to exist
+    (ConfigPathError naming the field otherwise). A task calls it first, before it builds FLAME,
+    the topology and the networks, so a missing file stops the run at once.
 
     id > 0 needs config.weights.vggface2 (a directory from `python -m jaxdeca.convert vggface2`);
     the detail stage's photo_D * mrf > 0 needs config.weights.vgg19 (`... convert vgg19`).
     """
-    from jaxdeca.convert.core import load_variables
     out = {}
     if weights.get("id", 0) > 0 and config.get("stage") == "coarse":
-        p = paths.require_path(config, "weights.vggface2", "the converted VGGFace2 ResNet-50 "
-                               "(python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR)")
-        out["vggface2"] = load_variables(p)
+        out["vggface2"] = paths.require_path(config, "weights.vggface2", "the converted VGGFace2 ResNet-50 "
+                                             "(python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR)")
     if config.get("stage") == "detail" and weights.get("photo_D", 0) * weights.get("mrf", 0) > 0:
-        p = paths.require_path(config, "weights.vgg19", "the converted torchvision VGG19 "
-                               "(python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR)")
-        out["vgg19"] = load_variables(p)
+        out["vgg19"] = paths.require_path(config, "weights.vgg19", "the converted torchvision VGG19 "
+                                          "(python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR)")
     return out
+
+
+def load_frozen_features(feature_paths: dict) -> dict:
+    """{name: path} (frozen_feature_paths) -> {name: frozen variables}."""
+    from jaxdeca.convert.core import load_variables
+    return {name: load_variables(p) for name, p in feature_paths.items()}
 
 
 def draw_points(images, points, colour):

@@ -40,8 +40,9 @@ class DetailTask(deca_common.DecaParts):
         self.coarse_ckpt = paths.require_path(config, "init.coarse_checkpoint",
                                               "the workdir of the trained coarse stage (its encoder is frozen here)")
         self.weights = as_weights(config.get("loss"))
+        features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         super().__init__(config)
-        self.frozen_features = deca_common.load_frozen_features(config, self.weights)
+        self.frozen_features = deca_common.load_frozen_features(features)
         self.use_dc = bool(self.weights["detail_consistency"])
 
     # --- variables -----------------------------------------------------------------------------
