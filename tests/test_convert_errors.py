@@ -70,8 +70,8 @@ def test_shape_mismatch_is_named(tmp_path, vgg_state):
     state["features.0.weight"] = torch.zeros(64, 4, 3, 3)
     src = tmp_path / "vgg19.pth"
     torch.save(state, src)
-    with pytest.raises(ConversionError, match=r"features\.0\.weight: found shape \(3, 3, 4, 64\), "
-                                              r"expected \(3, 3, 3, 64\)"):
+    with pytest.raises(ConversionError, match=r"features\.0\.weight: found shape \(64, 4, 3, 3\), "
+                                              r"expected \(64, 3, 3, 3\)$"):
         convert.convert_vgg19(str(src))
 
 
@@ -158,3 +158,32 @@ def test_half_precision_checkpoint_converts_to_float32(tmp_path, vgg_state):
         assert kernel.dtype == np.float32
         np.testing.assert_array_equal(
             kernel, state["features.0.weight"].float().numpy().transpose(2, 3, 1, 0))
+
+
+def test_deca_part_with_wrong_shape_or_foreign_keys_names_them_in_the_files_layout(tmp_path):
+    """A wrong-shaped entry of deca_model.tar is reported once, in the file's (torch) layout,
+    not as the transposed Flax shape plus the Flax variable it would have filled; a part whose
+    every key is foreign (here a DataParallel 'module.' prefix) gives a short message, not a
+    list of all 322 keys twice."""
+    from test_convert_torch_refs import Generator, ResnetEncoder, save_deca_tar
+
+    nets = (ResnetEncoder(236), ResnetEncoder(128), Generator())
+    src = tmp_path / "deca_model.tar"
+    save_deca_tar(str(src), *nets)
+    ckpt = torch.load(src, weights_only=True)
+    ckpt["E_flame"]["layers.2.weight"] = torch.zeros(200, 1024)
+    torch.save(ckpt, src)
+    with pytest.raises(ConversionError) as e:
+        convert.convert_deca(str(src))
+    msg = str(e.value)
+    assert msg.startswith(f"{src} [E_flame]: weights do not match the network")
+    assert "layers.2.weight: found shape (200, 1024), expected (236, 1024)" in msg
+    assert "missing" not in msg and "params/layers_2/kernel" not in msg
+    ckpt["E_flame"] = {"module." + k: v for k, v in nets[0].state_dict().items()}
+    torch.save(ckpt, src)
+    with pytest.raises(ConversionError) as e:
+        convert.convert_deca(str(src))
+    msg = str(e.value)
+    assert len(msg) < 1500, len(msg)
+    assert "unconsumed keys: module.encoder.bn1.bias, " in msg and " more" in msg
+    assert "missing: batch_stats/encoder/bn1/mean, " in msg

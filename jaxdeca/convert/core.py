@@ -10,9 +10,10 @@ segments fold into the preceding name (``layer1.0.downsample.1.running_mean`` ->
 * BatchNorm ``weight``/``bias`` -> ``params/.../scale``/``bias``;
   ``running_mean``/``running_var`` -> ``batch_stats/.../mean``/``var``.
 
-Every key must be consumed and every template leaf filled, else one ``ConversionError`` lists
-the unconsumed and the missing keys. ``num_batches_tracked`` and caller-named prefixes (``fc.``,
-``classifier.``) are explicit ignores.
+Every key must be consumed and every template leaf filled, else one ``ConversionError`` names
+the wrong-shaped keys (in the file's torch layout), the unconsumed keys and the missing
+variables (each list cut to its first ``LISTED`` names). ``num_batches_tracked`` and caller-named
+prefixes (``fc.``, ``classifier.``) are explicit ignores.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from jaxdeca.convert.torch_io import ConversionError
 
 ALWAYS_IGNORED = ("num_batches_tracked",)
+LISTED = 8  # names per list in a ConversionError
 
 
 def flax_path(key: str) -> tuple:
@@ -74,11 +76,12 @@ def torch_to_flax(state: dict, template, source: str, ignore: Iterable[str] = ()
             continue
         mod, _, leaf = key.rpartition(".")
         modules.setdefault(mod, {})[leaf] = (key, np.asarray(value))
-    got, unconsumed, problems = {}, [], []
+    got, unconsumed, problems, mismatched = {}, [], [], set()
     for mod, leaves in modules.items():
         path = flax_path(mod)
         is_bn = "running_mean" in leaves or "running_var" in leaves
         for leaf, (key, v) in leaves.items():
+            found = tuple(v.shape)  # the file's layout, for messages
             if is_bn:
                 dest = {"weight": ("params", "scale"), "bias": ("params", "bias"),
                         "running_mean": ("batch_stats", "mean"),
@@ -94,21 +97,36 @@ def torch_to_flax(state: dict, template, source: str, ignore: Iterable[str] = ()
             if full is None or full not in want:
                 unconsumed.append(key)
             elif tuple(v.shape) != want[full]:
-                problems.append(f"{key}: found shape {tuple(v.shape)}, expected "
-                                f"{want[full]} (after layout change)")
+                problems.append(f"{key}: found shape {found}, expected "
+                                f"{torch_shape(want[full], dest[1])}")
+                mismatched.add(full)
             else:
                 got[full] = v.astype(np.float32)
-    missing = sorted("/".join(p) for p in want if p not in got)
+    missing = sorted("/".join(p) for p in want if p not in got and p not in mismatched)
     if unconsumed or missing or problems:
         msg = [f"{source}: weights do not match the network"]
         if problems:
-            msg.append("shape mismatches: " + "; ".join(problems))
+            msg.append("shape mismatches: " + _listed(problems, "; "))
         if unconsumed:
-            msg.append("unconsumed keys: " + ", ".join(sorted(unconsumed)))
+            msg.append("unconsumed keys: " + _listed(sorted(unconsumed)))
         if missing:
-            msg.append("missing: " + ", ".join(missing))
+            msg.append("missing: " + _listed(missing))
         raise ConversionError("\n  ".join(msg))
     return _unflatten(got)
+
+
+def torch_shape(flax_shape: tuple, leaf: str) -> tuple:
+    """The torch shape whose layout change gives ``flax_shape``: a conv ``kernel`` [kh, kw, I, O]
+    -> [O, I, kh, kw], a linear ``kernel`` [I, O] -> [O, I], anything else unchanged."""
+    if leaf == "kernel" and len(flax_shape) == 4:
+        return tuple(flax_shape[i] for i in (3, 2, 0, 1))
+    return tuple(reversed(flax_shape)) if leaf == "kernel" else tuple(flax_shape)
+
+
+def _listed(names: list, sep: str = ", ") -> str:
+    """The first LISTED names joined, then 'and N more'."""
+    more = f"{sep}and {len(names) - LISTED} more" if len(names) > LISTED else ""
+    return sep.join(names[:LISTED]) + more
 
 
 def init_template(module, *example_args):
