@@ -364,3 +364,21 @@ def test_load_npz_decompresses_each_member_once(tmp_path, monkeypatch):
             assert got[k].dtype == want.dtype, k
             np.testing.assert_array_equal(got[k], want, err_msg=k)
     assert got["albedo_mean"].dtype == np.float32
+
+
+@pytest.mark.parametrize("fmt", ["BFM", "FLAME"])
+def test_transposed_albedo_basis_is_refused(tmp_path, fmt):
+    """The components are the basis's last axis (BFM PC (R*R*3, K), FLAME tex_dir (R, R, 3, K),
+    as DECA's FLAMETex reshapes them); a basis with the components first is refused with both
+    layouts, not reshaped into a scrambled albedo."""
+    a = random_flame(R=8, K=6)
+    path = str(tmp_path / "alb.npz")
+    if fmt == "BFM":
+        np.savez(path, MU=a["albedo_mean"].reshape(-1), PC=a["albedo_basis"].reshape(-1, 6).T)
+        found = r"\(6, 192\)"
+    else:
+        np.savez(path, mean=a["albedo_mean"] * 255, tex_dir=np.moveaxis(a["albedo_basis"], -1, 0) * 255)
+        found = r"\(6, 8, 8, 3\)"
+    with pytest.raises(io.FlameFileError, match=rf"alb.npz: albedo basis has shape {found}, expected "
+                                                r"\(192, K\) or \(8, 8, 3, K\) \(components last\)"):
+        io.read_albedo(path)

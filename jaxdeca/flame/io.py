@@ -375,7 +375,9 @@ def read_albedo(path: str) -> dict:
     """FLAME_albedo_from_BFM.npz (MU, PC) or FLAME_texture.npz (mean, tex_dir, 0..255).
 
     Returns albedo_mean [R, R, 3] and albedo_basis [R, R, 3, K] in the file's channel order,
-    values 0..1 (DECA's FLAMETex reshapes the flat BFM arrays to (R, R, 3)).
+    values 0..1 (DECA's FLAMETex reshapes the flat BFM arrays to (R, R, 3)). The components are
+    the basis's last axis (PC (R*R*3, K), tex_dir (R, R, 3, K)); any other layout, e.g. a
+    transposed PC (K, R*R*3), is refused rather than reshaped into a scrambled albedo.
     """
     if not os.path.isfile(path):
         raise FlameFileError(f"{path}: albedo file not found")
@@ -391,12 +393,12 @@ def read_albedo(path: str) -> dict:
     else:
         raise FlameFileError(f"{path}: expected keys ('MU', 'PC') or ('mean', 'tex_dir'), found {sorted(f)}")
     R = int(round(np.sqrt(mean.size / 3)))
-    if basis.size % max(mean.size, 1) == 0:
-        basis = basis.reshape(mean.size, -1)
-    if R * R * 3 != mean.size or basis.ndim != 2 or basis.shape[0] != mean.size:
-        raise FlameFileError(f"{path}: albedo mean has {mean.size} values and basis shape {basis.shape}; "
-                             "expected R*R*3 and (R*R*3, K) for a square R x R texture")
-    return dict(albedo_mean=mean.reshape(R, R, 3), albedo_basis=basis.reshape(R, R, 3, -1))
+    if R < 1 or R * R * 3 != mean.size:
+        raise FlameFileError(f"{path}: albedo mean has {mean.size} values, expected R*R*3 for a square R x R texture")
+    if basis.ndim < 2 or int(np.prod(basis.shape[:-1])) != mean.size:  # e.g. a transposed PC (K, R*R*3)
+        raise FlameFileError(f"{path}: albedo basis has shape {basis.shape}, expected ({mean.size}, K) or "
+                             f"({R}, {R}, 3, K) (components last)")
+    return dict(albedo_mean=mean.reshape(R, R, 3), albedo_basis=basis.reshape(R, R, 3, basis.shape[-1]))
 
 
 def read_obj(path: str) -> dict:
