@@ -382,3 +382,28 @@ def test_transposed_albedo_basis_is_refused(tmp_path, fmt):
     with pytest.raises(io.FlameFileError, match=rf"alb.npz: albedo basis has shape {found}, expected "
                                                 r"\(192, K\) or \(8, 8, 3, K\) \(components last\)"):
         io.read_albedo(path)
+
+
+def test_obj_with_other_faces_or_vertices_than_the_model_is_refused(tmp_path):
+    """The UV faces of head_template.obj are paired with the model's faces one by one, so its
+    faces must be the model's in the same order (the official files' are), not only as many;
+    its vertices must be as many as the model's. A reordered or rewound face list, or another
+    mesh, is refused naming the OBJ and the first differing face."""
+    a = random_flame()
+    p = io.write_official(str(tmp_path / "data"), a, chumpy=False)
+    args = (p["model_pkl"], p["landmarks"])
+    faces = a["faces"].copy()
+    faces[[3, 7]] = faces[[7, 3]]
+    obj = io.write_obj_template(str(tmp_path / "swapped.obj"), a["v_template"], faces, a["uv_coords"], a["uv_faces"])
+    with pytest.raises(io.FlameFileError, match=r"swapped.obj: face 3 is \(.*\), the FLAME model's face 3 is \(.*\); "
+                                                r"the OBJ's faces must be the model's, in its order"):
+        io.assemble(*args, obj)
+    rewound = a["faces"][:, [1, 2, 0]]
+    obj = io.write_obj_template(str(tmp_path / "rewound.obj"), a["v_template"], rewound, a["uv_coords"], a["uv_faces"])
+    with pytest.raises(io.FlameFileError, match=r"rewound.obj: face 0 is"):
+        io.assemble(*args, obj)
+    extra = np.concatenate([a["v_template"], np.zeros((2, 3), np.float32)])
+    obj = io.write_obj_template(str(tmp_path / "more.obj"), extra, a["faces"], a["uv_coords"], a["uv_faces"])
+    with pytest.raises(io.FlameFileError, match=r"more.obj: has 122 vertices, the FLAME model 120"):
+        io.assemble(*args, obj)
+    assert io.assemble(*args, p["obj"])["uv_faces"].shape == (200, 3)

@@ -452,14 +452,31 @@ def read_fixed_displacement(path: str) -> np.ndarray:
     return a.astype(np.float32)
 
 
+def check_same_mesh(mesh: dict, arrays: dict, obj: str) -> None:
+    """The OBJ's uv_faces are paired with the model's faces row by row, so its vertices must be
+    as many as the model's (V) and its faces [F, 3] the model's, in the same order and corner
+    order (the official head_template.obj's are); FlameFileError naming `obj` and the first
+    differing face otherwise."""
+    V, F = arrays["v_template"].shape[0], arrays["faces"].shape[0]
+    if mesh["vertices"].shape[0] != V:
+        raise FlameFileError(f"{obj}: has {mesh['vertices'].shape[0]} vertices, the FLAME model {V}")
+    if mesh["faces"].shape[0] != F:
+        raise FlameFileError(f"{obj}: has {mesh['faces'].shape[0]} faces, the FLAME model {F}")
+    differ = np.flatnonzero(np.any(mesh["faces"] != arrays["faces"], axis=1))
+    if differ.size:
+        i = int(differ[0])
+        raise FlameFileError(f"{obj}: face {i} is {tuple(map(int, mesh['faces'][i]))}, the FLAME model's face {i} is "
+                             f"{tuple(map(int, arrays['faces'][i]))} ({differ.size} faces differ); the OBJ's faces must "
+                             "be the model's, in its order, for its UV faces to pair with them")
+
+
 def assemble(model_pkl: str, landmarks: str, obj: str, albedo: str | None = None, uv_face_eye_mask: str | None = None,
              uv_face_mask: str | None = None, fixed_displacement: str | None = None) -> dict:
     """Reads the official files into one validated FLAME npz dict."""
     arrays = read_generic_model_pkl(model_pkl)
     arrays.update(read_landmark_embedding(landmarks))
     mesh = read_obj(obj)
-    if mesh["faces"].shape != arrays["faces"].shape:
-        raise FlameFileError(f"{obj}: has {mesh['faces'].shape[0]} faces, the FLAME model {arrays['faces'].shape[0]}")
+    check_same_mesh(mesh, arrays, obj)
     arrays.update(uv_coords=mesh["uv_coords"], uv_faces=mesh["uv_faces"])
     if albedo:
         arrays.update(read_albedo(albedo))
