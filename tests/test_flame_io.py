@@ -407,3 +407,19 @@ def test_obj_with_other_faces_or_vertices_than_the_model_is_refused(tmp_path):
     with pytest.raises(io.FlameFileError, match=r"more.obj: has 122 vertices, the FLAME model 120"):
         io.assemble(*args, obj)
     assert io.assemble(*args, p["obj"])["uv_faces"].shape == (200, 3)
+
+
+def test_uv_mask_is_the_red_channel_as_deca_reads_it(tmp_path):
+    """DECA reads a UV mask as skimage's imread(...)[:, :, 0], the red channel, not a grey
+    conversion: a mask whose channels differ (here red = the mask, green and blue = noise,
+    plus an alpha channel) is read as its red channel / 255; a single-channel PNG is its grey."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    red = np.where(rng.random((256, 256)) < 0.5, 255, 0).astype(np.uint8)
+    noise = rng.integers(0, 256, (256, 256, 2), dtype=np.uint8)
+    bgra = np.dstack([noise[..., 0], noise[..., 1], red, np.full_like(red, 255)])
+    for name, img in (("rgb.png", bgra[..., :3]), ("rgba.png", bgra), ("grey.png", red)):
+        path = str(tmp_path / name)
+        cv2.imwrite(path, img)
+        np.testing.assert_array_equal(io.read_uv_mask(path), red / np.float32(255.0), err_msg=name)

@@ -413,13 +413,18 @@ def read_obj(path: str) -> dict:
 
 
 def read_uv_mask(path: str, size: int = 256) -> np.ndarray:
-    """A DECA UV mask PNG -> [size, size] float32 (grey / 255), resized as DECA does with
-    F.interpolate's default 'nearest' (source texel floor(dst * R / size)), not blended."""
+    """A DECA UV mask PNG -> [size, size] float32 (red channel / 255), resized as DECA does with
+    F.interpolate's default 'nearest' (source texel floor(dst * R / size)), not blended.
+
+    DECA reads the mask as skimage's imread(path)[:, :, 0], the red channel (not a grey
+    conversion, which differs where the channels do); a single-channel PNG is its grey, alpha
+    is ignored."""
     import cv2  # local: only this reader needs OpenCV
 
-    img = cv2.imread(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    img = cv2.imread(path, cv2.IMREAD_COLOR) if os.path.isfile(path) else None  # 8-bit BGR
     if img is None:
         raise FlameFileError(f"{path}: not a readable mask image")
+    img = img[:, :, 2]
     rows, cols = (np.minimum(np.floor(np.arange(size, dtype=np.float32) * np.float32(n / size)), n - 1).astype(np.int64)
                   for n in img.shape[:2])
     return img[rows[:, None], cols[None, :]].astype(np.float32) / 255.0
