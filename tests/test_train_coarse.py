@@ -117,6 +117,33 @@ def test_identity_loss_runs_with_converted_vggface2(tmp_path):
     assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g)) > 0
 
 
+def test_wrong_converted_weights_are_refused_naming_the_field(tmp_path, monkeypatch):
+    """config.weights.vggface2 naming the official .pkl instead of the converted directory, or
+    the converted VGG19 (the other `jaxdeca.convert` output), is one ConfigError naming the
+    field, before FLAME and the networks are built (it was a ConversionError traceback, or a
+    Flax scope error from inside the first jitted train step)."""
+    from jaxdeca.convert.core import save_variables
+    from jaxdeca.train import deca_common
+
+    def built(*a):
+        raise AssertionError("FLAME and the networks were built before weights.vggface2 was checked")
+    monkeypatch.setattr(deca_common.DecaParts, "__init__", built)
+    config = test_coarse.get_config("coarse")
+    config.loss.id = 0.2
+    pkl = tmp_path / "resnet50_ft_weight.pkl"
+    pkl.write_bytes(b"pickled arrays")
+    config.weights.vggface2 = str(pkl)
+    with pytest.raises(paths.ConfigError, match=r"config.weights.vggface2=.*resnet50_ft_weight.pkl.*"
+                                                r"python -m jaxdeca.convert vggface2"):
+        CoarseTask(config)
+    vgg = {"params": {"features_0": {"kernel": np.zeros((3, 3, 3, 64), np.float32),
+                                     "bias": np.zeros(64, np.float32)}}}
+    save_variables(vgg, str(tmp_path / "vgg19"))
+    config.weights.vggface2 = str(tmp_path / "vgg19")
+    with pytest.raises(paths.ConfigError, match=r"config.weights.vggface2=.*vgg19.*: (unexpected|missing) variable"):
+        CoarseTask(config)
+
+
 def test_init_cam_scale_sets_the_camera_scale_output():
     import jax
     config = test_coarse.get_config("pretrain")

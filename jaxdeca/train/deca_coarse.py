@@ -45,8 +45,8 @@ class CoarseTask(deca_common.DecaParts):
         if "init" in config and config.init.get("checkpoint"):
             paths.require_path(config, "init.checkpoint", "the workdir of the stage this one starts from")
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
-        super().__init__(config)
         self.frozen_features = deca_common.load_frozen_features(features)
+        super().__init__(config)
         self.use_sc = self.stage == "coarse" and bool(self.weights["shape_consistency"])
 
     # --- variables -----------------------------------------------------------------------------

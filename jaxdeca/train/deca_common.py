@@ -176,10 +176,32 @@ def frozen_feature_paths(config, weights: dict) -> dict:
     return out
 
 
+def frozen_feature_template(name: str) -> dict:
+    """Variable shapes of what `python -m jaxdeca.convert <name>` writes: 'vggface2' (the Caffe
+    ResNet-50, params and batch_stats) or 'vgg19' (VGG19Features, all 16 convs)."""
+    from jaxdeca.convert.core import init_template
+    if name == "vggface2":
+        return init_template(models.vggface2_resnet50(), jnp.zeros((1, 32, 32, 3)))
+    return init_template(models.VGG19Features(layers=("pool_5",)), jnp.zeros((1, 32, 32, 3)))
+
+
 def load_frozen_features(feature_paths: dict) -> dict:
-    """{name: path} (frozen_feature_paths) -> {name: frozen variables}."""
+    """{name: path} (frozen_feature_paths) -> {name: frozen variables}, each checked against its
+    network (checked_like). A path that is not a converted directory (e.g. the official file
+    itself) or holds another network (the other converter's output) is one ConfigError naming
+    config.weights.<name>."""
     from jaxdeca.convert.core import load_variables
-    return {name: load_variables(p) for name, p in feature_paths.items()}
+    from jaxdeca.convert.torch_io import ConversionError
+    out = {}
+    for name, p in feature_paths.items():
+        where, how = f"config.weights.{name}={p!r}", f"python -m jaxdeca.convert {name}"
+        try:
+            v = load_variables(p)
+        except ConversionError as e:
+            raise paths.ConfigError(f"{where}: {e}; it must name a directory written by {how}") from None
+        out[name] = checked_like(frozen_feature_template(name), v, where,
+                                 hint=f"not the network {how} writes")
+    return out
 
 
 def draw_points(images, points, colour):
@@ -197,27 +219,28 @@ def composite(render_images, mask, images):
     return render_images * a + images * (1 - a)
 
 
-def checked_like(template: dict, loaded: dict, where: str) -> dict:
+def checked_like(template: dict, loaded: dict, where: str, hint: str | None = None) -> dict:
     """`loaded` variables cast onto `template`'s structure; a missing, unexpected or misshapen
     variable is one clear ConfigError (a deeper network's checkpoint holds every variable of a
-    shallower one at the same shapes: its extra layers must not be dropped silently)."""
+    shallower one at the same shapes: its extra layers must not be dropped silently). `hint`
+    replaces the messages' closing remark (by default about config.model)."""
+    differs = hint or "the checkpoint's network differs from config.model"
+    reshaped = hint or "config.model must match the checkpoint's"
     flat_t = jax.tree_util.tree_flatten_with_path(template)[0]
     flat_l = dict((jax.tree_util.keystr(p), v) for p, v in jax.tree_util.tree_flatten_with_path(loaded)[0])
     extra = sorted(set(flat_l) - {jax.tree_util.keystr(p) for p, _ in flat_t})
     if extra:
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
-        raise paths.ConfigError(f"{where}: unexpected variable {', '.join(extra[:3])}{more} (the checkpoint's network "
-                         "differs from config.model)")
+        raise paths.ConfigError(f"{where}: unexpected variable {', '.join(extra[:3])}{more} ({differs})")
     leaves = []
     for p, t in flat_t:
         key = jax.tree_util.keystr(p)
         if key not in flat_l:
-            raise paths.ConfigError(f"{where}: missing variable {key} (the checkpoint's network differs from "
-                             "config.model)")
+            raise paths.ConfigError(f"{where}: missing variable {key} ({differs})")
         v = np.asarray(flat_l[key])
         if v.shape != t.shape:
             raise paths.ConfigError(f"{where}: variable {key} has shape {v.shape}, expected {tuple(t.shape)} "
-                             "(config.model must match the checkpoint's)")
+                                    f"({reshaped})")
         leaves.append(jnp.asarray(v, t.dtype))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 

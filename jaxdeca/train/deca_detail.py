@@ -41,8 +41,8 @@ class DetailTask(deca_common.DecaParts):
                                               "the workdir of the trained coarse stage (its encoder is frozen here)")
         self.weights = as_weights(config.get("loss"))
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
-        super().__init__(config)
         self.frozen_features = deca_common.load_frozen_features(features)
+        super().__init__(config)
         self.use_dc = bool(self.weights["detail_consistency"])
 
     # --- variables -----------------------------------------------------------------------------
