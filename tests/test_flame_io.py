@@ -423,3 +423,61 @@ def test_uv_mask_is_the_red_channel_as_deca_reads_it(tmp_path):
         path = str(tmp_path / name)
         cv2.imwrite(path, img)
         np.testing.assert_array_equal(io.read_uv_mask(path), red / np.float32(255.0), err_msg=name)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("kintree_table", np.array(3), r"key 'kintree_table' has shape \(\), expected \(2, 5\)"),
+    ("kintree_table", np.arange(5), r"key 'kintree_table' has shape \(5,\), expected \(2, 5\)"),
+    ("kintree_table", np.array([[4294967295, 0, 1, 9, 1], [0, 1, 2, 3, 4]]),
+     r"key 'parents' is \[-1, 0, 1, 9, 1\]; expected -1 for joint 0 and a parent 0 <= p < j for each joint j"),
+    ("v_template", "hello", r"key 'v_template' holds str, expected a numeric array"),
+    ("v_template", {"a": 1}, r"key 'v_template' holds dict, expected a numeric array"),
+    ("J_regressor", "x", r"key 'J_regressor' holds str, expected a numeric array"),
+    ("f", np.full((200, 3), 0.5), r"key 'f' holds float64 values, expected integer indices"),
+])
+def test_malformed_model_pickle_entries_are_named(tmp_path, key, value, message):
+    """Entries of generic_model.pkl that are no array of the right kind (contrived, e.g. a
+    hand-edited or foreign pickle) are one FlameFileError naming the file and the key, not an
+    IndexError/TypeError/ValueError from numpy, nor float faces silently truncated."""
+    a = random_flame()
+    path = io.write_generic_model_pkl(str(tmp_path / "generic_model.pkl"), a, chumpy=False)
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    d[key] = value
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    with pytest.raises(io.FlameFileError, match=r"generic_model.pkl: " + message):
+        io.read_generic_model_pkl(path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("static_lmk_bary_coords", np.zeros((50, 2)), r"key 'static_lmk_bary_coords' has shape \(50, 2\), expected \(51, 3\)"),
+    ("static_lmk_bary_coords", np.zeros((51, 2)), r"key 'static_lmk_bary_coords' has shape \(51, 2\), expected \(51, 3\)"),
+    ("static_lmk_bary_coords", np.zeros((3, 51)), r"key 'static_lmk_bary_coords' has shape \(3, 51\), expected \(51, 3\)"),
+    ("full_lmk_bary_coords", np.zeros((1, 68, 4)), r"key 'full_lmk_bary_coords' has shape \(1, 68, 4\), expected \(68, 3\)"),
+    ("full_lmk_faces_idx", "abc", r"key 'full_lmk_faces_idx' holds str, expected a numeric array"),
+    ("dynamic_lmk_faces_idx", None, r"key 'dynamic_lmk_faces_idx' holds NoneType, expected a numeric array"),
+])
+def test_malformed_landmark_entries_are_named(tmp_path, key, value, message):
+    """The same for landmark_embedding.npy: a wrong shape is reported as the file holds it, not
+    after a reshape (or a bare 'cannot reshape' ValueError)."""
+    a = random_flame()
+    path = io.write_landmark_embedding(str(tmp_path / "landmark_embedding.npy"), a, torch_tensors=False)
+    d = np.load(path, allow_pickle=True).item()
+    d[key] = value
+    np.save(path, d, allow_pickle=True)
+    with pytest.raises(io.FlameFileError, match=r"landmark_embedding.npy: " + message):
+        io.read_landmark_embedding(path)
+    # the official layouts: (51,) and (51, 3) static, (1, 68) and (1, 68, 3) full
+    got = io.read_landmark_embedding(io.write_landmark_embedding(str(tmp_path / "ok.npy"), a, torch_tensors=False))
+    assert got["full_lmk_bary_coords"].shape == (68, 3) and got["static_lmk_faces_idx"].shape == (51,)
+
+
+def test_malformed_albedo_entries_and_npz_parents_are_named(tmp_path):
+    a = random_flame()
+    path = str(tmp_path / "alb.npz")
+    np.savez(path, MU=np.array(["x"] * 192), PC=np.zeros((192, 6)))
+    with pytest.raises(io.FlameFileError, match=r"alb.npz: key 'MU' holds <U1 values, expected a numeric array"):
+        io.read_albedo(path)
+    with pytest.raises(io.FlameFileError, match=r"m.npz: key 'parents' is \[-1, 0, 1, 1, 4\]"):
+        io.validate(dict(a, parents=np.array([-1, 0, 1, 1, 4], np.int32)), "m.npz")

@@ -78,12 +78,22 @@ def validate(arrays: dict, where: str = "FLAME model") -> None:
     _check_shapes(arrays, OPTIONAL, where, sizes, required=False)
     if ("albedo_mean" in arrays) != ("albedo_basis" in arrays):
         raise FlameFileError(f"{where}: 'albedo_mean' and 'albedo_basis' must be given together")
+    check_parents(arrays["parents"], where)
     F, V, T = arrays["faces"].shape[0], arrays["v_template"].shape[0], arrays["uv_coords"].shape[0]
     for key, hi in (("faces", V), ("uv_faces", T), ("static_lmk_faces_idx", F), ("dynamic_lmk_faces_idx", F),
                     ("full_lmk_faces_idx", F)):
         a = np.asarray(arrays[key])
         if a.size and (a.min() < 0 or a.max() >= hi):
             raise FlameFileError(f"{where}: key '{key}' has indices in [{a.min()}, {a.max()}], expected [0, {hi - 1}]")
+
+
+def check_parents(parents, where: str) -> None:
+    """parents [J]: -1 for the root joint 0, and each joint's parent before it (the kinematic
+    chain is built in joint order); FlameFileError naming `where` otherwise."""
+    p = [int(x) for x in np.asarray(parents).reshape(-1)]
+    if not p or p[0] != -1 or any(not 0 <= q < j for j, q in enumerate(p) if j):
+        raise FlameFileError(f"{where}: key 'parents' is {p}; expected -1 for joint 0 and a parent 0 <= p < j "
+                             "for each joint j")
 
 
 def load_npz(path: str) -> dict:
@@ -330,25 +340,53 @@ def _array(d: dict, key: str, where: str) -> np.ndarray:
     return np.asarray(v)
 
 
+def _numeric(d: dict, key: str, where: str, dtype) -> np.ndarray:
+    """`_array` cast to `dtype`; a value that is no numeric array (a string, a dict, None...) or,
+    for an integer dtype, holds non-integral floats is a FlameFileError naming the key."""
+    a = _array(d, key, where)
+    if a.dtype.kind not in "biuf":
+        raw = d[key]
+        what = f"{a.dtype} values" if isinstance(raw, (np.ndarray, _ChumpyShim)) else type(raw).__name__
+        raise FlameFileError(f"{where}: key '{key}' holds {what}, expected a numeric array")
+    if np.issubdtype(dtype, np.integer) and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        raise FlameFileError(f"{where}: key '{key}' holds {a.dtype} values, expected integer indices")
+    return a.astype(dtype)
+
+
+def _landmark(d: dict, key: str, where: str, dtype) -> np.ndarray:
+    """A landmark entry in the schema's shape (REQUIRED[key]) once its size-1 axes are dropped
+    (the official full_* entries are (1, 68) and (1, 68, 3)); any other shape is refused as the
+    file holds it, not reshaped."""
+    a = _numeric(d, key, where, dtype)
+    want = REQUIRED[key]
+    squeezed = a.reshape(tuple(n for n in a.shape if n != 1))
+    if squeezed.shape != want:
+        raise FlameFileError(f"{where}: key '{key}' has shape {a.shape}, expected {want}")
+    return squeezed
+
+
 def read_generic_model_pkl(path: str) -> dict:
     """Official FLAME `generic_model.pkl` -> the geometry keys of the npz schema."""
     d = _unpickle(path, "FLAME model pickle")
-    shapedirs = _array(d, "shapedirs", path)
+    shapedirs = _numeric(d, "shapedirs", path, np.float32)
     if shapedirs.ndim != 3 or shapedirs.shape[1] != 3 or shapedirs.shape[2] < 301:
         raise FlameFileError(f"{path}: key 'shapedirs' has shape {shapedirs.shape}, expected (V, 3, 400) "
                              "(300 identity + 100 expression components)")
-    kintree = _array(d, "kintree_table", path)
-    parents = kintree[0].astype(np.int64)
+    kintree, J = _numeric(d, "kintree_table", path, np.int64), REQUIRED["parents"][0]
+    if kintree.shape != (2, J):
+        raise FlameFileError(f"{path}: key 'kintree_table' has shape {kintree.shape}, expected (2, {J})")
+    parents = kintree[0].copy()
     parents[0] = -1
+    check_parents(parents, path)
     out = dict(
-        v_template=_array(d, "v_template", path).astype(np.float32),
-        shapedirs=shapedirs[:, :, :300].astype(np.float32),
-        exprdirs=shapedirs[:, :, 300:].astype(np.float32),
-        posedirs=_array(d, "posedirs", path).astype(np.float32),
-        J_regressor=_array(d, "J_regressor", path).astype(np.float32),
+        v_template=_numeric(d, "v_template", path, np.float32),
+        shapedirs=np.ascontiguousarray(shapedirs[:, :, :300]),
+        exprdirs=np.ascontiguousarray(shapedirs[:, :, 300:]),
+        posedirs=_numeric(d, "posedirs", path, np.float32),
+        J_regressor=_numeric(d, "J_regressor", path, np.float32),
         parents=parents.astype(np.int32),
-        lbs_weights=_array(d, "weights", path).astype(np.float32),
-        faces=_array(d, "f", path).astype(np.int32),
+        lbs_weights=_numeric(d, "weights", path, np.float32),
+        faces=_numeric(d, "f", path, np.int32),
     )
     sizes: dict[str, int] = {}
     geo = {k: v for k, v in REQUIRED.items() if k in out}
@@ -357,18 +395,11 @@ def read_generic_model_pkl(path: str) -> dict:
 
 
 def read_landmark_embedding(path: str) -> dict:
-    """DECA's `landmark_embedding.npy` -> the six landmark keys of the npz schema."""
+    """DECA's `landmark_embedding.npy` -> the six landmark keys of the npz schema (`_landmark`)."""
     d = _unpickle(path, "landmark embedding")
-    out = dict(
-        static_lmk_faces_idx=_array(d, "static_lmk_faces_idx", path).astype(np.int32).reshape(-1),
-        static_lmk_bary_coords=_array(d, "static_lmk_bary_coords", path).astype(np.float32).reshape(-1, 3),
-        dynamic_lmk_faces_idx=_array(d, "dynamic_lmk_faces_idx", path).astype(np.int32),
-        dynamic_lmk_bary_coords=_array(d, "dynamic_lmk_bary_coords", path).astype(np.float32),
-        full_lmk_faces_idx=_array(d, "full_lmk_faces_idx", path).astype(np.int32).reshape(-1),
-        full_lmk_bary_coords=_array(d, "full_lmk_bary_coords", path).astype(np.float32).reshape(-1, 3),
-    )
-    _check_shapes(out, {k: REQUIRED[k] for k in out}, path, {}, required=True)
-    return out
+    return {k: _landmark(d, k, path, np.int32 if k.endswith("_idx") else np.float32)
+           for k in ("static_lmk_faces_idx", "static_lmk_bary_coords", "dynamic_lmk_faces_idx",
+                     "dynamic_lmk_bary_coords", "full_lmk_faces_idx", "full_lmk_bary_coords")}
 
 
 def read_albedo(path: str) -> dict:
@@ -386,10 +417,10 @@ def read_albedo(path: str) -> dict:
     except Exception as e:  # noqa: BLE001
         raise FlameFileError(f"{path}: not a readable npz file ({type(e).__name__}: {e})") from None
     if "MU" in f and "PC" in f:
-        mean, basis = np.asarray(f["MU"], np.float32).reshape(-1), np.asarray(f["PC"], np.float32)
+        mean, basis = _numeric(f, "MU", path, np.float32).reshape(-1), _numeric(f, "PC", path, np.float32)
     elif "mean" in f and "tex_dir" in f:
-        mean = np.asarray(f["mean"], np.float32).reshape(-1) / 255.0
-        basis = np.asarray(f["tex_dir"], np.float32) / 255.0
+        mean = _numeric(f, "mean", path, np.float32).reshape(-1) / 255.0
+        basis = _numeric(f, "tex_dir", path, np.float32) / 255.0
     else:
         raise FlameFileError(f"{path}: expected keys ('MU', 'PC') or ('mean', 'tex_dir'), found {sorted(f)}")
     R = int(round(np.sqrt(mean.size / 3)))
