@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import textwrap
 
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path
+from ml_collections.config_flags.config_flags import UnsupportedOperationError
 
 from jaxdeca.flame.io import FlameFileError
 from jaxdeca.train import paths
@@ -100,14 +102,21 @@ def _user_errors():
 
 def parse_flags(argv):
     """absl's flag parsing, except that a `--config.<field>` override naming no field of the
-    config (a typo) or giving a value of another type than the field's (--config.seed=abc), and a
-    --config=FILE[:ARG] that gives no config (ConfigFileError), are one 'error:' line (exit status
-    2) instead of ml_collections' traceback or absl's 'FATAL Flags parsing error' line (exit
-    status 1); absl reports any other flag error as before."""
+    config (a typo), giving a value of another type than the field's (--config.seed=abc) or
+    naming a field ml_collections cannot override (a bare None default in the user's own config
+    file), and a --config=FILE[:ARG] that gives no config (ConfigFileError), are one 'error:' line
+    (exit status 2) instead of ml_collections' traceback or absl's 'FATAL Flags parsing error'
+    line (exit status 1); absl reports any other flag error as before."""
     try:
         return FLAGS(argv)
     except ConfigFileError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except UnsupportedOperationError as e:
+        message = _untyped_field_override(e, argv)
+        if message is None:
+            _absl_flags_error(e)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except flags.IllegalFlagValueError as e:
         message = _wrong_type_override(e, argv)
@@ -161,6 +170,22 @@ def _wrong_type_override(error, argv) -> str | None:
     expected = "a ConfigDict (a dict)" if isinstance(field_type, type) and issubclass(field_type, ConfigDict) \
         else _TYPE_NAMES.get(field_type, f"a {getattr(field_type, '__name__', field_type)}")
     return f"--{name}={value}: {name} takes {expected} ({text[len(head):]})"
+
+
+def _untyped_field_override(error, argv) -> str | None:
+    """The one-line message for ml_collections' UnsupportedOperationError `error`, an override of a
+    field whose type it cannot parse ('Type <class 'NoneType'> of field config.sub.y is not
+    supported for overriding ...'): a field defaulting to None (the shipped configs have none:
+    their optional fields are typed placeholders) or a list, dict, other object. None when the
+    message names no field."""
+    found = re.match(r"Type <class '([\w.]+)'> of field (config(?:\.\w+)+) is not supported", str(error))
+    if found is None:
+        return None
+    type_name, name = found.groups()
+    flag = next((a for a in argv if a == f"--{name}" or a.startswith(f"--{name}=")), f"--{name}")
+    what = "defaults to None" if type_name == "NoneType" else f"is a {type_name.rsplit('.', 1)[-1]}"
+    return (f"{flag}: {name} {what}, which cannot be overridden from the command line; give it a typed "
+            f"default in the config file: ml_collections.config_dict.placeholder(<type>)")
 
 
 def _absl_flags_error(error) -> None:

@@ -272,6 +272,52 @@ def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, messag
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
 
 
+def test_shipped_config_fields_can_all_be_overridden():
+    """ml_collections cannot override a field whose default is a bare None (or a list, a dict):
+    every field of the shipped configs is a bool, int, float, str or tuple, or a typed
+    placeholder (ml_collections.config_dict.placeholder), so `--config.X=value` works for each."""
+    import importlib
+
+    from ml_collections import ConfigDict
+    from ml_collections.config_dict import FieldReference
+
+    def untyped(c, prefix=""):
+        for k in c.keys():
+            v = c._fields[k]
+            if isinstance(v, ConfigDict):
+                yield from untyped(v, f"{prefix}{k}.")
+            elif (v.get_type() if isinstance(v, FieldReference) else type(v)) not in (bool, int, float, str, tuple):
+                yield prefix + k
+
+    for name, args in [("coarse", ("pretrain", "coarse", "detail")), ("pretrain", ()), ("detail", ()),
+                       ("demo", ("", "tiny")), ("test_coarse", ("pretrain", "coarse", "detail")), ("test_toy", ())]:
+        module = importlib.import_module(f"configs.{name}")
+        for config in [module.get_config(a) for a in args] or [module.get_config()]:
+            assert list(untyped(config)) == [], name
+
+
+def test_main_reports_an_override_of_an_untyped_field_in_one_line(tmp_path):
+    """A user's own config file with a field defaulting to None: `--config.sub.y=3` was absl's
+    'FATAL Flags parsing error: Type <class 'NoneType'> of field config.sub.y is not supported for
+    overriding ...' (exit status 1). It is one error line naming the override and the fix."""
+    cfg = tmp_path / "mine.py"
+    cfg.write_text(textwrap.dedent("""
+        import ml_collections
+        def get_config():
+            c = ml_collections.ConfigDict()
+            c.mode = "train"
+            c.sub = ml_collections.ConfigDict(dict(y=None))
+            return c
+    """))
+    res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", f"--config={cfg}",
+                          "--config.sub.y=3"], cwd=REPO, env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and "FATAL" not in res.stderr, res.stderr[-3000:]
+    assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: --config.sub.y=3: config.sub.y defaults to None, which cannot be overridden from the command "
+        "line; give it a typed default in the config file: ml_collections.config_dict.placeholder(<type>)"]
+
+
 def test_zero_log_and_checkpoint_cadence_means_only_the_last_step(tmp_path):
     """train.log_every / checkpoint_every = 0 turn the periodic reports off, as eval_every and
     image_every = 0 do: the last step is still logged and saved. A negative one is refused."""
