@@ -28,6 +28,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -46,6 +47,14 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
         for k, v in metrics.to_scalars(eval_step(state, parallel.shard_batch(b, mesh))).items():
             sums[k] = sums.get(k, 0.0) + v
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
+
+
+@jax.jit
+def _add_terms(total, terms):
+    """`total` + the step's `terms` (float32 sums of the loss terms since the last log; None:
+    the first step of an interval). One dispatch per step, no wait for the step to finish."""
+    terms = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
+    return terms if total is None else {k: total[k] + v for k, v in terms.items()}
 
 
 def cadence(tc, name: str) -> int:
@@ -99,7 +108,9 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     """Runs `config.train.num_steps` steps of `task`; returns {'state', 'eval_history', 'losses'}.
 
     eval_history ([(step, {name: value})]) spans the whole run, resumes included (checkpoints
-    carry it); losses are this call's logged training losses. A run resumed from a checkpoint
+    carry it); losses are this call's logged training losses, [(step, loss)]. Each log (losses,
+    the train/* scalars, the console line) holds the mean of the steps since the previous log
+    of this call (clu's convention), not the one step it falls on. A run resumed from a checkpoint
     at or past num_steps trains nothing; it evaluates that state (eval_every > 0) unless the
     history holds it.
 
@@ -177,16 +188,19 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         if eval_batches and eval_every and not any(st == start for st, _ in eval_history):
             do_eval(start)
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
+    term_sums, n_summed = None, 0  # the loss terms summed over the steps since the last log
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
         state, terms = train_step(state, batch)
+        term_sums, n_summed = _add_terms(term_sums, terms), n_summed + 1
         if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
             jax.block_until_ready(terms)
             first = progress.first_step_done(step)
             writer.write_scalars(step, {"first_step_sec": first})
             logging.info("first step %d took %.1f s (XLA compile included)", step, first)
         if due(step, log_every, int(tc.num_steps)):
-            scalars = {f"train/{k}": v for k, v in metrics.to_scalars(terms).items()}
+            scalars = {f"train/{k}": v / n_summed for k, v in metrics.to_scalars(term_sums).items()}
+            term_sums, n_summed = None, 0
             losses.append((step, scalars["train/loss"]))
             rates, line = progress.report(step)
             writer.write_scalars(step, {**scalars, **rates})
