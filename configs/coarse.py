@@ -6,6 +6,11 @@ release recipe (configs/release_version/deca_{pretrain,coarse,detail}.yml, one G
 `RELEASE_BATCHES`, identities x K images per step (train.batch_size is the global batch, split
 over all devices; it must be a multiple of K and of the device count).
 
+config.seed seeds the stage's data order, the initial weights of the networks it creates and
+its per-step noise. Each stage is a run of its own (as in DECA), so stages with the same seed
+read the data in the same order (identities grouped by their own batch size and K); that is
+harmless, every stage passes over the data many times. `--config.seed=N` changes it per stage.
+
 Paths the user supplies (each a config field; a missing one is one clear error at start):
   data.data_dir         tfds data dir holding identity_faces/<data.config> (build it with
                         python -m jaxdeca.data.prepare, then python -m jaxdeca.data.tfds_faces)
