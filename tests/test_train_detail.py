@@ -167,6 +167,28 @@ def test_stage_started_from_another_cam_scale_is_refused(coarse_dir):
     assert frozen["E_flame"]["params"]["layers_2"]["kernel"].dtype == np.float32
 
 
+def test_detail_stage_with_another_image_size_than_its_frozen_coarse_encoder_is_refused(coarse_dir):
+    """The detail stage runs the coarse encoder frozen (eval-mode BN, no updates): at another
+    config.data.image_size than the coarse stage trained it at, it read every face at another
+    scale than it learned, and its codes (the detail stage's whole geometry) were off, silently.
+    It is one ConfigError naming both sizes. The coarse stage may start from a pretrain stage of
+    another size (it trains the encoder further): landmarks and camera are in [-1, 1] units."""
+    config = detail_config(coarse_dir)
+    config.data.image_size = 32
+    with pytest.raises(paths.ConfigError) as e:
+        run.make_task(config).init_variables(jax.random.key(0))
+    step = demo_config.get_config("tiny").coarse.train.num_steps
+    assert str(e.value) == (f"config.init.coarse_checkpoint={str(coarse_dir / 'coarse')!r} (checkpoint step {step}) "
+                            "was trained with config.data.image_size=48, but this stage has config.data.image_size=32: "
+                            "its encoder, frozen here, would read faces at another scale than it learned; use the "
+                            "image size of the stage it starts from"), str(e.value)
+    coarse = test_coarse.get_config("coarse")
+    coarse.init.checkpoint = str(coarse_dir / "pretrain")
+    coarse.model.cam_scale = config.model.cam_scale
+    coarse.data.image_size = 32
+    run.make_task(coarse).init_variables(jax.random.key(0))
+
+
 def test_checkpoint_with_more_layers_than_config_model_is_refused():
     """A ResNet with blocks (3, 4, 6, 3) holds every variable of one with (1, 1, 1, 1) at the same
     shapes (layerN_0); loading it into the smaller config must not silently drop the rest."""

@@ -245,11 +245,12 @@ def checked_like(template: dict, loaded: dict, where: str, hint: str | None = No
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
 
-def previous_stage_encoder(template: dict, config, field: str) -> dict:
+def previous_stage_encoder(template: dict, config, field: str, frozen: bool = False) -> dict:
     """The E_flame variables of the stage workdir config.<field> names (e.g. 'init.checkpoint'),
     cast onto `template` (checked_like). A folder that holds no trained stage (the previous stage
     never ran, or another folder), another network, or another config.model.cam_scale (the
-    checkpoint's checkpoint_info; see check_start_fields) is one ConfigError naming the field."""
+    checkpoint's checkpoint_info; see check_start_fields), or for an encoder `frozen` in this
+    stage another config.data.image_size, is one ConfigError naming the field."""
     path = config
     for part in field.split("."):
         path = path[part]
@@ -257,11 +258,11 @@ def previous_stage_encoder(template: dict, config, field: str) -> dict:
         variables, info = export.load_inference(path)
     except FileNotFoundError as e:
         raise paths.ConfigPathError(f"config.{field}={path!r} holds no trained stage ({e})") from None
-    check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})")
+    check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})", frozen)
     return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)")
 
 
-def check_start_fields(info: dict, config, where: str) -> None:
+def check_start_fields(info: dict, config, where: str, frozen: bool = False) -> None:
     """Refuses (ConfigError) to start a stage from the previous stage's checkpoint `where`
     (info: export.load_inference's, the checkpoint's model fields with DECA's defaults where it
     predates them) when it was trained with another config.model.cam_scale: the encoder's scale
@@ -270,10 +271,18 @@ def check_start_fields(info: dict, config, where: str) -> None:
     sign taken as it is). config.model.dtype may differ: checkpoints hold float32 parameters
     whatever the compute dtype, and a bfloat16 stage may start from float32 weights (or the
     reverse); the codes mean the same at either precision. Shapes (width, blocks, hidden) are
-    checked_like's."""
+    checked_like's. When this stage keeps the encoder `frozen` (the detail stage's coarse
+    encoder), config.data.image_size must be the checkpoint's too: the encoder would read faces
+    at another scale than it learned and never adapt. A stage that trains it further (coarse
+    from pretrain) may change the size: landmarks and camera are in [-1, 1] image units."""
     saved = info["model"].get("cam_scale") or "raw"
     now = model_config(config).get("cam_scale") or "raw"
     if saved != now:
         raise paths.ConfigError(f"{where} was trained with config.model.cam_scale={saved!r}, but this stage has "
                                 f"config.model.cam_scale={now!r}: its camera codes would be read with another scale; "
                                 "start it with the cam_scale of the stage it starts from")
+    saved_size, size = int(info.get("image_size", 224)), int(config.data.image_size)
+    if frozen and saved_size != size:
+        raise paths.ConfigError(f"{where} was trained with config.data.image_size={saved_size}, but this stage has "
+                                f"config.data.image_size={size}: its encoder, frozen here, would read faces at another "
+                                "scale than it learned; use the image size of the stage it starts from")

@@ -49,7 +49,7 @@ class DetailTask(deca_common.DecaParts):
     def init_variables(self, rng):
         k1, k2, k3 = jax.random.split(rng, 3)
         coarse = deca_common.previous_stage_encoder(self.init_net("E_flame", k1), self.config,
-                                                    "init.coarse_checkpoint")
+                                                    "init.coarse_checkpoint", frozen=True)
         enc, dec = self.init_net("E_detail", k2), self.init_net("D_detail", k3)
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
         stats = {"E_detail": enc["batch_stats"], "D_detail": dec["batch_stats"]}
