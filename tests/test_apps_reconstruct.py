@@ -69,6 +69,67 @@ def test_checkpoint_errors(tmp_path):
         pipeline.load_checkpoint(str(tmp_path / "missing"))
 
 
+def zero_variables(model: dict) -> dict:
+    """Zero variables of the three networks of config.model `model` (shapes only, nothing compiled)."""
+    import jax
+    from jaxdeca import models
+    from jaxdeca.convert.core import init_template
+    from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks
+    nets = build_networks(dict(DEFAULT_MODEL, **model))
+    img = jnp.zeros((1, 224, 224, 3))
+    example = {"E_flame": img, "E_detail": img, "D_detail": jnp.zeros((1, models.DETAIL_LATENT_SIZE))}
+    return {n: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), init_template(nets[n], example[n]))
+            for n in pipeline.NETS}
+
+
+def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, capsys):
+    """A converted-layout model of another architecture (here width 1/8, hidden 32: what a tiny
+    training run's networks would give), or one with an extra layer, is one CheckpointError
+    naming the path, the network, the variable and its expected shape when it is loaded; it
+    used to load, and the first encode ended in Flax's ScopeParamShapeError (extra variables
+    were ignored). A converted model with a part missing names the missing part."""
+    tiny = zero_variables(dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32))
+    for n in pipeline.NETS:
+        save_variables(tiny[n], str(tmp_path / "tiny" / n))
+    want = (rf"{tmp_path / 'tiny'} \(E_flame\): variable \['batch_stats'\]\['encoder'\]\['bn1'\]\['mean'\] has shape "
+            r"\(8,\), expected \(64,\) \(not DECA's networks")
+    with pytest.raises(pipeline.CheckpointError, match=want):
+        pipeline.load_pipeline(str(tmp_path / "tiny"))
+    # the app stops with that one line before reading its input
+    rc = reconstruct.main(["--input", str(tmp_path / "no_such_input"), "--out", str(tmp_path / "out"),
+                           "--checkpoint", str(tmp_path / "tiny")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "expected (64,)" in err, err
+    assert not (tmp_path / "out").exists()
+
+    # checked_variables (shared by converted and trained models): extra and missing variables
+    small = dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32)
+    m = dict(pipeline.DEFAULT_MODEL, **small)
+    extra = dict(tiny, D_detail={**tiny["D_detail"], "params": {**tiny["D_detail"]["params"],
+                                                                 "extra": {"kernel": np.zeros((3, 3))}}})
+    with pytest.raises(pipeline.CheckpointError, match=r"here \(D_detail\): unexpected variable "
+                       r"\['params'\]\['extra'\]\['kernel'\] \(why\)"):
+        pipeline.checked_variables(extra, m, 224, "here", "why")
+    params = dict(tiny["E_detail"]["params"])
+    params.pop("layers_2")
+    with pytest.raises(pipeline.CheckpointError, match=r"here \(E_detail\): missing variable \['params'\]\['layers_2'\]"):
+        pipeline.checked_variables(dict(tiny, E_detail={**tiny["E_detail"], "params": params}), m, 224, "here")
+    ok = pipeline.checked_variables(tiny, m, 224, "here")
+    assert ok["E_flame"]["params"]["encoder"]["conv1"]["kernel"].shape == (7, 7, 3, 8)
+
+    # a converted model with a part missing or unreadable
+    (tmp_path / "tiny" / "D_detail" / "_METADATA").unlink(missing_ok=True)
+    for f in (tmp_path / "tiny" / "D_detail").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    with pytest.raises(pipeline.CheckpointError, match=rf"{tmp_path / 'tiny'}: D_detail is not readable"):
+        pipeline.load_checkpoint(str(tmp_path / "tiny"))
+    import shutil
+    shutil.rmtree(tmp_path / "tiny" / "D_detail")
+    with pytest.raises(pipeline.CheckpointError, match=r"converted DECA model lacks \['D_detail'\]"):
+        pipeline.load_checkpoint(str(tmp_path / "tiny"))
+
+
 def test_reconstruct_folder(tmp_path, model_dir):
     p = pipeline.load_pipeline(model_dir)
     head, out = render_head(p)
@@ -150,9 +211,10 @@ def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path,
     np.savez(other_topology, **dict(demo, faces=demo["faces"][:, [0, 2, 1]]))
     workdir = str(tmp_path / "detail")
     m = checkpoint.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
-    z = np.zeros((2,), np.float32)  # the networks are not run here: any variables will do
-    checkpoint.save(m, 1, {"params": {"E_flame": {"w": z}}, "batch_stats": {"E_flame": {"m": z}}},
-                    {"stage": "coarse", "model": {"uv_size": 32}, "image_size": 48, "flame_path": trained})
+    small = dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32)
+    z = zero_variables(small)["E_flame"]  # not run here, but checked against the recorded config.model
+    checkpoint.save(m, 1, {"params": {"E_flame": z["params"]}, "batch_stats": {"E_flame": z["batch_stats"]}},
+                    {"stage": "coarse", "model": small, "image_size": 48, "flame_path": trained})
     m.wait_until_finished()
 
     v = lambda pipe: np.asarray(pipe.arrays["v_template"])  # noqa: E731

@@ -39,7 +39,7 @@ from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import detect, preprocess
 from jaxdeca.render import deca as render_deca
 from jaxdeca.train import parallel
-from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes
+from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes, checked_like
 
 IMAGE_SIZE = 224
 NETS = ("E_flame", "E_detail", "D_detail")
@@ -93,15 +93,28 @@ def positive_int(text: str) -> int:
 
 
 def load_checkpoint(path: str) -> dict:
-    """{'E_flame', 'E_detail', 'D_detail'} Flax variables from a converted/trained model dir."""
+    """{'E_flame', 'E_detail', 'D_detail'} Flax variables from a converted/trained model dir,
+    as stored (`load_model_dir` checks them against the networks)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint directory")
-    if all(os.path.isdir(os.path.join(path, n)) for n in NETS):
-        return {n: load_variables(os.path.join(path, n)) for n in NETS}
+    parts = [n for n in NETS if os.path.isdir(os.path.join(path, n))]
+    if parts:  # the converted layout: one orbax directory per network
+        if len(parts) < len(NETS):
+            raise CheckpointError(f"{path}: converted DECA model lacks {[n for n in NETS if n not in parts]}; "
+                                  f"expected the sub-directories {list(NETS)} (python -m jaxdeca.convert deca)")
+        out = {}
+        for n in NETS:
+            try:
+                out[n] = load_variables(os.path.join(path, n))
+            except Exception as e:  # noqa: BLE001 - re-raised with the path
+                raise CheckpointError(f"{path}: {n} is not readable ({e})") from None
+        return out
     try:
         v = load_variables(path)
     except Exception as e:  # noqa: BLE001 - re-raised with the path
         raise CheckpointError(f"{path}: not a DECA model directory ({e})") from e
+    if not isinstance(v, dict):
+        raise CheckpointError(f"{path}: not a DECA model directory (it holds a {type(v).__name__})")
     missing = [n for n in NETS if n not in v]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}; expected keys {list(NETS)}")
@@ -117,15 +130,41 @@ def is_training_workdir(path: str) -> bool:
 
 def load_model_dir(path: str) -> tuple[dict, dict]:
     """(variables, model info) of any checkpoint kind in the module docstring. Model info:
-    'model' (config.model fields: width, blocks, hidden, uv_size, dtype) and 'image_size'."""
+    'model' (config.model fields: width, blocks, hidden, uv_size, dtype) and 'image_size'.
+    The variables are checked against the networks that info builds (`checked_variables`), so
+    a model of another architecture is refused here, before any image is read."""
     if is_training_workdir(path):
         from jaxdeca.train import export as train_export
         try:
             variables, info = train_export.load_inference(path)
         except Exception as e:  # noqa: BLE001 - one message naming the path
             raise CheckpointError(f"{path}: training checkpoint could not be read ({e})") from e
-        return variables, info
-    return load_checkpoint(path), {"model": dict(DEFAULT_MODEL), "image_size": IMAGE_SIZE}
+        hint = "the checkpoint's networks differ from the config.model it records"
+    else:
+        variables = load_checkpoint(path)
+        info = {"model": dict(DEFAULT_MODEL), "image_size": IMAGE_SIZE}
+        hint = "not DECA's networks, which python -m jaxdeca.convert deca writes"
+    return checked_variables(variables, info["model"], int(info["image_size"]), path, hint), info
+
+
+def checked_variables(variables: dict, model: dict, image_size: int, where: str, hint: str | None = None) -> dict:
+    """{network name: variables} cast onto the networks `build_networks(model)` makes for
+    `image_size` inputs (`deca_common.checked_like`, shapes only: nothing is run). A missing,
+    unexpected or misshapen variable is one CheckpointError naming `where`, the network, the
+    variable and its expected shape; without this check Flax stops at the first jitted call
+    with a scope error (after detection and cropping), or silently ignores extra variables."""
+    from jaxdeca.convert.core import init_template
+    from jaxdeca.train.paths import ConfigError
+    nets = build_networks(model)
+    img = jnp.zeros((1, image_size, image_size, 3))
+    example = {"E_flame": img, "E_detail": img, "D_detail": jnp.zeros((1, models.DETAIL_LATENT_SIZE))}
+    out = {}
+    for n, v in variables.items():
+        try:
+            out[n] = checked_like(init_template(nets[n], example[n]), v, f"{where} ({n})", hint)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+    return out
 
 
 def random_variables(seed: int = 0) -> dict:
