@@ -146,3 +146,25 @@ def test_checkpoint_export_skips_an_image_whose_box_cannot_be_cropped(tmp_path, 
     assert [e for e, _ in res["skipped"]] == entries[1:]
     err = capsys.readouterr().err
     assert "IMG_1.jpg" in err and "IMG_2.jpg" in err, err
+
+
+def test_box_crop_reads_a_phone_photo_upright_like_deca(tmp_path, now_root):
+    """A JPEG stored sideways with EXIF orientation 6 (a portrait iPhone photo) is read upright,
+    as DECA's skimage/imageio reader did, so its box crop is the upright image's crop, not one
+    of the raw sideways pixels."""
+    from PIL import Image
+    root, _, _ = now_root
+    up = inputs.read_image(str(root / "iphone_pictures" / ENTRIES[0]))[:, 20:]  # not square
+    mine = tmp_path / "final_release_version"
+    entry = f"{SUBJ}/selfie/IMG_0100.jpg"
+    path = mine / "iphone_pictures" / entry
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to display
+    Image.fromarray(np.rot90(up).copy()).save(str(path), quality=98, exif=exif.tobytes())
+    box = (40.0, 50.0, 145.0, 180.0)
+    now_predict.write_bbox(str(mine / "detected_face" / entry.replace(".jpg", ".npy")), *box)
+    (item,) = now_predict._read_entries(str(mine / "iphone_pictures"), str(mine / "detected_face"), [entry], [])
+    assert item[2].shape == up.shape and np.abs(item[2].astype(float) - up).mean() < 2.0
+    (_, crop), = now_predict._crops([item], [])
+    assert np.abs(crop - now_predict.now_crop(up, box)[0]).mean() < 2.0 / 255

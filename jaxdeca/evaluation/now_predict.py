@@ -5,8 +5,15 @@ layout the official NoW scripts read (`now.export_prediction`).
 What DECA does (decalib/trainer.py `evaluate`, decalib/datasets/now.py), and we follow:
 - crop: NoW's detected face box `detected_face/<subject>/<challenge>/<image>.npy` (a pickled
   dict left/top/right/bottom), square of side int((w + h) / 2 x 1.6) at the box centre (1.6 =
-  the mean of the training crop scales 1.4..1.8), warped to 224. With no box file: DECA's
-  test-time crop from dlib's landmarks (`jaxdeca.data.preprocess`).
+  the mean of the training crop scales 1.4..1.8; DECA truncates the side with int(), and so
+  do we), warped to 224. With no box file: DECA's test-time crop from dlib's landmarks
+  (`jaxdeca.data.preprocess`).
+- images are read upright by their EXIF orientation (`apps.inputs.read_image`, as everywhere
+  in the package), which is what DECA's reader did: skimage.io.imread through its default
+  imageio plugin, whose JPEG reader applied the EXIF rotation (exifrotate=True) in the imageio
+  releases DECA was run with (imageio 2.28 and later no longer rotate, so a rerun of DECA with
+  today's packages reads a rotated phone photo sideways). The boxes are taken in that upright
+  layout; a NoW image without an orientation tag reads the same either way.
 - codes = E_flame(crop); expression and pose set to zero; the FLAME vertices are the neutral
   mesh; the 7 landmarks are the static 3D landmarks [19, 22, 25, 28, 16, 31, 37], i.e. the
   fixed 68-point embedding's points 17.. of the neutral mesh (`now.now_landmarks`).
@@ -85,7 +92,8 @@ def resolve_image_dirs(images: str, bboxes: str | None = None) -> tuple[str, str
 
 
 def _read_entries(img_dir: str, box_dir: str | None, entries: list, skipped: list):
-    """(entry, path, image [H, W, 3] uint8, NoW box or None) of each listed image that reads;
+    """(entry, path, image [H, W, 3] uint8 upright by its EXIF orientation (the layout of
+    DECA's reader, see the module docstring), NoW box or None) of each listed image that reads;
     an unreadable image or box file is appended to `skipped` as (entry, reason)."""
     from jaxdeca.apps import inputs
     for entry in tqdm(entries, desc="NoW export", unit="img", disable=None):
