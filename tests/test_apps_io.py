@@ -109,24 +109,30 @@ def test_write_obj_roundtrip_with_texture(tmp_path):
     assert os.path.exists(tmp_path / "m_normals.png")
 
 
-def test_textured_obj_of_a_name_with_spaces_resolves_in_spec_readers(tmp_path):
-    """An input named like macOS screenshots ('Screenshot 2024-01-01 at 10.00.00.png'): OBJ's
-    `mtllib` takes a list of whitespace-separated file names and MTL readers take a map's file
-    name as the last token after its options, so every file the OBJ and the MTL name must be
-    one token, and it must exist beside the OBJ."""
+@pytest.mark.parametrize("name", ["Screenshot at 10.00.obj", "take#2.obj", "a #1.obj"])
+def test_textured_obj_of_a_name_with_spaces_or_hash_resolves_in_spec_readers(tmp_path, name):
+    """An input named like macOS screenshots ('Screenshot 2024-01-01 at 10.00.00.png') or with a
+    '#' ('take#2.jpg'): OBJ's `mtllib` takes a list of whitespace-separated file names, MTL
+    readers take a map's file name as the last token after its options, and '#' starts a
+    comment (readers that allow one at the end of a line drop the rest of it) and a URL's
+    fragment (web viewers), so every file the OBJ and the MTL name must be one token without
+    '#', and it must exist beside the OBJ. Our own reader takes the OBJ either way."""
     rng = np.random.default_rng(3)
     tex, nmap = rng.random((8, 8, 3)), rng.uniform(-1, 1, (8, 8, 3))
-    path = export.write_obj(str(tmp_path / "Screenshot at 10.00.obj"), rng.normal(size=(3, 3)), np.array([[0, 1, 2]]),
+    path = export.write_obj(str(tmp_path / name), rng.normal(size=(3, 3)), np.array([[0, 1, 2]]),
                             uv_coords=rng.random((3, 2)), uv_faces=np.array([[0, 1, 2]]), texture=tex, normal_map=nmap)
-    mtllibs = [t for line in open(path) if line.startswith("mtllib ") for t in line.split()[1:]]
+    assert os.path.basename(path) == name  # the OBJ keeps its name; only the files it names are sanitized
+    lines = lambda f: [line.split("#")[0] for line in open(f)]  # noqa: E731 - comments dropped
+    mtllibs = [t for line in lines(path) if line.startswith("mtllib ") for t in line.split()[1:]]
     assert len(mtllibs) == 1 and os.path.isfile(tmp_path / mtllibs[0]), mtllibs
-    records = [line.split() for line in open(tmp_path / mtllibs[0]) if line.strip()]
+    records = [line.split() for line in lines(tmp_path / mtllibs[0]) if line.strip()]
     maps = {r[0]: r[-1] for r in records if r[0] in ("map_Kd", "disp")}
     assert sorted(maps) == ["disp", "map_Kd"]
     back = cv2.imread(str(tmp_path / maps["map_Kd"]))
     assert back is not None, maps
     np.testing.assert_allclose(back[..., ::-1] / 255.0, tex, atol=1 / 255)
     assert cv2.imread(str(tmp_path / maps["disp"])) is not None, maps
+    assert wavefront.read(path)["uv_faces"].tolist() == [[0, 1, 2]]
 
 
 def test_grid_mesh_and_dense_mesh_orientation():

@@ -28,10 +28,13 @@ def save_image(path: str, image: np.ndarray) -> str:
 
 
 def material_stem(obj_path: str) -> str:
-    """The base name of an OBJ's .mtl and texture files: its own, whitespace replaced by '_'.
-    OBJ's `mtllib` takes a list of whitespace-separated names and MTL readers take a map's
-    name as the last token after its options, so a name with spaces would not resolve."""
-    return "_".join(os.path.splitext(os.path.basename(obj_path))[0].split())
+    """The base name of an OBJ's .mtl and texture files: its own, whitespace and '#' replaced
+    by '_'. OBJ's `mtllib` takes a list of whitespace-separated names and MTL readers take a
+    map's name as the last token after its options, so a name with spaces would not resolve;
+    '#' starts a comment, which readers that allow one at the end of a line drop ('mtllib
+    take#2.mtl' names 'take'), and starts the fragment of a URL, as web viewers resolve the
+    names (take#2.png loads 'take')."""
+    return "_".join(os.path.splitext(os.path.basename(obj_path))[0].replace("#", "_").split())
 
 
 def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.ndarray | None = None,
@@ -43,7 +46,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
       vertices: [V, 3]. faces: [F, 3] int, 0-based.
       uv_coords: [T, 2] in [0, 1] (v up); uv_faces: [F, 3] into uv_coords.
       texture: [R, R, 3] RGB in [0, 1] -> `<stem>.png`, referenced by `<stem>.mtl` (in these
-        three names, `material_stem`: whitespace in the OBJ's name becomes '_').
+        three names, `material_stem`: whitespace and '#' in the OBJ's name become '_').
       normal_map: [R, R, 3] tangent-free UV normal map with components in [-1, 1] ->
         `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
       colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
