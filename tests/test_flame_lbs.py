@@ -89,3 +89,37 @@ def test_rodrigues_half_precision_is_finite_at_zero_and_keeps_dtype():
         r = jnp.asarray([0.3, -0.2, 0.5], dt)
         np.testing.assert_allclose(np.asarray(lbs.rodrigues(r), np.float32),
                                    Rotation.from_rotvec(np.asarray(r, np.float64)).as_matrix(), atol=1e-2)
+
+
+def _scipy_hessian_fd(r, h=1e-3):
+    """d2 R / dr_i dr_j [3, 3, 3, 3] by central differences of scipy's rotvec -> matrix (float64)."""
+    R = lambda x: Rotation.from_rotvec(x).as_matrix()  # noqa: E731
+    E = np.eye(3) * h
+    H = np.zeros((3, 3, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            H[:, :, i, j] = (R(r + E[i] + E[j]) - R(r + E[i] - E[j]) - R(r - E[i] + E[j]) + R(r - E[i] - E[j])) / (4 * h * h)
+    return H
+
+
+def test_rodrigues_second_derivatives_match_finite_differences():
+    # At zero pose (the common case) the old form I + sin(a) K(r / a) + (1 - cos a) K(r / a)^2 with
+    # a = |r + 1e-8| ~ 1.7e-8 had 1 - cos a = 0 in float32, so jax.hessian lost the K^2 term
+    # there (0 where d2R/dr_i dr_j = (K_i K_j + K_j K_i) / 2), and its sin term's Hessian was a
+    # cancellation of 1/a-sized pieces.
+    for r in ([0.0, 0.0, 0.0], [1e-4, -2e-4, 3e-5], [0.004, 0.01, -0.003], [0.3, -0.2, 0.5], [1.5, 0.4, -2.0]):
+        r = np.asarray(r)
+        H = jax.hessian(lbs.rodrigues)(jnp.asarray(r, jnp.float32))
+        np.testing.assert_allclose(H, _scipy_hessian_fd(r), atol=2e-3, err_msg=f"r = {r}")
+    # jvp of grad of a scalar loss at zero pose, and a third derivative: finite and as above.
+    w = jnp.asarray(np.random.default_rng(5).normal(size=(3, 3)), jnp.float32)
+    loss = lambda r: jnp.sum(lbs.rodrigues(r) * w)  # noqa: E731
+    v = jnp.asarray([0.2, -0.7, 0.4])
+    hv = jax.jvp(jax.grad(loss), (jnp.zeros(3),), (v,))[1]
+    np.testing.assert_allclose(hv, np.einsum("mnij,mn,j->i", _scipy_hessian_fd(np.zeros(3)), np.asarray(w), v), atol=2e-3)
+    assert np.all(np.isfinite(jax.jacfwd(jax.hessian(loss))(jnp.zeros(3))))
+    # batched and jitted, zero and non-zero rows together
+    rb = jnp.asarray([[0.0, 0.0, 0.0], [0.3, -0.2, 0.5]])
+    Hb = jax.jit(jax.vmap(jax.hessian(lbs.rodrigues)))(rb)
+    np.testing.assert_allclose(Hb[1], _scipy_hessian_fd(np.asarray(rb[1], np.float64)), atol=2e-3)
+    np.testing.assert_allclose(Hb[0], _scipy_hessian_fd(np.zeros(3)), atol=2e-3)
