@@ -4,6 +4,7 @@ image, run with a random-weight model saved in the converted-checkpoint layout."
 import os
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -230,3 +231,43 @@ def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path,
     with pytest.raises(pipeline.CheckpointError, match=f"trained with the FLAME model {trained}.*pass --flame"):
         pipeline.load_pipeline(workdir)
     np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir, flame.DEMO_HEAD)), demo["v_template"])
+
+
+def test_detail_mesh_offsets_along_unit_normals_as_decas_upsample_mesh():
+    """The detailed OBJ's vertices (uv_detail_vertices) are DECA's util.upsample_mesh: the
+    barycentric position plus (displacement + fixed displacement) times the interpolated vertex
+    normal NORMALISED (displacement2normal, for the detail normals, offsets along the
+    unnormalised one; upsample_mesh, which writes the mesh, divides by its length). Reference in
+    numpy from DECA's formulas, on a posed demo head with a 2 cm fixed displacement."""
+    arrays = dict(flame.load_arrays())
+    R = 32
+    arrays["fixed_displacement"] = np.full((256, 256), 0.02, np.float32)  # area-resized to R
+    p = pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays, uv_size=R),
+                          variables=None, model={"uv_size": R})
+    pose = jnp.asarray([[0.1, 0.4, -0.05, 0.25, 0.0, 0.0]])
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=pose, tex=jnp.zeros((1, 50)),
+                 cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6))
+    out = p.decode(codes)
+    v = np.asarray(out["vertices"][0], np.float64)
+    f = np.asarray(arrays["faces"])
+    n = np.zeros_like(v)  # DECA util.vertex_normals: corner cross products summed, normalised
+    for a, b, c in ((1, 2, 0), (2, 0, 1), (0, 1, 2)):
+        np.add.at(n, f[:, a], np.cross(v[f[:, b]] - v[f[:, a]], v[f[:, c]] - v[f[:, a]]))
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)
+    fi = np.asarray(p.topo.uv_raster.face_index)
+    bary = np.asarray(p.topo.uv_raster.bary, np.float64)
+    cover = np.asarray(p.topo.uv_raster.mask) > 0
+    tri = f[np.maximum(fi, 0)]  # [R, R, 3]
+    pos = np.einsum("ijk,ijkc->ijc", bary, v[tri])
+    nrm = np.einsum("ijk,ijkc->ijc", bary, n[tri])
+    assert np.abs(np.linalg.norm(nrm[cover], axis=-1) - 1).max() > 1e-3  # the two conventions differ here
+    want = pos[cover] + 0.02 * nrm[cover] / np.linalg.norm(nrm[cover], axis=-1, keepdims=True)
+    got = np.asarray(out["uv_detail_vertices"][0])
+    np.testing.assert_allclose(got[cover], want, atol=2e-6)
+    np.testing.assert_array_equal(got[~cover], 0.0)  # write_outputs' coverage test relies on it
+    # jit + grad through the uncovered (zero-normal) texels: finite, and nothing flows there
+    cn = out["uv_detail_normals"] * jnp.asarray(cover, jnp.float32)[None, ..., None]
+    loss = lambda n: jnp.sum(render.detail_vertices(out["uv_z"] + 0.01, out["uv_detail_vertices"], n,  # noqa: E731
+                                                    p.topo.fixed_displacement) ** 2)
+    g = np.asarray(jax.jit(jax.grad(loss))(cn))
+    assert np.all(np.isfinite(g)) and np.all(g[0][~cover] == 0) and np.abs(g[0][cover]).max() > 0

@@ -360,8 +360,8 @@ class Pipeline:
         lmk2 = render.orth_proj(out["landmarks2d"], cam)
         lmk3 = render.orth_proj(out["landmarks3d"], cam)
         n = r["uv_detail_normals"]
-        uv_detail_vertices = (r["uv_coarse_vertices"] + uv_z * r["uv_coarse_normals"]
-                              + self.topo.fixed_displacement[None, ..., None] * r["uv_coarse_normals"])
+        uv_detail_vertices = render.detail_vertices(uv_z, r["uv_coarse_vertices"], r["uv_coarse_normals"],
+                                                    self.topo.fixed_displacement)  # DECA's upsample_mesh
         res = dict(vertices=out["vertices"], trans_vertices=trans, landmarks2d=lmk2, landmarks3d=lmk3,
                    landmarks3d_world=out["landmarks3d"], albedo=albedo, uv_z=uv_z,
                    uv_detail_vertices=uv_detail_vertices, uv_detail_normals=n,

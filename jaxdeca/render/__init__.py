@@ -11,5 +11,5 @@ from jaxdeca.render.rasterize import Fragments, barycentric, rasterize
 from jaxdeca.render.shading import (SH_CONSTANTS, directional_shading, sh_basis, sh_shading,
                                     vertex_visibility)
 from jaxdeca.render.texture import grid_sample
-from jaxdeca.render.uv import (UVRaster, dense_grid_faces, displacement_to_normals, extract_texture,
+from jaxdeca.render.uv import (UVRaster, dense_grid_faces, detail_vertices, displacement_to_normals, extract_texture,
                                uv_rasterize, uv_to_image, world2uv)

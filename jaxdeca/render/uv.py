@@ -76,6 +76,22 @@ def displacement_to_normals(uv_z, uv_coarse_vertices, uv_coarse_normals, uv_face
     return n * m + cn * (1.0 - m)
 
 
+def detail_vertices(uv_z, uv_coarse_vertices, uv_coarse_normals, fixed_displacement):
+    """DECA util.upsample_mesh (the detailed mesh it saves): each texel's position plus
+    (displacement + fixed displacement) along its interpolated vertex normal NORMALISED, with the
+    displacement not masked. (displacement2normal, for the detail normals, offsets a masked
+    displacement along the unnormalised interpolated normal: `displacement_to_normals`.)
+
+    uv_z: [B, R, R, 1]; uv_coarse_vertices / normals: [B, R, R, 3] (world2uv, 0 where no face
+    covers the texel); fixed_displacement: [R, R]. Returns [B, R, R, 3], 0 outside the coverage
+    (the zero normals stay 0 with finite gradients: double where).
+    """
+    sq = jnp.sum(uv_coarse_normals * uv_coarse_normals, axis=-1, keepdims=True)
+    ok = sq > 0
+    unit = jnp.where(ok, uv_coarse_normals * jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+    return uv_coarse_vertices + (uv_z + fixed_displacement[None, ..., None]) * unit
+
+
 def extract_texture(images, uv_pverts):
     """DECA texture extraction: sample images [B, H, W, C] at uv_pverts [B, R, R, >=2]
     (world2uv of the transformed vertices, image space) -> [B, R, R, C]."""
