@@ -155,6 +155,15 @@ def test_reconstruct_folder(tmp_path, model_dir):
     assert k3.shape == (68, 4) and set(np.unique(k3[:, 3])) <= {0.0, 1.0}
     codes = np.load(d / "head_codes.npz")
     assert codes["shape"].shape == (100,) and codes["detail"].shape == (128,)
+    # A converted-layout model is DECA's released one, trained on landmarks normalised as p / S * 2 - 1:
+    # its *_kpt2d.txt is DECA's (tensor_cropper.transform_points: (v * 0.5 + 0.5) * 224, then the
+    # inverse crop), not jaxdeca's (p + 0.5) / S * 2 - 1 reading, half a crop pixel up-left of it.
+    dec = p.decode({k: jnp.asarray(codes[k][None]) for k in ("shape", "exp", "pose", "tex", "cam", "light", "detail")})
+    v = np.asarray(dec["landmarks2d"][0, :, :2], np.float64)
+    inv = np.linalg.inv(codes["crop_tform"])
+    deca_px = np.concatenate([(v * 0.5 + 0.5) * 224, np.ones((68, 1))], 1) @ inv.T
+    np.testing.assert_allclose(np.loadtxt(d / "head_kpt2d.txt"), deca_px[:, :2], atol=2e-3)
+    assert p.lmk_convention == "deca"
 
 
 def test_landmarks_in_original_pixels():
@@ -219,6 +228,7 @@ def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path,
     m.wait_until_finished()
 
     v = lambda pipe: np.asarray(pipe.arrays["v_template"])  # noqa: E731
+    assert pipeline.load_pipeline(workdir).lmk_convention == "jaxdeca"  # trained on (p + 0.5) / S * 2 - 1
     np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir)), demo["v_template"] * 2.0)
     np.testing.assert_array_equal(v(pipeline.load_pipeline(workdir, flame.DEMO_HEAD)), demo["v_template"])
     with pytest.raises(pipeline.CheckpointError, match=f"{other_topology}: not the FLAME topology .*'faces' differ"):

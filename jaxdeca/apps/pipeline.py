@@ -14,6 +14,15 @@ workdir of a detail-stage training run (`python -m jaxdeca.main --config=configs
 whose newest checkpoint is read together with the architecture and input size it was trained
 with (a coarse-stage workdir gives coarse results with a zero displacement map).
 
+Landmark convention (`Pipeline.lmk_convention`, `jaxdeca.data.crop.LANDMARK_CONVENTIONS`): the
+image-space landmarks of a decode are turned into pixels the way the networks were trained.
+Models trained by jaxdeca (a training workdir) use (p + 0.5) / S * 2 - 1, the renderer's pixel
+centres: 'jaxdeca'. A model directory (what `python -m jaxdeca.convert deca` writes) is taken to
+be DECA's released model, trained on p / S * 2 - 1: 'deca', so that its landmarks in pixels
+(*_kpt2d.txt, the drawn ones, fit's targets) are DECA's and not half a crop pixel up-left of
+them; `load_pipeline(..., lmk_convention=)` overrides it (e.g. 'jaxdeca' for a jaxdeca-trained
+model saved with `save_variables`). Codes, vertices and renders do not depend on it.
+
 Devices: encode/decode/run split each batch over all local devices (`Pipeline.devices`): the
 network variables are replicated, the batch is padded to a multiple of the device count by
 repeating its last item and split along its first axis, each device runs its share (the
@@ -130,19 +139,21 @@ def is_training_workdir(path: str) -> bool:
 
 def load_model_dir(path: str) -> tuple[dict, dict]:
     """(variables, model info) of any checkpoint kind in the module docstring. Model info:
-    'model' (config.model fields: width, blocks, hidden, uv_size, dtype) and 'image_size'.
-    The variables are checked against the networks that info builds (`checked_variables`), so
-    a model of another architecture is refused here, before any image is read."""
+    'model' (config.model fields: width, blocks, hidden, uv_size, dtype), 'image_size' and
+    'lmk_convention' ('jaxdeca' for a training workdir, 'deca' for a model directory). The
+    variables are checked against the networks that info builds (`checked_variables`), so a
+    model of another architecture is refused here, before any image is read."""
     if is_training_workdir(path):
         from jaxdeca.train import export as train_export
         try:
             variables, info = train_export.load_inference(path)
         except Exception as e:  # noqa: BLE001 - one message naming the path
             raise CheckpointError(f"{path}: training checkpoint could not be read ({e})") from e
+        info = dict(info, lmk_convention="jaxdeca")
         hint = "the checkpoint's networks differ from the config.model it records"
     else:
         variables = load_checkpoint(path)
-        info = {"model": dict(DEFAULT_MODEL), "image_size": IMAGE_SIZE}
+        info = {"model": dict(DEFAULT_MODEL), "image_size": IMAGE_SIZE, "lmk_convention": "deca"}
         hint = "not DECA's networks, which python -m jaxdeca.convert deca writes"
     return checked_variables(variables, info["model"], int(info["image_size"]), path, hint), info
 
@@ -272,9 +283,10 @@ def padded_batch(images: list, batch: int) -> np.ndarray:
     return pad_rows(np.stack(images), batch)
 
 
-def to_original(points, tform, normalized: bool = True) -> np.ndarray:
-    """Crop points [..., 2] ([-1, 1] image space if normalized, else crop pixels) -> original pixels."""
-    return preprocess.to_original(np.asarray(points)[..., :2], tform, IMAGE_SIZE, normalized)
+def to_original(points, tform, normalized: bool = True, convention: str = "jaxdeca") -> np.ndarray:
+    """Crop points [..., 2] ([-1, 1] image space in landmark `convention` if normalized, else crop
+    pixels) -> original pixels."""
+    return preprocess.to_original(np.asarray(points)[..., :2], tform, IMAGE_SIZE, normalized, convention)
 
 
 # ----------------------------------------------------------------------------- model
@@ -290,8 +302,10 @@ class Pipeline:
     model: dict | None = None     # architecture (config.model fields); None = DECA's
     net_size: int = IMAGE_SIZE    # the encoders' input size; crops are resized to it
     devices: list | None = None   # None: jax.local_devices()
+    lmk_convention: str = "jaxdeca"  # image-space landmarks <-> pixels (module docstring)
 
     def __post_init__(self):
+        crop_lib.pixel_centre(self.lmk_convention)  # ValueError for an unknown name
         self.model = dict(DEFAULT_MODEL, **(self.model or {}))
         self.nets = build_networks(self.model)
         self.mesh = parallel.make_mesh(jax.local_devices() if self.devices is None else self.devices)
@@ -394,13 +408,15 @@ class Pipeline:
         return self.cut_batch(self._both(self.variables, x), B)
 
 
-def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None) -> Pipeline:
+def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, random_seed: int | None = None,
+                  lmk_convention: str | None = None) -> Pipeline:
     """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed).
 
     flame_path: the FLAME file (None: the one a training workdir was trained with, else the
     demo head). A training workdir records its FLAME file; an explicit flame_path that differs
-    from it is used only with the same mesh topology (`trained_flame_arrays`)."""
-    info = {"model": None, "image_size": IMAGE_SIZE}
+    from it is used only with the same mesh topology (`trained_flame_arrays`).
+    lmk_convention: None takes the checkpoint's (module docstring; 'jaxdeca' with no checkpoint)."""
+    info = {"model": None, "image_size": IMAGE_SIZE, "lmk_convention": "jaxdeca"}
     if checkpoint:
         variables, info = load_model_dir(checkpoint)
     else:
@@ -409,7 +425,8 @@ def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, 
     uv_size = int((info["model"] or {}).get("uv_size", 256))
     return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays, where=where),
                     topo=render.make_topology(arrays, uv_size=uv_size, where=where),
-                    variables=variables, model=info["model"], net_size=int(info["image_size"]))
+                    variables=variables, model=info["model"], net_size=int(info["image_size"]),
+                    lmk_convention=lmk_convention or info["lmk_convention"])
 
 
 TOPOLOGY_KEYS = ("v_template", "faces", "uv_coords", "uv_faces")  # what trained networks depend on
@@ -461,16 +478,18 @@ def topology_difference(a: dict, b: dict) -> str | None:
 
 # ----------------------------------------------------------------------------- outputs
 
-def landmarks_original(lmk_img, tform) -> np.ndarray:
-    """DECA image-space landmarks [K, >=2] of a crop -> original-image pixels [K, 2]."""
-    return to_original(lmk_img, tform)
+def landmarks_original(lmk_img, tform, convention: str = "jaxdeca") -> np.ndarray:
+    """DECA image-space landmarks [K, >=2] of a crop -> original-image pixels [K, 2]
+    (`convention`: the model's, `Pipeline.lmk_convention`)."""
+    return to_original(lmk_img, tform, convention=convention)
 
 
 def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
-                  arrays: dict, extract_tex: bool = True) -> list[str]:
+                  arrays: dict, extract_tex: bool = True, lmk_convention: str = "jaxdeca") -> list[str]:
     """Write every output of face k of a decoded batch under out_dir/name/; returns paths (the
     detailed OBJ is left out, with a message on stderr, when its mesh has no faces:
-    `export.write_detail_obj`)."""
+    `export.write_detail_obj`). lmk_convention: how the decode's image-space landmarks become
+    pixels (`Pipeline.lmk_convention`)."""
     from jaxdeca.apps import visualize as vis
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
@@ -485,7 +504,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     detail = export.write_detail_obj(os.path.join(d, f"{name}_detail.obj"), g("uv_detail_vertices"),
                                      g("uv_detail_normals"), (mask > 0.5) & cover, tex)  # None: no faces
     paths += [detail] if detail else []
-    lmk2 = landmarks_original(g("landmarks2d"), crop.tform)
+    lmk2 = landmarks_original(g("landmarks2d"), crop.tform, lmk_convention)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
     vis3 = (g("trans_normals")[..., 2] < 0.1)  # per-vertex visibility; landmark = nearest vertex's
     l3w = g("landmarks3d_world")
@@ -494,7 +513,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
                                        np.concatenate([l3w, vis3[nearest, None].astype(np.float64)], 1),
                                        "x y z visible (FLAME world, metres)"))
     paths.append(export.save_image(os.path.join(d, f"{name}_depth.png"), g("depth_images")))
-    crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE)
+    crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE, lmk_convention)
     tiles = [vis.label(crop.image, "input"), vis.label(vis.draw_landmarks(crop.image, crop_lmk), "landmarks"),
              vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
              vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]

@@ -28,7 +28,7 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
     for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
         codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
         for k, (name, c) in enumerate(chunk):
-            pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex)
+            pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention)
             written.append(name)
     inputs.report("reconstruct", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from jaxdeca.data import crop as crop_lib
+
 
 def to_uint8(image) -> np.ndarray:
     """[H, W, 3] float in [0, 1] (or uint8) -> uint8; values outside [0, 1] are clipped, NaN is 0."""
@@ -43,10 +45,11 @@ def grid(tiles, cols: int) -> np.ndarray:
     return out
 
 
-def image_to_pixels(points, size: int) -> np.ndarray:
+def image_to_pixels(points, size: int, convention: str = "jaxdeca") -> np.ndarray:
     """[-1, 1] image space (y down) [..., >=2] -> pixels [..., 2] with pixel k's centre at k
-    (OpenCV drawing), the inverse of `jaxdeca.data.crop.normalise_points`."""
-    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0 - 0.5
+    (OpenCV drawing), the inverse of `jaxdeca.data.crop.normalise_points` (convention 'deca':
+    DECA's released model's landmarks, (p + 1) * size / 2)."""
+    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0 - crop_lib.pixel_centre(convention)
 
 
 def overlay(image, render, mask, alpha: float = 0.7) -> np.ndarray:

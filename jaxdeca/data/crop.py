@@ -118,15 +118,32 @@ def warp_image(image, tform, out_size, interpolation=cv2.INTER_LINEAR):
     return out
 
 
-def normalise_points(points, out_size):
-    """Crop pixels (pixel k's centre at k, OpenCV / dlib) -> [-1, 1] image space, where the
-    renderer puts pixel k's centre at (2k + 1) / S - 1: (p + 0.5) / S * 2 - 1.
+# Landmark conventions: where [-1, 1] image space puts crop pixel k's centre, as (2 (k + c)) / S - 1.
+# 'jaxdeca' (c = 0.5): where the renderer (DECA's too) samples pixel k; jaxdeca's data and training
+# use it. 'deca' (c = 0): DECA's datasets normalise landmarks as p / S * 2 - 1 and its decode maps
+# them back with (v + 1) * S / 2 (tensor_cropper.transform_points), so the released DECA model
+# regresses landmarks in that convention, half a pixel off its own renderer.
+LANDMARK_CONVENTIONS = {"jaxdeca": 0.5, "deca": 0.0}
 
-    DECA writes p / S * 2 - 1, half a pixel off its own renderer (0.0045 at 224 px, but 0.016 at
-    the demo's 64 px, where it measurably pulled the photometric and landmark terms apart)."""
-    return (np.asarray(points, np.float64) + 0.5) / out_size * 2.0 - 1.0
+
+def pixel_centre(convention):
+    """The c of a landmark convention name (LANDMARK_CONVENTIONS); ValueError for another name."""
+    if convention not in LANDMARK_CONVENTIONS:
+        raise ValueError(f"landmark convention must be one of {sorted(LANDMARK_CONVENTIONS)}, got {convention!r}")
+    return LANDMARK_CONVENTIONS[convention]
 
 
-def denormalise_points(points, out_size):
-    """[-1, 1] image space -> crop pixels (centre of pixel k at k): (p + 1) * S / 2 - 0.5."""
-    return (np.asarray(points, np.float64) + 1.0) * out_size / 2.0 - 0.5
+def normalise_points(points, out_size, convention="jaxdeca"):
+    """Crop pixels (pixel k's centre at k, OpenCV / dlib) -> [-1, 1] image space: by default
+    where the renderer puts pixel k's centre, (2k + 1) / S - 1: (p + 0.5) / S * 2 - 1.
+
+    DECA writes p / S * 2 - 1 (convention='deca'), half a pixel off its own renderer (0.0045 at
+    224 px, but 0.016 at the demo's 64 px, where it measurably pulled the photometric and landmark
+    terms apart); its released model's landmarks are read back that way."""
+    return (np.asarray(points, np.float64) + pixel_centre(convention)) / out_size * 2.0 - 1.0
+
+
+def denormalise_points(points, out_size, convention="jaxdeca"):
+    """[-1, 1] image space -> crop pixels (centre of pixel k at k): (p + 1) * S / 2 - 0.5
+    (convention='deca': (p + 1) * S / 2)."""
+    return (np.asarray(points, np.float64) + 1.0) * out_size / 2.0 - pixel_centre(convention)

@@ -68,19 +68,20 @@ def crop_for_inference(image_uint8, landmarks=None, bbox=None, size: int = INPUT
     return out, t
 
 
-def to_original(points, tform, size: int = INPUT_SIZE, normalized: bool = True):
+def to_original(points, tform, size: int = INPUT_SIZE, normalized: bool = True, convention: str = "jaxdeca"):
     """Crop points [..., 2] -> original-image pixels [..., 2]. normalized=True: points in
-    [-1, 1] crop space (pixel = (p + 1) * size / 2 - 0.5, see crop.normalise_points); False: crop pixels."""
+    [-1, 1] crop space (pixel = (p + 1) * size / 2 - 0.5, or - 0 for convention='deca', see
+    crop.normalise_points); False: crop pixels."""
     p = np.asarray(points, np.float64)
     if normalized:
-        p = _crop.denormalise_points(p, size)
+        p = _crop.denormalise_points(p, size, convention)
     return _crop.apply_points(_crop.invert(tform), p)
 
 
-def to_crop(points, tform, size: int = INPUT_SIZE, normalized: bool = True):
-    """Original pixels [..., 2] -> crop points ([-1, 1] if normalized else crop pixels)."""
+def to_crop(points, tform, size: int = INPUT_SIZE, normalized: bool = True, convention: str = "jaxdeca"):
+    """Original pixels [..., 2] -> crop points ([-1, 1] in `convention` if normalized, else crop pixels)."""
     p = _crop.apply_points(tform, points)
-    return _crop.normalise_points(p, size) if normalized else p
+    return _crop.normalise_points(p, size, convention) if normalized else p
 
 
 def paste_to_original(crop_image, tform, height: int, width: int):
