@@ -16,6 +16,11 @@ camera fitted to the landmark box. Works on the embedded demo head with no netwo
 Faces are fitted --batch at a time (a folder's images, a video's frames), each on its own: the
 loss is the sum of the faces' losses and Adam works per element. The batch is split over all
 local devices like the other apps' batches.
+Landmarks are in the renderer's pixel-centre convention throughout (targets, hull mask and the
+written `*_kpt2d.txt`), whatever the checkpoint: the landmark and photometric terms must agree
+on where a pixel is. A converted DECA model's regressed landmarks are read DECA's way by
+reconstruct (`Pipeline.lmk_convention`), but fit's results are fitted, not regressed; starting
+from that model only starts half a crop pixel off.
 Writes the same outputs as reconstruct, per face. Bad inputs are handled like reconstruct's:
 one message per unusable file or face-less image naming it, the rest of a folder still fitted;
 exit status 0 (something written), 1 (nothing written), 2 (input unusable as a whole).
@@ -39,10 +44,9 @@ from jaxdeca.data.prepare import check_landmark_box
 from jaxdeca.losses import coarse
 
 
-def to_image_space(points_px, tform, convention: str = "jaxdeca") -> np.ndarray:
-    """Original pixels [K, 2] -> DECA image space [-1, 1] of the crop given by tform [3, 3], in
-    the landmark `convention` of the model (`Pipeline.lmk_convention`)."""
-    return preprocess.to_crop(points_px, tform, pipeline.IMAGE_SIZE, convention=convention)
+def to_image_space(points_px, tform) -> np.ndarray:
+    """Original pixels [K, 2] -> DECA image space [-1, 1] of the crop given by tform [3, 3]."""
+    return preprocess.to_crop(points_px, tform, pipeline.IMAGE_SIZE)
 
 
 def landmark_crop(image: np.ndarray, landmarks_px) -> pipeline.Crop:
@@ -50,12 +54,10 @@ def landmark_crop(image: np.ndarray, landmarks_px) -> pipeline.Crop:
     return pipeline.crop_face(image, "detect", landmarks=landmarks_px)
 
 
-def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE, convention: str = "jaxdeca") -> np.ndarray:
-    """[size, size] float mask of the convex hull of landmarks [68, 2] (image space in landmark
-    `convention`), a stand-in for a skin mask (brow points lifted by a third of the eye-brow to
-    chin distance)."""
-    from jaxdeca.apps import visualize as vis
-    px = vis.image_to_pixels(landmarks_img, size, convention) + 0.5  # + 0.5: int32 below rounds
+def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE) -> np.ndarray:
+    """[size, size] float mask of the convex hull of landmarks [68, 2] (image space), a stand-in
+    for a skin mask (brow points lifted by a third of the eye-brow to chin distance)."""
+    px = (np.asarray(landmarks_img)[:, :2] + 1.0) * size / 2.0
     brow = px[17:27].copy()
     brow[:, 1] -= 0.3 * (px[8, 1] - brow[:, 1].mean())
     hull = cv2.convexHull(np.concatenate([px[:17], brow]).astype(np.float32)).astype(np.int32)
@@ -202,16 +204,15 @@ def fit(pipe: pipeline.Pipeline, codes: dict, target_img, image, mask, steps=(10
     return pipe.cut_batch(_merge(p, detail), B)
 
 
-def prepare(image: np.ndarray, landmarks_px=None, convention: str = "jaxdeca"):
+def prepare(image: np.ndarray, landmarks_px=None):
     """(crop, target [68, 2] in the crop's image space) of one RGB uint8 image, or None when no
-    face is found. landmarks_px: [68, 2] original pixels (None: dlib detects them); convention:
-    the model's landmark convention (`Pipeline.lmk_convention`)."""
+    face is found. landmarks_px: [68, 2] original pixels (None: dlib detects them)."""
     if landmarks_px is None:
         landmarks_px = pipeline.detect_landmarks(image)
         if landmarks_px is None:
             return None
     crop = landmark_crop(image, landmarks_px)
-    return crop, to_image_space(landmarks_px, crop.tform, convention)
+    return crop, to_image_space(landmarks_px, crop.tform)
 
 
 def fit_crops(pipe, crops: list, targets: list, steps=(100, 400, 40)) -> dict:
@@ -231,14 +232,13 @@ def fit_crops(pipe, crops: list, targets: list, steps=(100, 400, 40)) -> dict:
             box = mean_codes(pipe, targets)["cam"]
             codes["cam"] = jnp.where(bad[:, None], box, codes["cam"])
             codes["pose"] = jnp.where(bad[:, None], codes["pose"].at[:, :3].set(0.0), codes["pose"])
-    return fit(pipe, codes, targets, images, np.stack([hull_mask(t, convention=pipe.lmk_convention) for t in targets]),
-               steps)
+    return fit(pipe, codes, targets, images, np.stack([hull_mask(t) for t in targets]), steps)
 
 
 def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
     """Fit one RGB uint8 image. landmarks_px: [68, 2] original pixels (None: dlib detects them).
     Returns (codes, decoded, crop) or None when no face is found."""
-    prep = prepare(image, landmarks_px, pipe.lmk_convention)
+    prep = prepare(image, landmarks_px)
     if prep is None:
         return None
     crop, target = prep
@@ -282,7 +282,7 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
             if single:
                 raise inputs.InputError(str(e)) from None
             return inputs.Skipped(frame.name, str(e))
-        return prepare(frame.image, lmk, pipe.lmk_convention)
+        return prepare(frame.image, lmk)
 
     size = None
     for chunk in pipeline.chunks(pipeline.found_faces(input_path, find, skipped, "fit", quiet=single), batch):
@@ -295,7 +295,7 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
         codes = fit_crops(pipe, crops, [target for _, (_, target) in padded], steps)
         out = pipe.decode(codes, np.stack([c.image for c in crops]))
         for k, (name, (crop, _)) in enumerate(chunk):
-            pipeline.write_outputs(out_dir, name, out, k, crop, codes, pipe.arrays, lmk_convention=pipe.lmk_convention)
+            pipeline.write_outputs(out_dir, name, out, k, crop, codes, pipe.arrays)
             written.append(name)
     inputs.report("fit", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}

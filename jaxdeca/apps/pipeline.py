@@ -19,9 +19,10 @@ image-space landmarks of a decode are turned into pixels the way the networks we
 Models trained by jaxdeca (a training workdir) use (p + 0.5) / S * 2 - 1, the renderer's pixel
 centres: 'jaxdeca'. A model directory (what `python -m jaxdeca.convert deca` writes) is taken to
 be DECA's released model, trained on p / S * 2 - 1: 'deca', so that its landmarks in pixels
-(*_kpt2d.txt, the drawn ones, fit's targets) are DECA's and not half a crop pixel up-left of
+(*_kpt2d.txt, the drawn ones) are DECA's and not half a crop pixel up-left of
 them; `load_pipeline(..., lmk_convention=)` overrides it (e.g. 'jaxdeca' for a jaxdeca-trained
-model saved with `save_variables`). Codes, vertices and renders do not depend on it.
+model saved with `save_variables`). Codes, vertices and renders do not depend on it, nor does
+`apps.fit`, whose landmark and photometric terms use the renderer's convention.
 
 Devices: encode/decode/run split each batch over all local devices (`Pipeline.devices`): the
 network variables are replicated, the batch is padded to a multiple of the device count by

@@ -158,7 +158,7 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
     if pipe.variables is None:  # fit the codes to dlib's landmarks, `batch` images at a time
         def prepared():
             for entry, path, image, _ in items:
-                prep = fit.prepare(image, convention=pipe.lmk_convention)
+                prep = fit.prepare(image)
                 if prep is None:
                     skipped.append((entry, f"{path}: no face detected"))
                     continue
