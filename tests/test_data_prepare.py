@@ -406,3 +406,24 @@ def test_symlinked_subfolders_are_walked_once_and_loops_end(tmp_path):
     rels = [r.replace(os.sep, "/") for r in prepare.list_images(str(root))]
     assert rels == ["linked/b.png", "linked/deep/c.png", "real/a.jpg"]
     assert prepare.identity_of(os.path.join("linked", "b.png"), "folders") == "linked"
+
+
+def test_rerun_after_the_images_folder_moved_resumes_there(tmp_path, capsys):
+    # records name images relative to the folder: a moved folder (the recorded one gone, every
+    # recorded image under the new path) resumes; a gone folder whose images are not all there is refused
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    for name in ("a", "b"):
+        write_rgb(str(tmp_path / "images" / "p1" / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(tmp_path / "images" / "p1" / f"{name}.pts"), pts)
+    out = tmp_path / "out"
+    assert prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)["ok"] == 2
+    os.rename(tmp_path / "images", tmp_path / "moved")
+    s = prepare.prepare(str(tmp_path / "moved"), str(out), "folders", progress=False)
+    assert s["already_done"] == 2 and s["ok"] == 2
+    assert json.load(open(out / "meta.json"))["images_root"] == str(tmp_path / "moved")
+    assert "taking --images" in capsys.readouterr().err
+    os.rename(tmp_path / "moved", tmp_path / "moved_again")
+    os.remove(tmp_path / "moved_again" / "p1" / "b.jpg")
+    assert prepare.main(["--images", str(tmp_path / "moved_again"), "--out", str(out), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "(gone)" in err and "lacks 1 of its images (e.g. p1/b.jpg)" in err

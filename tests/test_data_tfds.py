@@ -47,9 +47,7 @@ def test_tfds_loader_over_synthetic(synthetic_builder):
     assert np.all(np.abs(b["landmarks"][..., :2]) < 1)
 
 
-@pytest.fixture(scope="module")
-def prepared_vggface2(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vgg")
+def make_prepared_vggface2(root):
     rng = np.random.default_rng(0)
     for rel in ("n0002/0001_01.jpg", "n0001/0002_01.png", "n0001/0001_01.jpg"):
         p = root / "images" / rel
@@ -60,6 +58,11 @@ def prepared_vggface2(tmp_path_factory):
     s = prepare.prepare(str(root / "images"), str(root / "out"), "vggface2", workers=1, progress=False)
     assert s["ok"] == 3
     return root
+
+
+@pytest.fixture(scope="module")
+def prepared_vggface2(tmp_path_factory):
+    return make_prepared_vggface2(tmp_path_factory.mktemp("vgg"))
 
 
 def test_identity_faces_from_prepared_folder(prepared_vggface2, tmp_path):
@@ -148,3 +151,22 @@ def test_identity_faces_without_good_images_is_one_clear_error(tmp_path, capsys)
     assert tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir",
                             str(tmp_path / "out"), "--data-dir", str(tmp_path / "d")]) == 2
     assert "no usable images" in capsys.readouterr().err
+
+
+def test_moved_images_folder_is_given_by_its_new_path(tmp_path, capsys):
+    # prepare records images relative to the folder (meta.json: where it was); moved, the build
+    # names the missing folder and takes the new one with --images
+    root = make_prepared_vggface2(tmp_path)
+    (root / "images").rename(root / "moved")
+    args = ["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(root / "out"),
+            "--data-dir", str(tmp_path / "d")]
+    assert tfds_faces.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{root / 'images'}: images folder not found (recorded in {root / 'out' / 'meta.json'}" in err
+    assert "--images DIR" in err
+    assert tfds_faces.main(args + ["--images", str(root / "nowhere")]) == 2
+    assert "nowhere: images folder not found (given as --images)" in capsys.readouterr().err
+    assert tfds_faces.main(args + ["--images", str(root / "moved")]) == 0
+    b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
+    src = tfds_faces.data_source(b)
+    assert len(src) == 3 and src[0]["image"] == (root / "moved" / "n0001" / "0001_01.jpg").read_bytes()

@@ -15,7 +15,9 @@ detection), draw the skin mask (`masks.skin_mask`) and write
     OUT/index.jsonl                    all good records, sorted by identity then path
     OUT/summary.json                   counts, reasons, every bad file with its reason
     OUT/meta.json                      images root and layout (the tfds builders read it; a re-run
-                                       with another --images or --layout is refused)
+                                       with another --images or --layout is refused, unless the
+                                       recorded folder is gone and --images holds all its images:
+                                       it moved)
 
 Identities come from the folder layout: vggface2 / folders = first directory under --images
 (`n000002/0001_01.jpg`); voxceleb2 = the `idNNNNN` directory (`id00012/abc/00001.jpg`), else
@@ -212,7 +214,7 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     if not rels:
         raise FileNotFoundError(f"{images_root}: no image files found (looked for {', '.join(IMAGE_EXTS)}, "
                                 "any case, in all subfolders)")
-    _claim_output(images_root, out_dir, layout)
+    _claim_output(images_root, out_dir, layout, rels)
     todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
@@ -232,10 +234,21 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo))
 
 
-def _claim_output(images_root, out_dir, layout):
+def _recorded_paths(out_dir) -> list[str]:
+    """Relative image paths of the per-image records in out_dir/records."""
+    top = os.path.join(out_dir, "records")
+    out = []
+    for d, _, files in os.walk(top):
+        out += [os.path.relpath(os.path.join(d, f), top)[:-len(".json")] for f in files if f.endswith(".json")]
+    return out
+
+
+def _claim_output(images_root, out_dir, layout, rels=()):
     """Create out_dir and its meta.json, or check that an existing one was made from the same
     images folder and layout: a re-run reuses the per-image records by path, so another folder
-    or layout would silently keep their old identities and landmarks."""
+    or layout would silently keep their old identities and landmarks. A folder that moved (its
+    recorded path is gone, and every recorded image is under the new one, `rels`) is taken as
+    the same; finalise records its new path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "meta.json")
     root = os.path.abspath(images_root)
@@ -247,8 +260,16 @@ def _claim_output(images_root, out_dir, layout):
             raise ValueError(f"{out_dir}: prepared with layout {old_layout!r}, now --layout {layout}; "
                              "its records keep the old identities: use a new --out")
         if old_root is None or os.path.realpath(old_root) != os.path.realpath(root):
+            if old_root is not None and not os.path.exists(old_root):  # moved?
+                missing = sorted(set(_recorded_paths(out_dir)) - set(rels))
+                if not missing:
+                    print(f"{out_dir}: prepared from {old_root}, which is gone; taking --images {root} as that "
+                          "folder moved", file=sys.stderr)
+                    return
+                raise ValueError(f"{out_dir}: prepared from {old_root} (gone), now --images {root}, which lacks "
+                                 f"{len(missing)} of its images (e.g. {missing[0]}): use a new --out")
             raise ValueError(f"{out_dir}: prepared from {old_root}, now --images {root}; its records "
-                             "belong to those images: use a new --out (or edit meta.json if the folder moved)")
+                             "belong to those images: use a new --out")
         return
     with open(path, "w") as f:
         json.dump(dict(images_root=root, layout=layout), f, indent=1)

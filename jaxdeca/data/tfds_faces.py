@@ -17,7 +17,7 @@ stored upright, re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (P
 (int64 index into info.metadata["identities"]), identity_name, path, score (dlib score, NaN
 for annotated or rendered landmarks).
 
-    builder = tfds_faces.IdentityFaces(config="vggface2", data_dir=DATA)
+    builder = tfds_faces.IdentityFaces(config="vggface2", data_dir=DATA)   # images_root=DIR if the images moved
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=PREPARED))
     source = tfds_faces.data_source(builder, "train")   # random access, image/mask left encoded
 """
@@ -110,6 +110,13 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = ("Run `python -m jaxdeca.data.prepare --images IMAGES --out PREPARED "
                                     "--layout LAYOUT` and pass PREPARED as manual_dir.")
 
+    def __init__(self, *, images_root: str | None = None, **kwargs):
+        """images_root: the images folder prepare read, where it is now (default: the one
+        recorded in manual_dir's meta.json); records name images relative to it, so a moved
+        folder, or a prepared folder copied to another machine, only needs its new path."""
+        super().__init__(**kwargs)
+        self._images_root = images_root
+
     def _info(self):
         return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
                                               metadata=tfds.core.MetadataDict())
@@ -120,6 +127,7 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         for p in (index, meta):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
+        meta_path = meta
         with open(meta) as f:
             meta = json.load(f)
         if meta.get("layout") != self.builder_config.layout:
@@ -135,6 +143,11 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         if not records:
             raise ValueError(f"{index}: no usable images (every file was skipped); "
                              f"see the reasons in {os.path.join(root, 'summary.json')}")
+        images_root = self._images_root or meta.get("images_root")
+        if not (images_root and os.path.isdir(images_root)):
+            where = ("given as --images" if self._images_root else
+                     f"recorded in {meta_path} by prepare; if it moved, give its new path: --images DIR")
+            raise FileNotFoundError(f"{images_root}: images folder not found ({where})")
         names = sorted({r["identity"] for r in records})
         ids = {n: i for i, n in enumerate(names)}
         records.sort(key=lambda r: (ids[r["identity"]], r["path"]))
@@ -144,7 +157,7 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         if held:  # identities never trained on, for the trainer's held-out landmark error
             splits["test"] = [r for r in records if ids[r["identity"]] in held]
         self.info.metadata["groups"] = {k: _groups([ids[r["identity"]] for r in v]) for k, v in splits.items()}
-        return {k: self._generate_examples(root, meta["images_root"], v, ids) for k, v in splits.items()}
+        return {k: self._generate_examples(root, images_root, v, ids) for k, v in splits.items()}
 
     def _generate_examples(self, root, images_root, records, ids):
         for i, r in enumerate(records):
@@ -240,30 +253,37 @@ def groups(builder: tfds.core.DatasetBuilder, split: str = "train") -> np.ndarra
 BUILDERS = {"identity_faces": IdentityFaces, "synthetic_faces": SyntheticFaces}
 
 
-def get_builder(dataset: str, config: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """Builder instance by name: dataset in BUILDERS, config one of its BuilderConfig names."""
+def get_builder(dataset: str, config: str, data_dir: str | None = None, **kw) -> tfds.core.DatasetBuilder:
+    """Builder instance by name: dataset in BUILDERS, config one of its BuilderConfig names;
+    kw go to the builder (IdentityFaces: images_root)."""
     if dataset not in BUILDERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(BUILDERS)}")
     names = [c.name for c in BUILDERS[dataset].BUILDER_CONFIGS]
     if config not in names:
         raise ValueError(f"{dataset}: unknown config {config!r}; choose one of {names}")
-    return BUILDERS[dataset](config=config, data_dir=data_dir)
+    return BUILDERS[dataset](config=config, data_dir=data_dir, **kw)
 
 
 def main(argv=None):
     """python -m jaxdeca.data.tfds_faces --dataset identity_faces --config vggface2 --manual-dir PREPARED
-    [--data-dir DIR]: write the array_record dataset (run once, before training)."""
+    [--images DIR] [--data-dir DIR]: write the array_record dataset (run once, before training)."""
     import argparse
     import sys
     p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=main.__doc__.split("\n")[0])
     p.add_argument("--dataset", default="synthetic_faces", choices=sorted(BUILDERS))
     p.add_argument("--config", default=None, help="vggface2|voxceleb2|bupt|celeba|folders, or default|tiny|demo")
     p.add_argument("--manual-dir", default=None, help="folder made by jaxdeca.data.prepare (identity_faces)")
+    p.add_argument("--images", default=None,
+                   help="identity_faces: the images folder prepare read, if it has moved since (default: the "
+                        "path in PREPARED/meta.json)")
     p.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
     a = p.parse_args(argv)
     config = a.config or ("default" if a.dataset == "synthetic_faces" else "folders")
+    if a.images is not None and a.dataset != "identity_faces":
+        p.error("--images is for --dataset identity_faces")
+    kw = {} if a.images is None else dict(images_root=a.images)
     try:
-        b = build(get_builder(a.dataset, config, a.data_dir), a.manual_dir)
+        b = build(get_builder(a.dataset, config, a.data_dir, **kw), a.manual_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
