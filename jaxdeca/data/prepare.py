@@ -4,7 +4,8 @@
                                    [--workers N] [--predictor PATH]
 
 For every image under --images: decode it (grayscale/RGBA/16-bit converted; empty, text,
-truncated, undecodable or < 64 px files skipped with a reason), take the landmarks from an
+truncated, undecodable or < 64 px files skipped with a reason; so are video and HEIC files,
+which prepare does not read: extract the frames / convert them first), take the landmarks from an
 iBUG `.pts` file with the same stem if there is one, else detect the largest face with dlib's
 HOG detector and fit the 68-point shape predictor (images over 1024 px are downscaled for
 detection), draw the skin mask (`masks.skin_mask`) and write
@@ -42,6 +43,10 @@ import numpy as np
 from jaxdeca.data import detect, images, masks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+# files listed (so counted in summary.json) but never read: the reason each is skipped
+UNUSABLE_EXTS = {**dict.fromkeys((".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"),
+                                 "video file: extract its frames first"),
+                 **dict.fromkeys((".heic", ".heif"), "HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first")}
 LAYOUTS = ("vggface2", "voxceleb2", "bupt", "celeba", "folders")
 MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 
@@ -61,7 +66,8 @@ def check_landmark_box(lmk: np.ndarray, path: str) -> None:
 # ----------------------------------------------------------------------------- identities
 
 def list_images(root: str) -> list[str]:
-    """Relative paths of all image files under root, sorted.
+    """Relative paths of all image files under root, and of the files prepare lists as skipped
+    without reading them (UNUSABLE_EXTS: videos, HEIC), sorted.
 
     Symlinked subfolders are walked (their images listed under the link's path). Each real
     folder is walked once: a link back up the tree (a loop) or a second path to a folder met
@@ -79,7 +85,7 @@ def list_images(root: str) -> list[str]:
                 keep.add(x)
         dirs[:] = sorted(keep)
         for f in sorted(files):
-            if f.lower().endswith(IMAGE_EXTS):
+            if f.lower().endswith(IMAGE_EXTS + tuple(UNUSABLE_EXTS)):
                 out.append(os.path.relpath(os.path.join(d, f), root))
     return sorted(out)
 
@@ -145,6 +151,9 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
     path = os.path.join(images_root, rel)
     rec = dict(path=rel, identity=identity)
     try:
+        unusable = UNUSABLE_EXTS.get(os.path.splitext(rel)[1].lower())
+        if unusable:
+            raise images.BadImage(unusable)
         if identity is None:
             raise images.BadImage("no identity for this file in the folder layout")
         img = images.read_image(path)
@@ -211,9 +220,11 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
         raise FileNotFoundError(f"{predictor}: landmark model file not found")
     celeba = read_celeba_identities(images_root) if layout == "celeba" else None
     rels = list_images(images_root)
-    if not rels:
+    if not any(r.lower().endswith(IMAGE_EXTS) for r in rels):
+        videos = sum(UNUSABLE_EXTS.get(os.path.splitext(r)[1].lower(), "").startswith("video") for r in rels)
         raise FileNotFoundError(f"{images_root}: no image files found (looked for {', '.join(IMAGE_EXTS)}, "
-                                "any case, in all subfolders)")
+                                "any case, in all subfolders)" +
+                                (f"; {videos} video file(s): extract their frames first" if videos else ""))
     _claim_output(images_root, out_dir, layout, rels)
     todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
