@@ -170,3 +170,17 @@ def test_moved_images_folder_is_given_by_its_new_path(tmp_path, capsys):
     b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
     src = tfds_faces.data_source(b)
     assert len(src) == 3 and src[0]["image"] == (root / "moved" / "n0001" / "0001_01.jpg").read_bytes()
+
+
+def test_image_resized_after_prepare_stops_the_build_naming_it(tmp_path, capsys):
+    # prepare's landmarks and mask are for the image it read: one resized since is named, with
+    # both sizes, instead of being stored under a mask of another size (the loader would skip it)
+    root = make_prepared_vggface2(tmp_path)
+    p = root / "images" / "n0001" / "0002_01.png"
+    cv2.imwrite(str(p), cv2.resize(cv2.imread(str(p)), (120, 135)))
+    args = ["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(root / "out"),
+            "--data-dir", str(tmp_path / "d")]
+    assert tfds_faces.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{p}: now 120x135 px, prepare recorded 80x90 px" in err
+    assert str(root / "out" / "records" / "n0001" / "0002_01.png.json") in err

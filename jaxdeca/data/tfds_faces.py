@@ -56,8 +56,10 @@ class _FileBytes:
         return self._f.read(*a)
 
 
-def _image_bytes(path: str) -> bytes:
+def _image_bytes(path: str, size: tuple | None = None, record: str | None = None) -> bytes:
     """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG.
+    size: (width, height) prepare recorded (BadImage naming the file, and `record` to remove,
+    when the image is no longer that size: its landmarks and mask belong to the old one).
 
     A JPEG whose EXIF orientation turns it (phone photos) is re-encoded upright: prepare made
     its landmarks and mask on the upright image, and readers that ignore EXIF (tfds' and
@@ -68,6 +70,10 @@ def _image_bytes(path: str) -> bytes:
         img = imageio.decode_image(data)
     except imageio.BadImage as e:  # the file changed since prepare accepted it
         raise imageio.BadImage(f"{path}: {e}") from None
+    if size is not None and tuple(size) != (img.shape[1], img.shape[0]):
+        raise imageio.BadImage(f"{path}: now {img.shape[1]}x{img.shape[0]} px, prepare recorded {size[0]}x{size[1]} "
+                               "px (the file changed since; its landmarks and mask are the old image's): prepare it "
+                               f"again (remove {record or 'its record'} and re-run prepare)")
     if data[:3] == b"\xff\xd8\xff":
         import cv2
         raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -164,7 +170,10 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
             with open(os.path.join(root, r["mask"]), "rb") as f:
                 mask = f.read()
             score = np.nan if r.get("score") is None else r["score"]
-            yield i, {"image": _FileBytes(_image_bytes(os.path.join(images_root, r["path"]))),
+            size = (r["width"], r["height"]) if "width" in r and "height" in r else None
+            image = _image_bytes(os.path.join(images_root, r["path"]), size,
+                                 os.path.join(root, "records", r["path"] + ".json"))
+            yield i, {"image": _FileBytes(image),
                       "landmarks": np.asarray(r["landmarks"], np.float32), "mask": _FileBytes(mask),
                       "identity": ids[r["identity"]], "identity_name": r["identity"], "path": r["path"],
                       "score": np.float32(score)}
