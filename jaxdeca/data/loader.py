@@ -208,6 +208,8 @@ class FaceLoader:
         batch = next(loader)                 # image [N_local*K, S, S, 3], ...
         saved_state = loader.state()         # the step of the next batch
         loader.skipped                       # {record index: reason} skipped so far (see load_group)
+
+    After an error from next() (e.g. load_group's), the next call tries the same batch again.
     """
 
     def __init__(self, source, groups, cfg: LoaderConfig, process_index: int | None = None,
@@ -253,9 +255,20 @@ class FaceLoader:
     def __next__(self) -> dict:
         if self._it is None:
             self._it = iter(self._dataset(self._step))
-        batch = next(self._it)
+        try:
+            batch = next(self._it)
+        except BaseException:
+            # grain's prefetching iterator has moved past the failed batch: the next call starts a
+            # new one at this step, so a caller that goes on gets this batch, and state() stays true
+            self._close()
+            raise
         self._step += 1
         return batch
+
+    def _close(self):
+        it, self._it = self._it, None
+        if hasattr(it, "close"):
+            it.close()
 
     def state(self) -> dict:
         """{"step": next batch, "seed": seed}: save it with the model checkpoint."""
@@ -266,7 +279,7 @@ class FaceLoader:
         if int(state["seed"]) != self.cfg.seed:
             raise ValueError(f"loader state has seed {state['seed']}, config has {self.cfg.seed}")
         self._step = int(state["step"])
-        self._it = None
+        self._close()
 
 
 # ----------------------------------------------------------------------------- devices
