@@ -184,3 +184,28 @@ def test_image_resized_after_prepare_stops_the_build_naming_it(tmp_path, capsys)
     err = capsys.readouterr().err
     assert f"{p}: now 120x135 px, prepare recorded 80x90 px" in err
     assert str(root / "out" / "records" / "n0001" / "0002_01.png.json") in err
+
+
+def test_image_bytes_decodes_each_image_once(tmp_path, monkeypatch):
+    # a clean RGB JPEG is kept byte for byte and a turned or grey one re-encoded upright as RGB,
+    # from one decode each (the build used to decode every JPEG twice to compare the two)
+    from PIL import Image
+    y, x = np.mgrid[:96, :160]
+    upright = np.stack([x * 1.5, y * 2.5, 128 + 0 * x], -1).astype(np.uint8)  # smooth, not symmetric
+    upright[10:40, 100:150] = 255
+    Image.fromarray(upright).save(tmp_path / "clean.jpg", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # turned 180 degrees: same shape, other pixels
+    Image.fromarray(upright[::-1, ::-1].copy()).save(tmp_path / "turned.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(upright[..., 1]).save(tmp_path / "grey.jpg", quality=95)
+    calls = []
+    imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: calls.append(1) or imdecode(*a))
+    clean = tfds_faces._image_bytes(str(tmp_path / "clean.jpg"), (160, 96))
+    assert clean == (tmp_path / "clean.jpg").read_bytes() and len(calls) == 1
+    for name, want in (("turned", upright), ("grey", np.repeat(upright[..., 1:2], 3, -1))):
+        data = tfds_faces._image_bytes(str(tmp_path / f"{name}.jpg"), (160, 96))
+        assert data != (tmp_path / f"{name}.jpg").read_bytes()
+        raw = cv2.cvtColor(imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        assert raw.shape == (96, 160, 3) and np.abs(raw.astype(int) - want).mean() < 3, name
+    assert len(calls) == 3

@@ -56,6 +56,19 @@ class _FileBytes:
         return self._f.read(*a)
 
 
+def _upright_rgb_jpeg(data: bytes) -> bool:
+    """Whether JPEG bytes hold 8-bit RGB (not grey, CMYK, ...) with no EXIF turn (orientation
+    tag absent or 1), read from the header alone: such a file decodes the same with or without
+    EXIF handling, so its bytes can be stored as they are."""
+    import io
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format == "JPEG" and im.mode == "RGB" and im.getexif().get(0x0112, 1) == 1
+    except Exception:  # noqa: BLE001 -- a header PIL cannot read: re-encode, as decode_image read it
+        return False
+
+
 def _image_bytes(path: str, size: tuple | None = None, record: str | None = None) -> bytes:
     """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG.
     size: (width, height) prepare recorded (BadImage naming the file, and `record` to remove,
@@ -74,12 +87,8 @@ def _image_bytes(path: str, size: tuple | None = None, record: str | None = None
         raise imageio.BadImage(f"{path}: now {img.shape[1]}x{img.shape[0]} px, prepare recorded {size[0]}x{size[1]} "
                                "px (the file changed since; its landmarks and mask are the old image's): prepare it "
                                f"again (remove {record or 'its record'} and re-run prepare)")
-    if data[:3] == b"\xff\xd8\xff":
-        import cv2
-        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if raw is not None and raw.ndim == 3 and raw.shape[2] == 3 and raw.dtype == np.uint8 \
-                and raw.shape == img.shape and np.array_equal(raw[..., ::-1], img):  # no EXIF turn
-            return data
+    if data[:3] == b"\xff\xd8\xff" and _upright_rgb_jpeg(data):  # decodes as img: keep its bytes
+        return data
     return imageio.encode_jpeg(img)
 
 
