@@ -220,3 +220,63 @@ def test_unusable_out_folder_is_one_line_before_any_work(tmp_path, capsys, monke
             assert getattr(sys.modules[f"jaxdeca.apps.{app}"], "main")([*argv, "--out", str(out)]) == 2, app
             err = capsys.readouterr().err.strip().splitlines()
             assert err == [f"{app}: --out {out}: cannot be the output folder: {tmp_path / 'a_file'} is not a folder"], err
+
+
+def test_a_write_failure_is_one_line_naming_the_file_and_what_was_written(tmp_path, head, pipe, capsys,
+                                                                          monkeypatch):
+    """A full disk (or an output folder that became unwritable) while an app writes, after
+    --out was checked: the OSError ended reconstruct, animate and teaser with a traceback, and
+    said nothing of what had been written. Each CLI now stops with one line naming the file and
+    the OS error and how many faces (frames) were written before it, exit status 2; files
+    written before it are kept."""
+    import errno
+
+    from jaxdeca import wavefront
+    from jaxdeca.apps import teaser
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("a", "b"):
+        export.save_image(str(src / f"{n}.png"), head)
+    write, calls = wavefront.write, []
+
+    def full_disk_at_second_obj(path, *a, **k):  # a's coarse and detail OBJs, then b's coarse one
+        calls.append(path)
+        if os.path.basename(path) == "b.obj":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on a full disk: no filename
+        return write(path, *a, **k)
+    monkeypatch.setattr(wavefront, "write", full_disk_at_second_obj)
+    out = tmp_path / "out"
+    no_space = os.strerror(errno.ENOSPC)
+    rc = reconstruct.main(["--input", str(src), "--out", str(out), "--crop", "none", "--batch", "2",
+                           "--random-weights", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"reconstruct: {out / 'b' / 'b.obj'}: cannot write: {no_space}; "
+                               f"1 face(s) written to {out} before it"], err
+    assert (out / "a" / "a_codes.npz").exists() and (out / "a" / "a.obj").exists()
+
+    rc = animate.main(["--identity", str(src / "a.png"), "--expression", str(src), "--out", str(tmp_path / "anim"),
+                       "--crop", "none", "--batch", "2", "--random-weights", "0", "--video", "v.gif"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"animate: {tmp_path / 'anim' / 'b' / 'b.obj'}: cannot write: {no_space}; "
+                               f"1 frame(s) written to {tmp_path / 'anim'} before it"], err
+
+    # an image that cannot be written (cv2 encodes it, the file write fails) and the video
+    monkeypatch.setattr(export, "_write_bytes", lambda path, data: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    rc = reconstruct.main(["--input", str(src / "a.png"), "--out", str(tmp_path / "o2"), "--crop", "none",
+                           "--random-weights", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"reconstruct: {tmp_path / 'o2' / 'a' / 'a.png'}: cannot write: {no_space}; "
+                               f"0 face(s) written to {tmp_path / 'o2'} before it"], err
+    monkeypatch.setattr(animate.imageio, "get_writer", lambda *a, **k: (_ for _ in ()).throw(
+        PermissionError(errno.EACCES, os.strerror(errno.EACCES), a[0])))
+    rc = teaser.main(["--out", str(tmp_path / "t.gif"), "--frames", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"teaser: {tmp_path / 't.gif'}: cannot write: {os.strerror(errno.EACCES)}"], err
+    # NoW export's prediction files: the same error, which its command line reports (CLI_ERRORS)
+    from jaxdeca.evaluation import now
+    monkeypatch.setattr(now, "write_obj", full_disk_at_second_obj)
+    with pytest.raises(pipeline.CLI_ERRORS) as e:
+        now.export_prediction(str(tmp_path / "pred"), "s/c/b.jpg", np.zeros((3, 3)), [[0, 1, 2]], np.zeros((7, 3)))
+    assert str(e.value) == f"{tmp_path / 'pred' / 's' / 'c' / 'b.obj'}: cannot write: {no_space}"

@@ -9,7 +9,9 @@ length of the driving video. A driver video's frames without a face repeat the p
 in the video (the first one before any face), so it keeps the driver's length and timing.
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
-whole stops the run with one message (exit status 2); no frame written: exit status 1.
+whole stops the run with one message (exit status 2), as does an output file that cannot be
+written (a full disk: the file, the OS error and how many frames were written before it); no
+frame written: exit status 1.
 """
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ class VideoWriter:
     at a time at `fps` frames per second (a GIF at most 50): nothing but the current frame is
     held in memory.
     The file is opened at the first frame (its size fixes the video's) and finished by `close`
-    or at the end of a `with` block; with no frame, no file is written.
+    or at the end of a `with` block; with no frame, no file is written. A video that cannot be
+    written: export.WriteError naming it.
     """
 
     def __init__(self, path: str, fps: float = FPS):
@@ -66,6 +69,10 @@ class VideoWriter:
 
     def append(self, frame) -> None:
         frame = vis.to_uint8(frame)
+        with export.writing(self.path):
+            self._append(frame)
+
+    def _append(self, frame) -> None:
         if self._out is None:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._size = frame.shape[:2]
@@ -77,7 +84,7 @@ class VideoWriter:
                 self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                             (self._size[1], self._size[0]))
                 if not self._out.isOpened():
-                    raise OSError(f"{self.path}: cv2 cannot open an mp4v writer")
+                    raise export.WriteError(self.path, "cv2 cannot open an mp4v writer")
         if frame.shape[:2] != self._size:
             raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video's is {self._size}")
         if self._gif:
@@ -89,11 +96,9 @@ class VideoWriter:
     def close(self) -> str | None:
         """Finishes the file (again: no-op); returns its path, or None when no frame was written."""
         if self._out is not None:
-            if self._gif:
-                self._out.close()
-            else:
-                self._out.release()
-            self._out = None
+            out, self._out = self._out, None
+            with export.writing(self.path):
+                out.close() if self._gif else out.release()
         return self.path if self.n_frames else None
 
     def __enter__(self):
@@ -150,7 +155,7 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
             frames.append(name)
             last[0] = tile
 
-    with sink:
+    with pipeline.stop_on_write_error("animate", frames, skipped, out_dir, "frame(s)"), sink:
         crops = pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame")
         for chunk in pipeline.chunks(((name, d, len(skipped)) for name, d in crops), batch):
             run(chunk)

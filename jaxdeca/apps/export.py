@@ -3,6 +3,7 @@ landmark text files and images. NumPy in, files out; nothing here is differentia
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -12,8 +13,42 @@ import numpy as np
 from jaxdeca import wavefront
 
 
+class WriteError(OSError):
+    """An output file that could not be written (a full disk, a folder that became unwritable):
+    `filename` is the file, `strerror` the OS error. The apps' command lines report it as one
+    line (`pipeline.CLI_ERRORS`), with how many outputs were written before it (`done`, set by
+    `pipeline.stop_on_write_error`)."""
+
+    def __init__(self, path: str, reason: str, code: int | None = None):
+        super().__init__(code, reason, path)
+        self.done: str | None = None  # e.g. "2 face(s) written to out before it"
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write: {self.strerror}" + (f"; {self.done}" if self.done else "")
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turns an OSError raised while `path` is written into a WriteError naming the file (the
+    OSError's own file name when it has one, e.g. a folder that could not be made; a write on a
+    full disk has none). A WriteError from a nested `writing` passes unchanged. Wrap writes
+    only: an input that cannot be read is not a write failure."""
+    try:
+        yield path
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(e.filename or path, e.strerror or str(e), e.errno) from e
+
+
+def _write_bytes(path: str, data) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def save_image(path: str, image: np.ndarray) -> str:
-    """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path."""
+    """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path.
+    WriteError naming the file when it cannot be written (`writing`)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -21,9 +56,12 @@ def save_image(path: str, image: np.ndarray) -> str:
         image = image[..., 0]
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if not cv2.imwrite(path, image):
-        raise OSError(f"{path}: could not write image")
+    ok, data = cv2.imencode(os.path.splitext(path)[1], image)  # then written here: the OS error is kept
+    if not ok:
+        raise WriteError(path, "cv2 could not encode the image")
+    with writing(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        _write_bytes(path, data)
     return path
 
 
@@ -51,7 +89,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
       colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
     Returns:
-      The OBJ path.
+      The OBJ path. WriteError naming the file that cannot be written (`writing`).
     """
     has_uv = uv_coords is not None and uv_faces is not None
     mtllib = None
@@ -60,14 +98,16 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         stem = os.path.join(os.path.dirname(path), name)
         mtllib = name + ".mtl"
         save_image(stem + ".png", texture)
-        with open(stem + ".mtl", "w") as f:
+        if normal_map is not None:
+            save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
+        with writing(stem + ".mtl"), open(stem + ".mtl", "w") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
             if normal_map is not None:
-                save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
                 f.write(f"disp {name}_normals.png\n")
-    return wavefront.write(path, vertices, faces, uv_coords=uv_coords if has_uv else None,
-                           uv_faces=uv_faces if has_uv else None, colors=colors, mtllib=mtllib,
-                           usemtl="FaceTexture" if mtllib else None)
+    with writing(path):
+        return wavefront.write(path, vertices, faces, uv_coords=uv_coords if has_uv else None,
+                               uv_faces=uv_faces if has_uv else None, colors=colors, mtllib=mtllib,
+                               usemtl="FaceTexture" if mtllib else None)
 
 
 def grid_mesh(valid: np.ndarray) -> np.ndarray:
@@ -129,7 +169,8 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
     vertices, faces, colors = dense_detail_mesh(uv_positions, uv_normals, valid, uv_colors)
     if not len(faces):
         if os.path.isfile(path):
-            os.remove(path)
+            with writing(path):
+                os.remove(path)
         print(f"warning: {path}: not written: the detailed mesh has no faces (no UV texels both inside the "
               "face-eye mask and covered by the rendered mesh; check the FLAME file's uv_face_eye_mask)",
               file=sys.stderr)
@@ -138,7 +179,8 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
 
 
 def save_landmarks(path: str, points: np.ndarray, header: str = "") -> str:
-    """Landmarks [N, K] as a text file, one landmark per row."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savetxt(path, np.asarray(points, np.float64), fmt="%.6f", header=header)
+    """Landmarks [N, K] as a text file, one landmark per row (WriteError: `writing`)."""
+    with writing(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        np.savetxt(path, np.asarray(points, np.float64), fmt="%.6f", header=header)
     return path

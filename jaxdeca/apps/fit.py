@@ -23,7 +23,8 @@ reconstruct (`Pipeline.lmk_convention`), but fit's results are fitted, not regre
 from that model only starts half a crop pixel off.
 Writes the same outputs as reconstruct, per face. Bad inputs are handled like reconstruct's:
 one message per unusable file or face-less image naming it, the rest of a folder still fitted;
-exit status 0 (something written), 1 (nothing written), 2 (input unusable as a whole).
+exit status 0 (something written), 1 (nothing written), 2 (input unusable as a whole, or an
+output file that cannot be written: one line naming it and how many faces were written before).
 """
 from __future__ import annotations
 
@@ -284,8 +285,18 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
             return inputs.Skipped(frame.name, str(e))
         return prepare(frame.image, lmk)
 
+    with pipeline.stop_on_write_error("fit", written, skipped, out_dir):
+        _fit_chunks(pipeline.found_faces(input_path, find, skipped, "fit", quiet=single), out_dir, pipe, steps,
+                    batch, written)
+    inputs.report("fit", len(written), skipped, out_dir)
+    return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
+
+
+def _fit_chunks(faces, out_dir: str, pipe: pipeline.Pipeline, steps, batch: int, written: list) -> None:
+    """fit_inputs' loop: fit (name, (crop, target)) faces `batch` at a time and write each one's
+    outputs, appending its name to `written`."""
     size = None
-    for chunk in pipeline.chunks(pipeline.found_faces(input_path, find, skipped, "fit", quiet=single), batch):
+    for chunk in pipeline.chunks(faces, batch):
         # a short last chunk repeats its last face up to the first chunk's size: the fit is then
         # compiled once (on 2 CPU cores, 400 steps: compiling a batch of 1 again took 9 s, while
         # fitting 8 faces instead of 1 took 2.3 s more)
@@ -297,8 +308,6 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
         for k, (name, (crop, _)) in enumerate(chunk):
             pipeline.write_outputs(out_dir, name, out, k, crop, codes, pipe.arrays)
             written.append(name)
-    inputs.report("fit", len(written), skipped, out_dir)
-    return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
 
 
 def main(argv=None) -> int:

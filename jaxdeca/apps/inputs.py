@@ -48,6 +48,11 @@ def no_face(frame: Frame) -> Skipped:
 def report(app: str, n_written: int, skipped, out_dir: str, what: str = "face(s)") -> None:
     """One summary line on stdout and one line per skipped input on stderr."""
     print(f"{app}: {n_written} {what} written to {out_dir}, {len(skipped)} skipped")
+    report_skipped(app, skipped)
+
+
+def report_skipped(app: str, skipped) -> None:
+    """One line on stderr per skipped input (Skipped, or (name, reason))."""
     for s in skipped:
         reason = s.reason if isinstance(s, Skipped) else s[1]
         print(f"{app}: skipped {reason}", file=sys.stderr)

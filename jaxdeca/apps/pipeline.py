@@ -32,6 +32,7 @@ rasterizer included, see `render.rasterize`), and the outputs are cut back to th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import os
@@ -63,8 +64,26 @@ class OutputError(ValueError):
     """An --out folder that cannot be created or written."""
 
 
-# What the apps' command lines report as one message (exit status 2) instead of a traceback.
-CLI_ERRORS = (inputs.InputError, CheckpointError, OutputError, detect.DetectorUnavailable, flame.FlameFileError)
+# What the apps' command lines report as one message (exit status 2) instead of a traceback;
+# export.WriteError: an output file that could not be written (`stop_on_write_error`).
+CLI_ERRORS = (inputs.InputError, CheckpointError, OutputError, detect.DetectorUnavailable, flame.FlameFileError,
+              export.WriteError)
+
+
+@contextlib.contextmanager
+def stop_on_write_error(app: str, written: list, skipped: list, out_dir: str, what: str = "face(s)"):
+    """Around an app's loop that writes its outputs: an output file that cannot be written (a
+    full disk, a folder that became unwritable after `check_out_dir`; `export.WriteError`)
+    stops the run. The skipped inputs found so far are reported (`inputs.report`'s lines on
+    stderr) and the error, re-raised for the command line's one line (CLI_ERRORS, exit status
+    2), says how many of `what` were written before it: '<file>: cannot write: <OS error>;
+    3 face(s) written to <out_dir> before it'. The files written before it are kept."""
+    try:
+        yield
+    except export.WriteError as e:
+        inputs.report_skipped(app, skipped)
+        e.done = f"{len(written)} {what} written to {out_dir} before it"
+        raise
 
 
 def check_out_dir(path: str, file: str | None = None) -> str:
@@ -490,10 +509,11 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     """Write every output of face k of a decoded batch under out_dir/name/; returns paths (the
     detailed OBJ is left out, with a message on stderr, when its mesh has no faces:
     `export.write_detail_obj`). lmk_convention: how the decode's image-space landmarks become
-    pixels (`Pipeline.lmk_convention`)."""
+    pixels (`Pipeline.lmk_convention`). A file that cannot be written: export.WriteError naming it."""
     from jaxdeca.apps import visualize as vis
     d = os.path.join(out_dir, name)
-    os.makedirs(d, exist_ok=True)
+    with export.writing(d):
+        os.makedirs(d, exist_ok=True)
     g = lambda key: np.asarray(out[key][k])  # noqa: E731
     paths = []
     tex = g("uv_texture_extracted") if extract_tex and "uv_texture_extracted" in out else g("albedo")
@@ -519,7 +539,7 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
              vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
              vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
-    np.savez(os.path.join(d, f"{name}_codes.npz"), **{kk: np.asarray(v[k]) for kk, v in codes.items()},
-             crop_tform=crop.tform)
+    with export.writing(os.path.join(d, f"{name}_codes.npz")) as f:
+        np.savez(f, **{kk: np.asarray(v[k]) for kk, v in codes.items()}, crop_tform=crop.tform)
     paths.append(os.path.join(d, f"{name}_codes.npz"))
     return paths

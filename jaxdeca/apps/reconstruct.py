@@ -6,7 +6,9 @@ detailed OBJ, 2D landmarks in original pixels, 3D landmarks with visibility, dep
 visualisation grid and the codes. Bad inputs (unreadable image, undecodable video in a folder,
 no face) are skipped with one message naming the file; a summary ends the run. Exit status: 0
 when at least one face was written, 1 when none was, 2 when the input as a whole is unusable
-(missing path, empty folder, lone undecodable video or image, bad checkpoint).
+(missing path, empty folder, lone undecodable video or image, bad checkpoint) or an output
+file cannot be written (a full disk: one line naming the file and the OS error, and how many
+faces were written before it; those are kept).
 """
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
             raise pipeline.CheckpointError("reconstruct needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(checkpoint, flame_path, random_seed)
     written, skipped = [], []
-    for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
-        codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
-        for k, (name, c) in enumerate(chunk):
-            pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention)
-            written.append(name)
+    with pipeline.stop_on_write_error("reconstruct", written, skipped, out_dir):
+        for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
+            codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
+            for k, (name, c) in enumerate(chunk):
+                pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention)
+                written.append(name)
     inputs.report("reconstruct", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
 

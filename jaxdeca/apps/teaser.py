@@ -3,6 +3,8 @@
 A short animation of a head: a yaw sweep, jaw opening, then expression transfer (expression
 codes swept along the first components). With no input, the embedded demo head (zero codes).
 With --input, the codes come from the network (--checkpoint) or from `fit` (no checkpoint).
+Exit status 0, or 2 with one message when an input, the model or --out cannot be used or the
+video cannot be written (a full disk: the file and the OS error).
 """
 from __future__ import annotations
 
@@ -69,10 +71,10 @@ def main(argv=None) -> int:
                 if res is None:
                     raise inputs.InputError(f"{a.input}: no face detected")
                 base = res[0]
+        path = teaser(pipe, base, a.out, a.frames)
     except pipeline.CLI_ERRORS as e:
         print(f"teaser: {e}", file=sys.stderr)
         return 2
-    path = teaser(pipe, base, a.out, a.frames)
     print(f"teaser: wrote {path}")
     return 0
 

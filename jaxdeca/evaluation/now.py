@@ -92,14 +92,18 @@ def export_prediction(predictions_dir: str, image_path: str, vertices, faces, la
     """Write one image's neutral mesh and 7 landmarks in the official layout.
 
     vertices: [V, 3], faces: [F, 3] (0-based), landmarks7: [7, 3], same frame and unit as the
-    vertices (the metric's similarity alignment absorbs the unit). Returns (obj path, npy path).
+    vertices (the metric's similarity alignment absorbs the unit). Returns (obj path, npy path);
+    a file that cannot be written: `apps.export.WriteError` naming it.
     """
+    from jaxdeca.apps.export import writing
     landmarks7 = np.asarray(landmarks7, np.float32)
     if landmarks7.shape != (7, 3):
         raise ValueError(f"export_prediction({image_path}): landmarks must be [7, 3], found {landmarks7.shape}")
     obj_path, npy_path = prediction_paths(predictions_dir, image_path)
-    write_obj(obj_path, np.asarray(vertices), np.asarray(faces))
-    np.save(npy_path, landmarks7)
+    with writing(obj_path):
+        write_obj(obj_path, np.asarray(vertices), np.asarray(faces))
+    with writing(npy_path):
+        np.save(npy_path, landmarks7)
     return obj_path, npy_path
 
 

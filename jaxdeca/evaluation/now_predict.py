@@ -136,10 +136,12 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
     images: see `resolve_image_dirs`; image_list: NoW list of `<subject>/<challenge>/<image>`.
     Uses `checkpoint`'s coarse encoder on batches of `batch` crops, or `fit` on batches of
     `batch` images when there is no network. Images that are missing, unreadable or without a
-    detectable face are skipped with one message naming the file. Returns {'written': [list
-    entries], 'skipped': [(entry, reason)]}.
+    detectable face are skipped with one message naming the file. A prediction file that cannot
+    be written stops the run (`pipeline.stop_on_write_error`: export.WriteError naming it and
+    how many predictions were written before). Returns {'written': [list entries], 'skipped':
+    [(entry, reason)]}.
     """
-    from jaxdeca.apps import fit, inputs, pipeline
+    from jaxdeca.apps import inputs, pipeline
     img_dir, box_dir = resolve_image_dirs(images, bboxes)
     entries = now.read_image_list(image_list)
     if pipe is None:
@@ -155,6 +157,16 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
             written.append(e)
 
     items = _read_entries(img_dir, box_dir, entries, skipped)
+    with pipeline.stop_on_write_error("now export", written, skipped, out_dir, "prediction(s)"):
+        _predict(pipe, items, skipped, batch, fit_steps, write)
+    inputs.report("now export", len(written), [inputs.Skipped(e, r) for e, r in skipped], out_dir, "prediction(s)")
+    return {"written": written, "skipped": skipped}
+
+
+def _predict(pipe, items, skipped: list, batch: int, fit_steps, write) -> None:
+    """export_model's loop: the shape codes of `_read_entries` items, `batch` at a time, from
+    the network or `fit`, each batch handed to write(entries, shape)."""
+    from jaxdeca.apps import fit, pipeline
     if pipe.variables is None:  # fit the codes to dlib's landmarks, `batch` images at a time
         def prepared():
             for entry, path, image, _ in items:
@@ -171,5 +183,3 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
         for chunk in pipeline.chunks(_crops(items, skipped), batch):
             shape = pipe.encode(pipeline.padded_batch([c for _, c in chunk], batch))["shape"][:len(chunk)]
             write([e for e, _ in chunk], shape)
-    inputs.report("now export", len(written), [inputs.Skipped(e, r) for e, r in skipped], out_dir, "prediction(s)")
-    return {"written": written, "skipped": skipped}
