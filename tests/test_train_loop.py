@@ -240,6 +240,24 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
     assert checkpoint.make_manager(str(tmp_path / "m")).directory.as_posix() == str(tmp_path / "m")
 
 
+def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset():
+    """--config.init.checkpoint=None gives the placeholder(str) field the string 'None'
+    (ml_collections parses the value as the field's type), and the job said only
+    "config.init.checkpoint='None' does not exist"; the line now says where 'None' came from and
+    how to leave the field unset."""
+    import ml_collections
+    from jaxdeca.train import paths
+    c = ml_collections.ConfigDict({"init": {"checkpoint": "None"}})
+    with pytest.raises(paths.ConfigPathError) as e:
+        paths.require_path(c, "init.checkpoint", "the workdir of the stage this one starts from")
+    assert str(e.value) == ("config.init.checkpoint='None' does not exist; it must name the workdir of the stage "
+                            "this one starts from (--config.init.checkpoint=None sets the string 'None'; to leave "
+                            "the field unset, leave the flag out or give it no value: --config.init.checkpoint=)")
+    c.init.checkpoint = ""  # what that hint says: unset
+    with pytest.raises(paths.ConfigPathError, match=r"^config.init.checkpoint is not set"):
+        paths.require_path(c, "init.checkpoint", "x")
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--config=configs/coarse.py"], "error: config.weights.vggface2 is not set"),
     (["--config=configs/test_toy.py", "--config.task=nope"], "error: config.task='nope' is not one of"),

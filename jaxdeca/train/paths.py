@@ -56,7 +56,8 @@ class ConfigPathError(ConfigError):
 def require_path(config, field: str, why: str) -> str:
     """Returns `config.<field>` (a dotted name) if it names an existing file or directory.
 
-    Raises ConfigPathError naming the field, its value and what it is for, e.g.
+    Raises ConfigPathError naming the field, its value and what it is for (for the string
+    'None', what `--config.<field>=None` gives a str field, how to leave it unset instead), e.g.
     `require_path(config, 'detail.coarse_checkpoint', 'the frozen coarse encoder')`.
     """
     value = config
@@ -67,5 +68,8 @@ def require_path(config, field: str, why: str) -> str:
     if not value:
         raise ConfigPathError(f"config.{field} is not set; it must name {why} (set --config.{field}=PATH)")
     if not exists(value):
-        raise ConfigPathError(f"config.{field}={value!r} does not exist; it must name {why}")
+        # ml_collections parses --config.X=None for a placeholder(str) field as the string 'None'
+        hint = (f" (--config.{field}=None sets the string 'None'; to leave the field unset, leave the flag out "
+                f"or give it no value: --config.{field}=)") if value == "None" else ""
+        raise ConfigPathError(f"config.{field}={value!r} does not exist; it must name {why}{hint}")
     return str(value)
