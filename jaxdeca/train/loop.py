@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from jaxdeca import xla_options
 from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps
 
 
@@ -49,7 +50,7 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
 
-@jax.jit
+@xla_options.jit
 def _add_terms(total, terms):
     """`total` + the step's `terms` (float32 sums of the loss terms since the last log; None:
     the first step of an interval). One dispatch per step, no wait for the step to finish."""
