@@ -30,6 +30,33 @@ def test_make_topology_names_bad_key():
                            uv_faces=np.zeros((1, 3), np.int32), fixed_displacement=np.zeros((4, 5))), uv_size=8)
 
 
+def test_make_topology_compiles_one_program_and_gives_the_op_by_op_bits():
+    """make_topology's UV rasterization is one setup program (xla_options.setup_jit), not about
+    90 eager operations each compiled on its own, with the bits those operations gave (at the
+    even sizes checked, 32-256; at 37 and 41 px a few pixels, 3-7, take another face); uv_grid is
+    numpy's. Under a jit, grad or vmap uv_rasterize is traced into the caller's program."""
+    from compile_count import compiles
+    from jaxdeca import flame
+    from jaxdeca.render import uv
+    arrays = flame.load_arrays(None)  # the demo head, at a size no other test uses
+    with compiles() as n:
+        topo = make_topology(arrays, uv_size=44)
+    assert len(n) <= 3, len(n)  # the rasterization; transfers compile nothing
+    coords = jnp.asarray(arrays["uv_coords"], jnp.float32)
+    ref = uv._uv_rasterize.__wrapped__(coords, jnp.asarray(arrays["uv_faces"], jnp.int32), 44)  # op by op
+    for got, want in zip(jax.tree.leaves(topo.uv_raster), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(topo.uv_grid), np.asarray(uv.uv_to_image(coords)[arrays["uv_faces"]]))
+    faces = arrays["uv_faces"]
+    inside = jax.jit(lambda c: uv.uv_rasterize(c, faces, 44))(coords)
+    np.testing.assert_array_equal(np.asarray(inside.face_index), np.asarray(ref.face_index))
+    np.testing.assert_allclose(np.asarray(inside.bary), np.asarray(ref.bary), atol=1e-6)
+    g = jax.grad(lambda c: uv.uv_rasterize(c, faces, 44).bary.sum())(coords)  # UVs are constants
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+    masks = jax.vmap(lambda c: uv.uv_rasterize(c, faces, 44).mask)(jnp.stack([coords, coords]))
+    np.testing.assert_array_equal(np.asarray(masks), np.asarray(ref.mask)[None].repeat(2, 0))
+
+
 def test_uv_face_eye_mask_at_the_topology_size():
     """The apps' outputs take the mask at the model's UV size from the same function as Topology."""
     mask = np.zeros((16, 16), np.float32)

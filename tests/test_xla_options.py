@@ -73,3 +73,23 @@ def test_benchmarks_jit_through_xla_options():
     root = pathlib.Path(xla_options.__file__).parent.parent
     found = _bare_jits(sorted((root / "benchmarks").glob("*.py")), root)
     assert not found, f"use jaxdeca.xla_options.jit instead of jax.jit at {found}"
+
+
+def test_setup_jit_gives_the_op_by_op_bits_and_traces_inline_under_transformations():
+    """A setup program compiles once (at -O0 on CPU, whatever XLA_FLAGS say) and rounds as its
+    operations run one by one do: a * b - c * d is not contracted into fused multiply-adds."""
+    from compile_count import compiles
+    rng = np.random.default_rng(0)
+    a, b, c, d = (jnp.asarray(rng.uniform(0, 64, 8192), jnp.float32) for _ in range(4))
+    f = lambda a, b, c, d: a * b - c * d  # noqa: E731
+    eager = f(a, b, c, d)
+    setup = xla_options.setup_jit(f)
+    with compiles() as n:
+        got = setup(a, b, c, d)
+    assert len(n) == 1
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(eager))
+    np.testing.assert_allclose(jax.jit(setup)(a, b, c, d), eager, rtol=1e-5)  # no options in a jit
+    np.testing.assert_allclose(jax.vmap(setup)(a, b, c, d), eager, rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(lambda a: setup(a, b, c, d).sum())(a), b)
+    static = xla_options.setup_jit(lambda x, k: x * k, static_argnums=1)
+    np.testing.assert_allclose(static(a, 2), a * 2)

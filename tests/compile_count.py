@@ -1,0 +1,21 @@
+"""`compiles()`: counts the XLA backend compilations made inside a `with` block (a persistent
+cache hit counts too: JAX reports its retrieval under the same event)."""
+import contextlib
+
+import jax
+
+
+@contextlib.contextmanager
+def compiles():
+    """with compiles() as n: ...; then len(n) is the number of compilations, n their seconds."""
+    found = []
+
+    def listener(name, secs, **kwargs):
+        if name.endswith("backend_compile_duration"):
+            found.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield found
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
