@@ -50,10 +50,11 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
     return {f"eval/{k}": v / max(len(batches), 1) for k, v in sums.items()}
 
 
-@xla_options.jit
 def _add_terms(total, terms):
     """`total` + the step's `terms` (float32 sums of the loss terms since the last log; None:
-    the first step of an interval). One dispatch per step, no wait for the step to finish."""
+    the first step of an interval). `train` jits it there (one dispatch per step, no wait for
+    the step to finish): xla_options.jit picks its options from the backend, which must not
+    start at import, before jax.distributed.initialize."""
     terms = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
     return terms if total is None else {k: total[k] + v for k, v in terms.items()}
 
@@ -190,10 +191,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             do_eval(start)
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
     term_sums, n_summed = None, 0  # the loss terms summed over the steps since the last log
+    add_terms = xla_options.jit(_add_terms)
     for step in range(start + 1, int(tc.num_steps) + 1):
         batch = parallel.shard_batch(loader.next(), mesh)
         state, terms = train_step(state, batch)
-        term_sums, n_summed = _add_terms(term_sums, terms), n_summed + 1
+        term_sums, n_summed = add_terms(term_sums, terms), n_summed + 1
         if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
             jax.block_until_ready(terms)
             first = progress.first_step_done(step)
