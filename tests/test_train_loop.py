@@ -448,14 +448,13 @@ def test_progress_rate_leaves_out_the_compiling_first_step(monkeypatch):
     assert p.report(15)[0]["steps_per_sec"] == 2.0
 
 
-def test_first_logged_step_shows_its_time_not_a_rate(tmp_path, capsys, monkeypatch):
-    """With log_every=1 the first line is the first step's time (compile included), the next
-    ones rates; the time also goes to TensorBoard as first_step_sec, whatever log_every."""
-    written = []
+def _record_scalars(monkeypatch) -> dict:
+    """The loop's TensorBoard writer replaced by one recording {step: {name: value}} (returned)."""
+    written = {}
 
     class Writer:
         def write_scalars(self, step, scalars):
-            written.append((step, sorted(scalars)))
+            written.setdefault(step, {}).update(scalars)
 
         def write_images(self, step, images):
             pass
@@ -463,14 +462,21 @@ def test_first_logged_step_shows_its_time_not_a_rate(tmp_path, capsys, monkeypat
         def flush(self):
             pass
     monkeypatch.setattr(loop.metrics, "make_writer", lambda workdir: Writer())
+    return written
+
+
+def test_first_logged_step_shows_its_time_not_a_rate(tmp_path, capsys, monkeypatch):
+    """With log_every=1 the first line is the first step's time (compile included), the next
+    ones rates; the time also goes to TensorBoard as first_step_sec, whatever log_every."""
+    written = _record_scalars(monkeypatch)
     config = test_toy.get_config()
     config.train.update(dict(num_steps=3, log_every=1, eval_every=0))
     loop.train(config, str(tmp_path / "p"), ToyTask(config))
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
     assert len(lines) == 3 and "first step" in lines[0] and "steps/s" not in lines[0], lines
     assert all("steps/s" in ln for ln in lines[1:]), lines
-    assert [s for s, names in written if "first_step_sec" in names] == [1]
-    assert [s for s, names in written if "steps_per_sec" in names] == [2, 3]
+    assert [s for s, scalars in written.items() if "first_step_sec" in scalars] == [1]
+    assert [s for s, scalars in written.items() if "steps_per_sec" in scalars] == [2, 3]
 
 
 class _CountingTask(ToyTask):
@@ -505,18 +511,7 @@ def test_logged_losses_are_the_mean_over_the_steps_since_the_last_log(tmp_path, 
     of every step since the last log, as clu's metrics do, not the one step it falls on: steps
     1..7 with losses 1..7, log_every 3 -> 2 (steps 1-3), 5 (4-6), 7 (the last step alone). A run
     resumed from step 4 averages from its first step (5, 6 -> 5.5). It was the sample 3, 6, 7."""
-    written = {}
-
-    class Writer:
-        def write_scalars(self, step, scalars):
-            written.setdefault(step, {}).update(scalars)
-
-        def write_images(self, step, images):
-            pass
-
-        def flush(self):
-            pass
-    monkeypatch.setattr(loop.metrics, "make_writer", lambda workdir: Writer())
+    written = _record_scalars(monkeypatch)
     config = test_toy.get_config()
     config.train.update(dict(num_steps=7, log_every=3, eval_every=0, checkpoint_every=4))
     out = loop.train(config, str(tmp_path / "w"), _CountingTask(config))
