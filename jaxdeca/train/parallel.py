@@ -16,6 +16,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxdeca.train import paths
+
 DATA_AXIS = "data"
 
 
@@ -23,19 +25,53 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
                                  process_id: int | None = None) -> None:
     """Calls `jax.distributed.initialize` when running multi-process.
 
-    Explicit arguments (from the config or launcher flags) win; otherwise JAX's own
-    auto-detection is used on TPU pods and SLURM (it reads their environment). A single
-    process with no coordinator configured is left alone.
+    Explicit arguments (from the config or launcher flags) win. Otherwise JAX's own detection
+    is used (initialize() without arguments) for
+      - a task of `srun` with several tasks (SLURM_NTASKS > 1 and srun's step variables, which
+        JAX reads: launch/slurm.sh). SLURM_NTASKS > 1 without them, a process the batch script
+        or an allocation's shell started itself, is a ConfigError: it is one process of the job,
+        and JAX would either find no cluster or wait for tasks that never start;
+      - a Cloud TPU VM (launch/tpu_pod.sh): a GCE VM names its pod's workers in its metadata,
+        a GKE pod in TPU_WORKER_HOSTNAMES; one host starts it too (one process), as JAX
+        recommends on TPU.
+    Anything else (one SLURM task with all its node's GPUs, a workstation) is left alone.
     """
     if coordinator_address or num_processes:
         jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                    process_id=process_id)
-    elif os.environ.get("SLURM_NTASKS", "1") != "1" or os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
+    elif _slurm_tasks() > 1:
+        if "SLURM_STEP_NODELIST" not in os.environ or "SLURM_PROCID" not in os.environ:
+            raise paths.ConfigError(
+                f"SLURM_NTASKS={os.environ['SLURM_NTASKS']} but this process was not started by srun (no "
+                "SLURM_STEP_NODELIST): start one task per GPU with srun (launch/slurm.sh), run one process "
+                "with srun --ntasks=1, or set config.coordinator_address, num_processes and process_id")
+        jax.distributed.initialize()
+    elif _on_cloud_tpu_cluster():
         jax.distributed.initialize()
     else:
         return
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _slurm_tasks() -> int:
+    """SLURM_NTASKS (tasks of the job, or of the srun step inside one); 1 when unset or unreadable."""
+    try:
+        return int(os.environ.get("SLURM_NTASKS", "1"))
+    except ValueError:
+        return 1
+
+
+def _on_cloud_tpu_cluster() -> bool:
+    """Whether jax.distributed.initialize() would find a Cloud TPU cluster (GCE: the VM's
+    metadata; GKE: TPU_WORKER_HOSTNAMES). Off a TPU VM neither asks the network. A JAX without
+    these (private) classes falls back to TPU_WORKER_HOSTNAMES naming several hosts."""
+    try:
+        from jax._src import clusters
+        kinds = (clusters.GkeTpuCluster, clusters.GceTpuCluster)
+    except (ImportError, AttributeError):
+        return os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0
+    return any(k.is_env_present() for k in kinds)
 
 
 def make_mesh(devices=None) -> Mesh:
