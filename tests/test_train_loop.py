@@ -240,6 +240,31 @@ def test_image_grids_written_and_config_paths_checked(tmp_path):
     assert checkpoint.make_manager(str(tmp_path / "m")).directory.as_posix() == str(tmp_path / "m")
 
 
+def test_image_grids_are_one_program_traced_under_the_mesh(run_on_four_devices, tmp_path):
+    # task.images ran eagerly: op by op at every due step, and without the context mesh, under
+    # which the DECA tasks' renderer rasterizes each device's own images (without it every device
+    # rasterizes the whole gathered batch). It is now jitted once, traced under the mesh.
+    code = textwrap.dedent(f"""
+        import os, jax
+        from configs import test_toy
+        from jaxdeca.train import loop, toy
+        calls = []
+
+        class Task(toy.ToyTask):
+            def images(self, state, batch):
+                calls.append((isinstance(batch["x"], jax.core.Tracer), dict(jax.sharding.get_abstract_mesh().shape)))
+                return super().images(state, batch)
+
+        config = test_toy.get_config()
+        config.train.num_steps, config.train.image_every, config.train.eval_every = 6, 2, 0
+        loop.train(config, {str(tmp_path / "w")!r}, Task(config))
+        assert calls == [(True, {{"data": 4}})], calls
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir({str(tmp_path / "w")!r}))
+        print("OK")
+    """)
+    run_on_four_devices(code)
+
+
 def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset():
     """--config.init.checkpoint=None gives the placeholder(str) field the string 'None'
     (ml_collections parses the value as the field's type), and the job said only

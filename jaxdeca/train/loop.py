@@ -7,7 +7,8 @@ A *task* (see `jaxdeca.train.toy.ToyTask` for the smallest one) supplies the sta
   make_loader(local_batch_size, process_index, process_count) -> loader with
       `next() -> dict of numpy [local_batch, ...]`, `position() -> JSON-able`, `restore(position)`
   eval_batches(local_batch_size, process_index, process_count) -> list of numpy batches
-  images(state, batch) -> optional dict name -> [N, H, W, 3] image grid (may be None)
+  images(state, batch) -> optional dict name -> [N, H, W, 3] image grid (may be None); the loop
+      jits it (`steps.make_image_step`), so it must be traceable like loss_fn
 and optionally
   checkpoint_info() -> JSON-able dict saved with every checkpoint
   check_resume(extra, where) -> raises ConfigError when the checkpoint `where` (its saved extra,
@@ -172,6 +173,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
     eval_step = steps.make_eval_step(task.eval_fn, mesh)
+    image_step = steps.make_image_step(task.images, mesh) if image_every else None
     writer = metrics.make_writer(workdir)
     losses = []
 
@@ -210,7 +212,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             logging.info("%s loss %.5f", line, scalars["train/loss"])
             _console(f"{line} loss {scalars['train/loss']:.5f}")
         if image_every and step % image_every == 0:
-            imgs = task.images(state, batch)
+            imgs = image_step(state, batch)
             if imgs:
                 imgs = host_images(imgs)
                 if jax.process_index() == 0:

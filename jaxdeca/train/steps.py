@@ -48,3 +48,19 @@ def make_eval_step(metric_fn: Callable, mesh) -> Callable:
             return metric_fn(state.params, state.batch_stats, state.frozen, batch)
 
     return xla_options.jit(ev, in_shardings=(repl, data), out_shardings=repl)
+
+
+def make_image_step(images_fn: Callable, mesh) -> Callable:
+    """Jitted `images(state, batch) -> dict of image grids (or None)` with the task's
+    `images_fn(state, batch)`: one program, compiled at its first call, instead of the grids'
+    operations run one by one at every due step; traced under the mesh like the steps, so the
+    renderer rasterizes each device's own images. The grids keep the layout XLA gives them
+    (split by image); `loop.host_images` gathers them."""
+    repl = parallel.replicated(mesh)
+    data = parallel.batch_sharding(mesh)
+
+    def im(state: TrainState, batch):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return images_fn(state, batch)
+
+    return xla_options.jit(im, in_shardings=(repl, data))
