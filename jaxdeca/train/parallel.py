@@ -75,7 +75,16 @@ def _on_cloud_tpu_cluster() -> bool:
 
 
 def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh named `data` over `devices` (default: all devices of all processes)."""
+    """A 1-D mesh named `data` over `devices` (default: all devices of all processes), in
+    jax.devices() order, with Auto axes (GSPMD).
+
+    Not jax.make_mesh / mesh_utils.create_device_mesh: their topology order (TPU ICI rings)
+    matters for collectives over a sub-group of a multi-axis mesh, or for ring permutes; this
+    mesh's one collective is the all-reduce of the gradients over all devices, whose group is
+    the same whatever the order (the TPU runtime and NCCL pick its route from the physical
+    topology). jax.make_mesh would also make the axis Explicit, refuse multi-slice TPUs, and
+    may interleave the processes' devices, which would scatter a process's local batch (whole
+    identity groups, `shard_batch`) over the global one."""
     devices = np.asarray(jax.devices() if devices is None else devices)
     return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
