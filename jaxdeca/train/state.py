@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdeca import xla_options
 from jaxdeca.train import paths
 
 
@@ -92,6 +93,11 @@ def check_schedule_resume(saved: dict | None, config, step: int, where: str) -> 
 
 def create(params, batch_stats, frozen, optimizer: optax.GradientTransformation, seed: int) -> TrainState:
     """A step-0 state; `frozen` may be an empty dict."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                      opt_state=optimizer.init(params), rng=jax.random.key_data(jax.random.key(seed)),
+    # the new leaves in one setup program (run op by op, the optimiser's zeros and the key made
+    # one small compile per shape, about 10 per stage); inlined under a caller's transformation
+    def fresh(params):
+        return jnp.zeros((), jnp.int32), optimizer.init(params), jax.random.key_data(jax.random.key(seed))
+
+    step, opt_state, rng = xla_options.setup_jit(fresh)(params)
+    return TrainState(step=step, params=params, batch_stats=batch_stats, opt_state=opt_state, rng=rng,
                       frozen=frozen)
