@@ -84,24 +84,27 @@ def run(config, workdir: str) -> None:
     arrays = flame.load_arrays(config.flame_path)
     model = flame.from_arrays(arrays, n_shape=config.n_shape, n_exp=config.n_exp)
     topo = render.make_topology(arrays)
-    cam = jnp.asarray(cfg.cam, jnp.float32)
 
     names, shape, exp, pose = head_batch(model, cfg.identity_sigma, cfg.jaw_open)
     n = len(names)
-    out = xla_options.jit(model.__call__)(jnp.asarray(shape), jnp.asarray(exp), jnp.asarray(pose))
-    cams = jnp.broadcast_to(cam, (n, 3))
-    trans = render.orth_proj(out["vertices"], cams)
-    lmk = render.orth_proj(out["landmarks2d"], cams)
-
+    out = xla_options.jit(model.__call__)(shape, exp, pose)
     tex_size = topo.uv_face_eye_mask.shape[0]
-    albedo = flame.texture.albedo_from_arrays(arrays, jnp.zeros((n, config.n_tex)), size=tex_size)
-    light = jnp.zeros((n, 9, 3)).at[:, 0, :].set(2.6).at[:, 2, :].set(-0.6).at[:, 3, :].set(1.0)
-    uv_z = jnp.broadcast_to(_wrinkles(tex_size), (n, tex_size, tex_size, 1))
+
+    # outside the setup program, which would hold the albedo basis as a constant (1 s more to compile)
+    albedo = flame.texture.albedo_from_arrays(arrays, np.zeros((n, config.n_tex), np.float32), size=tex_size)
+
+    def setup(vertices, landmarks2d):  # one program instead of about 45 eager compiles; the same bits
+        cams = jnp.broadcast_to(jnp.asarray(cfg.cam, jnp.float32), (n, 3))
+        light = jnp.zeros((n, 9, 3)).at[:, 0, :].set(2.6).at[:, 2, :].set(-0.6).at[:, 3, :].set(1.0)
+        uv_z = jnp.broadcast_to(_wrinkles(tex_size), (n, tex_size, tex_size, 1))
+        return render.orth_proj(vertices, cams), render.orth_proj(landmarks2d, cams), light, uv_z
+
+    trans, lmk, light, uv_z = xla_options.setup_jit(setup)(out["vertices"], out["landmarks2d"])
     rendered = xla_options.jit(lambda v, tv, a, l, z: render.render(v, tv, a, l, topo, size, uv_z=z))(
         out["vertices"], trans, albedo, light, uv_z)
-    rendered = jax.device_get(rendered)
+    rendered, lmk, vertices, albedo = jax.device_get((rendered, lmk, out["vertices"], albedo))
 
-    tiles = [_label(_draw_landmarks(rendered["shape_images"][k], np.asarray(lmk[k, :, :2])), names[k]) for k in range(n)]
+    tiles = [_label(_draw_landmarks(rendered["shape_images"][k], lmk[k, :, :2]), names[k]) for k in range(n)]
     p1 = export.save_image(os.path.join(out_dir, "head_views.png"), _grid(tiles, 5))
 
     k = 0
@@ -120,9 +123,9 @@ def run(config, workdir: str) -> None:
     ]
     p2 = export.save_image(os.path.join(out_dir, "render_outputs.png"), _grid(panels, 3))
 
-    p3 = export.write_obj(os.path.join(out_dir, "head_neutral.obj"), np.asarray(out["vertices"][0]),
+    p3 = export.write_obj(os.path.join(out_dir, "head_neutral.obj"), vertices[0],
                           arrays["faces"], uv_coords=arrays["uv_coords"], uv_faces=arrays["uv_faces"],
-                          texture=np.asarray(albedo[0]))
+                          texture=albedo[0])
     for p in (p1, p2, p3):
         logging.info("wrote %s", p)
     print(f"showcase written to {out_dir}:\n  {p1}\n  {p2}\n  {p3}")
