@@ -112,14 +112,9 @@ def parse_flags(argv):
     except ConfigFileError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except UnsupportedOperationError as e:
-        message = _untyped_field_override(e, argv)
-        if message is None:
-            _absl_flags_error(e)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except flags.IllegalFlagValueError as e:
-        message = _wrong_type_override(e, argv)
+    except (UnsupportedOperationError, flags.IllegalFlagValueError) as e:
+        explain = _untyped_field_override if isinstance(e, UnsupportedOperationError) else _wrong_type_override
+        message = explain(e, argv)
         if message is None:
             _absl_flags_error(e)
         print(f"error: {message}", file=sys.stderr)
