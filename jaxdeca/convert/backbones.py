@@ -26,10 +26,19 @@ def _state(src):
     return state_dict_to_numpy(state, src, "the file")
 
 
+def vgg19_template() -> dict:
+    """Variable shapes of what convert_vgg19 writes (VGG19Features, all 16 convs)."""
+    return init_template(VGG19Features(layers=("pool_5",)), jnp.zeros((1, 32, 32, 3)))
+
+
+def vggface2_template() -> dict:
+    """Variable shapes of what convert_vggface2 writes (the Caffe ResNet-50, params and batch_stats)."""
+    return init_template(vggface2_resnet50(), jnp.zeros((1, 64, 64, 3)))
+
+
 def convert_vgg19(src: str) -> dict:
     """torchvision vgg19 .pth -> {'params': {'features_N': {kernel, bias}}}."""
-    template = init_template(VGG19Features(layers=("pool_5",)), jnp.zeros((1, 32, 32, 3)))
-    return torch_to_flax(_state(src), template, src, ignore=("classifier.",))
+    return torch_to_flax(_state(src), vgg19_template(), src, ignore=("classifier.",))
 
 
 def convert_resnet50(src: str) -> dict:
@@ -40,5 +49,4 @@ def convert_resnet50(src: str) -> dict:
 
 def convert_vggface2(src: str) -> dict:
     """resnet50_ft_weight.pkl -> ResNet50(caffe=True) {'params', 'batch_stats'}."""
-    template = init_template(vggface2_resnet50(), jnp.zeros((1, 64, 64, 3)))
-    return torch_to_flax(load_pickle_arrays(src), template, src, ignore=("fc.",))
+    return torch_to_flax(load_pickle_arrays(src), vggface2_template(), src, ignore=("fc.",))

@@ -177,12 +177,10 @@ def frozen_feature_paths(config, weights: dict) -> dict:
 
 
 def frozen_feature_template(name: str) -> dict:
-    """Variable shapes of what `python -m jaxdeca.convert <name>` writes: 'vggface2' (the Caffe
-    ResNet-50, params and batch_stats) or 'vgg19' (VGG19Features, all 16 convs)."""
-    from jaxdeca.convert.core import init_template
-    if name == "vggface2":
-        return init_template(models.vggface2_resnet50(), jnp.zeros((1, 32, 32, 3)))
-    return init_template(models.VGG19Features(layers=("pool_5",)), jnp.zeros((1, 32, 32, 3)))
+    """Variable shapes of what `python -m jaxdeca.convert <name>` writes ('vggface2' or 'vgg19'):
+    the converter's own template."""
+    from jaxdeca.convert import backbones
+    return backbones.vggface2_template() if name == "vggface2" else backbones.vgg19_template()
 
 
 def load_frozen_features(feature_paths: dict) -> dict:
