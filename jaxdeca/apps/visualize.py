@@ -49,7 +49,7 @@ def image_to_pixels(points, size: int, convention: str = "jaxdeca") -> np.ndarra
     """[-1, 1] image space (y down) [..., >=2] -> pixels [..., 2] with pixel k's centre at k
     (OpenCV drawing), the inverse of `jaxdeca.data.crop.normalise_points` (convention 'deca':
     DECA's released model's landmarks, (p + 1) * size / 2)."""
-    return (np.asarray(points)[..., :2] + 1.0) * size / 2.0 - crop_lib.pixel_centre(convention)
+    return crop_lib.denormalise_points(np.asarray(points)[..., :2], size, convention)
 
 
 def overlay(image, render, mask, alpha: float = 0.7) -> np.ndarray:
