@@ -72,15 +72,8 @@ def test_checkpoint_errors(tmp_path):
 
 def zero_variables(model: dict) -> dict:
     """Zero variables of the three networks of config.model `model` (shapes only, nothing compiled)."""
-    import jax
-    from jaxdeca import models
-    from jaxdeca.convert.core import init_template
-    from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks
-    nets = build_networks(dict(DEFAULT_MODEL, **model))
-    img = jnp.zeros((1, 224, 224, 3))
-    example = {"E_flame": img, "E_detail": img, "D_detail": jnp.zeros((1, models.DETAIL_LATENT_SIZE))}
-    return {n: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), init_template(nets[n], example[n]))
-            for n in pipeline.NETS}
+    templates = pipeline.network_templates(dict(pipeline.DEFAULT_MODEL, **model))
+    return {n: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), t) for n, t in templates.items()}
 
 
 def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, capsys):

@@ -184,18 +184,25 @@ def checked_variables(variables: dict, model: dict, image_size: int, where: str,
     unexpected or misshapen variable is one CheckpointError naming `where`, the network, the
     variable and its expected shape; without this check Flax stops at the first jitted call
     with a scope error (after detection and cropping), or silently ignores extra variables."""
-    from jaxdeca.convert.core import init_template
     from jaxdeca.train.paths import ConfigError
-    nets = build_networks(model)
-    img = jnp.zeros((1, image_size, image_size, 3))
-    example = {"E_flame": img, "E_detail": img, "D_detail": jnp.zeros((1, models.DETAIL_LATENT_SIZE))}
+    templates = network_templates(model, image_size, names=tuple(variables))
     out = {}
     for n, v in variables.items():
         try:
-            out[n] = checked_like(init_template(nets[n], example[n]), v, f"{where} ({n})", hint)
+            out[n] = checked_like(templates[n], v, f"{where} ({n})", hint)
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
     return out
+
+
+def network_templates(model: dict, image_size: int = IMAGE_SIZE, names=NETS) -> dict:
+    """{network name: variable shapes} of the networks `names` of `build_networks(model)` for
+    `image_size` inputs (nothing is run)."""
+    from jaxdeca.convert.core import init_template
+    nets = build_networks(model)
+    img = jnp.zeros((1, image_size, image_size, 3))
+    example = {"E_flame": img, "E_detail": img, "D_detail": jnp.zeros((1, models.DETAIL_LATENT_SIZE))}
+    return {n: init_template(nets[n], example[n]) for n in names}
 
 
 def random_variables(seed: int = 0) -> dict:
