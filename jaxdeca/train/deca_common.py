@@ -279,7 +279,7 @@ def check_start_fields(info: dict, config, where: str, frozen: bool = False) -> 
         raise paths.ConfigError(f"{where} was trained with config.model.cam_scale={saved!r}, but this stage has "
                                 f"config.model.cam_scale={now!r}: its camera codes would be read with another scale; "
                                 "start it with the cam_scale of the stage it starts from")
-    saved_size, size = int(info.get("image_size", 224)), int(config.data.image_size)
+    saved_size, size = int(info["image_size"]), int(config.data.image_size)  # load_inference: 224 if unrecorded
     if frozen and saved_size != size:
         raise paths.ConfigError(f"{where} was trained with config.data.image_size={saved_size}, but this stage has "
                                 f"config.data.image_size={size}: its encoder, frozen here, would read faces at another "
