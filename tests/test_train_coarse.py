@@ -192,3 +192,22 @@ def test_resume_with_other_model_fields_is_refused(tmp_path):
     same.train.update(dict(num_steps=1, eval_every=0, log_every=7))
     same.model.init_cam_scale = 8.0
     assert loop.train(same, str(tmp_path / "w"), run.make_task(same))["losses"] == []
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("blocks", ("abc",), r"config.model.blocks=\('abc',\) must be four positive ints"),  # --config.model.blocks=abc
+    ("blocks", (1, 1, 1), r"config.model.blocks=\(1, 1, 1\) must be four positive ints"),
+    ("blocks", (1, 0, 1, 1), r"config.model.blocks=\(1, 0, 1, 1\) must be four positive ints"),
+    ("width", -1.0, r"config.model.width=-1.0 must be a number > 0"),
+    ("hidden", 0, r"config.model.hidden=0 must be a positive int"),
+    ("uv_size", 50, r"config.model.uv_size=50 must be a positive multiple of 32"),
+])
+def test_bad_architecture_fields_are_one_config_error(field, value, expected):
+    """A config.model architecture field the networks cannot be built from (a command-line
+    --config.model.blocks=abc arrives as ('abc',)) was a ValueError traceback from int() or
+    from inside the first network build; it is one ConfigError naming the field, checked when
+    the task is made, before FLAME, the topology or any data."""
+    config = test_coarse.get_config("pretrain")
+    config.model[field] = value
+    with pytest.raises(paths.ConfigError, match=expected):
+        CoarseTask(config)

@@ -24,12 +24,42 @@ DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, d
 
 
 def model_config(config) -> dict:
-    """config.model with DECA's defaults filled in (a plain dict)."""
+    """config.model with DECA's defaults filled in (a plain dict), its architecture fields
+    checked (`check_architecture`)."""
     m = dict(DEFAULT_MODEL)
     if "model" in config and config.model is not None:
         m.update(config.model.to_dict() if hasattr(config.model, "to_dict") else dict(config.model))
-    m["blocks"] = tuple(int(b) for b in m["blocks"])
-    return m
+    return check_architecture(m)
+
+
+def check_architecture(m: dict) -> dict:
+    """m with `blocks` as a tuple of ints, or one ConfigError naming the first bad field of
+    config.model: blocks (bottlenecks per ResNet stage: four positive ints; a command-line
+    override --config.model.blocks=abc arrives as the tuple ('abc',)), width (> 0), hidden
+    (a positive int), uv_size (a positive multiple of 32, `models.detail_decoder`) and dtype.
+    Without it these surface as a ValueError traceback from inside the first network build."""
+    blocks = m["blocks"]
+    try:
+        parsed = tuple(int(b) for b in blocks) if isinstance(blocks, (tuple, list)) else None
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or len(parsed) != 4 or min(parsed) < 1 or any(
+            isinstance(b, float) and b != int(b) for b in blocks):
+        raise paths.ConfigError(f"config.model.blocks={blocks!r} must be four positive ints, the bottlenecks of "
+                                "each ResNet stage (DECA's ResNet-50: 3,4,6,3)")
+    checks = (("width", lambda v: float(v) > 0, "a number > 0 (the ResNet's channel multiplier; DECA: 1.0)"),
+              ("hidden", lambda v: int(v) == v and v >= 1, "a positive int (the encoders' hidden layer; DECA: 1024)"),
+              ("uv_size", lambda v: int(v) == v and v >= 32 and v % 32 == 0,
+               "a positive multiple of 32 (the displacement map's side; DECA: 256)"))
+    for name, ok, what in checks:
+        try:
+            good = not isinstance(m[name], bool) and ok(m[name])
+        except (TypeError, ValueError):
+            good = False
+        if not good:
+            raise paths.ConfigError(f"config.model.{name}={m[name]!r} must be {what}")
+    dtype_of(m["dtype"])
+    return dict(m, blocks=parsed)
 
 
 def dtype_of(name: str):
