@@ -436,3 +436,43 @@ def test_rerun_after_the_images_folder_moved_resumes_there(tmp_path, capsys):
     assert prepare.main(["--images", str(tmp_path / "moved_again"), "--out", str(out), "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "(gone)" in err and "lacks 1 of its images (e.g. p1/b.jpg)" in err
+
+
+def test_rerun_prepares_again_an_image_changed_since_its_record(tmp_path, capsys):
+    # a record holds the sha256 of the bytes prepare read: a re-run redoes an image edited in place
+    # since (same size, other pixels: its landmarks and mask were the old image's) and a bad file
+    # fixed since, and keeps records whose files only got new times (a copied folder)
+    import hashlib
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    img = tmp_path / "images" / "p1"
+    for name in ("a", "b", "c"):
+        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), pts)
+    (img / "b.jpg").write_text("<html>404</html>\n")  # bad at first
+    out = tmp_path / "out"
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["ok"] == 2 and s["bad"] == 1
+    rec = json.load(open(out / "records" / "p1" / "a.jpg.json"))
+    assert rec["sha256"] == hashlib.sha256((img / "a.jpg").read_bytes()).hexdigest()
+    write_rgb(str(img / "a.jpg"), np.full((96, 96, 3), 200, np.uint8))  # retouched, same size
+    write_rgb(str(img / "b.jpg"), np.full((96, 96, 3), 90, np.uint8))  # fixed
+    c_record = (out / "records" / "p1" / "c.jpg.json").read_bytes()
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["already_done"] == 1 and s["ok"] == 3
+    assert "2 image(s) changed since their records (e.g. p1/a.jpg)" in capsys.readouterr().err
+    rec = json.load(open(out / "records" / "p1" / "a.jpg.json"))
+    assert rec["sha256"] == hashlib.sha256((img / "a.jpg").read_bytes()).hexdigest()
+    assert (out / "records" / "p1" / "c.jpg.json").read_bytes() == c_record
+    # the folder copied elsewhere (new file times, same bytes) and the old one gone: all kept
+    shutil.copytree(tmp_path / "images", tmp_path / "copy", copy_function=shutil.copyfile)
+    shutil.rmtree(tmp_path / "images")
+    s = prepare.prepare(str(tmp_path / "copy"), str(out), "folders", progress=False)
+    assert s["already_done"] == 3 and s["ok"] == 3
+    # a record written before fingerprints is kept as before (the build checks its size)
+    rec = json.load(open(out / "records" / "p1" / "c.jpg.json"))
+    for k in ("sha256", "file_size", "file_mtime_ns"):
+        rec.pop(k)
+    (out / "records" / "p1" / "c.jpg.json").write_text(json.dumps(rec))
+    write_rgb(str(tmp_path / "copy" / "p1" / "c.jpg"), np.full((96, 96, 3), 200, np.uint8))
+    s = prepare.prepare(str(tmp_path / "copy"), str(out), "folders", progress=False)
+    assert s["already_done"] == 3 and "sha256" not in json.load(open(out / "records" / "p1" / "c.jpg.json"))

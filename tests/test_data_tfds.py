@@ -209,3 +209,23 @@ def test_image_bytes_decodes_each_image_once(tmp_path, monkeypatch):
         raw = cv2.cvtColor(imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
         assert raw.shape == (96, 160, 3) and np.abs(raw.astype(int) - want).mean() < 3, name
     assert len(calls) == 3
+
+
+def test_image_changed_after_prepare_with_the_same_size_stops_the_build_naming_it(tmp_path, capsys):
+    # a file retouched or replaced at the same size is caught by the sha256 prepare recorded;
+    # records written before fingerprints still build (only their size is checked)
+    root = make_prepared_vggface2(tmp_path)
+    p = root / "images" / "n0001" / "0001_01.jpg"
+    cv2.imwrite(str(p), 255 - cv2.imread(str(p)))  # same 80x90 px, other pixels
+    args = ["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(root / "out"),
+            "--data-dir", str(tmp_path / "d")]
+    assert tfds_faces.main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {p}: changed since prepare read it")
+    assert f"remove {root / 'out' / 'records' / 'n0001' / '0001_01.jpg.json'} and re-run prepare" in err
+    index = root / "out" / "index.jsonl"
+    old = [{k: v for k, v in json.loads(line).items() if k not in ("sha256", "file_size", "file_mtime_ns")}
+           for line in open(index)]
+    index.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert tfds_faces.main(args) == 0

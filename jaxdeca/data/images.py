@@ -5,6 +5,7 @@ grayscale, RGBA, palette and 16-bit images. `read_image` turns every usable file
 [H, W, 3] uint8 RGB array and raises `BadImage(reason)` for the rest, so a preparation run can
 count and list them instead of dying.
 """
+import os
 import re
 
 import cv2
@@ -110,14 +111,20 @@ def decode_image(data: bytes, min_side: int = MIN_SIDE) -> np.ndarray:
     return img
 
 
-def read_image(path: str, min_side: int = MIN_SIDE) -> np.ndarray:
-    """File -> [H, W, 3] uint8 RGB (`decode_image`), or BadImage with the reason."""
+def read_bytes(path: str) -> tuple[bytes, os.stat_result]:
+    """File -> (its bytes, its stat taken before reading them: a change while reading leaves a
+    newer modification time), or BadImage("unreadable (...)")."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            st = os.fstat(f.fileno())
+            return f.read(), st
     except OSError as e:
         raise BadImage(f"unreadable ({e.strerror})") from None
-    return decode_image(data, min_side)
+
+
+def read_image(path: str, min_side: int = MIN_SIDE) -> np.ndarray:
+    """File -> [H, W, 3] uint8 RGB (`decode_image`), or BadImage with the reason."""
+    return decode_image(read_bytes(path)[0], min_side)
 
 
 def encode_png(image: np.ndarray) -> bytes:

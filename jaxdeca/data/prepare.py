@@ -11,7 +11,8 @@ HOG detector and fit the 68-point shape predictor (images over 1024 px are downs
 detection), draw the skin mask (`masks.skin_mask`) and write
 
     OUT/records/<relative path>.json   one result per image (ok or bad + reason); a re-run
-                                       skips images that already have one (resumable)
+                                       skips images that already have one (resumable), unless
+                                       the file changed since (its sha256 differs): it redoes those
     OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin); `p/a.jpg` -> `masks/p/a.jpg.png`
     OUT/index.jsonl                    all good records, sorted by identity then path
     OUT/summary.json                   counts, reasons, every bad file with its reason
@@ -27,10 +28,13 @@ the first directory; bupt = the image's own folder, for race/identity trees such
 race_per_7000; with vggface2 / folders every race would be one identity); celeba =
 `identity_CelebA.txt` (`000001.jpg 2880` lines) in --images or its parent. A record: path, identity, landmarks [68, 2] (pixels, pixel centre at integer
 coordinates), mask, score (dlib detection score; null for .pts landmarks), source, width,
-height.
+height, and for every file prepare read (bad ones too) sha256 (hex, of its bytes: the tfds build
+refuses a file changed since) with file_size and file_mtime_ns (a re-run hashes a recorded file
+again only when these differ).
 """
 import argparse
 import collections
+import hashlib
 import json
 import multiprocessing
 import os
@@ -156,7 +160,9 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             raise images.BadImage(unusable)
         if identity is None:
             raise images.BadImage("no identity for this file in the folder layout")
-        img = images.read_image(path)
+        data, st = images.read_bytes(path)
+        rec.update(fingerprint(data, st))
+        img = images.decode_image(data)
         h, w = img.shape[:2]
         pts = os.path.splitext(path)[0] + ".pts"
         if os.path.isfile(pts):
@@ -203,6 +209,35 @@ def record_path(out_dir: str, rel: str) -> str:
     return os.path.join(out_dir, "records", rel + ".json")
 
 
+def fingerprint(data: bytes, st: os.stat_result) -> dict:
+    """A record's fields naming the file content prepare read: sha256 (hex) of its bytes, and the
+    size and modification time of the file they came from (a re-run's cheap first look)."""
+    return dict(sha256=hashlib.sha256(data).hexdigest(), file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
+
+
+def record_is_current(images_root: str, out_dir: str, rel: str) -> bool:
+    """Whether rel has a record that still describes its file: one without a sha256 (written
+    before fingerprints, or of a file that could not be read) is taken as it is; one whose
+    file_size and file_mtime_ns match the file's is trusted without reading it; otherwise the
+    file is hashed again (a folder copied with new times keeps its records)."""
+    p = record_path(out_dir, rel)
+    if not os.path.isfile(p):
+        return False
+    with open(p) as f:
+        rec = json.load(f)
+    if "sha256" not in rec:
+        return True
+    path = os.path.join(images_root, rel)
+    try:
+        st = os.stat(path)
+        if (st.st_size, st.st_mtime_ns) == (rec.get("file_size"), rec.get("file_mtime_ns")):
+            return True
+        data, _ = images.read_bytes(path)
+    except (OSError, images.BadImage):  # gone unreadable: redo, which records why
+        return False
+    return hashlib.sha256(data).hexdigest() == rec["sha256"]
+
+
 def _task(args):
     return process_image(*args)
 
@@ -226,7 +261,11 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
                                 "any case, in all subfolders)" +
                                 (f"; {videos} video file(s): extract their frames first" if videos else ""))
     _claim_output(images_root, out_dir, layout, rels)
-    todo = [r for r in rels if not os.path.isfile(record_path(out_dir, r))]
+    todo = [r for r in rels if not record_is_current(images_root, out_dir, r)]
+    changed = [r for r in todo if os.path.isfile(record_path(out_dir, r))]
+    if changed:
+        print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {changed[0]}): "
+              "preparing them again", file=sys.stderr)
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, file=sys.stderr)

@@ -22,6 +22,7 @@ for annotated or rendered landmarks).
     source = tfds_faces.data_source(builder, "train")   # random access, image/mask left encoded
 """
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -69,10 +70,12 @@ def _upright_rgb_jpeg(data: bytes) -> bool:
         return False
 
 
-def _image_bytes(path: str, size: tuple | None = None, record: str | None = None) -> bytes:
+def _image_bytes(path: str, size: tuple | None = None, record: str | None = None,
+                 sha256: str | None = None) -> bytes:
     """Original bytes of a clean 8-bit RGB JPEG, else the decoded image re-encoded as JPEG.
-    size: (width, height) prepare recorded (BadImage naming the file, and `record` to remove,
-    when the image is no longer that size: its landmarks and mask belong to the old one).
+    size: (width, height) prepare recorded, sha256: the hex digest of the bytes it read (None in
+    records written before it kept one); BadImage naming the file, and `record` to remove, when
+    the image is no longer that size or those bytes: its landmarks and mask belong to the old one.
 
     A JPEG whose EXIF orientation turns it (phone photos) is re-encoded upright: prepare made
     its landmarks and mask on the upright image, and readers that ignore EXIF (tfds' and
@@ -87,6 +90,10 @@ def _image_bytes(path: str, size: tuple | None = None, record: str | None = None
         raise imageio.BadImage(f"{path}: now {img.shape[1]}x{img.shape[0]} px, prepare recorded {size[0]}x{size[1]} "
                                "px (the file changed since; its landmarks and mask are the old image's): prepare it "
                                f"again (remove {record or 'its record'} and re-run prepare)")
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise imageio.BadImage(f"{path}: changed since prepare read it (its bytes differ from the sha256 recorded; "
+                               "its landmarks and mask are the old image's): prepare it again (remove "
+                               f"{record or 'its record'} and re-run prepare)")
     if data[:3] == b"\xff\xd8\xff" and _upright_rgb_jpeg(data):  # decodes as img: keep its bytes
         return data
     return imageio.encode_jpeg(img)
@@ -181,7 +188,7 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
             score = np.nan if r.get("score") is None else r["score"]
             size = (r["width"], r["height"]) if "width" in r and "height" in r else None
             image = _image_bytes(os.path.join(images_root, r["path"]), size,
-                                 os.path.join(root, "records", r["path"] + ".json"))
+                                 os.path.join(root, "records", r["path"] + ".json"), r.get("sha256"))
             yield i, {"image": _FileBytes(image),
                       "landmarks": np.asarray(r["landmarks"], np.float32), "mask": _FileBytes(mask),
                       "identity": ids[r["identity"]], "identity_name": r["identity"], "path": r["path"],
