@@ -476,3 +476,27 @@ def test_rerun_prepares_again_an_image_changed_since_its_record(tmp_path, capsys
     write_rgb(str(tmp_path / "copy" / "p1" / "c.jpg"), np.full((96, 96, 3), 200, np.uint8))
     s = prepare.prepare(str(tmp_path / "copy"), str(out), "folders", progress=False)
     assert s["already_done"] == 3 and "sha256" not in json.load(open(out / "records" / "p1" / "c.jpg.json"))
+
+
+def test_rerun_prepares_again_an_image_whose_pts_file_changed(tmp_path, capsys):
+    # an image's landmarks come from its .pts file when it has one: a re-run redoes an image whose
+    # .pts file was corrected since (its record held the old landmarks and mask) or fixed since
+    # (the image was bad), and keeps the others
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    img = tmp_path / "images" / "p1"
+    for name in ("a", "b", "c"):
+        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), pts)
+    (img / "b.pts").write_text("not a pts file\n")
+    out = tmp_path / "out"
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["ok"] == 2 and s["bad"] == 1
+    detect.write_pts(str(img / "a.pts"), pts + 5.0)  # corrected annotation
+    detect.write_pts(str(img / "b.pts"), pts)  # fixed
+    c_record = (out / "records" / "p1" / "c.jpg.json").read_bytes()
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["ok"] == 3 and s["already_done"] == 1
+    assert "2 image(s) changed since their records (e.g. p1/a.jpg)" in capsys.readouterr().err
+    rec = json.load(open(out / "records" / "p1" / "a.jpg.json"))
+    np.testing.assert_allclose(rec["landmarks"], detect.read_pts(str(img / "a.pts")), atol=1e-3)
+    assert (out / "records" / "p1" / "c.jpg.json").read_bytes() == c_record

@@ -12,7 +12,7 @@ detection), draw the skin mask (`masks.skin_mask`) and write
 
     OUT/records/<relative path>.json   one result per image (ok or bad + reason); a re-run
                                        skips images that already have one (resumable), unless
-                                       the file changed since (its sha256 differs): it redoes those
+                                       the file or its .pts changed since: it redoes those
     OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin); `p/a.jpg` -> `masks/p/a.jpg.png`
     OUT/index.jsonl                    all good records, sorted by identity then path
     OUT/summary.json                   counts, reasons, every bad file with its reason
@@ -30,7 +30,8 @@ race_per_7000; with vggface2 / folders every race would be one identity); celeba
 coordinates), mask, score (dlib detection score; null for .pts landmarks), source, width,
 height, and for every file prepare read (bad ones too) sha256 (hex, of its bytes: the tfds build
 refuses a file changed since) with file_size and file_mtime_ns (a re-run hashes a recorded file
-again only when these differ).
+again only when these differ), and the same three fields of the image's .pts file as pts_file
+when it has one (a re-run redoes an image whose .pts file appeared, went or changed).
 """
 import argparse
 import collections
@@ -164,10 +165,13 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         rec.update(fingerprint(data, st))
         img = images.decode_image(data)
         h, w = img.shape[:2]
-        pts = os.path.splitext(path)[0] + ".pts"
+        pts = pts_path(path)
         if os.path.isfile(pts):
             try:
+                rec.update(pts_file=fingerprint(*images.read_bytes(pts)))
                 lmk = detect.read_pts(pts)
+            except images.BadImage as e:  # unreadable
+                raise images.BadImage(f"{pts}: {e}") from None
             except ValueError as e:
                 raise images.BadImage(str(e)) from None
             if lmk.shape != (68, 2):
@@ -215,11 +219,17 @@ def fingerprint(data: bytes, st: os.stat_result) -> dict:
     return dict(sha256=hashlib.sha256(data).hexdigest(), file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
 
 
+def pts_path(path: str) -> str:
+    """The iBUG .pts file whose landmarks prepare takes for the image `path` when it exists."""
+    return os.path.splitext(path)[0] + ".pts"
+
+
 def record_is_current(images_root: str, out_dir: str, rel: str) -> bool:
-    """Whether rel has a record that still describes its file: one without a sha256 (written
-    before fingerprints, or of a file that could not be read) is taken as it is; one whose
-    file_size and file_mtime_ns match the file's is trusted without reading it; otherwise the
-    file is hashed again (a folder copied with new times keeps its records)."""
+    """Whether rel has a record that still describes its file and its .pts file: one without a
+    sha256 (written before fingerprints, or of a file that could not be read) is taken as it is.
+    Otherwise the image must be the one fingerprinted (`same_file`), and its .pts file too: one
+    that appeared, went or changed since (the record's landmarks came from it or from dlib)
+    makes the image be prepared again."""
     p = record_path(out_dir, rel)
     if not os.path.isfile(p):
         return False
@@ -228,14 +238,26 @@ def record_is_current(images_root: str, out_dir: str, rel: str) -> bool:
     if "sha256" not in rec:
         return True
     path = os.path.join(images_root, rel)
+    if not same_file(path, rec):
+        return False
+    pts = pts_path(path)
+    if not os.path.isfile(pts):
+        return "pts_file" not in rec
+    return "pts_file" in rec and same_file(pts, rec["pts_file"])
+
+
+def same_file(path: str, fp: dict) -> bool:
+    """Whether `path` holds the bytes of `fingerprint` fp: a file whose size and modification
+    time match fp's is trusted without reading it; otherwise it is hashed again (a folder copied
+    with new times keeps its records). An unreadable file is not (redone, which records why)."""
     try:
         st = os.stat(path)
-        if (st.st_size, st.st_mtime_ns) == (rec.get("file_size"), rec.get("file_mtime_ns")):
+        if (st.st_size, st.st_mtime_ns) == (fp.get("file_size"), fp.get("file_mtime_ns")):
             return True
         data, _ = images.read_bytes(path)
-    except (OSError, images.BadImage):  # gone unreadable: redo, which records why
+    except (OSError, images.BadImage):
         return False
-    return hashlib.sha256(data).hexdigest() == rec["sha256"]
+    return hashlib.sha256(data).hexdigest() == fp["sha256"]
 
 
 def _task(args):
