@@ -16,6 +16,8 @@ import os
 
 import numpy as np
 
+from jaxdeca.atomic_file import replacing
+
 
 def read(path: str, error: type[Exception] = ValueError) -> dict:
     """OBJ -> dict(vertices [V, 3] f64, faces [F, 3] i64, uv_coords [T, 2] f64,
@@ -79,7 +81,8 @@ def _index(s: str, count: int) -> int:
 def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.ndarray | None = None,
           uv_faces: np.ndarray | None = None, colors: np.ndarray | None = None, mtllib: str | None = None,
           usemtl: str | None = None) -> str:
-    """Writes an OBJ; returns the path (its folder is created).
+    """Writes an OBJ whole or not at all (`atomic_file.replacing`); returns the path (its
+    folder is created).
 
     vertices: [V, 3]; faces: [F, 3] int, 0-based; uv_coords: [T, 2] with uv_faces: [F, 3]
     (both or neither); colors: [V, 3] per-vertex RGB, written as `v x y z r g b`;
@@ -120,8 +123,7 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
                   for (a, b, c), (ta, tb, tc) in zip(faces + 1, uv_faces + 1)]
     else:
         lines += ["f %d %d %d" % tuple(r) for r in faces + 1]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as fh:
+    with replacing(path) as tmp, open(tmp, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return path
 

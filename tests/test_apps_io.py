@@ -1,5 +1,9 @@
 """Apps' input reading (bad files reported, the rest processed) and exporters (OBJ round trip)."""
+import contextlib
+import errno
 import os
+import shutil
+import signal
 
 import cv2
 import numpy as np
@@ -305,3 +309,87 @@ def test_detail_obj_with_no_faces_is_skipped_with_a_message(tmp_path, capsys):
     valid[1:4, 1:5] = 1.0
     assert export.write_detail_obj(str(path), pos, nrm, valid) == str(path)
     assert len(wavefront.read(str(path))["faces"]) == 2 * 2 * 3 and capsys.readouterr().err == ""
+
+
+@contextlib.contextmanager
+def disk_full_past(n_bytes):
+    """Writes past byte n_bytes of any file fail with EFBIG after the bytes before it were
+    written, as on a disk that fills up mid-file (RLIMIT_FSIZE; Python ignores SIGXFSZ)."""
+    resource = pytest.importorskip("resource")
+    if signal.getsignal(signal.SIGXFSZ) != signal.SIG_IGN:
+        pytest.skip("SIGXFSZ is not ignored: a write past RLIMIT_FSIZE would kill the process")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def _video(path, rng):
+    from jaxdeca.apps import animate
+    return animate.write_video(path, [rng.random((64, 64, 3)) for _ in range(3)])
+
+
+def _now_prediction(path, v, f):
+    from jaxdeca.evaluation import now
+    return now.export_prediction(os.path.join(os.path.dirname(path), "pred"), "s/c/b.jpg", v, f, np.zeros((7, 3)))
+
+
+_BIG = 4096  # bytes a file may have: each writer below has more to write to the file named
+_CUT_SHORT = {  # writer(out/"a", vertices, faces, rng); the file it cannot complete; those complete before it
+    "image": (lambda p, v, f, rng: export.save_image(p + ".png", rng.random((64, 64, 3))), "a.png", []),
+    "obj": (lambda p, v, f, rng: export.write_obj(p + ".obj", v, f), "a.obj", []),
+    "textured obj": (lambda p, v, f, rng: export.write_obj(p + ".obj", v, f, uv_coords=rng.random((len(v), 2)),
+                                                           uv_faces=f, texture=np.zeros((8, 8, 3))),
+                     "a.obj", ["a.mtl", "a.png"]),
+    "landmarks": (lambda p, v, f, rng: export.save_landmarks(p + "_kpt3d.txt", v), "a_kpt3d.txt", []),
+    "codes": (lambda p, v, f, rng: export.save_npz(p + "_codes.npz", {"shape": v, "crop_tform": np.eye(3)}),
+              "a_codes.npz", []),
+    "gif": (lambda p, v, f, rng: _video(p + ".gif", rng), "a.gif", []),
+    "now prediction": (lambda p, v, f, rng: _now_prediction(p, v, f), "pred/s/c/b.obj", []),
+}
+
+
+@pytest.mark.parametrize("writer", sorted(_CUT_SHORT))
+def test_a_write_cut_short_leaves_no_partial_file_and_keeps_the_complete_ones(tmp_path, capsys, writer):
+    """A disk that fills up in the middle of a file left that file half written under its own
+    name (a truncated OBJ, PNG, landmark file, npz or video), which a re-run or a reader takes
+    for a complete one. Each output is now written beside its name and moved there only when
+    complete: the WriteError names the file, nothing is left under its name nor beside it, and
+    the files completed before it are kept."""
+    write, name, before = _CUT_SHORT[writer]
+    rng = np.random.default_rng(0)
+    v, f = rng.normal(size=(400, 3)), rng.integers(0, 400, (400, 3))
+    out = tmp_path / "out"
+    write(str(out / "a"), v, f, rng)  # with room: the complete files
+    assert os.path.getsize(out / name) > _BIG
+    complete = {p: (out / p).read_bytes() for p in before}
+    shutil.rmtree(out)
+    with disk_full_past(_BIG):
+        kept = export.save_landmarks(str(out / "kept.txt"), np.zeros((5, 2)))  # complete before the failure
+        with pytest.raises(export.WriteError) as e:
+            write(str(out / "a"), v, f, rng)
+    path = str(out / name)
+    assert e.value.filename == path and e.value.errno == errno.EFBIG, (e.value, e.value.errno)
+    assert str(e.value) == f"{path}: cannot write: {os.strerror(errno.EFBIG)}"
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == sorted([*before, "kept.txt"]), left  # no partial file, no temporary one
+    assert all((out / p).read_bytes() == data for p, data in complete.items())
+    np.testing.assert_array_equal(np.loadtxt(kept), np.zeros((5, 2)))
+
+
+def test_a_video_whose_block_fails_is_not_left_behind(tmp_path):
+    """A video is complete only when its `with` block (or `close`) ends without an error: one
+    ended by an error (a later output that could not be written, a frame of another size) was
+    closed with the frames so far under the video's name, and is now discarded."""
+    from jaxdeca.apps import animate
+    for name in ("v.gif", "v.mp4"):
+        with pytest.raises(RuntimeError, match="stop"):
+            with animate.VideoWriter(str(tmp_path / name)) as w:
+                w.append(np.zeros((8, 8, 3), np.uint8))
+                raise RuntimeError("stop")
+        assert w.close() is None
+    with pytest.raises(ValueError, match="frame of size"):
+        animate.write_video(str(tmp_path / "s.gif"), [np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)])
+    assert os.listdir(tmp_path) == []

@@ -10,12 +10,13 @@ in the video (the first one before any face), so it keeps the driver's length an
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
 whole stops the run with one message (exit status 2), as does an output file that cannot be
-written (a full disk: the file, the OS error and how many frames were written before it); no
-frame written: exit status 1.
+written (a full disk: the file, the OS error and how many frames were written before it; their
+files are kept, the unfinished video is not); no frame written: exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -57,31 +58,39 @@ class VideoWriter:
     video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another name: InputError), one
     at a time at `fps` frames per second (a GIF at most 50): nothing but the current frame is
     held in memory.
-    The file is opened at the first frame (its size fixes the video's) and finished by `close`
-    or at the end of a `with` block; with no frame, no file is written. A video that cannot be
-    written: export.WriteError naming it.
+    The file is opened at the first frame (its size fixes the video's), written beside its name
+    and moved there by `close` or at the end of a `with` block that ends without an error
+    (`atomic_file.replacing`); with no frame, no file is written. A `with` block ended by an
+    error, or a frame that cannot be written, discards the video: nothing is left under its
+    name. A video that cannot be written: export.WriteError naming it.
     """
 
     def __init__(self, path: str, fps: float = FPS):
         self.path, self._out, self._size, self.n_frames = check_video_path(path), None, None, 0
         self.fps = float(fps)
         self._gif = path.lower().endswith(".gif")
+        self._file = None  # replacing(path) while a video is open
 
     def append(self, frame) -> None:
         frame = vis.to_uint8(frame)
         with export.writing(self.path):
-            self._append(frame)
+            try:
+                self._append(frame)
+            except BaseException as e:
+                self._discard(e)
+                raise
 
     def _append(self, frame) -> None:
         if self._out is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._size = frame.shape[:2]
+            self._file = export.replacing(self.path)
+            tmp = self._file.__enter__()
             if self._gif:
                 # imageio's pillow plugin takes the duration in milliseconds; GIF delays are
                 # whole centiseconds, and browsers show 0 or 1 cs as 10: at most 50 fps
-                self._out = imageio.get_writer(self.path, mode="I", duration=max(1000 / self.fps, 20.0), loop=0)
+                self._out = imageio.get_writer(tmp, mode="I", duration=max(1000 / self.fps, 20.0), loop=0)
             else:
-                self._out = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                self._out = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                             (self._size[1], self._size[0]))
                 if not self._out.isOpened():
                     raise export.WriteError(self.path, "cv2 cannot open an mp4v writer")
@@ -94,18 +103,41 @@ class VideoWriter:
         self.n_frames += 1
 
     def close(self) -> str | None:
-        """Finishes the file (again: no-op); returns its path, or None when no frame was written."""
-        if self._out is not None:
-            out, self._out = self._out, None
+        """Finishes the file and moves it to its name (again: no-op); returns its path, or None
+        when no frame was written (or the video was discarded)."""
+        if self._file is not None:
             with export.writing(self.path):
-                out.close() if self._gif else out.release()
+                try:
+                    self._finish()
+                except BaseException as e:
+                    self._discard(e)
+                    raise
         return self.path if self.n_frames else None
+
+    def _finish(self) -> None:
+        out, self._out = self._out, None
+        out.close() if self._gif else out.release()
+        file, self._file = self._file, None
+        file.__exit__(None, None, None)  # os.replace; on an error `replacing` removes the file
+
+    def _discard(self, error: BaseException) -> None:
+        """Drops the unfinished video after `error`: its writer closed (errors ignored), its
+        temporary file removed (`replacing`), no frame counted."""
+        out, file, self._out, self._file, self.n_frames = self._out, self._file, None, None, 0
+        if out is not None:
+            with contextlib.suppress(Exception):
+                out.close() if self._gif else out.release()
+        if file is not None:
+            file.__exit__(type(error), error, error.__traceback__)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, typ, error, tb):
+        if error is None:
+            self.close()
+        else:
+            self._discard(error)
 
 
 def write_video(path: str, frames) -> str:

@@ -1,5 +1,7 @@
 """Writing reconstruction results: OBJ meshes with UVs and textures, dense detail meshes,
-landmark text files and images. NumPy in, files out; nothing here is differentiated.
+landmark text files, code archives and images. NumPy in, files out; nothing here is
+differentiated. Each file is written whole or not at all (`atomic_file.replacing`): a write
+that fails leaves no partial file under the file's name.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import cv2
 import numpy as np
 
 from jaxdeca import wavefront
+from jaxdeca.atomic_file import replacing
 
 
 class WriteError(OSError):
@@ -48,7 +51,8 @@ def _write_bytes(path: str, data) -> None:
 
 def save_image(path: str, image: np.ndarray) -> str:
     """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path.
-    WriteError naming the file when it cannot be written (`writing`)."""
+    WriteError naming the file when it cannot be written (`writing`; nothing is left under its
+    name: `replacing`)."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -59,9 +63,8 @@ def save_image(path: str, image: np.ndarray) -> str:
     ok, data = cv2.imencode(os.path.splitext(path)[1], image)  # then written here: the OS error is kept
     if not ok:
         raise WriteError(path, "cv2 could not encode the image")
-    with writing(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _write_bytes(path, data)
+    with writing(path), replacing(path) as tmp:
+        _write_bytes(tmp, data)
     return path
 
 
@@ -89,7 +92,8 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
       colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
     Returns:
-      The OBJ path. WriteError naming the file that cannot be written (`writing`).
+      The OBJ path. WriteError naming the file that cannot be written (`writing`); the files
+      written before it are kept, nothing is left under its name (`replacing`).
     """
     has_uv = uv_coords is not None and uv_faces is not None
     mtllib = None
@@ -100,7 +104,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         save_image(stem + ".png", texture)
         if normal_map is not None:
             save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
-        with writing(stem + ".mtl"), open(stem + ".mtl", "w") as f:
+        with writing(stem + ".mtl"), replacing(stem + ".mtl") as tmp, open(tmp, "w") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
             if normal_map is not None:
                 f.write(f"disp {name}_normals.png\n")
@@ -180,7 +184,14 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
 
 def save_landmarks(path: str, points: np.ndarray, header: str = "") -> str:
     """Landmarks [N, K] as a text file, one landmark per row (WriteError: `writing`)."""
-    with writing(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        np.savetxt(path, np.asarray(points, np.float64), fmt="%.6f", header=header)
+    with writing(path), replacing(path) as tmp:
+        np.savetxt(tmp, np.asarray(points, np.float64), fmt="%.6f", header=header)
+    return path
+
+
+def save_npz(path: str, arrays: dict) -> str:
+    """Arrays {name: array} as an uncompressed .npz at `path`, whatever its extension (np.savez
+    would add '.npz' to a bare name); returns the path (WriteError: `writing`)."""
+    with writing(path), replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path

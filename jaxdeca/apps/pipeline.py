@@ -77,7 +77,8 @@ def stop_on_write_error(app: str, written: list, skipped: list, out_dir: str, wh
     stops the run. The skipped inputs found so far are reported (`inputs.report`'s lines on
     stderr) and the error, re-raised for the command line's one line (CLI_ERRORS, exit status
     2), says how many of `what` were written before it: '<file>: cannot write: <OS error>;
-    3 face(s) written to <out_dir> before it'. The files written before it are kept."""
+    3 face(s) written to <out_dir> before it'. The files written before it are kept; the one
+    that failed is not left half written (`atomic_file.replacing`)."""
     try:
         yield
     except export.WriteError as e:
@@ -546,7 +547,6 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
              vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
              vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
-    with export.writing(os.path.join(d, f"{name}_codes.npz")) as f:
-        np.savez(f, **{kk: np.asarray(v[k]) for kk, v in codes.items()}, crop_tform=crop.tform)
-    paths.append(os.path.join(d, f"{name}_codes.npz"))
+    paths.append(export.save_npz(os.path.join(d, f"{name}_codes.npz"),
+                                 {**{kk: v[k] for kk, v in codes.items()}, "crop_tform": crop.tform}))
     return paths

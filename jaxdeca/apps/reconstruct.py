@@ -8,7 +8,8 @@ no face) are skipped with one message naming the file; a summary ends the run. E
 when at least one face was written, 1 when none was, 2 when the input as a whole is unusable
 (missing path, empty folder, lone undecodable video or image, bad checkpoint) or an output
 file cannot be written (a full disk: one line naming the file and the OS error, and how many
-faces were written before it; those are kept).
+faces were written before it; those are kept, and no half-written file is left under the
+failed file's name).
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from jaxdeca import wavefront
+from jaxdeca.atomic_file import replacing
 
 
 class NowFileError(ValueError):
@@ -62,8 +63,7 @@ def write_pp(path: str, points: np.ndarray, data_file: str = "scan.obj") -> str:
     lines += [f' <point x="{x:.9g}" y="{y:.9g}" z="{z:.9g}" active="1" name="{i}"/>'
               for i, (x, y, z) in enumerate(points)]
     lines.append("</PickedPoints>")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as fh:
+    with replacing(path) as tmp, open(tmp, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return path
 

@@ -39,6 +39,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca.atomic_file import replacing
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
 from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_obj, read_pp, write_obj
 
@@ -93,7 +94,8 @@ def export_prediction(predictions_dir: str, image_path: str, vertices, faces, la
 
     vertices: [V, 3], faces: [F, 3] (0-based), landmarks7: [7, 3], same frame and unit as the
     vertices (the metric's similarity alignment absorbs the unit). Returns (obj path, npy path);
-    a file that cannot be written: `apps.export.WriteError` naming it.
+    a file that cannot be written: `apps.export.WriteError` naming it, nothing left under its
+    name (`replacing`).
     """
     from jaxdeca.apps.export import writing
     landmarks7 = np.asarray(landmarks7, np.float32)
@@ -102,8 +104,8 @@ def export_prediction(predictions_dir: str, image_path: str, vertices, faces, la
     obj_path, npy_path = prediction_paths(predictions_dir, image_path)
     with writing(obj_path):
         write_obj(obj_path, np.asarray(vertices), np.asarray(faces))
-    with writing(npy_path):
-        np.save(npy_path, landmarks7)
+    with writing(npy_path), replacing(npy_path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, landmarks7)
     return obj_path, npy_path
 
 
@@ -329,14 +331,14 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
                    overall=summarise(distances) if distances else None,
                    per_challenge={c: summarise(v) for c, v in sorted(per_challenge.items())})
     suffix = f"_{challenge}" if challenge else ""
-    with open(os.path.join(out_dir, f"{method}_per_image{suffix}.csv"), "w", newline="") as fh:
+    with replacing(os.path.join(out_dir, f"{method}_per_image{suffix}.csv")) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "subject", "challenge", "n_points", "median", "mean", "std"])
         w.writeheader()
         w.writerows(rows)
-    with open(os.path.join(out_dir, f"{method}_summary{suffix}.json"), "w") as fh:
+    with replacing(os.path.join(out_dir, f"{method}_summary{suffix}.json")) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
-    np.save(os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy"),
-            {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
+    with replacing(os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy")) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
     return summary
 
 

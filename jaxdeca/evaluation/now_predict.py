@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdeca import xla_options
+from jaxdeca.atomic_file import replacing
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.evaluation import now
 from jaxdeca.evaluation.meshio import NowFileError
@@ -59,8 +60,8 @@ def read_bbox(path: str):
 
 def write_bbox(path: str, left, top, right, bottom) -> str:
     """The inverse of `read_bbox` (tests, and boxes from another detector)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    np.save(path, dict(left=left, top=top, right=right, bottom=bottom), allow_pickle=True)
+    with replacing(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, dict(left=left, top=top, right=right, bottom=bottom), allow_pickle=True)
     return path
 
 

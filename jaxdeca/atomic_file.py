@@ -1,0 +1,35 @@
+"""Output files written whole or not at all: `replacing`, which every writer of the apps'
+and the NoW evaluation's files (and `wavefront.write`) goes through."""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+
+
+@contextlib.contextmanager
+def replacing(path: str):
+    """Yields a temporary name beside `path` to write its content to, and moves that file to
+    `path` (os.replace: atomic within a folder) when the block ends without an error, so `path`
+    is never half written (a full disk, an error or a crash mid-write): it is the complete new
+    file or what was there before.
+
+    The temporary name is `.<stem>.tmp-<8 hex><ext>` in path's folder (made if missing):
+    hidden, and with path's extension, from which cv2 and imageio choose the format (np.save and
+    np.savez add theirs to a name without it). On an error the temporary file is removed and
+    the error passes on, an OSError about the temporary file renamed to be about `path`; only a
+    killed process can leave the temporary file behind, never a partial `path`.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    tmp = os.path.join(folder, f".{stem}.tmp-{secrets.token_hex(4)}{ext}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) and e.filename == tmp:  # e.g. open(tmp) in a folder made read-only
+            e.filename, e.filename2 = path, None
+        raise
