@@ -265,6 +265,21 @@ def test_cli_evaluates_official_layout(tmp_path, capsys):
     rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(tmp_path / "nowhere"), "--image-list",
                    str(lst), "--out", str(out)])
     assert rc == 2 and "nowhere" in capsys.readouterr().err
+    # an output that cannot be written is one line naming it (it was an OSError traceback): a
+    # file in place of --out, found before any image is scored; a folder in place of an output
+    # file, which leaves the outputs written before it and no temporary file
+    (tmp_path / "taken").write_text("")
+    rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root), "--image-list", str(lst),
+                   "--out", str(tmp_path / "taken"), "--no-refine"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'taken'}: cannot write: ") and "Traceback" not in err, err
+    out2 = tmp_path / "out2"
+    (out2 / "jaxdeca_summary.json").mkdir(parents=True)
+    rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root), "--image-list", str(lst),
+                   "--out", str(out2), "--no-refine"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {out2 / 'jaxdeca_summary.json'}: cannot write: "), err
+    assert sorted(p.name for p in out2.iterdir()) == ["jaxdeca_per_image.csv", "jaxdeca_summary.json"]
 
 
 def small_now_layout(tmp_path, images):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import glob
 import json
 import os
@@ -39,6 +40,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca.apps.export import WriteError, writing
 from jaxdeca.atomic_file import replacing
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
 from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_obj, read_pp, write_obj
@@ -292,14 +294,19 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     official dict format (readable by `cumulative_errors.py`); the suffix, as in the official
     file name, keeps a one-challenge run from overwriting the full run's outputs. Missing
     predictions are counted and skipped, as officially; an image whose files cannot be
-    evaluated stops the run with a NowFileError naming them.
+    evaluated stops the run with a NowFileError naming them. An output folder that cannot be
+    made or written is refused before any scan is read, and a file that cannot be written is
+    `apps.export.WriteError` naming it (nothing left under its name).
     """
     if challenge and challenge not in CHALLENGES:
         raise ValueError(f"challenge {challenge!r} is not one of {CHALLENGES}")
     if not os.path.isdir(predictions_dir):
         raise NowFileError(f"{predictions_dir}: predictions folder not found")
     scans_dir, lmks_dir = resolve_scan_dirs(scans, scan_landmarks)
-    os.makedirs(out_dir, exist_ok=True)
+    with writing(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):  # found now, not after every image is scored
+            raise PermissionError(errno.EACCES, "folder is not writable", out_dir)
     rows, distances, per_challenge, missing = [], [], {}, 0
     cache = {}
     for image in read_image_list(image_list):
@@ -331,13 +338,16 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
                    overall=summarise(distances) if distances else None,
                    per_challenge={c: summarise(v) for c, v in sorted(per_challenge.items())})
     suffix = f"_{challenge}" if challenge else ""
-    with replacing(os.path.join(out_dir, f"{method}_per_image{suffix}.csv")) as tmp, open(tmp, "w", newline="") as fh:
+    path = os.path.join(out_dir, f"{method}_per_image{suffix}.csv")
+    with writing(path), replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "subject", "challenge", "n_points", "median", "mean", "std"])
         w.writeheader()
         w.writerows(rows)
-    with replacing(os.path.join(out_dir, f"{method}_summary{suffix}.json")) as tmp, open(tmp, "w") as fh:
+    path = os.path.join(out_dir, f"{method}_summary{suffix}.json")
+    with writing(path), replacing(path) as tmp, open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
-    with replacing(os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy")) as tmp, open(tmp, "wb") as fh:
+    path = os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy")
+    with writing(path), replacing(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
     return summary
 
@@ -376,7 +386,7 @@ def main(argv=None) -> int:
     try:
         s = evaluate(a.predictions, a.scans, a.image_list, a.out, a.challenge, a.scan_landmarks, a.method,
                      refine=not a.no_refine)
-    except (NowFileError, ValueError) as err:
+    except (NowFileError, ValueError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     o = s["overall"]
