@@ -379,6 +379,21 @@ def test_a_write_cut_short_leaves_no_partial_file_and_keeps_the_complete_ones(tm
     np.testing.assert_array_equal(np.loadtxt(kept), np.zeros((5, 2)))
 
 
+def test_an_mp4_that_cv2_failed_to_write_is_an_error(tmp_path):
+    """cv2's VideoWriter raises nothing when the disk fills up: frames and the index it cannot
+    write are warnings on stderr, and the file is left unreadable (no index). Finished, it is
+    now read back: a WriteError naming the video, nothing left under its name nor beside it."""
+    from jaxdeca.apps import animate
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(20)]
+    assert animate.write_video(str(tmp_path / "ok.mp4"), frames) == str(tmp_path / "ok.mp4")
+    size = os.path.getsize(tmp_path / "ok.mp4")
+    with disk_full_past(size // 2), pytest.raises(export.WriteError) as e:
+        animate.write_video(str(tmp_path / "v.mp4"), frames)
+    assert e.value.filename == str(tmp_path / "v.mp4") and "cv2's writer failed silently" in str(e.value), e.value
+    assert os.listdir(tmp_path) == ["ok.mp4"]
+
+
 def test_a_video_whose_block_fails_is_not_left_behind(tmp_path):
     """A video is complete only when its `with` block (or `close`) ends without an error: one
     ended by an error (a later output that could not be written, a frame of another size) was

@@ -62,7 +62,8 @@ class VideoWriter:
     and moved there by `close` or at the end of a `with` block that ends without an error
     (`atomic_file.replacing`); with no frame, no file is written. A `with` block ended by an
     error, or a frame that cannot be written, discards the video: nothing is left under its
-    name. A video that cannot be written: export.WriteError naming it.
+    name. A video that cannot be written: export.WriteError naming it (an MP4 is read back when
+    finished, since cv2's writer reports no error of its own: `_check_mp4`).
     """
 
     def __init__(self, path: str, fps: float = FPS):
@@ -84,7 +85,7 @@ class VideoWriter:
         if self._out is None:
             self._size = frame.shape[:2]
             self._file = export.replacing(self.path)
-            tmp = self._file.__enter__()
+            tmp = self._file_name = self._file.__enter__()
             if self._gif:
                 # imageio's pillow plugin takes the duration in milliseconds; GIF delays are
                 # whole centiseconds, and browsers show 0 or 1 cs as 10: at most 50 fps
@@ -117,8 +118,24 @@ class VideoWriter:
     def _finish(self) -> None:
         out, self._out = self._out, None
         out.close() if self._gif else out.release()
+        if not self._gif:
+            self._check_mp4(self._file_name)
         file, self._file = self._file, None
         file.__exit__(None, None, None)  # os.replace; on an error `replacing` removes the file
+
+    def _check_mp4(self, tmp: str) -> None:
+        """cv2's writer reports no error: a frame or the index it could not write (a full disk)
+        is only a warning on stderr, and the file is left without its index (unreadable). So the
+        finished file is opened again: WriteError unless it reads as n_frames frames."""
+        cap = cv2.VideoCapture(tmp)
+        try:
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else None
+        finally:
+            cap.release()
+        if count != self.n_frames:
+            got = "is not a readable video" if count is None else f"holds {count} frames"
+            raise export.WriteError(self.path, f"cv2's writer failed silently: the video {got}, "
+                                               f"{self.n_frames} were written (a full disk?)")
 
     def _discard(self, error: BaseException) -> None:
         """Drops the unfinished video after `error`: its writer closed (errors ignored), its
