@@ -481,3 +481,16 @@ def test_malformed_albedo_entries_and_npz_parents_are_named(tmp_path):
         io.read_albedo(path)
     with pytest.raises(io.FlameFileError, match=r"m.npz: key 'parents' is \[-1, 0, 1, 1, 4\]"):
         io.validate(dict(a, parents=np.array([-1, 0, 1, 1, 4], np.int32)), "m.npz")
+
+
+def test_convert_cli_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """An --out that cannot be written (a folder in its place; a disk that fills up) was an
+    OSError traceback after the whole conversion; it is one 'error:' line naming it, and no
+    partial file or temporary file is left (`atomic_file.replacing`)."""
+    p = io.write_official(str(tmp_path / "official"), random_flame(), chumpy=True)
+    out = tmp_path / "out" / "flame.npz"
+    out.mkdir(parents=True)
+    rc = convert.main(["--flame", p["model_pkl"], "--landmarks", p["landmarks"], "--obj", p["obj"], "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(f"error: {out}: cannot write: ") and "Traceback" not in err, err
+    assert os.listdir(tmp_path / "out") == ["flame.npz"] and os.listdir(out) == []

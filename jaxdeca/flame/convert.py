@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxdeca.apps.export import WriteError
 from jaxdeca.flame import io
 
 
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
         arrays = io.assemble(a.flame, a.landmarks, a.obj, a.albedo, a.uv_face_eye_mask, a.uv_face_mask,
                              a.fixed_displacement)
         io.save_npz(a.out, arrays)
-    except io.FlameFileError as e:
+    except (io.FlameFileError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {a.out}: V={arrays['v_template'].shape[0]} F={arrays['faces'].shape[0]} "

@@ -27,6 +27,7 @@ import types
 import numpy as np
 
 from jaxdeca import wavefront
+from jaxdeca.atomic_file import replacing
 
 # ----------------------------------------------------------------------------- plain npz
 
@@ -111,10 +112,12 @@ def load_npz(path: str) -> dict:
 
 
 def save_npz(path: str, arrays: dict) -> str:
-    """Validates and writes a FLAME npz (compressed) at exactly `path` (no '.npz' appended)."""
+    """Validates and writes a FLAME npz (compressed) at exactly `path` (no '.npz' appended),
+    whole or not at all (`atomic_file.replacing`). A file that cannot be written:
+    `apps.export.WriteError` naming it."""
+    from jaxdeca.apps.export import writing  # numpy + cv2 only
     validate(arrays, path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:  # a file object: np.savez would append '.npz' to a bare name
+    with writing(path), replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: no '.npz' appended
         np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
