@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jaxdeca import convert
+from jaxdeca.convert import __main__ as convert_cli
 from jaxdeca.convert import ConversionError
 from jaxdeca.convert.core import flax_path, torch_to_flax
 from test_convert_torch_refs import VGG19, randomize
@@ -117,6 +118,18 @@ def test_cli_reports_error_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: ") and "deca_model.tar" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_out_that_cannot_be_written_is_a_conversion_error(tmp_path, vgg_state, capsys):
+    """An --out whose parent is a file (or unwritable, or on a full disk) was orbax's OSError
+    traceback after the whole conversion; it is one ConversionError naming --out."""
+    src = tmp_path / "vgg19.pth"
+    torch.save(vgg_state, src)
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "vgg19"
+    assert convert_cli.main(["vgg19", "--src", str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: cannot write: Not a directory"), err
 
 
 def test_load_variables_bad_dir(tmp_path):

@@ -141,7 +141,11 @@ def save_variables(variables: dict, out_dir: str) -> str:
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir):
         raise ConversionError(f"{out_dir}: output directory already exists; choose a new one")
-    ocp.PyTreeCheckpointer().save(out_dir, jax.tree.map(np.asarray, variables))
+    try:  # orbax writes a temporary directory beside out_dir and renames it when complete
+        ocp.PyTreeCheckpointer().save(out_dir, jax.tree.map(np.asarray, variables))
+    except OSError as e:  # an unwritable parent, a file in the way, a full disk
+        raise ConversionError(f"{out_dir}: cannot write: {e.strerror or e}"
+                              + (f" ({e.filename})" if e.filename and e.filename != out_dir else "")) from None
     return out_dir
 
 
