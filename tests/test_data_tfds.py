@@ -229,3 +229,23 @@ def test_image_changed_after_prepare_with_the_same_size_stops_the_build_naming_i
            for line in open(index)]
     index.write_text("".join(json.dumps(r) + "\n" for r in old))
     assert tfds_faces.main(args) == 0
+
+
+def test_python_dash_m_builds_the_dataset_the_readme_names(tmp_path):
+    # README step 2 runs the builder as `python -m jaxdeca.data.tfds_faces`, where this file is
+    # the module '__main__'; tfds finds a builder's package from its class's module, so the
+    # command must build from the module imported under its own name (the trainer reads it so)
+    import os
+    import subprocess
+    import sys
+    root = make_prepared_vggface2(tmp_path)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
+    proc = subprocess.run([sys.executable, "-m", "jaxdeca.data.tfds_faces", "--dataset", "identity_faces",
+                           "--config", "vggface2", "--manual-dir", str(root / "out"), "--data-dir",
+                           str(tmp_path / "d")], cwd=str(tmp_path), env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "identity_faces/vggface2: 3 examples, 2 identities" in proc.stdout
+    b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
+    assert b.info.module_name == "jaxdeca.data.tfds_faces"
+    assert len(tfds_faces.data_source(b)) == 3

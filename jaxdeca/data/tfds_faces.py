@@ -318,4 +318,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m` runs this file as the module '__main__', and tfds looks a builder's package up
+    # by its class's module ('__main__' is none: TypeError before anything is built). Build with
+    # the classes of the module imported under its own name, as training and the tests do; tfds'
+    # registry already holds their names, from this file's classes.
+    with tfds.core.registered.skip_registration():
+        from jaxdeca.data import tfds_faces as _module
+    raise SystemExit(_module.main())
