@@ -216,13 +216,15 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--identity", required=True)
-    p.add_argument("--expression", required=True)
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.animate", description=__doc__.splitlines()[0])
+    p.add_argument("--identity", required=True, help="the image whose identity and detail are kept")
+    p.add_argument("--expression", required=True, help="the driver: an image, a folder or a video")
     p.add_argument("--out", required=True)
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--flame", default=None)
-    p.add_argument("--crop", choices=["detect", "none"], default="detect")
+    p.add_argument("--checkpoint", default=None, help="converted (jaxdeca.convert deca) or trained model directory")
+    p.add_argument("--flame", default=None, help="FLAME npz or DECA's data/ folder (default: the one a training "
+                   "workdir records, else the embedded demo head)")
+    p.add_argument("--crop", choices=["detect", "none"], default="detect",
+                   help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--video", default="animation.mp4",
                    help=f"output name under --out ({', '.join(VIDEO_OUT_EXTS)}); .gif for a GIF")
     p.add_argument("--batch", type=pipeline.positive_int, default=8, help="driver frames decoded together")

@@ -39,13 +39,15 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--input", required=True)
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.reconstruct", description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="an image, a folder of images/videos, or a video")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="converted (jaxdeca.convert deca) or trained model directory")
-    p.add_argument("--flame", default=None, help="FLAME npz (default: the embedded demo head)")
-    p.add_argument("--batch", type=pipeline.positive_int, default=8)
-    p.add_argument("--crop", choices=["detect", "none"], default="detect")
+    p.add_argument("--flame", default=None, help="FLAME npz or DECA's data/ folder (default: the one a training "
+                   "workdir records, else the embedded demo head)")
+    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces encoded together")
+    p.add_argument("--crop", choices=["detect", "none"], default="detect",
+                   help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--albedo", action="store_true", help="texture = FLAME albedo instead of extracted")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
