@@ -249,3 +249,16 @@ def test_python_dash_m_builds_the_dataset_the_readme_names(tmp_path):
     b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
     assert b.info.module_name == "jaxdeca.data.tfds_faces"
     assert len(tfds_faces.data_source(b)) == 3
+
+
+def test_identity_faces_without_manual_dir_is_one_clear_error(tmp_path, capsys):
+    # the loader's not-built error gives the build command to run; for identity_faces it must
+    # name --manual-dir, and the build without it is one usage error, not tfds' AssertionError
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32)
+    with pytest.raises(FileNotFoundError, match="--manual-dir PREPARED"):
+        loader.make_loader("identity_faces", "vggface2", cfg, str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--data-dir", str(tmp_path)])
+    assert e.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--manual-dir" in errors[0] and "jaxdeca.data.prepare" in errors[0]

@@ -322,7 +322,8 @@ def make_loader(dataset: str, config: str, cfg: LoaderConfig, data_dir: str | No
         if dataset == "synthetic_faces" and jax.process_count() == 1:
             tfds_faces.build(builder)
         else:
+            manual = " --manual-dir PREPARED" if dataset == "identity_faces" else ""
             raise FileNotFoundError(f"{dataset}/{config} is not built in {builder.data_dir}; run "
-                                    f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {config} "
-                                    f"--data-dir DIR first")
+                                    f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {config}"
+                                    f"{manual} --data-dir DIR first")
     return tfds_loader(builder, cfg, split, **kw)

@@ -306,6 +306,8 @@ def main(argv=None):
     config = a.config or ("default" if a.dataset == "synthetic_faces" else "folders")
     if a.images is not None and a.dataset != "identity_faces":
         p.error("--images is for --dataset identity_faces")
+    if a.dataset == "identity_faces" and a.manual_dir is None:
+        p.error("--dataset identity_faces needs --manual-dir PREPARED, the folder python -m jaxdeca.data.prepare wrote")
     kw = {} if a.images is None else dict(images_root=a.images)
     try:
         b = build(get_builder(a.dataset, config, a.data_dir, **kw), a.manual_dir)
