@@ -125,7 +125,7 @@ def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, caps
 
 
 def test_reconstruct_folder(tmp_path, model_dir):
-    p = pipeline.load_pipeline(model_dir)
+    p = pipeline.load_pipeline(model_dir, flame.DEMO_HEAD)  # a model directory names no FLAME model
     head, out = render_head(p)
     src = tmp_path / "in"
     src.mkdir()
@@ -171,8 +171,20 @@ def test_landmarks_in_original_pixels():
 
 def test_cli_reports_missing_input(tmp_path, model_dir, capsys):
     rc = reconstruct.main(["--input", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
-                           "--checkpoint", model_dir])
+                           "--checkpoint", model_dir, "--flame", flame.DEMO_HEAD])
     assert rc == 2 and "nothing" in capsys.readouterr().err
+
+
+def test_model_directory_without_flame_is_refused(tmp_path, model_dir, capsys):
+    """A model directory (a converted DECA model) records no FLAME model; without --flame its codes
+    were decoded on the embedded demo head's bases, a wrong face with no message (the README's
+    own commands did so). It is one error naming --flame and what it takes."""
+    with pytest.raises(pipeline.CheckpointError, match=rf"{model_dir}: a model directory records no FLAME model"):
+        pipeline.load_pipeline(model_dir)
+    rc = reconstruct.main(["--input", str(tmp_path), "--out", str(tmp_path / "o"), "--checkpoint", model_dir])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "pass --flame" in err and "generic_model.pkl" in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_outputs_at_a_small_uv_size_with_decas_extracted_texture(tmp_path):

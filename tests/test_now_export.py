@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdeca import flame
 from jaxdeca.apps import export, inputs, pipeline
 from jaxdeca.convert.core import save_variables
 from jaxdeca.evaluation import meshio, now, now_predict
@@ -82,9 +83,9 @@ def test_checkpoint_export_cli_uses_now_crop_and_zeroes_expression(tmp_path, now
     for n in pipeline.NETS:
         save_variables(v[n], str(ckpt / n))
     rc = now.main(["export", "--images", str(root), "--image-list", str(lst), "--out", str(tmp_path / "pred"),
-                   "--checkpoint", str(ckpt), "--batch", "2"])
+                   "--checkpoint", str(ckpt), "--flame", flame.DEMO_HEAD, "--batch", "2"])
     assert rc == 0 and "IMG_0009.jpg" in capsys.readouterr().err
-    pipe = pipeline.load_pipeline(str(ckpt))
+    pipe = pipeline.load_pipeline(str(ckpt), flame.DEMO_HEAD)
     img = inputs.read_image(str(root / "iphone_pictures" / ENTRIES[0]))
     box = now_predict.read_bbox(str(root / "detected_face" / ENTRIES[0].replace(".jpg", ".npy")))
     crop, t = now_predict.now_crop(img, box)

@@ -440,9 +440,10 @@ def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, 
                   lmk_convention: str | None = None) -> Pipeline:
     """A Pipeline for `checkpoint` (None: no networks, or random ones with random_seed).
 
-    flame_path: the FLAME file (None: the one a training workdir was trained with, else the
-    demo head). A training workdir records its FLAME file; an explicit flame_path that differs
-    from it is used only with the same mesh topology (`trained_flame_arrays`).
+    flame_path: the FLAME file (None: the one a training workdir was trained with, or the demo
+    head with no checkpoint; a model directory needs one). A training workdir records its FLAME
+    file; an explicit flame_path that differs from it is used only with the same mesh topology
+    (`trained_flame_arrays`).
     lmk_convention: None takes the checkpoint's (module docstring; 'jaxdeca' with no checkpoint)."""
     info = {"model": None, "image_size": IMAGE_SIZE, "lmk_convention": "jaxdeca"}
     if checkpoint:
@@ -470,8 +471,15 @@ def trained_flame_arrays(checkpoint: str | None, info: dict, flame_path: str | N
     A training workdir's info holds 'flame_path' (None: the demo head). With no flame_path
     given, that file is read (CheckpointError when it is gone). A flame_path that differs is
     kept if its mesh has the trained one's topology (TOPOLOGY_KEYS' shapes, the same faces),
-    else CheckpointError naming both. Converted models record no FLAME file: flame_path or the
-    demo head, unchecked."""
+    else CheckpointError naming both. A model directory (a converted DECA model) records no
+    FLAME file: flame_path must name one (CheckpointError otherwise: its codes decoded on the
+    demo head's bases would be a wrong face with no other sign), unchecked; with no checkpoint,
+    flame_path or the demo head."""
+    if checkpoint and "flame_path" not in info and flame_path is None:
+        raise CheckpointError(
+            f"{checkpoint}: a model directory records no FLAME model, so its codes need one: pass --flame "
+            "(flame_path=) naming DECA's data/ folder, its generic_model.pkl or a python -m jaxdeca.flame.convert "
+            f"npz ({flame.DEMO_HEAD} for the embedded demo head)")
     if "flame_path" not in info or flame_path == info["flame_path"]:
         return flame.load_arrays(flame_path), flame_name(flame_path)
     trained = info["flame_path"]
