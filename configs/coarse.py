@@ -67,6 +67,13 @@ def get_config(stage: str = "coarse"):
         c.loss.reg_tex = 0.0
         c.loss.reg_light = 0.0
         c.loss.shape_consistency = False
+        # DECA's trainer runs its consistency branch when shape_consistency OR detail_consistency
+        # is set, and the yml leaves detail_consistency at True: with K=1 its pretrain appends
+        # every image and code to itself ([x; x]), which doubles the batch-summed regularisers
+        # (the landmark and closure terms are means). Twice the yml's 1e-4 on the undoubled batch
+        # is that objective exactly, without running FLAME on the copies.
+        c.loss.reg_shape = 2e-4
+        c.loss.reg_exp = 2e-4
     c.coordinator_address = placeholder(str)
     c.num_processes = placeholder(int)
     c.process_id = placeholder(int)

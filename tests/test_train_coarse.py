@@ -61,7 +61,8 @@ def test_stage_learns_and_is_deterministic(tmp_path, stage):
 
 def test_stage_configs_are_decas_release():
     """decalib/utils/config.py defaults, overridden by configs/release_version/deca_pretrain.yml
-    (photo 0, id 0, useSeg False, reg_tex 0, reg_light 0, shape_consistency False) and each
+    (photo 0, id 0, useSeg False, reg_tex 0, reg_light 0, shape_consistency False; reg_shape and
+    reg_exp doubled for the batch DECA's pretrain duplicates, see the next test) and each
     stage's yml's dataset.batch_size (identities), dataset.K and train.max_steps."""
     from configs import coarse, detail, pretrain
     deca = dict(lmk=1.0, use_wlmk=True, eyed=1.0, lipd=0.5, photo=2.0, use_seg=True, id=0.2,
@@ -69,7 +70,7 @@ def test_stage_configs_are_decas_release():
                 photo_D=2.0, mrf=5e-2, reg_sym=0.005, reg_z=0.005, reg_diff=0.005,
                 detail_consistency=True)
     pre = dict(deca, photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0,
-               shape_consistency=False)
+               shape_consistency=False, reg_shape=2e-4, reg_exp=2e-4)  # 2x: DECA's duplicated batch, see below
     assert coarse.get_config().loss.to_dict() == deca
     assert detail.get_config().loss.to_dict() == deca
     assert pretrain.get_config().loss.to_dict() == pre
@@ -77,6 +78,47 @@ def test_stage_configs_are_decas_release():
                                            (coarse.get_config(), (8, 2, 200_000)),
                                            (detail.get_config(), (6, 3, 1_000_000))):
         assert (config.train.batch_size, config.data.k, config.train.num_steps) == (identities * k, k, steps)
+
+
+def test_pretrain_objective_is_decas_on_its_duplicated_batch():
+    """DECA's training_step runs its consistency branch when shape_consistency OR
+    detail_consistency is set; deca_pretrain.yml turns off only shape_consistency
+    (detail_consistency keeps config.py's True), so with K=1 DECA's pretrain appends every
+    image and code to itself ([x; x], the permutation of one image is the identity), which
+    doubles its batch-summed shape / expression regularisers (the landmark and closure terms
+    are means). configs/pretrain.py on the undoubled batch must give DECA's loss and gradients
+    (the release weights on the tiled batch); at the release weights the regularisers were half."""
+    import jax
+    import jax.numpy as jnp
+    from configs import pretrain
+    from jaxdeca.losses import coarse_losses, shape_consistency, tile_batch
+    rng = np.random.default_rng(0)
+    b = 5
+    lmk_pred = jnp.asarray(rng.uniform(-0.8, 0.8, (b, 68, 2)), jnp.float32)
+    lmk_gt = jnp.asarray(np.concatenate([rng.uniform(-0.8, 0.8, (b, 68, 2)), np.ones((b, 68, 1))], -1),
+                         jnp.float32)
+    codes = {"shape": rng.normal(size=(b, 100)), "exp": rng.normal(size=(b, 50)),
+             "tex": rng.normal(size=(b, 50)), "light": rng.normal(size=(b, 9, 3))}
+    codes = {k: jnp.asarray(v, jnp.float32) for k, v in codes.items()}
+    yml = dict(photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0, shape_consistency=False)
+
+    def deca(pred, c):  # DECA: the K=1 swap and tiling, then the yml's weights
+        c2 = shape_consistency(jax.random.PRNGKey(3), c, b, 1)
+        return coarse_losses(landmarks_pred=tile_batch(pred), landmarks_gt=tile_batch(lmk_gt),
+                             codes=c2, weights=yml)
+
+    def ours(pred, c):
+        return coarse_losses(landmarks_pred=pred, landmarks_gt=lmk_gt, codes=c,
+                             weights=pretrain.get_config().loss)
+
+    (want, want_terms), want_g = jax.value_and_grad(deca, argnums=(0, 1), has_aux=True)(lmk_pred, codes)
+    (got, got_terms), got_g = jax.value_and_grad(ours, argnums=(0, 1), has_aux=True)(lmk_pred, codes)
+    assert sorted(got_terms) == sorted(want_terms)
+    for name in want_terms:
+        np.testing.assert_allclose(got_terms[name], want_terms[name], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_g), jax.tree.leaves(want_g)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
 
 
 def test_identity_loss_needs_weights(monkeypatch):

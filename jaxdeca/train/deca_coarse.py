@@ -6,7 +6,8 @@ shape codes within an identity -> FLAME -> orth_proj -> render (when the photome
 identity term is on) -> `coarse_losses`; the identity term runs the frozen VGGFace2 ResNet-50
 (config.weights.vggface2) on the render pasted into the photo. Only the coarse encoder trains. The pretrain stage is the same
 step with photo = 0, id = 0 and no shape consistency (landmark, eye, lip, shape and expression
-regularisers; configs/pretrain.py also zeroes reg_tex and reg_light as DECA's deca_pretrain.yml).
+regularisers; configs/pretrain.py also zeroes reg_tex and reg_light as DECA's deca_pretrain.yml,
+and doubles reg_shape and reg_exp: DECA's trainer duplicates the pretrain batch, see configs/coarse.py).
 
 Data (`jaxdeca.train.data`, by config.data.source): identity-grouped tfds datasets through the
 grain loader, or demo heads rendered on the fly. Landmarks are in [-1, 1] image space (y down).
