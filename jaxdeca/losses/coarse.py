@@ -69,7 +69,12 @@ def weighted_landmark_loss(pred, gt):
 
 
 def landmark_loss(pred, gt):
-    """Unweighted variant (DECA with ``useWlmk=False``). pred: [B, K, 2], gt: [B, K, 3|2]."""
+    """Unweighted variant (DECA with ``useWlmk=False``). pred: [B, K, 2], gt: [B, K, 3|2].
+
+    DECA's ``lossfunc.landmark_loss`` appends a column of ones to the ground truth, written for
+    [B, K, 2]; with its datasets' [B, K, 3] it fails in ``batch_kp_2d_l1_loss``. Here the third
+    column is the visibility, as in the weighted loss.
+    """
     return batch_kp_2d_l1_loss(gt, pred)
 
 
@@ -155,7 +160,10 @@ def coarse_losses(*, landmarks_pred, landmarks_gt, codes: Mapping[str, jnp.ndarr
     Photometric (weight ``photo``) needs images [B, H, W, 3], rendered_images [B, H, W, 3]
     (SH-shaded albedo render), alpha_images and face_eye_mask ([B, H, W(, 1)], the UV face-eye
     mask sampled to image space), and skin_mask when ``use_seg``. The prediction is
-    ``rendered * face_eye_mask * alpha`` as in DECA.
+    ``rendered * face_eye_mask * alpha`` as in DECA. Deliberately SH-shaded, as in the paper:
+    the released ``decalib/deca.py`` decode renders without the light (its call with
+    ``codedict['light']`` is commented out), so DECA's released coarse training compares the
+    unshaded albedo and its light learns from ``light_reg`` alone.
     Identity (weight ``id``) needs images, face_eye_mask, albedo_images, shading_images and
     ``id_features_fn``: [B, 224, 224, 3] preprocessed BGR -> [B, F] (see identity.py). As DECA
     does, sample albedo_images from the detached UV albedo with the live grid

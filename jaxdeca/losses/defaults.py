@@ -3,6 +3,11 @@ configs). Configs import ``default_loss_config()`` and override fields.
 
 A weight of 0 switches its term off at trace time: the term is not computed at all and is absent
 from the returned dict of ``coarse_losses`` / ``detail_losses``.
+
+``shape_consistency`` switches the coarse stage's code swap, ``detail_consistency`` the detail
+stage's. DECA's trainer runs its swap in either stage when EITHER flag is set; at the release
+configs that differs only in the pretrain stage, where DECA duplicates its K=1 batch, which
+configs/pretrain.py reproduces with doubled regulariser weights.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ def default_loss_config() -> ml_collections.ConfigDict:
     c.use_wlmk = True    # DECA's useWlmk: per-landmark weights (else plain L1)
     c.eyed = 1.0         # eye-closure distances
     c.lipd = 0.5         # inner-lip distances
-    c.photo = 2.0        # masked L1 of the SH-shaded render
+    c.photo = 2.0        # masked L1 of the SH-shaded render (DECA's released decode: unshaded; coarse.py)
     c.use_seg = True     # DECA's useSeg: photometric mask = skin segmentation (see coarse.py)
     c.id = 0.2           # VGGFace2 cosine identity loss
     c.reg_shape = 1e-4   # sum(shape^2) / 2 over the batch
