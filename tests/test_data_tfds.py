@@ -262,3 +262,21 @@ def test_identity_faces_without_manual_dir_is_one_clear_error(tmp_path, capsys):
     assert e.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "--manual-dir" in errors[0] and "jaxdeca.data.prepare" in errors[0]
+
+
+def test_synthetic_head_setup_runs_flame_as_one_program():
+    """The landmark box that frames every synthetic face comes from the neutral head's FLAME
+    landmarks: one jitted program, not about 165 eager operations each compiled on its own;
+    its extent and centre are the ones FLAME gives op by op."""
+    import jax
+    import jax.numpy as jnp
+    from compile_count import compiles
+    synthetic._model.cache_clear()
+    jax.clear_caches()  # the eager operations' compiled programs too
+    with compiles() as n:
+        arrays, model, topo, extent, centre = synthetic._model(None)
+    assert len(n) <= 4, len(n)  # make_topology's UV rasterization and 2 small ops, the FLAME program
+    neutral = model(jnp.zeros((1, 100)), jnp.zeros((1, 50)), jnp.zeros((1, 6)))  # op by op
+    lmk = np.asarray(neutral["landmarks2d"][0, :, :2])
+    assert extent == float(((lmk.max(0) - lmk.min(0)).sum()) / 2)
+    np.testing.assert_array_equal(centre, (lmk.max(0) + lmk.min(0)) / 2)

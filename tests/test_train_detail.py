@@ -254,6 +254,32 @@ def test_demo_job_end_to_end_tiny(demo_run):
     assert (tmp_path / "detail" / "eval_history.json").stat().st_mtime == before
 
 
+def test_heldout_export_decodes_faces_in_one_flame_program(demo_run):
+    """export_heldout's OBJs: the held-out faces' FLAME vertices and albedos in one jitted
+    program for the batch (with the networks' forward pass, a handful of compiles), not about
+    170 eager operations each compiled on its own; the vertices are FLAME's op by op to float
+    rounding."""
+    from compile_count import compiles
+    from jaxdeca import wavefront, xla_options
+    from jaxdeca.train import demo
+    config = demo_config.get_config("tiny")
+    jax.clear_caches()  # the eager operations' compiled programs too
+    with compiles() as n:
+        paths_out = demo.export_heldout(config, str(demo_run.path))
+    assert len(n) <= 8, len(n)
+    c = demo.stage_config(config, "detail", str(demo_run.path))
+    task = deca_detail.DetailTask(c)
+    st = export.load_stage(str(demo_run.path / "detail"))
+    batch = {k: v[:2] for k, v in task.eval_batches(int(c.train.batch_size), 0, 1)[0].items()}
+    fwd = xla_options.jit(lambda p, bs, fr, b: task.forward(p, bs, fr, b, None, False)[0])  # export_heldout's
+    f = jax.device_get(fwd(st["params"], st["batch_stats"], st["frozen"], batch))["codes"]
+    for i in range(2):
+        want = task.flame(f["shape"][i:i + 1], f["exp"][i:i + 1], f["pose"][i:i + 1])["vertices"][0]  # op by op
+        got = wavefront.read(str(demo_run.path / "heldout" / f"face_{i:02d}.obj"))["vertices"]
+        np.testing.assert_allclose(got, np.asarray(want), rtol=0, atol=1e-6)
+    assert len(paths_out) == 3
+
+
 def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
     """`--checkpoint runs/detail` in the apps: same architecture and codes as the trained task
     (the demo job's detail stage, and the state its training loop ended with)."""
