@@ -280,6 +280,34 @@ def test_heldout_export_decodes_faces_in_one_flame_program(demo_run):
     assert len(paths_out) == 3
 
 
+def test_encoder_read_from_the_previous_stage_is_not_initialised(demo_run):
+    """The coarse stage's E_flame (from pretrain) and the detail stage's frozen E_flame (from
+    coarse) are the checkpoint's variables cast onto their shapes: no init program is compiled
+    for them (on the tiny demo about 7 s of compile each); the detail networks still are."""
+    from jaxdeca.train import demo
+    config = demo_config.get_config("tiny")
+    names = []
+
+    def listener(event, secs, **kwargs):
+        if event.endswith("backend_compile_duration"):
+            names.append(kwargs.get("fun_name"))
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for stage, previous, inits in (("coarse", "pretrain", 0), ("detail", "coarse", 2)):
+            task = run.make_task(demo.stage_config(config, stage, str(demo_run.path)))
+            names.clear()
+            params, stats, frozen = task.init_variables(jax.random.key(0))
+            assert names.count("jit(init)") == inits, (stage, names)
+            got = {"params": params["E_flame"], "batch_stats": stats["E_flame"]} if stage == "coarse" \
+                else frozen["E_flame"]
+            want = export.load_inference(str(demo_run.path / previous))[0]["E_flame"]
+            assert jax.tree.structure(got) == jax.tree.structure(want)
+            for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
     """`--checkpoint runs/detail` in the apps: same architecture and codes as the trained task
     (the demo job's detail stage, and the state its training loop ended with)."""

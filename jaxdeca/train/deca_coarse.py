@@ -52,12 +52,13 @@ class CoarseTask(deca_common.DecaParts):
 
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
-        v = self.init_net("E_flame", rng)
         init = self.config.init.get("checkpoint") if "init" in self.config else None
         if init:
-            v = deca_common.previous_stage_encoder(v, self.config, "init.checkpoint")
-        elif self.model.get("init_cam_scale"):
-            v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
+            v = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config, "init.checkpoint")
+        else:
+            v = self.init_net("E_flame", rng)
+            if self.model.get("init_cam_scale"):
+                v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
         return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)
 
     def _encode(self, params, batch_stats, images, train: bool):

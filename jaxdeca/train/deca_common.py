@@ -12,6 +12,8 @@ scale is used as it is; 'abs': its absolute value, see `camera_codes`).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,12 +152,23 @@ class DecaParts:
         fixed files. The detail stage's coarse encoder is saved: it is part of the exported model."""
         return tuple(getattr(self, "frozen_features", {}))
 
+    def example_input(self, name: str) -> jax.ShapeDtypeStruct:
+        """Shape and dtype of network `name`'s input at batch 2 (what init traces it with)."""
+        shape = (2, models.DETAIL_LATENT_SIZE) if name == "D_detail" else (2, self.size, self.size, 3)
+        return jax.ShapeDtypeStruct(shape, jnp.float32)
+
     def init_net(self, name: str, rng):
-        if name == "D_detail":
-            x = jnp.zeros((2, models.DETAIL_LATENT_SIZE))
-        else:
-            x = jnp.zeros((2, self.size, self.size, 3))
-        v = models.jit_init(self.nets[name], rng, x, train=False)
+        x = self.example_input(name)
+        v = models.jit_init(self.nets[name], rng, jnp.zeros(x.shape, x.dtype), train=False)
+        return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+
+    def net_template(self, name: str) -> dict:
+        """`init_net(name, ...)`'s variables as shapes and dtypes (jax.ShapeDtypeStruct leaves),
+        nothing compiled or run: the template a previous stage's checkpoint is cast onto
+        (previous_stage_encoder). Initialising a network only to overwrite it costs a compile
+        of its forward pass (about 7 s for the tiny demo's encoder on a 2-core CPU)."""
+        v = jax.eval_shape(functools.partial(self.nets[name].init, train=False),
+                           jax.ShapeDtypeStruct((2,), jnp.uint32), self.example_input(name))  # a raw key
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     def apply(self, name, params, batch_stats, x, train: bool):

@@ -47,8 +47,8 @@ class DetailTask(deca_common.DecaParts):
 
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
-        k1, k2, k3 = jax.random.split(rng, 3)
-        coarse = deca_common.previous_stage_encoder(self.init_net("E_flame", k1), self.config,
+        _, k2, k3 = jax.random.split(rng, 3)  # the first key was the frozen encoder's, now read, not initialised
+        coarse = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config,
                                                     "init.coarse_checkpoint", frozen=True)
         enc, dec = self.init_net("E_detail", k2), self.init_net("D_detail", k3)
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
