@@ -157,5 +157,7 @@ def run(config, workdir: str) -> None:
     print(f"\n[demo] held-out landmark loss (DECA's weighted landmark L1 on held-out identities): "
           f"step 0 {l0:.4f} -> final {l1:.4f} ({l0 / max(l1, 1e-12):.1f}x lower)")
     print(f"[demo] wall time this run {(time.time() - t0) / 60:.1f} min")
-    print(f"[demo] held-out faces: {os.path.join(workdir, 'heldout')} ({len(files)} files: grid PNG, OBJ+MTL+textures)")
+    n_obj = sum(f.endswith(".obj") for f in files)
+    print(f"[demo] held-out faces: {os.path.join(workdir, 'heldout')} (a grid PNG and {n_obj} OBJs, each with its "
+          "MTL, texture and normal map)")
     print(f"[demo] TensorBoard: tensorboard --logdir {workdir}")
