@@ -438,20 +438,27 @@ def test_rerun_after_the_images_folder_moved_resumes_there(tmp_path, capsys):
     assert "(gone)" in err and "lacks 1 of its images (e.g. p1/b.jpg)" in err
 
 
-def test_rerun_prepares_again_an_image_changed_since_its_record(tmp_path, capsys):
-    # a record holds the sha256 of the bytes prepare read: a re-run redoes an image edited in place
-    # since (same size, other pixels: its landmarks and mask were the old image's) and a bad file
-    # fixed since, and keeps records whose files only got new times (a copied folder)
-    import hashlib
+def three_annotated_images(tmp_path, bad):
+    """images/p1/{a,b,c}.jpg with .pts files, the file `bad` ('b.jpg' or 'b.pts') broken, prepared
+    into out/ (2 ok, 1 bad). Returns (the images folder, out, the landmarks)."""
     pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
     img = tmp_path / "images" / "p1"
     for name in ("a", "b", "c"):
         write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
         detect.write_pts(str(img / f"{name}.pts"), pts)
-    (img / "b.jpg").write_text("<html>404</html>\n")  # bad at first
+    (img / bad).write_text("<html>404</html>\n")
     out = tmp_path / "out"
     s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
     assert s["ok"] == 2 and s["bad"] == 1
+    return img, out, pts
+
+
+def test_rerun_prepares_again_an_image_changed_since_its_record(tmp_path, capsys):
+    # a record holds the sha256 of the bytes prepare read: a re-run redoes an image edited in place
+    # since (same size, other pixels: its landmarks and mask were the old image's) and a bad file
+    # fixed since, and keeps records whose files only got new times (a copied folder)
+    import hashlib
+    img, out, pts = three_annotated_images(tmp_path, bad="b.jpg")
     rec = json.load(open(out / "records" / "p1" / "a.jpg.json"))
     assert rec["sha256"] == hashlib.sha256((img / "a.jpg").read_bytes()).hexdigest()
     write_rgb(str(img / "a.jpg"), np.full((96, 96, 3), 200, np.uint8))  # retouched, same size
@@ -482,15 +489,7 @@ def test_rerun_prepares_again_an_image_whose_pts_file_changed(tmp_path, capsys):
     # an image's landmarks come from its .pts file when it has one: a re-run redoes an image whose
     # .pts file was corrected since (its record held the old landmarks and mask) or fixed since
     # (the image was bad), and keeps the others
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
-    img = tmp_path / "images" / "p1"
-    for name in ("a", "b", "c"):
-        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
-        detect.write_pts(str(img / f"{name}.pts"), pts)
-    (img / "b.pts").write_text("not a pts file\n")
-    out = tmp_path / "out"
-    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
-    assert s["ok"] == 2 and s["bad"] == 1
+    img, out, pts = three_annotated_images(tmp_path, bad="b.pts")
     detect.write_pts(str(img / "a.pts"), pts + 5.0)  # corrected annotation
     detect.write_pts(str(img / "b.pts"), pts)  # fixed
     c_record = (out / "records" / "p1" / "c.jpg.json").read_bytes()
