@@ -99,7 +99,6 @@ def export_prediction(predictions_dir: str, image_path: str, vertices, faces, la
     a file that cannot be written: `apps.export.WriteError` naming it, nothing left under its
     name (`replacing`).
     """
-    from jaxdeca.apps.export import writing
     landmarks7 = np.asarray(landmarks7, np.float32)
     if landmarks7.shape != (7, 3):
         raise ValueError(f"export_prediction({image_path}): landmarks must be [7, 3], found {landmarks7.shape}")
