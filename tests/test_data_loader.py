@@ -1,4 +1,5 @@
 """Identity-grouped loader: grouping, crop alignment, determinism, resume, process and device split."""
+import math
 import textwrap
 
 import numpy as np
@@ -41,7 +42,8 @@ def test_groups_share_identity_and_shapes():
     batch = next(loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1))
     assert batch["image"].shape == (8, 48, 48, 3) and batch["image"].dtype == np.float32
     assert batch["landmarks"].shape == (8, 68, 3) and np.all(batch["landmarks"][..., 2] == 1)
-    assert batch["mask"].shape == (8, 48, 48, 1) and set(np.unique(batch["mask"])) <= {0.0, 1.0}
+    assert batch["mask"].shape == (8, 48, 48, 1) and batch["mask"].dtype == np.float32
+    assert batch["mask"].min() >= 0 and batch["mask"].max() <= 1
     ids = batch["identity"].reshape(4, 2)
     assert np.all(ids[:, 0] == ids[:, 1]) and len(set(ids[:, 0])) == 4  # 4 distinct identities per batch
     # an identity with one image repeats it; with >= K images, K distinct images
@@ -107,6 +109,51 @@ def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
     recs[3].update(image=recs[3]["image"] / 255.0, path="id1/float.png")
     with pytest.raises(ValueError, match=r"record holds a float64 array"):
         loader.crop_example(recs[3], np.random.default_rng(0), CFG)
+
+
+def skimage_warp_reference(mask, inverse, out_size):
+    """Independent reference for DECA's `warp(mask, tform.inverse, output_shape=(S, S))` with
+    skimage's defaults (order=1, mode='constant', cval=0), pixel by pixel as its bilinear
+    interpolation: output (r, c) samples the input at inverse @ (c, r, 1), pixel centres at
+    integers, a neighbour outside the image reads 0. mask: [H, W] float -> [S, S] float64."""
+    H, W = mask.shape
+    out = np.zeros((out_size, out_size))
+
+    def px(r, c):
+        return float(mask[r, c]) if 0 <= r < H and 0 <= c < W else 0.0
+    for r in range(out_size):
+        for c in range(out_size):
+            x, y, _ = inverse @ np.array([c, r, 1.0])
+            r0, c0 = math.floor(y), math.floor(x)
+            dr, dc = y - r0, x - c0
+            out[r, c] = ((1 - dr) * ((1 - dc) * px(r0, c0) + dc * px(r0, c0 + 1))
+                         + dr * ((1 - dc) * px(r0 + 1, c0) + dc * px(r0 + 1, c0 + 1)))
+    return out
+
+
+@pytest.mark.parametrize("encoded", [False, True])
+def test_mask_crop_is_decas_bilinear_warp_of_the_thresholded_mask(encoded):
+    """DECA's datasets (vggface.py, vox.py, ethnicity.py) threshold the segmentation
+    (load_mask: mask[seg > 0.5] = 1.) and crop it like the image, skimage's warp with its default
+    order=1: soft values along the mask's edges and where the crop leaves the image. The loader
+    warped with nearest neighbour and thresholded after, a {0, 1} mask up to 0.5 off at every edge."""
+    rng = np.random.default_rng(3)
+    img = np.zeros((116, 96, 3), np.uint8)
+    lmk = rng.uniform([5, 30], [60, 90], (68, 2))  # the crop reaches past the left border
+    yy, xx = np.mgrid[0:116, 0:96]
+    below = 0.6 * xx + 0.3 * yy < 40  # a slanted straight edge, and the image's left border
+    mask = np.where(below, 255, 100).astype(np.uint8)  # 100 / 255 < 0.5: not skin, as DECA's threshold
+    mask[:, 70:] = 128  # 128 / 255 > 0.5: skin
+    rec = dict(image=img, landmarks=lmk, mask=mask, identity=0)
+    if encoded:
+        rec.update(image=images.encode_png(img), mask=images.encode_png(mask))
+    got = loader.crop_example(rec, np.random.default_rng(5), CFG)["mask"]
+    t = crop.train_transform(lmk, CFG.image_size, np.random.default_rng(5), CFG.scale, CFG.trans_scale)
+    want = skimage_warp_reference((mask > 127).astype(np.float64), crop.invert(t), CFG.image_size)
+    assert crop.apply_points(crop.invert(t), [0.0, 0.0])[0] < -1  # the crop's left edge is outside
+    assert got.shape == (48, 48, 1) and got.dtype == np.float32
+    assert ((want > 0.05) & (want < 0.95)).sum() > 40  # soft edges to compare
+    np.testing.assert_allclose(got[..., 0], want, atol=1e-4)  # OpenCV's float32 source positions
 
 
 def test_an_identity_with_fewer_than_k_images_gives_each_once():

@@ -11,8 +11,9 @@
                all; used by the tests.
 
 Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmarks [N, 68, 3]
-([-1, 1], y down, confidence), mask [N, S, S, 1] {0, 1}, identity [N] int32, identity-major
-(the K images of one person adjacent), N = identities x K.
+([-1, 1], y down, confidence), mask [N, S, S, 1] float32 in [0, 1] ({0, 1} for 'synthetic';
+soft at the skin's edges for 'tfds', bilinearly cropped as DECA's), identity [N] int32,
+identity-major (the K images of one person adjacent), N = identities x K.
 """
 from __future__ import annotations
 
