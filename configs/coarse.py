@@ -17,6 +17,11 @@ Paths the user supplies (each a config field; a missing one is one clear error a
   weights.vggface2      python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR
   flame.path            FLAME npz/folder/pkl (python -m jaxdeca.flame.convert); None = demo head
   init.checkpoint       the pretrain stage's workdir (the encoder starts from it; optional)
+  init.imagenet         python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR: the
+                        encoders' ResNet-50 starts from torchvision's ImageNet weights, as DECA's
+                        (load_ResNet50Model); unset, from random weights. Read by the stage that
+                        creates an encoder: pretrain (or a coarse stage without init.checkpoint)
+                        for E_flame, detail for E_detail
 
     python -m jaxdeca.main --config=configs/coarse.py --workdir=runs/coarse \
         --config.data.data_dir=/data/tfds --config.weights.vggface2=/weights/vggface2 \
@@ -58,7 +63,8 @@ def get_config(stage: str = "coarse"):
                                              image_every=1000, async_checkpoints=True))
     c.flame = ml_collections.ConfigDict(dict(path=placeholder(str)))
     c.weights = ml_collections.ConfigDict(dict(vggface2=placeholder(str), vgg19=placeholder(str)))
-    c.init = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), coarse_checkpoint=placeholder(str)))
+    c.init = ml_collections.ConfigDict(dict(checkpoint=placeholder(str), coarse_checkpoint=placeholder(str),
+                                            imagenet=placeholder(str)))
     c.loss = default_loss_config()
     if stage == "pretrain":  # DECA's deca_pretrain.yml: landmarks, closures, shape/exp regularisers
         c.loss.photo = 0.0

@@ -5,6 +5,7 @@ weights (photo_D 2, ID-MRF 0.05 x photo_D, reg_z / reg_diff / reg_sym 0.005) wit
 consistency. Extra paths over configs/coarse.py:
   init.coarse_checkpoint   the coarse stage's workdir (required; its encoder is frozen)
   weights.vgg19            python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR (ID-MRF)
+  init.imagenet            E_detail's ResNet-50 starts from it, as DECA's (optional; configs/coarse.py)
 
     python -m jaxdeca.main --config=configs/detail.py --workdir=runs/detail \
         --config.data.data_dir=/data/tfds --config.weights.vgg19=/weights/vgg19 \

@@ -253,3 +253,47 @@ def test_bad_architecture_fields_are_one_config_error(field, value, expected):
     config.model[field] = value
     with pytest.raises(paths.ConfigError, match=expected):
         CoarseTask(config)
+
+
+@pytest.fixture(scope="module")
+def imagenet_dir(tmp_path_factory):
+    """torchvision's resnet50.pth layout (random weights, fc included) converted as the README
+    says: python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR."""
+    import torch
+    from jaxdeca.convert import __main__ as convert_cli
+    from test_convert_torch_refs import ResNet, randomize
+    d = tmp_path_factory.mktemp("imagenet")
+    torch.save(randomize(ResNet(with_fc=True), 11).state_dict(), d / "resnet50.pth")
+    assert convert_cli.main(["resnet50", "--src", str(d / "resnet50.pth"), "--out", str(d / "resnet50")]) == 0
+    return str(d / "resnet50")
+
+
+def test_encoders_start_from_the_converted_imagenet_resnet50(imagenet_dir, tmp_path):
+    """DECA's encoders start from torchvision's ImageNet ResNet-50 (resnet.load_ResNet50Model,
+    running statistics included); `convert resnet50` wrote those weights but no config field read
+    them, so every stage began from random weights. config.init.imagenet now fills the E_flame
+    ResNet of a stage that creates its encoder (its MLP head as without it); a network of another
+    width is one ConfigError naming the field, a missing directory one ConfigPathError."""
+    import jax
+    from jaxdeca.convert import load_variables
+    config = test_coarse.get_config("pretrain")
+    config.model.update(dict(width=1.0, blocks=(3, 4, 6, 3)))
+    plain = CoarseTask(config).init_variables(jax.random.key(0))
+    config.init.imagenet = imagenet_dir
+    params, stats, _ = CoarseTask(config).init_variables(jax.random.key(0))
+    want = load_variables(imagenet_dir)
+    for got, ref in ((params["E_flame"]["encoder"], want["params"]), (stats["E_flame"]["encoder"], want["batch_stats"])):
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    for g, r in zip(jax.tree.leaves(params["E_flame"]["layers_0"]), jax.tree.leaves(plain[0]["E_flame"]["layers_0"])):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    narrow = test_coarse.get_config("pretrain")  # width 0.125, one bottleneck per stage
+    narrow.init.imagenet = imagenet_dir
+    with pytest.raises(paths.ConfigError, match=r"config.init.imagenet=.*: unexpected variable .* \(not the ResNet-50 "
+                       r"python -m jaxdeca.convert resnet50 writes, or config.model's width/blocks are not ResNet-50's"):
+        CoarseTask(narrow).init_variables(jax.random.key(0))
+    narrow.init.imagenet = str(tmp_path / "missing")
+    with pytest.raises(paths.ConfigPathError, match=r"config.init.imagenet=.* does not exist; it must name the "
+                       "converted torchvision ImageNet ResNet-50"):
+        CoarseTask(narrow)

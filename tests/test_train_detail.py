@@ -327,3 +327,28 @@ def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
     assert dec["uv_z"].shape == (4, 32, 32, 1) and dec["images"].shape == (4, 224, 224, 3)
     with pytest.raises(pipeline.CheckpointError, match="no such checkpoint directory"):
         pipeline.load_pipeline(checkpoint=str(tmp_path / "nope"))
+
+
+def test_detail_encoder_starts_from_the_converted_imagenet_resnet50(tmp_path, monkeypatch):
+    """DECA's E_detail starts from torchvision's ImageNet ResNet-50 as its E_flame does
+    (resnet.load_ResNet50Model); config.init.imagenet fills the detail stage's E_detail ResNet
+    (the frozen coarse encoder still comes from init.coarse_checkpoint, here a stand-in)."""
+    import torch
+    from jaxdeca.convert import load_variables, save_variables
+    from jaxdeca.convert.backbones import convert_resnet50
+    from test_convert_torch_refs import ResNet, randomize
+    torch.save(randomize(ResNet(with_fc=True), 12).state_dict(), tmp_path / "resnet50.pth")
+    save_variables(convert_resnet50(str(tmp_path / "resnet50.pth")), str(tmp_path / "resnet50"))
+    config = test_coarse.get_config("detail")
+    config.model.update(dict(width=1.0, blocks=(3, 4, 6, 3)))
+    config.init.coarse_checkpoint = str(tmp_path)
+    config.init.imagenet = str(tmp_path / "resnet50")
+    monkeypatch.setattr(deca_common, "previous_stage_encoder",
+                        lambda template, *a, **k: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), template))
+    params, stats, frozen = deca_detail.DetailTask(config).init_variables(jax.random.key(0))
+    want = load_variables(str(tmp_path / "resnet50"))
+    for got, ref in ((params["E_detail"]["encoder"], want["params"]), (stats["E_detail"]["encoder"], want["batch_stats"])):
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
+    assert not np.any(np.asarray(frozen["E_flame"]["params"]["encoder"]["conv1"]["kernel"]))  # not the ImageNet one

@@ -45,6 +45,9 @@ class CoarseTask(deca_common.DecaParts):
             self.weights["id"] = 0.0  # DECA's pretrain has no identity term
         if "init" in config and config.init.get("checkpoint"):
             paths.require_path(config, "init.checkpoint", "the workdir of the stage this one starts from")
+            self.imagenet = None  # the encoder is read from the previous stage
+        else:
+            self.imagenet = deca_common.imagenet_path(config)
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         self.frozen_features = deca_common.load_frozen_features(features)
         super().__init__(config)
@@ -56,7 +59,7 @@ class CoarseTask(deca_common.DecaParts):
         if init:
             v = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config, "init.checkpoint")
         else:
-            v = self.init_net("E_flame", rng)
+            v = deca_common.with_imagenet_backbone(self.init_net("E_flame", rng), self.imagenet)
             if self.model.get("init_cam_scale"):
                 v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
         return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)

@@ -245,6 +245,41 @@ def load_frozen_features(feature_paths: dict) -> dict:
     return out
 
 
+IMAGENET_WHY = ("the converted torchvision ImageNet ResNet-50 the encoders start from "
+                "(python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR)")
+
+
+def imagenet_path(config) -> str | None:
+    """config.init.imagenet checked to exist (ConfigPathError naming it), or None when unset."""
+    if "init" not in config or not config.init.get("imagenet"):
+        return None
+    return paths.require_path(config, "init.imagenet", IMAGENET_WHY)
+
+
+def with_imagenet_backbone(v: dict, path: str | None) -> dict:
+    """An encoder's {'params', 'batch_stats'} with its ResNet-50 (the 'encoder' sub-tree) replaced
+    by the converted ImageNet weights at `path` (config.init.imagenet), as DECA's encoders start
+    (resnet.load_ResNet50Model copies torchvision's pretrained resnet50 into both E_flame and
+    E_detail, running statistics included); the MLP head keeps its initial values. v unchanged
+    when path is None. Another network, or a config.model width/blocks other than ResNet-50's,
+    is one ConfigError naming the field."""
+    if path is None:
+        return v
+    from jaxdeca.convert.core import load_variables
+    from jaxdeca.convert.torch_io import ConversionError
+    where = f"config.init.imagenet={path!r}"
+    try:
+        loaded = load_variables(path)
+    except ConversionError as e:
+        raise paths.ConfigError(f"{where}: {e}; it must name a directory written by python -m jaxdeca.convert "
+                                "resnet50") from None
+    template = {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}
+    enc = checked_like(template, loaded, where, hint="not the ResNet-50 python -m jaxdeca.convert resnet50 writes, "
+                       "or config.model's width/blocks are not ResNet-50's (1.0; 3,4,6,3)")
+    return {"params": dict(v["params"], encoder=enc["params"]),
+            "batch_stats": dict(v["batch_stats"], encoder=enc["batch_stats"])}
+
+
 def draw_points(images, points, colour):
     """images [B,H,W,3], points [B,P,2] in [-1,1] -> images with one pixel per point coloured."""
     b, h, w, _ = images.shape

@@ -39,6 +39,7 @@ class DetailTask(deca_common.DecaParts):
         self.stage = "detail"
         self.coarse_ckpt = paths.require_path(config, "init.coarse_checkpoint",
                                               "the workdir of the trained coarse stage (its encoder is frozen here)")
+        self.imagenet = deca_common.imagenet_path(config)
         self.weights = as_weights(config.get("loss"))
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         self.frozen_features = deca_common.load_frozen_features(features)
@@ -50,7 +51,8 @@ class DetailTask(deca_common.DecaParts):
         _, k2, k3 = jax.random.split(rng, 3)  # the first key was the frozen encoder's, now read, not initialised
         coarse = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config,
                                                     "init.coarse_checkpoint", frozen=True)
-        enc, dec = self.init_net("E_detail", k2), self.init_net("D_detail", k3)
+        enc = deca_common.with_imagenet_backbone(self.init_net("E_detail", k2), self.imagenet)
+        dec = self.init_net("D_detail", k3)
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
         stats = {"E_detail": enc["batch_stats"], "D_detail": dec["batch_stats"]}
         return params, stats, dict(self.frozen_features, E_flame=coarse)
