@@ -174,3 +174,24 @@ def test_grey_and_rgba_images_crop_as_their_rgb():
     for bad in (grey.astype(np.float32), np.zeros((120, 100, 2), np.uint8), np.zeros((0, 100, 3), np.uint8)):
         with pytest.raises(ValueError, match=r"crop_for_inference: need an \[H, W, 3\] uint8"):
             preprocess.crop_for_inference(bad, landmarks=lmk)
+
+
+def test_image_crops_are_decas_float_warp_of_image_over_255():
+    """DECA's datasets, TestData and NoWDataset warp imread(...) / 255. (float64) with skimage's
+    bilinear warp, so a crop keeps the values between grey levels; warping the uint8 image
+    rounded every crop pixel to 1/255, up to 0.5 / 255 off. Test crop, the 'none' crop of an
+    already cropped image, and NoW's box crop against the reference on the image / 255."""
+    from jaxdeca.apps import pipeline
+    from jaxdeca.evaluation import now_predict
+    rng = np.random.default_rng(4)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (150, 130, 3), dtype=np.uint8), (0, 0), 1.5)
+    ref = img.astype(np.float64) / 255.0
+    lmk = rng.uniform([-20, 30], [90, 140], (68, 2))  # the crop leaves the image at the left
+    got, t = preprocess.crop_for_inference(img, landmarks=lmk, size=64)
+    box = (10.0, 20.0, 100.0, 125.0)
+    now, t_now = now_predict.now_crop(img, box, size=64)
+    none = pipeline.crop_face(img, "none")
+    for crop_, t_ in ((got, t), (now, t_now), (none.image, none.tform)):
+        want = inverse_map_bilinear(ref, t_, crop_.shape[0])
+        assert crop_.dtype == np.float32 and crop_.min() >= 0 and crop_.max() <= 1
+        np.testing.assert_allclose(crop_, want, atol=2e-5)  # OpenCV's float32 source positions

@@ -318,3 +318,17 @@ SCRIPT = textwrap.dedent("""
 
 def test_batches_split_over_four_host_devices(run_on_four_devices):
     run_on_four_devices(SCRIPT)
+
+
+def test_image_crop_is_decas_float_warp_of_image_over_255():
+    """DECA's datasets warp imread(...) / 255. (float64) bilinearly: the crop keeps the values
+    between grey levels. The loader warped the uint8 image, rounding each pixel to 1/255."""
+    rng = np.random.default_rng(8)
+    img = rng.integers(0, 256, (116, 96, 3), dtype=np.uint8)
+    lmk = rng.uniform([5, 30], [60, 90], (68, 2))
+    rec = dict(image=img, landmarks=lmk, mask=np.zeros((116, 96), np.uint8), identity=0)
+    got = loader.crop_example(rec, np.random.default_rng(5), CFG)["image"]
+    t = crop.train_transform(lmk, CFG.image_size, np.random.default_rng(5), CFG.scale, CFG.trans_scale)
+    for c in range(3):
+        want = skimage_warp_reference(img[..., c] / 255.0, crop.invert(t), CFG.image_size)
+        np.testing.assert_allclose(got[..., c], want, atol=2e-5)  # OpenCV's float32 source positions

@@ -254,7 +254,7 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
             raise ValueError(f"crop_face: {e}") from None
         h, w = image.shape[:2]
         t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w, 2) - 1, IMAGE_SIZE)
-        return Crop(image=crop_lib.warp_image(image, t, IMAGE_SIZE).astype(np.float32) / 255.0, tform=t)
+        return Crop(image=crop_lib.crop_image(image, t, IMAGE_SIZE), tform=t)
     if mode != "detect":
         raise ValueError(f"crop mode must be 'detect' or 'none', got {mode!r}")
     try:

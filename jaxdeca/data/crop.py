@@ -118,6 +118,15 @@ def warp_image(image, tform, out_size, interpolation=cv2.INTER_LINEAR):
     return out
 
 
+def crop_image(image_uint8, tform, out_size):
+    """DECA's image crop: image [H, W, C] uint8 -> [S, S, C] float32 in [0, 1], the bilinear warp
+    of image / 255 in floating point, as DECA's datasets, TestData and NoWDataset warp
+    imread(...) / 255. with skimage (clip=True). Warping the uint8 image instead would round
+    every crop pixel to a grey level, up to 0.5 / 255 off."""
+    unit = np.asarray(image_uint8).astype(np.float32) / np.float32(255.0)
+    return np.clip(warp_image(unit, tform, out_size), 0.0, 1.0)
+
+
 # Landmark conventions: where [-1, 1] image space puts crop pixel k's centre, as (2 (k + c)) / S - 1.
 # 'jaxdeca' (c = 0.5): where the renderer (DECA's too) samples pixel k; jaxdeca's data and training
 # use it. 'deca' (c = 0): DECA's datasets normalise landmarks as p / S * 2 - 1 and its decode maps

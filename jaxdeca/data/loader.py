@@ -27,8 +27,8 @@ resumed run sees the same batches; `FaceLoader.skipped` counts the skipped recor
 new one is logged with the running count.
 
 Each crop follows DECA's training datasets: landmark box (w + h) / 2 x U[1.4, 1.8], centred
-(trans_scale 0), similarity warp to image_size with OpenCV (bilinear image; the mask thresholded,
-then warped bilinearly too, `crop_mask`), landmarks mapped and normalised as (p + 0.5) / S * 2 - 1
+(trans_scale 0), similarity warp to image_size with OpenCV (bilinear, of the image / 255 in float32
+as DECA's float warp, `crop.crop_image`; the mask thresholded, then warped bilinearly too, `crop_mask`), landmarks mapped and normalised as (p + 0.5) / S * 2 - 1
 (`crop.normalise_points`: where the renderer draws pixel p; DECA writes p / S * 2 - 1), with a
 confidence column of ones.
 
@@ -134,7 +134,7 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
         raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} px, its image {img.shape[1]}x{img.shape[0]} px")
     lmk = np.asarray(record["landmarks"], np.float64)
     t = crop.train_transform(lmk, S, rng, cfg.scale, cfg.trans_scale)
-    image = crop.warp_image(img, t, S).astype(np.float32) / 255.0
+    image = crop.crop_image(img, t, S)
     if cfg.color_jitter > 0:
         image = colour_jitter(image, rng, cfg.color_jitter)
     pts = crop.normalise_points(crop.apply_points(t, lmk), S)

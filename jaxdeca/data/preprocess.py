@@ -64,7 +64,7 @@ def crop_for_inference(image_uint8, landmarks=None, bbox=None, size: int = INPUT
     if landmarks is None and bbox is None:
         landmarks = detect_landmarks(image, predictor_path)
     t = _crop.test_transform(landmarks=landmarks, bbox=bbox if landmarks is None else None, out_size=size, scale=scale)
-    out = _crop.warp_image(image, t, size).astype(np.float32) / 255.0
+    out = _crop.crop_image(image, t, size)
     return out, t
 
 

@@ -70,7 +70,7 @@ def now_crop(image_uint8, bbox, scale: float = NOW_CROP_SCALE, size: int = 224):
     0..1, tform [3, 3] original -> crop pixels)."""
     center, old = crop_lib.box_square(*bbox, kind="kpt")  # box centre, (w + h) / 2, no shift
     t = crop_lib.square_transform(center, int(old * scale), size)
-    return crop_lib.warp_image(np.asarray(image_uint8), t, size).astype(np.float32) / 255.0, t
+    return crop_lib.crop_image(image_uint8, t, size), t
 
 
 def resolve_image_dirs(images: str, bboxes: str | None = None) -> tuple[str, str | None]:
