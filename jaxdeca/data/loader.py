@@ -14,6 +14,12 @@ Sampling (global group g = step * N + j, N groups per global batch):
     groups; the K images drawn by default_rng([seed, 1, g]) (without replacement; an identity
     with fewer than K images gives each of them once, the rest drawn again); each image's crop
     scale (and optional colour jitter) drawn by default_rng([seed, 2, g, k]).
+DECA's datasets group otherwise, each its own way: vggface.py's list lines hold 5 images of one
+person and a line gives K of them without replacement (permutation(5)[:K]); ethnicity.py gives
+a line's first K; vox.py draws K frames of one face track (person/video/face) with replacement
+(randint) and drops tracks with fewer than K; an epoch visits every line or track once, so a
+person counts as often as it has lines or tracks. Here the group is the identity, each visited
+once per epoch, its K images drawn without replacement (none of DECA's list files is public).
 Process p of P loads groups j in [p N/P, (p+1) N/P) of every global batch, so all processes
 together see exactly the single-process sequence. Within a process, the batch is group-major
 ([N_local * K, ...], the K images of a group adjacent); with N_local divisible by the local
