@@ -35,7 +35,11 @@ placeholder = ml_collections.config_dict.placeholder
 
 
 # stage -> (identities per step, K images per identity, steps): DECA's dataset.batch_size,
-# dataset.K and train.max_steps in configs/release_version/deca_<stage>.yml
+# dataset.K and train.max_steps in configs/release_version/deca_<stage>.yml. deca_detail.yml says
+# batch_size 6, K 3 (and its header: the paper's 6 x 3), but it has a second `dataset:` key
+# (training_data) further down, which replaces the first when yacs reads it (yaml.safe_load: the
+# last duplicate key wins), so DECA's trainer run on that file gets config.py's 2 x K=4; we take
+# the 6 x 3 the file and the paper state.
 RELEASE_BATCHES = {"pretrain": (64, 1, 100_000), "coarse": (8, 2, 200_000), "detail": (6, 3, 1_000_000)}
 
 
