@@ -244,7 +244,9 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
     mode='detect': landmark box of the given landmarks [68, 2] (pixels) or, when None, of dlib's;
     None when no face is found. mode='none': the image is already a face crop; its centred
     square is resized to 224 with the same warp (pixel centres 0 and max(H, W) - 1 map to 0
-    and 223, so a 224 x 224 input passes through unchanged). Grey and RGBA uint8 images are
+    and 223, so a 224 x 224 input passes through unchanged; DECA's iscrop=False fits a
+    similarity to the corners (0, 0), (0, H-1), (W-1, 0), which for a non-square image also
+    rotates it: 5.7 degrees at 200 x 300). Grey and RGBA uint8 images are
     converted (`preprocess.as_rgb_uint8`); other dtypes raise ValueError in both modes.
     """
     if mode == "none":

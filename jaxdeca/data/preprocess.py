@@ -5,6 +5,9 @@ DECA's TestData (decalib/datasets/datasets.py) crops around the face with its la
 moved down by 0.12 of it), times scale 1.25, and warps to 224 with a similarity that maps the
 square's corners to (0, 0), (0, 223), (223, 0). Results predicted on the crop (landmarks in
 [-1, 1], rendered images) map back to the original photo through the returned [3, 3] matrix.
+DECA's demos find the landmarks with FAN (face_alignment; its first face, a 'kpt68' box) and,
+with no face found, crop the whole image (its box written with h and w swapped); here dlib's
+68 landmarks of the largest face, and no face is a NoFaceError (the apps skip that image).
 
     crop, tform = crop_for_inference(image_uint8)           # dlib landmarks -> 'kpt' box
     crop, tform = crop_for_inference(image_uint8, landmarks=lmk68)
