@@ -33,10 +33,10 @@ resumed run sees the same batches; `FaceLoader.skipped` counts the skipped recor
 new one is logged with the running count.
 
 Each crop follows DECA's training datasets: landmark box (w + h) / 2 x U[1.4, 1.8], centred
-(trans_scale 0), similarity warp to image_size with OpenCV (bilinear, of the image / 255 in float32
-as DECA's float warp, `crop.crop_image`; the mask thresholded, then warped bilinearly too, `crop_mask`), landmarks mapped and normalised as (p + 0.5) / S * 2 - 1
-(`crop.normalise_points`: where the renderer draws pixel p; DECA writes p / S * 2 - 1), with a
-confidence column of ones.
+(trans_scale 0), similarity warp to image_size with OpenCV (bilinear, of the image / 255 in
+float32 as DECA's float warp, `crop.crop_image`; the mask thresholded, then warped bilinearly too,
+`crop_mask`), landmarks mapped and normalised as (p + 0.5) / S * 2 - 1 (`crop.normalise_points`:
+where the renderer draws pixel p; DECA writes p / S * 2 - 1), with a confidence column of ones.
 
 Batch: image [N*K, S, S, 3] float32 0..1, landmarks [N*K, 68, 3], mask [N*K, S, S, 1] float32
 in [0, 1] (soft at the skin's edges), identity [N*K] int32.
