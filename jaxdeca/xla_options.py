@@ -79,7 +79,7 @@ def setup_jit(fn=None, **kwargs):
 
     @functools.wraps(fn)
     def call(*args, **kw):
-        if not _top_level():
+        if not top_level():
             return fn(*args, **kw)
         if not jitted:
             opts = dict(_SETUP_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
@@ -89,7 +89,7 @@ def setup_jit(fn=None, **kwargs):
     return call
 
 
-def _top_level() -> bool:
+def top_level() -> bool:
     """True outside any JAX transformation (False when that cannot be told: tracing inline is
     always right)."""
     try:

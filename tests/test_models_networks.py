@@ -140,6 +140,22 @@ def test_jit_init_equals_eager_init(decoder):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_jit_init_under_a_transformation_is_traced_into_it(decoder):
+    """Under jax.eval_shape or a caller's jit, `jit_init` traces `module.init` into the caller's
+    program (on CPU its nested jit with compiler options was a ValueError): eval_shape gives
+    the init's shapes and dtypes, compiling nothing, and a caller's jit its values."""
+    from compile_count import compiles
+    net, eager = decoder
+    with compiles() as n:
+        shapes = jax.eval_shape(lambda k: jit_init(net, k, jnp.zeros((1, 181))), KEY)
+    assert len(n) == 0
+    assert jax.tree.structure(shapes) == jax.tree.structure(eager)
+    assert [(s.shape, s.dtype) for s in jax.tree.leaves(shapes)] == [(e.shape, e.dtype) for e in jax.tree.leaves(eager)]
+    inside = jax.jit(lambda k: jit_init(net, k, jnp.zeros((1, 181))))(KEY)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(inside)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("uv_size", [48, 0, -32])
 def test_detail_decoder_refuses_bad_uv_size(uv_size):
     # 0 and negative multiples of 32 used to pass the check and fail later inside init

@@ -14,5 +14,9 @@ def jit_init(module, rng, *inputs, **static_kwargs):
     the values are bitwise the same (the random streams do not depend on jit).
 
     inputs: example arrays (only their shapes and dtypes matter to `init`);
-    static_kwargs: Python constants such as ``train=False``. Returns the variables dict."""
-    return xla_options.jit(functools.partial(module.init, **static_kwargs))(rng, *inputs)
+    static_kwargs: Python constants such as ``train=False``. Returns the variables dict.
+
+    Called under a transformation (jax.eval_shape, a caller's jit, where compiler options are
+    refused), `module.init` is traced into the caller's program as it is."""
+    init = functools.partial(module.init, **static_kwargs)
+    return (xla_options.jit(init) if xla_options.top_level() else init)(rng, *inputs)
