@@ -19,3 +19,20 @@ def compiles():
         yield found
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@contextlib.contextmanager
+def compiled_functions():
+    """with compiled_functions() as names: ...; then names lists the compiled functions'
+    names ('jit(init)', ...), one per compilation, in order."""
+    found = []
+
+    def listener(name, secs, **kwargs):
+        if name.endswith("backend_compile_duration"):
+            found.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield found
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

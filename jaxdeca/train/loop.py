@@ -14,11 +14,15 @@ and optionally
   check_resume(extra, where) -> raises ConfigError when the checkpoint `where` (its saved extra,
       checkpoint_info included) was trained with config values this run must not change
   frozen_from_config -> names of `frozen` entries that init_variables reads from fixed files
-      (pretrained loss networks): checkpoints leave them out, recording a fingerprint of each,
-      and a resume takes them from init_variables again, refusing ones whose fingerprint differs
+      (pretrained loss networks) and returns as read, not computed from its key or under
+      tracing: checkpoints leave them out, recording a fingerprint of each, and a resume takes
+      them from init_variables again, refusing ones whose fingerprint differs
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
-loader position), so a killed run restarted with the same config continues bit-for-bit; a
+loader position), so a killed run restarted with the same config continues bit-for-bit. A
+resume restores onto the state's shapes, dtypes and shardings (`abstract_state`: init_variables
+and the optimiser's init traced by jax.eval_shape), so it initialises and compiles nothing the
+checkpoint overwrites (for DECA a network init is a compile of its forward pass). A
 checkpoint saved by another stage (config.stage), one the task's check_resume refuses (DECA:
 another config.model or image size), or one of a cosine learning-rate schedule resumed with
 another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
@@ -98,6 +102,36 @@ def fingerprint(tree) -> list[float]:
     return [float(sum(x.size for x in leaves)), float(sum(np.abs(x).sum() for x in leaves))]
 
 
+def fresh_state(task, optimizer, seed: int):
+    """The step-0 TrainState of `task` (its init_variables with jax.random.key(seed)), and the
+    names of its frozen entries read from config (task.frozen_from_config present in frozen)."""
+    params, batch_stats, frozen = task.init_variables(jax.random.key(seed))
+    from_config = sorted(k for k in getattr(task, "frozen_from_config", ()) if k in frozen)
+    return state_lib.create(params, batch_stats, frozen, optimizer, seed), from_config
+
+
+def abstract_state(task, optimizer, seed: int, mesh):
+    """(fresh_state's state as jax.ShapeDtypeStruct leaves replicated over `mesh`, nothing
+    initialised or compiled; {name: value} of its frozen_from_config entries, as init_variables
+    returns them): what a resume restores the checkpoint onto and fills the entries it leaves
+    out from. An entry init_variables computes under the trace (from its key) is a TypeError."""
+    from_config = {}
+
+    def build():
+        state, names = fresh_state(task, optimizer, seed)
+        from_config.update({k: state.frozen[k] for k in names})
+        return state
+
+    shapes = jax.eval_shape(build)
+    for k, v in from_config.items():
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(v)):
+            raise TypeError(f"{type(task).__name__}.init_variables computes its frozen_from_config entry {k!r} "
+                            "(from its key, or with jax operations); it must return the values read from config "
+                            "as they are: a resume traces init_variables with jax.eval_shape and takes them from it")
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes), from_config
+
+
 def _check_fingerprints(saved, now, ckpt_dir, step):
     """Refuses a resume whose frozen_from_config weights are not the ones the run started with."""
     for k, fp in (saved if isinstance(saved, dict) else {}).items():
@@ -136,25 +170,28 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         raise paths.ConfigError(f"config.train.batch_size={int(tc.batch_size)} (the global batch) must be a "
                                 f"multiple of the number of devices: {e}") from None
     optimizer = state_lib.make_optimizer(config)
-
-    params, batch_stats, frozen = task.init_variables(jax.random.key(int(config.seed)))
-    init_state = parallel.replicate(state_lib.create(params, batch_stats, frozen, optimizer, int(config.seed)), mesh)
-    from_config = sorted(k for k in getattr(task, "frozen_from_config", ()) if k in frozen)
-    fingerprints = {k: fingerprint(frozen[k]) for k in from_config}
+    seed = int(config.seed)
 
     def saved(s):  # the part of a state a checkpoint holds
         return s.replace(frozen={k: v for k, v in s.frozen.items() if k not in from_config})
-    loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
-    eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
-
     ckpt_dir = os.path.join(workdir, "checkpoints")
     manager = checkpoint.make_manager(ckpt_dir, max_to_keep=keep,
                                       async_save=bool(tc.get("async_checkpoints", True)))
-    restored = checkpoint.restore_latest(manager, saved(init_state), set_aside_unreadable=True)
-    eval_history = []
+    restored = None
+    if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
+        template, from_config = abstract_state(task, optimizer, seed, mesh)
+        restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True)
     if restored is None:
-        state, start = init_state, 0
-    else:
+        state, names = fresh_state(task, optimizer, seed)
+        state = parallel.replicate(state, mesh)
+        from_config = {k: state.frozen[k] for k in names}
+    fingerprints = {k: fingerprint(v) for k, v in from_config.items()}
+    loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
+    eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
+
+    eval_history = []
+    start = 0
+    if restored is not None:
         start, state, extra = restored
         saved_stage, stage = str(extra.get("stage") or ""), str(config.get("stage", "") or "")
         if saved_stage and saved_stage != stage:
@@ -166,7 +203,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         state_lib.check_schedule_resume(extra.get("lr_schedule"), config, start, f"{ckpt_dir}: checkpoint step {start}")
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
-        state = state.replace(frozen={**state.frozen, **{k: init_state.frozen[k] for k in from_config}})
+        state = state.replace(frozen={**state.frozen, **parallel.replicate(from_config, mesh)})
         loader.restore(extra["loader"])
         eval_history = [(int(st), dict(ev)) for st, ev in extra.get("eval_history", []) if int(st) <= start]
         logging.info("resumed from step %d in %s", start, ckpt_dir)
