@@ -139,7 +139,7 @@ def test_warp_is_decas_inverse_map_also_beyond_the_border(lmk_range):
     t = crop.test_transform(landmarks=lmk, out_size=64)
     got = crop.warp_image(img, t, 64)
     want = inverse_map_bilinear(img, t, 64)
-    np.testing.assert_allclose(got, want, atol=4e-3)  # OpenCV rounds source positions to 1/32 px
+    np.testing.assert_allclose(got, want, atol=1e-5)  # OpenCV 5's float32 warp: float32 rounding (about 1e-6)
     outside = (want == 0).all(-1)
     if lmk_range[0] < 0 or lmk_range[1] > 260:
         assert outside.any() and np.all(got[outside] == 0)
