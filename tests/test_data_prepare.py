@@ -499,3 +499,19 @@ def test_rerun_prepares_again_an_image_whose_pts_file_changed(tmp_path, capsys):
     rec = json.load(open(out / "records" / "p1" / "a.jpg.json"))
     np.testing.assert_allclose(rec["landmarks"], detect.read_pts(str(img / "a.pts")), atol=1e-3)
     assert (out / "records" / "p1" / "c.jpg.json").read_bytes() == c_record
+
+
+def test_rerun_keeps_the_record_of_an_unchanged_undecodable_image_with_a_pts_file(tmp_path, capsys):
+    # an image that cannot be decoded was recorded bad with its own fingerprint but without its
+    # .pts file's (read only after decoding), so every re-run took the .pts as new and redid it,
+    # saying the image changed since its record
+    img, out, pts = three_annotated_images(tmp_path, bad="b.jpg")
+    b_record = (out / "records" / "p1" / "b.jpg.json").read_bytes()
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["already_done"] == 3 and s["ok"] == 2 and s["bad"] == 1
+    assert "changed since their records" not in capsys.readouterr().err
+    assert (out / "records" / "p1" / "b.jpg.json").read_bytes() == b_record
+    detect.write_pts(str(img / "b.pts"), pts + 5.0)  # its .pts corrected: redone (still bad)
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["already_done"] == 2 and s["bad"] == 1
+    assert "1 image(s) changed since their records (e.g. p1/b.jpg)" in capsys.readouterr().err

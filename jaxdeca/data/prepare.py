@@ -163,15 +163,20 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             raise images.BadImage("no identity for this file in the folder layout")
         data, st = images.read_bytes(path)
         rec.update(fingerprint(data, st))
-        img = images.decode_image(data)
-        h, w = img.shape[:2]
         pts = pts_path(path)
-        if os.path.isfile(pts):
+        has_pts, pts_error = os.path.isfile(pts), None
+        if has_pts:  # fingerprinted before decoding: a record of an undecodable image names it too
             try:
                 rec.update(pts_file=fingerprint(*images.read_bytes(pts)))
+            except images.BadImage as e:  # unreadable: reported after the image's own problems
+                pts_error = images.BadImage(f"{pts}: {e}")
+        img = images.decode_image(data)
+        h, w = img.shape[:2]
+        if has_pts:
+            if pts_error is not None:
+                raise pts_error
+            try:
                 lmk = detect.read_pts(pts)
-            except images.BadImage as e:  # unreadable
-                raise images.BadImage(f"{pts}: {e}") from None
             except ValueError as e:
                 raise images.BadImage(str(e)) from None
             if lmk.shape != (68, 2):
