@@ -374,7 +374,8 @@ def main(argv=None) -> int:
     x.add_argument("--image-list", required=True, help="imagepathsvalidation.txt or imagepathstest.txt")
     x.add_argument("--out", required=True, help="predictions folder: <subject>/<challenge>/<image>.obj/.npy")
     x.add_argument("--checkpoint", default=None, help="converted or trained DECA model dir (default: fit)")
-    x.add_argument("--flame", default=None, help="FLAME npz/pkl (default: the embedded demo head)")
+    x.add_argument("--flame", default=None, help="FLAME npz/pkl or DECA's data/ folder (needed with a converted "
+                   "--checkpoint; default: the one a training workdir records, else the embedded demo head)")
     x.add_argument("--bboxes", default=None, help="detected_face folder (default: beside iphone_pictures/)")
     x.add_argument("--batch", type=_positive_int, default=8)
     x.add_argument("--fit-steps", type=_positive_int, default=400,
