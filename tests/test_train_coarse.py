@@ -320,3 +320,23 @@ def test_encoders_start_from_the_converted_imagenet_resnet50(imagenet_dir, tmp_p
     with pytest.raises(paths.ConfigPathError, match=r"config.init.imagenet=.* does not exist; it must name the "
                        "converted torchvision ImageNet ResNet-50"):
         CoarseTask(narrow)
+
+
+def test_net_template_follows_the_default_prng_implementation():
+    """net_template (the shapes a previous stage's encoder is cast onto: coarse from pretrain,
+    the detail stage's frozen coarse encoder) traced the network's init with a raw uint32[2] key,
+    threefry's layout, so under jax_default_prng_impl='rbg' (JAX's faster TPU generator, whose
+    keys are uint32[4]) flax refused it (InvalidRngError) and neither stage could start, while
+    init_net and the training loop, which make their keys with jax.random.key, run under it."""
+    import jax
+    old = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        task = CoarseTask(test_coarse.get_config("pretrain"))
+        template = task.net_template("E_flame")
+        want = jax.eval_shape(lambda: task.init_net("E_flame", jax.random.key(0)))
+    finally:
+        jax.config.update("jax_default_prng_impl", old)
+    assert jax.tree.structure(template) == jax.tree.structure(want)
+    for t, w in zip(jax.tree.leaves(template), jax.tree.leaves(want)):
+        assert (t.shape, t.dtype) == (w.shape, w.dtype)

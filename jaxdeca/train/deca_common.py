@@ -12,8 +12,6 @@ scale is used as it is; 'abs': its absolute value, see `camera_codes`).
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,8 +165,9 @@ class DecaParts:
         nothing compiled or run: the template a previous stage's checkpoint is cast onto
         (previous_stage_encoder). Initialising a network only to overwrite it costs a compile
         of its forward pass (about 7 s for the tiny demo's encoder on a 2-core CPU)."""
-        v = jax.eval_shape(functools.partial(self.nets[name].init, train=False),
-                           jax.ShapeDtypeStruct((2,), jnp.uint32), self.example_input(name))  # a raw key
+        # the key made under the trace, by jax.random.key: the default PRNG's layout (rbg's is
+        # uint32[4]), and no eager seed program compiled
+        v = jax.eval_shape(lambda x: self.nets[name].init(jax.random.key(0), x, train=False), self.example_input(name))
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
     def apply(self, name, params, batch_stats, x, train: bool):
