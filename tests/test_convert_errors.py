@@ -132,6 +132,31 @@ def test_out_that_cannot_be_written_is_a_conversion_error(tmp_path, vgg_state, c
     assert err.startswith(f"error: {out}: cannot write: Not a directory"), err
 
 
+def test_out_on_a_full_disk_is_a_conversion_error(tmp_path):
+    """A disk that fills up while orbax writes the arrays is tensorstore's ValueError (not an
+    OSError: 'OUT_OF_RANGE: Error writing ... File too large [os_error_code=27]'), which passed
+    save_variables' OSError handler as a traceback after the whole conversion, and left orbax's
+    temporary '<out>.orbax-checkpoint-tmp' folder beside --out. It is one ConversionError naming
+    --out, nothing left behind."""
+    import os
+    import re
+    import signal
+    from jaxdeca.convert.core import save_variables
+    resource = pytest.importorskip("resource")
+    if signal.getsignal(signal.SIGXFSZ) != signal.SIG_IGN:
+        pytest.skip("SIGXFSZ is not ignored: a write past RLIMIT_FSIZE would kill the process")
+    variables = {"conv": {"kernel": np.random.default_rng(0).random((300, 300), np.float32)}}
+    out = tmp_path / "out"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, hard))  # each file may have 64 KiB; the array is 360 KB
+    try:
+        with pytest.raises(ConversionError, match=rf"^{re.escape(str(out))}: cannot write: .*File too large"):
+            save_variables(variables, str(out))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert os.listdir(tmp_path) == []
+
+
 def test_load_variables_bad_dir(tmp_path):
     with pytest.raises(ConversionError, match="no such checkpoint directory"):
         convert.load_variables(str(tmp_path / "missing"))

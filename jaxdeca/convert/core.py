@@ -143,10 +143,26 @@ def save_variables(variables: dict, out_dir: str) -> str:
         raise ConversionError(f"{out_dir}: output directory already exists; choose a new one")
     try:  # orbax writes a temporary directory beside out_dir and renames it when complete
         ocp.PyTreeCheckpointer().save(out_dir, jax.tree.map(np.asarray, variables))
-    except OSError as e:  # an unwritable parent, a file in the way, a full disk
+    except OSError as e:  # an unwritable parent, a file in the way
+        _remove_orbax_temporary(out_dir)
         raise ConversionError(f"{out_dir}: cannot write: {e.strerror or e}"
                               + (f" ({e.filename})" if e.filename and e.filename != out_dir else "")) from None
+    except ValueError as e:  # tensorstore's writes: a full disk is 'OUT_OF_RANGE: ... [os_error_code=27]'
+        if "os_error_code" not in str(e):
+            raise
+        _remove_orbax_temporary(out_dir)
+        raise ConversionError(f"{out_dir}: cannot write: {str(e).splitlines()[0]}") from None
     return out_dir
+
+
+def _remove_orbax_temporary(out_dir: str) -> None:
+    """Removes what a failed orbax save left beside out_dir (which did not exist before it):
+    its temporary directory, '<out_dir>.orbax-checkpoint-tmp' (a timestamp after it in some
+    orbax versions)."""
+    import glob
+    import shutil
+    for tmp in glob.glob(glob.escape(out_dir) + ".orbax-checkpoint-tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_variables(directory: str) -> dict:
