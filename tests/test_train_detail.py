@@ -284,15 +284,10 @@ def test_encoder_read_from_the_previous_stage_is_not_initialised(demo_run):
     """The coarse stage's E_flame (from pretrain) and the detail stage's frozen E_flame (from
     coarse) are the checkpoint's variables cast onto their shapes: no init program is compiled
     for them (on the tiny demo about 7 s of compile each); the detail networks still are."""
+    from compile_count import compiled_functions
     from jaxdeca.train import demo
     config = demo_config.get_config("tiny")
-    names = []
-
-    def listener(event, secs, **kwargs):
-        if event.endswith("backend_compile_duration"):
-            names.append(kwargs.get("fun_name"))
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compiled_functions() as names:
         for stage, previous, inits in (("coarse", "pretrain", 0), ("detail", "coarse", 2)):
             task = run.make_task(demo.stage_config(config, stage, str(demo_run.path)))
             names.clear()
@@ -304,8 +299,6 @@ def test_encoder_read_from_the_previous_stage_is_not_initialised(demo_run):
             assert jax.tree.structure(got) == jax.tree.structure(want)
             for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
