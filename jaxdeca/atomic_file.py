@@ -18,15 +18,20 @@ def replacing(path: str):
     hidden, and with path's extension, from which cv2 and imageio choose the format (np.save and
     np.savez add theirs to a name without it). On an error the temporary file is removed and
     the error passes on, an OSError about the temporary file renamed to be about `path`; only a
-    killed process can leave the temporary file behind, never a partial `path`.
+    killed process can leave the temporary file behind, never a partial `path`. As a write in
+    place would, a `path` that is a symbolic link has the file it points to replaced (the link
+    stays), and a file that is replaced keeps its permission bits.
     """
-    folder, name = os.path.split(os.path.abspath(path))
+    target = os.path.realpath(path)  # through a symbolic link, as open(path, 'w') writes
+    folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(name)
     tmp = os.path.join(folder, f".{stem}.tmp-{secrets.token_hex(4)}{ext}")
     try:
         yield tmp
-        os.replace(tmp, path)
+        if os.path.exists(target):
+            os.chmod(tmp, os.stat(target).st_mode & 0o7777)
+        os.replace(tmp, target)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)

@@ -408,3 +408,20 @@ def test_a_video_whose_block_fails_is_not_left_behind(tmp_path):
     with pytest.raises(ValueError, match="frame of size"):
         animate.write_video(str(tmp_path / "s.gif"), [np.zeros((4, 4, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)])
     assert os.listdir(tmp_path) == []
+
+
+def test_replacing_writes_through_a_link_and_keeps_the_files_mode(tmp_path):
+    """An output written whole (`atomic_file.replacing`) replaces what a write in place would
+    have written: the file a symbolic link points to (the link stays a link), with the replaced
+    file's permission bits, not the default ones."""
+    target = tmp_path / "store" / "a.png"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "a.png"
+    link.symlink_to(target)
+    export.save_image(str(link), np.zeros((4, 4, 3), np.uint8))
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_bytes()[:4] == b"\x89PNG" and (os.stat(target).st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]
