@@ -515,3 +515,14 @@ def test_rerun_keeps_the_record_of_an_unchanged_undecodable_image_with_a_pts_fil
     s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
     assert s["already_done"] == 2 and s["bad"] == 1
     assert "1 image(s) changed since their records (e.g. p1/b.jpg)" in capsys.readouterr().err
+
+
+def test_rerun_redoes_a_record_cut_short(tmp_path):
+    # a record file cut short or garbled (a crash or a full disk while it was written by an older
+    # version) made the re-run's summary a JSONDecodeError traceback; the image is prepared again
+    img, out, pts = three_annotated_images(tmp_path, bad="b.pts")
+    record = out / "records" / "p1" / "a.jpg.json"
+    record.write_text(record.read_text()[:40])
+    s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert s["ok"] == 2 and s["bad"] == 1 and s["already_done"] == 2
+    assert json.loads(record.read_text())["status"] == "ok"

@@ -234,12 +234,17 @@ def record_is_current(images_root: str, out_dir: str, rel: str) -> bool:
     sha256 (written before fingerprints, or of a file that could not be read) is taken as it is.
     Otherwise the image must be the one fingerprinted (`same_file`), and its .pts file too: one
     that appeared, went or changed since (the record's landmarks came from it or from dlib)
-    makes the image be prepared again."""
+    makes the image be prepared again. A record that cannot be read as JSON is redone too."""
     p = record_path(out_dir, rel)
     if not os.path.isfile(p):
         return False
-    with open(p) as f:
-        rec = json.load(f)
+    try:
+        with open(p) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):  # a record cut short or garbled (a crash, a full disk): redo it
+        return False
+    if not isinstance(rec, dict):
+        return False
     if "sha256" not in rec:
         return True
     path = os.path.join(images_root, rel)
