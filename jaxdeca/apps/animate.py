@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.animate --identity IMG --expression IMG|DIR|VIDEO --out DIR --checkpoint DIR`
+"""`python -m jaxdeca.apps.animate --identity IMG --expression IMG|DIR|VIDEO --out DIR --checkpoint DIR [--flame FLAME]`
 
 Reenactment as DECA does it: the identity image gives shape, albedo, light, camera, global
 pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is

@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.fit --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--steps N] [--batch N]`
+"""`python -m jaxdeca.apps.fit --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--flame FLAME] [--steps N] [--batch N]`
 
 Test-time optimisation of DECA's codes (shape, expression, pose, camera, albedo, light) against
 68 2D landmarks and the photometric loss, with optax Adam and a coarse-to-fine schedule:

@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.reconstruct --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR]`
+"""`python -m jaxdeca.apps.reconstruct --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--flame FLAME]`
 
 Detect and crop each face (DECA's test crop), encode and decode a batch in one jitted call
 (the last batch padded), and write per face: coarse OBJ with texture and normal map, dense

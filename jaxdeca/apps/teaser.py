@@ -1,4 +1,4 @@
-"""`python -m jaxdeca.apps.teaser [--input IMG --checkpoint DIR] --out teaser.gif`
+"""`python -m jaxdeca.apps.teaser [--input IMG --checkpoint DIR] [--flame FLAME] --out teaser.gif`
 
 A short animation of a head: a yaw sweep, jaw opening, then expression transfer (expression
 codes swept along the first components). With no input, the embedded demo head (zero codes).

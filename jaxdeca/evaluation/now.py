@@ -23,7 +23,7 @@ distances; the landmark similarity excludes reflections (the official
 `procrustes(reflection='best')` would allow one).
 
 CLI (see `main`):
-  python -m jaxdeca.evaluation.now export --images NOW_DIR --image-list FILE --out PRED [--checkpoint DIR]
+  python -m jaxdeca.evaluation.now export --images NOW_DIR --image-list FILE --out PRED [--checkpoint DIR] [--flame FLAME]
       (runs a model, or `fit` with no checkpoint, and writes the predictions: `now_predict`)
   python -m jaxdeca.evaluation.now evaluate --predictions PRED --scans DIR --image-list FILE --out DIR
 """

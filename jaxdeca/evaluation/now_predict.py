@@ -21,7 +21,7 @@ What DECA does (decalib/trainer.py `evaluate`, decalib/datasets/now.py), and we 
   the fitted shape gives the neutral mesh the same way.
 
     python -m jaxdeca.evaluation.now export --images NoW_Dataset/final_release_version \
-        --image-list imagepathsvalidation.txt --out predictions [--checkpoint DIR]
+        --image-list imagepathsvalidation.txt --out predictions [--checkpoint DIR] [--flame FLAME]
 """
 from __future__ import annotations
 
