@@ -230,18 +230,23 @@ def load_frozen_features(feature_paths: dict) -> dict:
     network (checked_like). A path that is not a converted directory (e.g. the official file
     itself) or holds another network (the other converter's output) is one ConfigError naming
     config.weights.<name>."""
+    return {name: load_converted(p, f"weights.{name}", name, frozen_feature_template(name))
+            for name, p in feature_paths.items()}
+
+
+def load_converted(path: str, field: str, kind: str, template: dict, hint: str | None = None) -> dict:
+    """The variables `python -m jaxdeca.convert <kind>` wrote at `path` (config.<field>), cast
+    onto `template` (checked_like). A path that is not a converted directory, or holds another
+    network, is one ConfigError naming the field (hint: the mismatch's closing remark, by
+    default that it is not the network the converter writes)."""
     from jaxdeca.convert.core import load_variables
     from jaxdeca.convert.torch_io import ConversionError
-    out = {}
-    for name, p in feature_paths.items():
-        where, how = f"config.weights.{name}={p!r}", f"python -m jaxdeca.convert {name}"
-        try:
-            v = load_variables(p)
-        except ConversionError as e:
-            raise paths.ConfigError(f"{where}: {e}; it must name a directory written by {how}") from None
-        out[name] = checked_like(frozen_feature_template(name), v, where,
-                                 hint=f"not the network {how} writes")
-    return out
+    where, how = f"config.{field}={path!r}", f"python -m jaxdeca.convert {kind}"
+    try:
+        v = load_variables(path)
+    except ConversionError as e:
+        raise paths.ConfigError(f"{where}: {e}; it must name a directory written by {how}") from None
+    return checked_like(template, v, where, hint=hint or f"not the network {how} writes")
 
 
 IMAGENET_WHY = ("the converted torchvision ImageNet ResNet-50 the encoders start from "
@@ -264,17 +269,10 @@ def with_imagenet_backbone(v: dict, path: str | None) -> dict:
     is one ConfigError naming the field."""
     if path is None:
         return v
-    from jaxdeca.convert.core import load_variables
-    from jaxdeca.convert.torch_io import ConversionError
-    where = f"config.init.imagenet={path!r}"
-    try:
-        loaded = load_variables(path)
-    except ConversionError as e:
-        raise paths.ConfigError(f"{where}: {e}; it must name a directory written by python -m jaxdeca.convert "
-                                "resnet50") from None
     template = {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}
-    enc = checked_like(template, loaded, where, hint="not the ResNet-50 python -m jaxdeca.convert resnet50 writes, "
-                       "or config.model's width/blocks are not ResNet-50's (1.0; 3,4,6,3)")
+    enc = load_converted(path, "init.imagenet", "resnet50", template,
+                         hint="not the ResNet-50 python -m jaxdeca.convert resnet50 writes, "
+                              "or config.model's width/blocks are not ResNet-50's (1.0; 3,4,6,3)")
     return {"params": dict(v["params"], encoder=enc["params"]),
             "batch_stats": dict(v["batch_stats"], encoder=enc["batch_stats"])}
 
