@@ -103,10 +103,11 @@ def fingerprint(tree) -> list[float]:
 
 
 def fresh_state(task, optimizer, seed: int):
-    """The step-0 TrainState of `task` (its init_variables with jax.random.key(seed)), and the
-    names of its frozen entries read from config (task.frozen_from_config present in frozen)."""
+    """The step-0 TrainState of `task` (its init_variables with jax.random.key(seed)), and
+    {name: value} of its frozen entries read from config (task.frozen_from_config present in
+    frozen)."""
     params, batch_stats, frozen = task.init_variables(jax.random.key(seed))
-    from_config = sorted(k for k in getattr(task, "frozen_from_config", ()) if k in frozen)
+    from_config = {k: frozen[k] for k in sorted(getattr(task, "frozen_from_config", ())) if k in frozen}
     return state_lib.create(params, batch_stats, frozen, optimizer, seed), from_config
 
 
@@ -118,8 +119,8 @@ def abstract_state(task, optimizer, seed: int, mesh):
     from_config = {}
 
     def build():
-        state, names = fresh_state(task, optimizer, seed)
-        from_config.update({k: state.frozen[k] for k in names})
+        state, entries = fresh_state(task, optimizer, seed)
+        from_config.update(entries)
         return state
 
     shapes = jax.eval_shape(build)
@@ -182,9 +183,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         template, from_config = abstract_state(task, optimizer, seed, mesh)
         restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True)
     if restored is None:
-        state, names = fresh_state(task, optimizer, seed)
+        state, from_config = fresh_state(task, optimizer, seed)
         state = parallel.replicate(state, mesh)
-        from_config = {k: state.frozen[k] for k in names}
     fingerprints = {k: fingerprint(v) for k, v in from_config.items()}
     loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
     eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
