@@ -40,14 +40,10 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
 def make_eval_step(metric_fn: Callable, mesh) -> Callable:
     """Jitted `eval(state, batch) -> dict of scalars` with `metric_fn(params, batch_stats, frozen, batch)`."""
-    repl = parallel.replicated(mesh)
-    data = parallel.batch_sharding(mesh)
-
     def ev(state: TrainState, batch):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return metric_fn(state.params, state.batch_stats, state.frozen, batch)
+        return metric_fn(state.params, state.batch_stats, state.frozen, batch)
 
-    return xla_options.jit(ev, in_shardings=(repl, data), out_shardings=repl)
+    return _jit_under_mesh(ev, mesh, out_shardings=parallel.replicated(mesh))
 
 
 def make_image_step(images_fn: Callable, mesh) -> Callable:
@@ -56,11 +52,15 @@ def make_image_step(images_fn: Callable, mesh) -> Callable:
     operations run one by one at every due step; traced under the mesh like the steps, so the
     renderer rasterizes each device's own images. The grids keep the layout XLA gives them
     (split by image); `loop.host_images` gathers them."""
-    repl = parallel.replicated(mesh)
-    data = parallel.batch_sharding(mesh)
+    return _jit_under_mesh(images_fn, mesh)
 
-    def im(state: TrainState, batch):
+
+def _jit_under_mesh(fn: Callable, mesh, **kwargs) -> Callable:
+    """fn(state, batch) jitted with the state replicated and the batch split over the mesh,
+    traced with the mesh as the context mesh (module docstring); kwargs go to the jit."""
+    def run(state: TrainState, batch):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return images_fn(state, batch)
+            return fn(state, batch)
+    run.__name__ = getattr(fn, "__name__", "run")  # its name in compile logs and profiles
 
-    return xla_options.jit(im, in_shardings=(repl, data))
+    return xla_options.jit(run, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)), **kwargs)
