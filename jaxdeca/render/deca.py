@@ -10,7 +10,8 @@ from jaxdeca.render.interpolate import interpolate, interpolate_face_attr, verte
 from jaxdeca.render.rasterize import rasterize
 from jaxdeca.render.shading import SHAPE_GREY, directional_shading, sh_shading
 from jaxdeca.render.texture import grid_sample
-from jaxdeca.render.uv import UVRaster, dense_grid_faces, displacement_to_normals, uv_rasterize, world2uv
+from jaxdeca.render.uv import (UVRaster, dense_grid_faces, displacement_to_normals, uv_rasterize,
+                               uv_to_image, world2uv)
 
 
 @jax.tree_util.register_dataclass
@@ -50,10 +51,9 @@ def make_topology(model, uv_size=256, where="FLAME npz"):
         raise ValueError(f"{where}: 'uv_faces' shape {uv_faces.shape} != 'faces' shape {faces.shape}")
     mask = uv_face_eye_mask(model, uv_size, where)
     fixed = fixed_displacement(model, uv_size, where)
-    uv_image = np.stack([uv_coords[:, 0] * 2.0 - 1.0, -(uv_coords[:, 1] * 2.0 - 1.0)], -1)  # uv_to_image, on the host
     put = jax.device_put  # a transfer; jnp.asarray compiles a small program per new shape
     return Topology(
-        faces=put(faces), uv_faces=put(uv_faces), uv_grid=put(uv_image[uv_faces]),
+        faces=put(faces), uv_faces=put(uv_faces), uv_grid=put(uv_to_image(uv_coords)[uv_faces]),  # on the host
         uv_raster=uv_rasterize(uv_coords, uv_faces, uv_size),
         uv_face_eye_mask=put(mask), fixed_displacement=put(fixed),
         dense_faces=put(dense_grid_faces(uv_size, uv_size)))

@@ -27,9 +27,9 @@ class UVRaster:
 
 
 def uv_to_image(uv_coords):
-    """uv_coords: [T, 2] in [0, 1], v up -> [T, 2] DECA image space / grid_sample grid (y down)."""
-    uv = uv_coords * 2.0 - 1.0
-    return jnp.stack([uv[..., 0], -uv[..., 1]], -1)
+    """uv_coords: [T, 2] in [0, 1], v up -> [T, 2] DECA image space / grid_sample grid (y down).
+    A numpy array gives a numpy array (no device program), a jax array a jax array, same bits."""
+    return (uv_coords * 2.0 - 1.0) * np.asarray([1.0, -1.0], np.float32)
 
 
 def uv_rasterize(uv_coords, uv_faces, size=256):
