@@ -86,14 +86,16 @@ def _image_bytes(path: str, size: tuple | None = None, record: str | None = None
         img = imageio.decode_image(data)
     except imageio.BadImage as e:  # the file changed since prepare accepted it
         raise imageio.BadImage(f"{path}: {e}") from None
+    changed = None  # how the file differs from the one prepare read
     if size is not None and tuple(size) != (img.shape[1], img.shape[0]):
-        raise imageio.BadImage(f"{path}: now {img.shape[1]}x{img.shape[0]} px, prepare recorded {size[0]}x{size[1]} "
-                               "px (the file changed since; its landmarks and mask are the old image's): prepare it "
-                               f"again (remove {record or 'its record'} and re-run prepare)")
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise imageio.BadImage(f"{path}: changed since prepare read it (its bytes differ from the sha256 recorded; "
-                               "its landmarks and mask are the old image's): prepare it again (remove "
-                               f"{record or 'its record'} and re-run prepare)")
+        changed = (f"now {img.shape[1]}x{img.shape[0]} px, prepare recorded {size[0]}x{size[1]} px (the file changed "
+                   "since; its landmarks and mask are the old image's)")
+    elif sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        changed = ("changed since prepare read it (its bytes differ from the sha256 recorded; its landmarks and mask "
+                   "are the old image's)")
+    if changed:
+        raise imageio.BadImage(f"{path}: {changed}: prepare it again (remove {record or 'its record'} and re-run "
+                               "prepare)")
     if data[:3] == b"\xff\xd8\xff" and _upright_rgb_jpeg(data):  # decodes as img: keep its bytes
         return data
     return imageio.encode_jpeg(img)
