@@ -6,6 +6,7 @@ dlib's HOG frontal face detector and its 68-point shape predictor need no networ
 are downscaled for detection only; landmarks come back in original pixels.
 """
 import importlib.util
+import io
 import os
 
 import cv2
@@ -93,11 +94,12 @@ class Detector:
         return self.landmarks(image, boxes[0]), boxes[0][4]
 
 
-def read_pts(path: str) -> np.ndarray:
+def read_pts(path: str, data: bytes | None = None) -> np.ndarray:
     """iBUG .pts -> [N, 2] float64. The format: 'version: 1', 'n_points: N', '{', N lines
-    'x y', '}'. iBUG coordinates are 1-based (Matlab): we subtract 1 so pixel column j is x = j."""
+    'x y', '}'. iBUG coordinates are 1-based (Matlab): we subtract 1 so pixel column j is x = j.
+    data: the file's bytes when the caller has read them (read as the file would be)."""
     try:
-        with open(path) as f:
+        with (open(path) if data is None else io.TextIOWrapper(io.BytesIO(data))) as f:
             lines = [ln.strip() for ln in f if ln.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: unreadable .pts file ({e})") from None

@@ -167,7 +167,8 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         has_pts, pts_error = os.path.isfile(pts), None
         if has_pts:  # fingerprinted before decoding: a record of an undecodable image names it too
             try:
-                rec.update(pts_file=fingerprint(*images.read_bytes(pts)))
+                pts_data, pts_stat = images.read_bytes(pts)
+                rec.update(pts_file=fingerprint(pts_data, pts_stat))
             except images.BadImage as e:  # unreadable: reported after the image's own problems
                 pts_error = images.BadImage(f"{pts}: {e}")
         img = images.decode_image(data)
@@ -176,7 +177,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             if pts_error is not None:
                 raise pts_error
             try:
-                lmk = detect.read_pts(pts)
+                lmk = detect.read_pts(pts, pts_data)  # the bytes fingerprinted
             except ValueError as e:
                 raise images.BadImage(str(e)) from None
             if lmk.shape != (68, 2):
