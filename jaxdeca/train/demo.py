@@ -105,11 +105,13 @@ def export_heldout(config, workdir: str) -> list[str]:
     batch = task.eval_batches(int(c.train.batch_size), 0, 1)[0]
     n = min(int(config.heldout_faces), batch["image"].shape[0])
     batch = {k: v[:n] for k, v in batch.items()}
-    fwd = xla_options.jit(lambda p, bs, fr, b: task.forward(p, bs, fr, b, None, False)[0])
-    f = jax.device_get(fwd(st["params"], st["batch_stats"], st["frozen"], batch))
-    # the OBJs' vertices and albedos for the whole batch in one program (FLAME op by op is about
-    # 170 eager compiles); the vertices differ from op by op by float rounding (1 ulp)
-    verts, albedos = jax.device_get(xla_options.jit(lambda c: _flame_and_albedo(task, c))(f["codes"]))
+    # one program for the pictures' decode and the OBJs' vertices and albedos (FLAME op by op is
+    # about 170 eager compiles; the vertices differ from it by float rounding)
+    def decode(p, bs, fr, b):
+        f = task.forward(p, bs, fr, b, None, False)[0]
+        return f, _flame_and_albedo(task, f["codes"])
+
+    f, (verts, albedos) = jax.device_get(xla_options.jit(decode)(st["params"], st["batch_stats"], st["frozen"], batch))
     r, size = f["render"], task.size
     out_dir = os.path.join(workdir, "heldout")
     os.makedirs(out_dir, exist_ok=True)
