@@ -1,4 +1,4 @@
-"""Renderer benchmark: ms per batch (median) and peak memory at 224 x 224, ours vs a peer.
+"""Renderer benchmark: ms per batch (median) and peak memory at 224 x 224, ours vs peers.
 
     python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224] [--batch-size N|all]
 
@@ -13,25 +13,39 @@ of the image sum w.r.t. the vertices. Both are compiled as jaxdeca compiles its 
 sigma = 0 (alpha = hard mask), i.e. what the SoftRas pass costs on top. Memory: XLA's memory_analysis() of the compiled call
 (temp + argument + output bytes), i.e. what one call needs on the device.
 
-Peer: DEODR (PyPI `deodr` 0.2.3, C++ differentiable rasterizer: z-buffer, per-vertex colour
-interpolation, silhouette-edge antialiasing with analytic gradients; CPU, one image per
-call, so a batch is a loop). Same mesh, same pixel positions and depths, same image size;
-its per-vertex colours are the same SH shading evaluated at the vertices (Gouraud; ours is
-per pixel), backface culling on (DEODR needs it for gradients), sigma = 1, gradient of the
-image sum w.r.t. 2D vertex positions and colours. Memory: tracemalloc peak (numpy buffers
-DEODR allocates) for one batch. DEODR (and the trimesh/typing_extensions its import needs)
-is kept out of the project venv, so it runs in a subprocess of its own venv:
+Peers, each given our exact pixel positions and depths of the same mesh at the same image size,
+and per-vertex colours that are the same SH shading evaluated at the vertices (Gouraud; ours is
+per pixel); 'f+b' is the gradient of the image sum w.r.t. the 2D vertex positions and colours.
+Each runs in a subprocess of its own venv (their dependencies are kept out of the project's):
+- DEODR (PyPI `deodr` 0.2.3): C++ differentiable rasterizer (z-buffer, per-vertex colour
+  interpolation, silhouette-edge antialiasing with analytic gradients), CPU only, one image per
+  call, so a batch is a loop; backface culling on (DEODR needs it for gradients), sigma = 1.
+  Memory: tracemalloc peak (numpy buffers DEODR allocates) for one batch.
 
-    python3.11 -m venv /tmp/peer_venv
-    /tmp/peer_venv/bin/pip install deodr==0.2.3 trimesh typing_extensions
-    PEER_PYTHON=/tmp/peer_venv/bin/python python benchmarks/render.py
+      python3.11 -m venv /tmp/peer_venv
+      /tmp/peer_venv/bin/pip install deodr==0.2.3 trimesh typing_extensions
 
-Without PEER_PYTHON, /tmp/peer_venv/bin/python is used when it exists, else this interpreter;
-when the peer cannot be run or imported the reason is printed (our figures still are). Other
-registry candidates tried on Python 3.11 CPU: pytorch3d (no wheel), jaxrenderer 0.4.0 (needs
-Python >= 3.12; 0.3.2 fails with jax 0.10.2), nvdiffrast/diffrp (CUDA only), kaolin (placeholder
-wheel).
-The ratio column is peer ms / our ms for the same batch: > 1 means we are faster.
+- jaxrenderer (PyPI `jaxrenderer` 0.4.0, imported as `renderer`): a JAX rasterizer (OpenGL-style
+  pipeline: every pixel row tests every triangle, depth test, perspective-correct
+  interpolation), so it runs on the same backends as ours; gradients by JAX autodiff through its
+  hard rasterization (no silhouette term), a batch by jax.vmap. It needs Python >= 3.12 and
+  jax >= 0.11.2, so its venv has its own jax:
+
+      python3.12 -m venv /tmp/jaxrenderer_venv
+      /tmp/jaxrenderer_venv/bin/pip install jaxrenderer==0.4.0
+
+  One image takes seconds on a CPU, so a batch B > 1 is timed only when B times the measured
+  batch-1 time (fwd and fwd+bwd), over the warm-up and repeats, fits in --peer-budget seconds
+  (else the row says so).
+  Memory: XLA's memory_analysis(), as ours. The note line says whether its gradients are finite
+  (0.4.0's README lists gradients w.r.t. the mesh as not yet supported): on the sphere they are
+  NaN, from its 200 zero-area pole faces (without them they are finite; ours skips such faces).
+
+Interpreters: PEER_PYTHON (DEODR) and JAXRENDERER_PYTHON, else the /tmp venvs above when they
+exist, else this interpreter; when a peer cannot be run or imported the reason is printed (our
+figures still are). Other registry candidates tried on Python 3.11 CPU: pytorch3d (no wheel or
+sdist in the registry), nvdiffrast/diffrp (CUDA only), kaolin (placeholder wheel).
+A ratio x is peer ms / our ms for the same batch: > 1 means we are faster.
 """
 import argparse
 import json
@@ -133,8 +147,8 @@ def _silhouette_edges(ij, f, front):
     return (nfront[inv] == 1).reshape(-1, 3) & front[:, None]
 
 
-def peer_worker(path, batches, repeats):
-    """Runs in the peer interpreter: prints one JSON line per batch size."""
+def deodr_worker(path, batches, repeats, budget):
+    """Runs in DEODR's interpreter: prints one JSON line per batch size."""
     import tracemalloc
 
     from deodr.differentiable_renderer import Scene2D
@@ -182,36 +196,137 @@ def peer_worker(path, batches, repeats):
         print(json.dumps(row), flush=True)
 
 
-def run_peer(v, f, size, batches, repeats, python):
-    """Our exact pixel positions/depths handed to DEODR in a subprocess -> ({B: row}, note)."""
+def jaxrenderer_worker(path, batches, repeats, budget):
+    """Runs in jaxrenderer's interpreter: prints one JSON line per batch size (B > 1 only within
+    `budget` seconds, see the module docstring), then one {"note": ...} line."""
+    from typing import NamedTuple
+
+    import jax
+    import jax.numpy as jnp
+    from renderer import Buffers, Camera, render
+    from renderer.geometry import to_homogeneous
+    from renderer.shader import PerVertex, Shader
+
+    d = np.load(path)
+    size = int(d["size"])
+    # pixels -> the bi-unit cube its viewport maps onto [0, size]^2, half a pixel left and up: it
+    # samples pixel (x, y) at integer coordinates, ours at the centre (+0.5), and so shifted its
+    # coverage is our hard mask pixel for pixel (checked at 224 px on both meshes; its buffers
+    # are [x, y], ours [y, x]). Depth 9.1..10.9 -> z in (-1, 1), nearer = smaller (its default
+    # depth test keeps the smallest z, as ours).
+    pos = np.concatenate([(d["ij"] - 0.5) / size * 2.0 - 1.0, d["depth"][:, None] - 10.0], -1).astype(np.float32)
+    faces = jnp.asarray(d["faces"].astype(np.int32))
+
+    class Extra(NamedTuple):
+        position: jax.Array  # [V, 3]
+        colour: jax.Array    # [V, 3]
+
+    class Varying(NamedTuple):
+        colour: jax.Array
+
+    class ColourShader(Shader):
+        """Clip position = the given position (identity view and projection); Gouraud colour."""
+        @staticmethod
+        def vertex(gl_VertexID, gl_InstanceID, camera, extra):
+            p = camera.to_clip(to_homogeneous(extra.position[gl_VertexID]))
+            return PerVertex(gl_Position=p), Varying(colour=extra.colour[gl_VertexID])
+
+    eye = jnp.identity(4)
+    cam = Camera.create(view=eye, projection=eye,
+                        viewport=Camera.viewport_matrix(jnp.zeros(2), jnp.array([size, size]), 1))
+
+    def image(p, c):
+        buffers = Buffers(zbuffer=jnp.full((size, size), 1e10, jnp.float32),
+                          targets=(jnp.zeros((size, size, 3), jnp.float32),))
+        return render(cam, ColourShader, buffers, faces, Extra(position=p, colour=c)).targets[0]
+
+    # compiled as jaxrenderer users compile it: its venv's own jax with XLA's defaults (no jaxdeca there)
+    fwd = jax.jit(jax.vmap(image))  # peer program
+    bwd = jax.jit(jax.grad(lambda p, c: jnp.sum(jax.vmap(image)(p, c)), argnums=(0, 1)))  # peer program
+
+    def inputs(B):
+        return (jnp.asarray(np.broadcast_to(pos, (B,) + pos.shape)),
+                jnp.asarray(np.broadcast_to(d["colours"].astype(np.float32), (B,) + pos.shape)))
+
+    finite, t1 = None, None
+    if min(batches) > 1:  # the batch-1 time the budget is judged by: one call each, once compiled
+        t1 = sum(median_ms(lambda: jax.block_until_ready(fn(*inputs(1))), 1) for fn in (fwd, bwd))
+    for B in sorted(batches):
+        args = inputs(B)
+        if B > 1 and B * t1 * (repeats + 1) > budget * 1e3:
+            print(json.dumps(dict(B=B, skipped=f"over --peer-budget {budget:g} s")), flush=True)
+            continue
+        row = dict(B=B, fwd=median_ms(lambda: jax.block_until_ready(fwd(*args)), repeats),
+                   bwd=median_ms(lambda: jax.block_until_ready(bwd(*args)), repeats))
+        for k, fn in (("fwd_mib", fwd), ("bwd_mib", bwd)):
+            m = fn.lower(*args).compile().memory_analysis()
+            row[k] = float("nan") if m is None else (
+                m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
+        if B == 1:
+            t1 = row["fwd"] + row["bwd"]
+        if finite is None:
+            finite = all(bool(jnp.all(jnp.isfinite(g))) for g in bwd(*args))
+        print(json.dumps(row), flush=True)
+    tri = d["ij"][d["faces"]]
+    e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    flat = int(np.sum(np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 1e-6))  # zero-area faces on screen
+    why = f" (the mesh has {flat} zero-area faces)" if flat else ""
+    print(json.dumps(dict(note=f"jax {jax.__version__} on {jax.default_backend()}; gradients "
+                               + ("finite" if finite else f"NOT finite{why}"))), flush=True)
+
+
+PEERS = {  # name: (worker, environment variable naming its interpreter, default venv)
+    "DEODR": (deodr_worker, "PEER_PYTHON", "/tmp/peer_venv/bin/python"),
+    "jaxrenderer": (jaxrenderer_worker, "JAXRENDERER_PYTHON", "/tmp/jaxrenderer_venv/bin/python"),
+}
+
+
+def run_peer(v, f, size, batches, repeats, python, peer="DEODR", budget=120.0):
+    """Our exact pixel positions/depths handed to `peer` (a PEERS name) in a subprocess of
+    interpreter `python` -> ({B: row}, note)."""
     px = (v[:, 0] + 1.0) * size / 2.0   # orth_proj with s = 1, t = 0, then to_pixels
     py = (-v[:, 1] + 1.0) * size / 2.0
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "mesh.npz")
         np.savez(path, ij=np.stack([px, py], -1).astype(np.float64), depth=(10.0 - v[:, 2]).astype(np.float64),
                  faces=f, colours=_sh_vertex_colours(v.astype(np.float64), f), size=size)
-        cmd = [python, os.path.abspath(__file__), "--peer-worker", path,
-               "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
+        cmd = [python, os.path.abspath(__file__), "--peer-worker", path, "--peer", peer,
+               "--batches", ",".join(map(str, batches)), "--repeats", str(repeats), "--peer-budget", str(budget)]
         try:
             p = subprocess.run(cmd, capture_output=True, text=True)
-        except OSError as e:  # PEER_PYTHON names no runnable interpreter
-            return {}, f"DEODR unavailable: cannot run {python} ({e.strerror})"
-    if p.returncode != 0:
-        return {}, f"DEODR unavailable with {python}: {p.stderr.strip().splitlines()[-1:]}"
-    rows = {}
+        except OSError as e:  # the variable names no runnable interpreter
+            return {}, f"{peer} unavailable: cannot run {python} ({e.strerror})"
+    rows, extra = {}, ""
     for line in p.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
-            rows[r["B"]] = r
-    return rows, f"DEODR via {python}"
+            if "note" in r:
+                extra = f" ({r['note']})"
+            else:
+                rows[r["B"]] = r
+    if p.returncode != 0:  # the rows it printed before it stopped (e.g. out of memory at B = 32) are kept
+        why = p.stderr.strip().splitlines()[-1:]
+        return rows, f"{peer} {'stopped' if rows else 'unavailable'} with {python}: {why}"
+    return rows, f"{peer} via {python}{extra}"
 
 
-def peer_python():
-    if os.environ.get("PEER_PYTHON"):
-        return os.environ["PEER_PYTHON"]
-    if os.path.exists("/tmp/peer_venv/bin/python"):
-        return "/tmp/peer_venv/bin/python"
+def peer_python(peer="DEODR"):
+    """The interpreter `peer` runs in: its variable, else its default venv, else this one."""
+    _, var, default = PEERS[peer]
+    if os.environ.get(var):
+        return os.environ[var]
+    if os.path.exists(default):
+        return default
     return sys.executable
+
+
+def print_row(mesh, n_faces, B, who, r, rest):
+    """One table row: r's fwd and f+b ms and MiB (or why it has none: r['skipped']), then rest."""
+    head = f"{mesh:<11}{n_faces:>6}{B:>4} {who:<12}| "
+    if "skipped" in r:
+        print(head + r["skipped"], flush=True)
+    else:
+        print(head + f"{r['fwd']:>9.1f}{r['fwd_mib']:>7.0f}{r['bwd']:>9.1f}{r['bwd_mib']:>7.0f} | {rest}", flush=True)
 
 
 def main():
@@ -222,39 +337,44 @@ def main():
     p.add_argument("--batch-size", default=None,
                    help="our images rasterized together: N, 'all', or unset for rasterize's default "
                         "(1 on CPU, the whole batch on accelerators)")
+    p.add_argument("--peers", default=",".join(PEERS), help=f"peers to run, of {', '.join(PEERS)} ('' for none)")
+    p.add_argument("--peer-budget", type=float, default=120.0,
+                   help="seconds a slow peer (jaxrenderer) may spend on a batch size above 1 (module docstring)")
     p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peer", default="DEODR", help=argparse.SUPPRESS)
     a = p.parse_args()
     batches = [int(b) for b in a.batches.split(",")]
+    peers = [n for n in a.peers.split(",") if n]
+    unknown = [n for n in peers if n not in PEERS]
+    if unknown:
+        p.error(f"--peers: unknown {', '.join(unknown)} (known: {', '.join(PEERS)})")
     if a.peer_worker:
-        return peer_worker(a.peer_worker, batches, a.repeats)
+        return PEERS[a.peer][0](a.peer_worker, batches, a.repeats, a.peer_budget)
 
     import jax
     bs = a.batch_size if a.batch_size in (None, "all") else int(a.batch_size)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), image {a.size}x{a.size}, "
           f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB; "
           f"rasterize batch_size={'default' if bs is None else bs}")
-    python = peer_python()
-    hdr = (f"{'mesh':<11}{'faces':>6}{'B':>4} | {'ours fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7}{'hard f+b':>9} | "
-           f"{'DEODR fwd':>10}{'MiB':>7}{'f+b':>9}{'MiB':>7} | {'fwd x':>6}{'f+b x':>7}")
-    print(hdr)
-    notes = set()
+    print(f"{'mesh':<11}{'faces':>6}{'B':>4} {'':<12}| {'fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7} | "
+          f"{'hard f+b':>9} | {'fwd x':>6}{'f+b x':>7}")
+    # ours on every mesh first: a run stopped by a time limit (run_all.sh) during a slow peer
+    # keeps all of our rows
+    ours, notes = {}, []
     for name, (v, f) in meshes().items():
-        ours = run_ours(v, f, a.size, batches, a.repeats, bs)
-        peer, note = run_peer(v, f, a.size, batches, a.repeats, python)
-        notes.add(note)
+        ours[name] = run_ours(v, f, a.size, batches, a.repeats, bs)
         for B in batches:
-            o = ours[B]
-            q = peer.get(B)
-            line = (f"{name:<11}{len(f):>6}{B:>4} | {o['fwd']:>9.1f}{o['fwd_mib']:>7.0f}{o['bwd']:>9.1f}"
-                    f"{o['bwd_mib']:>7.0f}{o['hard_bwd']:>9.1f} | ")
-            if q:
-                line += (f"{q['fwd']:>10.1f}{q['fwd_mib']:>7.0f}{q['bwd']:>9.1f}{q['bwd_mib']:>7.0f} | "
-                         f"{q['fwd'] / o['fwd']:>6.2f}{q['bwd'] / o['bwd']:>7.2f}")
-            else:
-                line += f"{'n/a':>10}"
-            print(line, flush=True)
-    for n in sorted(notes):
-        print("peer:", n)
+            print_row(name, len(f), B, "ours", ours[name][B], f"{ours[name][B]['hard_bwd']:>9.1f} |")
+    for n in peers:
+        for name, (v, f) in meshes().items():
+            rows, note = run_peer(v, f, a.size, batches, a.repeats, peer_python(n), n, a.peer_budget)
+            notes.append(f"{name}: {note}")
+            for B in batches:
+                q, o = rows.get(B) or {"skipped": "n/a"}, ours[name][B]
+                print_row(name, len(f), B, n, q, f"{'':>9} | {q.get('fwd', 0) / o['fwd']:>6.2f}"
+                                                 f"{q.get('bwd', 0) / o['bwd']:>7.2f}")
+    for note in notes:
+        print("peer:", note)
     print("ratio x = peer ms / our ms (> 1: ours faster); 'hard f+b' = ours with sigma = 0 (no soft")
     print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass")
 

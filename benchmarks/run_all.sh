@@ -19,8 +19,10 @@
 #   texture    grid_sample fwd and fwd+bwd against torch, batch 1/8/32                   (20)
 # A run that passes its limit is stopped (exit status 124 in the summary) and the next starts.
 # flame.py (needs smplx) and data.py (CPU data loading) are not accelerator figures: run them
-# by hand. Needs jaxdeca's dependencies; the DEODR peer of render.py is looked for as its
-# docstring says and skipped with a note when absent.
+# by hand. Needs jaxdeca's dependencies; render.py's peers (DEODR, CPU only; jaxrenderer, a JAX
+# renderer that runs on the accelerator too) are looked for as its docstring says and skipped
+# with a note when absent. jaxrenderer 0.4.0 needs Python >= 3.12 and jax >= 0.11.2: an
+# interpreter that has those and its wheel on its path, named by JAXRENDERER_PYTHON.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -43,7 +45,7 @@ if [ -n "${SMOKE:-}" ]; then
   )
 else
   runs=(
-    "render 80 benchmarks/render.py --batches 1,8,32 --repeats 5"
+    "render 80 benchmarks/render.py --batches 1,8,32 --repeats 5 --peer-budget 15"
     "inference 100 benchmarks/inference.py --big-batch 256 --app-images 8"
     "train 180 benchmarks/train.py --steps 5"
     "train_bf16 120 benchmarks/train.py --batch 32 --dtype bfloat16 --steps 5"

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.sh")
@@ -35,18 +36,52 @@ def test_an_unknown_run_name_is_an_error_not_an_empty_success(tmp_path):
     assert not (tmp_path / "out" / "render.log").exists()  # nothing ran
 
 
-def test_render_peer_interpreter_missing_is_a_note_not_a_crash(tmp_path, monkeypatch):
-    """PEER_PYTHON naming no interpreter (e.g. the docstring's /tmp/peer_venv never made) skips
-    DEODR with a note, as a missing deodr does, instead of ending the run after our figures."""
+def _bench_render(monkeypatch):
     import importlib.util
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # render.py imports timing from there
     spec = importlib.util.spec_from_file_location("bench_render", os.path.join(ROOT, "benchmarks", "render.py"))
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
+    return render
+
+
+TRIANGLE = (np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], np.float32), np.array([[0, 1, 2]], np.int32))
+
+
+@pytest.mark.parametrize("peer", ["DEODR", "jaxrenderer"])
+def test_render_peer_interpreter_missing_is_a_note_not_a_crash(tmp_path, monkeypatch, peer):
+    """PEER_PYTHON / JAXRENDERER_PYTHON naming no interpreter (e.g. the docstring's venv never
+    made) skips that peer with a note, as a missing deodr or jaxrenderer does, instead of ending
+    the run after our figures."""
+    render = _bench_render(monkeypatch)
     missing = str(tmp_path / "no_venv" / "bin" / "python")
-    v = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]], np.float32)
-    rows, note = render.run_peer(v, np.array([[0, 1, 2]], np.int32), 8, [1], 1, missing)
-    assert rows == {} and missing in note and "unavailable" in note
+    rows, note = render.run_peer(*TRIANGLE, 8, [1], 1, missing, peer)
+    assert rows == {} and missing in note and "unavailable" in note and note.startswith(peer)
+
+
+def test_render_peer_rows_skips_and_note_are_read(tmp_path, monkeypatch):
+    """What a peer's worker prints (a JSON row per batch size, a row that says it was skipped over
+    the time budget, a closing note) reaches the table: rows by B, the note appended to the
+    peer's line. The worker here is a stand-in interpreter that prints those lines."""
+    render = _bench_render(monkeypatch)
+    py = tmp_path / "py"
+    py.write_text('#!/usr/bin/env bash\necho \'{"B": 1, "fwd": 2.0, "bwd": 5.0, "fwd_mib": 1.0, "bwd_mib": 2.0}\'\n'
+                  'echo \'{"B": 8, "skipped": "over --peer-budget 120 s"}\'\n'
+                  'echo \'{"note": "jax 0.12 on cpu; gradients finite"}\'\n')
+    py.chmod(0o755)
+    rows, note = render.run_peer(*TRIANGLE, 8, [1, 8], 1, str(py), "jaxrenderer", 120.0)
+    assert rows[1]["bwd"] == 5.0 and "skipped" in rows[8]
+    assert note == f"jaxrenderer via {py} (jax 0.12 on cpu; gradients finite)"
+
+
+def test_render_unknown_peer_is_one_argument_error():
+    """--peers naming no known peer is argparse's one error line naming it and the known ones
+    (exit 2), before any of our figures are computed."""
+    import sys
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "render.py"), "--peers", "DEODR,pytorch3d"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--peers: unknown pytorch3d (known: DEODR, jaxrenderer)" in r.stderr and r.stdout == ""
 
 
 def test_train_batch_not_divisible_by_the_devices_is_one_argument_error(four_device_flags):
