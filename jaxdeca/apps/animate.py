@@ -192,10 +192,13 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     def run(chunk):  # one padded batch of (name, Crop, skips so far): decode, write files, stream tiles
         drv = pipe.encode(pipeline.padded_batch([d.image for _, d, _ in chunk], batch))
         out = pipe.decode(animate_codes(ident, drv))
+        # what is written, to the host once per batch (not one device slice per key and frame)
+        out = {key: np.asarray(out[key]) for key in ("vertices", "albedo", "uv_detail_normals", "shape_detail_images",
+                                                      "images")}
         for k, (name, d, n_skipped) in enumerate(chunk):
-            export.write_obj(os.path.join(out_dir, name, f"{name}.obj"), np.asarray(out["vertices"][k]), pipe.arrays["faces"],
+            export.write_obj(os.path.join(out_dir, name, f"{name}.obj"), out["vertices"][k], pipe.arrays["faces"],
                              uv_coords=pipe.arrays["uv_coords"], uv_faces=pipe.arrays["uv_faces"],
-                             texture=np.asarray(out["albedo"][k]), normal_map=np.asarray(out["uv_detail_normals"][k]))
+                             texture=out["albedo"][k], normal_map=out["uv_detail_normals"][k])
             tile = vis.grid([vis.label(d.image, "driver"), vis.label(out["shape_detail_images"][k], "detail shape"),
                              vis.label(out["images"][k], "render")], 3)
             export.save_image(os.path.join(out_dir, name, f"{name}_render.png"), tile)

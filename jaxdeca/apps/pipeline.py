@@ -532,7 +532,9 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     d = os.path.join(out_dir, name)
     with export.writing(d):
         os.makedirs(d, exist_ok=True)
-    g = lambda key: np.asarray(out[key][k])  # noqa: E731
+    # the batch's array to the host (a jax.Array keeps that copy for the batch's other faces),
+    # then face k: not one device slice per key and face
+    g = lambda key: np.asarray(out[key])[k]  # noqa: E731
     paths = []
     tex = g("uv_texture_extracted") if extract_tex and "uv_texture_extracted" in out else g("albedo")
     paths.append(export.write_obj(os.path.join(d, f"{name}.obj"), g("vertices"), arrays["faces"],
