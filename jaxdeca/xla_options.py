@@ -75,18 +75,38 @@ def setup_jit(fn=None, **kwargs):
     (choosing them starts JAX's backend)."""
     if fn is None:
         return lambda f: setup_jit(f, **kwargs)
-    jitted = []
+    given = dict(kwargs.get("compiler_options") or {})
+    state = {}  # 'fn': the jitted program, 'options': its setup options (chosen at the first call)
 
     @functools.wraps(fn)
     def call(*args, **kw):
         if not top_level():
             return fn(*args, **kw)
-        if not jitted:
-            opts = dict(_SETUP_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
-            opts.update(kwargs.get("compiler_options") or {})
-            jitted.append(jit(fn, **dict(kwargs, compiler_options=opts or None)))
-        return jitted[0](*args, **kw)
+        if not state:
+            state["options"] = dict(_SETUP_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
+            state["fn"] = jit(fn, **dict(kwargs, compiler_options={**state["options"], **given} or None))
+        while True:
+            try:
+                return state["fn"](*args, **kw)
+            except jax.errors.JaxRuntimeError as e:
+                # An XLA newer than the pinned one may have dropped one of _SETUP_CPU_OPTIONS
+                # (jaxlib 0.11 knows no xla_cpu_use_fusion_emitters: its emitters are always on)
+                # and refuses the whole compile: the option goes, as that XLA's default. An
+                # option the caller passed is not dropped.
+                unknown = _unknown_option(e, state["options"])
+                if unknown is None or unknown in given:
+                    raise
+                del state["options"][unknown]
+                state["fn"] = jit(fn, **dict(kwargs, compiler_options={**state["options"], **given} or None))
     return call
+
+
+def _unknown_option(error: Exception, options: dict) -> str | None:
+    """The key of `options` that XLA's "No such compile option: 'NAME'" names, else None."""
+    message = str(error)
+    if "No such compile option" not in message:
+        return None
+    return next((k for k in options if f"'{k}'" in message), None)
 
 
 def top_level() -> bool:

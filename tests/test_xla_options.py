@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdeca import xla_options
 
@@ -96,3 +97,18 @@ def test_setup_jit_gives_the_op_by_op_bits_and_traces_inline_under_transformatio
     np.testing.assert_allclose(jax.grad(lambda a: setup(a, b, c, d).sum())(a), b)
     static = xla_options.setup_jit(lambda x, k: x * k, static_argnums=1)
     np.testing.assert_allclose(static(a, 2), a * 2)
+
+
+def test_setup_jit_drops_a_setup_option_an_xla_no_longer_knows(monkeypatch):
+    """An XLA newer than the pinned one that has dropped one of the setup options (jaxlib 0.11.2
+    knows no xla_cpu_use_fusion_emitters) refused every setup program, so make_topology, the
+    apps and training could not start: "INVALID_ARGUMENT: No such compile option". The option
+    is dropped and the program compiles with the others; an unknown option the caller passed
+    itself is still an error."""
+    if jax.default_backend() != "cpu":
+        pytest.skip("the setup options are CPU options")
+    monkeypatch.setitem(xla_options._SETUP_CPU_OPTIONS, "xla_cpu_option_no_xla_has", True)
+    x = jnp.arange(4.0)
+    np.testing.assert_array_equal(xla_options.setup_jit(lambda x: x * 2 + 1)(x), x * 2 + 1)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_caller_option_no_xla_has"):
+        xla_options.setup_jit(lambda x: x + 1, compiler_options={"xla_cpu_caller_option_no_xla_has": True})(x)
