@@ -15,7 +15,8 @@ sigma = 0 (alpha = hard mask), i.e. what the SoftRas pass costs on top. Memory: 
 
 Peers, each given our exact pixel positions and depths of the same mesh at the same image size,
 and per-vertex colours that are the same SH shading evaluated at the vertices (Gouraud; ours is
-per pixel); 'f+b' is the gradient of the image sum w.r.t. the 2D vertex positions and colours.
+per pixel); 'f+b' is the gradient of the image sum w.r.t. the vertex positions (DEODR's 2D
+ones, jaxrenderer's 3D clip-space ones) and colours.
 Each runs in a subprocess of its own venv (their dependencies are kept out of the project's):
 - DEODR (PyPI `deodr` 0.2.3): C++ differentiable rasterizer (z-buffer, per-vertex colour
   interpolation, silhouette-edge antialiasing with analytic gradients), CPU only, one image per
