@@ -271,9 +271,9 @@ def jaxrenderer_worker(path, batches, repeats, budget):
     tri = d["ij"][d["faces"]]
     e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
     flat = int(np.sum(np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]) < 1e-6))  # zero-area faces on screen
-    why = f" (the mesh has {flat} zero-area faces)" if flat else ""
-    print(json.dumps(dict(note=f"jax {jax.__version__} on {jax.default_backend()}; gradients "
-                               + ("finite" if finite else f"NOT finite{why}"))), flush=True)
+    grads = {True: "finite", None: "not checked (no batch size timed)",
+             False: "NOT finite" + (f" (the mesh has {flat} zero-area faces)" if flat else "")}[finite]
+    print(json.dumps(dict(note=f"jax {jax.__version__} on {jax.default_backend()}; gradients {grads}")), flush=True)
 
 
 PEERS = {  # name: (worker, environment variable naming its interpreter, default venv)
