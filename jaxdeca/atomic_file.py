@@ -1,5 +1,6 @@
 """Output files written whole or not at all: `replacing`, which every writer of the apps'
-and the NoW evaluation's files (and `wavefront.write`) goes through."""
+and the NoW evaluation's files (and `wavefront.write`) goes through, most of them as
+`open_replacing` (the temporary file opened)."""
 from __future__ import annotations
 
 import contextlib
@@ -38,3 +39,11 @@ def replacing(path: str):
         if isinstance(e, OSError) and e.filename == tmp:  # e.g. open(tmp) in a folder made read-only
             e.filename, e.filename2 = path, None
         raise
+
+
+@contextlib.contextmanager
+def open_replacing(path: str, mode: str = "w", **open_kwargs):
+    """`replacing(path)` with its temporary file opened (`open(tmp, mode, **open_kwargs)`): yields
+    the file object, which is closed before the file is moved to `path`."""
+    with replacing(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from jaxdeca.atomic_file import replacing
+from jaxdeca.atomic_file import open_replacing
 
 
 def read(path: str, error: type[Exception] = ValueError) -> dict:
@@ -122,7 +122,7 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
     else:
         lines.append(_rows("f %d %d %d", faces + 1))
     lines = [x for x in lines if x]  # sections without rows (no faces, no texture coordinates)
-    with replacing(path) as tmp, open(tmp, "w") as fh:
+    with open_replacing(path) as fh:
         fh.write("\n".join(lines) + "\n")
     return path
 

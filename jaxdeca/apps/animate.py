@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdeca.apps import export, inputs, pipeline
 from jaxdeca.apps import visualize as vis
+from jaxdeca.atomic_file import replacing
 
 
 def animate_codes(identity: dict, driver: dict) -> dict:
@@ -84,7 +85,7 @@ class VideoWriter:
     def _append(self, frame) -> None:
         if self._out is None:
             self._size = frame.shape[:2]
-            self._file = export.replacing(self.path)
+            self._file = replacing(self.path)
             tmp = self._file_name = self._file.__enter__()
             if self._gif:
                 # imageio's pillow plugin takes the duration in milliseconds; GIF delays are

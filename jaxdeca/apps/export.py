@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from jaxdeca import wavefront
-from jaxdeca.atomic_file import replacing
+from jaxdeca.atomic_file import open_replacing
 
 
 class WriteError(OSError):
@@ -44,9 +44,16 @@ def writing(path: str):
         raise WriteError(e.filename or path, e.strerror or str(e), e.errno) from e
 
 
-def _write_bytes(path: str, data) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
+@contextlib.contextmanager
+def output_file(path: str, mode: str = "w", **open_kwargs):
+    """An output file opened to be written whole or not at all (`atomic_file.open_replacing`);
+    an OSError while it is made, written or moved to `path` is a WriteError naming it (`writing`)."""
+    with writing(path), open_replacing(path, mode, **open_kwargs) as f:
+        yield f
+
+
+def _write_bytes(f, data) -> None:  # save_image's write, apart: tests make it fail as a full disk does
+    f.write(data)
 
 
 def save_image(path: str, image: np.ndarray) -> str:
@@ -63,8 +70,8 @@ def save_image(path: str, image: np.ndarray) -> str:
     ok, data = cv2.imencode(os.path.splitext(path)[1], image)  # then written here: the OS error is kept
     if not ok:
         raise WriteError(path, "cv2 could not encode the image")
-    with writing(path), replacing(path) as tmp:
-        _write_bytes(tmp, data)
+    with output_file(path, "wb") as f:
+        _write_bytes(f, data)
     return path
 
 
@@ -104,7 +111,7 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         save_image(stem + ".png", texture)
         if normal_map is not None:
             save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
-        with writing(stem + ".mtl"), replacing(stem + ".mtl") as tmp, open(tmp, "w") as f:
+        with output_file(stem + ".mtl") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
             if normal_map is not None:
                 f.write(f"disp {name}_normals.png\n")
@@ -184,14 +191,14 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
 
 def save_landmarks(path: str, points: np.ndarray, header: str = "") -> str:
     """Landmarks [N, K] as a text file, one landmark per row (WriteError: `writing`)."""
-    with writing(path), replacing(path) as tmp:
-        np.savetxt(tmp, np.asarray(points, np.float64), fmt="%.6f", header=header)
+    with output_file(path, "wb") as f:  # as np.savetxt writes a file it opens itself (latin-1 bytes)
+        np.savetxt(f, np.asarray(points, np.float64), fmt="%.6f", header=header)
     return path
 
 
 def save_npz(path: str, arrays: dict) -> str:
     """Arrays {name: array} as an uncompressed .npz at `path`, whatever its extension (np.savez
     would add '.npz' to a bare name); returns the path (WriteError: `writing`)."""
-    with writing(path), replacing(path) as tmp, open(tmp, "wb") as f:
+    with output_file(path, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path

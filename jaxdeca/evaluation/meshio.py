@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from jaxdeca import wavefront
-from jaxdeca.atomic_file import replacing
+from jaxdeca.atomic_file import open_replacing
 
 
 class NowFileError(ValueError):
@@ -63,7 +63,7 @@ def write_pp(path: str, points: np.ndarray, data_file: str = "scan.obj") -> str:
     lines += [f' <point x="{x:.9g}" y="{y:.9g}" z="{z:.9g}" active="1" name="{i}"/>'
               for i, (x, y, z) in enumerate(points)]
     lines.append("</PickedPoints>")
-    with replacing(path) as tmp, open(tmp, "w") as fh:
+    with open_replacing(path) as fh:
         fh.write("\n".join(lines) + "\n")
     return path
 

@@ -40,8 +40,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdeca.apps.export import WriteError, writing
-from jaxdeca.atomic_file import replacing
+from jaxdeca.apps.export import WriteError, output_file, writing
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
 from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_obj, read_pp, write_obj
 
@@ -105,7 +104,7 @@ def export_prediction(predictions_dir: str, image_path: str, vertices, faces, la
     obj_path, npy_path = prediction_paths(predictions_dir, image_path)
     with writing(obj_path):
         write_obj(obj_path, np.asarray(vertices), np.asarray(faces))
-    with writing(npy_path), replacing(npy_path) as tmp, open(tmp, "wb") as fh:
+    with output_file(npy_path, "wb") as fh:
         np.save(fh, landmarks7)
     return obj_path, npy_path
 
@@ -338,15 +337,15 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
                    per_challenge={c: summarise(v) for c, v in sorted(per_challenge.items())})
     suffix = f"_{challenge}" if challenge else ""
     path = os.path.join(out_dir, f"{method}_per_image{suffix}.csv")
-    with writing(path), replacing(path) as tmp, open(tmp, "w", newline="") as fh:
+    with output_file(path, newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "subject", "challenge", "n_points", "median", "mean", "std"])
         w.writeheader()
         w.writerows(rows)
     path = os.path.join(out_dir, f"{method}_summary{suffix}.json")
-    with writing(path), replacing(path) as tmp, open(tmp, "w") as fh:
+    with output_file(path) as fh:
         json.dump(summary, fh, indent=2)
     path = os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy")
-    with writing(path), replacing(path) as tmp, open(tmp, "wb") as fh:
+    with output_file(path, "wb") as fh:
         np.save(fh, {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
     return summary
 

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdeca import xla_options
-from jaxdeca.atomic_file import replacing
+from jaxdeca.atomic_file import open_replacing
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.evaluation import now
 from jaxdeca.evaluation.meshio import NowFileError
@@ -60,7 +60,7 @@ def read_bbox(path: str):
 
 def write_bbox(path: str, left, top, right, bottom) -> str:
     """The inverse of `read_bbox` (tests, and boxes from another detector)."""
-    with replacing(path) as tmp, open(tmp, "wb") as fh:
+    with open_replacing(path, "wb") as fh:
         np.save(fh, dict(left=left, top=top, right=right, bottom=bottom), allow_pickle=True)
     return path
 

@@ -27,7 +27,6 @@ import types
 import numpy as np
 
 from jaxdeca import wavefront
-from jaxdeca.atomic_file import replacing
 
 # ----------------------------------------------------------------------------- plain npz
 
@@ -115,9 +114,9 @@ def save_npz(path: str, arrays: dict) -> str:
     """Validates and writes a FLAME npz (compressed) at exactly `path` (no '.npz' appended),
     whole or not at all (`atomic_file.replacing`). A file that cannot be written:
     `apps.export.WriteError` naming it."""
-    from jaxdeca.apps.export import writing  # numpy + cv2 only
+    from jaxdeca.apps.export import output_file  # numpy + cv2 only
     validate(arrays, path)
-    with writing(path), replacing(path) as tmp, open(tmp, "wb") as f:  # a file object: no '.npz' appended
+    with output_file(path, "wb") as f:  # a file object: no '.npz' appended
         np.savez_compressed(f, **{k: np.asarray(v) for k, v in arrays.items()})
     return path
 
