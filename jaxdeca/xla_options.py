@@ -78,13 +78,16 @@ def setup_jit(fn=None, **kwargs):
     given = dict(kwargs.get("compiler_options") or {})
     state = {}  # 'fn': the jitted program, 'options': its setup options (chosen at the first call)
 
+    def compile_with(options: dict) -> None:
+        state["options"] = options
+        state["fn"] = jit(fn, **dict(kwargs, compiler_options={**options, **given} or None))
+
     @functools.wraps(fn)
     def call(*args, **kw):
         if not top_level():
             return fn(*args, **kw)
         if not state:
-            state["options"] = dict(_SETUP_CPU_OPTIONS) if jax.default_backend() == "cpu" else {}
-            state["fn"] = jit(fn, **dict(kwargs, compiler_options={**state["options"], **given} or None))
+            compile_with(dict(_SETUP_CPU_OPTIONS) if jax.default_backend() == "cpu" else {})
         while True:
             try:
                 return state["fn"](*args, **kw)
@@ -96,8 +99,7 @@ def setup_jit(fn=None, **kwargs):
                 unknown = _unknown_option(e, state["options"])
                 if unknown is None or unknown in given:
                     raise
-                del state["options"][unknown]
-                state["fn"] = jit(fn, **dict(kwargs, compiler_options={**state["options"], **given} or None))
+                compile_with({k: v for k, v in state["options"].items() if k != unknown})
     return call
 
 
