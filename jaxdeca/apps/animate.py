@@ -118,7 +118,7 @@ class VideoWriter:
 
     def _finish(self) -> None:
         out, self._out = self._out, None
-        out.close() if self._gif else out.release()
+        self._close_writer(out)
         if not self._gif:
             self._check_mp4(self._file_name)
         file, self._file = self._file, None
@@ -138,13 +138,17 @@ class VideoWriter:
             raise export.WriteError(self.path, f"cv2's writer failed silently: the video {got}, "
                                                f"{self.n_frames} were written (a full disk?)")
 
+    def _close_writer(self, out) -> None:
+        """Finishes the imageio (GIF) or cv2 (MP4) writer `out`."""
+        out.close() if self._gif else out.release()
+
     def _discard(self, error: BaseException) -> None:
         """Drops the unfinished video after `error`: its writer closed (errors ignored), its
         temporary file removed (`replacing`), no frame counted."""
         out, file, self._out, self._file, self.n_frames = self._out, self._file, None, None, 0
         if out is not None:
             with contextlib.suppress(Exception):
-                out.close() if self._gif else out.release()
+                self._close_writer(out)
         if file is not None:
             file.__exit__(type(error), error, error.__traceback__)
 
