@@ -361,13 +361,13 @@ def main():
           f"{'hard f+b':>9} | {'fwd x':>6}{'f+b x':>7}")
     # ours on every mesh first: a run stopped by a time limit (run_all.sh) during a slow peer
     # keeps all of our rows
-    ours, notes = {}, []
-    for name, (v, f) in meshes().items():
+    ours, notes, mesh_list = {}, [], meshes()
+    for name, (v, f) in mesh_list.items():
         ours[name] = run_ours(v, f, a.size, batches, a.repeats, bs)
         for B in batches:
             print_row(name, len(f), B, "ours", ours[name][B], f"{ours[name][B]['hard_bwd']:>9.1f} |")
     for n in peers:
-        for name, (v, f) in meshes().items():
+        for name, (v, f) in mesh_list.items():
             rows, note = run_peer(v, f, a.size, batches, a.repeats, peer_python(n), n, a.peer_budget)
             notes.append(f"{name}: {note}")
             for B in batches:
