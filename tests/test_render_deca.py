@@ -113,6 +113,20 @@ def test_render_outputs(sphere):
     np.testing.assert_array_equal(ft[:, :, R // 2:], np.asarray(out["uv_texture"])[:, :, R // 2:])
 
 
+def test_render_with_backfaces_culled(sphere):
+    # the sphere is closed: culling keeps every hard-pass output and lowers the soft coverage
+    # only (the far half's terms are gone)
+    m, topo = sphere
+    verts = jnp.asarray(m["verts"][None])
+    tv = orth_proj(verts, jnp.array([[1.4, 0.0, 0.0]]))
+    args = (verts, tv, jnp.full((1, R, R, 3), 0.5), jnp.zeros((1, 9, 3)).at[:, 0].set(1.0), topo, (24, 24))
+    full, cull = (render(*args, cull_backfaces=c) for c in (False, True))
+    for k in ("mask", "images", "normal_images", "depth_images", "shape_images"):
+        np.testing.assert_allclose(cull[k], full[k], atol=1e-6, err_msg=k)
+    assert (np.asarray(cull["alpha"]) <= np.asarray(full["alpha"]) + 1e-6).all()
+    assert np.abs(np.asarray(cull["alpha"]) - np.asarray(full["alpha"])).max() > 0.01
+
+
 def test_uv_normal_map_matches_vertex_normals(sphere):
     m, topo = sphere
     verts = jnp.asarray(m["verts"])[None]

@@ -212,3 +212,100 @@ def test_batch32_224_10k_faces_memory_is_bounded(accelerator_defaults, monkeypat
     total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     print(f"accelerator_defaults={accelerator_defaults}: {total / 2**20:.0f} MiB")
     assert total < 2 * 2**30, total / 2**20
+
+
+# ----------------------------------------------------------------------------- back-face culling
+
+def _front(v, faces):
+    """numpy: faces counter-clockwise as the viewer sees them (negative area, y down)."""
+    t = np.asarray(v, np.float64)[np.asarray(faces)][..., :2]
+    return _cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]) < 0
+
+
+def test_cull_backfaces_equals_references_over_front_faces():
+    # big_scene with the winding of some faces reversed: culled, the result is the brute-force
+    # z-buffer and the SoftRas reference over the front faces alone, and a back face that wins
+    # pixels without culling is skipped
+    v, faces = big_scene()
+    faces = faces.copy()
+    faces[[1, 5, 7]] = faces[[1, 5, 7], ::-1]
+    front = _front(v, faces)
+    assert 0 < front.sum() < len(faces) - 1
+    keep = np.flatnonzero(front)
+    H, W = 20, 17
+    full = rasterize(jnp.asarray(v[None]), faces, (H, W), sigma=0.0)
+    assert np.isin(np.asarray(full.face_index), np.flatnonzero(~front)).sum() > 20
+    for kw in ({}, dict(window=5, soft_window=8, slots=2)):
+        fr = rasterize(jnp.asarray(v[None]), faces, (H, W), sigma=0.0, cull_backfaces=True, **kw)
+        ref_f, ref_b, ref_z = brute_force(v, faces[keep], H, W)
+        np.testing.assert_array_equal(fr.face_index[0], np.where(ref_f >= 0, keep[ref_f], -1))
+        np.testing.assert_allclose(fr.bary[0], ref_b, atol=1e-4)
+        np.testing.assert_allclose(fr.depth[0], ref_z, atol=1e-4)
+        soft = rasterize(jnp.asarray(v[None]), faces, (H, W), sigma=1.0, cull_backfaces=True, **kw)
+        np.testing.assert_allclose(soft.alpha[0], softras_reference(v, faces[keep], H, W, 1.0), atol=2e-5)
+
+
+def test_cull_backfaces_closed_sphere_and_reversed_winding():
+    # a closed mesh shows only front faces: culling changes neither which face wins nor the
+    # barycentrics; with every winding reversed, culling shows the far half from the inside
+    from jaxdeca.render.meshes import uv_sphere
+    s = uv_sphere(10, 20, radius=0.8)
+    v, faces = jnp.asarray(s["verts"][None] * [1.0, -1.0, -1.0]) + jnp.array([0.0, 0.0, 3.0]), s["faces"]
+    full = rasterize(v, faces, (32, 32), sigma=1.0)
+    cull = rasterize(v, faces, (32, 32), sigma=1.0, cull_backfaces=True)
+    assert (np.asarray(full.face_index) >= 0).sum() > 400
+    np.testing.assert_array_equal(cull.face_index, full.face_index)
+    np.testing.assert_allclose(cull.bary, full.bary, atol=1e-6)
+    a_full, a_cull = np.asarray(full.alpha), np.asarray(cull.alpha)
+    assert (a_cull <= a_full + 1e-6).all() and a_cull.max() > 0.9  # fewer terms in the product
+    back = rasterize(v, faces[:, ::-1], (32, 32), sigma=0.0, cull_backfaces=True)
+    np.testing.assert_array_equal(back.mask, full.mask)  # the far half, seen from inside
+    hit = np.asarray(full.mask[0]) > 0
+    gap = np.asarray(back.depth[0])[hit] - np.asarray(full.depth[0])[hit]
+    assert gap.min() > 0.0 and gap.mean() > 0.5
+
+
+@pytest.mark.parametrize("camera", ["orth", "perspective"])
+def test_flame_winding_is_front_facing_under_both_cameras(camera):
+    # what `front_facing` promises: every face the demo head shows without culling is a front
+    # face, under DECA's orthographic camera and under perspective_proj, so culling keeps the image
+    from jaxdeca.flame.model import DEMO_HEAD
+    from jaxdeca.render import front_facing, orth_proj, perspective_proj, to_pixels
+    d = np.load(DEMO_HEAD)
+    v = jnp.asarray(d["v_template"][None], jnp.float32)
+    faces = jnp.asarray(d["faces"], jnp.int32)
+    size = 64
+    if camera == "orth":
+        vi = orth_proj(v - v.mean(1, keepdims=True), jnp.array([[6.0, 0.0, 0.0]])).at[..., 2].add(10.0)
+    else:  # the head 0.6 m in front of a pinhole camera, turned a little
+        c, s_ = np.cos(0.4), np.sin(0.4)
+        rot = jnp.array([[c, 0.0, s_], [0.0, 1.0, 0.0], [-s_, 0.0, c]], jnp.float32)
+        vc = (v - v.mean(1, keepdims=True)) @ rot.T - jnp.array([0.0, 0.0, 0.6])
+        vi = perspective_proj(vc, jnp.array([120.0]), jnp.array([[size / 2, size / 2]]), (size, size))
+    full = rasterize(vi, faces, (size, size), sigma=0.0)
+    seen = np.unique(np.asarray(full.face_index))[1:]
+    assert len(seen) > 500
+    front = np.asarray(front_facing(to_pixels(vi, (size, size))[0][faces][..., :2]))
+    assert front[seen].all() and not front.all()
+    cull = rasterize(vi, faces, (size, size), sigma=0.0, cull_backfaces=True)
+    np.testing.assert_array_equal(cull.face_index, full.face_index)
+
+
+def test_cull_backfaces_gradients_finite_differences():
+    # a front triangle over a larger back-facing one: culled, the soft silhouette is the front
+    # one's alone, its vertices' gradients match finite differences, the back face gets none
+    size = 16
+    p = np.array([[3.0, 3.0, 1.0], [5.0, 12.0, 1.0], [12.0, 4.0, 1.0],      # front (ccw on screen)
+                  [1.0, 1.0, 2.0], [15.0, 2.0, 2.0], [2.0, 15.0, 2.0]], np.float32)  # back
+    p[:, :2] = pix_to_img(p[:, :2], size)
+    v = jnp.asarray(p[None])
+    faces = np.array([[0, 1, 2], [3, 4, 5]])
+    assert list(_front(p, faces)) == [True, False]
+    target = jnp.zeros((size, size)).at[2:14, 2:14].set(1.0)
+
+    def loss(v):
+        return jnp.sum((rasterize(v, faces, (size, size), sigma=1.0, cull_backfaces=True).alpha[0] - target) ** 2)
+
+    g = np.asarray(jax.grad(loss)(v))
+    assert np.abs(g[0, :3, :2]).max() > 1.0 and np.abs(g[0, 3:]).max() == 0.0
+    _fd_check(loss, v, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)], eps=1e-3, rtol=0.03)

@@ -120,10 +120,11 @@ def shape_image(normal_images, trans_normal_images, mask):
     return SHAPE_GREY * directional_shading(normal_images) * alpha[..., None]
 
 
-def image_geometry(verts, trans_verts, topo, image_size=(224, 224), sigma=1.0):
+def image_geometry(verts, trans_verts, topo, image_size=(224, 224), sigma=1.0, cull_backfaces=False):
     """The geometry's part of a render: (frags, world vertex normals [B, V, 3], the pixels' UVs
-    grid [B, H, W, 2], their normals normal_images [B, H, W, 3]). verts, trans_verts: [B, V, 3]."""
-    frags = rasterize(trans_verts, topo.faces, image_size, sigma=sigma)
+    grid [B, H, W, 2], their normals normal_images [B, H, W, 3]). verts, trans_verts: [B, V, 3].
+    sigma, cull_backfaces: as `rasterize`."""
+    frags = rasterize(trans_verts, topo.faces, image_size, sigma=sigma, cull_backfaces=cull_backfaces)
     normals = vertex_normals(verts, topo.faces)
     uv_grid = jnp.broadcast_to(topo.uv_grid, (verts.shape[0],) + topo.uv_grid.shape)
     return frags, normals, interpolate_face_attr(uv_grid, frags), interpolate(normals, topo.faces, frags)
@@ -136,12 +137,14 @@ def shade_image(albedo_images, light, normal_images, mask):
     return albedo_images * sh_shading(normal_images, light) * mask[..., None]
 
 
-def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=None, sigma=1.0):
+def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=None, sigma=1.0,
+           cull_backfaces=False):
     """Render a DECA decode.
 
     verts: [B, V, 3] world; trans_verts: [B, V, 3] image space (orth_proj output);
     albedo: [B, R, R, 3] UV texture; light: [B, 9, 3] SH; topo: Topology;
     uv_z: optional [B, R, R, 1] displacement. sigma: soft-coverage sharpness (pixel^2).
+    cull_backfaces: leave out the faces turned away from the viewer (`rasterize`); off as in DECA.
     Returns dict: images [B,H,W,3] (albedo x SH shading x hard mask, DECA), albedo_images
     [B,H,W,3] (the albedo at the pixels, not masked: background pixels, whose grid is 0, hold
     the albedo at the UV centre, as DECA's trainer samples it for the identity loss), mask [B,H,W],
@@ -151,7 +154,8 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
     uv_detail_normals [B,R,R,3], uv_shading, uv_texture and shape_detail_images.
     """
     faces = topo.faces
-    frags, normals, grid, normal_images = image_geometry(verts, trans_verts, topo, image_size, sigma)
+    frags, normals, grid, normal_images = image_geometry(verts, trans_verts, topo, image_size, sigma,
+                                                         cull_backfaces)
     mask = frags.mask
     tnormals = vertex_normals(trans_verts, faces)
     tnormal_images = interpolate(tnormals, faces, frags)
