@@ -46,6 +46,8 @@ Interpreters: PEER_PYTHON (DEODR) and JAXRENDERER_PYTHON, else the /tmp venvs ab
 exist, else this interpreter; when a peer cannot be run or imported the reason is printed (our
 figures still are). Other registry candidates tried on Python 3.11 CPU: pytorch3d (no wheel or
 sdist in the registry), nvdiffrast/diffrp (CUDA only), kaolin (placeholder wheel).
+'ours cull' is the same with back faces culled (`rasterize(cull_backfaces=True)`): the same work as
+DEODR's scene, which culls them (jaxrenderer does not).
 A ratio x is peer ms / our ms for the same batch: > 1 means we are faster.
 """
 import argparse
@@ -80,7 +82,7 @@ def meshes():
 
 # ----------------------------------------------------------------------------- ours
 
-def make_fns(faces, size, sigma=1.0, batch_size=None):
+def make_fns(faces, size, sigma=1.0, batch_size=None, cull=False):
     import jax
     import jax.numpy as jnp
 
@@ -90,7 +92,7 @@ def make_fns(faces, size, sigma=1.0, batch_size=None):
     def image(verts):
         tv = orth_proj(verts, jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (verts.shape[0], 1)))
         tv = tv.at[..., 2].add(10.0)
-        fr = rasterize(tv, faces, (size, size), sigma=sigma, batch_size=batch_size)
+        fr = rasterize(tv, faces, (size, size), sigma=sigma, batch_size=batch_size, cull_backfaces=cull)
         n = interpolate(vertex_normals(verts, faces), faces, fr)
         light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
@@ -107,14 +109,14 @@ def mem_mib(fn, x):
     return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
 
 
-def run_ours(v, f, size, batches, repeats, batch_size=None):
+def run_ours(v, f, size, batches, repeats, batch_size=None, cull=False):
     import jax
     import jax.numpy as jnp
     rows = {}
     for B in batches:
         bs = B if batch_size == "all" else batch_size
-        fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs)
-        _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs)
+        fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs, cull=cull)
+        _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs, cull=cull)
         x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
         tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
@@ -358,25 +360,30 @@ def main():
           f"{os.cpu_count()} CPUs; ms per batch (median of {a.repeats}), memory MiB; "
           f"rasterize batch_size={'default' if bs is None else bs}")
     print(f"{'mesh':<11}{'faces':>6}{'B':>4} {'':<12}| {'fwd':>9}{'MiB':>7}{'f+b':>9}{'MiB':>7} | "
-          f"{'hard f+b':>9} | {'fwd x':>6}{'f+b x':>7}")
+          f"{'hard f+b':>9} | {'fwd x':>6}{'f+b x':>7}{'cull fwd x':>11}{'f+b x':>7}")
     # ours on every mesh first: a run stopped by a time limit (run_all.sh) during a slow peer
     # keeps all of our rows
-    ours, notes, mesh_list = {}, [], meshes()
+    ours, culled, notes, mesh_list = {}, {}, [], meshes()
     for name, (v, f) in mesh_list.items():
         ours[name] = run_ours(v, f, a.size, batches, a.repeats, bs)
         for B in batches:
             print_row(name, len(f), B, "ours", ours[name][B], f"{ours[name][B]['hard_bwd']:>9.1f} |")
+        culled[name] = run_ours(v, f, a.size, batches, a.repeats, bs, cull=True)
+        for B in batches:
+            print_row(name, len(f), B, "ours cull", culled[name][B], f"{culled[name][B]['hard_bwd']:>9.1f} |")
     for n in peers:
         for name, (v, f) in mesh_list.items():
             rows, note = run_peer(v, f, a.size, batches, a.repeats, peer_python(n), n, a.peer_budget)
             notes.append(f"{name}: {note}")
             for B in batches:
-                q, o = rows.get(B) or {"skipped": "n/a"}, ours[name][B]
+                q, o, c = rows.get(B) or {"skipped": "n/a"}, ours[name][B], culled[name][B]
                 print_row(name, len(f), B, n, q, f"{'':>9} | {q.get('fwd', 0) / o['fwd']:>6.2f}"
-                                                 f"{q.get('bwd', 0) / o['bwd']:>7.2f}")
+                                                 f"{q.get('bwd', 0) / o['bwd']:>7.2f}"
+                                                 f"{q.get('fwd', 0) / c['fwd']:>11.2f}{q.get('bwd', 0) / c['bwd']:>7.2f}")
     for note in notes:
         print("peer:", note)
-    print("ratio x = peer ms / our ms (> 1: ours faster); 'hard f+b' = ours with sigma = 0 (no soft")
+    print("ratio x = peer ms / our ms (> 1: ours faster), against 'ours' and, under 'cull', against")
+    print("'ours cull' (back faces culled, as DEODR renders); 'hard f+b' = ours with sigma = 0 (no soft")
     print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass")
 
 
