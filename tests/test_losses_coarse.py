@@ -64,6 +64,22 @@ def test_photometric_hand_computed():
     np.testing.assert_allclose(float(coarse.photometric_loss(pred, img, mask)), 1.5 / 12)
 
 
+@pytest.mark.parametrize("use_seg", [True, False])
+def test_photometric_mask_is_a_constant(use_seg):
+    # DECA detaches alpha, so its photometric mask (skin, or face_eye_mask * alpha) has no
+    # gradient; the soft alpha's gradient reaches the loss through the prediction only. With
+    # the prediction held fixed, the loss has no gradient w.r.t. alpha.
+    rng = np.random.default_rng(1)
+    pred, img, skin, fem = (jnp.asarray(rng.random((1, 4, 4, c)), jnp.float32) for c in (3, 3, 1, 1))
+    alpha = jnp.asarray(rng.random((1, 4, 4, 1)), jnp.float32)
+
+    def loss(alpha):
+        return coarse.photometric_loss(pred, img, coarse.coarse_photo_mask(skin, fem, alpha, use_seg))
+
+    assert float(loss(alpha)) > 0
+    assert np.abs(np.asarray(jax.grad(loss)(alpha))).max() == 0.0
+
+
 def test_regularisers_hand_computed():
     code = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
     np.testing.assert_allclose(float(coarse.code_reg(code)), (1 + 4 + 9) / 2)

@@ -126,10 +126,13 @@ def coarse_photo_mask(skin_mask, face_eye_mask, alpha_images, use_seg=True):
     already ``rendered * face_eye_mask * alpha``, so pixels outside the face-eye region compare a
     constant 0 against the image and only shift the loss by a constant; in effect the loss lives
     on skin ∩ face-eye. use_seg=False: ``face_eye_mask * alpha`` (no segmentation).
+    Either mask is a constant of the loss, as in DECA (whose alpha is detached): a soft alpha
+    lends its silhouette gradient to the prediction only. Through the mask it would get
+    d/d alpha = face_eye_mask * |pred - image| >= 0, a push to cover less of the face.
     """
     if use_seg:
         return jax.lax.stop_gradient(_as_nhw1(skin_mask))
-    return _as_nhw1(face_eye_mask) * _as_nhw1(alpha_images)
+    return jax.lax.stop_gradient(_as_nhw1(face_eye_mask) * _as_nhw1(alpha_images))
 
 
 def code_reg(code):
