@@ -67,6 +67,26 @@ def test_reconstruct_bad_inputs(tmp_path, folder, pipe, capsys, monkeypatch):
     assert rc == 1 and f"{folder / 'c_blank.png'}: no face detected" in err
 
 
+def test_unlistable_input_folder_is_one_line(tmp_path, folder, pipe, capsys, monkeypatch):
+    # a folder without read permission ended reconstruct, fit and animate in a PermissionError
+    # traceback (the tests may run as root, where chmod does not stop listing: os.listdir fails
+    # as it would)
+    from jaxdeca.apps import inputs
+    listdir = os.listdir
+
+    def locked(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return listdir(path)
+
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    monkeypatch.setattr(inputs.os, "listdir", locked)
+    rc = reconstruct.main(["--input", str(folder), "--out", str(tmp_path / "o"), "--random-weights", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"reconstruct: {folder}: cannot list the folder (Permission denied)"], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_animate_bad_inputs(tmp_path, folder, pipe, head, capsys, monkeypatch):
     export.save_image(str(folder / "e_face.png"), np.roll(head, 6, axis=1))
     res = animate.animate(str(folder / "a_face.png"), str(folder), str(tmp_path / "out"), pipe, video="a.gif", batch=2)

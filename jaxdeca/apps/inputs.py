@@ -76,9 +76,14 @@ def _is_video(path: str) -> bool:
 
 
 def list_images(folder: str, videos: bool = False) -> list[str]:
-    """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name."""
+    """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name.
+    A folder that cannot be listed is an InputError naming it."""
     exts = IMAGE_EXTS + (VIDEO_EXTS if videos else ())
-    names = sorted(f for f in os.listdir(folder) if f.lower().endswith(exts))
+    try:
+        listed = os.listdir(folder)
+    except OSError as e:
+        raise InputError(f"{folder}: cannot list the folder ({e.strerror})") from None
+    names = sorted(f for f in listed if f.lower().endswith(exts))
     return [os.path.join(folder, f) for f in names]
 
 
