@@ -300,3 +300,22 @@ def test_a_write_failure_is_one_line_naming_the_file_and_what_was_written(tmp_pa
     with pytest.raises(pipeline.CLI_ERRORS) as e:
         now.export_prediction(str(tmp_path / "pred"), "s/c/b.jpg", np.zeros((3, 3)), [[0, 1, 2]], np.zeros((7, 3)))
     assert str(e.value) == f"{tmp_path / 'pred' / 's' / 'c' / 'b.obj'}: cannot write: {no_space}"
+
+
+def test_flame_file_with_too_few_albedo_components_is_refused_at_load(tmp_path, folder, capsys):
+    # an albedo basis of 10 components loaded, then the first render failed deep in jax
+    # ('texcode has 50 components, the albedo basis only 10'), not naming the file
+    from jaxdeca import flame
+    from jaxdeca.apps import showcase
+    from configs import demo as demo_config
+    demo = dict(np.load(flame.DEMO_HEAD))
+    few = str(tmp_path / "few_albedo.npz")
+    np.savez(few, **dict(demo, albedo_basis=demo["albedo_basis"][..., :10]))
+    what = f"{few}: the albedo basis has 10 components, the texture code 50"
+    rc = reconstruct.main(["--input", str(folder), "--out", str(tmp_path / "o"), "--random-weights", "0", "--flame", few])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and what in err[0], err
+    config = demo_config.get_config()
+    config.flame_path = few
+    with pytest.raises(flame.FlameFileError, match=what):
+        showcase.run(config, str(tmp_path / "w"))

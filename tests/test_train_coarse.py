@@ -340,3 +340,16 @@ def test_net_template_follows_the_default_prng_implementation():
     assert jax.tree.structure(template) == jax.tree.structure(want)
     for t, w in zip(jax.tree.leaves(template), jax.tree.leaves(want)):
         assert (t.shape, t.dtype) == (w.shape, w.dtype)
+
+
+def test_flame_file_with_too_few_albedo_components_is_refused(tmp_path):
+    """A FLAME npz whose albedo basis has fewer components than the texture code (50) is one
+    FlameFileError naming it when the task is built, not an error from inside the first step."""
+    from jaxdeca import flame
+    demo = dict(np.load(flame.DEMO_HEAD))
+    few = str(tmp_path / "few_albedo.npz")
+    np.savez(few, **dict(demo, albedo_basis=demo["albedo_basis"][..., :10]))
+    config = test_coarse.get_config("coarse")
+    config.flame.path = few
+    with pytest.raises(flame.FlameFileError, match=f"{few}: the albedo basis has 10 components, the texture code 50"):
+        CoarseTask(config)

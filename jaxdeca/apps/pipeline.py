@@ -453,6 +453,7 @@ def load_pipeline(checkpoint: str | None = None, flame_path: str | None = None, 
     else:
         variables = random_variables(random_seed) if random_seed is not None else None
     arrays, where = trained_flame_arrays(checkpoint, info, flame_path)
+    flame.texture.check_components(arrays, dict(models.CODE_SIZES)["tex"], where)
     uv_size = int((info["model"] or {}).get("uv_size", 256))
     return Pipeline(arrays=arrays, flame=flame.from_arrays(arrays, where=where),
                     topo=render.make_topology(arrays, uv_size=uv_size, where=where),

@@ -82,7 +82,9 @@ def run(config, workdir: str) -> None:
     cfg = config.showcase
     size = (cfg.image_size, cfg.image_size)
     arrays = flame.load_arrays(config.flame_path)
-    model = flame.from_arrays(arrays, n_shape=config.n_shape, n_exp=config.n_exp)
+    where = config.flame_path or flame.DEMO_HEAD
+    model = flame.from_arrays(arrays, n_shape=config.n_shape, n_exp=config.n_exp, where=where)
+    flame.texture.check_components(arrays, config.n_tex, where)
     topo = render.make_topology(arrays)
 
     names, shape, exp, pose = head_batch(model, cfg.identity_sigma, cfg.jaw_open)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca.flame.io import FlameFileError
+
 
 def _nearest_index(R: int, size: int) -> np.ndarray:
     """Source rows of torch's 'nearest' resize from R to size: floor(dst * R / size) in float32."""
@@ -31,6 +33,15 @@ def albedo(mean, basis, texcode, size: int = 256):
     basis = jnp.asarray(basis[rows, cols, :, :n])
     tex = mean[None] + jnp.einsum("hwck,bk->bhwc", basis, texcode)
     return tex[..., ::-1]
+
+
+def check_components(arrays: dict, n_tex: int, where: str) -> None:
+    """Refuses (FlameFileError naming `where`) a FLAME npz dict whose albedo basis has fewer
+    than the n_tex components a texture code holds (DECA: 50; the official BFM and FLAME albedo
+    files have 199 and 200). A model without an albedo is fine (flat grey)."""
+    if "albedo_basis" in arrays and arrays["albedo_basis"].shape[-1] < n_tex:
+        raise FlameFileError(f"{where}: the albedo basis has {arrays['albedo_basis'].shape[-1]} components, the "
+                             f"texture code {n_tex}: use an albedo with at least {n_tex}")
 
 
 def albedo_from_arrays(arrays: dict, texcode, size: int = 256):

@@ -123,7 +123,9 @@ class DecaParts:
         self.uv_size = int(self.model["uv_size"])
         self.flame_path = flame_path(config)
         self.arrays = flame.load_arrays(self.flame_path)
-        self.flame = flame.from_arrays(self.arrays)
+        where = self.flame_path or flame.DEMO_HEAD
+        self.flame = flame.from_arrays(self.arrays, where=where)
+        flame.texture.check_components(self.arrays, dict(models.CODE_SIZES)["tex"], where)
         self.topo = render.make_topology(self.arrays, uv_size=self.uv_size)
         self.nets = build_networks(self.model)
 
