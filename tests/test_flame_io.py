@@ -429,7 +429,8 @@ def test_uv_mask_is_the_red_channel_as_deca_reads_it(tmp_path):
     ("kintree_table", np.array(3), r"key 'kintree_table' has shape \(\), expected \(2, 5\)"),
     ("kintree_table", np.arange(5), r"key 'kintree_table' has shape \(5,\), expected \(2, 5\)"),
     ("kintree_table", np.array([[4294967295, 0, 1, 9, 1], [0, 1, 2, 3, 4]]),
-     r"key 'parents' is \[-1, 0, 1, 9, 1\]; expected -1 for joint 0 and a parent 0 <= p < j for each joint j"),
+     r"key 'parents' is \[-1, 0, 1, 9, 1\]; expected FLAME's kinematic tree \[-1, 0, 1, 1, 1\] \(global, neck, jaw, "
+     r"left eye, right eye\)"),
     ("v_template", "hello", r"key 'v_template' holds str, expected a numeric array"),
     ("v_template", {"a": 1}, r"key 'v_template' holds dict, expected a numeric array"),
     ("J_regressor", "x", r"key 'J_regressor' holds str, expected a numeric array"),
@@ -494,3 +495,31 @@ def test_convert_cli_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith(f"error: {out}: cannot write: ") and "Traceback" not in err, err
     assert os.listdir(tmp_path / "out") == ["flame.npz"] and os.listdir(out) == []
+
+
+def test_index_errors_name_the_file_they_are_in(tmp_path):
+    """A landmark embedding with a face index past the model's faces was reported against
+    generic_model.pkl (checked only once everything was merged); the pickle's own faces out of
+    range were reported against head_template.obj (its faces then differed)."""
+    a = random_flame()
+    bad_lmk = dict(a, dynamic_lmk_faces_idx=a["dynamic_lmk_faces_idx"].copy())
+    bad_lmk["dynamic_lmk_faces_idx"][3, 4] = len(a["faces"]) + 7
+    p = io.write_official(str(tmp_path / "lmk"), bad_lmk, chumpy=True)
+    with pytest.raises(io.FlameFileError, match=rf"{p['landmarks']}: key 'dynamic_lmk_faces_idx' has indices in "
+                                                rf"\[0, {len(a['faces']) + 7}\], expected \[0, {len(a['faces']) - 1}\]"):
+        io.read_official(str(tmp_path / "lmk"))
+    bad_f = dict(a, faces=a["faces"].copy())
+    bad_f["faces"][5, 1] = len(a["v_template"])
+    pkl = io.write_generic_model_pkl(str(tmp_path / "generic_model.pkl"), bad_f, chumpy=True)
+    with pytest.raises(io.FlameFileError, match=rf"{pkl}: key 'f' has indices in .*expected \[0, "
+                                                rf"{len(a['v_template']) - 1}\]"):
+        io.read_generic_model_pkl(pkl)
+
+
+def test_a_kinematic_tree_other_than_flames_is_refused(tmp_path):
+    """A valid tree that is not FLAME's (every joint on the root) was accepted, and then posed
+    with FLAME's tree anyway."""
+    path = str(tmp_path / "m.npz")
+    np.savez(path, **dict(random_flame(), parents=np.array([-1, 0, 0, 0, 0], np.int32)))
+    with pytest.raises(io.FlameFileError, match=r"m.npz: key 'parents' is \[-1, 0, 0, 0, 0\]; expected FLAME's"):
+        io.load_npz(path)

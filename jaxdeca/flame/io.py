@@ -80,20 +80,33 @@ def validate(arrays: dict, where: str = "FLAME model") -> None:
         raise FlameFileError(f"{where}: 'albedo_mean' and 'albedo_basis' must be given together")
     check_parents(arrays["parents"], where)
     F, V, T = arrays["faces"].shape[0], arrays["v_template"].shape[0], arrays["uv_coords"].shape[0]
-    for key, hi in (("faces", V), ("uv_faces", T), ("static_lmk_faces_idx", F), ("dynamic_lmk_faces_idx", F),
-                    ("full_lmk_faces_idx", F)):
+    check_indices(arrays, {"faces": V, "uv_faces": T}, where)
+    check_indices(arrays, dict.fromkeys(LANDMARK_FACE_KEYS, F), where)
+
+
+LANDMARK_FACE_KEYS = ("static_lmk_faces_idx", "dynamic_lmk_faces_idx", "full_lmk_faces_idx")
+
+
+def check_indices(arrays: dict, bounds: dict, where: str) -> None:
+    """Each arrays[key] for key, n in bounds holds indices in [0, n); FlameFileError naming
+    `where` and the key otherwise."""
+    for key, hi in bounds.items():
         a = np.asarray(arrays[key])
         if a.size and (a.min() < 0 or a.max() >= hi):
             raise FlameFileError(f"{where}: key '{key}' has indices in [{a.min()}, {a.max()}], expected [0, {hi - 1}]")
 
 
+# FLAME's kinematic tree: global (root), neck, jaw, left eye, right eye; `lbs` poses this one
+FLAME_PARENTS = (-1, 0, 1, 1, 1)
+
+
 def check_parents(parents, where: str) -> None:
-    """parents [J]: -1 for the root joint 0, and each joint's parent before it (the kinematic
-    chain is built in joint order); FlameFileError naming `where` otherwise."""
+    """parents [J] must be FLAME_PARENTS, the tree the model poses (a file's own tree was checked
+    and then not used); FlameFileError naming `where` otherwise."""
     p = [int(x) for x in np.asarray(parents).reshape(-1)]
-    if not p or p[0] != -1 or any(not 0 <= q < j for j, q in enumerate(p) if j):
-        raise FlameFileError(f"{where}: key 'parents' is {p}; expected -1 for joint 0 and a parent 0 <= p < j "
-                             "for each joint j")
+    if tuple(p) != FLAME_PARENTS:
+        raise FlameFileError(f"{where}: key 'parents' is {p}; expected FLAME's kinematic tree {list(FLAME_PARENTS)} "
+                             "(global, neck, jaw, left eye, right eye)")
 
 
 def load_npz(path: str) -> dict:
@@ -393,6 +406,7 @@ def read_generic_model_pkl(path: str) -> dict:
     sizes: dict[str, int] = {}
     geo = {k: v for k, v in REQUIRED.items() if k in out}
     _check_shapes(out, geo, path, sizes, required=True)
+    check_indices({"f": out["faces"]}, {"f": out["v_template"].shape[0]}, path)  # the pickle's name for them
     return out
 
 
@@ -513,6 +527,7 @@ def assemble(model_pkl: str, landmarks: str, obj: str, albedo: str | None = None
     """Reads the official files into one validated FLAME npz dict."""
     arrays = read_generic_model_pkl(model_pkl)
     arrays.update(read_landmark_embedding(landmarks))
+    check_indices(arrays, dict.fromkeys(LANDMARK_FACE_KEYS, arrays["faces"].shape[0]), landmarks)
     mesh = read_obj(obj)
     check_same_mesh(mesh, arrays, obj)
     arrays.update(uv_coords=mesh["uv_coords"], uv_faces=mesh["uv_faces"])

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxdeca.flame import io, lbs
 
-PARENTS = (-1, 0, 1, 1, 1)
+PARENTS = io.FLAME_PARENTS
 DEMO_HEAD = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "demo_head.npz")
 
 
