@@ -95,8 +95,9 @@ def test_vgg19_features_match_deca_feat_layer(tmp_path, images):
 
 
 def test_vggface2_pkl_matches_caffe_resnet(tmp_path):
-    # 65x65 makes the ceil-mode max-pool add a padded row/column.
-    images = np.random.default_rng(1).uniform(0, 1, (2, 65, 65, 3)).astype(np.float32)
+    # 64x64: conv1 gives 32 x 32, which the ceil-mode max-pool (3, stride 2) takes to 16 x 16 by
+    # adding a padded row and column (floor mode: 15). (65 gave 33, which needs no padding.)
+    images = np.random.default_rng(1).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
     net = randomize(ResNet(caffe=True, with_fc=True, num_classes=10), 5)
     src = str(tmp_path / "resnet50_ft_weight.pkl")
     save_vggface2_pkl(src, net)
