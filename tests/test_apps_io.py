@@ -39,6 +39,21 @@ def test_folder_with_bad_files_is_processed_and_each_problem_reported(tmp_path):
     assert "empty file" in skipped["d_empty"] and "e_text.jpg" in skipped["e_text"]
 
 
+def test_folder_entries_that_are_no_file_say_what_they_are(tmp_path):
+    # a folder named like an image and symbolic links that lead nowhere were all 'no such file'
+    (tmp_path / "a_dir.jpg").mkdir()
+    os.symlink("b_loop.png", tmp_path / "b_loop.png")
+    os.symlink("gone.png", tmp_path / "c_dangling.png")
+    skipped = {i.name: i.reason for i in inputs.iter_frames(str(tmp_path))}
+    assert skipped == {"a_dir": f"{tmp_path / 'a_dir.jpg'}: a folder, not an image file",
+                       "b_loop": f"{tmp_path / 'b_loop.png'}: a symbolic link that cannot be followed "
+                                 f"({os.strerror(errno.ELOOP)})",
+                       "c_dangling": f"{tmp_path / 'c_dangling.png'}: a symbolic link that cannot be followed "
+                                     f"({os.strerror(errno.ENOENT)})"}
+    with pytest.raises(inputs.InputError, match="b_loop.png: a symbolic link that cannot be followed"):
+        list(inputs.iter_frames(str(tmp_path / "b_loop.png")))
+
+
 def test_whole_input_errors(tmp_path):
     with pytest.raises(inputs.InputError, match="no such file"):
         list(inputs.iter_frames(str(tmp_path / "missing.jpg")))

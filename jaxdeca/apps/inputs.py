@@ -64,11 +64,25 @@ def read_image(path: str) -> np.ndarray:
     orientation, a truncated JPEG refused), at any size; raises InputError naming the file and
     the problem."""
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: {_not_a_file(path)}")
     try:
         return images.read_image(path, min_side=1)
     except images.BadImage as e:
         raise InputError(f"{path}: not a readable image: {e}") from None
+
+
+def _not_a_file(path: str) -> str:
+    """Why `path`, which is not a regular file, cannot be read as one."""
+    if os.path.isdir(path):
+        return "a folder, not an image file"
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as e:  # ELOOP: a link cycle; ENOENT: its target is gone
+            return f"a symbolic link that cannot be followed ({e.strerror})"
+    if os.path.exists(path):
+        return "not a regular file"
+    return "no such file"
 
 
 def _is_video(path: str) -> bool:
@@ -130,7 +144,7 @@ def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
     """Frames of an image file, a folder of images or a video file (see module doc). In a
     folder every item's name is unique (`unique_names`): the outputs are written per name."""
     if not os.path.exists(path):
-        raise InputError(f"{path}: no such file or directory")
+        raise InputError(f"{path}: {_not_a_file(path) if os.path.islink(path) else 'no such file or directory'}")
     if os.path.isdir(path):
         files = list_images(path, videos=True)
         if not files:
