@@ -549,7 +549,7 @@ def test_max_side_must_be_positive(tmp_path, capsys):
     args = ["--images", str(tmp_path), "--out", str(tmp_path / "out"), "--max-side", "0"]
     with pytest.raises(SystemExit):
         prepare.main(args)
-    assert "--max-side: 0: must be a positive integer" in capsys.readouterr().err
+    assert "--max-side: must be a positive integer, got 0" in capsys.readouterr().err
     img, out, _ = three_annotated_images(tmp_path, bad="b.pts")
     with pytest.raises(ValueError, match="max_side=-3"):
         prepare.prepare(str(tmp_path / "images"), str(out), max_side=-3, progress=False)

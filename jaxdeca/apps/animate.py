@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxdeca.apps import export, inputs, pipeline
 from jaxdeca.apps import visualize as vis
+from jaxdeca.argtypes import positive_int
 from jaxdeca.atomic_file import replacing
 
 
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
                    help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--video", default="animation.mp4",
                    help=f"output name under --out ({', '.join(VIDEO_OUT_EXTS)}); .gif for a GIF")
-    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="driver frames decoded together")
+    p.add_argument("--batch", type=positive_int, default=8, help="driver frames decoded together")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED")
     a = p.parse_args(argv)
     try:

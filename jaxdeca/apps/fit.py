@@ -40,6 +40,7 @@ import optax
 
 from jaxdeca import render
 from jaxdeca.apps import inputs, pipeline
+from jaxdeca.argtypes import positive_int
 from jaxdeca.data import detect, preprocess
 from jaxdeca.data.prepare import check_landmark_box
 from jaxdeca.losses import coarse
@@ -319,9 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--landmarks", default=None,
                    help="68 points in original pixels: an iBUG .pts (1-based) or a .txt of x y rows "
                         "(0-based, like *_kpt2d.txt), or a folder of <stem>.pts/.txt (default: dlib)")
-    p.add_argument("--steps", type=pipeline.positive_int, default=400,
+    p.add_argument("--steps", type=positive_int, default=400,
                    help="shape/expression steps (rigid = steps/4, photo = steps/10)")
-    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces fitted together (each on its own)")
+    p.add_argument("--batch", type=positive_int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
     try:
         pipeline.check_out_dir(a.out)

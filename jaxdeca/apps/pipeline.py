@@ -31,7 +31,6 @@ rasterizer included, see `render.rasterize`), and the outputs are cut back to th
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -109,17 +108,6 @@ def check_out_dir(path: str, file: str | None = None) -> str:
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{head}: {probe} is not writable")
     return path
-
-
-def positive_int(text: str) -> int:
-    """argparse type of a count that must be at least 1 (--batch, --frames)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
-    return n
 
 
 def load_checkpoint(path: str) -> dict:

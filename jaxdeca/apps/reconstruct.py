@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from jaxdeca.apps import inputs, pipeline
+from jaxdeca.argtypes import positive_int
 
 
 def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, flame_path: str | None = None,
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", help="converted (jaxdeca.convert deca) or trained model directory")
     p.add_argument("--flame", default=None, help="FLAME npz or DECA's data/ folder (default: the one a training "
                    "workdir records, else the embedded demo head)")
-    p.add_argument("--batch", type=pipeline.positive_int, default=8, help="faces encoded together")
+    p.add_argument("--batch", type=positive_int, default=8, help="faces encoded together")
     p.add_argument("--crop", choices=["detect", "none"], default="detect",
                    help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--albedo", action="store_true", help="texture = FLAME albedo instead of extracted")

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxdeca.apps import animate, inputs, pipeline
 from jaxdeca.apps import visualize as vis
+from jaxdeca.argtypes import positive_int
 
 
 def demo_codes() -> dict:
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)
     p.add_argument("--out", default="teaser.gif", help=f"the video ({', '.join(animate.VIDEO_OUT_EXTS)})")
-    p.add_argument("--frames", type=pipeline.positive_int, default=12, help="frames per segment")
+    p.add_argument("--frames", type=positive_int, default=12, help="frames per segment")
     a = p.parse_args(argv)
     try:
         animate.check_video_path(a.out)

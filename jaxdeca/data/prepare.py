@@ -47,6 +47,7 @@ import sys
 import cv2
 import numpy as np
 
+from jaxdeca.argtypes import positive_int
 from jaxdeca.atomic_file import open_replacing
 from jaxdeca.data import detect, images, masks
 
@@ -454,13 +455,6 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text):
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
-    return v
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m jaxdeca.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument("--images", required=True, help="folder of face images")
@@ -468,7 +462,7 @@ def main(argv=None):
     p.add_argument("--layout", default="folders", choices=LAYOUTS)
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     p.add_argument("--predictor", default=None, help="shape_predictor_68_face_landmarks.dat path")
-    p.add_argument("--max-side", type=_positive_int, default=1024, help="downscale larger images for detection")
+    p.add_argument("--max-side", type=positive_int, default=1024, help="downscale larger images for detection")
     a = p.parse_args(argv)
     try:
         summary = prepare(a.images, a.out, a.layout, a.workers, a.predictor, a.max_side)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdeca.apps.export import WriteError, output_file, writing
+from jaxdeca.argtypes import positive_int
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
 from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_obj, read_pp, write_obj
 
@@ -350,11 +351,6 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     return summary
 
 
-def _positive_int(text: str) -> int:
-    from jaxdeca.apps.pipeline import positive_int  # the apps' argparse type, imported when parsing
-    return positive_int(text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxdeca.evaluation.now", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -376,8 +372,8 @@ def main(argv=None) -> int:
     x.add_argument("--flame", default=None, help="FLAME npz/pkl or DECA's data/ folder (needed with a converted "
                    "--checkpoint; default: the one a training workdir records, else the embedded demo head)")
     x.add_argument("--bboxes", default=None, help="detected_face folder (default: beside iphone_pictures/)")
-    x.add_argument("--batch", type=_positive_int, default=8)
-    x.add_argument("--fit-steps", type=_positive_int, default=400,
+    x.add_argument("--batch", type=positive_int, default=8)
+    x.add_argument("--fit-steps", type=positive_int, default=400,
                    help="fit only: shape/expression steps (rigid = 1/4)")
     a = p.parse_args(argv)
     if a.cmd == "export":
