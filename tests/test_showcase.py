@@ -36,3 +36,16 @@ def test_showcase_landmarks_follow_the_apps_drawing_convention():
                               px[17:], (255, 60, 60), 1)
     assert out.dtype == np.float32 and out.shape == (w, w, 3)
     np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), want)
+
+
+def test_showcase_image_size_must_be_a_positive_int(tmp_path):
+    # 0 or a negative size was an OpenCV or jax traceback from deep inside the render
+    import pytest
+    from jaxdeca.train import paths
+    config = demo_config.get_config()
+    config.mode = "showcase"
+    for bad in (0, -3):
+        config.showcase.image_size = bad
+        with pytest.raises(paths.ConfigError, match=rf"config.showcase.image_size={bad} must be a positive int"):
+            jmain.run_mode(config, str(tmp_path))
+    assert not (tmp_path / "showcase").exists()

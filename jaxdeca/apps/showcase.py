@@ -22,6 +22,7 @@ from absl import logging
 from jaxdeca import flame, render, xla_options
 from jaxdeca.apps import export
 from jaxdeca.apps import visualize as vis
+from jaxdeca.train import paths
 
 
 def _draw_landmarks(image: np.ndarray, lmk_img: np.ndarray, color=(255, 60, 60)) -> np.ndarray:
@@ -77,9 +78,11 @@ def head_batch(model: flame.FlameModel, sigma: float, jaw_open: float):
 
 def run(config, workdir: str) -> None:
     """Writes the showcase pictures for `config.flame_path` (None = demo head)."""
+    cfg = config.showcase
+    if isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int) or cfg.image_size < 1:
+        raise paths.ConfigError(f"config.showcase.image_size={cfg.image_size!r} must be a positive int (pixels)")
     out_dir = os.path.join(workdir, "showcase")
     os.makedirs(out_dir, exist_ok=True)
-    cfg = config.showcase
     size = (cfg.image_size, cfg.image_size)
     arrays = flame.load_arrays(config.flame_path)
     where = config.flame_path or flame.DEMO_HEAD
