@@ -286,3 +286,30 @@ def test_detail_mesh_offsets_along_unit_normals_as_decas_upsample_mesh():
                                                     p.topo.fixed_displacement) ** 2)
     g = np.asarray(jax.jit(jax.grad(loss))(cn))
     assert np.all(np.isfinite(g)) and np.all(g[0][~cover] == 0) and np.abs(g[0][cover]).max() > 0
+
+
+def test_kpt3d_visibility_is_decas_visofp():
+    """The visible column of *_kpt3d.txt is DECA's visofp: the transformed vertex normals
+    interpolated at the landmarks (seletec_3d68: full_lmk_faces_idx, full_lmk_bary_coords), z < 0.1.
+    It was the normal of the vertex nearest each landmark, which differed at turned heads.
+    Reference: DECA's vertices2landmarks in torch, on the demo head at several yaws."""
+    import torch
+    arrays = dict(flame.load_arrays())
+    p = pipeline.Pipeline(arrays=arrays, flame=flame.from_arrays(arrays), topo=render.make_topology(arrays, uv_size=32),
+                          variables=None, model={"uv_size": 32})
+    yaws = np.linspace(-1.2, 1.2, 9)
+    pose = jnp.zeros((len(yaws), 6)).at[:, 1].set(jnp.asarray(yaws)).at[:, 3].set(0.2)
+    n = len(yaws)
+    codes = dict(shape=jnp.zeros((n, 100)), exp=jnp.zeros((n, 50)), pose=pose, tex=jnp.zeros((n, 50)),
+                 cam=jnp.tile(jnp.array([[7.0, 0.0, 0.0]]), (n, 1)), light=jnp.zeros((n, 9, 3)))
+    tn = np.asarray(p.decode(codes)["trans_normals"])
+    faces = torch.as_tensor(np.asarray(arrays["faces"], np.int64))
+    idx = torch.as_tensor(np.asarray(arrays["full_lmk_faces_idx"], np.int64)).view(-1)
+    bary = torch.as_tensor(np.asarray(arrays["full_lmk_bary_coords"], np.float32)).view(1, -1, 3).expand(n, -1, -1)
+    normals = torch.tensor(tn)
+    lmk_faces = torch.index_select(faces, 0, idx).view(1, -1, 3) + (torch.arange(n) * normals.shape[1]).view(-1, 1, 1)
+    lmk_normals = normals.reshape(-1, 3)[lmk_faces].view(n, -1, 3, 3)
+    deca = (torch.einsum("blfi,blf->bli", lmk_normals, bary)[:, :, 2] < 0.1).numpy()
+    ours = np.stack([pipeline.landmark_visibility(tn[k], arrays) for k in range(n)])
+    np.testing.assert_array_equal(ours, deca)
+    assert 0 < deca.sum() < deca.size  # some landmarks hidden at the turned poses

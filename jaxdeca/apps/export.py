@@ -96,7 +96,8 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
       texture: [R, R, 3] RGB in [0, 1] -> `<stem>.png`, referenced by `<stem>.mtl` (in these
         three names, `material_stem`: whitespace and '#' in the OBJ's name become '_').
       normal_map: [R, R, 3] tangent-free UV normal map with components in [-1, 1] ->
-        `<stem>_normals.png` (stored as (n + 1) / 2), referenced as the material's bump map.
+        `<stem>_normals.png` (stored as (n + 1) / 2), referenced by the material's `disp` entry, as
+        DECA's util.write_obj writes it.
       colors: [V, 3] per-vertex RGB in [0, 1], written as `v x y z r g b`.
     Returns:
       The OBJ path. WriteError naming the file that cannot be written (`writing`); the files
