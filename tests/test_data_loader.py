@@ -156,6 +156,26 @@ def test_mask_crop_is_decas_bilinear_warp_of_the_thresholded_mask(encoded):
     np.testing.assert_allclose(got[..., 0], want, atol=1e-4)  # OpenCV's float32 source positions
 
 
+def test_substitutes_for_bad_records_are_distinct_images():
+    """Two bad picks of one group both took the same substitute while a good image of the
+    identity went unused (the substitute was not counted as taken)."""
+    recs, _ = make_source()
+    recs = [dict(recs[0], image=recs[0]["image"].copy(), path=f"id0/{j}.jpg") for j in range(6)]  # one identity
+    for j, r in enumerate(recs):
+        r["image"][..., 1] += np.uint8(30 * j)  # image j told apart by its green background
+    for j in (4, 5):
+        recs[j] = dict(recs[j], image=b"<html>404</html>")
+    groups = np.array([[0, 0, 6]])
+    cfg = loader.LoaderConfig(groups_per_batch=1, k=4, image_size=48, seed=3, num_threads=1, prefetch=1)
+    both = 0
+    for g in range(30):
+        both += {4, 5} <= set(loader.group_records(groups, cfg.seed, g, cfg.k).tolist())
+        b = loader.load_group(recs, groups, cfg, g, {})
+        seen = sorted(round(float(np.median(im[..., 1])) * 255 / 30) for im in b["image"])
+        assert seen == [0, 1, 2, 3], (g, seen)  # the 4 good images, each once
+    assert both > 0  # some groups picked both bad images
+
+
 def test_an_identity_with_fewer_than_k_images_gives_each_once():
     """With 2 images and K = 3, a group drawn with replacement was one image 3 times in 1 of 4
     groups (the shape-consistency loss then compares a face with itself)."""

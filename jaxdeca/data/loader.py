@@ -169,8 +169,9 @@ def _record_name(record, i: int) -> str:
 
 
 def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: dict, bad: list):
-    """The sample of slot k of group g from the first candidate record that loads (each with the
-    slot's own crop draw), or None. Records that fail go into `skipped` (new ones logged) and `bad`."""
+    """(sample, record index) of slot k of group g from the first candidate record that loads
+    (each with the slot's own crop draw), or None. Records that fail go into `skipped` (new ones
+    logged) and `bad`."""
     for i in candidates:
         if i in skipped:  # failed before: it would again
             bad.append(i)
@@ -178,7 +179,7 @@ def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: di
         record = None
         try:
             record = source[i]
-            return crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg)
+            return crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg), i
         except Exception as e:  # noqa: BLE001 -- whatever is wrong with one record, skip it and say why
             reason = f"{_record_name(record, i)}: {type(e).__name__}: {e}"
             if skipped.setdefault(i, reason) is reason:
@@ -207,10 +208,11 @@ def load_group(source, groups, cfg: LoaderConfig, g: int, skipped: dict | None =
         for k, p in enumerate(picks):
             others = [(int(p) + d) % count for d in range(1, count)]
             order = [int(p)] + [o for o in others if o not in taken] + [o for o in others if o in taken]
-            sample = _load_one(source, [first + o for o in order], cfg, g, k, skipped, bad)
-            if sample is None:
+            loaded = _load_one(source, [first + o for o in order], cfg, g, k, skipped, bad)
+            if loaded is None:
                 break
-            samples.append(sample)
+            samples.append(loaded[0])
+            taken.add(loaded[1] - first)  # a substitute is in the group now: the next slot's goes elsewhere
         else:
             return {key: np.stack([s[key] for s in samples]) for key in samples[0]}
     raise ValueError(f"group {g}: no image of {tries} identities in a row could be loaded; "
