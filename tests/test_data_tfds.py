@@ -245,7 +245,7 @@ def test_python_dash_m_builds_the_dataset_the_readme_names(tmp_path):
                            "--config", "vggface2", "--manual-dir", str(root / "out"), "--data-dir",
                            str(tmp_path / "d")], cwd=str(tmp_path), env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "identity_faces/vggface2: 3 examples, 2 identities" in proc.stdout
+    assert "identity_faces/vggface2: train 3 examples of 2 identities" in proc.stdout
     b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
     assert b.info.module_name == "jaxdeca.data.tfds_faces"
     assert len(tfds_faces.data_source(b)) == 3
@@ -280,3 +280,67 @@ def test_synthetic_head_setup_runs_flame_as_one_program():
     lmk = np.asarray(neutral["landmarks2d"][0, :, :2])
     assert extent == float(((lmk.max(0) - lmk.min(0)).sum()) / 2)
     np.testing.assert_array_equal(centre, (lmk.max(0) + lmk.min(0)) / 2)
+
+
+def test_rebuild_after_prepare_ran_again(tmp_path, capsys):
+    # a build after prepare added (or fixed) images reused the dataset built before, silently:
+    # the new images never reached training. Now it stops naming the dataset; --rebuild writes it again
+    root = make_prepared_vggface2(tmp_path)
+    args = ["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(root / "out"),
+            "--data-dir", str(tmp_path / "d")]
+    assert tfds_faces.main(args) == 0
+    assert "train 3 examples of 2 identities" in capsys.readouterr().out
+    assert tfds_faces.main(args) == 0  # nothing changed: reused
+    p = root / "images" / "n0003" / "0001_01.jpg"
+    p.parent.mkdir()
+    cv2.imwrite(str(p), cv2.imread(str(root / "images" / "n0001" / "0001_01.jpg")))
+    detect.write_pts(str(p.with_suffix(".pts")), np.random.default_rng(1).uniform(20, 60, (68, 2)))
+    assert prepare.prepare(str(root / "images"), str(root / "out"), "vggface2", workers=1, progress=False)["ok"] == 4
+    capsys.readouterr()
+    assert tfds_faces.main(args) == 2
+    err = capsys.readouterr().err
+    assert "identity_faces/vggface2/1.0.0: built from an index.jsonl other than the one in" in err and "--rebuild" in err
+    assert tfds_faces.main(args + ["--rebuild"]) == 0
+    assert "train 4 examples of 3 identities" in capsys.readouterr().out
+    b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
+    assert len(tfds_faces.data_source(b)) == 4 and tfds_faces.groups(b).shape == (3, 3)
+
+
+def test_build_input_errors_are_one_line_naming_the_file(tmp_path, capsys):
+    root = make_prepared_vggface2(tmp_path)
+    out = root / "out"
+
+    def run(manual, data_dir):
+        rc = tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(manual),
+                              "--data-dir", str(tmp_path / data_dir)])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if "error" in ln.lower()]  # not tfds' progress bars
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+        return err[0]
+
+    (tmp_path / "empty").mkdir()
+    assert f"{tmp_path / 'nope'}: folder not found" in run(tmp_path / "nope", "d1")  # a tfds AssertionError
+    assert f"{tmp_path / 'empty' / 'index.jsonl'}: missing" in run(tmp_path / "empty", "d2")
+    # an image that became a folder (or unreadable): IsADirectoryError / PermissionError tracebacks
+    img = root / "images" / "n0001" / "0001_01.jpg"
+    data = img.read_bytes()
+    img.unlink()
+    img.mkdir()
+    assert f"{img}: unreadable (Is a directory)" in run(out, "d3")
+    img.rmdir()
+    img.write_bytes(data)
+    # a damaged mask was stored, and the loader then blamed the image
+    mask = next(out.glob("masks/n0002/*.png"))
+    good_mask = mask.read_bytes()
+    mask.write_bytes(b"garbage")
+    assert f"{mask}: the mask does not decode as PNG" in run(out, "d4")
+    mask.write_bytes(good_mask)
+    # a record without landmarks: KeyError traceback; a broken meta.json: a message naming no file
+    index = (out / "index.jsonl").read_text()
+    rec = json.loads(index.splitlines()[1])
+    del rec["landmarks"]
+    (out / "index.jsonl").write_text("\n".join([index.splitlines()[0], json.dumps(rec)] + index.splitlines()[2:]) + "\n")
+    assert f"{out / 'index.jsonl'}:2: a record needs path, identity, landmarks, mask; this one lacks landmarks" \
+        in run(out, "d5")
+    (out / "index.jsonl").write_text(index)
+    (out / "meta.json").write_text('{"images_ro')
+    assert f"{out / 'meta.json'}: not readable as JSON" in run(out, "d6")

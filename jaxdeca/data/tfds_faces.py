@@ -80,8 +80,11 @@ def _image_bytes(path: str, size: tuple | None = None, record: str | None = None
     A JPEG whose EXIF orientation turns it (phone photos) is re-encoded upright: prepare made
     its landmarks and mask on the upright image, and readers that ignore EXIF (tfds' and
     TensorFlow's own decoding) would otherwise see it sideways."""
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # gone, unreadable, a folder now
+        raise imageio.BadImage(f"{path}: unreadable ({e.strerror})") from None
     try:
         img = imageio.decode_image(data)
     except imageio.BadImage as e:  # the file changed since prepare accepted it
@@ -99,6 +102,34 @@ def _image_bytes(path: str, size: tuple | None = None, record: str | None = None
     if data[:3] == b"\xff\xd8\xff" and _upright_rgb_jpeg(data):  # decodes as img: keep its bytes
         return data
     return imageio.encode_jpeg(img)
+
+
+def _mask_bytes(path: str, record: str) -> bytes:
+    """The PNG bytes of a skin mask prepare wrote, checked to decode (a damaged one would be
+    blamed on its image by the loader); BadImage naming it and `record` to remove otherwise."""
+    import cv2
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise imageio.BadImage(f"{path}: unreadable mask ({e.strerror}): prepare it again (remove {record} and "
+                               "re-run prepare)") from None
+    if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None:
+        raise imageio.BadImage(f"{path}: the mask does not decode as PNG: prepare it again (remove {record} and "
+                               "re-run prepare)")
+    return data
+
+
+RECORD_KEYS = ("path", "identity", "landmarks", "mask")  # the index.jsonl fields the build reads
+
+
+def index_digest(manual_dir: str) -> str:
+    """sha256 (hex) of a prepared folder's index.jsonl: which records a dataset was built from."""
+    h = hashlib.sha256()
+    with open(os.path.join(manual_dir, "index.jsonl"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _groups(identities):
@@ -152,8 +183,14 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
         meta_path = meta
-        with open(meta) as f:
-            meta = json.load(f)
+        try:
+            with open(meta) as f:
+                meta = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{meta_path}: not readable as JSON ({e}); run jaxdeca.data.prepare again") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}; run "
+                             "jaxdeca.data.prepare again")
         if meta.get("layout") != self.builder_config.layout:
             raise ValueError(f"{root}: prepared with layout {meta.get('layout')!r}, builder config is "
                              f"{self.builder_config.layout!r}")
@@ -161,9 +198,14 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         with open(index) as f:
             for k, line in enumerate(f, 1):
                 try:
-                    records.append(json.loads(line))
+                    r = json.loads(line)
                 except json.JSONDecodeError:
                     raise ValueError(f"{index}:{k}: not a JSON line") from None
+                missing = [key for key in RECORD_KEYS if key not in r] if isinstance(r, dict) else list(RECORD_KEYS)
+                if missing:
+                    raise ValueError(f"{index}:{k}: a record needs {', '.join(RECORD_KEYS)}; this one lacks "
+                                     f"{', '.join(missing)} (run jaxdeca.data.prepare again)")
+                records.append(r)
         if not records:
             raise ValueError(f"{index}: no usable images (every file was skipped); "
                              f"see the reasons in {os.path.join(root, 'summary.json')}")
@@ -176,6 +218,7 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         ids = {n: i for i, n in enumerate(names)}
         records.sort(key=lambda r: (ids[r["identity"]], r["path"]))
         self.info.metadata["identities"] = names
+        self.info.metadata["index_sha256"] = index_digest(root)  # what `build` compares on a re-run
         held = heldout_identities(len(names))
         splits = {"train": [r for r in records if ids[r["identity"]] not in held]}
         if held:  # identities never trained on, for the trainer's held-out landmark error
@@ -185,12 +228,11 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, root, images_root, records, ids):
         for i, r in enumerate(records):
-            with open(os.path.join(root, r["mask"]), "rb") as f:
-                mask = f.read()
+            record = os.path.join(root, "records", r["path"] + ".json")
+            mask = _mask_bytes(os.path.join(root, r["mask"]), record)
             score = np.nan if r.get("score") is None else r["score"]
             size = (r["width"], r["height"]) if "width" in r and "height" in r else None
-            image = _image_bytes(os.path.join(images_root, r["path"]), size,
-                                 os.path.join(root, "records", r["path"] + ".json"), r.get("sha256"))
+            image = _image_bytes(os.path.join(images_root, r["path"]), size, record, r.get("sha256"))
             yield i, {"image": _FileBytes(image),
                       "landmarks": np.asarray(r["landmarks"], np.float32), "mask": _FileBytes(mask),
                       "identity": ids[r["identity"]], "identity_name": r["identity"], "path": r["path"],
@@ -254,10 +296,37 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
                 k += 1
 
 
-def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
-    """download_and_prepare as array_record (manual_dir for IdentityFaces). Returns builder."""
-    cfg = tfds.download.DownloadConfig(manual_dir=manual_dir)
-    builder.download_and_prepare(download_config=cfg, file_format=FILE_FORMAT)
+def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
+          rebuild: bool = False) -> tfds.core.DatasetBuilder:
+    """download_and_prepare as array_record (manual_dir for IdentityFaces). Returns builder.
+
+    A dataset already built is reused, unless `rebuild` (it is written again) or, for
+    IdentityFaces, manual_dir's index.jsonl is no longer the one it was built from (prepare ran
+    again: new or fixed images): then ValueError naming the dataset folder, which `rebuild`
+    replaces. A manual_dir that is not a folder prepare made is FileNotFoundError naming it."""
+    if manual_dir is not None:
+        index = os.path.join(manual_dir, "index.jsonl")
+        if not os.path.isdir(manual_dir):
+            raise FileNotFoundError(f"{manual_dir}: folder not found (the --out of jaxdeca.data.prepare)")
+        if not os.path.isfile(index):
+            raise FileNotFoundError(f"{index}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
+    overwrite = False
+    if builder.is_prepared():
+        overwrite = rebuild
+        if isinstance(builder, IdentityFaces) and manual_dir is not None and not rebuild:
+            built = builder.info.metadata.get("index_sha256")
+            if built != index_digest(manual_dir):
+                how = ("an index.jsonl other than" if built else
+                       "an index.jsonl it did not record (built by an older jaxdeca), maybe not")
+                raise ValueError(f"{builder.data_dir}: built from {how} the one in {manual_dir} now (prepare ran "
+                                 "again since?); rebuild it: --rebuild (it replaces the dataset: stop training runs "
+                                 "that read it first)")
+    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
+            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+    cfg = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+    # a built dataset's info (read from it) already names its file format, and tfds refuses to set it again
+    fmt = None if builder.is_prepared() else FILE_FORMAT
+    builder.download_and_prepare(download_config=cfg, file_format=fmt)
     return builder
 
 
@@ -304,6 +373,8 @@ def main(argv=None):
                    help="identity_faces: the images folder prepare read, if it has moved since (default: the "
                         "path in PREPARED/meta.json)")
     p.add_argument("--data-dir", default=None, help="tfds data dir (default ~/tensorflow_datasets)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="write the dataset again if it is built (needed after prepare ran again on --manual-dir)")
     a = p.parse_args(argv)
     config = a.config or ("default" if a.dataset == "synthetic_faces" else "folders")
     if a.images is not None and a.dataset != "identity_faces":
@@ -312,12 +383,14 @@ def main(argv=None):
         p.error("--dataset identity_faces needs --manual-dir PREPARED, the folder python -m jaxdeca.data.prepare wrote")
     kw = {} if a.images is None else dict(images_root=a.images)
     try:
-        b = build(get_builder(a.dataset, config, a.data_dir, **kw), a.manual_dir)
+        b = build(get_builder(a.dataset, config, a.data_dir, **kw), a.manual_dir, a.rebuild)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{b.name}/{config}: {b.info.splits['train'].num_examples} examples, "
-          f"{len(b.info.metadata['identities'])} identities in {b.data_dir}")
+    groups = b.info.metadata["groups"]
+    splits = ", ".join(f"{k} {b.info.splits[k].num_examples} examples of {len(groups[k])} identities"
+                       for k in ("train", "test") if k in groups)
+    print(f"{b.name}/{config}: {splits} in {b.data_dir}")
     return 0
 
 
