@@ -289,7 +289,7 @@ def test_a_write_failure_is_one_line_naming_the_file_and_what_was_written(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"reconstruct: {tmp_path / 'o2' / 'a' / 'a.png'}: cannot write: {no_space}; "
                                f"0 face(s) written to {tmp_path / 'o2'} before it"], err
-    monkeypatch.setattr(animate.imageio, "get_writer", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr(animate.imageio.v3, "imopen", lambda *a, **k: (_ for _ in ()).throw(
         PermissionError(errno.EACCES, os.strerror(errno.EACCES), a[0])))
     rc = teaser.main(["--out", str(tmp_path / "t.gif"), "--frames", "1"])
     err = capsys.readouterr().err.strip().splitlines()

@@ -271,6 +271,13 @@ def test_animate_app_writes_frames_and_video(tmp_path, random_pipe):
     assert os.path.getsize(res["video"]) > 0 and (tmp_path / "out" / "f1" / "f1.obj").exists()
     from PIL import Image
     assert Image.open(res["video"]).n_frames == 2
+    # each frame's OBJ carries the identity photo's texture, as DECA's demo_transfer (it was the albedo)
+    import cv2
+    crop = pipeline.crop_face(inputs.read_image(str(tmp_path / "id.png")), "none").image[None]
+    want = np.clip(np.asarray(p.decode(p.encode(crop), crop)["uv_texture_extracted"][0]), 0.0, 1.0)  # as saved
+    for name in ("f0", "f1"):
+        tex = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / name / f"{name}.png")), cv2.COLOR_BGR2RGB) / 255.0
+        assert np.abs(tex - want).max() <= 0.5 / 255 + 1e-6, name
 
 
 def grey_driver(tmp_path, levels):
@@ -329,6 +336,24 @@ def test_animate_with_a_video_driver_keeps_its_frames_order_and_fps(tmp_path, ra
             tiles = read_video(res["video"])
         assert len(tiles) == 3
         np.testing.assert_allclose(driver_levels(tiles), levels, atol=6)
+
+
+@pytest.mark.parametrize("fps, delays", [(30.0, [30, 40, 30, 30, 40, 30]), (24.0, [40, 40, 40, 50, 40, 40]),
+                                         (15.0, [70, 60, 70, 70, 60, 70])])
+def test_gif_keeps_a_frame_rate_that_is_no_whole_number_of_centiseconds(tmp_path, fps, delays):
+    """GIF delays are whole centiseconds; one delay of 1000 / fps ms was cut to 30 ms at 30 fps
+    (60 at 15), so the GIF ran 10-11% short. Frame delays now follow rounded timestamps."""
+    from PIL import Image
+    path = str(tmp_path / "g.gif")
+    with animate.VideoWriter(path, fps) as w:
+        for k in range(6):
+            w.append(np.full((16, 16, 3), 40 * k, np.uint8))
+    im = Image.open(path)
+    got = []
+    for k in range(im.n_frames):
+        im.seek(k)
+        got.append(im.info["duration"])
+    assert got == delays and sum(got) == round(6000 / fps) and im.info.get("loop") == 0
 
 
 def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path, monkeypatch, random_pipe):

@@ -55,11 +55,21 @@ def check_video_path(path: str) -> str:
     return path
 
 
+def gif_delays_ms(n: int, fps: float) -> list:
+    """Delays of n GIF frames at fps, in ms of whole centiseconds (GIF's unit), from rounded
+    timestamps so that they add up to the clip's length; at least 20 ms (2 cs)."""
+    cs = [round((k + 1) * 100 / fps) - round(k * 100 / fps) for k in range(n)]
+    return [10 * max(c, 2) for c in cs]
+
+
 class VideoWriter:
-    """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to a .gif (imageio) or an mp4v
-    video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another name: InputError), one
-    at a time at `fps` frames per second (a GIF at most 50): nothing but the current frame is
-    held in memory.
+    """Streams frames [H, W, 3] (uint8, or float in [0, 1]) RGB to a .gif (imageio's Pillow
+    plugin) or an mp4v video (cv2; .mp4 or another of VIDEO_OUT_EXTS), by extension (another
+    name: InputError), at `fps` frames per second. An MP4 holds nothing but the current frame in
+    memory; Pillow keeps a GIF's frames until it writes the file at the end. GIF delays are whole
+    centiseconds: frame k lasts round((k + 1) 100 / fps) - round(k 100 / fps) cs (at least 2, as
+    viewers show shorter delays as 10), so the GIF keeps the frame rate over its length (one
+    delay of 1000 / fps ms, cut to whole centiseconds, made a 30 fps GIF 10% short).
     The file is opened at the first frame (its size fixes the video's), written beside its name
     and moved there by `close` or at the end of a `with` block that ends without an error
     (`atomic_file.replacing`); with no frame, no file is written. A `with` block ended by an
@@ -89,9 +99,7 @@ class VideoWriter:
             self._file = replacing(self.path)
             tmp = self._file_name = self._file.__enter__()
             if self._gif:
-                # imageio's pillow plugin takes the duration in milliseconds; GIF delays are
-                # whole centiseconds, and browsers show 0 or 1 cs as 10: at most 50 fps
-                self._out = imageio.get_writer(tmp, mode="I", duration=max(1000 / self.fps, 20.0), loop=0)
+                self._out = imageio.v3.imopen(tmp, "w", plugin="pillow")
             else:
                 self._out = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                             (self._size[1], self._size[0]))
@@ -99,8 +107,8 @@ class VideoWriter:
                     raise export.WriteError(self.path, "cv2 cannot open an mp4v writer")
         if frame.shape[:2] != self._size:
             raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video's is {self._size}")
-        if self._gif:
-            self._out.append_data(frame)
+        if self._gif:  # the last write's durations (ms, one per frame) are the ones Pillow saves
+            self._out.write(frame, is_batch=False, duration=gif_delays_ms(self.n_frames + 1, self.fps), loop=0)
         else:
             self._out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self.n_frames += 1
@@ -176,7 +184,8 @@ def write_video(path: str, frames) -> str:
 def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeline.Pipeline,
             crop: str = "detect", video: str = "animation.mp4", batch: int = 8) -> dict:
     """Runs the app; returns {'frames': [names], 'skipped': [(name, reason)], 'video': path}.
-    The video plays at the driver video's frame rate (images or a folder: FPS)."""
+    The video plays at the driver video's frame rate (images or a folder: FPS). Each frame's OBJ
+    carries the identity photo's texture (DECA's demo_transfer: the identity's uv_texture_gt)."""
     if os.path.isdir(identity_path):
         raise inputs.InputError(f"{identity_path}: --identity must be one image, not a folder")
     img = inputs.read_image(identity_path)
@@ -184,6 +193,7 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     if c is None:
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
     ident = pipe.encode(c.image[None])
+    texture = np.asarray(pipe.decode(ident, c.image[None])["uv_texture_extracted"][0])
     frames, skipped = [], []
     fps = inputs.video_fps(expression_path)  # None: images or a folder
     sink = VideoWriter(os.path.join(out_dir, video), fps or FPS)
@@ -199,12 +209,11 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
         drv = pipe.encode(pipeline.padded_batch([d.image for _, d, _ in chunk], batch))
         out = pipe.decode(animate_codes(ident, drv))
         # what is written, to the host once per batch (not one device slice per key and frame)
-        out = {key: np.asarray(out[key]) for key in ("vertices", "albedo", "uv_detail_normals", "shape_detail_images",
-                                                      "images")}
+        out = {key: np.asarray(out[key]) for key in ("vertices", "uv_detail_normals", "shape_detail_images", "images")}
         for k, (name, d, n_skipped) in enumerate(chunk):
             export.write_obj(os.path.join(out_dir, name, f"{name}.obj"), out["vertices"][k], pipe.arrays["faces"],
                              uv_coords=pipe.arrays["uv_coords"], uv_faces=pipe.arrays["uv_faces"],
-                             texture=out["albedo"][k], normal_map=out["uv_detail_normals"][k])
+                             texture=texture, normal_map=out["uv_detail_normals"][k])
             tile = vis.grid([vis.label(d.image, "driver"), vis.label(out["shape_detail_images"][k], "detail shape"),
                              vis.label(out["images"][k], "render")], 3)
             export.save_image(os.path.join(out_dir, name, f"{name}_render.png"), tile)
