@@ -4,7 +4,9 @@
     python benchmarks/networks.py --batches 1 8      # smaller batches for a slow CPU
     python benchmarks/networks.py --torch            # also time the PyTorch reference (CPU)
 
-Random weights (speed does not depend on them). Prints one table row per (dtype, batch).
+Random weights (speed does not depend on them); the same random images for both. Prints one
+table row per (dtype, batch): the median of --reps calls after a warm-up (which compiles), and
+for torch rows the ratio torch ms / our float32 ms at that batch (> 1: ours faster).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 from jaxdeca import xla_options
 from jaxdeca.models import (coarse_encoder, decompose_code, detail_decoder, detail_encoder,
                             detail_latent)
+from timing import median_ms
 
 
 def make_step(dtype):
@@ -41,12 +43,9 @@ def make_step(dtype):
     return step, variables
 
 
-def time_it(fn, reps):
-    fn()  # compile / warm up
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+def random_images(batch):
+    """[batch, 224, 224, 3] float32 uniform in [0, 1), the same for ours and torch."""
+    return np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype(np.float32)
 
 
 def torch_step(batch):
@@ -55,7 +54,7 @@ def torch_step(batch):
     from test_convert_torch_refs import Generator, ResnetEncoder, randomize
 
     nets = (randomize(ResnetEncoder(236)), randomize(ResnetEncoder(128)), randomize(Generator()))
-    images = torch.zeros(batch, 3, 224, 224)
+    images = torch.from_numpy(random_images(batch)).permute(0, 3, 1, 2).contiguous()
 
     def run():
         with torch.no_grad():
@@ -76,18 +75,20 @@ def main():
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{os.cpu_count()} cpu cores visible")
     print(f"{'impl':<8}{'dtype':<10}{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
+    ours = {}
     for dtype in args.dtypes:
         step, variables = make_step(jnp.dtype(dtype))
         for b in args.batches:
-            images = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (b, 224, 224, 3)),
-                                 jnp.float32)
-            sec = time_it(lambda: step(variables, images).block_until_ready(), args.reps)
-            print(f"{'jax':<8}{dtype:<10}{b:>6}{sec * 1e3:>12.1f}{b / sec:>12.1f}", flush=True)
+            images = jnp.asarray(random_images(b))
+            ms = median_ms(lambda: step(variables, images).block_until_ready(), args.reps)
+            ours[dtype, b] = ms
+            print(f"{'jax':<8}{dtype:<10}{b:>6}{ms:>12.1f}{b / ms * 1e3:>12.1f}", flush=True)
     if args.torch:
         import torch
         for b in args.batches:
-            sec = time_it(torch_step(b), args.reps)
-            print(f"{'torch':<8}{'float32':<10}{b:>6}{sec * 1e3:>12.1f}{b / sec:>12.1f}  "
+            ms = median_ms(torch_step(b), args.reps)
+            ratio = f"  x {ms / ours['float32', b]:.2f}" if ("float32", b) in ours else ""
+            print(f"{'torch':<8}{'float32':<10}{b:>6}{ms:>12.1f}{b / ms * 1e3:>12.1f}{ratio}  "
                   f"({torch.get_num_threads()} threads)", flush=True)
 
 

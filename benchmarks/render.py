@@ -21,7 +21,7 @@ Each runs in a subprocess of its own venv (their dependencies are kept out of th
 - DEODR (PyPI `deodr` 0.2.3): C++ differentiable rasterizer (z-buffer, per-vertex colour
   interpolation, silhouette-edge antialiasing with analytic gradients), CPU only, one image per
   call, so a batch is a loop; backface culling on (DEODR needs it for gradients), sigma = 1.
-  Memory: tracemalloc peak (numpy buffers DEODR allocates) for one batch.
+  Memory: tracemalloc peak (numpy buffers DEODR allocates) for one batch, its B images kept.
 
       python3.11 -m venv /tmp/peer_venv
       /tmp/peer_venv/bin/pip install deodr==0.2.3 trimesh typing_extensions
@@ -178,16 +178,20 @@ def deodr_worker(path, batches, repeats, budget):
         depths[cw] = np.mean(z[np.isfinite(z) & (z < 1e9)])
     sc = scene(min(depths, key=depths.get))
 
+    # each image is kept until the batch is done, as a batched renderer's output holds them all
+    # (ours and jaxrenderer's memory figures include the B output images)
     def fwd(B):
-        for _ in range(B):
-            sc.render(1.0)
+        return [sc.render(1.0)[0] for _ in range(B)]
 
     def fwd_bwd(B):
+        out = []
         for _ in range(B):
             im, _ = sc.render(1.0)
             sc.ij_b[:] = 0
             sc.colors_b[:] = 0
             sc.render_backward(np.ones_like(im))
+            out.append(im)
+        return out
 
     for B in batches:
         row = dict(B=B, fwd=median_ms(lambda: fwd(B), repeats), bwd=median_ms(lambda: fwd_bwd(B), repeats))
