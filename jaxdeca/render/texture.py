@@ -6,11 +6,13 @@ written out (custom VJP): four row scatter-adds for the image, and for the grid 
 derivatives times the taps, gathered again rather than kept from the forward pass. A batch's
 forward pass is vmapped and its backward pass runs one image after another on CPU
 (`jaxdeca.render.batching.images_custom_vjp`). On XLA:CPU (benchmarks/texture.py's 224^2 samples
-of a 256^2 texture, interleaved medians) forward+backward for the image and the grid takes 19 ms
-at batch 8 and 95 ms at batch 32, where vmapping the backward pass and keeping the taps took 47
-and 176 ms; torch's grid_sample took 17-18 and 65-78 ms in that script's runs. At batch 4,
-autodiff of the same gathers took 29 ms against 11 for this VJP, and autodiff of indexing
-[H, W, C] by (row, column) 41.
+of a 256^2 texture, interleaved medians) forward+backward for the image and the grid took 19 ms
+at batch 8 and 95 ms at batch 32 where vmapping the backward pass and keeping the taps took 47
+and 176 ms. At batch 4, autodiff of the same gathers took 29 ms against 11 for this VJP, and
+autodiff of indexing [H, W, C] by (row, column) 41. Against torch's grid_sample (2 cores, two
+runs): 14-15 ms against 9.5 at batch 8, 78-81 against 45-47 at batch 32, so torch's CPU kernel
+is about 1.6x faster here (figures quoted before, 17-18 and 65-78 ms for torch, had a copy of
+the texture and grid inside torch's timed call).
 """
 import jax.numpy as jnp
 
