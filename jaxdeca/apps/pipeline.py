@@ -110,17 +110,6 @@ def check_out_dir(path: str, file: str | None = None) -> str:
     return path
 
 
-def landmark_visibility(trans_normals, arrays) -> np.ndarray:
-    """DECA's `visofp`: the 68 landmarks whose image-space normal, interpolated like the
-    landmarks themselves (full_lmk_faces_idx / full_lmk_bary_coords: `seletec_3d68`), has
-    z < 0.1, i.e. faces the camera. trans_normals: [V, 3] (`render` output, one face); arrays:
-    the FLAME npz dict -> [68] bool."""
-    faces = np.asarray(arrays["faces"])[np.asarray(arrays["full_lmk_faces_idx"]).reshape(-1)]  # [68, 3]
-    bary = np.asarray(arrays["full_lmk_bary_coords"]).reshape(-1, 3)
-    normals = np.einsum("lk,lkc->lc", bary, np.asarray(trans_normals)[faces])
-    return normals[:, 2] < 0.1
-
-
 def load_checkpoint(path: str) -> dict:
     """{'E_flame', 'E_detail', 'D_detail'} Flax variables from a converted/trained model dir,
     as stored (`load_model_dir` checks them against the networks)."""
@@ -407,6 +396,8 @@ class Pipeline:
                                                     self.topo.fixed_displacement)  # DECA's upsample_mesh
         res = dict(vertices=out["vertices"], trans_vertices=trans, landmarks2d=lmk2, landmarks3d=lmk3,
                    landmarks3d_world=out["landmarks3d"], albedo=albedo, uv_z=uv_z,
+                   # DECA's visofp: the transformed normals at the landmarks face the camera
+                   landmarks3d_visible=render.vertex_visibility(self.flame.select_3d68(r["trans_normals"])),
                    uv_detail_vertices=uv_detail_vertices, uv_detail_normals=n,
                    normals=r["normals"], trans_normals=r["trans_normals"],
                    images=r["images"], mask=r["mask"], shape_images=r["shape_images"],
@@ -547,9 +538,8 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     paths += [detail] if detail else []
     lmk2 = landmarks_original(g("landmarks2d"), crop.tform, lmk_convention)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
-    vis3 = landmark_visibility(g("trans_normals"), arrays)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt3d.txt"),
-                                       np.concatenate([g("landmarks3d_world"), vis3[:, None].astype(np.float64)], 1),
+                                       np.concatenate([g("landmarks3d_world"), g("landmarks3d_visible")[:, None]], 1),
                                        "x y z visible (FLAME world, metres)"))
     paths.append(export.save_image(os.path.join(d, f"{name}_depth.png"), g("depth_images")))
     crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE, lmk_convention)

@@ -70,9 +70,15 @@ class FlameModel:
         return dict(
             vertices=verts,
             landmarks2d=barycentric_landmarks(verts, self.faces, lmk_faces, lmk_bary),
-            landmarks3d=barycentric_landmarks(verts, self.faces, jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68)),
-                                              jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3))),
+            landmarks3d=self.select_3d68(verts),
         )
+
+    def select_3d68(self, values):
+        """Per-vertex values [B, V, C] at the fixed 68 landmarks (DECA's seletec_3d68: the
+        vertices give landmarks3d, the transformed normals DECA's landmark visibility) -> [B, 68, C]."""
+        B = values.shape[0]
+        return barycentric_landmarks(values, self.faces, jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68)),
+                                     jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3)))
 
 
 def check_codes(codes: dict, widths: dict) -> None:
