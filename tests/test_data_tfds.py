@@ -343,4 +343,4 @@ def test_build_input_errors_are_one_line_naming_the_file(tmp_path, capsys):
         in run(out, "d5")
     (out / "index.jsonl").write_text(index)
     (out / "meta.json").write_text('{"images_ro')
-    assert f"{out / 'meta.json'}: not readable as JSON" in run(out, "d6")
+    assert f"{out / 'meta.json'}: cannot be read as JSON" in run(out, "d6")

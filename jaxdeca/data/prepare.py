@@ -371,15 +371,8 @@ def _claim_output(images_root, out_dir, layout, rels=()):
     path = os.path.join(out_dir, "meta.json")
     root = os.path.abspath(images_root)
     if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                meta = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: cannot be read as JSON ({e}); it names the images folder and layout "
-                             "this output was prepared from: restore it, or use a new --out") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{path}: expected a JSON object with images_root and layout, found "
-                             f"{type(meta).__name__}: restore it, or use a new --out")
+        meta = read_meta(path, "it names the images folder and layout this output was prepared from: restore it, "
+                               "or use a new --out")
         old_root, old_layout = meta.get("images_root"), meta.get("layout")
         if old_layout != layout:
             raise ValueError(f"{out_dir}: prepared with layout {old_layout!r}, now --layout {layout}; "
@@ -397,6 +390,20 @@ def _claim_output(images_root, out_dir, layout, rels=()):
                              "belong to those images: use a new --out")
         return
     _write_meta(out_dir, root, layout)
+
+
+def read_meta(path: str, advice: str) -> dict:
+    """A prepared folder's meta.json (images_root, layout) as a dict; ValueError naming it, then
+    `advice`, when it is not a JSON object (cut short by a crash, overwritten)."""
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: cannot be read as JSON ({e}); {advice}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with images_root and layout, found {type(meta).__name__}; "
+                         f"{advice}")
+    return meta
 
 
 def _write_meta(out_dir, root, layout):

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxdeca.data import images as imageio
+from jaxdeca.data import prepare
 
 FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
 
@@ -178,19 +179,11 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         root = str(dl_manager.manual_dir)
-        index, meta = os.path.join(root, "index.jsonl"), os.path.join(root, "meta.json")
-        for p in (index, meta):
+        index, meta_path = os.path.join(root, "index.jsonl"), os.path.join(root, "meta.json")
+        for p in (index, meta_path):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{p}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
-        meta_path = meta
-        try:
-            with open(meta) as f:
-                meta = json.load(f)
-        except ValueError as e:
-            raise ValueError(f"{meta_path}: not readable as JSON ({e}); run jaxdeca.data.prepare again") from None
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: expected a JSON object, found {type(meta).__name__}; run "
-                             "jaxdeca.data.prepare again")
+        meta = prepare.read_meta(meta_path, "run jaxdeca.data.prepare again")
         if meta.get("layout") != self.builder_config.layout:
             raise ValueError(f"{root}: prepared with layout {meta.get('layout')!r}, builder config is "
                              f"{self.builder_config.layout!r}")
