@@ -98,7 +98,12 @@ def front_facing(xy):
     outward winding is front-facing under DECA's orthographic camera and `perspective_proj`
     alike (each flips y; their z flip or perspective divide keeps the orientation on screen).
     """
-    return _cross2(xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :]) < 0
+    return _signed_area2(xy) < 0
+
+
+def _signed_area2(xy):
+    """Doubled signed area of triangles. xy: [..., 3, 2] -> [...]."""
+    return _cross2(xy[..., 1, :] - xy[..., 0, :], xy[..., 2, :] - xy[..., 0, :])
 
 
 def _face_boxes(xy, H, W, margin, cull=False):
@@ -110,14 +115,13 @@ def _face_boxes(xy, H, W, margin, cull=False):
     """
     finite = jnp.all(jnp.isfinite(xy), axis=(1, 2))
     xy = jnp.where(finite[:, None, None], xy, 0.0)
-    if cull:
-        finite &= front_facing(xy)
+    keep = finite & front_facing(xy) if cull else finite
     lo = xy.min(1) - margin - 0.5
     hi = xy.max(1) + margin - 0.5
     size = jnp.array([W, H], xy.dtype)
     a = jnp.clip(jnp.ceil(lo), 0.0, size).astype(jnp.int32)
     b = jnp.clip(jnp.floor(hi), -1.0, size - 1).astype(jnp.int32)
-    n = jnp.where(finite[:, None], jnp.maximum(b - a + 1, 0), 0)
+    n = jnp.where(keep[:, None], jnp.maximum(b - a + 1, 0), 0)
     return a[:, 0], a[:, 1], n[:, 0], n[:, 1]
 
 
@@ -220,7 +224,7 @@ def _edges(fv, ox, oy):
     q0 = o - start
     c = _cross2(e, q0)
     a, b = -e[..., 1], e[..., 0]
-    area = _cross2(fv[:, 1] - fv[:, 0], fv[:, 2] - fv[:, 0])
+    area = _signed_area2(fv)
     return a, b, c, e, q0, area
 
 
