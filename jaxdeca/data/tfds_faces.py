@@ -303,22 +303,21 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
             raise FileNotFoundError(f"{manual_dir}: folder not found (the --out of jaxdeca.data.prepare)")
         if not os.path.isfile(index):
             raise FileNotFoundError(f"{index}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
-    overwrite = False
-    if builder.is_prepared():
-        overwrite = rebuild
-        if isinstance(builder, IdentityFaces) and manual_dir is not None and not rebuild:
-            built = builder.info.metadata.get("index_sha256")
-            if built != index_digest(manual_dir):
-                how = ("an index.jsonl other than" if built else
-                       "an index.jsonl it did not record (built by an older jaxdeca), maybe not")
-                raise ValueError(f"{builder.data_dir}: built from {how} the one in {manual_dir} now (prepare ran "
-                                 "again since?); rebuild it: --rebuild (it replaces the dataset: stop training runs "
-                                 "that read it first)")
+    prepared = builder.is_prepared()
+    overwrite = prepared and rebuild
+    if prepared and not rebuild and isinstance(builder, IdentityFaces) and manual_dir is not None:
+        built = builder.info.metadata.get("index_sha256")
+        if built != index_digest(manual_dir):
+            how = ("an index.jsonl other than" if built else
+                   "an index.jsonl it did not record (built by an older jaxdeca), maybe not")
+            raise ValueError(f"{builder.data_dir}: built from {how} the one in {manual_dir} now (prepare ran "
+                             "again since?); rebuild it: --rebuild (it replaces the dataset: stop training runs "
+                             "that read it first)")
     mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     cfg = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
     # a built dataset's info (read from it) already names its file format, and tfds refuses to set it again
-    fmt = None if builder.is_prepared() else FILE_FORMAT
+    fmt = None if prepared else FILE_FORMAT
     builder.download_and_prepare(download_config=cfg, file_format=fmt)
     return builder
 
