@@ -47,6 +47,12 @@ def inter_ocular_error(pred, gt):
     return float(np.linalg.norm(pred - gt, axis=1).mean() / np.linalg.norm(gt[36] - gt[45]))
 
 
+def drawn_face_pts():
+    """68 landmarks [68, 2] of a drawn 'face' in a 96 px image, for .pts-annotated test images
+    (no detection needed)."""
+    return np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """images/<identity>/... with good photos, a .pts-annotated drawing and every kind of bad file."""
@@ -345,7 +351,7 @@ def test_skin_mask_hand_case():
 def test_same_stem_images_keep_their_own_masks(tmp_path):
     # a.jpg and a.png side by side (both annotated by a.pts): each record's mask is its own image's
     img = tmp_path / "images" / "p1"
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     write_rgb(str(img / "a.jpg"), np.full((128, 128, 3), 90, np.uint8))
     write_rgb(str(img / "a.png"), np.full((96, 160, 3), 90, np.uint8))
     detect.write_pts(str(img / "a.pts"), pts)
@@ -377,7 +383,7 @@ def test_folder_without_images_is_one_clear_error(tmp_path, capsys):
 def test_rerun_into_an_output_of_another_layout_or_folder_is_refused(tmp_path, capsys):
     # records of a finished (or killed) run are reused by path: another layout or images folder
     # would keep their old identities/landmarks under the new meta.json, so it is refused
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     for root in ("images", "other"):
         write_rgb(str(tmp_path / root / "p1" / "000001.jpg"), np.full((96, 96, 3), 90, np.uint8))
         detect.write_pts(str(tmp_path / root / "p1" / "000001.pts"), pts)
@@ -420,7 +426,7 @@ def test_symlinked_subfolders_are_walked_once_and_loops_end(tmp_path):
 def test_rerun_after_the_images_folder_moved_resumes_there(tmp_path, capsys):
     # records name images relative to the folder: a moved folder (the recorded one gone, every
     # recorded image under the new path) resumes; a gone folder whose images are not all there is refused
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     for name in ("a", "b"):
         write_rgb(str(tmp_path / "images" / "p1" / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
         detect.write_pts(str(tmp_path / "images" / "p1" / f"{name}.pts"), pts)
@@ -441,7 +447,7 @@ def test_rerun_after_the_images_folder_moved_resumes_there(tmp_path, capsys):
 def three_annotated_images(tmp_path, bad):
     """images/p1/{a,b,c}.jpg with .pts files, the file `bad` ('b.jpg' or 'b.pts') broken, prepared
     into out/ (2 ok, 1 bad). Returns (the images folder, out, the landmarks)."""
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     img = tmp_path / "images" / "p1"
     for name in ("a", "b", "c"):
         write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
@@ -558,7 +564,7 @@ def test_max_side_must_be_positive(tmp_path, capsys):
 def test_rerun_retries_files_that_were_bad_before_they_were_read(tmp_path, monkeypatch, capsys):
     # an unreadable file and a file with no identity were recorded bad without a fingerprint, and
     # such records were kept forever: fixed (permissions, the identity file), they stayed bad
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     img = tmp_path / "images"
     for name in ("000001", "000002", "000003"):
         write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
@@ -590,7 +596,7 @@ def test_rerun_retries_files_that_were_bad_before_they_were_read(tmp_path, monke
 
 def test_unreadable_subfolder_is_reported_not_dropped(tmp_path, monkeypatch, capsys):
     # a subfolder that cannot be listed vanished from the run without a word (os.walk's default)
-    pts = np.stack([np.linspace(20, 60, 68), 30 + 20 * np.sin(np.linspace(0, 6, 68))], 1)
+    pts = drawn_face_pts()
     img = tmp_path / "images"
     for who in ("p1", "p2"):
         write_rgb(str(img / who / "a.jpg"), np.full((96, 96, 3), 90, np.uint8))
