@@ -192,8 +192,8 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     c = pipeline.crop_face(img, crop)
     if c is None:
         raise inputs.InputError(f"{identity_path}: no face detected in the identity image")
-    ident = pipe.encode(c.image[None])
-    texture = np.asarray(pipe.decode(ident, c.image[None])["uv_texture_extracted"][0])
+    ident, decoded = pipe.run(c.image[None])  # one program: the codes, and the photo's texture
+    texture = np.asarray(decoded["uv_texture_extracted"][0])
     frames, skipped = [], []
     fps = inputs.video_fps(expression_path)  # None: images or a folder
     sink = VideoWriter(os.path.join(out_dir, video), fps or FPS)
