@@ -319,7 +319,7 @@ def test_encoders_start_from_the_converted_imagenet_resnet50(imagenet_dir, tmp_p
     narrow.init.imagenet = str(tmp_path / "missing")
     with pytest.raises(paths.ConfigPathError, match=r"config.init.imagenet=.* does not exist; it must name the "
                        "converted torchvision ImageNet ResNet-50"):
-        CoarseTask(narrow)
+        CoarseTask(narrow).init_variables(jax.random.key(0))
 
 
 def test_net_template_follows_the_default_prng_implementation():

@@ -100,6 +100,36 @@ def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
     assert v["D_detail"]["params"]["l1_0"]["kernel"].shape == (181, 128 * 1 * 1)  # uv 32 -> 1 x 1 start
 
 
+def test_resume_reads_neither_the_previous_stage_nor_imagenet_weights(coarse_dir, tmp_path):
+    """A killed detail run could not resume once the coarse workdir it started from was gone
+    (moved, or a cleaned scratch disk), though its own checkpoints hold that frozen encoder: the
+    task required config.init.coarse_checkpoint to exist and read it again. A resume now reads
+    only its checkpoint (the task's resume_variables), and ends bit-identical to a run that was
+    not interrupted. A stage's init.checkpoint and init.imagenet are not read either."""
+    import shutil
+    shutil.copytree(coarse_dir / "coarse", tmp_path / "coarse")
+    config = detail_config(coarse_dir)
+    config.init.coarse_checkpoint = str(tmp_path / "coarse")
+    config.train.update(dict(num_steps=1, eval_every=0))
+    loop.train(config, str(tmp_path / "w"), run.make_task(config))
+    shutil.rmtree(tmp_path / "coarse")
+    config.train.num_steps = 2
+    resumed = loop.train(config, str(tmp_path / "w"), run.make_task(config))
+    assert resumed["losses"][0][0] == 2, "did not resume"
+    ref_config = detail_config(coarse_dir)
+    ref_config.train.update(dict(num_steps=2, eval_every=0))
+    ref = loop.train(ref_config, str(tmp_path / "ref"), run.make_task(ref_config))
+    assert resumed["losses"] == ref["losses"][1:]
+    assert jax.tree.structure(resumed["state"]) == jax.tree.structure(ref["state"])
+    for x, y in zip(jax.tree.leaves(resumed["state"]), jax.tree.leaves(ref["state"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # the coarse stage resumed without its pretrain workdir or ImageNet weights: the same tree
+    coarse = test_coarse.get_config("coarse")
+    coarse.init.update(dict(checkpoint=str(tmp_path / "gone"), imagenet=str(tmp_path / "gone")))
+    want = jax.eval_shape(run.make_task(test_coarse.get_config("coarse")).init_variables, jax.random.key(0))
+    assert jax.eval_shape(run.make_task(coarse).resume_variables, jax.random.key(0)) == want
+
+
 def test_detail_decode_shapes_and_grads(coarse_dir):
     config = detail_config(coarse_dir)
     task = deca_detail.DetailTask(config)

@@ -43,11 +43,6 @@ class CoarseTask(deca_common.DecaParts):
         self.weights = as_weights(config.get("loss"))
         if self.stage == "pretrain":
             self.weights["id"] = 0.0  # DECA's pretrain has no identity term
-        if "init" in config and config.init.get("checkpoint"):
-            paths.require_path(config, "init.checkpoint", "the workdir of the stage this one starts from")
-            self.imagenet = None  # the encoder is read from the previous stage
-        else:
-            self.imagenet = deca_common.imagenet_path(config)
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         self.frozen_features = deca_common.load_frozen_features(features)
         super().__init__(config)
@@ -55,13 +50,21 @@ class CoarseTask(deca_common.DecaParts):
 
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
-        init = self.config.init.get("checkpoint") if "init" in self.config else None
-        if init:
+        """A fresh start: E_flame from config.init.checkpoint (the previous stage's workdir) when
+        set, else initialised from `rng` (its ResNet from config.init.imagenet when set)."""
+        if "init" in self.config and self.config.init.get("checkpoint"):
+            paths.require_path(self.config, "init.checkpoint", "the workdir of the stage this one starts from")
             v = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config, "init.checkpoint")
         else:
-            v = deca_common.with_imagenet_backbone(self.init_net("E_flame", rng), self.imagenet)
+            v = deca_common.with_imagenet_backbone(self.init_net("E_flame", rng), deca_common.imagenet_path(self.config))
             if self.model.get("init_cam_scale"):
                 v = dict(v, params=init_cam_scale(v["params"], float(self.model["init_cam_scale"])))
+        return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)
+
+    def resume_variables(self, rng):
+        """init_variables' tree for a resume (`loop`): the checkpoint holds E_flame, so neither
+        config.init.checkpoint nor config.init.imagenet is read (either may be gone by then)."""
+        v = self.net_zeros("E_flame")
         return {"E_flame": v["params"]}, {"E_flame": v["batch_stats"]}, dict(self.frozen_features)
 
     def _encode(self, params, batch_stats, images, train: bool):

@@ -172,6 +172,12 @@ class DecaParts:
         v = jax.eval_shape(lambda x: self.nets[name].init(jax.random.key(0), x, train=False), self.example_input(name))
         return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
+    def net_zeros(self, name: str) -> dict:
+        """net_template(name) as zeros: the variables a resume_variables returns for a network
+        its checkpoint restores (under the loop's jax.eval_shape only shapes and dtypes count;
+        nothing is read, initialised or compiled)."""
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.net_template(name))
+
     def apply(self, name, params, batch_stats, x, train: bool):
         """Runs network `name`; returns (output, new batch_stats)."""
         variables = {"params": params, "batch_stats": batch_stats}

@@ -1,7 +1,8 @@
 """DECA's detail stage as a task for `jaxdeca.train.loop` (DECA ``trainer.py``, train_detail).
 
-The coarse encoder is frozen (eval-mode BN, loaded from config.init.coarse_checkpoint, a coarse
-stage workdir); the detail encoder and the detail decoder train. Step:
+The coarse encoder is frozen (eval-mode BN). A fresh start loads it from config.init.coarse_checkpoint
+(a coarse stage workdir); checkpoints hold it, so a resume does not read that folder again. The
+detail encoder and the detail decoder train. Step:
 
   images -> frozen E_flame -> codes (shape, tex, exp, pose, cam, light)
          -> E_detail -> detail code [B, 128]
@@ -29,6 +30,9 @@ from jaxdeca.train import deca_common, paths
 from jaxdeca.train.deca_common import composite, draw_points
 
 
+COARSE_WHY = "the workdir of the trained coarse stage (its encoder is frozen here)"
+
+
 class DetailTask(deca_common.DecaParts):
     """DECA detail stage; config.stage 'detail'. Config as CoarseTask plus
     init.coarse_checkpoint (required) and weights.vgg19 (when ID-MRF is on)."""
@@ -37,9 +41,7 @@ class DetailTask(deca_common.DecaParts):
         if str(config.stage) != "detail":
             raise paths.ConfigError(f"config.stage={config.stage!r}: DetailTask trains the 'detail' stage")
         self.stage = "detail"
-        self.coarse_ckpt = paths.require_path(config, "init.coarse_checkpoint",
-                                              "the workdir of the trained coarse stage (its encoder is frozen here)")
-        self.imagenet = deca_common.imagenet_path(config)
+        paths.require_set(config, "init.coarse_checkpoint", COARSE_WHY)  # read by a fresh start only
         self.weights = as_weights(config.get("loss"))
         features = deca_common.frozen_feature_paths(config, self.weights)  # checked before anything is built
         self.frozen_features = deca_common.load_frozen_features(features)
@@ -48,11 +50,22 @@ class DetailTask(deca_common.DecaParts):
 
     # --- variables -----------------------------------------------------------------------------
     def init_variables(self, rng):
+        """A fresh start: the frozen E_flame from config.init.coarse_checkpoint; E_detail (its
+        ResNet from config.init.imagenet when set) and D_detail initialised from `rng`."""
         _, k2, k3 = jax.random.split(rng, 3)  # the first key was the frozen encoder's, now read, not initialised
+        paths.require_path(self.config, "init.coarse_checkpoint", COARSE_WHY)
         coarse = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config,
                                                     "init.coarse_checkpoint", frozen=True)
-        enc = deca_common.with_imagenet_backbone(self.init_net("E_detail", k2), self.imagenet)
-        dec = self.init_net("D_detail", k3)
+        enc = deca_common.with_imagenet_backbone(self.init_net("E_detail", k2), deca_common.imagenet_path(self.config))
+        return self._variables(coarse, enc, self.init_net("D_detail", k3))
+
+    def resume_variables(self, rng):
+        """init_variables' tree for a resume (`loop`): the checkpoint holds all three networks, the
+        frozen E_flame included, so the coarse workdir and config.init.imagenet are not read (the
+        coarse stage's folder may be gone by then)."""
+        return self._variables(*(self.net_zeros(n) for n in ("E_flame", "E_detail", "D_detail")))
+
+    def _variables(self, coarse, enc, dec):
         params = {"E_detail": enc["params"], "D_detail": dec["params"]}
         stats = {"E_detail": enc["batch_stats"], "D_detail": dec["batch_stats"]}
         return params, stats, dict(self.frozen_features, E_flame=coarse)

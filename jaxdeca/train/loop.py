@@ -17,6 +17,11 @@ and optionally
       (pretrained loss networks) and returns as read, not computed from its key or under
       tracing: checkpoints leave them out, recording a fingerprint of each, and a resume takes
       them from init_variables again, refusing ones whose fingerprint differs
+  resume_variables(rng) -> init_variables' tree for a resume (traced by jax.eval_shape): the
+      entries the checkpoint restores need only their shapes and dtypes, so it need not read the
+      files init_variables starts them from (a previous stage's workdir, ImageNet weights), which
+      may be gone by the time a run resumes; frozen_from_config entries it reads as
+      init_variables does. Without it a resume traces init_variables.
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
 loader position), so a killed run restarted with the same config continues bit-for-bit. A
@@ -102,11 +107,11 @@ def fingerprint(tree) -> list[float]:
     return [float(sum(x.size for x in leaves)), float(sum(np.abs(x).sum() for x in leaves))]
 
 
-def fresh_state(task, optimizer, seed: int):
-    """The step-0 TrainState of `task` (its init_variables with jax.random.key(seed)), and
-    {name: value} of its frozen entries read from config (task.frozen_from_config present in
-    frozen)."""
-    params, batch_stats, frozen = task.init_variables(jax.random.key(seed))
+def fresh_state(task, optimizer, seed: int, init_variables=None):
+    """The step-0 TrainState of `task` (init_variables, by default the task's, with
+    jax.random.key(seed)), and {name: value} of its frozen entries read from config
+    (task.frozen_from_config present in frozen)."""
+    params, batch_stats, frozen = (init_variables or task.init_variables)(jax.random.key(seed))
     from_config = {k: frozen[k] for k in sorted(getattr(task, "frozen_from_config", ())) if k in frozen}
     return state_lib.create(params, batch_stats, frozen, optimizer, seed), from_config
 
@@ -115,20 +120,22 @@ def abstract_state(task, optimizer, seed: int, mesh):
     """(fresh_state's state as jax.ShapeDtypeStruct leaves replicated over `mesh`, nothing
     initialised or compiled; {name: value} of its frozen_from_config entries, as init_variables
     returns them): what a resume restores the checkpoint onto and fills the entries it leaves
-    out from. An entry init_variables computes under the trace (from its key) is a TypeError."""
+    out from. The task's resume_variables stands in for init_variables where it has one. An
+    entry init_variables computes under the trace (from its key) is a TypeError."""
     from_config = {}
 
     def build():
-        state, entries = fresh_state(task, optimizer, seed)
+        state, entries = fresh_state(task, optimizer, seed, getattr(task, "resume_variables", None))
         from_config.update(entries)
         return state
 
     shapes = jax.eval_shape(build)
     for k, v in from_config.items():
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(v)):
-            raise TypeError(f"{type(task).__name__}.init_variables computes its frozen_from_config entry {k!r} "
+            fn = "resume_variables" if hasattr(task, "resume_variables") else "init_variables"
+            raise TypeError(f"{type(task).__name__}.{fn} computes its frozen_from_config entry {k!r} "
                             "(from its key, or with jax operations); it must return the values read from config "
-                            "as they are: a resume traces init_variables with jax.eval_shape and takes them from it")
+                            f"as they are: a resume traces {fn} with jax.eval_shape and takes them from it")
     sharding = parallel.replicated(mesh)
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes), from_config
 

@@ -53,13 +53,9 @@ class ConfigPathError(ConfigError):
     """A path field of the config is unset or names nothing on disk."""
 
 
-def require_path(config, field: str, why: str) -> str:
-    """Returns `config.<field>` (a dotted name) if it names an existing file or directory.
-
-    Raises ConfigPathError naming the field, its value and what it is for (for the string
-    'None', what `--config.<field>=None` gives a str field, how to leave it unset instead), e.g.
-    `require_path(config, 'detail.coarse_checkpoint', 'the frozen coarse encoder')`.
-    """
+def require_set(config, field: str, why: str) -> str:
+    """Returns `config.<field>` (a dotted name) if it is set, without looking at the disk;
+    ConfigPathError naming the field and what it is for when it is not."""
     value = config
     for part in field.split("."):
         value = value.get(part) if hasattr(value, "get") else None
@@ -67,6 +63,17 @@ def require_path(config, field: str, why: str) -> str:
             break
     if not value:
         raise ConfigPathError(f"config.{field} is not set; it must name {why} (set --config.{field}=PATH)")
+    return value
+
+
+def require_path(config, field: str, why: str) -> str:
+    """Returns `config.<field>` (a dotted name) if it names an existing file or directory.
+
+    Raises ConfigPathError naming the field, its value and what it is for (for the string
+    'None', what `--config.<field>=None` gives a str field, how to leave it unset instead), e.g.
+    `require_path(config, 'detail.coarse_checkpoint', 'the frozen coarse encoder')`.
+    """
+    value = require_set(config, field, why)
     if not exists(value):
         # ml_collections parses --config.X=None for a placeholder(str) field as the string 'None'
         hint = (f" (--config.{field}=None sets the string 'None'; to leave the field unset, leave the flag out "
