@@ -95,9 +95,10 @@ def run_mode(config, workdir: str) -> None:
 
 def _user_errors():
     """What the job reports as one line (exit status 2) instead of a traceback: a config field,
-    a FLAME file or a checkpoint it cannot use."""
+    a FLAME file, a checkpoint or a built dataset it cannot use."""
+    from jaxdeca.data import DatasetError
     from jaxdeca.train.checkpoint import CheckpointError
-    return paths.ConfigError, FlameFileError, CheckpointError
+    return paths.ConfigError, FlameFileError, CheckpointError, DatasetError
 
 
 def parse_flags(argv):

@@ -352,3 +352,10 @@ def test_image_crop_is_decas_float_warp_of_image_over_255():
     for c in range(3):
         want = skimage_warp_reference(img[..., c] / 255.0, crop.invert(t), CFG.image_size)
         np.testing.assert_allclose(got[..., c], want, atol=2e-5)  # OpenCV's float32 source positions
+
+
+def test_a_record_without_a_path_is_named_by_its_index_alone():
+    """An empty record (every field None, as tfds reads one of a damaged file) was named
+    'record 4 (None)'."""
+    assert loader._record_name({"path": None, "image": None}, 4) == "record 4 (no path)"
+    assert loader._record_name({"path": b"n0001/a.jpg"}, 2) == "record 2 (n0001/a.jpg)"

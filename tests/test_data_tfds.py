@@ -1,5 +1,6 @@
 """tfds builders: identity_faces from a prepared folder, synthetic_faces from the demo head."""
 import json
+import os
 
 import cv2
 import numpy as np
@@ -45,6 +46,49 @@ def test_tfds_loader_over_synthetic(synthetic_builder):
     assert b["image"].shape == (4, 32, 32, 3) and b["mask"].mean() > 0.05
     assert b["identity"][0] == b["identity"][1] and b["identity"][2] == b["identity"][3]
     assert np.all(np.abs(b["landmarks"][..., :2]) < 1)
+
+
+def test_a_damaged_array_record_file_is_one_error_naming_it(synthetic_builder, tmp_path):
+    """tfds reads an array_record file cut short (a full disk, an interrupted copy) as records
+    whose every field is None, without an error: the loader skipped each of them as 'a object
+    array' and stopped after three identities with a message naming no file. Opening the data
+    is now one DatasetError (jaxdeca.main: one line) naming the file, whether it is cut short,
+    damaged, holds another count of records than the dataset's info, or is missing."""
+    import shutil
+    from jaxdeca.data import DatasetError
+    from jaxdeca.main import _user_errors
+    root = tmp_path / "tfds"
+    shutil.copytree(os.path.dirname(os.path.dirname(os.path.dirname(synthetic_builder.data_dir))), root)
+    rel = os.path.relpath(synthetic_builder.data_dir, os.path.dirname(os.path.dirname(os.path.dirname(
+        synthetic_builder.data_dir))))
+    (shard,) = (root / rel).glob("*.array_record-*")
+    data = shard.read_bytes()
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32, seed=0, num_threads=2)
+
+    def open_loader():
+        b = tfds_faces.SyntheticFaces(config=synthetic_builder.builder_config, data_dir=str(root))
+        return loader.tfds_loader(b, cfg, process_index=0, process_count=1)
+    next(open_loader())  # the copy reads
+    for cut, why in ((len(data) // 2, "not a readable array_record file"), (10, "not a readable array_record file")):
+        shard.write_bytes(data[:cut])
+        with pytest.raises(DatasetError, match=f"^{shard}: {why} .*--rebuild"):
+            open_loader()
+    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+    shard.write_bytes(data)
+    reader = ArrayRecordReader(str(shard))
+    records = reader.read_all()
+    reader.close()
+    shard.unlink()
+    writer = ArrayRecordWriter(str(shard), "group_size:1")  # a whole file, of another build
+    for r in records[:-1]:
+        writer.write(r)
+    writer.close()
+    with pytest.raises(DatasetError, match=f"^{shard}: holds 5 records where the dataset's info counts 6"):
+        open_loader()
+    shard.unlink()
+    with pytest.raises(DatasetError, match=f"^{shard}: missing"):
+        open_loader()
+    assert DatasetError in _user_errors()
 
 
 def make_prepared_vggface2(root):

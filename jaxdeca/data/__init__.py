@@ -9,3 +9,8 @@
 
 Submodules are imported on use (tensorflow_datasets and dlib are heavy).
 """
+
+
+class DatasetError(ValueError):
+    """A built dataset cannot be read as it is (a file missing, cut short or damaged, metadata
+    without identity groups); the message names the file or dataset and how to rebuild it."""

@@ -163,7 +163,7 @@ def crop_mask(mask, tform, out_size: int):
 
 
 def _record_name(record, i: int) -> str:
-    path = record.get("path", b"") if isinstance(record, dict) else b""
+    path = (record.get("path") or b"") if isinstance(record, dict) else b""  # None: an empty record
     path = path.decode() if isinstance(path, bytes) else str(path)
     return f"record {i} ({path or 'no path'})"
 

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxdeca.data import images as imageio
-from jaxdeca.data import prepare
+from jaxdeca.data import DatasetError, prepare
 
 FILE_FORMAT = tfds.core.FileFormat.ARRAY_RECORD
 
@@ -324,17 +324,45 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
 
 def data_source(builder: tfds.core.DatasetBuilder, split: str = "train"):
     """Random-access source over the split's array_record files; image and mask stay encoded
-    bytes (the loader decodes them with OpenCV in its worker threads)."""
+    bytes (the loader decodes them with OpenCV in its worker threads). The files are checked
+    first (`check_shards`)."""
+    check_shards(builder, split)
     return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding(),
                                                    "mask": tfds.decode.SkipDecoding()})
+
+
+def check_shards(builder: tfds.core.DatasetBuilder, split: str = "train") -> None:
+    """DatasetError naming the first of the split's array_record files that is missing, cannot be
+    read as one, or holds another number of records than the dataset's info counts. tfds reads
+    such a file (cut short by a full disk or an interrupted copy, say) as records whose every
+    field is None, without an error; the loader then skipped every record of it and stopped
+    with a message that named none of the files. Reads each file's footer (its index of records,
+    which the data source reads too when it first opens the file), not its records."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    info = builder.info.splits[split]
+    advice = "rebuild the dataset (python -m jaxdeca.data.tfds_faces ... --rebuild) or copy the file again"
+    for path, want in zip(info.filepaths, info.shard_lengths):
+        if not path.exists():
+            raise DatasetError(f"{path}: missing ({builder.name} split {split!r} has {len(info.filepaths)} "
+                               f"file(s)); {advice}")
+        reader = ArrayRecordReader(str(path))
+        ok, got, why = reader.ok(), reader.num_records(), ""
+        try:
+            reader.close()
+        except RuntimeError as e:  # a reader that failed to open says why when it is closed
+            ok, why = False, f": {e}" if str(e) else ""
+        if not ok:
+            raise DatasetError(f"{path}: not a readable array_record file (cut short or damaged{why}); {advice}")
+        if got != want:
+            raise DatasetError(f"{path}: holds {got} records where the dataset's info counts {want}; {advice}")
 
 
 def groups(builder: tfds.core.DatasetBuilder, split: str = "train") -> np.ndarray:
     """[G, 3] int64 (identity, first, count) of the split from the builder's metadata."""
     g = builder.info.metadata.get("groups", {}).get(split)
     if g is None:
-        raise ValueError(f"{builder.name}/{builder.builder_config.name}: no identity groups in metadata for "
-                         f"split {split!r}; rebuild it with jaxdeca.data.tfds_faces")
+        raise DatasetError(f"{builder.name}/{builder.builder_config.name}: no identity groups in metadata for "
+                           f"split {split!r}; rebuild it with jaxdeca.data.tfds_faces")
     return np.asarray(g, np.int64).reshape(-1, 3)
 
 
