@@ -261,9 +261,13 @@ def _hard_index(xyz, F, H, W, window, slots, cull=False):
         for k in range(3):
             inside &= sgn * (_col(c, k) + _col(a, k) * dx + _col(b, k) * dy) >= 0
         inv = jnp.where(nondeg, 1.0 / jnp.where(nondeg, area, 1.0), 0.0)
-        zw = fv[..., 2] * inv[:, None]  # depth = sum_k w_k z_k / area: affine too
+        # depth = z_0 + sum_k w_k (z_k - z_0) / area, affine too; measured from corner 0 it is
+        # exact on faces of constant depth, so ties between them (UV maps: all at z = 1) go to
+        # the lowest face index whatever the window, not to the rounding of each window's sum
+        z0 = fv[:, 0, 2]
+        zw = (fv[..., 2] - z0[:, None]) * inv[:, None]
         zc, za, zb = (jnp.sum(t * zw, -1)[:, None, None] for t in (c, a, b))
-        z = jnp.where(inside, zc + za * dx + zb * dy, jnp.inf)
+        z = jnp.where(inside, z0[:, None, None] + (zc + za * dx + zb * dy), jnp.inf)
         zr = _block_scatter("min", jnp.full(canvas, jnp.inf, xyz.dtype), z, ox, cy)
         win = inside & (z == _block_gather(zr, ox, cy, S))
         fcand = jnp.where(win, face[:, None, None], big)
@@ -417,6 +421,9 @@ def _soft_transmittance_bwd(F, H, W, window, slots, sigma, cull, res, g):
     xy, t = res
     S = window
     boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma, cull)
+    # faces with a non-finite vertex have no windows, but a last round's unused slots repeat the
+    # last face with zero weight: 0 x inf would put NaN on its finite vertices
+    xy = jnp.where(jnp.all(jnp.isfinite(xy), axis=(1, 2))[:, None, None], xy, 0.0)
     gpad = _to_canvas(g * t, S)
 
     def body(carry):
@@ -447,7 +454,9 @@ def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft
     # corners of the winning face, one [G, H, W, 3] row gather of the vertices per corner
     # (a gather of [3, 3] blocks of xyz is ~10x slower on XLA's CPU)
     vid = faces[jnp.maximum(fidx, 0)]
-    c0, c1, c2 = (take_rows(v_pix, vid[..., k]) for k in range(3))
+    # background pixels read face 0's corners; zeroed, so that a non-finite one (face 0 skipped)
+    # puts no NaN into the gradient through the masked-out barycentrics
+    c0, c1, c2 = (jnp.where(hit[..., None], take_rows(v_pix, vid[..., k]), 0.0) for k in range(3))
     ys, xs = jnp.meshgrid(jnp.arange(H) + 0.5, jnp.arange(W) + 0.5, indexing="ij")
     p = jnp.stack([xs, ys], -1).astype(v_pix.dtype)
     b, _ = barycentric(p, c0[..., :2], c1[..., :2], c2[..., :2])
@@ -533,9 +542,12 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     of the alpha sum, 10k faces at 224 x 224, sigma = 1, batch 32: 30 MiB one image at a
     time (CPU default), 421 MiB with all 32 images on one canvas in rounds of 2^24 pixels
     (the accelerators' default, compiled for the CPU).
+    Precision: float32 at least. Half-precision vertices (bfloat16 holds 8 significant bits: a
+      pixel position near 200 to within 1 px) are promoted, so the outputs are float32 then.
     """
     H, W = image_size
-    v_pix = to_pixels(verts_img, (H, W))
+    verts_img = jnp.asarray(verts_img)
+    v_pix = to_pixels(verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32)), (H, W))
     faces = jnp.asarray(faces, jnp.int32)
     window = int(window) if window else _default_window()
     soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
