@@ -523,3 +523,44 @@ def test_a_kinematic_tree_other_than_flames_is_refused(tmp_path):
     np.savez(path, **dict(random_flame(), parents=np.array([-1, 0, 0, 0, 0], np.int32)))
     with pytest.raises(io.FlameFileError, match=r"m.npz: key 'parents' is \[-1, 0, 0, 0, 0\]; expected FLAME's"):
         io.load_npz(path)
+
+
+@pytest.mark.parametrize("key, kind, message", [
+    ("faces", "fractional", r"key 'faces' holds float64 values, expected integer indices"),
+    ("full_lmk_faces_idx", "fractional", r"key 'full_lmk_faces_idx' holds float64 values, expected integer indices"),
+    ("uv_faces", "strings", r"key 'uv_faces' holds <U\d+ values, expected a numeric array"),
+    ("v_template", "strings", r"key 'v_template' holds <U\d+ values, expected a numeric array"),
+    ("static_lmk_bary_coords", "complex", r"key 'static_lmk_bary_coords' holds complex\d+ values, expected a numeric"),
+])
+def test_npz_values_of_the_wrong_kind_are_refused_naming_the_key(tmp_path, key, kind, message):
+    """The official pickles' values were checked (`_numeric`), a FLAME npz's were not: float face
+    indices 57.7 became face 57 silently, string indices were a numpy UFuncTypeError naming no file,
+    string vertices were parsed into numbers and complex coordinates lost their imaginary part
+    with a warning. Integral float indices still load (as the pickles' do)."""
+    a = random_flame()
+    v = np.asarray(a[key])
+    bad = {"fractional": v + 0.7, "strings": v.astype(str), "complex": v + 1j}[kind]
+    path = str(tmp_path / "m.npz")
+    np.savez(path, **dict(a, **{key: bad}))
+    with pytest.raises(io.FlameFileError, match=r"m.npz: " + message):
+        io.load_npz(path)
+    np.savez(path, **dict(a, faces=a["faces"].astype(np.float64)))
+    np.testing.assert_array_equal(io.load_npz(path)["faces"], a["faces"])
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("weights", "transposed", r"key 'weights' has shape \(5, 120\), expected \(V=120, 5\)"),
+    ("f", "4 columns", r"key 'f' has shape \(200, 4\), expected \(F=200, 3\)"),
+])
+def test_model_pickle_shape_errors_name_the_pickles_keys(tmp_path, key, value, message):
+    """generic_model.pkl's shape errors named the npz schema's keys ('lbs_weights', 'faces'),
+    which that file does not have."""
+    a = random_flame()
+    path = io.write_generic_model_pkl(str(tmp_path / "generic_model.pkl"), a, chumpy=False)
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="latin1")
+    d[key] = np.asarray(d[key]).T if value == "transposed" else np.concatenate([d[key], d[key][:, :1]], 1)
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    with pytest.raises(io.FlameFileError, match=r"generic_model.pkl: " + message):
+        io.read_generic_model_pkl(path)

@@ -73,6 +73,11 @@ def _fmt(spec, sizes):
 
 def validate(arrays: dict, where: str = "FLAME model") -> None:
     """Checks a FLAME npz dict against the schema; raises FlameFileError on the first problem."""
+    for key in (*REQUIRED, *OPTIONAL):
+        if key in arrays:
+            problem = _dtype_problem(np.asarray(arrays[key]), key in INDEX_KEYS)
+            if problem:
+                raise FlameFileError(f"{where}: key '{key}' holds {np.asarray(arrays[key]).dtype} values, {problem}")
     sizes: dict[str, int] = {}
     _check_shapes(arrays, REQUIRED, where, sizes, required=True)
     _check_shapes(arrays, OPTIONAL, where, sizes, required=False)
@@ -85,6 +90,18 @@ def validate(arrays: dict, where: str = "FLAME model") -> None:
 
 
 LANDMARK_FACE_KEYS = ("static_lmk_faces_idx", "dynamic_lmk_faces_idx", "full_lmk_faces_idx")
+INDEX_KEYS = ("faces", "uv_faces", "parents", *LANDMARK_FACE_KEYS)
+
+
+def _dtype_problem(a: np.ndarray, integer: bool) -> str | None:
+    """What is wrong with the values of a schema array, or None: it must be numeric (bool, int,
+    float; not strings, objects or complex numbers), and an `integer` one (indices) may be
+    float only with integral values (the loader casts them; 57.7 would become 57)."""
+    if a.dtype.kind not in "biuf":
+        return "expected a numeric array"
+    if integer and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
+        return "expected integer indices"
+    return None
 
 
 def check_indices(arrays: dict, bounds: dict, where: str) -> None:
@@ -359,12 +376,12 @@ def _numeric(d: dict, key: str, where: str, dtype) -> np.ndarray:
     """`_array` cast to `dtype`; a value that is no numeric array (a string, a dict, None...) or,
     for an integer dtype, holds non-integral floats is a FlameFileError naming the key."""
     a = _array(d, key, where)
-    if a.dtype.kind not in "biuf":
+    problem = _dtype_problem(a, np.issubdtype(dtype, np.integer))
+    if problem:
         raw = d[key]
-        what = f"{a.dtype} values" if isinstance(raw, (np.ndarray, _ChumpyShim)) else type(raw).__name__
-        raise FlameFileError(f"{where}: key '{key}' holds {what}, expected a numeric array")
-    if np.issubdtype(dtype, np.integer) and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
-        raise FlameFileError(f"{where}: key '{key}' holds {a.dtype} values, expected integer indices")
+        numeric = a.dtype.kind in "biuf" or isinstance(raw, (np.ndarray, _ChumpyShim))
+        raise FlameFileError(f"{where}: key '{key}' holds {f'{a.dtype} values' if numeric else type(raw).__name__}, "
+                             f"{problem}")
     return a.astype(dtype)
 
 
@@ -378,6 +395,9 @@ def _landmark(d: dict, key: str, where: str, dtype) -> np.ndarray:
     if squeezed.shape != want:
         raise FlameFileError(f"{where}: key '{key}' has shape {a.shape}, expected {want}")
     return squeezed
+
+
+_PKL_NAMES = {"lbs_weights": "weights", "faces": "f"}  # npz schema key -> generic_model.pkl's
 
 
 def read_generic_model_pkl(path: str) -> dict:
@@ -403,10 +423,10 @@ def read_generic_model_pkl(path: str) -> dict:
         lbs_weights=_numeric(d, "weights", path, np.float32),
         faces=_numeric(d, "f", path, np.int32),
     )
-    sizes: dict[str, int] = {}
-    geo = {k: v for k, v in REQUIRED.items() if k in out}
-    _check_shapes(out, geo, path, sizes, required=True)
-    check_indices({"f": out["faces"]}, {"f": out["v_template"].shape[0]}, path)  # the pickle's name for them
+    # shapes and indices checked under the pickle's names for them (weights, f), not the npz's
+    named = {_PKL_NAMES.get(k, k): v for k, v in out.items()}
+    _check_shapes(named, {_PKL_NAMES.get(k, k): v for k, v in REQUIRED.items() if k in out}, path, {}, required=True)
+    check_indices(named, {"f": out["v_template"].shape[0]}, path)
     return out
 
 
