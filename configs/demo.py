@@ -19,10 +19,12 @@ def get_config(size: str = ""):
     """size: "" (the main job) or "tiny" (48 px, 1/8-width ResNet, 120 + 2 + 2 steps)."""
     config = ml_collections.ConfigDict()
     config.mode = "demo"
-    config.seed = 0
-    # FLAME model: None = the embedded demo head (jaxdeca/assets/demo_head.npz); otherwise a
-    # FLAME npz written by `python -m jaxdeca.flame.convert`.
+    config.seed = 0  # every stage's seed (jaxdeca.train.demo.stage_config)
+    # FLAME model the stages train and the showcase renders: None = the embedded demo head
+    # (jaxdeca/assets/demo_head.npz); otherwise a FLAME npz written by `python -m
+    # jaxdeca.flame.convert`. The synthetic photos are always rendered from the demo head.
     config.flame_path = ml_collections.config_dict.placeholder(str)
+    # components the showcase renders (training uses DECA's 100 shape, 50 expression, 50 albedo)
     config.n_shape = 100
     config.n_exp = 50
     config.n_tex = 50
@@ -40,6 +42,7 @@ def get_config(size: str = ""):
     d.loss.mrf = 0.0
     d.train.update(dict(batch_size=16, checkpoint_every=250, keep_checkpoints=2, log_every=50,
                         image_every=0, async_checkpoints=True))
+    del d["seed"]  # config.seed is the one seed
     config.stage_defaults = d
     config.stages = ("pretrain", "coarse", "detail")
     config.pretrain = ml_collections.ConfigDict(dict(

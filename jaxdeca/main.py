@@ -57,10 +57,22 @@ class _ConfigFileParser:
         file = path.split(":", 1)[0]
         if not os.path.isfile(file):
             raise ConfigFileError(f"--config={path}: no such config file {file}")
+        _importable_configs(file)
         try:
             return self._parser.parse(path)
         except Exception as e:  # noqa: BLE001 -- whatever get_config raised, named in one line
             raise ConfigFileError(f"--config={path}: {_get_config_error(e)}") from e
+
+
+def _importable_configs(file: str) -> None:
+    """The shipped configs build on each other (`from configs import coarse`); for a FILE in a
+    `configs` package, its parent folder goes at the end of sys.path, so that they load from any
+    working directory, not only the repository root (a `configs` found earlier still wins)."""
+    folder = os.path.dirname(os.path.abspath(file))
+    parent = os.path.dirname(folder)
+    if os.path.basename(folder) == "configs" and os.path.isfile(os.path.join(folder, "__init__.py")) \
+            and parent not in sys.path:
+        sys.path.append(parent)
 
 
 def _get_config_error(e: Exception) -> str:
@@ -89,7 +101,12 @@ def run_mode(config, workdir: str) -> None:
     if config.mode not in MODES:
         raise paths.ConfigError(f"config.mode={config.mode!r} is not one of {sorted(MODES)}")
     module_name, fn_name = MODES[config.mode].split(":")
-    paths.makedirs(workdir)
+    if not workdir:
+        raise paths.ConfigError("--workdir is empty; it must name the folder for the job's outputs")
+    try:
+        paths.makedirs(workdir)
+    except OSError as e:  # a file of that name, no permission, a read-only disk
+        raise paths.ConfigError(f"--workdir={workdir}: cannot be made a folder ({e.strerror or e})") from None
     getattr(importlib.import_module(module_name), fn_name)(config, workdir)
 
 

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Local entry point: creates (or reuses) ./.venv, installs jaxdeca into it, then runs a job.
 #
-#   launch/local.sh demo [WORKDIR]        main job on the embedded demo head (default WORKDIR=workdir/demo)
-#   launch/local.sh test [PYTEST ARGS]    the test suite (what CI runs)
-#   launch/local.sh run MODULE [ARGS]     any `python -m MODULE ARGS` inside the venv
+#   launch/local.sh demo [WORKDIR [FLAGS]]  main job on the embedded demo head (default WORKDIR=workdir/demo);
+#                                           FLAGS go to jaxdeca.main, e.g. --config.flame_path=flame.npz
+#   launch/local.sh test [PYTEST ARGS]      the test suite (what CI runs)
+#   launch/local.sh run MODULE [ARGS]       any `python -m MODULE ARGS` inside the venv
+#
+# demo and run work in the directory they are called from (relative WORKDIR and paths in FLAGS
+# and ARGS are taken from there); the venv is set up from the repository root.
 #
 # The venv needs Python >= 3.11 (PYTHON=/path/to/python chooses one, else python3.11, python3.12
 # or python3). It is reinstalled only when setup.cfg or pyproject.toml changes: a stamp file per
 # extra set records their hash, written only after pip succeeded and jaxdeca imports from the venv.
 set -euo pipefail
+caller="$PWD"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="${JAXDECA_VENV:-$root/.venv}"
@@ -76,7 +81,9 @@ cmd="${1:-demo}"; shift || true
 case "$cmd" in
   demo)
     ensure_venv ""
-    exec "$venv/bin/python" -m jaxdeca.main --config=configs/demo.py --workdir="${1:-workdir/demo}"
+    workdir="${1:-workdir/demo}"; shift || true
+    cd "$caller"
+    exec "$venv/bin/python" -m jaxdeca.main --config="$root/configs/demo.py" --workdir="$workdir" "$@"
     ;;
   test)
     ensure_venv "[test]"
@@ -89,10 +96,11 @@ case "$cmd" in
     ;;
   run)
     ensure_venv ""
+    cd "$caller"
     exec "$venv/bin/python" -m "$@"
     ;;
   *)
-    echo "usage: launch/local.sh {demo [WORKDIR] | test [PYTEST ARGS] | run MODULE [ARGS]}" >&2
+    echo "usage: launch/local.sh {demo [WORKDIR [FLAGS]] | test [PYTEST ARGS] | run MODULE [ARGS]}" >&2
     exit 2
     ;;
 esac

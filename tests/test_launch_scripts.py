@@ -191,3 +191,32 @@ def test_local_failed_install_is_not_stamped(tmp_path):
         assert r.returncode == 1
         assert "installing jaxdeca into" in r.stderr and "pip could not install jaxdeca" in r.stderr
         assert not [p for p in os.listdir(venv) if p.startswith(".jaxdeca-stamp")]
+
+
+def test_local_demo_and_run_pass_their_arguments_and_work_where_called(tmp_path):
+    """`local.sh demo WORKDIR FLAGS` dropped the FLAGS (--config.flame_path=... never reached the
+    job), and demo and run took relative paths from the repository root, where local.sh goes to
+    set up the venv: a relative WORKDIR landed in the checkout, inputs were looked up there. A
+    stand-in venv python prints where it runs and its arguments."""
+    import hashlib
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text('#!/bin/sh\necho "PWD:$(pwd)"\nprintf "ARG:%s\\n" "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    setup = b"".join(open(os.path.join(ROOT, f), "rb").read() for f in ("setup.cfg", "pyproject.toml"))
+    (venv / ".jaxdeca-stamp").write_text(hashlib.sha256(setup).hexdigest()[:16] + "\n")  # installed: no pip
+    here = tmp_path / "here"
+    here.mkdir()
+    env = dict(os.environ, JAXDECA_VENV=str(venv))
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "demo", "my run", "--config.flame_path=flame.npz"], env=env, cwd=here)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"PWD:{here}", "ARG:-m", "ARG:jaxdeca.main",
+                                     f"ARG:--config={ROOT}/configs/demo.py", "ARG:--workdir=my run",
+                                     "ARG:--config.flame_path=flame.npz"]
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "demo"], env=env, cwd=here)
+    assert r.stdout.splitlines()[-1] == "ARG:--workdir=workdir/demo"
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "run", "jaxdeca.apps.reconstruct", "--input", "photos"], env=env,
+              cwd=here)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"PWD:{here}", "ARG:-m", "ARG:jaxdeca.apps.reconstruct", "ARG:--input",
+                                     "ARG:photos"]

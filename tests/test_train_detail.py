@@ -310,6 +310,17 @@ def test_heldout_export_decodes_faces_in_one_flame_program(demo_run):
     assert len(paths_out) == 3
 
 
+def test_demo_seed_is_every_stages_seed():
+    """The demo's config.seed did nothing: each stage took stage_defaults' own seed (0), so
+    --config.seed=5 gave bit-identical runs. It is the one seed of every stage."""
+    from jaxdeca.train import demo
+    config = demo_config.get_config("tiny")
+    assert "seed" not in config.stage_defaults
+    with config.unlocked():
+        config.seed = 5
+    assert [demo.stage_config(config, s, "/w").seed for s in demo.STAGES] == [5, 5, 5]
+
+
 def test_encoder_read_from_the_previous_stage_is_not_initialised(demo_run):
     """The coarse stage's E_flame (from pretrain) and the detail stage's frozen E_flame (from
     coarse) are the checkpoint's variables cast onto their shapes: no init program is compiled

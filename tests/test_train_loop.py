@@ -333,12 +333,36 @@ def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset(
     (["--config=configs/test_toy.py:x"], "error: --config=configs/test_toy.py:x: TypeError: get_config() takes 0 "
      "positional arguments but 1 was given"),
     (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file configs/nope.py"),
+    # a pretrain task given a coarse stage's config ran the coarse objective and saved it as coarse
+    (["--config=configs/test_coarse.py:coarse", "--config.task=pretrain"], "error: config.task='pretrain' but "
+     "config.stage='coarse': a DECA stage is named by both"),
+    # a workdir that cannot be made (tracebacks before)
+    (["--config=configs/test_toy.py", "--workdir="], "error: --workdir is empty"),
+    (["--config=configs/test_toy.py", "--workdir=setup.cfg"], "error: --workdir=setup.cfg: cannot be made a folder "
+     "(File exists)"),
+    # the demo's stages and FLAME file, checked before its dataset is rendered (a KeyError traceback
+    # after it, and a FLAME error after it, before)
+    (["--config=configs/demo.py:tiny", "--config.stages=('pretrian',)"], "error: config.stages=('pretrian',) must "
+     "name some of ('pretrain', 'coarse', 'detail')"),
+    (["--config=configs/demo.py:tiny", "--config.flame_path=nope.npz"], "error: config.flame_path='nope.npz' does "
+     "not exist"),
 ])
 def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
     res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,
                          env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
+
+
+def test_shipped_configs_load_from_any_working_directory(tmp_path):
+    """The shipped configs import each other (`from configs import coarse`), so a --config path
+    to them from outside the repository root was 'No module named configs'. (jaxdeca imports from
+    the installed package here: the repository root is not on the path.)"""
+    env = {k: v for k, v in _env(TF_CPP_MIN_LOG_LEVEL="2").items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}",
+                          f"--config={os.path.join(REPO, 'configs', 'test_coarse.py')}:coarse", "--config.task=pretrain"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "error: config.task='pretrain' but config.stage='coarse'" in res.stderr, res.stderr
 
 
 def test_shipped_config_fields_can_all_be_overridden():

@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca import xla_options
-from jaxdeca.train import loop, run as run_lib
+from jaxdeca.train import loop, paths, run as run_lib
 from jaxdeca.train.deca_common import composite
 
 STAGES = ("pretrain", "coarse", "detail")
@@ -37,6 +37,7 @@ def stage_config(config, stage: str, workdir: str):
     """The full stage config: config.<stage> overrides on top of the shared fields."""
     c = copy.deepcopy(config.stage_defaults)
     with c.unlocked():
+        c.seed = config.seed
         c.stage = stage
         c.task = stage
         c.update(config[stage].to_dict())
@@ -140,8 +141,23 @@ def _flame_and_albedo(task, codes):
     return task.flame(codes["shape"], codes["exp"], codes["pose"])["vertices"], task.albedo(codes)
 
 
+def check_config(config) -> None:
+    """ConfigError naming the field, before the dataset is rendered: config.stages must be a
+    non-empty tuple of STAGES, each once, in their order; config.flame_path, when set, a FLAME
+    file the job can use (FlameFileError naming it otherwise)."""
+    stages = tuple(config.stages)
+    if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(set(stages), key=STAGES.index):
+        raise paths.ConfigError(f"config.stages={stages!r} must name some of {STAGES}, each once and in that order "
+                                "(a stage starts from the one before it)")
+    if config.get("flame_path"):
+        from jaxdeca import flame
+        paths.require_path(config, "flame_path", "a FLAME npz written by python -m jaxdeca.flame.convert")
+        flame.load_arrays(config.flame_path)
+
+
 def run(config, workdir: str) -> None:
     t0 = time.time()
+    check_config(config)
     build_data(config, workdir)
     hist = {stage: train_stage(config, workdir, stage) for stage in config.stages}
     files = export_heldout(config, workdir) if "detail" in hist else []
@@ -160,6 +176,7 @@ def run(config, workdir: str) -> None:
           f"step 0 {l0:.4f} -> final {l1:.4f} ({l0 / max(l1, 1e-12):.1f}x lower)")
     print(f"[demo] wall time this run {(time.time() - t0) / 60:.1f} min")
     n_obj = sum(f.endswith(".obj") for f in files)
-    print(f"[demo] held-out faces: {os.path.join(workdir, 'heldout')} (a grid PNG and {n_obj} OBJs, each with its "
-          "MTL, texture and normal map)")
+    if files:
+        print(f"[demo] held-out faces: {os.path.join(workdir, 'heldout')} (a grid PNG and {n_obj} OBJs, each with "
+              "its MTL, texture and normal map)")
     print(f"[demo] TensorBoard: tensorboard --logdir {workdir}")

@@ -12,6 +12,10 @@ TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coa
 def make_task(config):
     if config.task not in TASKS:
         raise paths.ConfigError(f"config.task={config.task!r} is not one of {sorted(TASKS)}")
+    stage = config.get("stage")
+    if config.task != "toy" and stage != config.task:  # DECA's tasks train the stage config.stage names
+        raise paths.ConfigError(f"config.task={config.task!r} but config.stage={stage!r}: a DECA stage is named "
+                                "by both; set them to the same stage (--config=configs/coarse.py:<stage> sets both)")
     import importlib
     mod, cls = TASKS[config.task].split(":")
     return getattr(importlib.import_module(mod), cls)(config)
