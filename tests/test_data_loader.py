@@ -69,7 +69,7 @@ def test_a_record_that_cannot_be_loaded_is_skipped_and_counted(caplog):
         got = [loader.load_group(recs, groups, CFG, g, skipped) for g in range(12)]
     assert sorted(skipped) == [1, 3, 11]
     assert skipped[11] == "record 11 (id4/a.jpg): ValueError: mask is 48x58 px, its image 96x116 px"
-    assert skipped[1] == "record 1 (id0/bad.jpg): ValueError: record holds bytes OpenCV cannot decode"
+    assert skipped[1] == "record 1 (id0/bad.jpg): BadImage: text, not an image (OpenCV cannot decode it)"
     assert skipped[3].startswith("record 3 (id1/only.jpg): ValueError: ") and "finite" in skipped[3]
     assert "skipped record 1 (id0/bad.jpg)" in caplog.text and "3 record(s) skipped so far" in caplog.text
     for g, (a, b) in enumerate(zip(clean, got)):
@@ -359,3 +359,55 @@ def test_a_record_without_a_path_is_named_by_its_index_alone():
     'record 4 (None)'."""
     assert loader._record_name({"path": None, "image": None}, 4) == "record 4 (no path)"
     assert loader._record_name({"path": b"n0001/a.jpg"}, 2) == "record 2 (n0001/a.jpg)"
+
+
+def test_a_record_too_small_to_crop_fails_in_every_slot_so_batches_do_not_depend_on_history():
+    """A landmark box of (w + h) / 2 = 0.65 px crops to int(0.65 s) = 0 px for scale draws
+    s < 1.54 and to 1 px above: the record failed in some slots only, and the loader, which
+    never tries a failed record again, then built other batches in a resumed run or with
+    another process count than in one long run. It is refused at the smallest scale now, in
+    every slot (found by a review script: batches of a long and a resumed run differed at step 4)."""
+    rng = np.random.default_rng(0)
+    recs, groups = [], []
+    for ident in range(3):
+        groups.append([ident, len(recs), 2])
+        for j in range(2):
+            lmk = rng.uniform(20, 40, (68, 2))
+            if ident == 0 and j == 0:
+                lmk = np.full((68, 2), 30.0)
+                lmk[0] = (30.65, 30.65)
+            recs.append(dict(image=(rng.random((64, 64, 3)) * 255).astype(np.uint8), landmarks=lmk,
+                             mask=np.full((64, 64), 255, np.uint8), identity=ident, path=f"{ident}_{j}.jpg"))
+    groups = np.array(groups)
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32, seed=0, num_threads=1, prefetch=1)
+    with pytest.raises(ValueError, match="face box too small to crop"):
+        crop.train_transform(recs[0]["landmarks"], 32, np.random.default_rng(0))
+    long = loader.FaceLoader(recs, groups, cfg, process_index=0, process_count=1, keep_tform=True)
+    batches = [next(long)["tform"] for _ in range(6)]
+    for step in range(6):
+        fresh = loader.FaceLoader(recs, groups, cfg, process_index=0, process_count=1, keep_tform=True)
+        fresh.restore({"step": step, "seed": 0})
+        np.testing.assert_array_equal(next(fresh)["tform"], batches[step], err_msg=f"step {step}")
+
+
+def test_record_bytes_are_decoded_as_prepare_decodes_them():
+    """The loader decoded record bytes with OpenCV's IMREAD_COLOR, which turns a WebP or PNG by
+    its EXIF orientation, where prepare (images.decode_image), which made the landmarks and
+    mask, does not: a square image would be cropped turned against its landmarks. Both now use
+    images.decode_image."""
+    import io
+    from PIL import Image
+    img = np.zeros((40, 40, 3), np.uint8)
+    img[:10, :20] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "WEBP", exif=exif, lossless=True)
+    data = buf.getvalue()
+    lmk = np.random.default_rng(1).uniform(8, 32, (68, 2))
+    record = dict(image=data, landmarks=lmk, mask=np.full((40, 40), 255, np.uint8), identity=0)
+    cfg = loader.LoaderConfig(groups_per_batch=1, k=1, image_size=40, seed=0)
+    got = loader.crop_example(record, np.random.default_rng(0), cfg)
+    want = loader.crop_example(dict(record, image=images.decode_image(data, min_side=1)), np.random.default_rng(0),
+                               cfg)
+    np.testing.assert_array_equal(got["image"], want["image"])

@@ -637,3 +637,11 @@ def test_broken_output_folder_and_identity_file_are_one_clear_error(tmp_path, ca
     (tmp_path / "images" / "identity_CelebA.txt").write_bytes(b"000001.jpg 2880\n\xff\xfe.jpg 3\n")
     with pytest.raises(ValueError, match=r"identity_CelebA.txt:2: not UTF-8 text"):
         prepare.read_celeba_identities(str(tmp_path / "images"))
+
+
+def test_skin_mask_refuses_landmarks_that_are_not_finite():
+    """NaN landmarks were cast to int32 with a RuntimeWarning and drew a mask somewhere."""
+    lmk = np.random.default_rng(0).uniform(20, 80, (68, 2))
+    lmk[30, 0] = np.nan
+    with pytest.raises(ValueError, match="finite landmarks"):
+        masks.skin_mask(lmk, 100, 100)

@@ -74,8 +74,11 @@ def square_transform(center, size, out_size):
 
 def train_transform(landmarks, out_size, rng, scale=TRAIN_SCALE, trans_scale=0.0):
     """DECA's training crop of landmarks [68, 2] (pixels) with a numpy Generator `rng`.
-    Draws the centre shift then the scale in DECA's order. Returns [3, 3]."""
+    Draws the centre shift then the scale in DECA's order. Returns [3, 3]. A face too small to
+    crop at the smallest scale is refused whatever the draw (ValueError), so that the loader's
+    skipping a record does not depend on which draw met it first."""
     center, old = box_square(*landmark_box(landmarks), kind="kpt")
+    _crop_size(old, min(scale))
     shift = (rng.random(2) * 2 - 1) * trans_scale
     center = center + shift * old
     s = rng.random() * (scale[1] - scale[0]) + scale[0]

@@ -49,6 +49,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca.data import crop, preprocess
+from jaxdeca.data import images as imageio
 
 _SALT_GROUP, _SALT_IMAGE = 1, 2
 MAX_FALLBACK_IDENTITIES = 8  # identities in a row without a loadable image before load_group gives up
@@ -131,7 +132,11 @@ def crop_example(record: dict, rng: np.random.Generator, cfg: LoaderConfig) -> d
     """One record (image/mask encoded bytes or arrays, landmarks [68, 2] pixels) -> training
     sample: image [S,S,3] f32, landmarks [68,3], mask [S,S,1], identity, tform [3,3]."""
     S = cfg.image_size
-    img = preprocess.as_rgb_uint8(_decode(record["image"], cv2.IMREAD_COLOR))
+    data = record["image"]
+    # bytes: prepare's decoder (images.decode_image), so the image is oriented and its 16-bit
+    # levels rounded as they were when its landmarks and mask were made
+    img = imageio.decode_image(data, min_side=1) if isinstance(data, bytes) else \
+        preprocess.as_rgb_uint8(_decode(data, cv2.IMREAD_COLOR))
     mask = _decode(record["mask"], cv2.IMREAD_GRAYSCALE)
     mask = mask[..., 0] if mask.ndim == 3 else mask
     if mask.ndim != 2:

@@ -35,6 +35,8 @@ def skin_mask(landmarks, height: int, width: int, forehead: float = 0.45, eye_di
     lmk = np.asarray(landmarks, np.float64)
     if lmk.shape != (68, 2):
         raise ValueError(f"skin_mask needs landmarks [68, 2], got {lmk.shape}")
+    if not np.all(np.isfinite(lmk)):  # cast to int32 they would draw somewhere, with a warning only
+        raise ValueError("skin_mask needs finite landmarks, got NaN or inf")
     mask = np.zeros((height, width), np.uint8)
     outline = np.concatenate([lmk[JAW], forehead_points(lmk, forehead)], 0)
     hull = cv2.convexHull(np.round(outline * 16).astype(np.int32))
