@@ -36,6 +36,8 @@ DRIVER = textwrap.dedent("""
 
     class SlowLoader(toy.ToyLoader):
         def next(self):
+            if self.i == int(os.environ.get("FAIL_AT", "-1")):
+                raise RuntimeError(f"loader failed at batch {self.i}")
             time.sleep(sleep)
             return super().next()
 
@@ -203,6 +205,61 @@ def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     assert "resumed from step" in res.stderr
     for x, y in zip(_leaves(tmp_path / "ref.npz"), _leaves(tmp_path / "k.npz")):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+def test_an_error_after_a_checkpoint_began_leaves_that_checkpoint_whole(tmp_path):
+    """The loop waited for an async checkpoint only when it ended normally: a loader error (or
+    Ctrl-C) just after step 10's save began ended the process with the checkpoint still being
+    written, left as 10.orbax-checkpoint-tmp, and a restart began again from step 0."""
+    res = subprocess.run([sys.executable, _driver(tmp_path), str(tmp_path / "w"), str(tmp_path / "o.npz"), "0"],
+                         cwd=REPO, env=_env(FAIL_AT="10"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "RuntimeError: loader failed at batch 10" in res.stderr, res.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10"]
+
+
+def test_sigterm_checkpoints_the_step_reached_and_a_rerun_resumes_there(tmp_path):
+    """SIGTERM (scancel, a SLURM time limit) ended a one-process run where it was, losing the
+    steps since its last checkpoint; in a multi-process run jax.distributed's preemption service
+    caught it and the run trained on until SIGKILL. The loop now saves the step it reached and
+    exits with status 143 (128 + SIGTERM); the same command resumes from there."""
+    drv, work = _driver(tmp_path), tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0.3"], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (work / "checkpoints" / "10").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    stopped = int(out.split("stopped by SIGTERM after step ")[1].split(":")[0])
+    assert 10 < stopped < 40 and stopped in [int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()], out
+    res = subprocess.run([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0"], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and f"resumed from step {stopped}" in res.stderr, res.stderr[-2000:]
+
+
+def test_sigterm_stops_a_two_process_run_at_one_step_checkpointed(tmp_path):
+    """Two processes: each gets SIGTERM (as srun passes scancel on); they agree on a step through
+    jax.distributed's preemption service, both save it and exit 143. Before, both trained to the
+    last step."""
+    drv, work = _driver(tmp_path), tmp_path / "mp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0.3", f"127.0.0.1:{port}",
+                               str(i)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    deadline = time.time() + 240
+    while not (work / "checkpoints" / "10").exists():
+        assert all(p.poll() is None for p in procs) and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.1)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [143, 143], outs[0][1][-2000:]
+    stopped = int(outs[0][0].split("stopped by SIGTERM after step ")[1].split(":")[0])
+    assert 10 < stopped < 40 and stopped in [int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()]
 
 
 def test_four_host_devices_match_one_device(tmp_path, four_device_flags):

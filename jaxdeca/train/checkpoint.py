@@ -142,8 +142,9 @@ def _check_matches(manager, step, target, meta) -> None:
 
 
 def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
-    """Renames checkpoint directories `<step>` to `<step>.unreadable` (process 0) and reloads
-    the manager's list of steps."""
+    """Renames checkpoint directories `<step>` to `<step>.unreadable` (process 0) and, once it
+    has (a barrier across processes: one that listed a set-aside step would refuse to save it
+    later, while process 0 waited for it in orbax's save), reloads the manager's list of steps."""
     if jax.process_index() == 0:
         for step in steps:
             src = f"{str(manager.directory).rstrip('/')}/{step}"
@@ -152,6 +153,9 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
                 dst, n = f"{src}.unreadable{n}", n + 1
             paths.rename(src, dst)
             logging.warning("set aside unreadable checkpoint %d as %s", step, dst)
+    if jax.process_count() > 1:  # no process may list the steps again before process 0 renamed them
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxdeca_set_aside_unreadable_checkpoints")
     manager.reload()
 
 

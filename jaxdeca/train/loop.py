@@ -24,7 +24,10 @@ and optionally
       init_variables does. Without it a resume traces init_variables.
 
 The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (state, RNG and
-loader position), so a killed run restarted with the same config continues bit-for-bit. A
+loader position), so a killed run restarted with the same config continues bit-for-bit. On
+SIGTERM (`parallel.StopSignal`; every process of a multi-process run at the same step) it saves
+the step it reached and exits with status 143; whatever ends it, an async checkpoint being
+written is finished first. A
 resume restores onto the state's shapes, dtypes and shardings (`abstract_state`: init_variables
 and the optimiser's init traced by jax.eval_shape), so it initialises and compiles nothing the
 checkpoint overwrites (for DECA a network init is a compile of its forward pass). A
@@ -35,6 +38,7 @@ another config.train.num_steps (`state.check_schedule_resume`: the rate would ju
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import jax
@@ -238,38 +242,55 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
     term_sums, n_summed = None, 0  # the loss terms summed over the steps since the last log
     add_terms = xla_options.jit(_add_terms)
-    for step in range(start + 1, int(tc.num_steps) + 1):
-        batch = parallel.shard_batch(loader.next(), mesh)
-        state, terms = train_step(state, batch)
-        term_sums, n_summed = add_terms(term_sums, terms), n_summed + 1
-        if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
-            jax.block_until_ready(terms)
-            first = progress.first_step_done(step)
-            writer.write_scalars(step, {"first_step_sec": first})
-            logging.info("first step %d took %.1f s (XLA compile included)", step, first)
-        if due(step, log_every, int(tc.num_steps)):
-            scalars = {f"train/{k}": v / n_summed for k, v in metrics.to_scalars(term_sums).items()}
-            term_sums, n_summed = None, 0
-            losses.append((step, scalars["train/loss"]))
-            rates, line = progress.report(step)
-            writer.write_scalars(step, {**scalars, **rates})
-            logging.info("%s loss %.5f", line, scalars["train/loss"])
-            _console(f"{line} loss {scalars['train/loss']:.5f}")
-        if image_every and step % image_every == 0:
-            imgs = image_step(state, batch)
-            if imgs:
-                imgs = host_images(imgs)
-                if jax.process_index() == 0:
-                    writer.write_images(step, imgs)
-        if eval_batches and eval_every and due(step, eval_every, int(tc.num_steps)):
-            do_eval(step)
-        if due(step, ckpt_every, int(tc.num_steps)):
-            info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-            if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
-                                                                 "frozen_from_config": fingerprints,
-                                                                 "lr_schedule": state_lib.schedule_info(config),
-                                                                 "eval_history": list(eval_history), **info}):
-                logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
-    manager.wait_until_finished()
-    writer.flush()
+
+    def save(step):
+        info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
+        if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
+                                                             "frozen_from_config": fingerprints,
+                                                             "lr_schedule": state_lib.schedule_info(config),
+                                                             "eval_history": list(eval_history), **info}):
+            logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
+
+    stopped = None
+    try:  # whatever ends the loop, a checkpoint being written is finished first
+        with parallel.StopSignal() as stop:
+            for step in range(start + 1, int(tc.num_steps) + 1):
+                batch = parallel.shard_batch(loader.next(), mesh)
+                state, terms = train_step(state, batch)
+                term_sums, n_summed = add_terms(term_sums, terms), n_summed + 1
+                if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
+                    jax.block_until_ready(terms)
+                    first = progress.first_step_done(step)
+                    writer.write_scalars(step, {"first_step_sec": first})
+                    logging.info("first step %d took %.1f s (XLA compile included)", step, first)
+                if due(step, log_every, int(tc.num_steps)):
+                    scalars = {f"train/{k}": v / n_summed for k, v in metrics.to_scalars(term_sums).items()}
+                    term_sums, n_summed = None, 0
+                    losses.append((step, scalars["train/loss"]))
+                    rates, line = progress.report(step)
+                    writer.write_scalars(step, {**scalars, **rates})
+                    logging.info("%s loss %.5f", line, scalars["train/loss"])
+                    _console(f"{line} loss {scalars['train/loss']:.5f}")
+                if image_every and step % image_every == 0:
+                    imgs = image_step(state, batch)
+                    if imgs:
+                        imgs = host_images(imgs)
+                        if jax.process_index() == 0:
+                            writer.write_images(step, imgs)
+                if eval_batches and eval_every and due(step, eval_every, int(tc.num_steps)):
+                    do_eval(step)
+                stopping = stop.requested(step)
+                if stopping or due(step, ckpt_every, int(tc.num_steps)):
+                    save(step)
+                if stopping:
+                    stopped = step
+                    break
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.flush()
+    if stopped is not None:
+        _console(f"stopped by SIGTERM after step {stopped}: checkpoint {stopped} saved in {ckpt_dir}; "
+                 "run the same command again to resume")
+        raise SystemExit(128 + signal.SIGTERM)
     return {"state": state, "eval_history": eval_history, "losses": losses}

@@ -9,6 +9,8 @@ eight GPUs or a TPU pod.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -52,6 +54,42 @@ def maybe_initialize_distributed(coordinator_address: str | None = None, num_pro
         return
     logging.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+class StopSignal:
+    """SIGTERM (what scancel, a SLURM time limit and a TPU VM's maintenance send) as a request to
+    stop at a step boundary, so that the loop can checkpoint the step it reached first.
+
+    `with StopSignal() as stop:` ... `stop.requested(step)`, called by every process at every
+    step. One process: a handler sets a flag while the block runs (from the main thread only;
+    elsewhere SIGTERM keeps its action). Several processes: jax.distributed's preemption service
+    already catches SIGTERM on each; they agree on the step to stop at
+    (multihost_utils.reached_preemption_sync_point), so all of them save the same one."""
+
+    def __init__(self):
+        self.flag, self._old = False, None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+            self._old = None
+
+    def _handler(self, signum, frame):
+        self.flag = True
+
+    def requested(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            try:
+                return multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # started with jax_enable_preemption_service off: SIGTERM ends the process
+                return False
+        return self.flag
 
 
 def _slurm_tasks() -> int:

@@ -4,6 +4,8 @@ A stage supplies `loss_fn(params, batch_stats, frozen, batch, rng) -> (loss, (te
 `make_train_step` turns it into `step(state, batch) -> (state, terms)` compiled with the state
 replicated and the batch split over the mesh axis `data`. Gradients of a sharded batch mean are
 all-reduced by XLA automatically (GSPMD), so the same function is exact on 1 or N devices.
+BatchNorm's batch statistics are those of the global batch likewise (synchronised BatchNorm):
+N devices train as one device with the whole batch, as DECA's single-GPU training does.
 Steps are traced with the mesh as the context mesh, so that per-image work that XLA cannot
 split by itself (the rasterizer's data-dependent windows) runs on each device's own images
 (`jaxdeca.render.rasterize`) instead of on the whole batch everywhere.
