@@ -10,7 +10,12 @@ effect on that machine, from the scripts in `benchmarks/` (old/new time, same se
   - a full-size training step: coarse 1.2x faster, detail 1.5x;
   - encode+decode inference: 1.8-1.9x faster;
   - render forward+backward at batch 32, 10k faces at 224 x 224: 1.1-1.3x faster.
-Results agree to float rounding.
+The price is accuracy where a long reduction cancels: XLA's own loop rounds more than YNNPACK's
+kernel. Losses and forward results agree to float rounding, but in the test-sized coarse step
+(configs/test_coarse.py, batch 8) the BatchNorm scale and bias gradients, sums over batch x
+pixels of terms that cancel, are off a float64 reference by up to 9e-3 relative (6e-6 with
+YNNPACK's reductions). What that does to training was not measured; for CPU gradients as exact
+as float32 allows, set the XLA_FLAGS below.
 
 XLA:CPU's MLIR fusion emitters stay on (the test suite turns them off, `tests/conftest.py`, for
 its thousands of small compiles): they emit faster code. `benchmarks/render.py --batches 1,8
