@@ -74,3 +74,11 @@ def test_wrong_code_shapes_refused_with_clear_error(name, args, message):
     codes = {k: None if s is None else jnp.zeros(s) for k, s in shapes.items()}
     with pytest.raises(ValueError, match=message):
         m(**codes)
+
+
+def test_yaw_degrees_has_a_finite_gradient_at_90_degrees():
+    """sqrt(R00^2 + R10^2) at 0 (yaw +-90 degrees) gave NaN gradients."""
+    rot = jnp.asarray([[[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]])
+    assert float(flame.model.yaw_degrees(rot)[0]) == pytest.approx(90.0)
+    grad = jax.grad(lambda r: flame.model.yaw_degrees(r).sum())(rot)
+    assert np.all(np.isfinite(np.asarray(grad)))

@@ -120,3 +120,18 @@ def test_detail_finite_on_degenerate_inputs(value, mask, zscale):
     val, g = jax.value_and_grad(f, (0, 1))(a["uv_texture"], a["uv_z"])
     assert np.isfinite(float(val))
     assert all(np.all(np.isfinite(np.asarray(x))) for x in g)
+
+
+def test_binary_erosion_and_the_symmetry_loss_run_with_x64_on():
+    """Under jax_enable_x64 the erosion's init value 1.0 became float64 against a float32
+    operand: reduce_window refused it, and z_sym_loss and detail_losses with it."""
+    m = np.zeros((1, 8, 8, 1), np.float32)
+    m[0, 1:7, 1:7] = 1
+    with jax.enable_x64(True):
+        for dtype in (jnp.float32, jnp.float64):
+            out = image.binary_erosion(jnp.asarray(m, dtype), 3)
+            assert out.dtype == dtype
+            np.testing.assert_array_equal(np.asarray(out)[0, 2:6, 2:6, 0], 1.0)
+            assert float(np.asarray(out).sum()) == 16.0
+        z = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 8, 1)))
+        assert np.isfinite(float(detail.z_sym_loss(z, jnp.asarray(m))))

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from jaxdeca.render import (SH_CONSTANTS, dense_grid_faces, directional_shading, displacement_to_normals,
@@ -256,3 +257,14 @@ def test_take_rows_values_and_gradient_against_numpy():
         for fn in (loss, jax.jit(loss)):
             np.testing.assert_allclose(take_rows(jnp.asarray(table), jnp.asarray(idx)), ref)
             np.testing.assert_allclose(jax.grad(fn)(jnp.asarray(table)), gref, atol=1e-5)
+
+
+def test_per_image_functions_refuse_batches_of_different_sizes():
+    """grid_sample of one image with two grids returned one output (the second grid dropped),
+    and interpolation of one image's attributes over two images' fragments read image 1 with
+    image 0's data: the one-image shortcut looked at the first argument's batch only."""
+    from jaxdeca.render.interpolate import take_rows
+    with pytest.raises(ValueError, match=r"share their leading \(batch\) size.*\(1, 4, 4, 3\), \(2, 3, 3, 2\)"):
+        grid_sample(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 3, 3, 2)))
+    with pytest.raises(ValueError, match="share their leading"):
+        take_rows(jnp.zeros((1, 4, 3)), jnp.zeros((3, 5), jnp.int32))

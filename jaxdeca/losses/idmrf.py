@@ -37,9 +37,11 @@ LAMBDA_CONTENT = 1.0
 
 
 def _normalise(x, eps=1e-12):
-    """x: [..., C] -> x / max(|x|, eps) over the last axis (gradient-safe at 0)."""
+    """x: [..., C] -> x / max(|x|, eps) over the last axis; 0 with a zero gradient where x = 0
+    (a clamped norm alone gave a gradient of 1 / eps there: a dead ReLU location's 1e12)."""
     sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+    ok = sq > 0
+    return x * jnp.where(ok, jax.lax.rsqrt(jnp.maximum(jnp.where(ok, sq, 1.0), eps * eps)), 0.0)
 
 
 def _mrf_single(gen, tar):

@@ -75,6 +75,7 @@ def binary_erosion(mask, size: int = 5):
     b = (m != 0).astype(jnp.float32)
     # scipy's border value is 0: zero-pad, then a VALID min-pool.
     padded = jnp.pad(b, ((0, 0), (r, size - 1 - r), (r, size - 1 - r)))
-    out = jax.lax.reduce_window(padded, 1.0, jax.lax.min, (1, size, size), (1, 1, 1), "VALID")
+    one = jnp.ones((), padded.dtype)  # a Python 1.0 is float64 under jax_enable_x64: reduce_window refuses it
+    out = jax.lax.reduce_window(padded, one, jax.lax.min, (1, size, size), (1, 1, 1), "VALID")
     out = jax.lax.stop_gradient(out.astype(mask.dtype))
     return out[..., None] if squeeze else out

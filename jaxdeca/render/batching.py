@@ -18,7 +18,14 @@ def batch_mesh_axes(B):
 
 
 def _batch(arrays):
-    return jax.tree.leaves(arrays)[0].shape[0]
+    """The batch size B shared by every leaf of arrays; ValueError naming the shapes when the
+    leaves disagree (one image among several was read with another's data, silently)."""
+    leaves = jax.tree.leaves(arrays)
+    sizes = {x.shape[0] for x in leaves}
+    if len(sizes) != 1:
+        raise ValueError(f"arrays of one batch must share their leading (batch) size, got shapes "
+                         f"{[tuple(x.shape) for x in leaves]}")
+    return sizes.pop()
 
 
 def vmap_images(fn, *arrays):
