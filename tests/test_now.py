@@ -1,6 +1,7 @@
 """NoW export layout, file formats, face crop, alignment + metric on synthetic scans, CLI end to end."""
 import csv
 import json
+import xml.etree.ElementTree as ET
 
 import jax
 import jax.numpy as jnp
@@ -121,6 +122,10 @@ def test_pp_reader_parses_official_format_and_writer_matches_it(tmp_path):
     q = meshio.write_pp(str(tmp_path / "ours.pp"), got)
     np.testing.assert_array_equal(official_style_load_pp(q), got)
     np.testing.assert_array_equal(meshio.read_pp(q), got)
+    for name in ('a&b.obj', 'say "hi".obj', "x<y.obj"):  # XML-escaped: it was written as it was
+        r = meshio.write_pp(str(tmp_path / "named.pp"), got, data_file=name)
+        np.testing.assert_array_equal(meshio.read_pp(r), got)
+        assert ET.parse(r).getroot().find("DocumentData/DataFileName").get("name") == name
     short = tmp_path / "short.pp"
     short.write_text(PP_OFFICIAL.replace(' <point x="24.5516" y="-36.3094" z="-6.52153" active="1" name="6"/>\n', ""))
     with pytest.raises(meshio.NowFileError, match=r"short.pp: found 6 <point> records, expected 7"):

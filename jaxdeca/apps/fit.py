@@ -275,6 +275,9 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
     single = os.path.isfile(input_path) and not input_path.lower().endswith(inputs.VIDEO_EXTS)
     if landmarks is not None and not os.path.exists(landmarks):
         raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
+    if landmarks is not None and not single and not os.path.isdir(landmarks):
+        raise inputs.InputError(f"{landmarks}: --landmarks must be a folder of <stem>.pts or <stem>.txt files "
+                                "when --input is a folder or video")
     written, skipped = [], []
 
     def find(frame):

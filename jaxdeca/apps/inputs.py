@@ -20,7 +20,9 @@ import numpy as np
 from jaxdeca.data import images
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+# the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg)
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
+              ".mts", ".m2ts", ".ogv")
 
 
 class InputError(ValueError):

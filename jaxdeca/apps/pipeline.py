@@ -5,7 +5,7 @@ jitted function, and write every per-face output.
     crop = crop_face(image_uint8)                              # DECA's test crop (data.preprocess)
     codes = model.encode(images [B,224,224,3])                 # dict of codes
     out = model.decode(codes)                                  # vertices, landmarks, renders, uv maps
-    write_outputs(out_dir, name, out, k, crop)                 # OBJ, textures, landmarks, grid, npz
+    write_outputs(out_dir, name, out, k, crop, codes, model.arrays)  # OBJ, textures, landmarks, grid, npz
 
 A checkpoint is a directory holding `E_flame`, `E_detail`, `D_detail` sub-directories of
 orbax variables (what `python -m jaxdeca.convert deca` writes), a single orbax directory

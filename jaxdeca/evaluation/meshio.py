@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
@@ -59,7 +60,7 @@ def write_pp(path: str, points: np.ndarray, data_file: str = "scan.obj") -> str:
     points = np.asarray(points, np.float64)
     lines = ["<!DOCTYPE PickedPoints>", "<PickedPoints>", " <DocumentData>",
              '  <DateTime date="2019-01-01" time="00:00:00"/>', '  <User name="jaxdeca"/>',
-             f'  <DataFileName name="{data_file}"/>', '  <templateName name=""/>', " </DocumentData>"]
+             f'  <DataFileName name={quoteattr(data_file)}/>', '  <templateName name=""/>', " </DocumentData>"]
     lines += [f' <point x="{x:.9g}" y="{y:.9g}" z="{z:.9g}" active="1" name="{i}"/>'
               for i, (x, y, z) in enumerate(points)]
     lines.append("</PickedPoints>")
