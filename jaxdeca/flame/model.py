@@ -60,6 +60,9 @@ class FlameModel:
         eye_pose = jnp.zeros((B, 6), dtype) if eye_pose is None else eye_pose
         betas = jnp.concatenate([shape, expression], axis=1)
         full_pose = jnp.concatenate([pose[:, :3], neck_pose, pose[:, 3:6], eye_pose], axis=1)
+        # rotations in the model's precision at least: all-bfloat16 poses put the contour's yaw
+        # a table row off (its rounding is ~0.3 degrees at 40) and R - I's correctives coarse
+        full_pose = full_pose.astype(jnp.promote_types(full_pose.dtype, dtype))
         verts, _ = lbs.lbs(betas, full_pose, self.v_template, self.basis, self.posedirs,
                            self.J_regressor, PARENTS, self.lbs_weights)
         row = dynamic_row(full_pose)
