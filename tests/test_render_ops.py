@@ -90,6 +90,15 @@ def test_directional_shading_hand_computed():
     s = directional_shading(jnp.array([[0.0, 0.0, -1.0]]))
     np.testing.assert_allclose(s[0], 0.0)
     np.testing.assert_array_equal(vertex_visibility(jnp.array([[[0, 0, -1.0], [0, 0, 0.2]]])), [[1.0, 0.0]])
+    # the light positions may be traced (they were normalised with numpy): jit and grad pass
+    n, pos = jnp.array([[0.0, 0.6, 0.8]]), jnp.array([[0.0, 1.0, 1.0], [1.0, 0.0, 2.0]])
+    loss = jax.jit(lambda p: directional_shading(n, p).sum())
+    want = 3 * 1.7 / 2 * (1.4 / np.sqrt(2) + 1.6 / np.sqrt(5))
+    np.testing.assert_allclose(loss(pos), want, rtol=1e-6)
+    # d/dp of n.p/|p| = (n - (n.p_hat) p_hat) / |p|, times 3 channels x 1.7 / 2 lights
+    p0 = np.array([0.0, 1.0, 1.0])
+    g = (np.array([0.0, 0.6, 0.8]) - 1.4 / 2 * p0) / np.sqrt(2) * 3 * 1.7 / 2
+    np.testing.assert_allclose(jax.grad(loss)(pos)[0], g, rtol=1e-5, atol=1e-6)
 
 
 def torch_vertex_normals(vertices, faces):
@@ -268,3 +277,7 @@ def test_per_image_functions_refuse_batches_of_different_sizes():
         grid_sample(jnp.zeros((1, 4, 4, 3)), jnp.zeros((2, 3, 3, 2)))
     with pytest.raises(ValueError, match="share their leading"):
         take_rows(jnp.zeros((1, 4, 3)), jnp.zeros((3, 5), jnp.int32))
+    # sh_shading broadcast one light over two images' normals, then its VJP failed under grad
+    for n, light in (((2, 3, 4, 3), (1, 9, 3)), ((1, 5, 3), (2, 9, 3))):
+        with pytest.raises(ValueError, match=r"one batch size, got \(.*\) and \(.*\)"):
+            jax.grad(lambda n, l: sh_shading(n, l).sum())(jnp.ones(n), jnp.ones(light))

@@ -50,7 +50,12 @@ def sh_shading(normals, light):
     XLA:CPU: interpolation + shading of a 224 x 224 image, forward+backward, took 4.5 ms
     instead of 1.7 for the normals' gradient and 5.2 instead of 3.9 with the light's; and on
     GPUs/TPUs its forward would run at reduced matmul precision by default.)
+    Both must have the same batch size B (ValueError otherwise: one light for many images is
+    light broadcast to [B, 9, 3] by the caller; the VJP sums over pixels, not over images).
     """
+    if normals.shape[0] != light.shape[0] or light.shape[1:] != (9, 3):
+        raise ValueError(f"sh_shading needs normals [B, ..., 3] and light [B, 9, 3] of one batch size, got "
+                         f"{tuple(normals.shape)} and {tuple(light.shape)}")
     b = _basis_terms(normals)
     return jnp.stack([sum(b[k] * _light_coef(light, k, c, normals.ndim) for k in range(9)) for c in range(3)], -1)
 
@@ -82,10 +87,12 @@ sh_shading.defvjp(_sh_shading_fwd, _sh_shading_bwd)
 def directional_shading(normals, positions=SHAPE_LIGHT_POSITIONS, intensity=SHAPE_LIGHT_INTENSITY):
     """DECA add_directionlight: mean over lights of clamp(n . l_hat, 0, 1) * intensity.
 
-    normals: [..., 3] (DECA passes world-space normals); positions: [L, 3] -> [..., 3].
+    normals: [..., 3] (DECA passes world-space normals); positions: [L, 3] (an array
+    jit and grad may trace) -> [..., 3].
     """
-    d = positions / np.linalg.norm(positions, axis=-1, keepdims=True)
-    ndl = jnp.clip(jnp.einsum("...c,lc->...l", normals, jnp.asarray(d)), 0.0, 1.0)
+    p = jnp.asarray(positions)
+    d = p / jnp.linalg.norm(p, axis=-1, keepdims=True)
+    ndl = jnp.clip(jnp.einsum("...c,lc->...l", normals, d), 0.0, 1.0)
     return jnp.broadcast_to(jnp.mean(ndl * intensity, -1)[..., None], normals.shape[:-1] + (3,))
 
 
