@@ -108,6 +108,20 @@ def test_albedo_formats_roundtrip(tmp_path, fmt):
     np.testing.assert_allclose(got["albedo_basis"], a["albedo_basis"], atol=1e-5)
 
 
+def test_albedo_official_layouts_written_by_hand(tmp_path):
+    """The two official files as their authors wrote them, not through write_albedo_npz:
+    FLAME_albedo_from_BFM.npz holds MU (1, R*R*3) and PC (R*R*3, K) in 0..1; FLAME_texture.npz
+    holds mean (R, R, 3) and tex_dir (R, R, 3, K) in 0..255. Both read as 0..1 [R, R, 3(, K)]."""
+    rng = np.random.default_rng(0)
+    mean, basis = rng.random((4, 4, 3)).astype(np.float32), rng.random((4, 4, 3, 5)).astype(np.float32)
+    np.savez(tmp_path / "bfm.npz", MU=mean.reshape(1, 48), PC=basis.reshape(48, 5))
+    np.savez(tmp_path / "tex.npz", mean=mean * 255, tex_dir=basis * 255)
+    for name in ("bfm.npz", "tex.npz"):
+        got = io.read_albedo(str(tmp_path / name))
+        np.testing.assert_allclose(got["albedo_mean"], mean, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(got["albedo_basis"], basis, rtol=1e-6, err_msg=name)
+
+
 def test_albedo_nearest_downsample_and_channel_reversal():
     R = 4
     mean = np.zeros((R, R, 3), np.float32)

@@ -34,6 +34,9 @@ def test_landmarks2d_pick_contour_rows():
         f = arrays["faces"][arrays["dynamic_lmk_faces_idx"][row]]
         expect = np.einsum("lk,lkc->lc", arrays["dynamic_lmk_bary_coords"][row], np.asarray(v)[f])
         np.testing.assert_allclose(outs[d][0, :17], expect, atol=1e-6)
+        f = arrays["faces"][arrays["static_lmk_faces_idx"]]
+        static = np.einsum("lk,lkc->lc", arrays["static_lmk_bary_coords"], np.asarray(v)[f])
+        np.testing.assert_allclose(outs[d][0, 17:], static, atol=1e-6)
     assert not np.allclose(outs[-30][0, :17], outs[30][0, :17])
 
 

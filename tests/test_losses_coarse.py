@@ -8,15 +8,27 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from jaxdeca.losses import coarse, default_loss_config
+from jaxdeca.losses.identity import id_overlay, identity_loss
+
+
+def deca_landmark_weights():
+    """DECA lossfunc.weighted_landmark_loss's table, written out as DECA builds it."""
+    w = torch.ones(68)
+    w[5:7] = 2
+    w[10:12] = 2
+    w[27:36] = 1.5  # nose
+    w[30] = 3
+    w[31] = 3
+    w[35] = 3
+    w[60:68] = 1.5  # inner mouth
+    w[48:60] = 1.5
+    w[48] = 3
+    w[54] = 3
+    return w
 
 
 def test_landmark_weights_table():
-    w = coarse.landmark_weights()
-    assert w.shape == (68,)
-    expect = {5: 2, 6: 2, 10: 2, 11: 2, 27: 1.5, 29: 1.5, 30: 3, 31: 3, 35: 3, 34: 1.5,
-              48: 3, 54: 3, 49: 1.5, 59: 1.5, 60: 1.5, 67: 1.5, 0: 1, 17: 1, 36: 1, 47: 1, 4: 1}
-    for i, v in expect.items():
-        assert w[i] == v, i
+    np.testing.assert_array_equal(coarse.landmark_weights(), deca_landmark_weights().numpy())
 
 
 def test_weighted_landmark_hand_computed():
@@ -40,7 +52,7 @@ def test_landmark_matches_deca_torch():
     pred = rng.uniform(-1, 1, (3, 68, 2)).astype(np.float32)
     # DECA: weights multiply the visibility column in place, then batch_kp_2d_l1_loss
     real = torch.from_numpy(gt.copy())
-    real[:, :, 2] = torch.from_numpy(coarse.landmark_weights())[None, :] * real[:, :, 2]
+    real[:, :, 2] = deca_landmark_weights()[None, :] * real[:, :, 2]
     kp_gt, kp_pred = real.view(-1, 3), torch.from_numpy(pred).view(-1, 2)
     vis = kp_gt[:, 2]
     ref = torch.matmul(torch.abs(kp_gt[:, :2] - kp_pred).sum(1), vis) / (vis.sum() * 2 + 1e-8)
@@ -54,6 +66,23 @@ def test_eye_and_lip_distances_hand_computed():
     pred[0, 62, 1] = 0.3                        # one open lip pair (62, 66), distance 0.3
     np.testing.assert_allclose(float(coarse.eyed_loss(pred, gt)), 0.2 / 4, rtol=1e-6)
     np.testing.assert_allclose(float(coarse.lipd_loss(pred, gt)), 0.3 / 3, rtol=1e-6)
+
+
+def test_eye_and_lip_distances_match_deca_torch():
+    """DECA lossfunc.eyed_loss / lipd_loss (eye_dis: [37, 38, 43, 44] against [41, 40, 47, 46];
+    lip_dis: [61, 62, 63] against [67, 66, 65]) on landmarks that all differ."""
+    rng = np.random.default_rng(5)
+    gt = rng.uniform(-1, 1, (3, 68, 3)).astype(np.float32)
+    pred = rng.uniform(-1, 1, (3, 68, 2)).astype(np.float32)
+
+    def dis(lm, up, down):
+        return torch.sqrt(((lm[:, up, :] - lm[:, down, :]) ** 2).sum(2))
+
+    tp, tg = torch.from_numpy(pred), torch.from_numpy(gt)[:, :, :2]
+    for fn, up, down in ((coarse.eyed_loss, [37, 38, 43, 44], [41, 40, 47, 46]),
+                         (coarse.lipd_loss, [61, 62, 63], [67, 66, 65])):
+        ref = (dis(tp, up, down) - dis(tg, up, down)).abs().mean()
+        np.testing.assert_allclose(float(fn(pred, gt)), float(ref), rtol=1e-5, err_msg=fn.__name__)
 
 
 def test_photometric_hand_computed():
@@ -140,6 +169,20 @@ def test_coarse_losses_terms_and_gradients_per_code_group():
     assert set(terms) == {"landmark", "eye_distance", "lip_distance", "photometric_texture",
                           "identity", "shape_reg", "expression_reg", "tex_reg", "light_reg"}
     np.testing.assert_allclose(float(total), float(sum(terms.values())), rtol=1e-6)
+    # each term is its unweighted loss times DECA's weight, written here as literals
+    lm, rendered, shading, codes = _pipeline(params)
+    gt = inp["landmarks_gt"]
+    fem, alpha = inp["face_eye_mask"][..., None], inp["alpha_images"]
+    mask = coarse.coarse_photo_mask(inp["skin_mask"], fem, alpha, True)
+    overlay = id_overlay(inp["albedo_images"], shading, inp["face_eye_mask"], inp["images"])
+    expect = {"landmark": coarse.weighted_landmark_loss(lm, gt) * 1.0, "eye_distance": coarse.eyed_loss(lm, gt) * 1.0,
+              "lip_distance": coarse.lipd_loss(lm, gt) * 0.5,
+              "photometric_texture": coarse.photometric_loss(rendered * fem * alpha, inp["images"], mask) * 2.0,
+              "identity": identity_loss(overlay, inp["images"], _features) * 0.2,
+              "shape_reg": coarse.code_reg(codes["shape"]) * 1e-4, "expression_reg": coarse.code_reg(codes["exp"]) * 1e-4,
+              "tex_reg": coarse.code_reg(codes["tex"]) * 1e-4, "light_reg": coarse.light_reg(codes["light"]) * 1.0}
+    for name, want in expect.items():
+        np.testing.assert_allclose(float(terms[name]), float(want), rtol=1e-5, err_msg=name)
     grads = jax.grad(lambda p: _total(p, inp)[0])(params)
     for name, g in grads.items():
         assert np.all(np.isfinite(np.asarray(g))), name

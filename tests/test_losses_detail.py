@@ -90,6 +90,14 @@ def test_detail_losses_terms_values_and_grads():
     tp, gp, mp = (detail.face_patch(a[k]) for k in ("uv_texture", "uv_texture_gt", "uv_vis_mask"))
     np.testing.assert_allclose(float(terms["photo_detail"]),
                                float(jnp.mean(jnp.abs(tp * mp - gp * mp))) * 2.0, rtol=1e-5)
+    # DECA's weights, as literals: photo_D 2, mrf 0.05 (times photo_D), reg_z, reg_diff, reg_sym 0.005
+    from jaxdeca.losses.idmrf import idmrf_loss
+    np.testing.assert_allclose(float(terms["photo_detail_mrf"]),
+                               float(idmrf_loss(tp * mp, gp * mp, _vgg)) * 2.0 * 0.05, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["z_diff"]), float(detail.shading_smooth_loss(a["uv_shading"])) * 0.005,
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(terms["z_sym"]), float(detail.z_sym_loss(a["uv_z"], a["uv_vis_mask"])) * 0.005,
+                               rtol=1e-5)
     np.testing.assert_allclose(float(total), float(sum(terms.values())), rtol=1e-6)
     g = jax.grad(lambda t, z, s: detail.detail_losses(
         vgg_features_fn=_vgg, **{**a, "uv_texture": t, "uv_z": z, "uv_shading": s})[0],
