@@ -90,6 +90,11 @@ def test_checkpoint_export_cli_uses_now_crop_and_zeroes_expression(tmp_path, now
     box = now_predict.read_bbox(str(root / "detected_face" / ENTRIES[0].replace(".jpg", ".npy")))
     crop, t = now_predict.now_crop(img, box)
     assert crop.shape == (224, 224, 3) and abs(t[0, 0] - 223 / int(117.5 * 1.6)) < 1e-12
+    # DECA's datasets/now.py: centre of the box, side int(1.6 * (w + h) / 2), its corners -> 0 and 223
+    (l, top, r, b), side = box, int(1.6 * ((box[2] - box[0]) + (box[3] - box[1])) / 2)
+    cx, cy = (l + r) / 2, (top + b) / 2
+    for corner, want in (((cx - side / 2, cy - side / 2), (0, 0)), ((cx + side / 2, cy + side / 2), (223, 223))):
+        np.testing.assert_allclose(t[:2] @ [*corner, 1.0], want, atol=1e-9)
     shape = pipe.encode(np.stack([crop, crop]))["shape"][:1]
     want_v, want_l7 = now_predict.neutral_prediction(pipe.flame, shape)
     obj, npy = now.prediction_paths(str(tmp_path / "pred"), ENTRIES[0])

@@ -6,6 +6,7 @@ from configs import test_coarse
 from jaxdeca.train import loop, paths, run
 from jaxdeca.train.data import SyntheticFaceLoader, synthetic_group_batch
 from jaxdeca.train.deca_coarse import CoarseTask
+from tests.test_train_detail import _FixedBatch
 
 
 # The synthetic batches here are 4 images at 48 px, as configs/test_coarse.py's (2 identities
@@ -37,6 +38,16 @@ def test_loader_resume_position():
         SyntheticFaceLoader(3, 2, 48, seed=1)
 
 
+def fixed_batch_task(config):
+    """The stage's task with a loader that repeats its first batch, so that the loss falls
+    because the step optimises it: over fresh batches the loss of a run whose updates were
+    dropped fell too (the last batches happened to be easier: 0.89 and 0.99 of the first)."""
+    task = run.make_task(config)
+    batch = task.make_loader(int(config.train.batch_size), 0, 1).next()
+    task.make_loader = lambda *a: _FixedBatch(batch)
+    return task
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "coarse"])
 def test_stage_learns_and_is_deterministic(tmp_path, stage):
     config = test_coarse.get_config(stage)
@@ -46,16 +57,16 @@ def test_stage_learns_and_is_deterministic(tmp_path, stage):
         # DECA's pretrain is landmarks + closures + shape/exp regularisers only; from DECA's zero
         # camera-scale init 10 steps barely move the landmarks, so start from a positive scale
         config.model.init_cam_scale = 8.0
-    out = loop.train(config, str(tmp_path / "a"), run.make_task(config))
+    out = loop.train(config, str(tmp_path / "a"), fixed_batch_task(config))
     losses = np.array([l for _, l in out["losses"]])
     assert np.all(np.isfinite(losses))
-    assert losses[-3:].mean() < losses[:3].mean()
+    assert losses[-3:].mean() < 0.9 * losses[:3].mean(), losses  # 0.44 (pretrain), 0.65 (coarse)
     (s0, e0), (s1, e1) = out["eval_history"][0], out["eval_history"][-1]
     assert s0 == 0 and s1 == config.train.num_steps and "eval/landmark_l1" in e1
     # eval uses running BN statistics, which 10 steps at batch 4 do not settle: only reported here
     assert np.isfinite(e0["eval/landmark_l1"]) and np.isfinite(e1["eval/landmark_l1"])
     if stage == "pretrain":
-        out2 = loop.train(config, str(tmp_path / "b"), run.make_task(config))
+        out2 = loop.train(config, str(tmp_path / "b"), fixed_batch_task(config))
         np.testing.assert_allclose([l for _, l in out2["losses"]], losses, rtol=1e-5)
 
 

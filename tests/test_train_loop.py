@@ -181,6 +181,22 @@ def test_resume_over_unreadable_checkpoint_keeps_history_and_a_finished_run_trai
     assert "no steps trained: the run in" in capsys.readouterr().out
 
 
+def _wait_for_checkpoint(procs, path, hang_limit=240):
+    """Polls until `path` (a committed checkpoint folder) exists while every process in `procs`
+    runs. A process that ends first fails the test; so does `hang_limit` seconds without it, a
+    guard against a hung child (not a speed check). On failure the processes are killed."""
+    start = time.monotonic()
+    while not path.exists():
+        ended = [p.args for p in procs if p.poll() is not None]
+        hung = time.monotonic() - start > hang_limit
+        if ended or hung:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"run ended before its first checkpoint: {ended}" if ended else
+                        f"no checkpoint {path} after {hang_limit} s: the run hangs")
+        time.sleep(0.1)
+
+
 def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     drv = _driver(tmp_path)
     ref = subprocess.run([sys.executable, drv, str(tmp_path / "ref"), str(tmp_path / "ref.npz"), "0"],
@@ -190,10 +206,7 @@ def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     work = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "k.npz"), "0.3"], cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (work / "checkpoints" / "10").exists():  # orbax renames to the final name only on commit
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.1)
+    _wait_for_checkpoint([proc], work / "checkpoints" / "10")  # orbax renames to the final name only on commit
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     steps = [int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()]
@@ -225,10 +238,7 @@ def test_sigterm_checkpoints_the_step_reached_and_a_rerun_resumes_there(tmp_path
     drv, work = _driver(tmp_path), tmp_path / "w"
     proc = subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0.3"], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while not (work / "checkpoints" / "10").exists():
-        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.1)
+    _wait_for_checkpoint([proc], work / "checkpoints" / "10")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
@@ -250,10 +260,7 @@ def test_sigterm_stops_a_two_process_run_at_one_step_checkpointed(tmp_path):
     procs = [subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0.3", f"127.0.0.1:{port}",
                                str(i)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    deadline = time.time() + 240
-    while not (work / "checkpoints" / "10").exists():
-        assert all(p.poll() is None for p in procs) and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.1)
+    _wait_for_checkpoint(procs, work / "checkpoints" / "10")
     for p in procs:
         p.send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=120) for p in procs]

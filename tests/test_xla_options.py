@@ -99,6 +99,33 @@ def test_setup_jit_gives_the_op_by_op_bits_and_traces_inline_under_transformatio
     np.testing.assert_allclose(static(a, 2), a * 2)
 
 
+_FMA_CHECK = """
+import os, numpy as np, jax, jax.numpy as jnp
+from jaxdeca import xla_options
+a, b, c, d = (jnp.asarray(r, jnp.float32) for r in np.random.default_rng(0).uniform(0, 64, (4, 8192)))
+f = lambda a, b, c, d: a * b - c * d
+eager = np.asarray(f(a, b, c, d))
+print(np.count_nonzero(np.asarray(xla_options.setup_jit(f)(a, b, c, d)) != eager), "OK")
+"""
+
+
+def test_setup_jit_gives_the_op_by_op_bits_under_xla_default_flags():
+    """The test above runs under this suite's XLA_FLAGS (-O0 everywhere), where the bits match
+    whatever options setup_jit passes; with XLA's default flags, as users run, its own -O0 is
+    what keeps a * b - c * d from fused multiply-adds (without it 2896 of 8192 differ)."""
+    import os
+    import subprocess
+    import sys
+    if jax.default_backend() != "cpu":
+        pytest.skip("the setup options are CPU options")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(xla_options.__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p]))
+    out = subprocess.run([sys.executable, "-c", _FMA_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["0", "OK"], (out.stdout, out.stderr[-3000:])
+
+
 def test_setup_jit_drops_a_setup_option_an_xla_no_longer_knows(monkeypatch):
     """An XLA newer than the pinned one that has dropped one of the setup options (jaxlib 0.11.2
     knows no xla_cpu_use_fusion_emitters) refused every setup program, so make_topology, the
