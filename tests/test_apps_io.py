@@ -103,6 +103,17 @@ def test_mpeg_and_wmv_videos_are_read_not_left_out(tmp_path):
     assert [f.name for f in inputs.iter_frames(str(tmp_path / "a.mpg"))] == ["a_00000", "a_00001"]
 
 
+def test_jfif_images_are_read_and_heic_photos_named_as_skipped(tmp_path):
+    """.jfif/.jpe JPEGs and .HEIC phone photos in a folder were left out without a word ("0
+    skipped"): the JPEGs are read, a HEIC photo (which OpenCV cannot decode) is one Skipped."""
+    ok, data = cv2.imencode(".jpg", np.full((16, 16, 3), 90, np.uint8))
+    for name in ("a.jfif", "b.jpe", "c.HEIC"):
+        (tmp_path / name).write_bytes(data.tobytes())
+    items = list(inputs.iter_frames(str(tmp_path)))
+    assert [(i.name, type(i).__name__) for i in items] == [("a", "Frame"), ("b", "Frame"), ("c", "Skipped")]
+    assert items[2].reason == f"{tmp_path / 'c.HEIC'}: HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first"
+
+
 def test_folder_items_with_the_same_name_are_renamed(tmp_path):
     """Outputs go to out/<name>/: a later file (or video frame) whose name an earlier one has
     gets '<name>_<ext>', so nothing is overwritten; the other names stay as they were."""

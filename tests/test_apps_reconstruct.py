@@ -68,6 +68,12 @@ def test_crop_none_takes_grey_rgba_and_one_pixel_images():
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(pipeline.CheckpointError, match="no such checkpoint"):
         pipeline.load_checkpoint(str(tmp_path / "missing"))
+    # the release file itself, not converted: "no such checkpoint directory" though it exists
+    tar = tmp_path / "deca_model.tar"
+    tar.write_bytes(b"PK")
+    with pytest.raises(pipeline.CheckpointError, match=rf"{tar}: a file, not a model directory.*python -m "
+                       rf"jaxdeca.convert deca --src {tar} --out DIR"):
+        pipeline.load_checkpoint(str(tar))
 
 
 def zero_variables(model: dict) -> dict:

@@ -209,6 +209,10 @@ def test_load_model_from_official_folder_and_pkl(tmp_path):
     os.remove(p["obj"])
     with pytest.raises(io.FlameFileError, match="missing head_template.obj"):
         flame.load_arrays(str(tmp_path / "data"))
+    # a folder without the model pickle said "missing ... next to generic_model.pkl", as if it were there
+    os.remove(p["model_pkl"])
+    with pytest.raises(io.FlameFileError, match=r"data: missing generic_model.pkl, head_template.obj \("):
+        flame.load_arrays(str(tmp_path / "data"))
 
 
 def test_albedo_jit_vmap_grad():

@@ -364,3 +364,19 @@ def test_flame_file_with_too_few_albedo_components_is_refused(tmp_path):
     config.flame.path = few
     with pytest.raises(flame.FlameFileError, match=f"{few}: the albedo basis has 10 components, the texture code 50"):
         CoarseTask(config)
+    # a FLAME file the task cannot use names the config field too (as the weights' fields do)
+    config.flame.path = "no_such_flame.npz"
+    with pytest.raises(flame.FlameFileError, match=r"^config.flame.path='no_such_flame.npz': no_such_flame.npz: "):
+        CoarseTask(config)
+
+
+def test_checkpoints_record_the_flame_file_as_an_absolute_path(tmp_path, monkeypatch):
+    """A workdir recorded config.flame.path as typed ('flame.npz'), so reconstruct run from any
+    other folder read no file there or, silently, another flame.npz; it is recorded absolute."""
+    import shutil
+    from jaxdeca import flame
+    shutil.copy(flame.DEMO_HEAD, tmp_path / "flame.npz")
+    monkeypatch.chdir(tmp_path)
+    config = test_coarse.get_config("coarse")
+    config.flame.path = "flame.npz"
+    assert CoarseTask(config).checkpoint_info()["flame_path"] == str(tmp_path / "flame.npz")

@@ -19,10 +19,7 @@ import numpy as np
 
 from jaxdeca.data import images
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-# the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg)
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
-              ".mts", ".m2ts", ".ogv")
+IMAGE_EXTS, VIDEO_EXTS = images.IMAGE_EXTS, images.VIDEO_EXTS
 
 
 class InputError(ValueError):
@@ -92,9 +89,10 @@ def _is_video(path: str) -> bool:
 
 
 def list_images(folder: str, videos: bool = False) -> list[str]:
-    """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name.
-    A folder that cannot be listed is an InputError naming it."""
-    exts = IMAGE_EXTS + (VIDEO_EXTS if videos else ())
+    """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name;
+    HEIC/HEIF photos too, which iter_frames names as skipped. A folder that cannot be listed is an
+    InputError naming it."""
+    exts = IMAGE_EXTS + images.HEIC_EXTS + (VIDEO_EXTS if videos else ())
     try:
         listed = os.listdir(folder)
     except OSError as e:
@@ -164,6 +162,8 @@ def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
     """The frames of one file of a folder, or one Skipped when it cannot be read."""
     name = os.path.splitext(os.path.basename(path))[0]
     try:
+        if path.lower().endswith(images.HEIC_EXTS):
+            raise InputError(f"{path}: {images.HEIC_REASON}")
         if _is_video(path):
             yield from iter_video(path, every=video_every)
         else:

@@ -113,6 +113,9 @@ def check_out_dir(path: str, file: str | None = None) -> str:
 def load_checkpoint(path: str) -> dict:
     """{'E_flame', 'E_detail', 'D_detail'} Flax variables from a converted/trained model dir,
     as stored (`load_model_dir` checks them against the networks)."""
+    if os.path.isfile(path):
+        raise CheckpointError(f"{path}: a file, not a model directory; a DECA release file (deca_model.tar) is "
+                              f"converted first: python -m jaxdeca.convert deca --src {path} --out DIR")
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such checkpoint directory")
     parts = [n for n in NETS if os.path.isdir(os.path.join(path, n))]
@@ -473,7 +476,8 @@ def trained_flame_arrays(checkpoint: str | None, info: dict, flame_path: str | N
             f"{checkpoint}: a model directory records no FLAME model, so its codes need one: pass --flame "
             "(flame_path=) naming DECA's data/ folder, its generic_model.pkl or a python -m jaxdeca.flame.convert "
             f"npz ({flame.DEMO_HEAD} for the embedded demo head)")
-    if "flame_path" not in info or flame_path == info["flame_path"]:
+    if "flame_path" not in info or flame_path == info["flame_path"] or \
+            (flame_path and info["flame_path"] and os.path.abspath(flame_path) == info["flame_path"]):
         return flame.load_arrays(flame_path), flame_name(flame_path)
     trained = info["flame_path"]
     try:

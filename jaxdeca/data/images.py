@@ -13,6 +13,14 @@ import numpy as np
 
 MIN_SIDE = 64
 
+# file types by extension (lower case), shared by prepare and the apps
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+# the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg)
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
+              ".mts", ".m2ts", ".ogv")
+HEIC_EXTS = (".heic", ".heif")  # phone photos OpenCV cannot decode: listed, to be named as skipped
+HEIC_REASON = "HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first"
+
 
 class BadImage(ValueError):
     """A file that cannot be used as a face image; str() is the reason."""

@@ -51,11 +51,10 @@ from jaxdeca.argtypes import positive_int
 from jaxdeca.atomic_file import open_replacing
 from jaxdeca.data import detect, images, masks
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = images.IMAGE_EXTS
 # files listed (so counted in summary.json) but never read: the reason each is skipped
-UNUSABLE_EXTS = {**dict.fromkeys((".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".3gp"),
-                                 "video file: extract its frames first"),
-                 **dict.fromkeys((".heic", ".heif"), "HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first")}
+UNUSABLE_EXTS = {**dict.fromkeys(images.VIDEO_EXTS, "video file: extract its frames first"),
+                 **dict.fromkeys(images.HEIC_EXTS, images.HEIC_REASON)}
 LAYOUTS = ("vggface2", "voxceleb2", "bupt", "celeba", "folders")
 MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 

@@ -584,9 +584,10 @@ def read_official(path: str) -> dict:
             if os.path.isfile(os.path.join(directory, name)):
                 found[role] = os.path.join(directory, name)
                 break
-    for role in ("landmarks", "obj"):
-        if role not in found:
-            raise FlameFileError(f"{directory}: missing {OFFICIAL_NAMES[role]} next to {os.path.basename(model_pkl)}")
+    missing = ([os.path.basename(model_pkl)] if not os.path.isfile(model_pkl) else []) + \
+        [OFFICIAL_NAMES[role] for role in ("landmarks", "obj") if role not in found]
+    if missing:  # every file the folder lacks, the model pickle first
+        raise FlameFileError(f"{directory}: missing {', '.join(missing)} (the FLAME files DECA's data/ folder holds)")
     return assemble(model_pkl, found["landmarks"], found["obj"], found.get("albedo"), found.get("uv_face_eye_mask"),
                     found.get("uv_face_mask"), found.get("fixed_displacement"))
 

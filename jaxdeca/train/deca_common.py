@@ -122,17 +122,23 @@ class DecaParts:
         self.size = int(config.data.image_size)
         self.uv_size = int(self.model["uv_size"])
         self.flame_path = flame_path(config)
-        self.arrays = flame.load_arrays(self.flame_path)
         where = self.flame_path or flame.DEMO_HEAD
-        self.flame = flame.from_arrays(self.arrays, where=where)
-        flame.texture.check_components(self.arrays, dict(models.CODE_SIZES)["tex"], where)
+        try:
+            self.arrays = flame.load_arrays(self.flame_path)
+            self.flame = flame.from_arrays(self.arrays, where=where)
+            flame.texture.check_components(self.arrays, dict(models.CODE_SIZES)["tex"], where)
+        except flame.FlameFileError as e:
+            if self.flame_path is None:
+                raise
+            raise flame.FlameFileError(f"config.flame.path={self.flame_path!r}: {e}") from None
         self.topo = render.make_topology(self.arrays, uv_size=self.uv_size)
         self.nets = build_networks(self.model)
 
     def checkpoint_info(self) -> dict:
         """What a reader of the checkpoint needs to rebuild the networks (saved in 'extra')."""
         return {"model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()},
-                "image_size": self.size, "flame_path": self.flame_path}
+                # absolute: the apps read it from wherever they run (a relative path named another file there)
+                "image_size": self.size, "flame_path": paths.resolve(self.flame_path) if self.flame_path else None}
 
     def check_resume(self, extra: dict, where: str) -> None:
         """Refuses (ConfigError) to resume the checkpoint `where` whose `extra` (the checkpoint_info
