@@ -388,3 +388,105 @@ def test_build_input_errors_are_one_line_naming_the_file(tmp_path, capsys):
     (out / "index.jsonl").write_text(index)
     (out / "meta.json").write_text('{"images_ro')
     assert f"{out / 'meta.json'}: cannot be read as JSON" in run(out, "d6")
+
+
+def _tree(folder):
+    """{relative path: bytes} of every file under folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _records(builder):
+    src = tfds_faces.data_source(builder)  # check_shards first
+    return [(src[i]["path"].decode(), src[i]["image"], src[i]["landmarks"].tolist()) for i in range(len(src))]
+
+
+def test_a_failed_rebuild_keeps_the_dataset_built_before(tmp_path, capsys, monkeypatch):
+    # --rebuild used tfds' REUSE_CACHE_IF_EXISTS, which deletes the version folder before it
+    # generates: a rebuild that then stopped (an image changed since prepare read it, a full
+    # disk) left an empty folder, and training on the dataset built before could not start. Now
+    # the old dataset stays as it was until a new one is complete, and then the new one replaces it
+    root = make_prepared_vggface2(tmp_path)
+    data = tmp_path / "d"
+    args = ["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir", str(root / "out"),
+            "--data-dir", str(data)]
+    assert tfds_faces.main(args) == 0
+    capsys.readouterr()
+    built = _tree(data)
+    version = data / "identity_faces" / "vggface2" / "1.0.0"
+    assert any(k.startswith("identity_faces/vggface2/1.0.0/") and "array_record" in k for k in built)
+    old = _records(tfds_faces.get_builder("identity_faces", "vggface2", str(data)))
+    assert [r[0] for r in old] == ["n0001/0001_01.jpg", "n0001/0002_01.png", "n0002/0001_01.jpg"]
+    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32)
+
+    def kept_as_it_was():
+        assert _tree(data) == built  # the same files, byte for byte, and nothing left of the rebuild
+        b = tfds_faces.get_builder("identity_faces", "vggface2", str(data))
+        tfds_faces.check_shards(b)
+        assert _records(b) == old and tfds_faces.groups(b).tolist() == [[0, 0, 2], [1, 2, 1]]
+        batch = next(loader.make_loader("identity_faces", "vggface2", cfg, str(data), process_index=0,
+                                        process_count=1))  # training still starts on it
+        assert batch["image"].shape == (4, 32, 32, 3)
+
+    # 1. an image changed since prepare read it: the same one-line error, the old dataset kept
+    p = root / "images" / "n0001" / "0002_01.png"
+    good = p.read_bytes()
+    cv2.imwrite(str(p), 255 - cv2.imread(str(p)))
+    assert tfds_faces.main(args + ["--rebuild"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {p}: changed since prepare read it"), errors
+    assert version.is_dir()
+    kept_as_it_was()
+    p.write_bytes(good)
+
+    # 2. any other failure half way through writing (here: a full disk after the first example)
+    generate = tfds_faces.IdentityFaces._generate_examples
+
+    def disk_full(self, *a):
+        for key, example in generate(self, *a):
+            if key == 1:
+                raise OSError(28, "No space left on device")
+            yield key, example
+    monkeypatch.setattr(tfds_faces.IdentityFaces, "_generate_examples", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        tfds_faces.build(tfds_faces.get_builder("identity_faces", "vggface2", str(data)), str(root / "out"),
+                         rebuild=True)
+    kept_as_it_was()
+    monkeypatch.undo()
+
+    # 3. a rebuild that succeeds replaces it: the new records, read where the old ones were
+    q = root / "images" / "n0003" / "0001_01.jpg"
+    q.parent.mkdir()
+    cv2.imwrite(str(q), 255 - cv2.imread(str(root / "images" / "n0001" / "0001_01.jpg")))
+    detect.write_pts(str(q.with_suffix(".pts")), np.random.default_rng(1).uniform(20, 60, (68, 2)))
+    assert prepare.prepare(str(root / "images"), str(root / "out"), "vggface2", workers=1, progress=False)["ok"] == 4
+    given = tfds_faces.get_builder("identity_faces", "vggface2", str(data))
+    b = tfds_faces.build(given, str(root / "out"), rebuild=True)
+    new = _records(b)
+    assert b.data_dir == str(version) and [r[0] for r in new] == [r[0] for r in old] + ["n0003/0001_01.jpg"]
+    assert new[:3] == old and new[3][1] == q.read_bytes()
+    assert b.info.metadata["identities"] == ["n0001", "n0002", "n0003"] and len(tfds_faces.groups(b)) == 3
+    again = tfds_faces.get_builder("identity_faces", "vggface2", str(data))
+    assert _records(again) == new and again.info.metadata["index_sha256"] == tfds_faces.index_digest(str(root / "out"))
+    assert sorted(_tree(data)) == sorted(built)  # the same files (new contents); no rebuild folder left
+    assert tfds_faces.main(args) == 0  # reused as built from this index.jsonl
+    assert "train 4 examples of 3 identities" in capsys.readouterr().out
+    assert tfds_faces.main(args + ["--rebuild"]) == 0  # and the command line rebuilds it too
+    assert "train 4 examples of 3 identities" in capsys.readouterr().out
+    assert _records(tfds_faces.get_builder("identity_faces", "vggface2", str(data))) == new
+
+
+def test_rebuild_keeps_the_images_folder_and_a_synthetic_config_object(tmp_path):
+    # the rebuild writes with a builder of its own: it must read the images from the folder the
+    # given builder was told (--images), and keep a config given as an object, not by name
+    root = make_prepared_vggface2(tmp_path)
+    data = str(tmp_path / "d")
+    tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=data), str(root / "out"))
+    (root / "images").rename(root / "moved")
+    b = tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=data, images_root=str(root / "moved")),
+                         str(root / "out"), rebuild=True)
+    assert len(_records(b)) == 3
+    cfg = tfds_faces.SyntheticConfig(name="test", identities=2, images_per_identity=2, image_size=32, seed=3)
+    s = tfds_faces.build(tfds_faces.SyntheticFaces(config=cfg, data_dir=data))
+    first = _records(s)
+    s = tfds_faces.build(tfds_faces.SyntheticFaces(config=cfg, data_dir=data), rebuild=True)
+    assert s.builder_config is cfg and _records(s) == first and len(first) == 4

@@ -25,6 +25,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import uuid
+import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -291,12 +293,19 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
 
 def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
           rebuild: bool = False) -> tfds.core.DatasetBuilder:
-    """download_and_prepare as array_record (manual_dir for IdentityFaces). Returns builder.
+    """download_and_prepare as array_record (manual_dir for IdentityFaces). Returns the builder
+    to read it with.
 
     A dataset already built is reused, unless `rebuild` (it is written again) or, for
     IdentityFaces, manual_dir's index.jsonl is no longer the one it was built from (prepare ran
     again: new or fixed images): then ValueError naming the dataset folder, which `rebuild`
-    replaces. A manual_dir that is not a folder prepare made is FileNotFoundError naming it."""
+    replaces. A manual_dir that is not a folder prepare made is FileNotFoundError naming it.
+
+    A rebuild writes the new dataset beside the old one (`_rebuild`: for a while the disk holds
+    both) and replaces the old one only once the new one is complete: a build that fails (an
+    image changed since prepare read it, a full disk) leaves the dataset built before as it was,
+    readable by training. It returns a new builder reading the new dataset; the one given still
+    describes the dataset it replaced."""
     if manual_dir is not None:
         index = os.path.join(manual_dir, "index.jsonl")
         if not os.path.isdir(manual_dir):
@@ -304,8 +313,9 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
         if not os.path.isfile(index):
             raise FileNotFoundError(f"{index}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
     prepared = builder.is_prepared()
-    overwrite = prepared and rebuild
-    if prepared and not rebuild and isinstance(builder, IdentityFaces) and manual_dir is not None:
+    if prepared and rebuild:
+        return _rebuild(builder, manual_dir)
+    if prepared and isinstance(builder, IdentityFaces) and manual_dir is not None:
         built = builder.info.metadata.get("index_sha256")
         if built != index_digest(manual_dir):
             how = ("an index.jsonl other than" if built else
@@ -313,13 +323,56 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
             raise ValueError(f"{builder.data_dir}: built from {how} the one in {manual_dir} now (prepare ran "
                              "again since?); rebuild it: --rebuild (it replaces the dataset: stop training runs "
                              "that read it first)")
-    mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-    cfg = tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode)
+    cfg = tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                       download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     # a built dataset's info (read from it) already names its file format, and tfds refuses to set it again
     fmt = None if prepared else FILE_FORMAT
     builder.download_and_prepare(download_config=cfg, file_format=fmt)
     return builder
+
+
+def _builder_at(builder: tfds.core.DatasetBuilder, data_dir: str) -> tfds.core.DatasetBuilder:
+    """A new builder of the same dataset, config and version as `builder` (and, for IdentityFaces,
+    images folder) over another tfds data dir."""
+    kw = dict(config=builder.builder_config, version=str(builder.version), data_dir=data_dir)
+    if isinstance(builder, IdentityFaces):
+        kw["images_root"] = builder._images_root
+    return type(builder)(**kw)
+
+
+def _rebuild(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> tfds.core.DatasetBuilder:
+    """Write the built dataset of `builder` again, replacing it only once the new one is complete.
+    tfds' own overwrite (REUSE_CACHE_IF_EXISTS) deletes the version folder before it generates: a
+    build that then stopped (an image changed since prepare read it, a full disk) left no dataset,
+    and the training runs that read the old one could not start again. Instead the new dataset is
+    built in a hidden folder of the same tfds data dir, `.<name>-<config>-rebuild-<pid>-<random>/`
+    (the same filesystem: the moves below are renames), and then its version folder (shards,
+    dataset_info.json, features and metadata; tfds reads the shards' paths relative to it) takes
+    the old one's place: the old one is moved into the hidden folder, which is removed with the
+    rest tfds wrote there (`<name>/.config`, downloads/), whether the build succeeded or not.
+    Returns a builder reading the new dataset."""
+    real = builder.data_path
+    root = builder.data_dir_root
+    tmp = root / f".{builder.name}-{builder.builder_config.name}-rebuild-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        new = _builder_at(builder, os.fspath(tmp))
+        cfg = tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                           download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+        new.download_and_prepare(download_config=cfg, file_format=FILE_FORMAT)
+        replaced = tmp / "replaced"
+        real.rename(replaced)
+        try:
+            new.data_path.rename(real)
+        except BaseException:
+            replaced.rename(real)  # put the old dataset back
+            raise
+    finally:
+        try:
+            tmp.rmtree(missing_ok=True)
+        except OSError as e:  # never hide the build's own error behind this one
+            warnings.warn(f"{tmp}: could not remove this folder of the rebuild ({e}); remove it by hand")
+    return _builder_at(builder, os.fspath(root))
 
 
 def data_source(builder: tfds.core.DatasetBuilder, split: str = "train"):
