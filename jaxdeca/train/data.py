@@ -6,7 +6,9 @@
                crop at a random scale, K images per identity, deterministic and resumable.
                Fields: dataset, config, data_dir (None = tfds' default; a synthetic dataset
                that is missing is built there), eval_split ('test': held-out identities;
-               falls back to 'train' with a warning for a dataset too small to have them).
+               falls back to 'train' with a warning for a dataset too small to have them; any
+               other split the dataset lacks is a ConfigError). A wrong dataset, config or data
+               dir is a ConfigError naming the field (`tfds_builder`).
   'synthetic'  demo heads rendered on the fly (`SyntheticFaceLoader` below), no files at
                all; used by the tests.
 
@@ -91,18 +93,73 @@ def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, 
     from jaxdeca.data import loader as loader_lib
     d = config.data
     k = check_k(config, local_bs)
-    data_dir = d.get("data_dir")
-    if data_dir is None and d.dataset != "synthetic_faces":
-        paths.require_path(config, "data.data_dir", f"the tfds data dir holding {d.dataset}/{d.config} "
-                           "(build it with python -m jaxdeca.data.tfds_faces)")
-    if data_dir is not None:
-        paths.makedirs(data_dir)
+    tfds_builder(config)  # config.data's dataset, config and data dir checked (a missing synthetic one built)
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
                                   color_jitter=float(d.get("color_jitter", 0.0)),
                                   num_threads=int(d.get("num_threads", 4)))
-    return loader_lib.make_loader(d.dataset, d.config, cfg, data_dir=data_dir, split=split,
+    return loader_lib.make_loader(d.dataset, d.config, cfg, data_dir=d.get("data_dir"), split=split,
                                   process_index=process_index, process_count=process_count)
+
+
+def _build_command(dataset: str, name: str, data_dir: str | None) -> str:
+    manual = " --manual-dir PREPARED" if dataset == "identity_faces" else ""
+    return (f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {name}{manual} "
+            f"--data-dir {data_dir if data_dir is not None else 'DIR'}")
+
+
+def _built_in(data_dir: str | None) -> str:
+    """'; built in DIR: dataset/config, ...' (or 'nothing is built in DIR') for a data dir that
+    exists, else ''; looks for each known config's dataset_info.json, no listing of the folder."""
+    from jaxdeca.data import tfds_faces
+    if data_dir is None or not paths.isdir(data_dir):
+        return ""
+    built = [f"{name}/{c.name}" for name, cls in sorted(tfds_faces.BUILDERS.items()) for c in cls.BUILDER_CONFIGS
+             if paths.exists(f"{str(data_dir).rstrip('/')}/{name}/{c.name}/{cls.VERSION}/dataset_info.json")]
+    return f"; built in {data_dir}: {', '.join(built)}" if built else f"; nothing is built in {data_dir}"
+
+
+def tfds_builder(config):
+    """The tfds builder of config.data (source 'tfds'): dataset, config and data_dir checked, one
+    ConfigError naming the field for an unknown dataset or config, a data dir that does not exist
+    or a dataset that is not built there (with the build command and what is built there).
+    A single process builds a missing synthetic_faces dataset itself (creating data_dir), as
+    `jaxdeca.data.loader.make_loader` does; identity_faces must be built beforehand, so its data
+    dir is never created here (a mistyped one would be an empty folder)."""
+    import jax
+    from jaxdeca.data import tfds_faces
+    d = config.data
+    dataset, name, data_dir = d.dataset, d.config, d.get("data_dir")
+    if dataset not in tfds_faces.BUILDERS:
+        raise paths.ConfigError(
+            f"config.data.dataset={dataset!r} is not a dataset of jaxdeca.data.tfds_faces; choose one of "
+            f"{sorted(tfds_faces.BUILDERS)}{_built_in(data_dir)} (build one with "
+            f"{_build_command('DATASET', 'CONFIG', data_dir)}, --manual-dir PREPARED for identity_faces)")
+    names = [c.name for c in tfds_faces.BUILDERS[dataset].BUILDER_CONFIGS]
+    if name not in names:
+        raise paths.ConfigError(
+            f"config.data.config={name!r} is not a config of {dataset}; choose one of {names}"
+            f"{_built_in(data_dir)} (build one with {_build_command(dataset, 'CONFIG', data_dir)})")
+    builds_itself = dataset == "synthetic_faces" and jax.process_count() == 1
+    what = f"the tfds data dir holding {dataset}/{name} (build it with {_build_command(dataset, name, None)})"
+    if data_dir is None and dataset != "synthetic_faces":
+        paths.require_path(config, "data.data_dir", what)
+    if data_dir is not None:
+        if builds_itself:
+            paths.makedirs(data_dir)
+        elif not paths.isdir(paths.require_path(config, "data.data_dir", what)):
+            raise paths.ConfigPathError(f"config.data.data_dir={data_dir!r} is not a folder; it must name {what}")
+    builder = tfds_faces.get_builder(dataset, name, data_dir)
+    if not builder.is_prepared():
+        if not builds_itself:
+            where = f"config.data.data_dir={data_dir!r}" if data_dir is not None else \
+                "tfds' default data dir (config.data.data_dir is unset)"
+            raise paths.ConfigPathError(
+                f"config.data.config={name!r}: {dataset}/{name} is not built in {where}{_built_in(data_dir)}; "
+                f"build it with {_build_command(dataset, name, data_dir)}, or set config.data.config / "
+                "config.data.data_dir to a dataset built")
+        tfds_faces.build(builder)
+    return builder
 
 
 def check_k(config, local_bs: int) -> int:
@@ -140,9 +197,7 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
         return []
     check_k(config, local_bs)
     if d.get("source", "synthetic") == "tfds":
-        from jaxdeca.data import tfds_faces
-        builder = tfds_faces.get_builder(d.dataset, d.config, d.get("data_dir"))
-        split = choose_eval_split(builder, d.get("eval_split", "test"))
+        split = choose_eval_split(tfds_builder(config), d.get("eval_split", "test"))
         stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
@@ -151,14 +206,22 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
 
 
 def choose_eval_split(builder, wanted: str) -> str:
-    """`wanted` if the built dataset has that split, else 'train' with a warning (a dataset with
-    fewer than 50 identities holds none out)."""
-    splits = builder.info.metadata.get("groups", {})
+    """`wanted` (config.data.eval_split) if the built dataset has that split; for the default
+    'test', 'train' with a warning when the dataset holds no identities out (fewer than 50
+    identities: see tfds_faces.heldout_identities). Any other split it lacks (a typo) is a
+    ConfigError naming config.data.eval_split and the dataset's splits."""
+    splits = sorted(builder.info.metadata.get("groups", {}))
     if wanted in splits:
         return wanted
-    logging.warning("%s/%s has no %r split (identities held out); evaluating on 'train'",
-                    builder.name, builder.builder_config.name, wanted)
-    return "train"
+    name = f"{builder.name}/{builder.builder_config.name}"
+    if wanted == "test" and not [s for s in splits if s != "train"]:
+        logging.warning("%s has no %r split (identities held out); evaluating on 'train'", name, wanted)
+        return "train"
+    held = ("'test' holds the identities never trained on" if "test" in splits else
+            "it holds no identities out, so the default 'test' evaluates on 'train'")
+    raise paths.ConfigError(
+        f"config.data.eval_split={wanted!r} is not a split of {name}; it has {', '.join(map(repr, splits)) or 'none'}"
+        f" (set config.data.eval_split to one of them; {held})")
 
 
 def _select(batch: dict) -> dict:
