@@ -77,3 +77,77 @@ def test_checkpoint_of_another_config_is_named_not_called_unreadable(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match=r"another config.*opt_state/0/count is not in the checkpoint"):
         checkpoint.restore_latest(mngr, more, set_aside_unreadable=True)
     assert sorted(os.listdir(d)) == ["1", "2"]
+
+
+def test_entry_the_state_has_no_place_for_is_another_config_not_unreadable(tmp_path):
+    """A checkpoint holding an optimiser-state entry the state asked for lacks (a cosine schedule's
+    step count in the optimiser's tuple, resumed with the constant schedule) passed the check of
+    the entries the state wants; orbax then refused the tree and every step was reported
+    unreadable ('no readable checkpoint'). It is one CheckpointError naming the entry, nothing set
+    aside."""
+    d = tmp_path / "ckpt"
+    mngr = checkpoint.make_manager(str(d), async_save=False)
+    for s in (1, 2):
+        checkpoint.save(mngr, s, dict(_state(s), opt_state=({"mu": jnp.zeros((3, 4))}, {"count": jnp.asarray(s)})))
+    fewer = dict(_state(0), opt_state=({"mu": jnp.zeros((3, 4))}, ()))
+    with pytest.raises(checkpoint.CheckpointError, match=r"step 2 was written with another config.*"
+                                                         r"opt_state/1/count is in the checkpoint but not in the state now"):
+        checkpoint.restore_latest(mngr, fewer, set_aside_unreadable=True)
+    assert sorted(os.listdir(d)) == ["1", "2"]
+
+
+def test_check_extra_refuses_before_restoring_and_unreadable_extra_falls_back(tmp_path):
+    """restore_latest's check_extra sees each checkpoint's extra before its state is read: what it
+    raises stops the restore as it is (not 'unreadable', nothing set aside); a checkpoint whose
+    files are damaged is still set aside and the previous one restored."""
+    from jaxdeca.train import paths
+    d = tmp_path / "ckpt"
+    mngr = checkpoint.make_manager(str(d), async_save=False)
+    for s in (1, 2):
+        checkpoint.save(mngr, s, _state(s), {"s": s})
+    seen = []
+
+    def refuse(step, extra):
+        seen.append((step, extra))
+        raise paths.ConfigError(f"step {step} refused")
+    with pytest.raises(paths.ConfigError, match="step 2 refused"):
+        checkpoint.restore_latest(mngr, _state(0), set_aside_unreadable=True, check_extra=refuse)
+    assert seen == [(2, {"s": 2})] and sorted(os.listdir(d)) == ["1", "2"]
+    _corrupt(d / "2")
+    mngr = checkpoint.make_manager(str(d), async_save=False)
+    seen.clear()
+    step, state, extra = checkpoint.restore_latest(mngr, _state(0), set_aside_unreadable=True,
+                                                   check_extra=lambda s, e: seen.append((s, e)))
+    assert step == 1 and extra == {"s": 1} and seen == [(1, {"s": 1})]
+    np.testing.assert_array_equal(state["params"]["w"], np.ones((3, 4)))
+    assert sorted(os.listdir(d)) == ["1", "2.unreadable"]
+
+
+@pytest.mark.parametrize("was, now", [("cosine", "constant"), ("constant", "cosine")])
+def test_resume_with_another_lr_schedule_names_config_optim_schedule(tmp_path, was, now):
+    """A run trained with config.optim.schedule='cosine' (checkpoints at steps 2 and 4) and run
+    again with the constant schedule reported every checkpoint as unreadable ('tree structures do
+    not match'), then 'no readable checkpoint'; the reverse named only an optimiser-state entry.
+    The checkpoints are whole, the config changed: it is one ConfigError naming
+    config.optim.schedule, the checkpoint's and the config's, before any state is restored, and
+    the checkpoint folders are left as they were."""
+    from configs import test_toy
+    from jaxdeca.train import loop, paths
+    from jaxdeca.train.toy import ToyTask
+
+    def config(schedule):
+        c = test_toy.get_config()
+        c.optim.schedule = schedule
+        c.train.update(dict(num_steps=4, checkpoint_every=2, eval_every=0))
+        return c
+    work = tmp_path / "w"
+    loop.train(config(was), str(work), ToyTask(config(was)))
+    with pytest.raises(paths.ConfigError) as e:
+        loop.train(config(now), str(work), ToyTask(config(now)))
+    over = " over config.train.num_steps=4" if was == "cosine" else ""
+    assert str(e.value) == (f"{work / 'checkpoints'}: checkpoint step 4 was written with another optimiser "
+                            f"configuration: it was trained with config.optim.schedule={was!r}{over} but "
+                            f"config.optim.schedule={now!r} now (another learning-rate curve and optimiser state); "
+                            f"resume with config.optim.schedule={was!r}, or use another workdir"), str(e.value)
+    assert sorted(os.listdir(work / "checkpoints")) == ["2", "4"]
+    assert loop.train(config(was), str(work), ToyTask(config(was)))["losses"] == []

@@ -11,7 +11,11 @@ warning and the previous one is restored instead (the training loop renames the 
 ones to `<step>.unreadable`, so that it saves those steps again); only when none can be read
 does resuming fail, naming every step it tried. A checkpoint whose structure or shapes differ
 from the state asked for (written with another config: network width, optimiser) is not
-unreadable: restoring stops there with a CheckpointError naming the first entry that differs.
+unreadable: restoring stops there with a CheckpointError naming the first entry that differs
+(one the state asks for that the checkpoint lacks, one of other shape, or one the checkpoint
+holds that the state has no place for). A caller that knows which config values the extra
+records (the training loop: the learning-rate schedule) passes `check_extra`, which sees each
+checkpoint's extra before its state is restored and can refuse it naming the config field.
 
 Restoring onto a given structure reads what that structure asks for: entries a checkpoint
 holds beyond it (a dict key a stage no longer saves, e.g. the frozen feature networks that
@@ -20,7 +24,7 @@ checkpoints written before they were left out still carry) are read and dropped.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -66,7 +70,8 @@ def open_for_reading(directory: str) -> ocp.CheckpointManager:
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *,
-                   set_aside_unreadable: bool = False) -> tuple[int, Any, dict] | None:
+                   set_aside_unreadable: bool = False,
+                   check_extra: Callable[[int, dict], None] | None = None) -> tuple[int, Any, dict] | None:
     """Restores the newest readable checkpoint.
 
     Args:
@@ -79,6 +84,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         `<step>.unreadable` (kept for inspection, no longer steps of the manager), so that a
         run going on from the restored one saves those steps again (orbax does not save a
         step that exists). For a manager that writes (the training loop's).
+      check_extra: called as check_extra(step, extra) with each checkpoint's extra dict before
+        its state is restored; it raises (e.g. paths.ConfigError) to refuse a checkpoint written
+        with a config this run must not resume with (another optimiser schedule: the state's tree
+        differs too, which orbax would report as a mismatch). What it raises stops the restore
+        as it is, nothing set aside; a checkpoint whose extra cannot be read is unreadable.
 
     Returns:
       (step, state, extra), or None when the directory holds no checkpoint.
@@ -95,10 +105,13 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         try:
             meta = manager.item_metadata(step)["state"]
             target = _host_target(meta) if abstract is None else _with_unasked(abstract, meta)
+            extra = None if check_extra is None else _read_extra(manager, step)
         except Exception as e:  # noqa: BLE001 -- unreadable metadata: fall back to the previous one
             failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
             continue
+        if check_extra is not None:  # a config it refuses is not an unreadable checkpoint: not caught
+            check_extra(step, extra)
         if abstract is not None and meta is not None:
             _check_matches(manager, step, target, meta)
         try:
@@ -117,6 +130,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
 
 
+def _read_extra(manager: ocp.CheckpointManager, step: int) -> dict:
+    """Checkpoint `step`'s extra dict alone (its state is not read)."""
+    return dict(manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))["extra"] or {})
+
+
 def _leaf_shapes(tree) -> dict[str, tuple]:
     """{'params/Dense_0/kernel': shape} of a state, abstract state or checkpoint metadata tree."""
     def name(k):
@@ -130,10 +148,14 @@ def _leaf_shapes(tree) -> dict[str, tuple]:
 
 def _check_matches(manager, step, target, meta) -> None:
     """Raises CheckpointError when checkpoint `step` (its metadata `meta`) holds another tree or
-    other shapes than `target`: it was written by another config, not damaged."""
+    other shapes than `target`: it was written by another config, not damaged. `target` holds
+    the dict entries of the checkpoint beyond the state asked for (`_with_unasked`); an entry
+    elsewhere (an optimiser state's tuple: another schedule or clipping) that it has no place
+    for differs too: orbax refuses to restore onto a tree without it."""
     want, have = _leaf_shapes(target), _leaf_shapes(meta)
     diffs = [f"{k} is not in the checkpoint" for k in want if k not in have]
     diffs += [f"{k} is {have[k]} there but {want[k]} now" for k in want if k in have and have[k] != want[k]]
+    diffs += [f"{k} is in the checkpoint but not in the state now" for k in have if k not in want]
     if diffs:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         raise CheckpointError(f"{manager.directory}: checkpoint step {step} was written with another config "

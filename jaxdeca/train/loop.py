@@ -32,8 +32,9 @@ resume restores onto the state's shapes, dtypes and shardings (`abstract_state`:
 and the optimiser's init traced by jax.eval_shape), so it initialises and compiles nothing the
 checkpoint overwrites (for DECA a network init is a compile of its forward pass). A
 checkpoint saved by another stage (config.stage), one the task's check_resume refuses (DECA:
-another config.model or image size), or one of a cosine learning-rate schedule resumed with
-another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
+another config.model or image size), one of another learning-rate schedule (config.optim.schedule:
+another optimiser state; checked before its state is restored), or one of a cosine schedule resumed
+with another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
 """
 from __future__ import annotations
 
@@ -192,7 +193,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     restored = None
     if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
         template, from_config = abstract_state(task, optimizer, seed, mesh)
-        restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True)
+
+        def check_schedule(step, extra):  # before restoring: another schedule's optimiser state differs too
+            state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, f"{ckpt_dir}: checkpoint step {step}")
+        restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True,
+                                             check_extra=check_schedule)
     if restored is None:
         state, from_config = fresh_state(task, optimizer, seed)
         state = parallel.replicate(state, mesh)
@@ -211,7 +216,6 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                                     "stage starts from an earlier one through config.init.*)")
         if hasattr(task, "check_resume"):
             task.check_resume(extra, f"{ckpt_dir}: checkpoint step {start}")
-        state_lib.check_schedule_resume(extra.get("lr_schedule"), config, start, f"{ckpt_dir}: checkpoint step {start}")
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **parallel.replicate(from_config, mesh)})

@@ -71,14 +71,27 @@ def schedule_info(config) -> dict:
 
 
 def check_schedule_resume(saved: dict | None, config, step: int, where: str) -> None:
-    """Refuses (ConfigError) to resume, at `step`, the checkpoint `where` of a cosine schedule
-    (saved: its schedule_info; None when the checkpoint predates it: not checked) with another
-    config.train.num_steps. The optimiser state counts steps and the cosine is a function of
-    step / num_steps, so a changed num_steps does not extend or shorten the curve the run was
-    following: the learning rate jumps at once (a longer run back up toward the starting rate, a
-    warm restart; a shorter one down) and the rest follows another curve. A constant schedule
-    resumes with any num_steps."""
-    if not saved or saved.get("schedule") != "cosine" or _schedule_name(config) != "cosine":
+    """Refuses (ConfigError) to resume, at `step`, the checkpoint `where` (saved: its
+    schedule_info; None when the checkpoint predates it: not checked) with another
+    config.optim.schedule, or one of a cosine schedule with another config.train.num_steps.
+
+    The schedules keep different optimiser states (the cosine counts steps in its own entry), so
+    a checkpoint of one cannot be restored onto the other's state; the loop checks this before
+    restoring (`checkpoint.restore_latest`'s check_extra), as orbax would report the mismatch as
+    an unreadable checkpoint. The cosine is a function of step / num_steps, so a changed
+    num_steps does not extend or shorten the curve the run was following: the learning rate
+    jumps at once (a longer run back up toward the starting rate, a warm restart; a shorter one
+    down) and the rest follows another curve. A constant schedule resumes with any num_steps."""
+    if not saved:
+        return
+    was, now = str(saved.get("schedule") or "constant"), _schedule_name(config)
+    if was != now:
+        over = f" over config.train.num_steps={int(saved['num_steps'])}" if "num_steps" in saved else ""
+        raise paths.ConfigError(
+            f"{where} was written with another optimiser configuration: it was trained with "
+            f"config.optim.schedule={was!r}{over} but config.optim.schedule={now!r} now (another learning-rate "
+            f"curve and optimiser state); resume with config.optim.schedule={was!r}, or use another workdir")
+    if was != "cosine":
         return
     old, new = int(saved["num_steps"]), int(config.train.num_steps)
     if old != new:
