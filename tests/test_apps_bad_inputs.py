@@ -240,6 +240,13 @@ def test_unusable_out_folder_is_one_line_before_any_work(tmp_path, capsys, monke
             assert getattr(sys.modules[f"jaxdeca.apps.{app}"], "main")([*argv, "--out", str(out)]) == 2, app
             err = capsys.readouterr().err.strip().splitlines()
             assert err == [f"{app}: --out {out}: cannot be the output folder: {tmp_path / 'a_file'} is not a folder"], err
+    # a folder where animate's video goes: found after every frame was written, the video lost
+    (tmp_path / "o" / "animation.mp4").mkdir(parents=True)
+    rc = animate.main(["--identity", str(img), "--expression", str(img), "--random-weights", "0", "--out",
+                       str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"animate: --video animation.mp4: cannot be written: {tmp_path / 'o' / 'animation.mp4'} "
+                               "is a folder"], err
 
 
 def test_a_write_failure_is_one_line_naming_the_file_and_what_was_written(tmp_path, head, pipe, capsys,

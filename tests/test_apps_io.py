@@ -216,6 +216,25 @@ def test_video_writer_streams_gif_and_mp4_at_10_fps(tmp_path):
     cap.release()
 
 
+def test_animated_gif_is_read_as_a_video_and_video_names_need_a_stem(tmp_path):
+    """An animated GIF (what teaser and animate write) given as a driver was read as one image,
+    its first frame, with no word of the rest; in a folder it was left out. It is a video now.
+    A video name that is only an extension ('.mp4') was accepted and failed at the end."""
+    from jaxdeca.apps import animate
+    with animate.VideoWriter(str(tmp_path / "d" / "clip.gif")) as w:
+        for k in range(3):
+            w.append(np.full((16, 16, 3), 60 * k, np.uint8))
+    frames = list(inputs.iter_frames(str(tmp_path / "d" / "clip.gif")))
+    assert [f.name for f in frames] == ["clip_00000", "clip_00001", "clip_00002"]
+    np.testing.assert_allclose([f.image[0, 0, 0] for f in frames], [0, 60, 120], atol=3)
+    assert [i.name for i in inputs.iter_frames(str(tmp_path / "d"))] == ["clip_00000", "clip_00001", "clip_00002"]
+    assert round(inputs.video_fps(str(tmp_path / "d" / "clip.gif"))) == 10
+    for bad in (".mp4", "sub/.gif", "v.png"):
+        with pytest.raises(inputs.InputError, match="not a video name"):
+            animate.check_video_path(bad)
+    assert animate.check_video_path("sub/v.GIF") == "sub/v.GIF"
+
+
 def test_gif_of_a_fast_video_keeps_a_delay_browsers_honour(tmp_path):
     """GIF delays are whole centiseconds and browsers show 0 or 1 cs as 10 cs: a 60 fps
     animation would play at 10 fps. The GIF runs at most 50 fps (20 ms a frame) instead."""

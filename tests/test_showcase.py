@@ -48,4 +48,10 @@ def test_showcase_image_size_must_be_a_positive_int(tmp_path):
         config.showcase.image_size = bad
         with pytest.raises(paths.ConfigError, match=rf"config.showcase.image_size={bad} must be a positive int"):
             jmain.run_mode(config, str(tmp_path))
+    config.showcase.image_size = 32
+    for field in ("n_shape", "n_exp"):  # the panels vary components 0 and 1: fewer was an IndexError traceback
+        c = config.copy_and_resolve_references()
+        c[field] = 1
+        with pytest.raises(paths.ConfigError, match=rf"config.{field}=1 must be an int of at least 2"):
+            jmain.run_mode(c, str(tmp_path))
     assert not (tmp_path / "showcase").exists()

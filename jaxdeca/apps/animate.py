@@ -50,7 +50,8 @@ VIDEO_OUT_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".gif")
 def check_video_path(path: str) -> str:
     """path if it names a video VideoWriter can write (VIDEO_OUT_EXTS, any case), else
     inputs.InputError naming it and the extensions (a CLI_ERRORS: one line from the apps)."""
-    if not path.lower().endswith(VIDEO_OUT_EXTS):
+    # splitext: a bare '.mp4' is a name without an extension, which no writer can tell the format of
+    if os.path.splitext(os.path.basename(path))[1].lower() not in VIDEO_OUT_EXTS:
         raise inputs.InputError(f"{path}: not a video name; use one of the extensions {', '.join(VIDEO_OUT_EXTS)}")
     return path
 
@@ -251,6 +252,9 @@ def main(argv=None) -> int:
     try:
         check_video_path(a.video)
         pipeline.check_out_dir(a.out)
+        video = os.path.join(a.out, a.video)
+        if os.path.isdir(video):  # found at the end, after every frame was decoded and written
+            raise pipeline.OutputError(f"--video {a.video}: cannot be written: {video} is a folder")
         if a.checkpoint is None and a.random_weights is None:
             raise pipeline.CheckpointError("animate needs --checkpoint (a converted or trained DECA model dir)")
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame, a.random_weights)

@@ -81,6 +81,11 @@ def run(config, workdir: str) -> None:
     cfg = config.showcase
     if isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int) or cfg.image_size < 1:
         raise paths.ConfigError(f"config.showcase.image_size={cfg.image_size!r} must be a positive int (pixels)")
+    for field in ("n_shape", "n_exp"):  # the panels vary the first two components of each
+        value = config.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise paths.ConfigError(f"config.{field}={value!r} must be an int of at least 2 (the showcase varies "
+                                    "components 0 and 1)")
     out_dir = os.path.join(workdir, "showcase")
     os.makedirs(out_dir, exist_ok=True)
     size = (cfg.image_size, cfg.image_size)

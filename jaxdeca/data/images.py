@@ -15,9 +15,10 @@ MIN_SIDE = 64
 
 # file types by extension (lower case), shared by prepare and the apps
 IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
-# the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg)
+# the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg); an animated
+# GIF among them (read as one image it was its first frame alone; teaser and animate write GIFs)
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
-              ".mts", ".m2ts", ".ogv")
+              ".mts", ".m2ts", ".ogv", ".gif")
 HEIC_EXTS = (".heic", ".heif")  # phone photos OpenCV cannot decode: listed, to be named as skipped
 HEIC_REASON = "HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first"
 
