@@ -645,3 +645,79 @@ def test_skin_mask_refuses_landmarks_that_are_not_finite():
     lmk[30, 0] = np.nan
     with pytest.raises(ValueError, match="finite landmarks"):
         masks.skin_mask(lmk, 100, 100)
+
+
+def _index(out):
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+
+
+def test_output_inside_the_images_folder_is_left_out(tmp_path):
+    """--out inside --images: each re-run listed its own masks as images (identity 'prepared'),
+    4, 8, 12 records... It is not walked; --out at the images folder itself is refused."""
+    img = tmp_path / "data"
+    for name in ("a", "b"):
+        write_rgb(str(img / "p1" / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / "p1" / f"{name}.pts"), drawn_face_pts())
+    for _ in range(3):
+        s = prepare.prepare(str(img), str(img / "prepared"), "folders", progress=False)
+        assert (s["images"], s["ok"], s["identities"]) == (2, 2, 1), s
+    assert [r["path"] for r in _index(img / "prepared")] == ["p1/a.jpg", "p1/b.jpg"]
+    with pytest.raises(ValueError, match="--out is the images folder itself"):
+        prepare.prepare(str(img), str(img), "folders", progress=False)
+
+
+def test_celeba_identities_follow_the_identity_file_now(tmp_path):
+    """A corrected identity_CelebA.txt left every recorded image with its old identity (and one
+    no longer listed in the index): the records' identities are the file's at every run."""
+    img = tmp_path / "img_align_celeba"
+    for name in ("000001", "000002"):
+        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), drawn_face_pts())
+    ids = tmp_path / "identity_CelebA.txt"
+    ids.write_text("000001.jpg 1\n000002.jpg 2\n")
+    out = tmp_path / "out"
+    assert prepare.prepare(str(img), str(out), "celeba", progress=False)["identities"] == 2
+    ids.write_text("000001.jpg 7\n")
+    s = prepare.prepare(str(img), str(out), "celeba", progress=False)
+    assert [(r["path"], r["identity"]) for r in _index(out)] == [("000001.jpg", "7")]
+    assert s["bad_files"] == [dict(path="000002.jpg", reason="no identity for this file in the folder layout")]
+
+
+def test_a_name_too_long_for_its_record_is_a_bad_file_not_a_crash(tmp_path):
+    """A file name of 250 bytes: its record (<name>.json.tmp) and mask names pass the file
+    system's 255-byte limit, and the run stopped with an OSError traceback, every time. It is
+    one bad file, counted and named, and the others are prepared."""
+    img = tmp_path / "images" / "p1"
+    for name in ("a", "x" * 250):
+        write_rgb(str(img / f"{name}.png"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), drawn_face_pts())
+    for _ in range(2):  # a re-run tries it again, and again counts it
+        s = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "out"), "folders", progress=False)
+        assert (s["ok"], s["bad"]) == (1, 1), s
+        (bad,) = s["bad_files"]
+        assert bad["path"] == f"p1/{'x' * 250}.png" and "cannot be written (File name too long)" in bad["reason"]
+
+
+def test_a_run_stopped_while_redoing_changed_images_leaves_no_stale_index(tmp_path, monkeypatch):
+    """Masks of changed images are rewritten in place; a run that stopped before finalise left
+    index.jsonl with the old landmarks beside the new masks, which a build took as they were.
+    The index is removed before they are redone, and written again at the end."""
+    img, out, pts = three_annotated_images(tmp_path, "b.jpg")
+    detect.write_pts(str(img / "a.pts"), pts + 3.0)  # a's landmarks (and mask) change
+
+    def stop(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare, "_task", stop)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    assert not (out / "index.jsonl").exists()
+    monkeypatch.undo()
+    prepare.prepare(str(tmp_path / "images"), str(out), "folders", progress=False)
+    np.testing.assert_allclose(_index(out)[0]["landmarks"], pts + 3.0, atol=1e-3)
+
+
+def test_netpbm_and_jpeg_2000_images_are_listed(tmp_path):
+    """.pbm, .pnm and .jp2 files (OpenCV reads them) were neither prepared nor counted."""
+    for name in ("a.pbm", "b.pnm", "c.jp2"):
+        (tmp_path / name).write_bytes(b"")
+    assert prepare.list_images(str(tmp_path)) == ["a.pbm", "b.pnm", "c.jp2"]

@@ -14,7 +14,8 @@ import numpy as np
 MIN_SIDE = 64
 
 # file types by extension (lower case), shared by prepare and the apps
-IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".ppm", ".pgm", ".pbm", ".pnm", ".bmp", ".webp", ".tif",
+              ".tiff", ".jp2")
 # the containers OpenCV's FFmpeg backend reads (opencv-python-headless ships FFmpeg); an animated
 # GIF among them (read as one image it was its first frame alone; teaser and animate write GIFs)
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",

@@ -73,10 +73,12 @@ def check_landmark_box(lmk: np.ndarray, path: str) -> None:
 
 # ----------------------------------------------------------------------------- identities
 
-def list_images(root: str, unreadable: list | None = None) -> list[str]:
+def list_images(root: str, unreadable: list | None = None, exclude: str | None = None) -> list[str]:
     """Relative paths of all image files under root, and of the files prepare lists as skipped
     without reading them (UNUSABLE_EXTS: videos, HEIC), sorted. Subfolders that cannot be listed
-    are appended to `unreadable` as (relative path, reason) when it is given.
+    are appended to `unreadable` as (relative path, reason) when it is given. The folder
+    `exclude` (prepare's --out, when it lies inside the images folder) is not walked: its masks
+    would come back as images of an identity named after it, more with every re-run.
 
     Symlinked subfolders are walked (their images listed under the link's path). Each real
     folder is walked once: a link back up the tree (a loop) or a second path to a folder met
@@ -84,7 +86,7 @@ def list_images(root: str, unreadable: list | None = None) -> list[str]:
     to a sibling leaves the sibling's own paths.
     """
     out = []
-    seen = {os.path.realpath(root)}
+    seen = {os.path.realpath(root)} | ({os.path.realpath(exclude)} if exclude else set())
 
     def onerror(e):
         if unreadable is not None:
@@ -220,11 +222,16 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
     except Exception as e:  # the run never dies on one file
         rec.update(status="bad", reason=f"{type(e).__name__}: {e}")
     rec_path = record_path(out_dir, rel)
-    os.makedirs(os.path.dirname(rec_path), exist_ok=True)
     tmp = rec_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(rec, f)
-    os.replace(tmp, rec_path)
+    try:
+        os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(rec, f)
+        os.replace(tmp, rec_path)
+    except OSError as e:  # e.g. a name too long for the file system with .json.tmp added: the file is
+        # bad, counted and named (the run stopped here, on every re-run), and tried again next run
+        return dict(path=rel, identity=identity, status="bad", unsaved=True,
+                    reason=f"its record {rec_path} cannot be written ({e.strerror or e})")
     return rec
 
 
@@ -310,7 +317,10 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
         raise ValueError(f"max_side={max_side}: must be a positive number of pixels")
     celeba = read_celeba_identities(images_root) if layout == "celeba" else None
     unreadable = []
-    rels = list_images(images_root, unreadable)
+    if os.path.realpath(out_dir) == os.path.realpath(images_root):
+        raise ValueError(f"{out_dir}: --out is the images folder itself; its masks and records would be read as "
+                         "images: use a folder beside it (or one inside it, which is left out)")
+    rels = list_images(images_root, unreadable, exclude=out_dir)
     if unreadable and unreadable[0][0] == os.curdir:  # the images folder itself
         raise ValueError(f"{images_root}: {unreadable[0][1]}")
     if not any(r.lower().endswith(IMAGE_EXTS) for r in rels):
@@ -327,26 +337,34 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     if changed:
         print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {changed[0]}): "
               "preparing them again", file=sys.stderr)
+        # their masks are rewritten in place: an index.jsonl left from before would pair its old
+        # landmarks with new masks if this run stopped early; finalise writes it again
+        index = os.path.join(out_dir, "index.jsonl")
+        if os.path.isfile(index):
+            os.remove(index)
     retry = [r for r in todo if state[r] == "retry"]
     if retry:
         print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read (e.g. {retry[0]}): "
               "trying them again", file=sys.stderr)
-    tasks = [(images_root, out_dir, r, identity_of(r, layout, celeba)) for r in todo]
+    identities = {r: identity_of(r, layout, celeba) for r in rels}
+    tasks = [(images_root, out_dir, r, identities[r]) for r in todo]
+    unsaved = []  # records process_image could not write (a file name too long for one): bad, in memory
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="prepare", unit="img", disable=not progress, file=sys.stderr)
     try:
         if workers <= 1 or len(tasks) <= 1:
             _init_worker(predictor, max_side)
             for t in tasks:
-                _report(_task(t), bar)
+                _report(_task(t), bar, unsaved)
         else:
             ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(predictor, max_side)) as pool:
                 for rec in pool.imap_unordered(_task, tasks, chunksize=4):
-                    _report(rec, bar)
+                    _report(rec, bar, unsaved)
     finally:
         bar.close()
-    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo), unreadable=unreadable)
+    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo), unreadable=unreadable,
+                    identities=identities, unsaved=unsaved)
 
 
 def _recorded_paths(out_dir) -> list[str]:
@@ -410,9 +428,11 @@ def _write_meta(out_dir, root, layout):
         json.dump(dict(images_root=root, layout=layout), f, indent=1)
 
 
-def _report(rec, bar):
+def _report(rec, bar, unsaved=None):
     if rec["status"] != "ok":
         bar.write(f"skip {rec['path']}: {rec['reason']}")
+    if rec.get("unsaved") and unsaved is not None:
+        unsaved.append(rec)
     bar.update(1)
 
 
@@ -426,10 +446,21 @@ def load_records(out_dir: str, rels) -> list[dict]:
     return out
 
 
-def finalise(images_root, out_dir, layout, rels, skipped=0, unreadable=()) -> dict:
+def finalise(images_root, out_dir, layout, rels, skipped=0, unreadable=(), identities=None, unsaved=()) -> dict:
     """Write index.jsonl, summary.json and meta.json from the per-image records (each whole or
-    not at all); `unreadable`: (folder, reason) of subfolders that could not be listed."""
-    recs = load_records(out_dir, rels)
+    not at all); `unreadable`: (folder, reason) of subfolders that could not be listed.
+    `identities` {rel: identity or None}: the layout's identities now, which replace the
+    records' (celeba's identity_CelebA.txt may have been corrected since; a file it no longer
+    lists is bad). `unsaved`: bad records that could not be written as files."""
+    recs = load_records(out_dir, rels) + [dict(r) for r in unsaved]
+    for r in recs if identities is not None else ():
+        now = identities.get(r["path"])
+        if r["status"] == "ok" and now is None:
+            r.update(status="bad", reason="no identity for this file in the folder layout")
+        elif r["status"] == "ok":
+            r["identity"] = now
+    for r in recs:
+        r.pop("unsaved", None)
     good = sorted((r for r in recs if r["status"] == "ok"), key=lambda r: (r["identity"], r["path"]))
     bad = sorted((r for r in recs if r["status"] != "ok"), key=lambda r: r["path"])
     with open_replacing(os.path.join(out_dir, "index.jsonl")) as f:
