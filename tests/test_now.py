@@ -1,6 +1,7 @@
 """NoW export layout, file formats, face crop, alignment + metric on synthetic scans, CLI end to end."""
 import csv
 import json
+import os
 import xml.etree.ElementTree as ET
 
 import jax
@@ -228,6 +229,35 @@ def test_summarise_concatenates_images_like_the_official_script():
         now.summarise([])
 
 
+def write_ply(path, verts, polys, binary=False):
+    """A PLY mesh as meshing tools write one: vertex x y z (double), face list uchar int."""
+    head = [b"ply", b"format binary_little_endian 1.0" if binary else b"format ascii 1.0",
+            f"element vertex {len(verts)}".encode(), b"property double x", b"property double y", b"property double z",
+            f"element face {len(polys)}".encode(), b"property list uchar int vertex_indices", b"end_header"]
+    with open(path, "wb") as f:
+        f.write(b"\n".join(head) + b"\n")
+        for v in verts:
+            f.write(np.asarray(v, "<f8").tobytes() if binary else " ".join(f"{x!r}" for x in map(float, v)).encode() + b"\n")
+        for p in polys:
+            f.write(bytes([len(p)]) + np.asarray(p, "<i4").tobytes() if binary else
+                    " ".join(map(str, [len(p), *p])).encode() + b"\n")
+
+
+def test_ply_reader_fan_triangulates_and_refuses_what_is_no_mesh(tmp_path):
+    v = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    for binary in (False, True):
+        write_ply(str(tmp_path / "m.ply"), v, [[0, 1, 2, 3], [0, 1, 4]], binary)
+        got_v, got_f = meshio.read_mesh(str(tmp_path / "m.ply"))
+        np.testing.assert_array_equal(got_v, v)
+        assert got_f.tolist() == [[0, 1, 2], [0, 2, 3], [0, 1, 4]]
+    write_ply(str(tmp_path / "bad.ply"), v, [[0, 1, 7]])
+    with pytest.raises(meshio.NowFileError, match=r"bad.ply: face vertex indices outside 0..4"):
+        meshio.read_ply(str(tmp_path / "bad.ply"))
+    (tmp_path / "text.ply").write_text("not a ply\n")
+    with pytest.raises(meshio.NowFileError, match=r"text.ply: not a PLY mesh"):
+        meshio.read_ply(str(tmp_path / "text.ply"))
+
+
 def test_cli_evaluates_official_layout(tmp_path, capsys):
     rng = np.random.default_rng(2)
     v, f = head_mesh()
@@ -262,6 +292,17 @@ def test_cli_evaluates_official_layout(tmp_path, capsys):
     official = np.load(out / "jaxdeca_computed_distances.npy", allow_pickle=True).item()
     all_d = np.hstack(official["computed_distances"])
     assert summary["overall"]["median"] == pytest.approx(np.median(all_d))
+    # a .ply prediction (the official script's fallback) was counted missing: it is scored as
+    # its .obj was, ASCII and binary PLY written here by hand
+    obj = now.prediction_paths(str(pred), images[1])[0]
+    pv, pf = meshio.read_obj(obj)
+    os.remove(obj)
+    for binary in (False, True):
+        write_ply(obj[:-4] + ".ply", pv, [list(t) for t in pf], binary)
+        rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root), "--image-list", str(lst),
+                       "--out", str(tmp_path / "out_ply"), "--no-refine"])
+        assert rc == 0 and "2 images, 1 missing" in capsys.readouterr().out
+        assert list(csv.DictReader(open(tmp_path / "out_ply" / "jaxdeca_per_image.csv"))) == rows
     # scans folder given directly, one challenge only
     rc = now.main(["evaluate", "--predictions", str(pred), "--scans", str(root / "scans"), "--image-list", str(lst),
                    "--out", str(out), "--challenge", "selfie", "--no-refine"])

@@ -7,6 +7,8 @@
   (right eye outer, right eye inner, left eye inner, left eye outer, nose bottom, mouth right,
   mouth left). The official `load_pp` reads the 7 lines after the 8 header lines; we parse the
   XML and take the first 7 `point` elements, which is the same for the official files.
+- Predicted meshes are `<image>.obj` or, as the official script falls back to, `<image>.ply`
+  (ASCII or binary, read with plyfile; polygons fan-triangulated).
 - Predicted landmarks are `<image>.npy` ([7, 3]) or `<image>.txt` (7 rows of 3 numbers).
 """
 from __future__ import annotations
@@ -29,6 +31,34 @@ def read_obj(path: str) -> tuple[np.ndarray, np.ndarray]:
     """OBJ -> (vertices [V, 3] float64, faces [F, 3] int64, 0-based; polygons fan-triangulated)."""
     m = wavefront.read(path, NowFileError)
     return m["vertices"], m["faces"]
+
+
+def read_ply(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """PLY (ASCII or binary) -> (vertices [V, 3] float64, faces [F, 3] int64, 0-based; polygons
+    fan-triangulated); NowFileError naming the file when it is no mesh of that kind."""
+    from plyfile import PlyData, PlyParseError
+    try:
+        ply = PlyData.read(path)
+        v = ply["vertex"]
+        verts = np.stack([np.asarray(v[k], np.float64) for k in ("x", "y", "z")], 1)
+        face = ply["face"]
+        key = next(k for k in ("vertex_indices", "vertex_index") if k in face.data.dtype.names)
+        polys = face[key]
+    except (OSError, ValueError, KeyError, StopIteration, TypeError, PlyParseError) as e:
+        raise NowFileError(f"{path}: not a PLY mesh with vertex x, y, z and face vertex_indices "
+                           f"({type(e).__name__}: {e})") from None
+    tris = [[p[0], p[k], p[k + 1]] for p in polys for k in range(1, len(p) - 1)]
+    faces = np.asarray(tris, np.int64).reshape(-1, 3)
+    if not len(faces):
+        raise NowFileError(f"{path}: no faces found")
+    if faces.min() < 0 or faces.max() >= len(verts):
+        raise NowFileError(f"{path}: face vertex indices outside 0..{len(verts) - 1}")
+    return verts, faces
+
+
+def read_mesh(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """read_ply for a .ply file, read_obj for any other."""
+    return read_ply(path) if path.lower().endswith(".ply") else read_obj(path)
 
 
 def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray) -> str:

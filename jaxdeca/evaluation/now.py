@@ -43,7 +43,7 @@ import numpy as np
 from jaxdeca.apps.export import WriteError, output_file, writing
 from jaxdeca.argtypes import positive_int
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
-from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_obj, read_pp, write_obj
+from jaxdeca.evaluation.meshio import NowFileError, read_landmarks, read_mesh, read_obj, read_pp, write_obj
 
 NOW_LANDMARK_INDICES = (19, 22, 25, 28, 16, 31, 37)
 """DECA's 7 NoW landmarks as indices into the 51 static landmarks (iBUG 17..67):
@@ -313,6 +313,8 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
         if challenge and chal != challenge:
             continue
         obj, npy = prediction_paths(predictions_dir, image)
+        if not os.path.isfile(obj) and os.path.isfile(obj[:-4] + ".ply"):  # the official script's fallback too
+            obj = obj[:-4] + ".ply"
         txt = npy[:-4] + ".txt"
         if not os.path.isfile(obj) or not (os.path.isfile(npy) or os.path.isfile(txt)):
             missing += 1
@@ -322,7 +324,7 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
             cache = {subject: (read_obj(scan_obj)[0], read_pp(scan_pp), f"scan {scan_obj}, {scan_pp}")}
         scan_v, scan_l, scan_files = cache[subject]
         lmk = npy if os.path.isfile(npy) else txt
-        pv, pf = read_obj(obj)
+        pv, pf = read_mesh(obj)
         pl = read_landmarks(lmk)
         try:
             d = compute_errors(scan_v, scan_l, pv, pf, pl, refine=refine)
