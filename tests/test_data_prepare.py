@@ -721,3 +721,17 @@ def test_netpbm_and_jpeg_2000_images_are_listed(tmp_path):
     for name in ("a.pbm", "b.pnm", "c.jp2"):
         (tmp_path / name).write_bytes(b"")
     assert prepare.list_images(str(tmp_path)) == ["a.pbm", "b.pnm", "c.jp2"]
+
+
+def test_pts_mostly_outside_the_image_is_bad_and_celeba_png_names_find_their_identity(tmp_path):
+    """.pts points (nearly) all outside the image were recorded ok with an empty skin mask; CelebA's
+    PNG release (000001.png) found none of identity_CelebA.txt's '000001.jpg' names."""
+    img = tmp_path / "img_celeba_png"
+    for name, shift in (("000001", 0.0), ("000002", 500.0)):
+        write_rgb(str(img / f"{name}.png"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), drawn_face_pts() + shift)
+    (tmp_path / "identity_CelebA.txt").write_text("000001.jpg 1\n000002.jpg 2\n")
+    s = prepare.prepare(str(img), str(tmp_path / "out"), "celeba", progress=False)
+    assert [(r["path"], r["identity"]) for r in _index(tmp_path / "out")] == [("000001.png", "1")]
+    assert s["bad_files"] == [dict(path="000002.png", reason=f"{img / '000002.pts'}: 68 of 68 landmarks lie outside "
+                                                             "the 96 x 96 image")]

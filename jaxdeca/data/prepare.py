@@ -131,8 +131,9 @@ def read_celeba_identities(root: str) -> dict[str, str]:
 def identity_of(rel: str, layout: str, celeba_ids: dict | None = None) -> str | None:
     """Identity name of a relative image path under `layout` (None = unknown)."""
     parts = rel.replace(os.sep, "/").split("/")
-    if layout == "celeba":
-        return (celeba_ids or {}).get(parts[-1])
+    if layout == "celeba":  # the file's name; else its stem as a .jpg (CelebA's PNG release, same list)
+        ids = celeba_ids or {}
+        return ids.get(parts[-1], ids.get(os.path.splitext(parts[-1])[0] + ".jpg"))
     if layout == "bupt":
         return "/".join(parts[:-1]) or None
     if layout == "voxceleb2":
@@ -201,6 +202,9 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
                 check_landmark_box(lmk, pts)
             except ValueError as e:
                 raise images.BadImage(str(e)) from None
+            outside = int(np.sum((lmk[:, 0] < -0.5) | (lmk[:, 0] > w - 0.5) | (lmk[:, 1] < -0.5) | (lmk[:, 1] > h - 0.5)))
+            if outside > 34:  # most of the face off the image (another image's file, or another frame)
+                raise images.BadImage(f"{pts}: {outside} of 68 landmarks lie outside the {w} x {h} image")
             score, source = None, "pts"
         else:
             found = _detector()(img)
