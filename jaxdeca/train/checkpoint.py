@@ -105,7 +105,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         try:
             meta = manager.item_metadata(step)["state"]
             target = _host_target(meta) if abstract is None else _with_unasked(abstract, meta)
-            extra = None if check_extra is None else _read_extra(manager, step)
+            extra = _read_extra(manager, step)  # a JSON file: read first, and once
         except Exception as e:  # noqa: BLE001 -- unreadable metadata: fall back to the previous one
             failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
@@ -115,10 +115,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         if abstract is not None and meta is not None:
             _check_matches(manager, step, target, meta)
         try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()),
-            )
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back to the previous one
             failures.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
             logging.warning("checkpoint %d in %s is unreadable (%s); trying the previous one", step, manager.directory, failures[-1])
@@ -126,7 +123,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: Any = None, *
         state = restored["state"] if abstract is None else _asked(restored["state"], abstract)
         if set_aside_unreadable and failures:
             _set_aside(manager, [s for s in steps if s > step])
-        return step, state, dict(restored["extra"] or {})
+        return step, state, extra
     raise CheckpointError(f"no readable checkpoint in {manager.directory}:\n  " + "\n  ".join(failures))
 
 
