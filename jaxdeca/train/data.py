@@ -89,17 +89,19 @@ class _TfdsStream:
         self.loader.restore(position)
 
 
-def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split: str, seed: int):
+def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split: str, seed: int,
+                 builder=None):
+    """FaceLoader over `builder`, by default tfds_builder(config) (config.data checked, a missing
+    synthetic dataset built)."""
     from jaxdeca.data import loader as loader_lib
     d = config.data
     k = check_k(config, local_bs)
-    tfds_builder(config)  # config.data's dataset, config and data dir checked (a missing synthetic one built)
+    builder = builder or tfds_builder(config)
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
                                   color_jitter=float(d.get("color_jitter", 0.0)),
                                   num_threads=int(d.get("num_threads", 4)))
-    return loader_lib.make_loader(d.dataset, d.config, cfg, data_dir=d.get("data_dir"), split=split,
-                                  process_index=process_index, process_count=process_count)
+    return loader_lib.tfds_loader(builder, cfg, split, process_index=process_index, process_count=process_count)
 
 
 def _build_command(dataset: str, name: str, data_dir: str | None) -> str:
@@ -197,8 +199,9 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
         return []
     check_k(config, local_bs)
     if d.get("source", "synthetic") == "tfds":
-        split = choose_eval_split(tfds_builder(config), d.get("eval_split", "test"))
-        stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1)
+        builder = tfds_builder(config)
+        split = choose_eval_split(builder, d.get("eval_split", "test"))
+        stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1, builder)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
                                  process_index, process_count, flame_path(config))
