@@ -356,10 +356,7 @@ def _rebuild(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> tfds.
     tmp = root / f".{builder.name}-{builder.builder_config.name}-rebuild-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        new = _builder_at(builder, os.fspath(tmp))
-        cfg = tfds.download.DownloadConfig(manual_dir=manual_dir,
-                                           download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-        new.download_and_prepare(download_config=cfg, file_format=FILE_FORMAT)
+        new = build(_builder_at(builder, os.fspath(tmp)), manual_dir)  # a first build, there
         replaced = tmp / "replaced"
         real.rename(replaced)
         try:
