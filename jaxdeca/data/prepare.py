@@ -56,6 +56,7 @@ IMAGE_EXTS = images.IMAGE_EXTS
 UNUSABLE_EXTS = {**dict.fromkeys(images.VIDEO_EXTS, "video file: extract its frames first"),
                  **dict.fromkeys(images.HEIC_EXTS, images.HEIC_REASON)}
 LAYOUTS = ("vggface2", "voxceleb2", "bupt", "celeba", "folders")
+NO_IDENTITY = "no identity for this file in the folder layout"
 MIN_LANDMARK_SPAN = 8.0  # px, mean side of a .pts file's landmark box (the training crop's size)
 
 
@@ -176,7 +177,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         if unusable:
             raise images.BadImage(unusable)
         if identity is None:
-            raise images.BadImage("no identity for this file in the folder layout")
+            raise images.BadImage(NO_IDENTITY)
         data, st = images.read_bytes(path)
         rec.update(fingerprint(data, st))
         pts = pts_path(path)
@@ -367,8 +368,8 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
                     _report(rec, bar, unsaved)
     finally:
         bar.close()
-    return finalise(images_root, out_dir, layout, rels, skipped=len(rels) - len(todo), unreadable=unreadable,
-                    identities=identities, unsaved=unsaved)
+    return finalise(images_root, out_dir, layout, rels, identities, skipped=len(rels) - len(todo),
+                    unreadable=unreadable, unsaved=unsaved)
 
 
 def _recorded_paths(out_dir) -> list[str]:
@@ -432,10 +433,11 @@ def _write_meta(out_dir, root, layout):
         json.dump(dict(images_root=root, layout=layout), f, indent=1)
 
 
-def _report(rec, bar, unsaved=None):
+def _report(rec, bar, unsaved):
+    """Prints a bad record; one process_image could not write ('unsaved') goes to `unsaved`."""
     if rec["status"] != "ok":
         bar.write(f"skip {rec['path']}: {rec['reason']}")
-    if rec.get("unsaved") and unsaved is not None:
+    if rec.pop("unsaved", False):
         unsaved.append(rec)
     bar.update(1)
 
@@ -450,21 +452,19 @@ def load_records(out_dir: str, rels) -> list[dict]:
     return out
 
 
-def finalise(images_root, out_dir, layout, rels, skipped=0, unreadable=(), identities=None, unsaved=()) -> dict:
+def finalise(images_root, out_dir, layout, rels, identities, skipped=0, unreadable=(), unsaved=()) -> dict:
     """Write index.jsonl, summary.json and meta.json from the per-image records (each whole or
     not at all); `unreadable`: (folder, reason) of subfolders that could not be listed.
     `identities` {rel: identity or None}: the layout's identities now, which replace the
     records' (celeba's identity_CelebA.txt may have been corrected since; a file it no longer
     lists is bad). `unsaved`: bad records that could not be written as files."""
-    recs = load_records(out_dir, rels) + [dict(r) for r in unsaved]
-    for r in recs if identities is not None else ():
+    recs = load_records(out_dir, rels) + list(unsaved)
+    for r in recs:
         now = identities.get(r["path"])
         if r["status"] == "ok" and now is None:
-            r.update(status="bad", reason="no identity for this file in the folder layout")
+            r.update(status="bad", reason=NO_IDENTITY)
         elif r["status"] == "ok":
             r["identity"] = now
-    for r in recs:
-        r.pop("unsaved", None)
     good = sorted((r for r in recs if r["status"] == "ok"), key=lambda r: (r["identity"], r["path"]))
     bad = sorted((r for r in recs if r["status"] != "ok"), key=lambda r: r["path"])
     with open_replacing(os.path.join(out_dir, "index.jsonl")) as f:
