@@ -76,16 +76,19 @@ def head_batch(model: flame.FlameModel, sigma: float, jaw_open: float):
     return names, shape, exp, pose
 
 
+def _check_int(field: str, value, least: int, why: str) -> None:
+    """ConfigError naming config.<field> unless value is an int (not a bool) >= least."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        what = "a positive int" if least == 1 else f"an int of at least {least}"
+        raise paths.ConfigError(f"config.{field}={value!r} must be {what} ({why})")
+
+
 def run(config, workdir: str) -> None:
     """Writes the showcase pictures for `config.flame_path` (None = demo head)."""
     cfg = config.showcase
-    if isinstance(cfg.image_size, bool) or not isinstance(cfg.image_size, int) or cfg.image_size < 1:
-        raise paths.ConfigError(f"config.showcase.image_size={cfg.image_size!r} must be a positive int (pixels)")
+    _check_int("showcase.image_size", cfg.image_size, 1, "pixels")
     for field in ("n_shape", "n_exp"):  # the panels vary the first two components of each
-        value = config.get(field)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise paths.ConfigError(f"config.{field}={value!r} must be an int of at least 2 (the showcase varies "
-                                    "components 0 and 1)")
+        _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
     out_dir = os.path.join(workdir, "showcase")
     os.makedirs(out_dir, exist_ok=True)
     size = (cfg.image_size, cfg.image_size)
