@@ -174,3 +174,34 @@ def test_box_crop_reads_a_phone_photo_upright_like_deca(tmp_path, now_root):
     assert item[2].shape == up.shape and np.abs(item[2].astype(float) - up).mean() < 2.0
     (_, crop), = now_predict._crops([item], [])
     assert np.abs(crop - now_predict.now_crop(up, box)[0]).mean() < 2.0 / 255
+
+
+def test_fit_export_takes_landmarks_inside_the_now_box(tmp_path, now_root, monkeypatch):
+    """Without a checkpoint, an image with a detected_face box is fitted to dlib's landmarks
+    found inside that box, as the network path crops with it: a face dlib's detector misses
+    (an occluded one, here every face) is exported all the same, and a NaN box is one skipped
+    image. Images without a box still need the detector (skipped here: it finds nothing)."""
+    from jaxdeca.data import detect
+    root, lst, p = now_root
+    monkeypatch.setattr(detect.Detector, "detect", lambda self, image: [])
+    seen = []
+    landmarks = detect.Detector.landmarks
+    monkeypatch.setattr(detect.Detector, "landmarks",
+                        lambda self, image, box: seen.append(tuple(box)) or landmarks(self, image, box))
+    mine = tmp_path / "final_release_version"
+    img = inputs.read_image(str(root / "iphone_pictures" / ENTRIES[0]))
+    entries = [f"{SUBJ}/multiview_occlusions/IMG_{k}.jpg" for k in range(3)]
+    for entry, box in zip(entries, [(60.0, 50.0, 165.0, 180.0), (float("nan"), 50.0, 165.0, 180.0), None]):
+        export.save_image(str(mine / "iphone_pictures" / entry), img)
+        if box:
+            now_predict.write_bbox(str(mine / "detected_face" / entry.replace(".jpg", ".npy")), *box)
+    (tmp_path / "list.txt").write_text("\n".join(entries) + "\n")
+    res = now_predict.export_model(str(mine), str(tmp_path / "list.txt"), str(tmp_path / "pred"), pipe=p,
+                                   fit_steps=(40, 120, 0))
+    assert res["written"] == entries[:1] and seen == [(60.0, 50.0, 165.0, 180.0)]
+    reasons = dict(res["skipped"])
+    assert "detected-face box" in reasons[entries[1]] and "no face detected" in reasons[entries[2]]
+    scan, scan_l7 = gt_scan(p)
+    v, f = meshio.read_obj(now.prediction_paths(str(tmp_path / "pred"), entries[0])[0])
+    l7 = meshio.read_landmarks(now.prediction_paths(str(tmp_path / "pred"), entries[0])[1])
+    assert np.median(now.compute_errors(scan, scan_l7, v, f, l7)) < 1.0

@@ -221,10 +221,12 @@ class Crop:
         return self.tform
 
 
-def detect_landmarks(image: np.ndarray):
-    """68 dlib landmarks [68, 2] in pixels for the largest face of an RGB uint8 image, or None."""
+def detect_landmarks(image: np.ndarray, box=None):
+    """68 dlib landmarks [68, 2] in pixels for the largest face of an RGB uint8 image, or None.
+    box: (left, top, right, bottom) of a face found otherwise: the landmarks inside it, with no
+    detection (`preprocess.detect_landmarks`)."""
     try:
-        return np.asarray(preprocess.detect_landmarks(image), np.float64)
+        return np.asarray(preprocess.detect_landmarks(image, bbox=box), np.float64)
     except preprocess.NoFaceError:
         return None
 

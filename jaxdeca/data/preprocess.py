@@ -27,11 +27,17 @@ class NoFaceError(ValueError):
     """Raised when detection finds no face in an image."""
 
 
-def detect_landmarks(image_uint8, predictor_path: str | None = None):
-    """dlib 68 landmarks [68, 2] pixels of the largest face in [H, W, 3] uint8 RGB; NoFaceError if none."""
+def detect_landmarks(image_uint8, predictor_path: str | None = None, bbox=None):
+    """dlib 68 landmarks [68, 2] pixels of the largest face in [H, W, 3] uint8 RGB; NoFaceError if none.
+    bbox: (left, top, right, bottom) pixels of a face found by another detector (e.g. NoW's
+    detected_face boxes): the landmark model runs inside it and dlib's detector is not used
+    (ValueError for a box with NaN or right < left or bottom < top)."""
     from jaxdeca.data import detect
     if predictor_path not in _DETECTOR:
         _DETECTOR[predictor_path] = detect.Detector(predictor_path)
+    if bbox is not None:
+        _crop.box_square(*bbox)  # the same check as the crops from a box
+        return _DETECTOR[predictor_path].landmarks(np.ascontiguousarray(image_uint8), bbox)
     found = _DETECTOR[predictor_path](np.ascontiguousarray(image_uint8))
     if found is None:
         raise NoFaceError("no face found")

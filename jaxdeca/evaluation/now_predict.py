@@ -17,8 +17,10 @@ What DECA does (decalib/trainer.py `evaluate`, decalib/datasets/now.py), and we 
 - codes = E_flame(crop); expression and pose set to zero; the FLAME vertices are the neutral
   mesh; the 7 landmarks are the static 3D landmarks [19, 22, 25, 28, 16, 31, 37], i.e. the
   fixed 68-point embedding's points 17.. of the neutral mesh (`now.now_landmarks`).
-- with no checkpoint: `jaxdeca.apps.fit` fits the codes to the image's 68 landmarks (dlib), and
-  the fitted shape gives the neutral mesh the same way.
+- with no checkpoint: `jaxdeca.apps.fit` fits the codes to the image's 68 landmarks, and the
+  fitted shape gives the neutral mesh the same way. The landmarks are dlib's 68-point model run
+  inside NoW's box (no detection, so a face dlib's detector misses, e.g. behind an occluder,
+  is fitted all the same); with no box file, dlib's detector finds the face first.
 
     python -m jaxdeca.evaluation.now export --images NoW_Dataset/final_release_version \
         --image-list imagepathsvalidation.txt --out predictions [--checkpoint DIR] [--flame FLAME]
@@ -170,10 +172,17 @@ def _predict(pipe, items, skipped: list, batch: int, fit_steps, write) -> None:
     from jaxdeca.apps import fit, pipeline
     if pipe.variables is None:  # fit the codes to dlib's landmarks, `batch` images at a time
         def prepared():
-            for entry, path, image, _ in items:
-                prep = fit.prepare(image)
+            for entry, path, image, box in items:
+                if box is None:
+                    prep = fit.prepare(image)
+                else:  # dlib's landmark model inside NoW's box: no detection, as the crops above
+                    try:
+                        prep = fit.prepare(image, pipeline.detect_landmarks(image, box))
+                    except ValueError as e:  # NaN or inverted box
+                        skipped.append((entry, f"{path}: cannot use its detected-face box {box}: {e}"))
+                        continue
                 if prep is None:
-                    skipped.append((entry, f"{path}: no face detected"))
+                    skipped.append((entry, f"{path}: no face detected (and no detected_face box)"))
                     continue
                 yield entry, prep
 
