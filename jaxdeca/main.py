@@ -112,10 +112,11 @@ def run_mode(config, workdir: str) -> None:
 
 def _user_errors():
     """What the job reports as one line (exit status 2) instead of a traceback: a config field,
-    a FLAME file, a checkpoint or a built dataset it cannot use."""
+    a FLAME file, a checkpoint or a built dataset it cannot use, and a run that diverged."""
     from jaxdeca.data import DatasetError
     from jaxdeca.train.checkpoint import CheckpointError
-    return paths.ConfigError, FlameFileError, CheckpointError, DatasetError
+    from jaxdeca.train.loop import TrainingDiverged
+    return paths.ConfigError, FlameFileError, CheckpointError, DatasetError, TrainingDiverged
 
 
 def parse_flags(argv):

@@ -687,3 +687,33 @@ def test_create_is_one_setup_program_with_the_eager_leaves():
     inside = jax.jit(lambda p: state_lib.create(p, {}, {}, opt, 12345).opt_state)(params)
     for g, e in zip(jax.tree.leaves(inside), jax.tree.leaves(eager[1])):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+
+
+def test_a_diverged_run_stops_before_checkpointing_it_and_keeps_the_good_ones(tmp_path):
+    """From step 13 the batches hold NaN, so the loss and then the params are NaN. The run went on
+    to the end, saving NaN states that pushed every good checkpoint out (keep_checkpoints) and
+    that a rerun resumed. It stops with TrainingDiverged at the first log (or, with no log
+    before it, the first checkpoint) that sees it, saving nothing from it; a rerun resumes from
+    the last finite checkpoint. main reports it in one line."""
+    from jaxdeca import main
+    from jaxdeca.train.toy import ToyLoader
+
+    class NanLoader(ToyLoader):
+        def next(self):
+            b = super().next()
+            return dict(b, x=b["x"] * np.nan) if self.i > 12 else b
+
+    class NanTask(ToyTask):
+        def make_loader(self, local_bs, pi, pc):
+            return NanLoader(local_bs, pi, int(self.config.seed), self.dim)
+
+    for log_every, what in ((5, "the logged train/loss"), (0, "the state to be checkpointed")):
+        config = test_toy.get_config()
+        config.train.update(dict(checkpoint_every=5, log_every=log_every, eval_every=0))
+        work = tmp_path / f"log{log_every}"
+        with pytest.raises(loop.TrainingDiverged, match=f"{what}.* at step 15 is not finite.*step 10 in"):
+            loop.train(config, str(work), NanTask(config))
+        assert sorted(int(d) for d in os.listdir(work / "checkpoints") if d.isdigit()) == [5, 10]
+    out = loop.train(config, str(work), ToyTask(config))
+    assert [s for s, _ in out["losses"]] == [40] and np.isfinite(out["losses"][-1][1])
+    assert loop.TrainingDiverged in main._user_errors()

@@ -27,7 +27,8 @@ The loop resumes from the newest readable checkpoint in `workdir/checkpoints` (s
 loader position), so a killed run restarted with the same config continues bit-for-bit. On
 SIGTERM (`parallel.StopSignal`; every process of a multi-process run at the same step) it saves
 the step it reached and exits with status 143; whatever ends it, an async checkpoint being
-written is finished first. A
+written is finished first. A run whose logged loss or checkpointed state is not finite stops
+with TrainingDiverged before saving it, so the checkpoints before it are kept. A
 resume restores onto the state's shapes, dtypes and shardings (`abstract_state`: init_variables
 and the optimiser's init traced by jax.eval_shape), so it initialises and compiles nothing the
 checkpoint overwrites (for DECA a network init is a compile of its forward pass). A
@@ -49,6 +50,17 @@ from absl import logging
 
 from jaxdeca import xla_options
 from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps
+
+
+class TrainingDiverged(RuntimeError):
+    """The logged loss or the state to be checkpointed is not finite (`train` stops before it
+    is saved, so the checkpoints written before it stay)."""
+
+
+def _all_finite(tree) -> jax.Array:
+    """Whether every float value of a pytree is finite: a bool scalar (jitted by `train`)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _console(line: str) -> None:
@@ -246,8 +258,21 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
     term_sums, n_summed = None, 0  # the loss terms summed over the steps since the last log
     add_terms = xla_options.jit(_add_terms)
+    all_finite = xla_options.jit(_all_finite)
+
+    def diverged(step, what):
+        manager.wait_until_finished()  # the checkpoint being written counts as kept
+        kept = sorted(manager.all_steps())
+        return TrainingDiverged(
+            f"training diverged: {what} at step {step} is not finite (NaN or inf), so it was not saved; "
+            + (f"the latest checkpoint, step {kept[-1]} in {ckpt_dir}, is kept: lower config.optim.learning_rate "
+               "and run again to resume from it" if kept else
+               f"no checkpoint was written before it in {ckpt_dir}: lower config.optim.learning_rate"))
 
     def save(step):
+        # a diverged state would push the good checkpoints out (keep_checkpoints) and be resumed
+        if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
+            raise diverged(step, "the state to be checkpointed (params, batch_stats or optimiser state)")
         info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
         if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
                                                              "frozen_from_config": fingerprints,
@@ -275,6 +300,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                     writer.write_scalars(step, {**scalars, **rates})
                     logging.info("%s loss %.5f", line, scalars["train/loss"])
                     _console(f"{line} loss {scalars['train/loss']:.5f}")
+                    if not np.isfinite(scalars["train/loss"]):
+                        raise diverged(step, "the logged train/loss (the mean since the previous log)")
                 if image_every and step % image_every == 0:
                     imgs = image_step(state, batch)
                     if imgs:
