@@ -294,6 +294,23 @@ def test_prefetch_counts_batches_not_groups():
     assert src.reads <= (1 + CFG.prefetch) * CFG.groups_per_batch * CFG.k
 
 
+def test_every_thread_builds_a_batch_ahead_whatever_prefetch():
+    """A prefetch below num_threads held the threads back: at most prefetch batches were built
+    ahead, so threads past it waited (grain warned; 16 threads ran no faster than 8)."""
+    import time
+    recs, groups = make_source()
+    src = CountingSource(recs)
+    cfg = loader.LoaderConfig(**{**CFG.__dict__, "num_threads": 4, "prefetch": 1})
+    ld = loader.FaceLoader(src, groups, cfg, process_index=0, process_count=1)
+    next(ld)
+    last, t0 = -1, time.monotonic()
+    while src.reads != last and time.monotonic() - t0 < 20:  # until the threads stop reading
+        last = src.reads
+        time.sleep(0.5)
+    per_batch = cfg.groups_per_batch * cfg.k
+    assert 4 * per_batch <= src.reads <= (1 + 4) * per_batch, src.reads
+
+
 def test_processes_split_the_single_process_batch():
     recs, groups = make_source()
     whole = loader.FaceLoader(recs, groups, CFG, 0, 1).batch_at(5)

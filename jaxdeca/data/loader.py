@@ -58,7 +58,8 @@ MAX_FALLBACK_IDENTITIES = 8  # identities in a row without a loadable image befo
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
     """groups_per_batch: N identities per global batch; k: images per identity; num_threads
-    threads each build whole batches, at most `prefetch` batches ahead of the one consumed."""
+    threads each build whole batches, at most max(prefetch, num_threads) batches ahead of the
+    one consumed (with fewer, threads wait: grain warns, and 16 threads ran no faster than 8)."""
     groups_per_batch: int
     k: int = 4
     image_size: int = 224
@@ -272,8 +273,9 @@ class FaceLoader:
         ds = grain.MapDataset.range(start_step * n, 2 ** 40)
         ds = ds.map(lambda t: load_group(self.source, self.groups, self.cfg, self._global(t // n, t % n), self.skipped))
         ds = ds.batch(n, batch_fn=self._collate)
+        # each thread builds a whole batch: a buffer shorter than the threads leaves some idle
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=self.cfg.num_threads,
-                                                    prefetch_buffer_size=self.cfg.prefetch))
+                                                    prefetch_buffer_size=max(self.cfg.prefetch, self.cfg.num_threads)))
 
     def __iter__(self):
         return self
