@@ -386,3 +386,24 @@ def test_detail_encoder_starts_from_the_converted_imagenet_resnet50(tmp_path, mo
         for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(r))
     assert not np.any(np.asarray(frozen["E_flame"]["params"]["encoder"]["conv1"]["kernel"]))  # not the ImageNet one
+
+
+def test_demo_summary_reads_the_landmark_stages_it_did_not_run(demo_run, tmp_path, capsys):
+    """The summary's held-out landmark loss comes from the pretrain and coarse records when this
+    run trains only detail (it indexed this run's first stage: a KeyError after the detail stage
+    had trained, summary.json not written); with no landmark evaluation at all (eval_every=0)
+    it says so; a loss that went up is 'higher', not '0.9x lower'."""
+    from jaxdeca.train import demo
+    before = json.loads((demo_run.path / "summary.json").read_text())
+    config = demo_config.get_config("tiny")
+    config.stages = ("detail",)
+    jmain.run_mode(config, str(demo_run.path))  # detail finished: skipped; export, showcase, summary
+    after = json.loads((demo_run.path / "summary.json").read_text())
+    for k in ("landmark_loss_step0", "landmark_loss_final"):
+        assert after[k] == before[k]
+    assert "held-out landmark loss" in capsys.readouterr().out
+    ev = lambda v: {demo.LANDMARK_KEY: v}  # noqa: E731
+    assert demo.landmark_change({"pretrain": [], "coarse": []}, str(tmp_path)) is None
+    assert demo.landmark_change({"pretrain": [(0, ev(0.5)), (4, ev(0.3))], "detail": [(0, {})]},
+                                str(tmp_path)) == (0.5, 0.3)
+    assert demo.landmark_change({"coarse": [(0, ev(0.3)), (4, ev(0.4))]}, str(tmp_path)) == (0.3, 0.4)

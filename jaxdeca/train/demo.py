@@ -155,6 +155,25 @@ def check_config(config) -> None:
         flame.load_arrays(config.flame_path)
 
 
+LANDMARK_KEY = "eval/landmark_loss"
+
+
+def landmark_change(hist: dict, workdir: str):
+    """(first, last) held-out landmark loss of the landmark stages (pretrain, coarse): the first
+    evaluation of the earliest and the last of the latest, from `hist` ({stage: eval history} of
+    this run) or, for a stage not run this time, its record in the workdir. None when no
+    evaluation holds it (the stages ran with eval_every=0, or only detail ran on a workdir
+    without records)."""
+    found = []
+    for stage in ("pretrain", "coarse"):
+        h = hist.get(stage)
+        if h is None and os.path.exists(_history_path(workdir, stage)):
+            with open(_history_path(workdir, stage)) as f:
+                h = json.load(f)["eval_history"]
+        found += [ev[LANDMARK_KEY] for _, ev in h or [] if LANDMARK_KEY in ev]
+    return (found[0], found[-1]) if found else None
+
+
 def run(config, workdir: str) -> None:
     t0 = time.time()
     check_config(config)
@@ -163,17 +182,19 @@ def run(config, workdir: str) -> None:
     files = export_heldout(config, workdir) if "detail" in hist else []
     from jaxdeca.apps import showcase
     showcase.run(config, workdir)
-    first = hist[config.stages[0]][0]
-    last_stage = "coarse" if "coarse" in hist else config.stages[-1]
-    last = hist[last_stage][-1]
-    key = "eval/landmark_loss"
-    l0, l1 = first[1][key], last[1][key]
-    summary = {"landmark_loss_step0": l0, "landmark_loss_final": l1, "ratio": l0 / max(l1, 1e-12),
-               "minutes": (time.time() - t0) / 60.0, "stages": {s: h[-1] for s, h in hist.items()}}
+    change = landmark_change(hist, workdir)
+    summary = {"minutes": (time.time() - t0) / 60.0, "stages": {s: h[-1] if h else None for s, h in hist.items()}}
+    if change:
+        l0, l1 = change
+        summary.update(landmark_loss_step0=l0, landmark_loss_final=l1, ratio=l0 / max(l1, 1e-12))
+        trend = f"{l0 / max(l1, 1e-12):.1f}x lower" if l1 <= l0 else f"{l1 / max(l0, 1e-12):.1f}x higher"
+        print(f"\n[demo] held-out landmark loss (DECA's weighted landmark L1 on held-out identities): "
+              f"step 0 {l0:.4f} -> final {l1:.4f} ({trend})")
+    else:
+        print("\n[demo] no held-out landmark loss to report: the pretrain and coarse stages were not evaluated "
+              "(config.<stage>.train.eval_every=0)")
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"\n[demo] held-out landmark loss (DECA's weighted landmark L1 on held-out identities): "
-          f"step 0 {l0:.4f} -> final {l1:.4f} ({l0 / max(l1, 1e-12):.1f}x lower)")
     print(f"[demo] wall time this run {(time.time() - t0) / 60:.1f} min")
     n_obj = sum(f.endswith(".obj") for f in files)
     if files:
