@@ -103,3 +103,16 @@ def test_half_precision_poses_are_rotated_in_float32():
     want = m(z(100), z(50), *(x.astype(jnp.float32) for x in half))
     for k in ("vertices", "landmarks2d"):
         np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]), err_msg=k)
+
+
+def test_barycentric_landmarks_take_numpy_faces():
+    """faces given as a numpy array (as the renderer's functions take them) were indexed by the
+    traced landmark faces inside vmap: TracerArrayConversionError, even eagerly."""
+    from jaxdeca.flame.model import barycentric_landmarks
+    rng = np.random.default_rng(0)
+    verts = rng.normal(size=(2, 6, 3)).astype(np.float32)
+    faces = np.array([[0, 1, 2], [3, 4, 5], [1, 3, 5]])
+    lmk_faces = np.array([[2, 0], [1, 2]])
+    bary = rng.uniform(size=(2, 2, 3)).astype(np.float32)
+    want = np.einsum("blk,blkc->blc", bary, verts[np.arange(2)[:, None, None], faces[lmk_faces]])
+    np.testing.assert_allclose(barycentric_landmarks(verts, faces, lmk_faces, bary), want, rtol=1e-5, atol=1e-6)

@@ -106,6 +106,7 @@ def check_codes(codes: dict, widths: dict) -> None:
 
 def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
     """verts: [B, V, 3]; faces: [F, 3]; lmk_faces: [B, L]; lmk_bary: [B, L, 3] -> [B, L, 3]."""
+    faces = jnp.asarray(faces)  # numpy faces cannot be indexed by the traced lmk_faces
     tri = jax.vmap(lambda v, f: v[faces[f]])(verts, lmk_faces)  # [B, L, 3, 3]
     return jnp.einsum("blk,blkc->blc", lmk_bary, tri)
 

@@ -149,7 +149,8 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
     [B,H,W,3] (the albedo at the pixels, not masked: background pixels, whose grid is 0, hold
     the albedo at the UV centre, as DECA's trainer samples it for the identity loss), mask [B,H,W],
     alpha [B,H,W] (soft coverage, for silhouette gradients), grid [B,H,W,2], normal_images,
-    pos_mask [B,H,W], shape_images, depth_images [B,H,W], uv_pverts, uv_coarse_vertices,
+    pos_mask [B,H,W], shape_images (for display: its normals are detached, as in DECA's
+    render_shape, so no gradient reaches the geometry), depth_images [B,H,W], uv_pverts, uv_coarse_vertices,
     uv_coarse_normals [B,R,R,3], normals [B,V,3], trans_normals [B,V,3]; with uv_z also
     uv_detail_normals [B,R,R,3], uv_shading, uv_texture and shape_detail_images.
     """
