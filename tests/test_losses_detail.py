@@ -58,12 +58,34 @@ def test_z_sym_hand_computed():
     assert float(g[0, 0, 0, 0]) == 1.0 and float(g[0, 0, 7, 0]) == -1.0  # flip is detached
 
 
+def test_z_sym_matches_decas_numpy_form_on_a_face_mask():
+    """DECA's trainer: sum((1 - binary_erosion(vis, 5 x 5)) |z - flip_w(z)|), with scipy's erosion,
+    on a face-shaped mask (an ellipse with two eye holes) that erosion by 3 x 3 and by 5 x 5 tell
+    apart (a 3 x 3 erosion passed the cases above)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    vis = (((yy - 20) / 16.0) ** 2 + ((xx - 19.5) / 12.0) ** 2 < 1).astype(np.float32)
+    vis[14:18, 11:16] = vis[14:18, 24:29] = 0.0
+    z = (rng.normal(size=(1, 40, 40, 1)) * 0.01).astype(np.float32)
+    non = 1.0 - scipy.ndimage.binary_erosion(vis, np.ones((5, 5))).astype(np.float32)
+    want = float((non[None, ..., None] * np.abs(z - z[:, :, ::-1])).sum())
+    got = float(detail.z_sym_loss(jnp.asarray(z), jnp.asarray(vis)[None, ..., None]))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    three = 1.0 - scipy.ndimage.binary_erosion(vis, np.ones((3, 3))).astype(np.float32)
+    assert abs(float((three[None, ..., None] * np.abs(z - z[:, :, ::-1])).sum()) - want) > 0.01 * want
+
+
 def test_uv_visibility_mask():
     gt = jnp.ones((1, 2, 2, 1))
     nz = jnp.asarray([[[[-0.1], [0.0]], [[-0.06], [-0.04]]]])
     fem = jnp.asarray([[1.0, 1.0], [0.0, 1.0]])
     out = np.asarray(detail.uv_visibility_mask(gt, nz, fem))[0, ..., 0]
     np.testing.assert_array_equal(out, [[1, 0], [0, 0]])
+    # DECA's threshold, -0.05, on either side of it where the face-eye mask is 1 (the -0.06 texel
+    # above has mask 0, so a threshold of -0.08 passed)
+    nz = jnp.asarray([[[[-0.051], [-0.049]], [[-0.06], [-0.079]]]])
+    out = np.asarray(detail.uv_visibility_mask(gt, nz, jnp.ones((2, 2))))[0, ..., 0]
+    np.testing.assert_array_equal(out, [[1, 0], [1, 1]])
 
 
 def _vgg(x):

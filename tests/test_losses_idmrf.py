@@ -128,6 +128,14 @@ def test_idmrf_wrapper_runs_features_once_and_grads_are_finite():
     assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grad)))
     loss0, grad0 = jax.value_and_grad(lambda g: idmrf.idmrf_loss(g, tar, feats))(jnp.zeros_like(gen))
     assert np.isfinite(float(loss0)) and np.all(np.isfinite(np.asarray(grad0)))
+    # the first half of the one batch is gen, the second tar (the torch test above fixes which is
+    # which): swapped halves, or tar twice (no gradient), passed every test
+    tar = jnp.asarray(np.random.default_rng(5).random((2, 8, 8, 3)).astype(np.float32))
+    want = float(idmrf.idmrf_loss_from_features(feats(gen), feats(tar)))
+    np.testing.assert_allclose(float(idmrf.idmrf_loss(gen, tar, feats)), want, rtol=1e-6)
+    for other in (idmrf.idmrf_loss_from_features(feats(tar), feats(gen)),
+                  idmrf.idmrf_loss_from_features(feats(tar), feats(tar))):
+        assert abs(float(other) - want) > 1e-3 * abs(want)
 
 
 def test_mrf_gradient_matches_finite_differences():

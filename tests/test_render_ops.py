@@ -42,8 +42,11 @@ def test_grid_sample_matches_torch_including_out_of_range():
         # gradients w.r.t. image and grid agree with torch autograd
         ti = torch.from_numpy(i).permute(0, 3, 1, 2).requires_grad_()
         tg = torch.from_numpy(g).requires_grad_()
-        torch.nn.functional.grid_sample(ti, tg, align_corners=False).pow(2).sum().backward()
-        gi, gg = jax.jit(jax.grad(lambda i, g: jnp.sum(grid_sample(i, g) ** 2), argnums=(0, 1)))(jnp.asarray(i), jnp.asarray(g))
+        # a linear loss with random weights: the cotangent of sum(out^2) is 0 wherever out is (at
+        # samples all of whose taps are outside), so it could not see the VJP's masking there
+        w = rng.normal(size=(n, 9, 11, 3)).astype(np.float32)
+        (torch.nn.functional.grid_sample(ti, tg, align_corners=False) * torch.from_numpy(w).permute(0, 3, 1, 2)).sum().backward()
+        gi, gg = jax.jit(jax.grad(lambda i, g: jnp.sum(grid_sample(i, g) * w), argnums=(0, 1)))(jnp.asarray(i), jnp.asarray(g))
         np.testing.assert_allclose(gi, ti.grad.permute(0, 2, 3, 1).numpy(), atol=1e-4)
         inner = np.abs(g).max(-1) < 0.9  # torch's grid grad at exact integer taps is one-sided
         np.testing.assert_allclose(np.asarray(gg)[inner], tg.grad.numpy()[inner], atol=1e-3)
@@ -281,3 +284,12 @@ def test_per_image_functions_refuse_batches_of_different_sizes():
     for n, light in (((2, 3, 4, 3), (1, 9, 3)), ((1, 5, 3), (2, 9, 3))):
         with pytest.raises(ValueError, match=r"one batch size, got \(.*\) and \(.*\)"):
             jax.grad(lambda n, l: sh_shading(n, l).sum())(jnp.ones(n), jnp.ones(light))
+
+
+def test_perspective_proj_on_a_non_square_image_with_two_focal_lengths():
+    """The pinhole model by hand, 80 x 60 image, fx = 100, fy = 150, principal point (40, 30):
+    x = cx + fx X / -Z, y = cy - fy Y / -Z in pixels. A square image with one focal length let fx
+    read as fy, and W and H swapped, pass."""
+    v = jnp.array([[[0.2, 0.1, -2.0]]])
+    out = perspective_proj(v, jnp.array([[100.0, 150.0]]), jnp.array([[40.0, 30.0]]), (60, 80))
+    np.testing.assert_allclose(to_pixels(out, (60, 80))[0, 0], [40 + 100 * 0.2 / 2, 30 - 150 * 0.1 / 2, 2.0], rtol=1e-6)
