@@ -69,6 +69,15 @@ def test_uv_face_eye_mask_at_the_topology_size():
     np.testing.assert_array_equal(small, mask[::2, ::2])
     np.testing.assert_array_equal(uv_face_eye_mask(model, 16), mask)
     np.testing.assert_array_equal(uv_face_eye_mask({}, 4), np.ones((4, 4)))
+    # texels a quarter, half and three quarters covered: area average, then > 0.5 (aligned blocks
+    # alone let a threshold of > 0, or nearest-neighbour resizing, pass)
+    mask = np.zeros((16, 16), np.float32)
+    mask[3:12, 1:10] = 1.0
+    mask[2, 2] = mask[2, 1] = mask[3, 0] = 1.0  # texel (1, 0): 3/4 covered, its top-left pixel not
+    mask[12, 9] = 1.0  # texel (6, 4): 1/4
+    want = mask.reshape(8, 2, 8, 2).mean((1, 3))
+    assert {0.25, 0.5, 0.75} <= set(want.ravel().tolist())
+    np.testing.assert_array_equal(uv_face_eye_mask(dict(model, uv_face_eye_mask=mask), 8), want > 0.5)
 
 
 def test_render_outputs(sphere):
