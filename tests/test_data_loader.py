@@ -278,37 +278,33 @@ def test_after_an_error_from_next_the_same_batch_comes_next(monkeypatch):
     assert ld.state()["step"] == 4
 
 
-def test_prefetch_counts_batches_not_groups():
-    """LoaderConfig.prefetch is the number of batches built ahead: the buffer once held
-    prefetch x groups_per_batch whole batches (256 batches, ~13 GB, for DECA's pretrain batch of
-    64 identities at 224 px)."""
+def _reads_ahead(cfg) -> int:
+    """Records read by a loader's threads once one batch was taken and they stopped reading."""
     import time
     recs, groups = make_source()
     src = CountingSource(recs)
-    ld = loader.FaceLoader(src, groups, CFG, process_index=0, process_count=1)
-    next(ld)
-    last, t0 = -1, time.monotonic()
-    while src.reads != last and time.monotonic() - t0 < 20:  # until the threads stop reading
-        last = src.reads
-        time.sleep(0.5)
-    assert src.reads <= (1 + CFG.prefetch) * CFG.groups_per_batch * CFG.k
-
-
-def test_every_thread_builds_a_batch_ahead_whatever_prefetch():
-    """A prefetch below num_threads held the threads back: at most prefetch batches were built
-    ahead, so threads past it waited (grain warned; 16 threads ran no faster than 8)."""
-    import time
-    recs, groups = make_source()
-    src = CountingSource(recs)
-    cfg = loader.LoaderConfig(**{**CFG.__dict__, "num_threads": 4, "prefetch": 1})
     ld = loader.FaceLoader(src, groups, cfg, process_index=0, process_count=1)
     next(ld)
     last, t0 = -1, time.monotonic()
     while src.reads != last and time.monotonic() - t0 < 20:  # until the threads stop reading
         last = src.reads
         time.sleep(0.5)
+    return src.reads
+
+
+def test_prefetch_counts_batches_not_groups():
+    """LoaderConfig.prefetch is the number of batches built ahead: the buffer once held
+    prefetch x groups_per_batch whole batches (256 batches, ~13 GB, for DECA's pretrain batch of
+    64 identities at 224 px)."""
+    assert _reads_ahead(CFG) <= (1 + CFG.prefetch) * CFG.groups_per_batch * CFG.k
+
+
+def test_every_thread_builds_a_batch_ahead_whatever_prefetch():
+    """A prefetch below num_threads held the threads back: at most prefetch batches were built
+    ahead, so threads past it waited (grain warned; 16 threads ran no faster than 8)."""
+    cfg = loader.LoaderConfig(**{**CFG.__dict__, "num_threads": 4, "prefetch": 1})
     per_batch = cfg.groups_per_batch * cfg.k
-    assert 4 * per_batch <= src.reads <= (1 + 4) * per_batch, src.reads
+    assert 4 * per_batch <= _reads_ahead(cfg) <= (1 + 4) * per_batch
 
 
 def test_processes_split_the_single_process_batch():
