@@ -391,8 +391,9 @@ def test_detail_encoder_starts_from_the_converted_imagenet_resnet50(tmp_path, mo
 def test_demo_summary_reads_the_landmark_stages_it_did_not_run(demo_run, tmp_path, capsys):
     """The summary's held-out landmark loss comes from the pretrain and coarse records when this
     run trains only detail (it indexed this run's first stage: a KeyError after the detail stage
-    had trained, summary.json not written); with no landmark evaluation at all (eval_every=0)
-    it says so; a loss that went up is 'higher', not '0.9x lower'."""
+    had trained, summary.json not written). landmark_change gives None when no stage holds a
+    landmark evaluation (eval_every=0: run says so, where it raised IndexError) and a rise as it
+    is (run prints it as 'higher', where it said '0.9x lower')."""
     from jaxdeca.train import demo
     before = json.loads((demo_run.path / "summary.json").read_text())
     config = demo_config.get_config("tiny")
