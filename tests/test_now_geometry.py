@@ -228,3 +228,24 @@ def test_non_finite_points_get_nan_and_leave_the_others_exact():
     d_ref, q_ref = brute_force_point_to_triangle_distance(pts[~bad], v[f], xp=np)
     np.testing.assert_allclose(d[~bad], d_ref, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(q[~bad], q_ref, rtol=1e-12, atol=1e-9)
+
+
+def test_similarity_without_reflection_is_the_best_proper_rotation_on_a_mirrored_set():
+    """On a mirrored point set the unconstrained optimum is a reflection; with it excluded, the
+    fit equals a brute-force least-squares search over proper rotations (scipy). Only det R = +1
+    was checked before: the scale without the sign vector, or the first axis flipped instead of
+    the last, passed."""
+    from scipy.optimize import minimize
+    rng = np.random.default_rng(1)
+    src = rng.normal(size=(7, 3)) * [3, 2, 1]
+    dst = src * [1, 1, -1] * 1.3 + 0.01 * rng.normal(size=(7, 3))
+
+    def resid(s, R, t):
+        return float(((s * src @ R.T + t - dst) ** 2).sum())
+
+    fits = [minimize(lambda p: resid(np.exp(p[0]), Rotation.from_rotvec(p[1:4]).as_matrix(), p[4:]),
+                     np.r_[0, rng.normal(size=3), 0, 0, 0], method="BFGS", options=dict(gtol=1e-10)) for _ in range(10)]
+    best = min(f.fun for f in fits)
+    s, R, t = similarity_transform(src, dst)
+    assert np.linalg.det(R) > 0
+    np.testing.assert_allclose(resid(s, R, t), best, rtol=1e-5)
