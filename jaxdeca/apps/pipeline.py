@@ -49,6 +49,7 @@ from jaxdeca.data import crop as crop_lib
 from jaxdeca.data import detect, preprocess
 from jaxdeca.render import deca as render_deca
 from jaxdeca.train import parallel
+from jaxdeca.train.paths import resolve as resolve_path
 from jaxdeca.train.deca_common import DEFAULT_MODEL, build_networks, camera_codes, checked_like
 
 IMAGE_SIZE = 224
@@ -478,8 +479,9 @@ def trained_flame_arrays(checkpoint: str | None, info: dict, flame_path: str | N
             f"{checkpoint}: a model directory records no FLAME model, so its codes need one: pass --flame "
             "(flame_path=) naming DECA's data/ folder, its generic_model.pkl or a python -m jaxdeca.flame.convert "
             f"npz ({flame.DEMO_HEAD} for the embedded demo head)")
+    # the workdir records the path as resolved here (DecaParts.checkpoint_info)
     if "flame_path" not in info or flame_path == info["flame_path"] or \
-            (flame_path and info["flame_path"] and os.path.abspath(flame_path) == info["flame_path"]):
+            (flame_path and resolve_path(flame_path) == info["flame_path"]):
         return flame.load_arrays(flame_path), flame_name(flame_path)
     trained = info["flame_path"]
     try:
