@@ -54,16 +54,23 @@ def _history_path(workdir, stage):
     return os.path.join(workdir, stage, "eval_history.json")
 
 
+def _record(workdir, stage) -> dict | None:
+    """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds'}), or None."""
+    path = _history_path(workdir, stage)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def train_stage(config, workdir: str, stage: str) -> list:
     """Trains one stage (or reads a finished one's record); returns its eval history."""
     c = stage_config(config, stage, workdir)
     hist_file = _history_path(workdir, stage)
-    if os.path.exists(hist_file):
-        with open(hist_file) as f:
-            record = json.load(f)
-        if record.get("num_steps") == int(c.train.num_steps):
-            logging.info("stage %s already finished (%s); skipping", stage, hist_file)
-            return record["eval_history"]
+    record = _record(workdir, stage)
+    if record is not None and record.get("num_steps") == int(c.train.num_steps):
+        logging.info("stage %s already finished (%s); skipping", stage, hist_file)
+        return record["eval_history"]
     t = time.time()
     print(f"[demo] stage {stage}: {c.train.num_steps} steps of batch {c.train.batch_size} at "
           f"{c.data.image_size} px", flush=True)
@@ -167,9 +174,8 @@ def landmark_change(hist: dict, workdir: str):
     found = []
     for stage in ("pretrain", "coarse"):
         h = hist.get(stage)
-        if h is None and os.path.exists(_history_path(workdir, stage)):
-            with open(_history_path(workdir, stage)) as f:
-                h = json.load(f)["eval_history"]
+        if h is None:
+            h = (_record(workdir, stage) or {}).get("eval_history")
         found += [ev[LANDMARK_KEY] for _, ev in h or [] if LANDMARK_KEY in ev]
     return (found[0], found[-1]) if found else None
 
