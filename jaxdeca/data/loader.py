@@ -194,6 +194,21 @@ def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: di
     return None
 
 
+def _slot_order(p: int, count: int, taken: set):
+    """Images of an identity of `count` in the order a slot tries them: its pick p, then the
+    others from p + 1 on (wrapping), those not `taken` by the group before those that are.
+    Lazy: a slot whose pick loads takes one element, whatever the identity's size (lists of them
+    all made every image cost O(count): a group of 4 took 146 ms at 100k images per identity
+    against 28 ms at 350, VGGFace2's mean; VoxCeleb2's frames give ~35k an identity)."""
+    yield p
+    yield from (o for o in _after(p, count) if o not in taken)
+    yield from (o for o in _after(p, count) if o in taken)
+
+
+def _after(p: int, count: int):
+    return ((p + d) % count for d in range(1, count))
+
+
 def load_group(source, groups, cfg: LoaderConfig, g: int, skipped: dict | None = None) -> dict:
     """The K samples of global group g, stacked: image [K,S,S,3], ...
 
@@ -212,9 +227,8 @@ def load_group(source, groups, cfg: LoaderConfig, g: int, skipped: dict | None =
         taken = {int(p) for p in picks}
         samples = []
         for k, p in enumerate(picks):
-            others = [(int(p) + d) % count for d in range(1, count)]
-            order = [int(p)] + [o for o in others if o not in taken] + [o for o in others if o in taken]
-            loaded = _load_one(source, [first + o for o in order], cfg, g, k, skipped, bad)
+            loaded = _load_one(source, (first + o for o in _slot_order(int(p), count, taken)), cfg, g, k,
+                               skipped, bad)
             if loaded is None:
                 break
             samples.append(loaded[0])
