@@ -490,3 +490,43 @@ def test_rebuild_keeps_the_images_folder_and_a_synthetic_config_object(tmp_path)
     first = _records(s)
     s = tfds_faces.build(tfds_faces.SyntheticFaces(config=cfg, data_dir=data), rebuild=True)
     assert s.builder_config is cfg and _records(s) == first and len(first) == 4
+
+
+def _fake_prepared(root, n, rng):
+    """A prepared folder's index.jsonl (n records of 40 identities, 68 landmarks each) and meta.json."""
+    os.makedirs(root)
+    with open(os.path.join(root, "index.jsonl"), "w") as f:
+        for i in range(n):
+            f.write(json.dumps(dict(path=f"id{i % 40:02d}/{i:05d}.jpg", identity=f"id{i % 40:02d}",
+                                    landmarks=np.round(rng.uniform(0, 200, (68, 2)), 3).tolist(),
+                                    mask=f"masks/{i}.png", score=None, source="dlib")) + "\n")
+    with open(os.path.join(root, "meta.json"), "w") as f:
+        json.dump(dict(images_root=root, layout="folders"), f)
+
+
+def test_identity_build_holds_no_record_until_it_writes_it(tmp_path):
+    """The build read every index.jsonl record into memory and kept them until the last was
+    written (68 landmarks each as lists: 13.5 KB an image, 42 GB for VGGFace2's 3.1M images).
+    Now it keeps each record's place in the file and reads it when its example is written; a
+    line that changed meanwhile stops the build naming it."""
+    import tracemalloc
+    import types
+    root = str(tmp_path / "prepared")
+    n = 3000
+    _fake_prepared(root, n, np.random.default_rng(0))
+    builder = tfds_faces.IdentityFaces(config="folders", data_dir=str(tmp_path / "tfds"))
+    tracemalloc.start()
+    gens = builder._split_generators(types.SimpleNamespace(manual_dir=root))
+    kept = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert kept < 1000 * n, kept / n  # bytes an image: ~240 now, 10.8 KB when it kept the records
+    groups = builder.info.metadata["groups"]
+    assert sum(c for _, _, c in groups["train"]) + sum(c for _, _, c in groups.get("test", [])) == n
+
+    with open(os.path.join(root, "index.jsonl")) as f:
+        lines = f.readlines()
+    lines[0] = lines[0].replace("00000.jpg", "other.jpg")  # prepare ran again meanwhile
+    with open(os.path.join(root, "index.jsonl"), "w") as f:
+        f.writelines(lines)
+    with pytest.raises(ValueError, match=r"index.jsonl:1: changed while the dataset was being built"):
+        next(gens["train"])
