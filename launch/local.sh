@@ -60,6 +60,11 @@ ensure_venv() {  # $1: extras, e.g. "" or "[test]"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[local.sh] installing jaxdeca${extras} into $venv (first run takes a few minutes)" >&2
     local retry="fix the cause above and run again (or remove $venv to start over)"
+    # a venv cut short while venv installed pip (Ctrl-C: this script died with it) has no pip
+    if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+      "$venv/bin/python" -m ensurepip --upgrade >/dev/null 2>&1 ||
+        die "$venv has no pip, and ensurepip could not install it; $retry"
+    fi
     pip_install --upgrade pip || echo "[local.sh] could not upgrade pip; going on with the venv's own" >&2
     pip_install -e ".${extras}" || die "pip could not install jaxdeca${extras} into $venv; $retry"
     local modules="jaxdeca, jax, flax"
@@ -91,8 +96,9 @@ case "$cmd" in
     # Two pytest-xdist workers, each taking whole test files (module fixtures are built once):
     # on a 2-core machine one process leaves a core idle while XLA compiles, and the workers
     # share the session's compilation cache (tests/conftest.py). JAXDECA_TEST_WORKERS=0 runs
-    # in one process; a later -n in the arguments also wins.
-    exec "$venv/bin/python" -m pytest tests -n "${JAXDECA_TEST_WORKERS:-2}" --dist loadfile "$@"
+    # in one process; a later -n in the arguments also wins. No path here: setup.cfg's testpaths
+    # (tests/) applies when the arguments name none, and a file or folder given runs alone.
+    exec "$venv/bin/python" -m pytest -n "${JAXDECA_TEST_WORKERS:-2}" --dist loadfile "$@"
     ;;
   run)
     ensure_venv ""

@@ -6,7 +6,6 @@ tpu_pod.sh is also sourced (to call its pack_tree alone) and run with --dry-run.
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -181,16 +180,68 @@ def test_local_refuses_python_older_than_311(tmp_path):
     assert not venv.exists()
 
 
+def _stand_in_venv(tmp_path, pip_ok=True, ensurepip_ok=True):
+    """A venv whose python logs its arguments; `-m pip --version` succeeds when pip_ok (or once
+    `-m ensurepip` ran, which succeeds when ensurepip_ok); `-m pip install` always fails."""
+    venv, log = tmp_path / "venv", tmp_path / "python.log"
+    (venv / "bin").mkdir(parents=True)
+    pip = venv / "pip-installed"
+    if pip_ok:
+        pip.touch()
+    (venv / "bin" / "python").write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+case "$*" in
+  "-m pip --version") [ -e {pip} ] && exit 0; exit 1;;
+  "-m ensurepip --upgrade") {"touch " + str(pip) + "; exit 0" if ensurepip_ok else "exit 1"};;
+  *"pip install"*) echo "ERROR: stand-in pip" >&2; exit 1;;
+esac
+""")
+    (venv / "bin" / "python").chmod(0o755)
+    return venv, log
+
+
 def test_local_failed_install_is_not_stamped(tmp_path):
-    """A venv whose pip fails (here: it has none): local.sh stops, writes no stamp, retries next run."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    """A venv whose pip fails: local.sh stops, writes no stamp, retries next run."""
+    venv, _ = _stand_in_venv(tmp_path)
     env = dict(os.environ, JAXDECA_VENV=str(venv))
     for _ in range(2):
         r = _bash([os.path.join(LAUNCH, "local.sh"), "run", "jaxdeca.main"], env=env)
         assert r.returncode == 1
         assert "installing jaxdeca into" in r.stderr and "pip could not install jaxdeca" in r.stderr
         assert not [p for p in os.listdir(venv) if p.startswith(".jaxdeca-stamp")]
+
+
+@pytest.mark.parametrize("ensurepip_ok", [True, False])
+def test_local_gives_a_venv_without_pip_its_pip(tmp_path, ensurepip_ok):
+    """A venv left without pip (Ctrl-C while `python -m venv` ran ensurepip kills this script
+    too, so it never removed it) was reused as it was: every later run failed in pip, and running
+    again never helped. Now ensurepip installs pip into it first, or the run says it could not."""
+    venv, log = _stand_in_venv(tmp_path, pip_ok=False, ensurepip_ok=ensurepip_ok)
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "run", "jaxdeca.main"], env=dict(os.environ, JAXDECA_VENV=str(venv)))
+    assert r.returncode == 1
+    calls = log.read_text().splitlines()
+    assert calls[:2] == ["-m pip --version", "-m ensurepip --upgrade"]
+    if ensurepip_ok:
+        assert "pip install" in calls[2] and "pip could not install jaxdeca" in r.stderr
+    else:
+        assert len(calls) == 2 and f"{venv} has no pip, and ensurepip could not install it" in r.stderr
+
+
+def test_local_test_runs_the_tests_it_is_given(tmp_path):
+    """`local.sh test tests/test_x.py` put `tests` before the arguments: pytest ran the whole
+    suite and the file too. With no path, setup.cfg's testpaths still picks tests/."""
+    import configparser
+    import hashlib
+    venv, log = _stand_in_venv(tmp_path)
+    setup = b"".join(open(os.path.join(ROOT, f), "rb").read() for f in ("setup.cfg", "pyproject.toml"))
+    (venv / ".jaxdeca-stamp-test-").write_text(hashlib.sha256(setup).hexdigest()[:16] + "\n")  # installed
+    env = dict(os.environ, JAXDECA_VENV=str(venv))
+    r = _bash([os.path.join(LAUNCH, "local.sh"), "test", "tests/test_launch_scripts.py", "-q"], env=env)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines() == ["-m pytest -n 2 --dist loadfile tests/test_launch_scripts.py -q"]
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(ROOT, "setup.cfg"))
+    assert cfg["tool:pytest"]["testpaths"].split() == ["tests"]
 
 
 def test_local_demo_and_run_pass_their_arguments_and_work_where_called(tmp_path):
