@@ -60,8 +60,11 @@ if [ -z "\$py" ]; then
   echo "\$(hostname): jaxdeca needs Python >= 3.11; this TPU VM has \$(python3 -V 2>&1). Install python3.11 and python3.11-venv on every worker (Ubuntu: the deadsnakes PPA), or create the TPU VM from an image whose python3 is 3.11 or newer." >&2
   exit 1
 fi
-.venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || "\$py" -m venv --clear .venv
-.venv/bin/pip install -q -e . 'jax[tpu]==0.10.2'
+# a venv without pip (made before python3.X-venv was installed: Debian's venv then stops after
+# making bin/python) is made again, as one of an older Python is
+{ .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' && .venv/bin/python -m pip --version; } >/dev/null 2>&1 ||
+  "\$py" -m venv --clear .venv
+.venv/bin/python -m pip install -q -e . 'jax[tpu]==0.10.2'
 .venv/bin/python -m jaxdeca.main $1
 EOF
 }

@@ -166,6 +166,42 @@ def test_tpu_pod_runs_gcloud_scp_then_ssh(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "gcloud.log"]  # the tarball is removed
 
 
+def test_tpu_pod_worker_makes_a_venv_without_pip_again(tmp_path):
+    """A worker whose first run made .venv without pip (python3.11-venv not installed yet:
+    Debian's venv stops after bin/python) reused it on every later run, each failing with
+    `.venv/bin/pip: No such file or directory`. Run the worker script with stand-in pythons."""
+    home, src, log = tmp_path / "home", tmp_path / "src", tmp_path / "calls.log"
+    src.mkdir()
+    (src / "setup.cfg").write_text("[metadata]\n")
+    home.mkdir()
+    tpu = os.path.join(LAUNCH, "tpu_pod.sh")
+    assert _bash(["-c", 'source "$0" && pack_tree "$1" "$2"', tpu, str(src), str(home / "jaxdeca.tar.gz")]).returncode == 0
+    script = _bash(["-c", 'source "$0" && remote_script "--config=c.py"', tpu]).stdout
+
+    def stand_in(path, name, pip):  # logs its calls; `-m pip --version` fails when not pip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"""#!/bin/sh
+echo "{name} $*" >> {log}
+case "$*" in "-m pip --version") exit {0 if pip else 1};; esac
+""")
+        path.chmod(0o755)
+
+    venv_python = home / "jaxdeca" / ".venv" / "bin" / "python"
+    stand_in(venv_python, "old-venv", pip=False)
+    bin_dir = tmp_path / "bin"
+    # the worker's python3.11: `-m venv --clear .venv` makes a venv whose python has pip
+    stand_in(bin_dir / "python3.11", "python3.11", pip=True)
+    with open(bin_dir / "python3.11", "a") as f:
+        f.write(f'[ "$1 $2 $3" = "-m venv --clear" ] && cp {bin_dir / "new-venv-python"} "$4/bin/python"\nexit 0\n')
+    stand_in(bin_dir / "new-venv-python", "new-venv", pip=True)
+    env = dict(os.environ, HOME=str(home), PATH=f"{bin_dir}:{os.environ['PATH']}")
+    r = _bash(["-c", script], env=env)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert "python3.11 -m venv --clear .venv" in calls
+    assert calls[-2:] == ["new-venv -m pip install -q -e . jax[tpu]==0.10.2", "new-venv -m jaxdeca.main --config=c.py"]
+
+
 # --- local.sh ----------------------------------------------------------------------------------
 
 def test_local_refuses_python_older_than_311(tmp_path):
