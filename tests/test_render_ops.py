@@ -25,6 +25,33 @@ def test_perspective_centre_and_scale():
     np.testing.assert_allclose(to_pixels(out, (64, 64))[0, 1, :2], [82.0, -18.0], atol=1e-4)
 
 
+def test_perspective_points_behind_the_camera_are_not_drawn():
+    """A triangle behind the camera (z > 0) was projected mirrored with a negative depth, so the
+    rasterizer drew it in front of the visible one: it won 36 of their 64 shared pixels."""
+    from jaxdeca.render import rasterize
+    tri = np.array([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0]], np.float32)
+    front = np.concatenate([tri, np.full((3, 1), -5.0, np.float32)], 1)
+    behind = np.concatenate([tri * [1.0, -1.0], np.full((3, 1), 5.0, np.float32)], 1)  # lands on `front`
+    straddle = np.array([[0.0, 0.0, -5.0], [0.1, 0.0, 2.0], [0.0, 0.1, -5.0]], np.float32)  # one vertex behind
+    v = jnp.asarray(np.concatenate([front, behind, straddle])[None])
+    faces = jnp.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
+
+    def image(v, sigma):
+        out = perspective_proj(v, jnp.array([40.0]), jnp.array([[16.0, 16.0]]), (32, 32))
+        return rasterize(out, faces, (32, 32), sigma=sigma)
+
+    out = perspective_proj(v, jnp.array([40.0]), jnp.array([[16.0, 16.0]]), (32, 32))
+    assert np.isfinite(np.asarray(out[0, :3])).all() and np.isnan(np.asarray(out[0, 3:6])).all()
+    assert np.isnan(np.asarray(out[0, 7])).all() and np.isfinite(np.asarray(out[0, [6, 8]])).all()
+    fr = image(v, 1.0)
+    assert set(np.unique(np.asarray(fr.face_index)).tolist()) == {-1, 0}
+    np.testing.assert_array_equal(np.asarray(image(v[:, :3], 0.0).face_index), np.asarray(fr.face_index))
+    np.testing.assert_allclose(np.asarray(fr.alpha), np.asarray(image(v[:, :3], 1.0).alpha), atol=1e-6)
+    g = jax.grad(lambda v: jnp.sum(image(v, 1.0).alpha * image(v, 1.0).depth))(v)
+    assert np.isfinite(np.asarray(g)).all() and np.all(np.asarray(g[0, 3:]) == 0)
+    assert np.abs(np.asarray(g[0, :3])).sum() > 0
+
+
 def test_grid_sample_matches_torch_including_out_of_range():
     """Values and gradients (image and grid, the custom VJP) against torch, for a batch of two
     (forward vmapped, backward looped over the images on CPU) and of one (no vmap); under jit

@@ -28,15 +28,21 @@ def perspective_proj(verts, focal, principal, image_size):
     verts: [B, V, 3] camera space (visible points have z < 0); focal: [B] or [B, 2] in
     pixels; principal: [B, 2] pixels (x, y); image_size: (H, W).
     Returns [B, V, 3] in the same image space as `orth_proj` ([-1, 1], y down,
-    z = distance along the view axis, smaller is nearer).
+    z = distance along the view axis, smaller is nearer). A point at or behind the camera
+    (z >= 0) comes out NaN, with zero gradient: `rasterize` leaves out every face with such a
+    vertex (there is no near-plane clipping). Divided through, it landed mirrored on the image
+    with a negative depth, so it was drawn and hid everything in front of the camera.
     """
     H, W = image_size
     f = jnp.asarray(focal, verts.dtype)
     f = jnp.broadcast_to(f.reshape(f.shape[0], -1), (f.shape[0], 2))[:, None, :]
     depth = -verts[..., 2:3]
-    px = f[..., 0:1] * verts[..., 0:1] / depth + principal[:, None, 0:1]
-    py = -f[..., 1:2] * verts[..., 1:2] / depth + principal[:, None, 1:2]
-    return jnp.concatenate([px * 2.0 / W - 1.0, py * 2.0 / H - 1.0, depth], axis=-1)
+    front = depth > 0
+    d = jnp.where(front, depth, 1.0)  # no inf or NaN in the gradient of the points behind
+    px = f[..., 0:1] * verts[..., 0:1] / d + principal[:, None, 0:1]
+    py = -f[..., 1:2] * verts[..., 1:2] / d + principal[:, None, 1:2]
+    out = jnp.concatenate([px * 2.0 / W - 1.0, py * 2.0 / H - 1.0, depth], axis=-1)
+    return jnp.where(front, out, jnp.nan)
 
 
 def to_pixels(v_img, image_size):
