@@ -87,10 +87,18 @@ def _normalize(x, eps=1e-6):
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
+def _wide(verts):
+    """verts at float32 at least: a FLAME face's cross product (~3e-10 m^2 squared) and the eps^2
+    of _normalize are 0 in float16, whose normals were then all NaN. Results keep verts' dtype."""
+    return verts.astype(jnp.promote_types(verts.dtype, jnp.float32))
+
+
 def face_normals(verts, faces):
-    """Unit face normals cross(v1 - v0, v2 - v0). verts: [B, V, 3] -> [B, F, 3]."""
-    fv = face_vertices(verts, faces)
-    return _normalize(jnp.cross(fv[..., 1, :] - fv[..., 0, :], fv[..., 2, :] - fv[..., 0, :]))
+    """Unit face normals cross(v1 - v0, v2 - v0). verts: [B, V, 3] -> [B, F, 3], computed in
+    float32 at least (`_wide`)."""
+    fv = face_vertices(_wide(verts), faces)
+    n = _normalize(jnp.cross(fv[..., 1, :] - fv[..., 0, :], fv[..., 2, :] - fv[..., 0, :]))
+    return n.astype(verts.dtype)
 
 
 def vertex_normals(verts, faces):
@@ -98,12 +106,13 @@ def vertex_normals(verts, faces):
 
     Each corner receives the (unnormalised) cross product of its two incident edges, i.e.
     twice the face area times the face normal; sums are normalised with eps 1e-6.
-    verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3].
+    verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`_wide`).
     """
-    fv = face_vertices(verts, faces)
+    wide = _wide(verts)
+    fv = face_vertices(wide, faces)
     v0, v1, v2 = fv[..., 0, :], fv[..., 1, :], fv[..., 2, :]
-    n = jnp.zeros_like(verts)
+    n = jnp.zeros_like(wide)
     n = n.at[:, faces[:, 1]].add(jnp.cross(v2 - v1, v0 - v1))
     n = n.at[:, faces[:, 2]].add(jnp.cross(v0 - v2, v1 - v2))
     n = n.at[:, faces[:, 0]].add(jnp.cross(v1 - v0, v2 - v0))
-    return _normalize(n)
+    return _normalize(n).astype(verts.dtype)
