@@ -45,6 +45,27 @@ DRIVER = textwrap.dedent("""
         def make_loader(self, local_bs, pi, pc):
             return SlowLoader(local_bs, pi, int(self.config.seed), self.dim)
 
+    def signalling_manager(make):  # signals to this process itself, at the moments named in the env
+        def made(*args, **kwargs):
+            m = make(*args, **kwargs)
+            save, wait = m.save, m.wait_until_finished
+            def save_at(step, *a, **kw):  # what checkpoint.save calls
+                if step == int(os.environ.get("SIGINT_IN_SAVE", "-1")):
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while orbax copies the state to host
+                    time.sleep(0.2)
+                return save(step, *a, **kw)
+            def wait_for_writes():
+                if os.environ.get("SIGTERM_IN_LAST_WAIT") and sys._getframe(1).f_code.co_name == "train":
+                    os.kill(os.getpid(), signal.SIGTERM)  # a time limit while the last checkpoint is written
+                    time.sleep(0.2)
+                return wait()
+            m.save, m.wait_until_finished = save_at, wait_for_writes
+            return m
+        return made
+
+    from jaxdeca.train import checkpoint
+    import signal
+    checkpoint.make_manager = signalling_manager(checkpoint.make_manager)
     res = loop.train(config, workdir, Task(config))
     leaves = jax.tree.leaves(jax.device_get(res["state"].params))
     if jax.process_index() == 0:
@@ -247,6 +268,26 @@ def test_sigterm_checkpoints_the_step_reached_and_a_rerun_resumes_there(tmp_path
     res = subprocess.run([sys.executable, drv, str(work), str(tmp_path / "o.npz"), "0"], cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and f"resumed from step {stopped}" in res.stderr, res.stderr[-2000:]
+
+
+def test_sigterm_while_the_last_checkpoint_is_written_waits_for_it(tmp_path):
+    """The SIGTERM handler was removed before the loop's final wait for the checkpoint being
+    written: a SIGTERM then (a second scancel, a time limit during the last checkpoint) killed
+    the run, left 40.orbax-checkpoint-tmp, and a rerun trained steps 31-40 again."""
+    res = subprocess.run([sys.executable, _driver(tmp_path), str(tmp_path / "w"), str(tmp_path / "o.npz"), "0"],
+                         cwd=REPO, env=_env(SIGTERM_IN_LAST_WAIT="1"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "DONE" in res.stdout, (res.returncode, res.stderr[-2000:])
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["20", "30", "40"]
+
+
+def test_ctrl_c_while_a_checkpoint_is_handed_to_orbax_leaves_it_whole(tmp_path):
+    """A KeyboardInterrupt inside orbax's synchronous part of an async save (the copy of the
+    state to host memory) stopped it half way: <step>.orbax-checkpoint-tmp was left, which the
+    loop's final wait could not finish, and a rerun went back to the checkpoint before."""
+    res = subprocess.run([sys.executable, _driver(tmp_path), str(tmp_path / "w"), str(tmp_path / "o.npz"), "0"],
+                         cwd=REPO, env=_env(SIGINT_IN_SAVE="20"), capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGINT and "KeyboardInterrupt" in res.stderr, (res.returncode, res.stderr[-2000:])
+    assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["10", "20"]
 
 
 def test_sigterm_stops_a_two_process_run_at_one_step_checkpointed(tmp_path):
@@ -717,3 +758,4 @@ def test_a_diverged_run_stops_before_checkpointing_it_and_keeps_the_good_ones(tm
     out = loop.train(config, str(work), ToyTask(config))
     assert [s for s, _ in out["losses"]] == [40] and np.isfinite(out["losses"][-1][1])
     assert loop.TrainingDiverged in main._user_errors()
+

@@ -23,7 +23,10 @@ checkpoints written before they were left out still carry) are read and dropped.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import threading
 from typing import Any, Callable
 
 import jax
@@ -57,10 +60,31 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
     """Starts saving `state` (and the JSON-able `extra`) as checkpoint `step`.
 
     Returns whether a save was started. With async saving the write finishes in the
-    background; call `manager.wait_until_finished()` before exiting.
+    background; call `manager.wait_until_finished()` before exiting. A Ctrl-C (SIGINT) while
+    this call copies the state to host memory is held until the save is handed over, then
+    raised: it used to stop orbax half way, leaving `<step>.orbax-checkpoint-tmp` that no wait
+    could finish (the run resumed from the checkpoint before).
     """
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {}))
-    return manager.save(int(step), args=args, force=force)
+    with _sigint_held():
+        return manager.save(int(step), args=args, force=force)
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """SIGINT received inside the block is delivered when it ends (main thread only; elsewhere
+    Python delivers no signal anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # its own handler now: KeyboardInterrupt by default
 
 
 def open_for_reading(directory: str) -> ocp.CheckpointManager:

@@ -281,8 +281,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
 
     stopped = None
-    try:  # whatever ends the loop, a checkpoint being written is finished first
-        with parallel.StopSignal() as stop:
+    # SIGTERM stays a stop request until the last write is finished: with its handler removed
+    # before the finally below, a SIGTERM while it waited (a second scancel, a time limit during
+    # the last checkpoint) killed the run and lost the checkpoint being written
+    with parallel.StopSignal() as stop:
+        try:  # whatever ends the loop, a checkpoint being written is finished first
             for step in range(start + 1, int(tc.num_steps) + 1):
                 batch = parallel.shard_batch(loader.next(), mesh)
                 state, terms = train_step(state, batch)
@@ -316,10 +319,10 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                 if stopping:
                     stopped = step
                     break
-    finally:
-        manager.wait_until_finished()
-        manager.close()
-        writer.flush()
+        finally:
+            manager.wait_until_finished()
+            manager.close()
+            writer.flush()
     if stopped is not None:
         _console(f"stopped by SIGTERM after step {stopped}: checkpoint {stopped} saved in {ckpt_dir}; "
                  "run the same command again to resume")
