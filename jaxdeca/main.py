@@ -221,7 +221,10 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     try:
         run_mode(FLAGS.config, FLAGS.workdir)
-    except _user_errors() as e:
+    except Exception as e:  # noqa: BLE001 -- not BaseException: _user_errors() imports TensorFlow, which a
+        # Ctrl-C that stopped a half-done import of it made fail with an unrelated error
+        if not isinstance(e, _user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -759,3 +759,24 @@ def test_a_diverged_run_stops_before_checkpointing_it_and_keeps_the_good_ones(tm
     assert [s for s, _ in out["losses"]] == [40] and np.isfinite(out["losses"][-1][1])
     assert loop.TrainingDiverged in main._user_errors()
 
+
+def test_ctrl_c_in_main_is_a_keyboard_interrupt_whatever_was_importing(tmp_path):
+    """main's `except _user_errors()` ran _user_errors() for a KeyboardInterrupt too; it imports
+    TensorFlow (jaxdeca.data), and after a Ctrl-C that cut such an import short it failed, so the
+    run ended in an unrelated AttributeError. Here _user_errors fails as that import did."""
+    script = textwrap.dedent("""
+        import sys
+        from absl import app
+        from jaxdeca import main
+        def interrupted(config, workdir):
+            raise KeyboardInterrupt
+        def broken_import():
+            raise AttributeError("module 'tensorflow.python.data.ops.dataset_ops' has no attribute 'DatasetV2'")
+        main.run_mode, main._user_errors = interrupted, broken_import
+        sys.argv = ["main", "--config=configs/test_toy.py", "--workdir=" + sys.argv[1]]
+        app.run(main.main, flags_parser=main.parse_flags)
+    """)
+    res = subprocess.run([sys.executable, "-c", script, str(tmp_path / "w")], cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == -signal.SIGINT, (res.returncode, res.stderr[-2000:])
+    assert res.stderr.rstrip().endswith("KeyboardInterrupt") and "AttributeError" not in res.stderr, res.stderr[-2000:]
