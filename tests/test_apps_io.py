@@ -250,6 +250,27 @@ def test_gif_of_a_fast_video_keeps_a_delay_browsers_honour(tmp_path):
         assert im.info["duration"] == 20
 
 
+def test_gif_delays_are_made_once_a_frame(tmp_path, monkeypatch):
+    """Every frame rebuilt the delay list of all frames so far: O(n^2) over a long GIF (28 ms a
+    frame at 100k frames). Delays at 30 fps: 30, 40, 30 ms, ... adding up to the clip's length."""
+    from PIL import Image
+
+    from jaxdeca.apps import animate
+    calls = []
+    delay = animate.gif_delay_ms
+    monkeypatch.setattr(animate, "gif_delay_ms", lambda k, fps: calls.append(k) or delay(k, fps))
+    with animate.VideoWriter(str(tmp_path / "v.gif"), fps=30) as w:
+        for k in range(7):
+            w.append(np.full((8, 8, 3), 30 * k, np.uint8))
+    assert calls == list(range(7))
+    im = Image.open(tmp_path / "v.gif")
+    got = []
+    for k in range(7):
+        im.seek(k)
+        got.append(im.info["duration"])
+    assert got == [30, 40, 30, 30, 40, 30, 30] and sum(got) == 230  # round(700 / 3) cs
+
+
 def test_video_writer_without_frames_writes_nothing_and_refuses_a_size_change(tmp_path):
     from jaxdeca.apps import animate
     with animate.VideoWriter(str(tmp_path / "none.mp4")) as w:

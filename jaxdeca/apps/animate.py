@@ -4,8 +4,10 @@ Reenactment as DECA does it: the identity image gives shape, albedo, light, came
 pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is
 decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
 change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF) at the
-driving video's frame rate (10 fps for images), batch by batch: memory does not grow with the
-length of the driving video. A driver video's frames without a face repeat the previous frame
+driving video's frame rate (10 fps for images), batch by batch: with an MP4, memory does not grow
+with the length of the driving video. A GIF cannot be streamed (Pillow holds every frame until
+it writes the file: about 0.75 MB a frame here, 13 GB for 10 minutes at 30 fps), so a driver video
+of more than GIF_WARN_FRAMES frames with a .gif output gets a warning first. A driver video's frames without a face repeat the previous frame
 in the video (the first one before any face), so it keeps the driver's length and timing.
 Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
 skipped with one message naming the file; an unusable identity image or expression input as a
@@ -56,11 +58,18 @@ def check_video_path(path: str) -> str:
     return path
 
 
+def gif_delay_ms(k: int, fps: float) -> int:
+    """Delay of GIF frame k at fps, in ms of whole centiseconds (GIF's unit), from rounded
+    timestamps so that the delays add up to the clip's length; at least 20 ms (2 cs)."""
+    return 10 * max(round((k + 1) * 100 / fps) - round(k * 100 / fps), 2)
+
+
 def gif_delays_ms(n: int, fps: float) -> list:
-    """Delays of n GIF frames at fps, in ms of whole centiseconds (GIF's unit), from rounded
-    timestamps so that they add up to the clip's length; at least 20 ms (2 cs)."""
-    cs = [round((k + 1) * 100 / fps) - round(k * 100 / fps) for k in range(n)]
-    return [10 * max(c, 2) for c in cs]
+    """Delays of GIF frames 0 .. n - 1 (`gif_delay_ms`)."""
+    return [gif_delay_ms(k, fps) for k in range(n)]
+
+
+GIF_WARN_FRAMES = 1000  # a longer driver video with a GIF output gets a warning (~0.75 GB of frames)
 
 
 class VideoWriter:
@@ -84,6 +93,7 @@ class VideoWriter:
         self.fps = float(fps)
         self._gif = path.lower().endswith(".gif")
         self._file = None  # replacing(path) while a video is open
+        self._delays = []  # a GIF's, one per frame (the list of all n, rebuilt per frame, was O(n^2))
 
     def append(self, frame) -> None:
         frame = vis.to_uint8(frame)
@@ -109,7 +119,8 @@ class VideoWriter:
         if frame.shape[:2] != self._size:
             raise ValueError(f"{self.path}: frame of size {frame.shape[:2]}, the video's is {self._size}")
         if self._gif:  # the last write's durations (ms, one per frame) are the ones Pillow saves
-            self._out.write(frame, is_batch=False, duration=gif_delays_ms(self.n_frames + 1, self.fps), loop=0)
+            self._delays.append(gif_delay_ms(self.n_frames, self.fps))
+            self._out.write(frame, is_batch=False, duration=self._delays, loop=0)
         else:
             self._out.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         self.n_frames += 1
@@ -156,6 +167,7 @@ class VideoWriter:
         """Drops the unfinished video after `error`: its writer closed (errors ignored), its
         temporary file removed (`replacing`), no frame counted."""
         out, file, self._out, self._file, self.n_frames = self._out, self._file, None, None, 0
+        self._delays = []
         if out is not None:
             with contextlib.suppress(Exception):
                 self._close_writer(out)
@@ -198,6 +210,11 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
     frames, skipped = [], []
     fps = inputs.video_fps(expression_path)  # None: images or a folder
     sink = VideoWriter(os.path.join(out_dir, video), fps or FPS)
+    n_driver = inputs.video_frame_count(expression_path) if sink._gif else None
+    if n_driver is not None and n_driver > GIF_WARN_FRAMES:
+        print(f"animate: warning: {expression_path} has {n_driver} frames; the GIF {sink.path} holds them all in "
+              f"memory until it is written (~{n_driver * 0.75 / 1024:.1f} GB here): write an .mp4 "
+              "(--video NAME.mp4) for a long video", file=sys.stderr)
     held, last = [0], [None]  # skipped driver frames already filled in the video; the last tile
 
     def hold(tile, n_skipped):  # a driver video keeps its timing: skipped frames repeat a tile
@@ -245,7 +262,8 @@ def main(argv=None) -> int:
     p.add_argument("--crop", choices=["detect", "none"], default="detect",
                    help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--video", default="animation.mp4",
-                   help=f"output name under --out ({', '.join(VIDEO_OUT_EXTS)}); .gif for a GIF")
+                   help=f"output name under --out ({', '.join(VIDEO_OUT_EXTS)}); .gif for a GIF, which is "
+                   "held in memory until it is written: use an MP4 for a long driver video")
     p.add_argument("--batch", type=positive_int, default=8, help="driver frames decoded together")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED")
     a = p.parse_args(argv)

@@ -140,6 +140,19 @@ def video_fps(path: str) -> float | None:
     return float(fps) if np.isfinite(fps) and fps > 0 else None
 
 
+def video_frame_count(path: str) -> int | None:
+    """The number of frames a video file declares, or None for anything else (as video_fps)."""
+    if not (os.path.isfile(path) and _is_video(path)):
+        return None
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cap = cv2.VideoCapture(path)
+    try:
+        n = cap.get(cv2.CAP_PROP_FRAME_COUNT) if cap.isOpened() else 0.0
+    finally:
+        cap.release()
+    return int(n) if np.isfinite(n) and n > 0 else None
+
+
 def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
     """Frames of an image file, a folder of images or a video file (see module doc). In a
     folder every item's name is unique (`unique_names`): the outputs are written per name."""
