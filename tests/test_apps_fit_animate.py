@@ -451,3 +451,25 @@ def test_fit_targets_are_in_the_renderers_convention_whatever_the_model(pipe, mo
     t_deca = preprocess.to_crop(gt, tform, 224, convention="deca")
     np.testing.assert_allclose(t_deca, px / 224 * 2 - 1, atol=1e-12)  # DECA's datasets
     np.testing.assert_allclose(pipeline.landmarks_original(t_deca, tform, "deca"), gt, atol=1e-9)
+
+
+def test_teaser_decodes_a_fixed_batch_at_a_time_into_the_video(tmp_path, random_pipe, monkeypatch):
+    """teaser decoded all 3n frames in one program and kept every tile until the video was
+    written: 23 MB a frame (18 GB for --frames 250) and a compile for every n. It decodes
+    `batch` frames at a time (the last padded) and streams their tiles; the tiles are those of
+    one decode of all the frames."""
+    from jaxdeca.apps import teaser
+    from jaxdeca.apps import visualize as vis
+    p = random_pipe
+    base = teaser.demo_codes()
+    sizes, tiles = [], []
+    decode, append = p.decode, animate.VideoWriter.append
+    monkeypatch.setattr(p, "decode", lambda codes, *a: sizes.append(codes["exp"].shape[0]) or decode(codes, *a))
+    monkeypatch.setattr(animate.VideoWriter, "append", lambda self, f: tiles.append(np.asarray(f)) or append(self, f))
+    path = teaser.teaser(p, base, str(tmp_path / "t.mp4"), n=3, batch=4)
+    assert path == str(tmp_path / "t.mp4") and sizes == [4, 4, 4] and len(tiles) == 9
+    monkeypatch.undo()
+    out = p.decode(teaser.teaser_codes(base, 3))
+    for k, tile in enumerate(tiles):
+        want = vis.grid([out["shape_images"][k], out["shape_detail_images"][k], out["images"][k]], 3)
+        np.testing.assert_allclose(tile, np.asarray(want), atol=2e-5, err_msg=str(k))
