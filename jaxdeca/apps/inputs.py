@@ -129,28 +129,26 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
 def video_fps(path: str) -> float | None:
     """The frame rate a video file declares, or None for anything else (an image, a folder, a
     video that cannot be opened or declares none)."""
-    if not (os.path.isfile(path) and _is_video(path)):
-        return None
-    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cap = cv2.VideoCapture(path)
-    try:
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0.0
-    finally:
-        cap.release()
-    return float(fps) if np.isfinite(fps) and fps > 0 else None
+    return _declared(path, cv2.CAP_PROP_FPS)
 
 
 def video_frame_count(path: str) -> int | None:
     """The number of frames a video file declares, or None for anything else (as video_fps)."""
+    n = _declared(path, cv2.CAP_PROP_FRAME_COUNT)
+    return None if n is None else int(n)
+
+
+def _declared(path: str, prop: int) -> float | None:
+    """A positive, finite property `prop` (cv2.CAP_PROP_*) of the video file `path`, else None."""
     if not (os.path.isfile(path) and _is_video(path)):
         return None
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(path)
     try:
-        n = cap.get(cv2.CAP_PROP_FRAME_COUNT) if cap.isOpened() else 0.0
+        value = cap.get(prop) if cap.isOpened() else 0.0
     finally:
         cap.release()
-    return int(n) if np.isfinite(n) and n > 0 else None
+    return float(value) if np.isfinite(value) and value > 0 else None
 
 
 def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
