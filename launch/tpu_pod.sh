@@ -62,8 +62,8 @@ if [ -z "\$py" ]; then
 fi
 # a venv without pip (made before python3.X-venv was installed: Debian's venv then stops after
 # making bin/python) is made again, as one of an older Python is
-{ .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' && .venv/bin/python -m pip --version; } >/dev/null 2>&1 ||
-  "\$py" -m venv --clear .venv
+{ .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' &&
+  .venv/bin/python -m pip --version; } >/dev/null 2>&1 || "\$py" -m venv --clear .venv
 .venv/bin/python -m pip install -q -e . 'jax[tpu]==0.10.2'
 .venv/bin/python -m jaxdeca.main $1
 EOF

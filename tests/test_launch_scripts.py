@@ -175,7 +175,8 @@ def test_tpu_pod_worker_makes_a_venv_without_pip_again(tmp_path):
     (src / "setup.cfg").write_text("[metadata]\n")
     home.mkdir()
     tpu = os.path.join(LAUNCH, "tpu_pod.sh")
-    assert _bash(["-c", 'source "$0" && pack_tree "$1" "$2"', tpu, str(src), str(home / "jaxdeca.tar.gz")]).returncode == 0
+    packed = _bash(["-c", 'source "$0" && pack_tree "$1" "$2"', tpu, str(src), str(home / "jaxdeca.tar.gz")])
+    assert packed.returncode == 0, packed.stderr
     script = _bash(["-c", 'source "$0" && remote_script "--config=c.py"', tpu]).stdout
 
     def stand_in(path, name, pip):  # logs its calls; `-m pip --version` fails when not pip

@@ -50,7 +50,8 @@ def teaser(pipe: pipeline.Pipeline, base: dict, out_path: str, n: int = 12, batc
     with animate.VideoWriter(out_path) as video:
         for start in range(0, 3 * n, batch):
             rows = min(batch, 3 * n - start)
-            out = pipe.decode({k: jnp.asarray(pipeline.pad_rows(v[start:start + rows], batch)) for k, v in codes.items()})
+            chunk = {k: jnp.asarray(pipeline.pad_rows(v[start:start + rows], batch)) for k, v in codes.items()}
+            out = pipe.decode(chunk)
             out = {key: np.asarray(out[key][:rows]) for key in ("shape_images", "shape_detail_images", "images")}
             for k in range(rows):
                 video.append(vis.grid([out["shape_images"][k], out["shape_detail_images"][k], out["images"][k]], 3))
