@@ -1,19 +1,19 @@
 """`python -m jaxdeca.apps.animate --identity IMG --expression IMG|DIR|VIDEO --out DIR --checkpoint DIR [--flame FLAME]`
 
-Reenactment as DECA does it: the identity image gives shape, albedo, light, camera, global
-pose and its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is
-decoded as D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles
-change with the new expression. Writes per-frame OBJ and render, and an MP4 (or GIF) at the
-driving video's frame rate (10 fps for images), batch by batch: with an MP4, memory does not grow
-with the length of the driving video. A GIF cannot be streamed (Pillow holds every frame until
-it writes the file: about 0.75 MB a frame here, 13 GB for 10 minutes at 30 fps), so a driver
-video of more than GIF_WARN_FRAMES frames with a .gif output gets a warning first. A driver
-video's frames without a face repeat the previous frame in the video (the first one before any
-face), so it keeps the driver's length and timing. Driver files that cannot be used (unreadable, undecodable video in a folder, no face) are
-skipped with one message naming the file; an unusable identity image or expression input as a
-whole stops the run with one message (exit status 2), as does an output file that cannot be
-written (a full disk: the file, the OS error and how many frames were written before it; their
-files are kept, the unfinished video is not); no frame written: exit status 1.
+Reenactment as DECA does it: the identity image gives shape, albedo, light, camera, global pose and
+its DETAIL CODE; each driver frame gives expression and jaw pose. The displacement is decoded as
+D_detail(jaw_driver, exp_driver, detail_identity), so the person's own wrinkles change with the new
+expression. Writes per-frame OBJ and render, and an MP4 (or GIF) at the driving video's frame rate
+(10 fps for images), batch by batch: with an MP4, memory does not grow with the length of the
+driving video. A GIF cannot be streamed (Pillow holds every frame until it writes the file: about
+0.75 MB a frame here, 13 GB for 10 minutes at 30 fps), so a driver video of more than
+GIF_WARN_FRAMES frames with a .gif output gets a warning first. A driver video's frames without a
+face repeat the previous frame in the video (the first one before any face), so it keeps the
+driver's length and timing. Driver files that cannot be used (unreadable, undecodable video in a
+folder, no face) are skipped with one message naming the file; an unusable identity image or
+expression input as a whole stops the run with one message (exit status 2), as does an output file
+that cannot be written (a full disk: the file, the OS error and how many frames were written before
+it; their files are kept, the unfinished video is not); no frame written: exit status 1.
 """
 from __future__ import annotations
 
