@@ -780,3 +780,23 @@ def test_ctrl_c_in_main_is_a_keyboard_interrupt_whatever_was_importing(tmp_path)
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == -signal.SIGINT, (res.returncode, res.stderr[-2000:])
     assert res.stderr.rstrip().endswith("KeyboardInterrupt") and "AttributeError" not in res.stderr, res.stderr[-2000:]
+
+
+def test_a_resume_with_another_seed_is_one_config_error(tmp_path):
+    """A checkpoint trained with config.seed=0, resumed with --config.seed=1: the toy and
+    synthetic streams went on silently with another seed's data, and a tfds loader's restore
+    raised a bare ValueError (a traceback, no field named). Checkpoints record the seed; one that
+    predates it is checked against its tfds loader position's."""
+    from jaxdeca.train import paths
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=10, eval_every=0))
+    loop.train(config, str(tmp_path / "w"), ToyTask(config))
+    config.seed, config.train.num_steps = 1, 20
+    with pytest.raises(paths.ConfigError, match=r"checkpoint step 10 was trained with config.seed=0 but "
+                                                 r"config.seed=1 now .*resume with --config.seed=0"):
+        loop.train(config, str(tmp_path / "w"), ToyTask(config))
+    with pytest.raises(paths.ConfigError, match="config.seed=3 but config.seed=1"):
+        loop._check_seed({"loader": {"step": 4, "seed": 3}}, 1, "old")
+    loop._check_seed({"loader": {"index": 4}}, 1, "toy checkpoint before seeds were saved: not checked")
+    config.seed = 0
+    assert [s for s, _ in loop.train(config, str(tmp_path / "w"), ToyTask(config))["losses"]][-1] == 20

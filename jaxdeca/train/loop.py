@@ -166,6 +166,17 @@ def _check_fingerprints(saved, now, ckpt_dir, step):
                              f"{now[k]}; resume with the same files or start a new workdir")
 
 
+def _check_seed(extra: dict, seed: int, where: str) -> None:
+    """ConfigError when the checkpoint `where` was trained with another config.seed: the data
+    stream (and the synthetic data) is a function of the seed, so it cannot go on from there.
+    The seed is in the checkpoints' extra; older ones hold it in a tfds loader's position only,
+    whose restore raised a bare ValueError with a traceback."""
+    saved = extra.get("seed", (extra.get("loader") or {}).get("seed"))
+    if saved is not None and int(saved) != seed:
+        raise paths.ConfigError(f"{where} was trained with config.seed={int(saved)} but config.seed={seed} now (another "
+                                f"data stream); resume with --config.seed={int(saved)}, or use another workdir")
+
+
 def train(config, workdir: str, task) -> dict[str, Any]:
     """Runs `config.train.num_steps` steps of `task`; returns {'state', 'eval_history', 'losses'}.
 
@@ -206,10 +217,12 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
         template, from_config = abstract_state(task, optimizer, seed, mesh)
 
-        def check_schedule(step, extra):  # before restoring: another schedule's optimiser state differs too
-            state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, f"{ckpt_dir}: checkpoint step {step}")
+        def check_extra(step, extra):  # before restoring: another schedule's optimiser state differs too
+            where = f"{ckpt_dir}: checkpoint step {step}"
+            state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, where)
+            _check_seed(extra, seed, where)
         restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True,
-                                             check_extra=check_schedule)
+                                             check_extra=check_extra)
     if restored is None:
         state, from_config = fresh_state(task, optimizer, seed)
         state = parallel.replicate(state, mesh)
@@ -274,7 +287,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
             raise diverged(step, "the state to be checkpointed (params, batch_stats or optimiser state)")
         info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-        if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "stage": config.get("stage", ""),
+        if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "seed": seed,
+                                                             "stage": config.get("stage", ""),
                                                              "frozen_from_config": fingerprints,
                                                              "lr_schedule": state_lib.schedule_info(config),
                                                              "eval_history": list(eval_history), **info}):
