@@ -54,7 +54,7 @@ def get_config(size: str = ""):
                                                    optim=dict(learning_rate=1e-4)))
     config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150)))
     config.data_dir = ml_collections.config_dict.placeholder(str)  # default WORKDIR/data
-    config.heldout_faces = 8
+    config.heldout_faces = 8  # held-out faces pictured and written as OBJs after the detail stage (0: none)
 
     # --- renderer showcase ------------------------------------------------------------------
     config.showcase = ml_collections.ConfigDict()

@@ -408,3 +408,20 @@ def test_demo_summary_reads_the_landmark_stages_it_did_not_run(demo_run, tmp_pat
     assert demo.landmark_change({"pretrain": [(0, ev(0.5)), (4, ev(0.3))], "detail": [(0, {})]},
                                 str(tmp_path)) == (0.5, 0.3)
     assert demo.landmark_change({"coarse": [(0, ev(0.3)), (4, ev(0.4))]}, str(tmp_path)) == (0.3, 0.4)
+
+
+def test_demo_heldout_faces_zero_pictures_none_and_below_zero_is_refused(demo_run, capsys):
+    """config.heldout_faces=0 (no held-out pictures) ended the job after the detail stage with a
+    ZeroDivisionError from an empty batch, -1 with an IndexError, summary.json unwritten. 0 now
+    skips the pictures; below 0 is a ConfigError before anything runs."""
+    from jaxdeca.train import paths
+    config = demo_config.get_config("tiny")
+    config.stages = ("detail",)
+    config.heldout_faces = 0
+    (demo_run.path / "summary.json").unlink()
+    jmain.run_mode(config, str(demo_run.path))  # detail finished: skipped; showcase, summary
+    assert (demo_run.path / "summary.json").exists()
+    assert "held-out faces:" not in capsys.readouterr().out
+    config.heldout_faces = -1
+    with pytest.raises(paths.ConfigError, match=r"config.heldout_faces=-1 must be 0"):
+        jmain.run_mode(config, str(demo_run.path))

@@ -150,12 +150,16 @@ def _flame_and_albedo(task, codes):
 
 def check_config(config) -> None:
     """ConfigError naming the field, before the dataset is rendered: config.stages must be a
-    non-empty tuple of STAGES, each once, in their order; config.flame_path, when set, a FLAME
-    file the job can use (FlameFileError naming it otherwise)."""
+    non-empty tuple of STAGES, each once, in their order; config.heldout_faces a count >= 0 (0:
+    no held-out pictures; below 0 it ended the job after training with a traceback);
+    config.flame_path, when set, a FLAME file the job can use (FlameFileError naming it otherwise)."""
     stages = tuple(config.stages)
     if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(set(stages), key=STAGES.index):
         raise paths.ConfigError(f"config.stages={stages!r} must name some of {STAGES}, each once and in that order "
                                 "(a stage starts from the one before it)")
+    if int(config.heldout_faces) < 0:
+        raise paths.ConfigError(f"config.heldout_faces={config.heldout_faces} must be 0 (no held-out pictures) or "
+                                "the number of held-out faces to picture")
     if config.get("flame_path"):
         from jaxdeca import flame
         paths.require_path(config, "flame_path", "a FLAME npz written by python -m jaxdeca.flame.convert")
@@ -185,7 +189,7 @@ def run(config, workdir: str) -> None:
     check_config(config)
     build_data(config, workdir)
     hist = {stage: train_stage(config, workdir, stage) for stage in config.stages}
-    files = export_heldout(config, workdir) if "detail" in hist else []
+    files = export_heldout(config, workdir) if "detail" in hist and int(config.heldout_faces) else []
     from jaxdeca.apps import showcase
     showcase.run(config, workdir)
     change = landmark_change(hist, workdir)
