@@ -73,8 +73,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
 @contextlib.contextmanager
 def _sigint_held():
     """SIGINT received inside the block is delivered when it ends (main thread only; elsewhere
-    Python delivers no signal anyway)."""
-    if threading.current_thread() is not threading.main_thread():
+    Python delivers no signal anyway; nor when the handler was set outside Python, which
+    signal.signal could not put back)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield
         return
     received = []
