@@ -294,10 +294,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
                                                              "eval_history": list(eval_history), **info}):
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
 
-    stopped = None
+    stopped, step = None, start
     # SIGTERM stays a stop request until the last write is finished: with its handler removed
     # before the finally below, a SIGTERM while it waited (a second scancel, a time limit during
-    # the last checkpoint) killed the run and lost the checkpoint being written
+    # the last checkpoint) killed the run and lost the checkpoint being written. One that came
+    # during the wait stops the job after it (the demo's next stage would start otherwise).
     with parallel.StopSignal() as stop:
         try:  # whatever ends the loop, a checkpoint being written is finished first
             for step in range(start + 1, int(tc.num_steps) + 1):
@@ -337,6 +338,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
             manager.wait_until_finished()
             manager.close()
             writer.flush()
+    if stopped is None and stop.flag:  # a SIGTERM while the last checkpoint was written
+        stopped = step
     if stopped is not None:
         _console(f"stopped by SIGTERM after step {stopped}: checkpoint {stopped} saved in {ckpt_dir}; "
                  "run the same command again to resume")
