@@ -29,6 +29,7 @@ from ml_collections import ConfigDict, config_flags
 from ml_collections.config_flags import config_path
 from ml_collections.config_flags.config_flags import UnsupportedOperationError
 
+from jaxdeca import xla_options
 from jaxdeca.flame.io import FlameFileError
 from jaxdeca.train import paths
 
@@ -216,6 +217,7 @@ def _absl_flags_error(error) -> None:
 
 def main(argv):
     del argv
+    xla_options.use_compilation_cache()  # before any program compiles
     # Progress and eval lines go to stdout; library INFO logs (orbax, tfds) only with -v 0.
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

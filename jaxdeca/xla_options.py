@@ -124,3 +124,29 @@ def top_level() -> bool:
         return bool(core.trace_state_clean())
     except Exception:  # noqa: BLE001 - a JAX without this private function
         return False
+
+
+CACHE_MAX_BYTES = 2 * 1024 ** 3  # the default cache's size: least recently used programs go first
+
+
+def use_compilation_cache() -> str | None:
+    """Turns on JAX's persistent compilation cache for a command-line run, unless the user chose.
+
+    Without it every run compiled every program again: the demo, the apps (on 2 CPU cores,
+    `reconstruct` of 4 faces took 11 s, 6 s with the cache warm; the tiny demo 74 s, 23 s).
+    The cache is `$XDG_CACHE_HOME/jaxdeca/xla` (default `~/.cache/jaxdeca/xla`), at most
+    CACHE_MAX_BYTES, keeping programs that took 0.1 s or more to compile. A JAX_COMPILATION_CACHE_DIR
+    in the environment (or a jax_compilation_cache_dir already set) is left as it is, and an
+    empty one turns the cache off; so are the minimum compile time and size set by their own
+    JAX_* variables. Call it before the first compile (the entry points do, first thing).
+    Returns the cache folder, or None when it is off."""
+    if jax.config.jax_compilation_cache_dir or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return jax.config.jax_compilation_cache_dir or None
+    path = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                        "jaxdeca", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path

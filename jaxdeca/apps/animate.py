@@ -27,6 +27,7 @@ import imageio
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca import xla_options
 from jaxdeca.apps import export, inputs, pipeline
 from jaxdeca.apps import visualize as vis
 from jaxdeca.argtypes import positive_int
@@ -267,6 +268,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=positive_int, default=8, help="driver frames decoded together")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     try:
         check_video_path(a.video)
         pipeline.check_out_dir(a.out)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdeca import render
+from jaxdeca import render, xla_options
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.argtypes import positive_int
 from jaxdeca.data import detect, preprocess
@@ -327,6 +327,7 @@ def main(argv=None) -> int:
                    help="shape/expression steps (rigid = steps/4, photo = steps/10)")
     p.add_argument("--batch", type=positive_int, default=8, help="faces fitted together (each on its own)")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     try:
         pipeline.check_out_dir(a.out)
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)

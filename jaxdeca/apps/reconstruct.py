@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxdeca import xla_options
 from jaxdeca.apps import inputs, pipeline
 from jaxdeca.argtypes import positive_int
 
@@ -53,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     try:
         pipeline.check_out_dir(a.out)
         res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)

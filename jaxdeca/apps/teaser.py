@@ -15,6 +15,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca import xla_options
 from jaxdeca.apps import animate, inputs, pipeline
 from jaxdeca.apps import visualize as vis
 from jaxdeca.argtypes import positive_int
@@ -66,6 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="teaser.gif", help=f"the video ({', '.join(animate.VIDEO_OUT_EXTS)})")
     p.add_argument("--frames", type=positive_int, default=12, help="frames per segment")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     try:
         animate.check_video_path(a.out)
         pipeline.check_out_dir(os.path.dirname(os.path.abspath(a.out)), file=a.out)

@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxdeca import xla_options
 from jaxdeca.data import images as imageio
 from jaxdeca.data import DatasetError, prepare
 
@@ -464,6 +465,7 @@ def main(argv=None):
     p.add_argument("--rebuild", action="store_true",
                    help="write the dataset again if it is built (needed after prepare ran again on --manual-dir)")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     config = a.config or ("default" if a.dataset == "synthetic_faces" else "folders")
     if a.images is not None and a.dataset != "identity_faces":
         p.error("--images is for --dataset identity_faces")

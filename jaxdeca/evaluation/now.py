@@ -40,6 +40,7 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca import xla_options
 from jaxdeca.apps.export import WriteError, output_file, writing
 from jaxdeca.argtypes import positive_int
 from jaxdeca.evaluation.geometry import point_to_triangle_distance, similarity_transform
@@ -378,6 +379,7 @@ def main(argv=None) -> int:
     x.add_argument("--fit-steps", type=positive_int, default=400,
                    help="fit only: shape/expression steps (rigid = 1/4)")
     a = p.parse_args(argv)
+    xla_options.use_compilation_cache()
     if a.cmd == "export":
         return _export_main(a)
     try:
