@@ -66,6 +66,8 @@ DRIVER = textwrap.dedent("""
     from jaxdeca.train import checkpoint
     import signal
     checkpoint.make_manager = signalling_manager(checkpoint.make_manager)
+    if os.environ.get("SIGINT_IN_SAVE"):  # Ctrl-C as in a terminal (a pytest-xdist worker's children ignore it)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     res = loop.train(config, workdir, Task(config))
     leaves = jax.tree.leaves(jax.device_get(res["state"].params))
     if jax.process_index() == 0:
