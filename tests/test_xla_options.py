@@ -185,4 +185,5 @@ def test_the_training_job_and_the_apps_fill_the_cache(tmp_path):
         cache = tmp_path / f"cache_{name}"
         r = _run(args, dict(XDG_CACHE_HOME=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"))
         assert r.returncode == 0, (name, r.stderr[-2000:])
+        assert "persistent compilation cache" not in r.stderr, r.stderr[-2000:]  # e.g. filelock missing
         assert len(list((cache / "jaxdeca" / "xla").iterdir())) > 2, name
