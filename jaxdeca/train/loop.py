@@ -217,7 +217,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
         template, from_config = abstract_state(task, optimizer, seed, mesh)
 
-        def check_extra(step, extra):  # before restoring: another schedule's optimiser state differs too
+        def check_extra(step, extra):  # before restoring: the schedule (its optimiser state differs too), the seed
             where = f"{ckpt_dir}: checkpoint step {step}"
             state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, where)
             _check_seed(extra, seed, where)
