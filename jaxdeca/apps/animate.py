@@ -65,11 +65,6 @@ def gif_delay_ms(k: int, fps: float) -> int:
     return 10 * max(round((k + 1) * 100 / fps) - round(k * 100 / fps), 2)
 
 
-def gif_delays_ms(n: int, fps: float) -> list:
-    """Delays of GIF frames 0 .. n - 1 (`gif_delay_ms`)."""
-    return [gif_delay_ms(k, fps) for k in range(n)]
-
-
 GIF_WARN_FRAMES = 1000  # a longer driver video with a GIF output gets a warning (~0.75 GB of frames)
 
 
