@@ -42,9 +42,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdeca.render.batching import batch_mesh_axes
+from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp
 from jaxdeca.render.camera import to_pixels
-from jaxdeca.render.interpolate import take_rows
 
 _EPS_AREA = 1e-10
 _SOFT_RADIUS2 = 16.0  # faces farther than sqrt(_SOFT_RADIUS2 * sigma) px are dropped
@@ -443,6 +442,78 @@ _soft_transmittance.defvjp(_soft_transmittance_fwd, _soft_transmittance_bwd)
 
 # ----------------------------------------------------------------------------- public
 
+def _pixel_centres(H, W, dtype):
+    """[H, W, 2] (x, y) pixel centres."""
+    ys, xs = jnp.meshgrid(jnp.arange(H) + 0.5, jnp.arange(W) + 0.5, indexing="ij")
+    return jnp.stack([xs, ys], -1).astype(dtype)
+
+
+def _hit_corners(vp, vid, hit):
+    """Corners of each pixel's winning face: 3 x [H, W, 3]; zero on background, so that a
+    non-finite vertex of face 0 (which background pixels read) puts no NaN anywhere.
+    vp: [V, 3]; vid: [H, W, 3] vertex ids; hit: [H, W]. One row gather per corner (a gather
+    of [3, 3] blocks is ~10x slower on XLA's CPU)."""
+    return [jnp.where(hit[..., None], vp[vid[..., k]], 0.0) for k in range(3)]
+
+
+def _hit_geometry_fwd(vp, vid, hit):
+    """Barycentrics [H, W, 3] and depth [H, W] of the pixel centres in their winning faces (0 on
+    background). vp: [V, 3] pixels + depth; vid: [H, W, 3] the winning face's vertex ids."""
+    c = _hit_corners(vp, vid, hit)
+    H, W = hit.shape
+    b, _ = barycentric(_pixel_centres(H, W, vp.dtype), c[0][..., :2], c[1][..., :2], c[2][..., :2])
+    b = jnp.where(hit[..., None], b, 0.0)
+    depth = b[..., 0] * c[0][..., 2] + b[..., 1] * c[1][..., 2] + b[..., 2] * c[2][..., 2]
+    return (b, depth), (vp, vid, hit)
+
+
+def _hit_geometry_bwd(res, g):
+    """Gradient of _hit_geometry w.r.t. vp, written out: autodiff's per-pixel chain rule of
+    `barycentric` took 5.6 ms (CPU time) for benchmarks/render.py's sphere at 224 x 224 on
+    XLA:CPU, split over many fusions that recompute each other's terms.
+
+    With w_k = cross(P_k+1 - p, P_k+2 - p) (doubled signed areas), A = sum_k w_k, b_k = w_k / A
+    and depth = sum_k b_k z_k: gt_k = g_b_k + g_depth z_k is the gradient of b_k, u_k =
+    (gt_k - sum_j gt_j b_j) / A that of w_k, and corner P_j receives u_j-1 d w_j-1 / d P_j +
+    u_j+1 d w_j+1 / d P_j = u_j-1 perp(P_j+1 - p) - u_j+1 perp(P_j-1 - p), perp(x, y) = (y, -x);
+    z_j receives g_depth b_j.
+    """
+    vp, vid, hit = res
+    gb, gd = g
+    H, W = hit.shape
+
+    def per_pixel(gb, gd):
+        c = _hit_corners(vp, vid, hit)
+        p = _pixel_centres(H, W, vp.dtype)
+        rel = [ck[..., :2] - p for ck in c]  # P_k - p
+        w = [_cross2(rel[(k + 1) % 3], rel[(k + 2) % 3]) for k in range(3)]
+        area = w[0] + w[1] + w[2]
+        ok = hit & (jnp.abs(area) > _EPS_AREA)
+        inv = 1.0 / jnp.where(ok, area, 1.0)
+        b = [wk * inv for wk in w]
+        gt = [gb[..., k] + gd * c[k][..., 2] for k in range(3)]
+        s = gt[0] * b[0] + gt[1] * b[1] + gt[2] * b[2]
+        u = [(gt[k] - s) * inv for k in range(3)]
+        out = []
+        for j in range(3):
+            q, r = rel[(j + 1) % 3], rel[(j + 2) % 3]
+            um, up = u[(j + 2) % 3], u[(j + 1) % 3]
+            out.append(jnp.stack([um * q[..., 1] - up * r[..., 1],
+                                  up * r[..., 0] - um * q[..., 0], gd * b[j]], -1))
+        return jnp.where(ok[..., None, None], jnp.stack(out, -2), 0.0)  # [H, W, 3, 3]
+
+    # a conditional is a fusion barrier on XLA:CPU (optimization barriers are removed there
+    # before fusion): the per-pixel gradient is computed once, not again inside the scatter
+    # (and with no pixel hit the gradient is zero either way)
+    gc = jax.lax.cond(jnp.any(hit), per_pixel, lambda gb, gd: jnp.zeros(hit.shape + (3, 3), vp.dtype),
+                      gb, gd)
+    gvp = jnp.zeros_like(vp).at[vid.reshape(-1)].add(gc.reshape(-1, 3))
+    return gvp, None, None
+
+
+_hit_geometry = images_custom_vjp(_hit_geometry_fwd, _hit_geometry_bwd)
+
+
 def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft_slots, cull):
     """G images rasterized together on one canvas. v_pix: [G, V, 3] pixels + depth ->
     Fragments [G, H, W]."""
@@ -451,17 +522,8 @@ def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft
     xyz = v_pix[:, faces].reshape(G * F, 3, 3)  # the faces of image g are rows g F .. g F + F - 1
     fidx = _hard_index(jax.lax.stop_gradient(xyz), F, H, W, window, slots, cull)
     hit = fidx >= 0
-    # corners of the winning face, one [G, H, W, 3] row gather of the vertices per corner
-    # (a gather of [3, 3] blocks of xyz is ~10x slower on XLA's CPU)
-    vid = faces[jnp.maximum(fidx, 0)]
-    # background pixels read face 0's corners; zeroed, so that a non-finite one (face 0 skipped)
-    # puts no NaN into the gradient through the masked-out barycentrics
-    c0, c1, c2 = (jnp.where(hit[..., None], take_rows(v_pix, vid[..., k]), 0.0) for k in range(3))
-    ys, xs = jnp.meshgrid(jnp.arange(H) + 0.5, jnp.arange(W) + 0.5, indexing="ij")
-    p = jnp.stack([xs, ys], -1).astype(v_pix.dtype)
-    b, _ = barycentric(p, c0[..., :2], c1[..., :2], c2[..., :2])
-    b = jnp.where(hit[..., None], b, 0.0)
-    depth = b[..., 0] * c0[..., 2] + b[..., 1] * c1[..., 2] + b[..., 2] * c2[..., 2]
+    # barycentrics and depth of the winning face, recomputed from its differentiable vertices
+    b, depth = _hit_geometry(v_pix, faces[jnp.maximum(fidx, 0)], hit)
     mask = hit.astype(v_pix.dtype)
     if sigma > 0:
         alpha = 1.0 - _soft_transmittance(xyz[..., :2], F, H, W, soft_window, soft_slots, float(sigma), cull)
