@@ -55,7 +55,7 @@ DRIVER = textwrap.dedent("""
                     time.sleep(0.2)
                 return save(step, *a, **kw)
             def wait_for_writes():
-                if os.environ.get("SIGTERM_IN_LAST_WAIT") and sys._getframe(1).f_code.co_name == "train":
+                if os.environ.get("SIGTERM_IN_LAST_WAIT") and sys._getframe(1).f_code.co_name == "_train":
                     os.kill(os.getpid(), signal.SIGTERM)  # a time limit while the last checkpoint is written
                     time.sleep(0.2)
                 return wait()
@@ -805,3 +805,35 @@ def test_a_resume_with_another_seed_is_one_config_error(tmp_path):
     loop._check_seed({"loader": {"index": 4}}, 1, "toy checkpoint before seeds were saved: not checked")
     config.seed = 0
     assert [s for s, _ in loop.train(config, str(tmp_path / "w"), ToyTask(config))["losses"]][-1] == 20
+
+
+def test_a_second_job_on_a_workdir_in_use_is_refused_and_a_killed_jobs_lock_goes_with_it(tmp_path):
+    """Two jobs on one workdir (a resubmitted job, a second terminal) went ahead together: each
+    deleted the other's half-written checkpoints, so both crashed with a FileNotFoundError, or
+    both finished while only one run's weights were kept. The second is now one 'error:' line
+    naming the first, before it touches anything; the OS drops a killed job's lock."""
+    from jaxdeca.train import demo, workdir_lock
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, _driver(tmp_path), str(work), str(tmp_path / "o.npz"), "0.3"], cwd=REPO,
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_checkpoint([proc], work / "checkpoints" / "10")
+        before = sorted(os.listdir(work))
+        res = subprocess.run([sys.executable, "-m", "jaxdeca.main", "--config=configs/test_toy.py", f"--workdir={work}"],
+                             cwd=REPO, env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+        errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+        assert errors and errors[0].startswith(f"error: --workdir={work} is in use by another job (pid {proc.pid} on "), \
+            res.stderr[-3000:]
+        with pytest.raises(workdir_lock.WorkdirInUse, match="is in use by another job"):
+            demo.run(None, str(work))  # refused before it reads its config
+        assert sorted(os.listdir(work)) == before
+        assert proc.poll() is None, "the first job did not keep running"
+    finally:
+        proc.kill()
+        proc.wait()
+    with workdir_lock.hold(str(work)):  # a killed job leaves no stale lock
+        pass
+    with workdir_lock.hold(str(work)), pytest.raises(workdir_lock.WorkdirInUse):
+        with workdir_lock.hold(str(work)):  # one process's second job is refused too
+            pass

@@ -13,6 +13,7 @@
 
 A killed demo re-run with the same WORKDIR resumes: the dataset is reused, finished stages are
 skipped, the running stage continues from its last checkpoint.
+A second demo started on a WORKDIR in use is refused (`jaxdeca.train.workdir_lock`).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca import xla_options
-from jaxdeca.train import loop, paths, run as run_lib
+from jaxdeca.train import loop, paths, run as run_lib, workdir_lock
 from jaxdeca.train.deca_common import composite
 
 STAGES = ("pretrain", "coarse", "detail")
@@ -185,6 +186,11 @@ def landmark_change(hist: dict, workdir: str):
 
 
 def run(config, workdir: str) -> None:
+    with workdir_lock.hold(workdir, take=jax.process_index() == 0):  # one demo at a time in workdir
+        _run(config, workdir)
+
+
+def _run(config, workdir: str) -> None:
     t0 = time.time()
     check_config(config)
     build_data(config, workdir)

@@ -36,6 +36,7 @@ checkpoint saved by another stage (config.stage), one the task's check_resume re
 another config.model or image size), one of another learning-rate schedule (config.optim.schedule:
 another optimiser state; checked before its state is restored), or one of a cosine schedule resumed
 with another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
+A second job started on a workdir in use is refused (`workdir_lock`).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca import xla_options
-from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps
+from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps, workdir_lock
 
 
 class TrainingDiverged(RuntimeError):
@@ -192,6 +193,11 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     The intervals are steps >= 0: log_every / checkpoint_every 0 = only the last step;
     eval_every / image_every 0 = never (eval_every > 0 also evaluates the starting state).
     """
+    with workdir_lock.hold(workdir, take=jax.process_index() == 0):  # one job at a time in workdir
+        return _train(config, workdir, task)
+
+
+def _train(config, workdir: str, task) -> dict[str, Any]:
     tc = config.train
     log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
                                                       ("log_every", "checkpoint_every", "eval_every", "image_every"))
