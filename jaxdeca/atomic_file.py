@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 
 
@@ -39,6 +40,12 @@ def replacing(path: str):
         if isinstance(e, OSError) and e.filename == tmp:  # e.g. open(tmp) in a folder made read-only
             e.filename, e.filename2 = path, None
         raise
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of `replacing`'s temporary names (which a killed process can
+    leave behind), so that a walk of the outputs can leave it out."""
+    return re.fullmatch(r"\..*\.tmp-[0-9a-f]{8}[^/]*", name) is not None
 
 
 @contextlib.contextmanager

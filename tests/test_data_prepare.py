@@ -786,3 +786,39 @@ def test_finalise_keeps_one_record_at_a_time_and_sorts_the_index(tmp_path):
     assert summary["identities"] == len({i for i, _ in want_good})
     assert summary["sources"] == {s: sum(recs[r]["source"] == s for _, r in want_good) for s in ("dlib", "pts")}
     assert sorted(os.listdir(out)) == ["index.jsonl", "meta.json", "records", "summary.json"]  # no scratch file
+
+
+def test_two_runs_writing_one_record_at_once_both_keep_it_good(tmp_path, monkeypatch):
+    """Two prepare runs on one --out (a resubmitted job) wrote every record through the one
+    name `<record>.tmp`: the first to finish moved the other's file away, and the other counted
+    a good image as bad ('its record ... cannot be written'). Here the second run's write of the
+    same record happens while the first's is under way (inside its json.dump)."""
+    img = tmp_path / "images" / "p1"
+    write_rgb(str(img / "a.jpg"), np.full((96, 96, 3), 90, np.uint8))
+    detect.write_pts(str(img / "a.pts"), drawn_face_pts())
+    root, out = str(tmp_path / "images"), str(tmp_path / "out")
+    dump, inner = json.dump, []
+
+    def dump_while_another_writes(obj, f, **kw):
+        if not inner:
+            inner.append(None)
+            inner[0] = prepare.process_image(root, out, "p1/a.jpg", "p1")
+        return dump(obj, f, **kw)
+
+    monkeypatch.setattr(prepare.json, "dump", dump_while_another_writes)
+    outer = prepare.process_image(root, out, "p1/a.jpg", "p1")
+    assert inner[0]["status"] == outer["status"] == "ok", (inner, outer)
+    with open(prepare.record_path(out, "p1/a.jpg")) as f:
+        assert json.load(f)["status"] == "ok"
+    assert sorted(os.listdir(os.path.dirname(prepare.record_path(out, "p1/a.jpg")))) == ["a.jpg.json"]
+
+
+def test_a_killed_writes_leftover_is_not_taken_for_a_record(tmp_path):
+    """A record's temporary file, left by a killed run, is not an image of the folder: an images
+    folder that moved is still recognised as the same."""
+    img, out, _ = three_annotated_images(tmp_path, "b.jpg")
+    (out / "records" / "p1" / ".a.jpg.tmp-0123abcd.json").write_text("{")
+    moved = tmp_path / "moved"
+    shutil.move(str(tmp_path / "images"), str(moved))
+    s = prepare.prepare(str(moved), str(out), "folders", progress=False)
+    assert (s["ok"], s["bad"]) == (2, 1), s

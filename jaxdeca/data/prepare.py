@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 
 from jaxdeca.argtypes import positive_int
-from jaxdeca.atomic_file import open_replacing
+from jaxdeca.atomic_file import is_temporary, open_replacing
 from jaxdeca.data import detect, images, masks
 
 IMAGE_EXTS = images.IMAGE_EXTS
@@ -217,8 +217,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             source = "dlib"
         mask = masks.skin_mask(lmk, h, w)
         mask_rel = os.path.join("masks", rel + ".png")  # the full name: a.jpg and a.png differ
-        os.makedirs(os.path.dirname(os.path.join(out_dir, mask_rel)), exist_ok=True)
-        with open(os.path.join(out_dir, mask_rel), "wb") as f:
+        with open_replacing(os.path.join(out_dir, mask_rel), "wb") as f:  # whole, under a name of its own
             f.write(images.encode_png(mask))
         rec.update(status="ok", landmarks=np.round(lmk, 3).tolist(), mask=mask_rel, score=score, source=source,
                    width=w, height=h)
@@ -229,13 +228,12 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
     except Exception as e:  # the run never dies on one file
         rec.update(status="bad", reason=f"{type(e).__name__}: {e}")
     rec_path = record_path(out_dir, rel)
-    tmp = rec_path + ".tmp"
     try:
-        os.makedirs(os.path.dirname(rec_path), exist_ok=True)
-        with open(tmp, "w") as f:
+        # a temporary name of its own: with a fixed `<record>.tmp`, two prepare runs on one --out
+        # moved each other's files away, and counted good images as bad ("cannot be written")
+        with open_replacing(rec_path) as f:
             json.dump(rec, f)
-        os.replace(tmp, rec_path)
-    except OSError as e:  # e.g. a name too long for the file system with .json.tmp added: the file is
+    except OSError as e:  # e.g. a name too long for the file system with the temporary suffix: the file is
         # bad, counted and named (the run stopped here, on every re-run), and tried again next run
         return dict(path=rel, identity=identity, status="bad", unsaved=True,
                     reason=f"its record {rec_path} cannot be written ({e.strerror or e})")
@@ -379,7 +377,8 @@ def _recorded_paths(out_dir) -> list[str]:
     top = os.path.join(out_dir, "records")
     out = []
     for d, _, files in os.walk(top):
-        out += [os.path.relpath(os.path.join(d, f), top)[:-len(".json")] for f in files if f.endswith(".json")]
+        out += [os.path.relpath(os.path.join(d, f), top)[:-len(".json")] for f in files
+                if f.endswith(".json") and not is_temporary(f)]  # a killed write's leftover
     return out
 
 
