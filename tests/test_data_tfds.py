@@ -530,3 +530,25 @@ def test_identity_build_holds_no_record_until_it_writes_it(tmp_path):
         f.writelines(lines)
     with pytest.raises(ValueError, match=r"index.jsonl:1: changed while the dataset was being built"):
         next(gens["train"])
+
+
+def test_a_first_build_finished_meanwhile_by_another_process_is_used(tmp_path, capsys, monkeypatch):
+    """Two first builds of one dataset at once (two jobs): the one finishing second ended in a
+    traceback, tfds' FileExistsError on renaming its incomplete.* folder to the version folder
+    the other had made. It now uses that build. Here the other build runs to its end inside
+    this one's generation, before this one's own."""
+    cfg = tfds_faces.SyntheticConfig(name="race", identities=2, images_per_identity=2, image_size=32, seed=1)
+    data = str(tmp_path / "d")
+    mine = tfds_faces.SyntheticFaces(config=cfg, data_dir=data)
+    own = mine._split_generators
+
+    def other_build_first(*a, **kw):
+        tfds_faces.build(tfds_faces.SyntheticFaces(config=cfg, data_dir=data))
+        return own(*a, **kw)
+
+    monkeypatch.setattr(mine, "_split_generators", other_build_first)
+    b = tfds_faces.build(mine)
+    assert "built meanwhile by another process; using that build" in capsys.readouterr().err
+    assert b.is_prepared() and b.info.splits["train"].num_examples == 4
+    tfds_faces.check_shards(b)
+    assert not [n for n in os.listdir(os.path.join(data, "synthetic_faces", "race")) if n.startswith("incomplete")]

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import uuid
 import warnings
 
@@ -324,7 +325,8 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
     both) and replaces the old one only once the new one is complete: a build that fails (an
     image changed since prepare read it, a full disk) leaves the dataset built before as it was,
     readable by training. It returns a new builder reading the new dataset; the one given still
-    describes the dataset it replaced."""
+    describes the dataset it replaced. When another process finishes the same first build while
+    this one runs, its dataset is used (and checked as one built before)."""
     if manual_dir is not None:
         index = os.path.join(manual_dir, "index.jsonl")
         if not os.path.isdir(manual_dir):
@@ -346,7 +348,16 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
                                        download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
     # a built dataset's info (read from it) already names its file format, and tfds refuses to set it again
     fmt = None if prepared else FILE_FORMAT
-    builder.download_and_prepare(download_config=cfg, file_format=fmt)
+    try:
+        builder.download_and_prepare(download_config=cfg, file_format=fmt)
+    except FileExistsError:  # tfds' rename of its incomplete.* folder to the version folder
+        again = _builder_at(builder, os.fspath(builder.data_dir_root))
+        if prepared or not again.is_prepared():
+            raise
+        # another build of the same dataset (a second job) finished first: use it, checked as any
+        # dataset built before is (before, this build ended in a traceback)
+        print(f"{again.data_dir}: built meanwhile by another process; using that build", file=sys.stderr)
+        return build(again, manual_dir)
     return builder
 
 
@@ -453,7 +464,6 @@ def main(argv=None):
     """python -m jaxdeca.data.tfds_faces --dataset identity_faces --config vggface2 --manual-dir PREPARED
     [--images DIR] [--data-dir DIR]: write the array_record dataset (run once, before training)."""
     import argparse
-    import sys
     p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=main.__doc__.split("\n")[0])
     p.add_argument("--dataset", default="synthetic_faces", choices=sorted(BUILDERS))
     p.add_argument("--config", default=None, help="vggface2|voxceleb2|bupt|celeba|folders, or default|tiny|demo")
