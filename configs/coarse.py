@@ -10,6 +10,8 @@ config.seed seeds the stage's data order, the initial weights of the networks it
 its per-step noise. Each stage is a run of its own (as in DECA), so stages with the same seed
 read the data in the same order (identities grouped by their own batch size and K); that is
 harmless, every stage passes over the data many times. `--config.seed=N` changes it per stage.
+The held-out eval batches do not depend on it (data.eval_seed picks their images and crops), so
+runs of several seeds are scored on the same faces.
 
 Paths the user supplies (each a config field; a missing one is one clear error at start):
   data.data_dir         tfds data dir holding identity_faces/<data.config> (build it with
@@ -61,7 +63,7 @@ def get_config(stage: str = "coarse"):
                                              cam_scale="raw"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
                                             data_dir=placeholder(str), k=k, image_size=224, eval_batches=2,
-                                            eval_split="test", color_jitter=0.0, num_threads=4))
+                                            eval_seed=0, eval_split="test", color_jitter=0.0, num_threads=4))
     c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))

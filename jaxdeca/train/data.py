@@ -192,18 +192,22 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     """`config.data.eval_batches` held-out batches (identities never trained on).
 
     tfds: the dataset's `config.data.eval_split` (default 'test'); synthetic: another seed stream.
+    Which held-out images (and crops) they hold is `config.data.eval_seed`'s (default 0), not
+    `config.seed`'s: runs of several seeds are scored on the same faces. (They took config.seed:
+    one model scored 0.304 / 0.269 / 0.298 landmark L1 on the batches of seeds 0 / 1 / 2.)
     """
     d = config.data
     n = int(d.get("eval_batches", 1))
     if n <= 0:
         return []
     check_k(config, local_bs)
+    eval_seed = int(d.get("eval_seed", 0))  # offsets as when it was config.seed: seed 0's batches kept
     if d.get("source", "synthetic") == "tfds":
         builder = tfds_builder(config)
         split = choose_eval_split(builder, d.get("eval_split", "test"))
-        stream = _tfds_loader(config, local_bs, process_index, process_count, split, int(config.seed) + 1, builder)
+        stream = _tfds_loader(config, local_bs, process_index, process_count, split, eval_seed + 1, builder)
         return [_select(stream.batch_at(i)) for i in range(n)]
-    loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed) + 10 ** 6,
+    loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), eval_seed + 10 ** 6,
                                  process_index, process_count, flame_path(config))
     return [loader.next() for _ in range(n)]
 
