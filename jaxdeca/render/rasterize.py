@@ -20,7 +20,8 @@ canvas as [S, S] blocks (one scatter/gather index per window).
   equals the buffer picks the lowest face index on ties (as a sequential z-test would).
   Barycentrics and depth of the winning face are then recomputed from its differentiable
   vertices by a gather, so gradients reach vertex positions through barycentrics
-  (nvdiffrast-style interior gradients) with no custom rule.
+  (nvdiffrast-style interior gradients); their VJP is written out (`_hit_geometry_bwd`) and
+  added to the vertices with one scatter-add.
 * Soft coverage alpha = 1 - prod_j (1 - sigmoid(delta_j d_j^2 / sigma)) (SoftRas; d_j the
   distance from the pixel centre to face j, delta_j = +1 inside, -1 outside, sigma in
   pixel^2) moves silhouette edges. Faces farther than sqrt(16 sigma) pixels are dropped
