@@ -122,7 +122,7 @@ def write(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: np.n
     else:
         lines.append(_rows("f %d %d %d", faces + 1))
     lines = [x for x in lines if x]  # sections without rows (no faces, no texture coordinates)
-    with open_replacing(path) as fh:
+    with open_replacing(path, encoding="utf-8", errors="surrogateescape") as fh:  # mtllib: a file name's bytes
         fh.write("\n".join(lines) + "\n")
     return path
 

@@ -505,3 +505,95 @@ def test_replacing_writes_through_a_link_and_keeps_the_files_mode(tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert target.read_bytes()[:4] == b"\x89PNG" and (os.stat(target).st_mode & 0o777) == 0o640
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.png"]
+
+
+def test_animated_webp_is_read_as_a_video_and_a_still_one_as_an_image(tmp_path):
+    """An animated WebP driver was read as one image, its first frame: animate made a one-frame
+    'animation'. It is read frame by frame with its frame rate, as an animated GIF is."""
+    from PIL import Image
+    frames = [Image.fromarray(np.full((16, 16, 3), (c, 255 - c, 7), np.uint8)) for c in (0, 80, 160, 240)]
+    frames[0].save(tmp_path / "drv.webp", save_all=True, append_images=frames[1:], duration=50, loop=0,
+                   lossless=True)
+    frames[0].save(tmp_path / "still.webp", lossless=True)
+    got = list(inputs.iter_frames(str(tmp_path / "drv.webp"), video_every=1))
+    assert [f.name for f in got] == [f"drv_{i:05d}" for i in range(4)]
+    assert [tuple(f.image[0, 0]) for f in got] == [(c, 255 - c, 7) for c in (0, 80, 160, 240)]  # RGB order
+    assert got[1].source == f"{tmp_path / 'drv.webp'} frame 1"
+    assert [f.name for f in inputs.iter_frames(str(tmp_path / "drv.webp"), video_every=3)] == ["drv_00000", "drv_00003"]
+    assert inputs.video_fps(str(tmp_path / "drv.webp")) == pytest.approx(20.0)
+    assert inputs.video_frame_count(str(tmp_path / "drv.webp")) == 4
+    assert inputs.is_video(str(tmp_path / "drv.webp")) and not inputs.is_video(str(tmp_path / "still.webp"))
+    (still,) = inputs.iter_frames(str(tmp_path / "still.webp"))
+    assert still.name == "still" and inputs.video_fps(str(tmp_path / "still.webp")) is None
+    names = [i.name for i in inputs.iter_frames(str(tmp_path))]
+    assert names == ["drv_00000", "drv_00001", "drv_00002", "drv_00003", "still"]
+
+
+def test_avif_photos_in_a_folder_are_read(tmp_path):
+    """OpenCV reads AVIF, but .avif was not an image extension: a folder's AVIF photos were
+    neither processed nor named as skipped ('folder contains no images' for a folder of them)."""
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, :8] = (200, 30, 30)
+    if not cv2.imwrite(str(tmp_path / "a.avif"), img[..., ::-1]):
+        pytest.skip("this OpenCV build writes no AVIF")
+    (got,) = inputs.iter_frames(str(tmp_path))
+    assert got.name == "a" and got.image.shape == (16, 16, 3)
+    assert abs(int(got.image[8, 2, 0]) - 200) < 20 and got.image[8, 2, 2] < 60  # red stays red
+
+
+def test_sixteen_bit_images_are_converted_without_float_copies():
+    """x / 257 rounded made two float64 copies of a 16-bit image (5.6 GB peak for a 12000 x
+    9000 PNG); the same levels now come with no float copy."""
+    import tracemalloc
+
+    from jaxdeca.data import images
+    x = np.arange(65536, dtype=np.uint16)
+    levels = (x / 257.0).round().astype(np.uint8)
+    img = np.stack([np.resize(x, (256, 256))] * 3, -1)  # BGR, every 16-bit value in each channel
+    tracemalloc.start()
+    try:
+        got = images.to_rgb_uint8(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, np.resize(levels, (256, 256))[..., None].repeat(3, -1))
+    assert peak < 2 * img.nbytes, peak  # float64 copies: 4x the uint16 image each
+    np.testing.assert_array_equal(images.to_rgb_uint8(np.resize(x, (256, 256, 1))),
+                                  np.resize(levels, (256, 256))[..., None].repeat(3, -1))
+
+
+NON_UTF8_DRIVER = """
+import os, sys
+from jaxdeca.apps import inputs
+folder = sys.argv[1]
+print(len(list(inputs.iter_frames(folder))), inputs.video_fps(os.path.join(folder, os.fsdecode(b"clip\\xe9.avi"))))
+"""
+
+
+def test_file_names_that_are_not_utf8_are_read_and_written(tmp_path):
+    """A Latin-1 name from a zip (b'Jos\\xe9.jpg'; Python's str of it holds a surrogate escape):
+    cv2.VideoCapture crashed the process (SIGSEGV) on such a video in an input folder, and a
+    face's MTL could not be written (UnicodeEncodeError), which ended a reconstruct run."""
+    import subprocess
+    import sys
+    vid = tmp_path / "v"
+    vid.mkdir()
+    w = cv2.VideoWriter(str(vid / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    for k in range(3):
+        w.write(np.full((24, 32, 3), 40 * k, np.uint8))
+    w.release()
+    os.rename(vid / "clip.avi", os.fsencode(str(vid)) + b"/clip\xe9.avi")  # (cv2 would crash on the name)
+    res = subprocess.run([sys.executable, "-c", NON_UTF8_DRIVER, str(vid)], capture_output=True, text=True,
+                         timeout=120, env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__)))))
+    assert res.returncode == 0 and res.stdout.split() == ["3", "10.0"], (res.returncode, res.stderr[-2000:])
+
+    obj = os.path.join(str(tmp_path / "o"), os.fsdecode(b"Jos\xe9.obj"))
+    f = np.array([[0, 1, 2]])
+    export.write_obj(obj, np.eye(3), f, uv_coords=np.eye(3)[:, :2], uv_faces=f, texture=np.zeros((4, 4, 3)))
+    files = sorted(os.listdir(os.fsencode(str(tmp_path / "o"))))
+    assert files == [b"Jos\xe9.mtl", b"Jos\xe9.obj", b"Jos\xe9.png"]
+    with open(os.fsencode(str(tmp_path / "o")) + b"/Jos\xe9.mtl", "rb") as fh:
+        assert b"map_Kd Jos\xe9.png" in fh.read()  # the file's own bytes: readers find the texture
+    with open(os.fsencode(obj), "rb") as fh:
+        assert fh.readline() == b"mtllib Jos\xe9.mtl\n"

@@ -552,3 +552,27 @@ def test_a_first_build_finished_meanwhile_by_another_process_is_used(tmp_path, c
     assert b.is_prepared() and b.info.splits["train"].num_examples == 4
     tfds_faces.check_shards(b)
     assert not [n for n in os.listdir(os.path.join(data, "synthetic_faces", "race")) if n.startswith("incomplete")]
+
+
+def test_names_that_are_not_utf8_are_bad_files_not_a_failed_build(tmp_path, capsys):
+    """A Latin-1 file or identity folder name from a zip (b'Jos\\xe9'): prepare recorded the image
+    as good, and the dataset build then stopped on it, hours in on a large folder (tfds stores the
+    path and identity as text: UnicodeEncodeError). prepare counts it bad, naming why."""
+    rng = np.random.default_rng(0)
+    images_dir = os.fsencode(str(tmp_path / "images"))
+    for rel in (b"n0001/a.jpg", b"n0001/Jos\xe9.jpg", b"Jos\xe9/b.jpg", b"n0002/c.jpg"):
+        p = os.fsdecode(images_dir + b"/" + rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        ok, enc = cv2.imencode(".jpg", cv2.GaussianBlur(rng.integers(0, 255, (90, 80, 3), dtype=np.uint8), (5, 5), 2))
+        with open(p, "wb") as f:
+            f.write(enc.tobytes())
+        detect.write_pts(os.path.splitext(p)[0] + ".pts", rng.uniform(20, 60, (68, 2)))
+    s = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "out"), "vggface2", workers=1, progress=False)
+    assert (s["ok"], s["bad"]) == (2, 2), s
+    reasons = sorted(b["reason"] for b in s["bad_files"])
+    assert reasons == ["its file name is not valid UTF-8 (e.g. a Latin-1 name from a zip archive): rename it",
+                       "its identity is not valid UTF-8 (e.g. a Latin-1 name from a zip archive): rename it"]
+    capsys.readouterr()
+    b = tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=str(tmp_path / "d")), str(tmp_path / "out"))
+    src = tfds_faces.data_source(b)
+    assert sorted(src[i]["path"].decode() for i in range(len(src))) == ["n0001/a.jpg", "n0002/c.jpg"]

@@ -112,7 +112,9 @@ def write_obj(path: str, vertices: np.ndarray, faces: np.ndarray, *, uv_coords: 
         save_image(stem + ".png", texture)
         if normal_map is not None:
             save_image(stem + "_normals.png", (np.asarray(normal_map) + 1.0) * 0.5)
-        with output_file(stem + ".mtl") as f:
+        # surrogateescape: a file name that is not valid UTF-8 (Latin-1, from a zip) is written as
+        # its own bytes, so the MTL names the files beside it (before: UnicodeEncodeError)
+        with output_file(stem + ".mtl", encoding="utf-8", errors="surrogateescape") as f:
             f.write(f"newmtl FaceTexture\nmap_Kd {name}.png\n")
             if normal_map is not None:
                 f.write(f"disp {name}_normals.png\n")

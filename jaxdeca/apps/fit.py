@@ -272,7 +272,7 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
     than `batch` faces in all are fitted as one smaller batch), and write reconstruct's outputs
     per face. Unusable files and faces are skipped with one message
     naming the file (see inputs.report). Returns {'written': [names], 'skipped': [(name, reason)]}."""
-    single = os.path.isfile(input_path) and not input_path.lower().endswith(inputs.VIDEO_EXTS)
+    single = os.path.isfile(input_path) and not inputs.is_video(input_path)
     if landmarks is not None and not os.path.exists(landmarks):
         raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
     if landmarks is not None and not single and not os.path.isdir(landmarks):

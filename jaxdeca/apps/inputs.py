@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import cv2
 import numpy as np
+from PIL import Image, ImageSequence
 
 from jaxdeca.data import images
 
@@ -84,8 +85,32 @@ def _not_a_file(path: str) -> str:
     return "no such file"
 
 
-def _is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_EXTS)
+def is_video(path: str) -> bool:
+    """A video container (VIDEO_EXTS, an animated GIF among them) or an animated WebP."""
+    return path.lower().endswith(VIDEO_EXTS) or _animated_webp(path)
+
+
+def _animated_webp(path: str) -> bool:
+    """Whether `path` is a WebP of more than one frame (read as a video; before, as its first
+    frame alone, so an animated WebP driver gave animate one still frame)."""
+    if not path.lower().endswith(".webp") or not os.path.isfile(path):
+        return False
+    try:
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False))
+    except (OSError, ValueError):  # not a WebP Pillow can open: read_image names why
+        return False
+
+
+def _cv2_name(path: str):
+    """`path` as OpenCV's video functions take it: the str, or its file-system bytes when it
+    does not encode as UTF-8 (a Latin-1 name from a zip, decoded by Python with surrogate
+    escapes), on which cv2.VideoCapture crashed the process (SIGSEGV)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
 
 
 def list_images(folder: str, videos: bool = False) -> list[str]:
@@ -102,11 +127,15 @@ def list_images(folder: str, videos: bool = False) -> list[str]:
 
 
 def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
-    """Frames of a video as RGB uint8; raises InputError when nothing can be decoded."""
+    """Frames of a video (or an animated WebP) as RGB uint8; raises InputError when nothing can
+    be decoded."""
+    if _animated_webp(path):
+        yield from _iter_webp(path, every)
+        return
     # FFmpeg's own log lines ("moov atom not found") would duplicate our one message per file;
     # quiet unless the user asked for a level (read when OpenCV first opens a video).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cap = cv2.VideoCapture(path)
+    cap = cv2.VideoCapture(_cv2_name(path))
     stem = os.path.splitext(os.path.basename(path))[0]
     try:
         if not cap.isOpened():
@@ -126,6 +155,36 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
         cap.release()
 
 
+def _iter_webp(path: str, every: int) -> Iterator[Frame]:
+    """The frames of an animated WebP, decoded one at a time (Pillow; OpenCV's FFmpeg does not
+    read it). A frame that cannot be decoded ends it, as in a video."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    n_read = 0
+    try:
+        with Image.open(path) as im:
+            for index, frame in enumerate(ImageSequence.Iterator(im)):
+                if index % every == 0:
+                    n_read += 1
+                    yield Frame(f"{stem}_{index:05d}", np.asarray(frame.convert("RGB")), f"{path} frame {index}")
+    except (OSError, ValueError, EOFError):  # a damaged frame: the frames before it are kept
+        pass
+    if n_read == 0:
+        raise InputError(f"{path}: animated WebP has no decodable frames")
+
+
+def _webp_declared(path: str, prop: int) -> float:
+    """cv2.CAP_PROP_FRAME_COUNT or CAP_PROP_FPS (frames over the frame durations' sum) of an
+    animated WebP; 0 when it declares none."""
+    with Image.open(path) as im:
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return float(im.n_frames)
+        ms = []
+        for f in ImageSequence.Iterator(im):
+            f.load()  # Pillow sets a frame's duration when it decodes it
+            ms.append(f.info.get("duration") or 0)
+    return 1000.0 * len(ms) / sum(ms) if sum(ms) > 0 else 0.0
+
+
 def video_fps(path: str) -> float | None:
     """The frame rate a video file declares, or None for anything else (an image, a folder, a
     video that cannot be opened or declares none)."""
@@ -140,10 +199,16 @@ def video_frame_count(path: str) -> int | None:
 
 def _declared(path: str, prop: int) -> float | None:
     """A positive, finite property `prop` (cv2.CAP_PROP_*) of the video file `path`, else None."""
-    if not (os.path.isfile(path) and _is_video(path)):
+    if not (os.path.isfile(path) and is_video(path)):
         return None
+    if _animated_webp(path):
+        try:
+            value = _webp_declared(path, prop)
+        except (OSError, ValueError, EOFError):
+            value = 0.0
+        return float(value) if value > 0 else None
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-    cap = cv2.VideoCapture(path)
+    cap = cv2.VideoCapture(_cv2_name(path))
     try:
         value = cap.get(prop) if cap.isOpened() else 0.0
     finally:
@@ -163,7 +228,7 @@ def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
         taken: set[str] = set()
         for f in files:
             yield from unique_names(_file_items(f, video_every), _ext(f), taken)
-    elif _is_video(path):
+    elif is_video(path):
         yield from iter_video(path, every=video_every)
     else:
         yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)
@@ -175,7 +240,7 @@ def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
     try:
         if path.lower().endswith(images.HEIC_EXTS):
             raise InputError(f"{path}: {images.HEIC_REASON}")
-        if _is_video(path):
+        if is_video(path):
             yield from iter_video(path, every=video_every)
         else:
             yield Frame(name, read_image(path), path)
