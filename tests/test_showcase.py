@@ -55,3 +55,21 @@ def test_showcase_image_size_must_be_a_positive_int(tmp_path):
         with pytest.raises(paths.ConfigError, match=rf"config.{field}=1 must be an int of at least 2"):
             jmain.run_mode(c, str(tmp_path))
     assert not (tmp_path / "showcase").exists()
+
+
+def test_the_demo_refuses_showcase_fields_before_it_trains(tmp_path):
+    """--config.n_shape=300 on the demo head (100 identity components) was refused only at the
+    showcase, after the whole training; the demo checks the showcase's fields at start now."""
+    import pytest
+    from jaxdeca.flame import FlameFileError
+    from jaxdeca.train import paths
+    config = demo_config.get_config("tiny")
+    for field, value, error, message in (
+            ("n_shape", 300, FlameFileError, "asked for n_shape=300, n_exp=50 but the file has 100 identity"),
+            ("n_tex", 500, FlameFileError, "the albedo basis has"),
+            ("n_exp", 1, paths.ConfigError, "config.n_exp=1 must be an int of at least 2")):
+        c = config.copy_and_resolve_references()
+        c[field] = value
+        with pytest.raises(error, match=message):
+            jmain.run_mode(c, str(tmp_path / "w"))
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".jaxdeca.lock"]  # nothing built or trained

@@ -83,19 +83,29 @@ def _check_int(field: str, value, least: int, why: str) -> None:
         raise paths.ConfigError(f"config.{field}={value!r} must be {what} ({why})")
 
 
+def check_config(config) -> dict:
+    """The showcase's fields checked before anything is rendered (the demo checks them before it
+    trains): ConfigError naming a field, FlameFileError when the FLAME file (config.flame_path,
+    None = demo head) has fewer components than n_shape, n_exp or n_tex. Returns its arrays."""
+    _check_int("showcase.image_size", config.showcase.image_size, 1, "pixels")
+    for field in ("n_shape", "n_exp"):  # the panels vary the first two components of each
+        _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
+    arrays = flame.load_arrays(config.flame_path)
+    where = config.flame_path or flame.DEMO_HEAD
+    flame.model.check_components(arrays, config.n_shape, config.n_exp, where)
+    flame.texture.check_components(arrays, config.n_tex, where)
+    return arrays
+
+
 def run(config, workdir: str) -> None:
     """Writes the showcase pictures for `config.flame_path` (None = demo head)."""
     cfg = config.showcase
-    _check_int("showcase.image_size", cfg.image_size, 1, "pixels")
-    for field in ("n_shape", "n_exp"):  # the panels vary the first two components of each
-        _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
+    arrays = check_config(config)
     out_dir = os.path.join(workdir, "showcase")
     os.makedirs(out_dir, exist_ok=True)
     size = (cfg.image_size, cfg.image_size)
-    arrays = flame.load_arrays(config.flame_path)
     where = config.flame_path or flame.DEMO_HEAD
     model = flame.from_arrays(arrays, n_shape=config.n_shape, n_exp=config.n_exp, where=where)
-    flame.texture.check_components(arrays, config.n_tex, where)
     topo = render.make_topology(arrays)
 
     names, shape, exp, pose = head_batch(model, cfg.identity_sigma, cfg.jaw_open)

@@ -131,13 +131,19 @@ def dynamic_row(full_pose):
     return jnp.where(yaw < 0, jnp.where(yaw < -39, 78, 39 - yaw), yaw)
 
 
-def from_arrays(arrays: dict, n_shape: int = 100, n_exp: int = 50, where: str = "FLAME model") -> FlameModel:
-    """Builds a FlameModel from a FLAME npz dict (CONTRIBUTING schema), validating it."""
-    io.validate(arrays, where)
+def check_components(arrays: dict, n_shape: int, n_exp: int, where: str = "FLAME model") -> None:
+    """Refuses (FlameFileError naming `where`) a FLAME npz dict with fewer identity or expression
+    components than asked for."""
     S, E = arrays["shapedirs"].shape[2], arrays["exprdirs"].shape[2]
     if n_shape > S or n_exp > E:
         raise io.FlameFileError(f"{where}: asked for n_shape={n_shape}, n_exp={n_exp} but the file has {S} identity "
-                         f"and {E} expression components")
+                                f"and {E} expression components")
+
+
+def from_arrays(arrays: dict, n_shape: int = 100, n_exp: int = 50, where: str = "FLAME model") -> FlameModel:
+    """Builds a FlameModel from a FLAME npz dict (CONTRIBUTING schema), validating it."""
+    io.validate(arrays, where)
+    check_components(arrays, n_shape, n_exp, where)
     V = arrays["v_template"].shape[0]
     f32 = lambda k: jnp.asarray(arrays[k], jnp.float32)  # noqa: E731
     i32 = lambda k: jnp.asarray(arrays[k], jnp.int32)  # noqa: E731

@@ -153,7 +153,9 @@ def check_config(config) -> None:
     """ConfigError naming the field, before the dataset is rendered: config.stages must be a
     non-empty tuple of STAGES, each once, in their order; config.heldout_faces a count >= 0 (0:
     no held-out pictures; below 0 it ended the job after training with a traceback);
-    config.flame_path, when set, a FLAME file the job can use (FlameFileError naming it otherwise)."""
+    config.flame_path, when set, a FLAME file the job can use (FlameFileError naming it otherwise);
+    the showcase's fields (`showcase.check_config`: n_shape above the model's components was
+    refused only after training, at the showcase)."""
     stages = tuple(config.stages)
     if not stages or any(s not in STAGES for s in stages) or list(stages) != sorted(set(stages), key=STAGES.index):
         raise paths.ConfigError(f"config.stages={stages!r} must name some of {STAGES}, each once and in that order "
@@ -162,9 +164,9 @@ def check_config(config) -> None:
         raise paths.ConfigError(f"config.heldout_faces={config.heldout_faces} must be 0 (no held-out pictures) or "
                                 "the number of held-out faces to picture")
     if config.get("flame_path"):
-        from jaxdeca import flame
         paths.require_path(config, "flame_path", "a FLAME npz written by python -m jaxdeca.flame.convert")
-        flame.load_arrays(config.flame_path)
+    from jaxdeca.apps import showcase
+    showcase.check_config(config)  # loads the FLAME file too
 
 
 LANDMARK_KEY = "eval/landmark_loss"
