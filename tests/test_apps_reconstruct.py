@@ -319,3 +319,61 @@ def test_kpt3d_visibility_is_decas_visofp():
     deca = (torch.einsum("blfi,blf->bli", lmk_normals, bary)[:, :, 2] < 0.1).numpy()
     np.testing.assert_array_equal(np.asarray(out["landmarks3d_visible"]) == 1.0, deca)
     assert 0 < deca.sum() < deca.size  # some landmarks hidden at the turned poses
+
+
+def test_decas_decoded_arrays_and_the_grid_on_the_original_frame(tmp_path, model_dir):
+    """DECA's demo saves its decoded arrays (--saveMat: the displacement map, image-space
+    landmarks, ...) and draws the results on the original photo (--render_orig); reconstruct
+    wrote neither. --save-decoded and --vis-original write them, in DECA's names and frames."""
+    p = pipeline.load_pipeline(model_dir, flame.DEMO_HEAD)
+    head, out = render_head(p)
+    src = tmp_path / "in"
+    src.mkdir()
+    big = cv2.copyMakeBorder(head, 40, 10, 60, 20, cv2.BORDER_CONSTANT, value=(77, 77, 77))  # 274 x 304
+    export.save_image(str(src / "head.png"), big)
+    assert reconstruct.main(["--input", str(src), "--out", str(tmp_path / "out"), "--checkpoint", model_dir,
+                             "--flame", flame.DEMO_HEAD, "--save-decoded", "--vis-original"]) == 0
+    d = tmp_path / "out" / "head"
+    dec, codes = np.load(d / "head_decoded.npz"), np.load(d / "head_codes.npz")
+    assert sorted(dec.files) == ["albedo", "displacement_map", "landmarks2d", "landmarks3d", "landmarks3d_world",
+                                 "normals", "trans_verts", "uv_detail_normals", "uv_texture_gt", "verts"]
+    # DECA's batch_orth_proj, then y and z negated
+    s, tx, ty = codes["cam"]
+    v = dec["verts"].astype(np.float64)
+    want = np.stack([s * (v[:, 0] + tx), -s * (v[:, 1] + ty), -s * v[:, 2]], 1)
+    np.testing.assert_allclose(dec["trans_verts"], want, rtol=1e-5, atol=1e-5)
+    # DECA's landmarks2d are [-1, 1] crop coordinates: its transform_points gives our original pixels
+    inv = np.linalg.inv(codes["crop_tform"])
+    px = np.concatenate([(dec["landmarks2d"] * 0.5 + 0.5) * 224, np.ones((68, 1))], 1) @ inv.T
+    np.testing.assert_allclose(np.loadtxt(d / "head_kpt2d.txt"), px[:, :2], atol=2e-3)
+    k3 = np.loadtxt(d / "head_kpt3d.txt")
+    assert dec["landmarks3d"].shape == (68, 4)
+    np.testing.assert_allclose(dec["landmarks3d"][:, 3], k3[:, 3])
+    np.testing.assert_allclose(dec["landmarks3d_world"], k3[:, :3], atol=1e-6)
+    uv_z = np.asarray(p.decode({k: jnp.asarray(codes[k][None]) for k in
+                                ("shape", "exp", "pose", "tex", "cam", "light", "detail")})["uv_z"][0])
+    assert np.abs(uv_z).max() > 0 and not np.asarray(p.topo.fixed_displacement).any()  # the demo head has none
+    np.testing.assert_allclose(dec["displacement_map"], uv_z, atol=1e-6)
+    with_fixed = dict(p.arrays, fixed_displacement=np.full((256, 256), 0.01, np.float32))  # official FLAME: DECA's
+    row = {"uv_z": uv_z, **{k: np.zeros(1) for k in ("vertices", "trans_vertices", "landmarks3d_world", "normals",
+                                                     "albedo", "uv_detail_normals")},
+           "landmarks2d": np.zeros((68, 3)), "landmarks3d": np.zeros((68, 3)), "landmarks3d_visible": np.zeros(68)}
+    np.testing.assert_allclose(pipeline.decoded_arrays(row.__getitem__, with_fixed)["displacement_map"], uv_z + 0.01,
+                               atol=1e-6)
+    assert dec["uv_texture_gt"].shape == dec["albedo"].shape == dec["uv_detail_normals"].shape
+
+    grid = cv2.imread(str(d / "head_vis_original.png"))[..., ::-1]
+    H, W = big.shape[:2]
+    assert grid.shape == (H, 5 * W, 3)
+    np.testing.assert_array_equal(grid[H // 2:, :W], big[H // 2:])  # the photo itself (its label at the top)
+    # the renders go back where their crop came from: the head's render, with the crop that cut it from
+    # the photo (rows 40.., columns 60..), is drawn over the head and nowhere else
+    c = pipeline.Crop(head / 255.0, crop.square_transform((60 + 111.5, 40 + 111.5), 223, 224), big)
+    g = lambda key: np.asarray(out[key])[0]  # noqa: E731
+    tiles = pipeline.original_grid(g, c, np.zeros((0, 2)))
+    shape_tile = tiles[:, 2 * W:3 * W].astype(int)
+    changed = np.abs(shape_tile - big).max(-1) > 0
+    changed[:20, :120] = False  # its label
+    mask = np.zeros((H, W), bool)
+    mask[40:264, 60:284] = np.asarray(out["mask"][0]) > 0.5
+    assert changed[mask].mean() > 0.95 and not changed[:40].any() and not changed[:, :60].any()

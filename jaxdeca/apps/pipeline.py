@@ -215,6 +215,7 @@ class Crop:
     """A face crop and the similarity that made it: crop pixels = tform @ [x, y, 1] (original)."""
     image: np.ndarray  # [224, 224, 3] float32 in [0, 1]
     tform: np.ndarray  # [3, 3] original pixels -> crop pixels (jaxdeca.data.preprocess convention)
+    original: np.ndarray | None = None  # [H, W, 3] uint8 RGB: the frame it was cropped from
 
     @property
     def matrix(self) -> np.ndarray:
@@ -250,14 +251,14 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
             raise ValueError(f"crop_face: {e}") from None
         h, w = image.shape[:2]
         t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w, 2) - 1, IMAGE_SIZE)
-        return Crop(image=crop_lib.crop_image(image, t, IMAGE_SIZE), tform=t)
+        return Crop(image=crop_lib.crop_image(image, t, IMAGE_SIZE), tform=t, original=image)
     if mode != "detect":
         raise ValueError(f"crop mode must be 'detect' or 'none', got {mode!r}")
     try:
         img, t = preprocess.crop_for_inference(image, landmarks=landmarks, size=IMAGE_SIZE)
     except preprocess.NoFaceError:
         return None
-    return Crop(image=img, tform=t)
+    return Crop(image=img, tform=t, original=image)
 
 
 def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", quiet: bool = False) -> Iterator[tuple]:
@@ -522,11 +523,15 @@ def landmarks_original(lmk_img, tform, convention: str = "jaxdeca") -> np.ndarra
 
 
 def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
-                  arrays: dict, extract_tex: bool = True, lmk_convention: str = "jaxdeca") -> list[str]:
+                  arrays: dict, extract_tex: bool = True, lmk_convention: str = "jaxdeca",
+                  decoded: bool = False, vis_original: bool = False) -> list[str]:
     """Write every output of face k of a decoded batch under out_dir/name/; returns paths (the
     detailed OBJ is left out, with a message on stderr, when its mesh has no faces:
     `export.write_detail_obj`). lmk_convention: how the decode's image-space landmarks become
-    pixels (`Pipeline.lmk_convention`). A file that cannot be written: export.WriteError naming it."""
+    pixels (`Pipeline.lmk_convention`). A file that cannot be written: export.WriteError naming it.
+    decoded: also `<name>_decoded.npz`, DECA's decoded outputs (`decoded_arrays`; its demo's
+    --saveMat). vis_original: also `<name>_vis_original.png`, the grid on the original frame
+    (`original_grid`; its demo's --render_orig), when `crop.original` holds it."""
     from jaxdeca.apps import visualize as vis
     d = os.path.join(out_dir, name)
     with export.writing(d):
@@ -557,4 +562,48 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
     paths.append(export.save_npz(os.path.join(d, f"{name}_codes.npz"),
                                  {**{kk: v[k] for kk, v in codes.items()}, "crop_tform": crop.tform}))
+    if decoded:
+        paths.append(export.save_npz(os.path.join(d, f"{name}_decoded.npz"), decoded_arrays(g, arrays)))
+    if vis_original and crop.original is not None:
+        paths.append(export.save_image(os.path.join(d, f"{name}_vis_original.png"),
+                                       original_grid(g, crop, lmk2)))
     return paths
+
+
+def decoded_arrays(g, arrays: dict) -> dict:
+    """DECA's decoded outputs (`DECA.decode`'s opdict, which its demo saves with --saveMat) of one
+    face, under DECA's names and in DECA's frames, images as [H, W, C] (DECA's are [C, H, W]):
+      verts [V, 3] FLAME world; trans_verts [V, 3] image space (x, y in [-1, 1] of the 224 crop,
+      y down); landmarks2d [68, 2] image space; landmarks3d [68, 4] image space + visibility
+      (DECA's visofp); landmarks3d_world [68, 3]; normals [V, 3]; albedo, uv_texture_gt
+      [R, R, 3] (the FLAME albedo; the extracted texture, albedo-shaded outside the face-eye
+      mask); uv_detail_normals [R, R, 3]; displacement_map [R, R, 1] (the detail decoder's
+      uv_z plus the model's fixed displacement).
+    g: key -> the face's array of a decoded batch (write_outputs)."""
+    R = g("uv_z").shape[0]
+    fixed = render_deca.fixed_displacement(arrays, R)
+    out = dict(verts=g("vertices"), trans_verts=g("trans_vertices"), landmarks2d=g("landmarks2d")[:, :2],
+               landmarks3d=np.concatenate([g("landmarks3d"), g("landmarks3d_visible")[:, None]], 1),
+               landmarks3d_world=g("landmarks3d_world"), normals=g("normals"), albedo=g("albedo"),
+               uv_detail_normals=g("uv_detail_normals"), displacement_map=g("uv_z") + fixed[..., None])
+    try:
+        out["uv_texture_gt"] = g("uv_texture_extracted")
+    except KeyError:  # decoded without the photo
+        pass
+    return out
+
+
+def original_grid(g, crop: Crop, lmk_original) -> np.ndarray:
+    """The visualisation grid on the original frame, at its size (DECA's render_orig): the frame,
+    its landmarks (original pixels), and the shape, detailed shape and render warped back from
+    the crop (`preprocess.paste_to_original`: at the crop's 224 px resolution) over it."""
+    from jaxdeca.apps import visualize as vis
+    photo = crop.original
+    h, w = photo.shape[:2]
+    back = lambda img: preprocess.paste_to_original(np.asarray(img, np.float32), crop.tform, h, w)  # noqa: E731
+    mask = back(g("mask"))
+    tiles = [vis.label(photo, "input"), vis.label(vis.draw_landmarks(photo, lmk_original), "landmarks")]
+    tiles += [vis.label(vis.overlay(photo, back(g(key)), mask, alpha=1.0), text)
+              for key, text in (("shape_images", "shape"), ("shape_detail_images", "detail shape"),
+                                ("images", "render"))]
+    return vis.grid(tiles, len(tiles))

@@ -2,8 +2,10 @@
 
 Detect and crop each face (DECA's test crop), encode and decode a batch in one jitted call
 (the last batch padded), and write per face: coarse OBJ with texture and normal map, dense
-detailed OBJ, 2D landmarks in original pixels, 3D landmarks with visibility, depth, a
-visualisation grid and the codes. Bad inputs (unreadable image, undecodable video in a folder,
+detailed OBJ, 2D landmarks in original pixels, 3D landmarks (FLAME world) with visibility,
+depth, a visualisation grid and the codes; with --save-decoded also DECA's decoded arrays
+(`pipeline.decoded_arrays`, its demo's --saveMat: DECA's keys and frames, the displacement map
+among them), with --vis-original also the grid on the original frame (its demo's --render_orig). Bad inputs (unreadable image, undecodable video in a folder,
 no face) are skipped with one message naming the file; a summary ends the run. Exit status: 0
 when at least one face was written, 1 when none was, 2 when the input as a whole is unusable
 (missing path, empty folder, lone undecodable video or image, bad checkpoint) or an output
@@ -23,7 +25,8 @@ from jaxdeca.argtypes import positive_int
 
 def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, flame_path: str | None = None,
                 batch: int = 8, crop: str = "detect", extract_tex: bool = True, random_seed: int | None = None,
-                pipe: pipeline.Pipeline | None = None) -> dict:
+                pipe: pipeline.Pipeline | None = None, save_decoded: bool = False,
+                vis_original: bool = False) -> dict:
     """Runs the app; returns {'written': [names], 'skipped': [(name, reason)]}."""
     if pipe is None:
         if checkpoint is None and random_seed is None:
@@ -34,7 +37,8 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
         for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
             codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
             for k, (name, c) in enumerate(chunk):
-                pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention)
+                pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention,
+                                       decoded=save_decoded, vis_original=vis_original)
                 written.append(name)
     inputs.report("reconstruct", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
@@ -53,11 +57,19 @@ def main(argv=None) -> int:
     p.add_argument("--albedo", action="store_true", help="texture = FLAME albedo instead of extracted")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
+    p.add_argument("--save-decoded", action="store_true",
+                   help="also write <name>_decoded.npz: DECA's decoded arrays under its names and in its frames "
+                        "(its demo's --saveMat): verts, trans_verts, landmarks2d/3d, landmarks3d_world, normals, "
+                        "albedo, uv_texture_gt, uv_detail_normals, displacement_map")
+    p.add_argument("--vis-original", action="store_true",
+                   help="also write <name>_vis_original.png: the grid on the original frame at its size (its "
+                        "demo's --render_orig; renders warped back from the 224 px crop)")
     a = p.parse_args(argv)
     xla_options.use_compilation_cache()
     try:
         pipeline.check_out_dir(a.out)
-        res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights)
+        res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights,
+                          save_decoded=a.save_decoded, vis_original=a.vis_original)
     except pipeline.CLI_ERRORS as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
