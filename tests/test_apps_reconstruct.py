@@ -377,3 +377,37 @@ def test_decas_decoded_arrays_and_the_grid_on_the_original_frame(tmp_path, model
     mask = np.zeros((H, W), bool)
     mask[40:264, 60:284] = np.asarray(out["mask"][0]) > 0.5
     assert changed[mask].mean() > 0.95 and not changed[:40].any() and not changed[:, :60].any()
+
+
+def test_landmark_files_place_the_crop_instead_of_dlib(tmp_path, model_dir):
+    """DECA's test data crops from a landmark file beside an image when there is one (AFLW2000's
+    .mat, a .txt); reconstruct always ran dlib. --landmarks takes fit's landmark files: one for
+    an image, a folder of <stem>.pts/.txt for a folder (frames without one: dlib)."""
+    p = pipeline.load_pipeline(model_dir, flame.DEMO_HEAD)
+    head, _ = render_head(p)
+    big = cv2.copyMakeBorder(head, 40, 10, 60, 20, cv2.BORDER_CONSTANT, value=(77, 77, 77))
+    src = tmp_path / "in"
+    src.mkdir()
+    export.save_image(str(src / "head.png"), big)
+    export.save_image(str(src / "other.png"), big)
+    dlib_tform = pipeline.crop_face(big).tform
+    rng = np.random.default_rng(0)
+    pts = np.stack([rng.uniform(110, 200, 68), rng.uniform(90, 190, 68)], 1)  # another box than dlib's
+    lmk = tmp_path / "lmk"
+    lmk.mkdir()
+    np.savetxt(lmk / "head.txt", pts)
+    want = preprocess.crop_for_inference(big, landmarks=pts, size=224)[1]
+    assert np.abs(want - dlib_tform).max() > 0.05
+
+    res = reconstruct.reconstruct(str(src / "head.png"), str(tmp_path / "one"), pipe=p, landmarks=str(lmk / "head.txt"))
+    assert res["written"] == ["head"]
+    np.testing.assert_allclose(np.load(tmp_path / "one" / "head" / "head_codes.npz")["crop_tform"], want, atol=1e-6)
+    assert reconstruct.main(["--input", str(src), "--out", str(tmp_path / "all"), "--checkpoint", model_dir,
+                             "--flame", flame.DEMO_HEAD, "--landmarks", str(lmk)]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "all" / "head" / "head_codes.npz")["crop_tform"], want, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "all" / "other" / "other_codes.npz")["crop_tform"], dlib_tform,
+                               atol=1e-6)  # no file for it: dlib's
+    with pytest.raises(pipeline.inputs.InputError, match="must be a folder"):
+        reconstruct.reconstruct(str(src), str(tmp_path / "x"), pipe=p, landmarks=str(lmk / "head.txt"))
+    with pytest.raises(pipeline.inputs.InputError, match="needs --crop detect"):
+        reconstruct.reconstruct(str(src), str(tmp_path / "x"), pipe=p, landmarks=str(lmk), crop="none")

@@ -29,7 +29,6 @@ output file that cannot be written: one line naming it and how many faces were w
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import cv2
@@ -39,10 +38,9 @@ import numpy as np
 import optax
 
 from jaxdeca import render, xla_options
-from jaxdeca.apps import inputs, pipeline
+from jaxdeca.apps import inputs, landmark_files, pipeline
 from jaxdeca.argtypes import positive_int
-from jaxdeca.data import detect, preprocess
-from jaxdeca.data.prepare import check_landmark_box
+from jaxdeca.data import preprocess
 from jaxdeca.losses import coarse
 
 
@@ -248,22 +246,8 @@ def fit_image(pipe, image: np.ndarray, landmarks_px=None, steps=(100, 400, 40)):
     return codes, pipe.decode(codes, crop.image[None]), crop
 
 
-def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
-    """68 landmarks [68, 2] for a frame from --landmarks, or None (dlib detects them).
-    landmarks: a .pts/.txt file (single-image input) or a folder of `<name>.pts` / `<name>.txt`
-    named like the frames (`inputs.Frame.name`: the file stem; a frame without one falls back to
-    dlib). Raises ValueError naming the file when unreadable."""
-    if landmarks is None:
-        return None
-    if not os.path.isdir(landmarks):
-        if not single:
-            raise ValueError(f"{landmarks}: --landmarks must be a folder of <stem>.pts when --input is a folder or video")
-        return read_pts(landmarks)
-    for ext in (".pts", ".txt"):
-        f = os.path.join(landmarks, frame.name + ext)
-        if os.path.isfile(f):
-            return read_pts(f)
-    return None
+# fit's names of before (the helpers moved to landmark_files, which reconstruct uses too)
+read_pts, landmarks_for = landmark_files.read_pts, landmark_files.landmarks_for
 
 
 def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks: str | None = None,
@@ -272,22 +256,12 @@ def fit_inputs(input_path: str, out_dir: str, pipe: pipeline.Pipeline, landmarks
     than `batch` faces in all are fitted as one smaller batch), and write reconstruct's outputs
     per face. Unusable files and faces are skipped with one message
     naming the file (see inputs.report). Returns {'written': [names], 'skipped': [(name, reason)]}."""
-    single = os.path.isfile(input_path) and not inputs.is_video(input_path)
-    if landmarks is not None and not os.path.exists(landmarks):
-        raise inputs.InputError(f"{landmarks}: landmark file or folder not found")
-    if landmarks is not None and not single and not os.path.isdir(landmarks):
-        raise inputs.InputError(f"{landmarks}: --landmarks must be a folder of <stem>.pts or <stem>.txt files "
-                                "when --input is a folder or video")
+    single = landmark_files.check_arg(landmarks, input_path)
     written, skipped = [], []
 
     def find(frame):
-        try:
-            lmk = landmarks_for(frame, landmarks, single)
-        except (OSError, ValueError) as e:
-            if single:
-                raise inputs.InputError(str(e)) from None
-            return inputs.Skipped(frame.name, str(e))
-        return prepare(frame.image, lmk)
+        lmk = landmark_files.for_frame(frame, landmarks, single)
+        return lmk if isinstance(lmk, inputs.Skipped) else prepare(frame.image, lmk)
 
     with pipeline.stop_on_write_error("fit", written, skipped, out_dir):
         _fit_chunks(pipeline.found_faces(input_path, find, skipped, "fit", quiet=single), out_dir, pipe, steps,
@@ -336,32 +310,6 @@ def main(argv=None) -> int:
         print(f"fit: {e}", file=sys.stderr)
         return 2
     return 0 if res["written"] else 1
-
-
-def read_pts(path: str) -> np.ndarray:
-    """68 landmarks [68, 2] in 0-based original pixels (pixel column j is x = j) from an iBUG
-    .pts file (read by `jaxdeca.data.detect.read_pts`, which subtracts 1 from its 1-based
-    coordinates, as menpo does) or a plain text file of x y rows (0-based, like the apps'
-    *_kpt2d.txt). Landmarks that are not finite or whose box is under prepare's
-    MIN_LANDMARK_SPAN px (`prepare.check_landmark_box`; all points on one pixel give no face
-    box to crop) are refused. Raises ValueError (or OSError) naming the file."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except UnicodeDecodeError:  # a ValueError whose message would not name the file
-        raise ValueError(f"{path}: not a landmark file (not text)") from None
-    if "{" in text:
-        pts = detect.read_pts(path)
-    else:
-        try:
-            pts = np.array([[float(t) for t in line.split()[:2]] for line in text.strip().splitlines()
-                            if line.strip() and not line.startswith("#")])
-        except ValueError as e:
-            raise ValueError(f"{path}: not a landmark file ({e})") from None
-    if pts.shape != (68, 2):
-        raise ValueError(f"{path}: expected 68 landmarks of (x, y), found shape {pts.shape}")
-    check_landmark_box(pts, path)  # the crop and the starting camera are sized by the landmark box
-    return pts
 
 
 if __name__ == "__main__":

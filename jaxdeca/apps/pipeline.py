@@ -276,10 +276,23 @@ def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", qui
             yield item.name, found
 
 
-def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img") -> Iterator[tuple[str, Crop]]:
+def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
+               landmarks: str | None = None) -> Iterator[tuple[str, Crop]]:
     """(name, Crop) of every frame of an image, folder or video in which a face is found
-    (`found_faces` with `crop_face`)."""
-    return found_faces(path, lambda frame: crop_face(frame.image, crop), skipped, app, unit)
+    (`found_faces` with `crop_face`). landmarks: --landmarks (`landmark_files`), the 68 points
+    the detect crop is made from instead of dlib's, as DECA's test data takes a <stem>.txt or
+    .mat beside an image; frames it has no file for use dlib's."""
+    from jaxdeca.apps import landmark_files
+    single = landmark_files.check_arg(landmarks, path)
+    if landmarks is not None and crop != "detect":
+        raise inputs.InputError(f"{landmarks}: --landmarks places the crop, so it needs --crop detect")
+
+    def find(frame):
+        lmk = landmark_files.for_frame(frame, landmarks, single)
+        if lmk is None:
+            return crop_face(frame.image, crop)
+        return lmk if isinstance(lmk, inputs.Skipped) else crop_face(frame.image, crop, landmarks=lmk)
+    return found_faces(path, find, skipped, app, unit)
 
 
 def chunks(items: Iterable, n: int) -> Iterator[list]:

@@ -1,6 +1,7 @@
 """`python -m jaxdeca.apps.reconstruct --input IMG|DIR|VIDEO --out DIR [--checkpoint DIR] [--flame FLAME]`
 
-Detect and crop each face (DECA's test crop), encode and decode a batch in one jitted call
+Detect and crop each face (DECA's test crop; from --landmarks files instead of dlib's where given),
+encode and decode a batch in one jitted call
 (the last batch padded), and write per face: coarse OBJ with texture and normal map, dense
 detailed OBJ, 2D landmarks in original pixels, 3D landmarks (FLAME world) with visibility,
 depth, a visualisation grid and the codes; with --save-decoded also DECA's decoded arrays
@@ -26,7 +27,7 @@ from jaxdeca.argtypes import positive_int
 def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, flame_path: str | None = None,
                 batch: int = 8, crop: str = "detect", extract_tex: bool = True, random_seed: int | None = None,
                 pipe: pipeline.Pipeline | None = None, save_decoded: bool = False,
-                vis_original: bool = False) -> dict:
+                vis_original: bool = False, landmarks: str | None = None) -> dict:
     """Runs the app; returns {'written': [names], 'skipped': [(name, reason)]}."""
     if pipe is None:
         if checkpoint is None and random_seed is None:
@@ -34,7 +35,8 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
         pipe = pipeline.load_pipeline(checkpoint, flame_path, random_seed)
     written, skipped = [], []
     with pipeline.stop_on_write_error("reconstruct", written, skipped, out_dir):
-        for chunk in pipeline.chunks(pipeline.face_crops(input_path, crop, skipped, "reconstruct"), batch):
+        faces = pipeline.face_crops(input_path, crop, skipped, "reconstruct", landmarks=landmarks)
+        for chunk in pipeline.chunks(faces, batch):
             codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
             for k, (name, c) in enumerate(chunk):
                 pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention,
@@ -55,6 +57,10 @@ def main(argv=None) -> int:
     p.add_argument("--crop", choices=["detect", "none"], default="detect",
                    help="detect: dlib's 68 landmarks (the data extra); none: the images are face crops")
     p.add_argument("--albedo", action="store_true", help="texture = FLAME albedo instead of extracted")
+    p.add_argument("--landmarks", default=None,
+                   help="crop from these 68 points instead of dlib's (as DECA takes a landmark file beside an "
+                        "image): an iBUG .pts (1-based) or a .txt of x y rows (0-based, like *_kpt2d.txt) for one "
+                        "image, or a folder of <stem>.pts/.txt (frames without one: dlib)")
     p.add_argument("--random-weights", type=int, default=None, metavar="SEED",
                    help="use randomly initialised networks (no checkpoint; for demos and tests)")
     p.add_argument("--save-decoded", action="store_true",
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
     try:
         pipeline.check_out_dir(a.out)
         res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights,
-                          save_decoded=a.save_decoded, vis_original=a.vis_original)
+                          save_decoded=a.save_decoded, vis_original=a.vis_original, landmarks=a.landmarks)
     except pipeline.CLI_ERRORS as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
