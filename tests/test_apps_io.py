@@ -597,3 +597,15 @@ def test_file_names_that_are_not_utf8_are_read_and_written(tmp_path):
         assert b"map_Kd Jos\xe9.png" in fh.read()  # the file's own bytes: readers find the texture
     with open(os.fsencode(obj), "rb") as fh:
         assert fh.readline() == b"mtllib Jos\xe9.mtl\n"
+
+
+def test_a_still_webp_above_pillows_pixel_limit_is_read(tmp_path, monkeypatch):
+    """Telling an animated WebP from a still one opened every .webp with Pillow, which refuses
+    an image above its pixel limit (a 14000 x 13000 panorama) with a DecompressionBombError:
+    the whole run ended. It reads the header now, and OpenCV reads the image as before."""
+    from PIL import Image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is over twice the limit: refused
+    cv2.imwrite(str(tmp_path / "pano.webp"), np.full((32, 32, 3), 90, np.uint8))
+    (got,) = inputs.iter_frames(str(tmp_path / "pano.webp"))
+    assert got.name == "pano" and got.image.shape == (32, 32, 3)
+    assert not inputs.is_video(str(tmp_path / "pano.webp"))

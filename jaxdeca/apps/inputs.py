@@ -91,15 +91,19 @@ def is_video(path: str) -> bool:
 
 
 def _animated_webp(path: str) -> bool:
-    """Whether `path` is a WebP of more than one frame (read as a video; before, as its first
-    frame alone, so an animated WebP driver gave animate one still frame)."""
+    """Whether `path` is an animated WebP (read as a video; before, as its first frame alone, so
+    an animated WebP driver gave animate one still frame). Read from the header, decoding
+    nothing: RIFF....WEBP with a VP8X chunk whose flags have the animation bit (0x02). (Pillow's
+    open refused a still WebP above its pixel limit with a DecompressionBombError, which ended
+    the run; OpenCV reads those.)"""
     if not path.lower().endswith(".webp") or not os.path.isfile(path):
         return False
     try:
-        with Image.open(path) as im:
-            return bool(getattr(im, "is_animated", False))
-    except (OSError, ValueError):  # not a WebP Pillow can open: read_image names why
+        with open(path, "rb") as f:
+            head = f.read(21)
+    except OSError:  # read_image names why
         return False
+    return len(head) == 21 and head[:4] == b"RIFF" and head[8:16] == b"WEBPVP8X" and bool(head[20] & 0x02)
 
 
 def _cv2_name(path: str):
@@ -159,17 +163,17 @@ def _iter_webp(path: str, every: int) -> Iterator[Frame]:
     """The frames of an animated WebP, decoded one at a time (Pillow; OpenCV's FFmpeg does not
     read it). A frame that cannot be decoded ends it, as in a video."""
     stem = os.path.splitext(os.path.basename(path))[0]
-    n_read = 0
+    n_read, error = 0, None
     try:
         with Image.open(path) as im:
             for index, frame in enumerate(ImageSequence.Iterator(im)):
                 if index % every == 0:
                     n_read += 1
                     yield Frame(f"{stem}_{index:05d}", np.asarray(frame.convert("RGB")), f"{path} frame {index}")
-    except (OSError, ValueError, EOFError):  # a damaged frame: the frames before it are kept
-        pass
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:  # the frames before it are kept
+        error = e
     if n_read == 0:
-        raise InputError(f"{path}: animated WebP has no decodable frames")
+        raise InputError(f"{path}: animated WebP has no decodable frames ({error})")
 
 
 def _webp_declared(path: str, prop: int) -> float:
@@ -204,7 +208,7 @@ def _declared(path: str, prop: int) -> float | None:
     if _animated_webp(path):
         try:
             value = _webp_declared(path, prop)
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, Image.DecompressionBombError):
             value = 0.0
         return float(value) if value > 0 else None
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
