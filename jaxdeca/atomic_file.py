@@ -18,7 +18,8 @@ def replacing(path: str):
 
     The temporary name is `.<stem>.tmp-<8 hex><ext>` in path's folder (made if missing):
     hidden, and with path's extension, from which cv2 and imageio choose the format (np.save and
-    np.savez add theirs to a name without it). On an error the temporary file is removed and
+    np.savez add theirs to a name without it); the stem is cut so that the name fits the file
+    system's limit wherever `path` does (14 characters more: a 240-character name was refused). On an error the temporary file is removed and
     the error passes on, an OSError about the temporary file renamed to be about `path`; only a
     killed process can leave the temporary file behind, never a partial `path`. As a write in
     place would, a `path` that is a symbolic link has the file it points to replaced (the link
@@ -28,7 +29,8 @@ def replacing(path: str):
     folder, name = os.path.split(target)
     os.makedirs(folder, exist_ok=True)
     stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.tmp-{secrets.token_hex(4)}{ext}")
+    room = _name_max(folder) - len(".") - len(".tmp-") - 8 - len(ext)
+    tmp = os.path.join(folder, f".{stem[:max(room, 1)]}.tmp-{secrets.token_hex(4)}{ext}")
     try:
         yield tmp
         if os.path.exists(target):
@@ -40,6 +42,14 @@ def replacing(path: str):
         if isinstance(e, OSError) and e.filename == tmp:  # e.g. open(tmp) in a folder made read-only
             e.filename, e.filename2 = path, None
         raise
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name the folder's file system takes (255 where it does not say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such limit
+        return 255
 
 
 def is_temporary(name: str) -> bool:

@@ -822,3 +822,17 @@ def test_a_killed_writes_leftover_is_not_taken_for_a_record(tmp_path):
     shutil.move(str(tmp_path / "images"), str(moved))
     s = prepare.prepare(str(moved), str(out), "folders", progress=False)
     assert (s["ok"], s["bad"]) == (2, 1), s
+
+
+def test_names_up_to_the_limit_less_the_record_suffix_are_prepared(tmp_path):
+    """Records and masks went through temporary names 18-19 characters longer than the file name:
+    a 240-character image name (scraped images have them) could not be written and was bad on
+    every run. The temporary name is cut to fit; a name whose record itself is too long stays bad
+    (test_a_name_too_long_for_its_record_is_a_bad_file_not_a_crash)."""
+    img = tmp_path / "images" / "p1"
+    name = "y" * 236 + ".png"  # its record, <name>.json: 245 characters
+    write_rgb(str(img / name), np.full((96, 96, 3), 90, np.uint8))
+    detect.write_pts(str(img / ("y" * 236 + ".pts")), drawn_face_pts())
+    s = prepare.prepare(str(tmp_path / "images"), str(tmp_path / "out"), "folders", progress=False)
+    assert (s["ok"], s["bad"]) == (1, 0), s
+    assert sorted(os.listdir(tmp_path / "out" / "records" / "p1")) == [name + ".json"]

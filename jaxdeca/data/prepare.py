@@ -237,7 +237,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         # moved each other's files away, and counted good images as bad ("cannot be written")
         with open_replacing(rec_path) as f:
             json.dump(rec, f)
-    except OSError as e:  # e.g. a name too long for the file system with the temporary suffix: the file is
+    except OSError as e:  # e.g. a record name (<image name>.json) too long for the file system: the file is
         # bad, counted and named (the run stopped here, on every re-run), and tried again next run
         return dict(path=rel, identity=identity, status="bad", unsaved=True,
                     reason=f"its record {rec_path} cannot be written ({e.strerror or e})")
