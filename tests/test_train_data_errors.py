@@ -160,3 +160,15 @@ def test_eval_batches_are_chosen_by_data_eval_seed_not_the_run_seed(tiny_dir, so
     assert not np.array_equal(images(0, eval_seed=1), base)
     del config.data["eval_seed"]  # a config written before the field: seed 0's batches
     np.testing.assert_array_equal(np.asarray(data.eval_batches(config, 4, 0, 1)[0]["image"]), base)
+
+
+def test_eval_batches_on_the_training_split_are_not_a_runs_own_batches(vgg_dir):
+    """Without held-out identities eval falls back to the training split; its stream took seed
+    eval_seed + 1, so a run of config.seed=1 was scored on its very first training batch."""
+    import numpy as np
+    for seed in (0, 1, 2):
+        config = tfds_config(vgg_dir)
+        config.seed = seed
+        (ev,) = data.eval_batches(config, 4, 0, 1)
+        first = data.make_loader(config, 4, 0, 1).next()
+        assert not np.array_equal(ev["image"], first["image"]), seed

@@ -205,7 +205,11 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     if d.get("source", "synthetic") == "tfds":
         builder = tfds_builder(config)
         split = choose_eval_split(builder, d.get("eval_split", "test"))
-        stream = _tfds_loader(config, local_bs, process_index, process_count, split, eval_seed + 1, builder)
+        # on the training split (a dataset holding no identities out) a hash of eval_seed, far from
+        # the seeds runs are given: with eval_seed + 1, a run of seed 1 was scored on its own first
+        # training batch
+        seed = eval_seed + 1 if split != "train" else int(np.random.SeedSequence([eval_seed, 1]).generate_state(1)[0])
+        stream = _tfds_loader(config, local_bs, process_index, process_count, split, seed, builder)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), eval_seed + 10 ** 6,
                                  process_index, process_count, flame_path(config))
