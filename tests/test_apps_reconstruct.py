@@ -332,8 +332,9 @@ def test_decas_decoded_arrays_and_the_grid_on_the_original_frame(tmp_path, model
     big = cv2.copyMakeBorder(head, 40, 10, 60, 20, cv2.BORDER_CONSTANT, value=(77, 77, 77))  # 274 x 304
     export.save_image(str(src / "head.png"), big)
     assert reconstruct.main(["--input", str(src), "--out", str(tmp_path / "out"), "--checkpoint", model_dir,
-                             "--flame", flame.DEMO_HEAD, "--save-decoded", "--vis-original"]) == 0
+                             "--flame", flame.DEMO_HEAD, "--save-decoded", "--vis-original", "--save-images"]) == 0
     d = tmp_path / "out" / "head"
+    assert (d / "head_landmarks3d.png").stat().st_size > 0 and (d / "head_rendered_images.png").stat().st_size > 0
     dec, codes = np.load(d / "head_decoded.npz"), np.load(d / "head_codes.npz")
     assert sorted(dec.files) == ["albedo", "displacement_map", "landmarks2d", "landmarks3d", "landmarks3d_world",
                                  "normals", "trans_verts", "uv_detail_normals", "uv_texture_gt", "verts"]
@@ -411,3 +412,30 @@ def test_landmark_files_place_the_crop_instead_of_dlib(tmp_path, model_dir):
         reconstruct.reconstruct(str(src), str(tmp_path / "x"), pipe=p, landmarks=str(lmk / "head.txt"))
     with pytest.raises(pipeline.inputs.InputError, match="needs --crop detect"):
         reconstruct.reconstruct(str(src), str(tmp_path / "x"), pipe=p, landmarks=str(lmk), crop="none")
+
+
+def test_each_panel_is_written_unlabelled_with_decas_names(tmp_path):
+    """DECA's demo writes each panel of its grid as an image of its own (--saveImages), among them
+    the 3D landmarks, visible points green and hidden ones red; reconstruct's grid tiles carry
+    labels, so cutting the grid up gave no clean pictures. --save-images writes them."""
+    p = pipeline.load_pipeline()
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)).at[0, 1].set(0.9),
+                 tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]),
+                 light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6))
+    photo = np.full((1, 224, 224, 3), 0.5, np.float32)
+    out = p.decode(codes, photo)
+    seen = np.asarray(out["landmarks3d_visible"][0]) > 0.5
+    assert 0 < seen.sum() < 68  # the head turned: some landmarks are hidden
+    paths = pipeline.write_outputs(str(tmp_path), "x", out, 0, pipeline.Crop(photo[0], np.eye(3)), codes, p.arrays,
+                                   images=True)
+    d = tmp_path / "x"
+    read = lambda key: cv2.imread(str(d / f"x_{key}.png"))[..., ::-1]  # noqa: E731
+    for key in ("inputs", "landmarks2d", "landmarks3d", "shape_images", "shape_detail_images", "rendered_images"):
+        assert str(d / f"x_{key}.png") in paths
+    np.testing.assert_array_equal(read("shape_images"), (np.clip(np.asarray(out["shape_images"][0]), 0, 1) * 255
+                                                         + 0.5).astype(np.uint8))  # no label drawn on it
+    np.testing.assert_array_equal(read("inputs"), np.full((224, 224, 3), 128, np.uint8))
+    l3 = read("landmarks3d").astype(int)
+    green = (l3[..., 1] > 200) & (l3[..., 0] < 60) & (l3[..., 2] < 60)
+    red = (l3[..., 0] > 200) & (l3[..., 1] < 60) & (l3[..., 2] < 60)
+    assert green.sum() > 20 and red.sum() > 5

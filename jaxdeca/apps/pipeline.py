@@ -537,14 +537,15 @@ def landmarks_original(lmk_img, tform, convention: str = "jaxdeca") -> np.ndarra
 
 def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes: dict,
                   arrays: dict, extract_tex: bool = True, lmk_convention: str = "jaxdeca",
-                  decoded: bool = False, vis_original: bool = False) -> list[str]:
+                  decoded: bool = False, vis_original: bool = False, images: bool = False) -> list[str]:
     """Write every output of face k of a decoded batch under out_dir/name/; returns paths (the
     detailed OBJ is left out, with a message on stderr, when its mesh has no faces:
     `export.write_detail_obj`). lmk_convention: how the decode's image-space landmarks become
     pixels (`Pipeline.lmk_convention`). A file that cannot be written: export.WriteError naming it.
     decoded: also `<name>_decoded.npz`, DECA's decoded outputs (`decoded_arrays`; its demo's
     --saveMat). vis_original: also `<name>_vis_original.png`, the grid on the original frame
-    (`original_grid`; its demo's --render_orig), when `crop.original` holds it."""
+    (`original_grid`; its demo's --render_orig), when `crop.original` holds it. images: also each
+    panel as a picture of its own, unlabelled (`panel_images`; its demo's --saveImages)."""
     from jaxdeca.apps import visualize as vis
     d = os.path.join(out_dir, name)
     with export.writing(d):
@@ -573,6 +574,9 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
              vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
              vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
+    if images:
+        paths += [export.save_image(os.path.join(d, f"{name}_{key}.png"), img)
+                  for key, img in panel_images(g, crop, lmk_convention).items()]
     paths.append(export.save_npz(os.path.join(d, f"{name}_codes.npz"),
                                  {**{kk: v[k] for kk, v in codes.items()}, "crop_tform": crop.tform}))
     if decoded:
@@ -581,6 +585,22 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
         paths.append(export.save_image(os.path.join(d, f"{name}_vis_original.png"),
                                        original_grid(g, crop, lmk2)))
     return paths
+
+
+def panel_images(g, crop: Crop, lmk_convention: str = "jaxdeca") -> dict:
+    """The result panels of one face as pictures of their own, unlabelled, under the names DECA's
+    demo gives them with --saveImages: inputs (the crop), landmarks2d, landmarks3d (its
+    plot_kpts: visible points green, hidden ones red), shape_images, shape_detail_images,
+    rendered_images (albedo x SH light). Each [224, 224, 3] uint8 RGB.
+    g: key -> the face's array of a decoded batch (write_outputs)."""
+    from jaxdeca.apps import visualize as vis
+    lmk2 = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE, lmk_convention)
+    lmk3 = vis.image_to_pixels(g("landmarks3d"), IMAGE_SIZE, lmk_convention)
+    seen = np.asarray(g("landmarks3d_visible")) > 0.5
+    on3 = vis.draw_landmarks(vis.draw_landmarks(crop.image, lmk3[seen], (0, 255, 0)), lmk3[~seen], (255, 0, 0))
+    return {"inputs": vis.to_uint8(crop.image), "landmarks2d": vis.draw_landmarks(crop.image, lmk2),
+            "landmarks3d": on3, "shape_images": vis.to_uint8(g("shape_images")),
+            "shape_detail_images": vis.to_uint8(g("shape_detail_images")), "rendered_images": vis.to_uint8(g("images"))}
 
 
 def decoded_arrays(g, arrays: dict) -> dict:

@@ -6,7 +6,8 @@ encode and decode a batch in one jitted call
 detailed OBJ, 2D landmarks in original pixels, 3D landmarks (FLAME world) with visibility,
 depth, a visualisation grid and the codes; with --save-decoded also DECA's decoded arrays
 (`pipeline.decoded_arrays`, its demo's --saveMat: DECA's keys and frames, the displacement map
-among them), with --vis-original also the grid on the original frame (its demo's --render_orig). Bad inputs (unreadable image, undecodable video in a folder,
+among them), with --vis-original also the grid on the original frame (its demo's --render_orig),
+with --save-images also each panel as a picture of its own (its demo's --saveImages). Bad inputs (unreadable image, undecodable video in a folder,
 no face) are skipped with one message naming the file; a summary ends the run. Exit status: 0
 when at least one face was written, 1 when none was, 2 when the input as a whole is unusable
 (missing path, empty folder, lone undecodable video or image, bad checkpoint) or an output
@@ -27,7 +28,7 @@ from jaxdeca.argtypes import positive_int
 def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, flame_path: str | None = None,
                 batch: int = 8, crop: str = "detect", extract_tex: bool = True, random_seed: int | None = None,
                 pipe: pipeline.Pipeline | None = None, save_decoded: bool = False,
-                vis_original: bool = False, landmarks: str | None = None) -> dict:
+                vis_original: bool = False, landmarks: str | None = None, save_images: bool = False) -> dict:
     """Runs the app; returns {'written': [names], 'skipped': [(name, reason)]}."""
     if pipe is None:
         if checkpoint is None and random_seed is None:
@@ -40,7 +41,7 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
             codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
             for k, (name, c) in enumerate(chunk):
                 pipeline.write_outputs(out_dir, name, out, k, c, codes, pipe.arrays, extract_tex, pipe.lmk_convention,
-                                       decoded=save_decoded, vis_original=vis_original)
+                                       decoded=save_decoded, vis_original=vis_original, images=save_images)
                 written.append(name)
     inputs.report("reconstruct", len(written), skipped, out_dir)
     return {"written": written, "skipped": [(s.name, s.reason) for s in skipped]}
@@ -67,6 +68,10 @@ def main(argv=None) -> int:
                    help="also write <name>_decoded.npz: DECA's decoded arrays under its names and in its frames "
                         "(its demo's --saveMat): verts, trans_verts, landmarks2d/3d, landmarks3d_world, normals, "
                         "albedo, uv_texture_gt, uv_detail_normals, displacement_map")
+    p.add_argument("--save-images", action="store_true",
+                   help="also write each panel of the grid as a picture of its own, unlabelled (its demo's "
+                        "--saveImages): <name>_{inputs,landmarks2d,landmarks3d,shape_images,shape_detail_images,"
+                        "rendered_images}.png; landmarks3d: visible points green, hidden red")
     p.add_argument("--vis-original", action="store_true",
                    help="also write <name>_vis_original.png: the grid on the original frame at its size (its "
                         "demo's --render_orig; renders warped back from the 224 px crop)")
@@ -75,7 +80,8 @@ def main(argv=None) -> int:
     try:
         pipeline.check_out_dir(a.out)
         res = reconstruct(a.input, a.out, a.checkpoint, a.flame, a.batch, a.crop, not a.albedo, a.random_weights,
-                          save_decoded=a.save_decoded, vis_original=a.vis_original, landmarks=a.landmarks)
+                          save_decoded=a.save_decoded, vis_original=a.vis_original, landmarks=a.landmarks,
+                          save_images=a.save_images)
     except pipeline.CLI_ERRORS as e:
         print(f"reconstruct: {e}", file=sys.stderr)
         return 2
