@@ -83,3 +83,17 @@ def run_on_four_devices(four_device_flags):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
         assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
     return run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """After each test module, its compiled programs and traces are let go (jax.clear_caches):
+    a worker kept every program of every module it had run, and the largest one reached 9.9 GB
+    on 2-core CI with two workers. A later module that needs a program again reads it from the
+    session's persistent compilation cache."""
+    yield
+    import gc
+
+    import jax
+    jax.clear_caches()
+    gc.collect()
