@@ -837,3 +837,15 @@ def test_a_second_job_on_a_workdir_in_use_is_refused_and_a_killed_jobs_lock_goes
     with workdir_lock.hold(str(work)), pytest.raises(workdir_lock.WorkdirInUse):
         with workdir_lock.hold(str(work)):  # one process's second job is refused too
             pass
+
+
+def test_a_workdir_whose_lock_file_cannot_be_written_is_one_config_error(tmp_path):
+    """A workdir the user cannot write to is one ConfigError naming it and the lock file, not an
+    OSError traceback from opening the lock file."""
+    from jaxdeca.train import paths, workdir_lock
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / workdir_lock.LOCK_NAME).mkdir()  # a folder where the lock file goes: cannot be opened as one
+    with pytest.raises(paths.ConfigError, match=rf"--workdir={work}: cannot write its lock file .*\.jaxdeca\.lock"):
+        with workdir_lock.hold(str(work)):
+            pass

@@ -43,7 +43,11 @@ def hold(workdir: str, take: bool = True):
         return
     paths.makedirs(workdir)
     path = os.path.join(workdir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # a folder this user cannot write to, a read-only disk
+        raise paths.ConfigError(f"--workdir={workdir}: cannot write its lock file {path} "
+                                f"({e.strerror or e})") from None
     try:
         locked = _try_lock(fd, path, workdir)
         if locked:
