@@ -569,14 +569,14 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
                                        np.concatenate([g("landmarks3d_world"), g("landmarks3d_visible")[:, None]], 1),
                                        "x y z visible (FLAME world, metres)"))
     paths.append(export.save_image(os.path.join(d, f"{name}_depth.png"), g("depth_images")))
-    crop_lmk = vis.image_to_pixels(g("landmarks2d"), IMAGE_SIZE, lmk_convention)
-    tiles = [vis.label(crop.image, "input"), vis.label(vis.draw_landmarks(crop.image, crop_lmk), "landmarks"),
-             vis.label(g("shape_images"), "shape"), vis.label(g("shape_detail_images"), "detail shape"),
-             vis.label(g("images"), "render"), vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay")]
+    panels = panel_images(g, crop, lmk_convention)  # the grid's tiles before their labels
+    tiles = [vis.label(panels[key], text) for key, text in
+             (("inputs", "input"), ("landmarks2d", "landmarks"), ("shape_images", "shape"),
+              ("shape_detail_images", "detail shape"), ("rendered_images", "render"))]
+    tiles.append(vis.label(vis.overlay(crop.image, g("shape_images"), g("mask")), "overlay"))
     paths.append(export.save_image(os.path.join(d, f"{name}_vis.png"), vis.grid(tiles, len(tiles))))
     if images:
-        paths += [export.save_image(os.path.join(d, f"{name}_{key}.png"), img)
-                  for key, img in panel_images(g, crop, lmk_convention).items()]
+        paths += [export.save_image(os.path.join(d, f"{name}_{key}.png"), img) for key, img in panels.items()]
     paths.append(export.save_npz(os.path.join(d, f"{name}_codes.npz"),
                                  {**{kk: v[k] for kk, v in codes.items()}, "crop_tform": crop.tform}))
     if decoded:
