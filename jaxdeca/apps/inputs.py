@@ -110,11 +110,7 @@ def _cv2_name(path: str):
     """`path` as OpenCV's video functions take it: the str, or its file-system bytes when it
     does not encode as UTF-8 (a Latin-1 name from a zip, decoded by Python with surrogate
     escapes), on which cv2.VideoCapture crashed the process (SIGSEGV)."""
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path)
+    return path if images.is_utf8(path) else os.fsencode(path)
 
 
 def list_images(folder: str, videos: bool = False) -> list[str]:

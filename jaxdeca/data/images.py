@@ -24,6 +24,16 @@ HEIC_EXTS = (".heic", ".heif")  # phone photos OpenCV cannot decode: listed, to 
 HEIC_REASON = "HEIC/HEIF image (OpenCV cannot read it): convert it to JPEG first"
 
 
+def is_utf8(name: str) -> bool:
+    """Whether a file name (decoded by Python from the file system, undecodable bytes as
+    surrogate escapes, e.g. a Latin-1 name from a zip) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class BadImage(ValueError):
     """A file that cannot be used as a face image; str() is the reason."""
 

@@ -181,7 +181,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         if identity is None:
             raise images.BadImage(NO_IDENTITY)
         for what, text in (("identity", identity), ("file name", rel)):
-            if not _utf8(text):  # the dataset stores both as text: the build stopped on it, hours in
+            if not images.is_utf8(text):  # the dataset stores both as text: the build stopped on it, hours in
                 raise images.BadImage(f"its {what} is not valid UTF-8 (e.g. a Latin-1 name from a zip "
                                       "archive): rename it")
         data, st = images.read_bytes(path)
@@ -242,16 +242,6 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         return dict(path=rel, identity=identity, status="bad", unsaved=True,
                     reason=f"its record {rec_path} cannot be written ({e.strerror or e})")
     return rec
-
-
-def _utf8(text: str) -> bool:
-    """Whether a name (decoded by Python from the file system, undecodable bytes as surrogate
-    escapes) is valid UTF-8."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _shown(name: str) -> str:
