@@ -25,8 +25,8 @@ for one 10k-face 224 x 224 image with them, against 8.3-10.4 ms and 22.8-29.0 ms
 
 The option is only passed on the CPU backend, and only when the user's XLA_FLAGS do not already
 set it, so `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce` restores XLA's default.
-Code that calls jaxdeca's functions inside its own `jax.jit` can pass `compiler_options()`
-itself, or set the flag in XLA_FLAGS.
+jaxdeca's functions called inside the user's own `jax.jit` (or grad, vmap) are traced into the
+user's program (`jit`), which can pass `compiler_options()` itself, or set the flag in XLA_FLAGS.
 """
 from __future__ import annotations
 
@@ -51,13 +51,37 @@ def compiler_options(backend: str | None = None) -> dict | None:
 
 
 def jit(fn=None, **kwargs):
-    """`jax.jit` with `compiler_options()`. Use it as `jit(fn, **jit_kwargs)` or as `@jit`."""
+    """`jax.jit` with `compiler_options()`. Use it as `jit(fn, **jit_kwargs)` or as `@jit`.
+
+    Called inside a transformation (the user's own jax.jit, grad, vmap, eval_shape), where JAX
+    refuses compiler options, `fn` is jitted without them and becomes part of the caller's
+    program, compiled with the caller's options. Without options (accelerators, or the flag set
+    in XLA_FLAGS) this is `jax.jit` itself.
+    """
     if fn is None:
         return lambda f: jit(f, **kwargs)
     opts = compiler_options()
-    if opts is not None:
-        kwargs["compiler_options"] = {**opts, **(kwargs.get("compiler_options") or {})}
-    return jax.jit(fn, **kwargs)
+    given = kwargs.get("compiler_options") or {}
+    if opts is None and not given:
+        return jax.jit(fn, **kwargs)
+    return _TopLevelOptions(fn, jax.jit(fn, **dict(kwargs, compiler_options={**(opts or {}), **given})),
+                            jax.jit(fn, **{k: v for k, v in kwargs.items() if k != "compiler_options"}))
+
+
+class _TopLevelOptions:
+    """A jitted function that is compiled with its options when called outside any
+    transformation, and without them (they are refused there) when called inside one. Its other
+    attributes (lower, trace, eval_shape, ...) are the top-level program's."""
+
+    def __init__(self, fn, top, nested):
+        functools.update_wrapper(self, fn)
+        self._top, self._nested = top, nested
+
+    def __call__(self, *args, **kwargs):
+        return (self._top if top_level() else self._nested)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._top, name)
 
 
 

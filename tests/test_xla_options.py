@@ -187,3 +187,21 @@ def test_the_training_job_and_the_apps_fill_the_cache(tmp_path):
         assert r.returncode == 0, (name, r.stderr[-2000:])
         assert "persistent compilation cache" not in r.stderr, r.stderr[-2000:]  # e.g. filelock missing
         assert len(list((cache / "jaxdeca" / "xla").iterdir())) > 2, name
+
+
+def test_jitted_functions_run_inside_the_users_own_transformations(monkeypatch):
+    """JAX refuses compiler options below the top level: a function jitted by xla_options.jit,
+    called inside the user's grad, jit (with or without the README's compiler_options), vmap or
+    eval_shape, is traced into the user's program instead of stopping with a ValueError."""
+    monkeypatch.setenv("XLA_FLAGS", "")
+    f = xla_options.jit(lambda x: jnp.sum(jnp.sin(x) ** 2))
+    x = jnp.arange(4.0)
+    want = 2 * jnp.sin(x) * jnp.cos(x)
+    np.testing.assert_allclose(f(x), jnp.sum(jnp.sin(x) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(f)(x), want, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(x), want, rtol=1e-5)
+    users = jax.jit(jax.grad(f), compiler_options=xla_options.compiler_options())
+    np.testing.assert_allclose(users(x), want, rtol=1e-5)
+    np.testing.assert_allclose(jax.vmap(f)(x[:, None]), jnp.sin(x) ** 2, rtol=1e-5)
+    assert jax.eval_shape(f, x).shape == ()
+    assert "__ynn_fusion" not in f.lower(x).compile().as_text()  # the top level keeps its options
