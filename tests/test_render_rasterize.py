@@ -272,3 +272,12 @@ def test_half_precision_vertices_are_rasterized_in_float32():
     assert got.alpha.dtype == got.bary.dtype == got.depth.dtype == jnp.float32
     for name in ("face_index", "bary", "depth", "alpha"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def test_a_traced_sigma_is_one_clear_type_error():
+    """sigma sets the soft windows' size, so it must be static under jit: a traced one is a
+    TypeError that says so, not JAX's ConcretizationTypeError from deep inside."""
+    v, faces = random_scene(np.random.default_rng(0), 2)
+    with pytest.raises(TypeError, match="sigma must be a Python number.*static"):
+        jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha)(jnp.asarray(v[None]), 1.0)
+    jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha, static_argnums=1)(jnp.asarray(v[None]), 1.0)

@@ -3,6 +3,7 @@ device mesh."""
 import math
 
 import jax
+import jax.numpy as jnp
 
 
 def batch_mesh_axes(B):
@@ -45,6 +46,23 @@ def loop_images(fn, *arrays):
     if B > 1 and jax.default_backend() == "cpu" and not batch_mesh_axes(B)[1]:
         return jax.lax.map(lambda xs: fn(*xs), arrays)
     return vmap_images(fn, *arrays)
+
+
+def map_groups(fn, G, *arrays):
+    """fn over the batch axis of arrays ([B, ...]) in groups of G images: fn(*[G, ...]) -> a
+    pytree of [G, ...]. Whole groups run one after another (lax.map), a smaller last group
+    after them. Returns the pytree of [B, ...]."""
+    B = _batch(arrays)
+    n, rest = divmod(B, G)
+    parts = []
+    if n == 1:
+        parts.append(fn(*(a[:G] for a in arrays)))
+    elif n > 1:
+        groups = jax.lax.map(lambda xs: fn(*xs), tuple(a[:n * G].reshape((n, G) + a.shape[1:]) for a in arrays))
+        parts.append(jax.tree.map(lambda x: x.reshape((n * G,) + x.shape[2:]), groups))
+    if rest:
+        parts.append(fn(*(a[n * G:] for a in arrays)))
+    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
 
 
 def images_custom_vjp(fwd, bwd):

@@ -143,7 +143,8 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
 
     verts: [B, V, 3] world; trans_verts: [B, V, 3] image space (orth_proj output);
     albedo: [B, R, R, 3] UV texture; light: [B, 9, 3] SH; topo: Topology;
-    uv_z: optional [B, R, R, 1] displacement. sigma: soft-coverage sharpness (pixel^2).
+    uv_z: optional [B, R, R, 1] displacement. sigma: soft-coverage sharpness (pixel^2), a Python
+    number (static under jit), as `rasterize`'s.
     cull_backfaces: leave out the faces turned away from the viewer (`rasterize`); off as in DECA.
     Returns dict: images [B,H,W,3] (albedo x SH shading x hard mask, DECA), albedo_images
     [B,H,W,3] (the albedo at the pixels, not masked: background pixels, whose grid is 0, hold

@@ -43,7 +43,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp
+from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups
 from jaxdeca.render.camera import to_pixels
 
 _EPS_AREA = 1e-10
@@ -181,8 +181,9 @@ _IN_BOUNDS = jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS
 
 
 def _block_scatter(op, img, blocks, ox, oy):
-    """img: [H + S, W + S]; blocks: [M, S, S] combined into img at (oy, ox) by op (add/min/mul)."""
-    fn = {"add": jax.lax.scatter_add, "min": jax.lax.scatter_min, "mul": jax.lax.scatter_mul}[op]
+    """img: [H + S, W + S]; blocks: [M, S, S] combined into img at (oy, ox) by op (add/min/max/mul)."""
+    fn = {"add": jax.lax.scatter_add, "min": jax.lax.scatter_min, "max": jax.lax.scatter_max,
+          "mul": jax.lax.scatter_mul}[op]
     return fn(img, jnp.stack([oy, ox], -1), blocks, _BLOCK_DN, mode=_IN_BOUNDS)
 
 
@@ -533,6 +534,17 @@ def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft
     return Fragments(fidx, b, depth, mask, alpha)
 
 
+def static_number(name, value):
+    """float(value) for an argument that shapes the program (window sizes, cut-offs); a TypeError
+    naming it when it is a traced value (an argument of the caller's jit, grad or vmap)."""
+    try:
+        return float(value)
+    except jax.errors.ConcretizationTypeError:
+        raise TypeError(f"{name} must be a Python number, not a traced value: it is built into the "
+                        f"renderer's program (window sizes, cut-offs), so under jit pass it as a static "
+                        f"argument (static_argnums / static_argnames); each value compiles once") from None
+
+
 def _default_window():
     """Hard-pass window side: 4 on CPU, 8 on accelerators (4 not measured there).
 
@@ -564,17 +576,14 @@ def _default_slots(n_faces, window):
     return max(min(n_faces + n_faces // 4, cap // (window * window)), 1)
 
 
-def _concat(parts):
-    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *x: jnp.concatenate(x), *parts)
-
-
 def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=None, slots=None,
               batch_size=None, cull_backfaces=False):
     """Rasterize a batch of meshes given in DECA image space.
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
       transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
-    sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask).
+    sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask). A Python number,
+      static under jit (it sets the soft pass's window size): each value compiles once.
     cull_backfaces: skip the faces that turn away from the viewer (`front_facing`) in both
       passes, as PyTorch3D's option of that name does; they are neither hit nor part of the
       soft coverage (so alpha inside a closed mesh is lower). Off by default, as in DECA. On a
@@ -609,6 +618,7 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
       pixel position near 200 to within 1 px) are promoted, so the outputs are float32 then.
     """
     H, W = image_size
+    sigma = static_number("sigma", sigma)
     verts_img = jnp.asarray(verts_img)
     v_pix = to_pixels(verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32)), (H, W))
     faces = jnp.asarray(faces, jnp.int32)
@@ -635,13 +645,4 @@ def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batc
     soft_slots = int(slots) if slots else _default_slots(G * F, soft_window)
     fn = functools.partial(_rasterize_group, faces=faces, H=H, W=W, sigma=sigma, window=window,
                            soft_window=soft_window, slots=hard_slots, soft_slots=soft_slots, cull=cull)
-    n, rest = divmod(B, G)
-    parts = []
-    if n == 1:
-        parts.append(fn(v_pix[:G]))
-    elif n > 1:
-        groups = jax.lax.map(fn, v_pix[:n * G].reshape((n, G) + v_pix.shape[1:]))
-        parts.append(jax.tree.map(lambda x: x.reshape((n * G,) + x.shape[2:]), groups))
-    if rest:
-        parts.append(fn(v_pix[n * G:]))
-    return _concat(parts)
+    return map_groups(fn, G, v_pix)
