@@ -82,19 +82,26 @@ def meshes():
 
 # ----------------------------------------------------------------------------- ours
 
-def make_fns(faces, size, sigma=1.0, batch_size=None, cull=False):
+def make_fns(faces, size, sigma=1.0, batch_size=None, cull=False, blend=False):
+    """Our image and the gradient of its sum. blend: SoftRas's colour blend (`soft_blend`, gamma
+    1e-4) of the SH shading evaluated at the vertices (Gouraud, as the peers'), instead of the hard
+    z-buffer's per-pixel shading times alpha."""
     import jax
     import jax.numpy as jnp
 
     from jaxdeca import xla_options
-    from jaxdeca.render import interpolate, orth_proj, rasterize, sh_shading, vertex_normals
+    from jaxdeca.render import interpolate, orth_proj, rasterize, sh_shading, soft_blend, vertex_normals
 
     def image(verts):
         tv = orth_proj(verts, jnp.tile(jnp.array([[1.0, 0.0, 0.0]]), (verts.shape[0], 1)))
         tv = tv.at[..., 2].add(10.0)
+        light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
+        if blend:
+            colours = sh_shading(vertex_normals(verts, faces), light)
+            return soft_blend(tv, faces, colours, (size, size), sigma=sigma, z_range=(8.0, 12.0),
+                              batch_size=batch_size, cull_backfaces=cull)
         fr = rasterize(tv, faces, (size, size), sigma=sigma, batch_size=batch_size, cull_backfaces=cull)
         n = interpolate(vertex_normals(verts, faces), faces, fr)
-        light = jnp.broadcast_to(jnp.asarray(LIGHT), (verts.shape[0], 9, 3))
         return sh_shading(n, light) * fr.alpha[..., None]
 
     fwd = xla_options.jit(image)
@@ -109,19 +116,20 @@ def mem_mib(fn, x):
     return (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes) / 2**20
 
 
-def run_ours(v, f, size, batches, repeats, batch_size=None, cull=False):
+def run_ours(v, f, size, batches, repeats, batch_size=None, cull=False, blend=False):
     import jax
     import jax.numpy as jnp
     rows = {}
     for B in batches:
         bs = B if batch_size == "all" else batch_size
-        fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs, cull=cull)
-        _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs, cull=cull)
+        fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs, cull=cull, blend=blend)
         x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
         tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
-        hb = median_ms(lambda: jax.block_until_ready(hbwd(x)), repeats)
-        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x), hard_bwd=hb)
+        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x), hard_bwd=float("nan"))
+        if not blend:
+            _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs, cull=cull)
+            rows[B]["hard_bwd"] = median_ms(lambda: jax.block_until_ready(hbwd(x)), repeats)
     return rows
 
 
@@ -347,6 +355,8 @@ def main():
     p.add_argument("--peers", default=",".join(PEERS), help=f"peers to run, of {', '.join(PEERS)} ('' for none)")
     p.add_argument("--peer-budget", type=float, default=120.0,
                    help="seconds a slow peer (jaxrenderer) may spend on a batch size above 1 (module docstring)")
+    p.add_argument("--blend", action="store_true",
+                   help="also time 'ours blend': SoftRas's colour blend (soft_blend) of per-vertex SH colours")
     p.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--peer", default="DEODR", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -375,6 +385,10 @@ def main():
         culled[name] = run_ours(v, f, a.size, batches, a.repeats, bs, cull=True)
         for B in batches:
             print_row(name, len(f), B, "ours cull", culled[name][B], f"{culled[name][B]['hard_bwd']:>9.1f} |")
+        if a.blend:
+            blended = run_ours(v, f, a.size, batches, a.repeats, bs, blend=True)
+            for B in batches:
+                print_row(name, len(f), B, "ours blend", blended[B], f"{'':>9} |")
     for n in peers:
         for name, (v, f) in mesh_list.items():
             rows, note = run_peer(v, f, a.size, batches, a.repeats, peer_python(n), n, a.peer_budget)
@@ -388,7 +402,8 @@ def main():
         print("peer:", note)
     print("ratio x = peer ms / our ms (> 1: ours faster), against 'ours' and, under 'cull', against")
     print("'ours cull' (back faces culled, as DEODR renders); 'hard f+b' = ours with sigma = 0 (no soft")
-    print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass")
+    print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass; 'ours blend'")
+    print("(--blend) = SoftRas's colour blend (soft_blend) of per-vertex SH colours instead of the z-buffer's")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The renderer on a device mesh: under a context mesh (as the training steps trace their
-loss) each device rasterizes, interpolates and samples textures only for its own images, with 4
-forced host devices in a subprocess."""
+loss) each device rasterizes, blends (soft_blend), interpolates and samples textures only for its
+own images, with 4 forced host devices in a subprocess."""
 import textwrap
 
 
@@ -14,7 +14,7 @@ def test_each_device_renders_its_own_images(run_on_four_devices):
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np, optax
         from test_render_raster_windows import four_scenes
-        from jaxdeca.render import grid_sample, interpolate, rasterize
+        from jaxdeca.render import grid_sample, interpolate, rasterize, soft_blend
         from jaxdeca.train import parallel, state as state_lib, steps
         mesh = parallel.make_mesh()
         assert mesh.devices.size == 4
@@ -28,7 +28,8 @@ def test_each_device_renders_its_own_images(run_on_four_devices):
             fr = rasterize(v, f, (20, 17), sigma=1.0)
             n = interpolate(v * v, f, fr)  # take_rows
             s = grid_sample(tex, v[:, None, :, :2])  # [8, 1, V, 3]
-            return jnp.sum(w * (fr.alpha + fr.depth)) + jnp.sum(n) + jnp.sum(s ** 2)
+            b = soft_blend(v, f, v * 0.5, (20, 17), sigma=1.0, gamma=0.1)
+            return jnp.sum(w * (fr.alpha + fr.depth + b[..., 0])) + jnp.sum(n) + jnp.sum(s ** 2)
 
         def in_mesh(v, f):
             with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
