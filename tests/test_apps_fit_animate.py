@@ -473,3 +473,21 @@ def test_teaser_decodes_a_fixed_batch_at_a_time_into_the_video(tmp_path, random_
     for k, tile in enumerate(tiles):
         want = vis.grid([out["shape_images"][k], out["shape_detail_images"][k], out["images"][k]], 3)
         np.testing.assert_allclose(tile, np.asarray(want), atol=2e-5, err_msg=str(k))
+
+
+def test_decode_runs_inside_the_users_grad_and_encode_without_networks_says_so(pipe):
+    """A library user differentiates the decode (fitting codes by hand): on CPU its jitted
+    program was refused under jax.grad ('compiler_options can only be passed to top-level
+    jax.jit'). A pipeline without networks asked to encode says what is missing."""
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)),
+                 tex=jnp.zeros((1, 50)), cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.zeros((1, 9, 3)))
+
+    def lmk_x(exp):
+        return jnp.sum(pipe.decode(dict(codes, exp=exp))["landmarks2d"][..., 0])
+
+    g = jax.grad(lmk_x)(codes["exp"])
+    assert g.shape == (1, 50) and np.isfinite(g).all() and np.abs(g).max() > 0
+    assert jax.eval_shape(jax.grad(lmk_x), codes["exp"]).shape == (1, 50)
+    for call in (pipe.encode, pipe.run):
+        with pytest.raises(ValueError, match="no encoder"):
+            call(jnp.zeros((1, 224, 224, 3)))

@@ -428,8 +428,14 @@ class Pipeline:
                 render.extract_texture(images, r["uv_pverts"]), r["uv_texture"], self.topo.uv_face_eye_mask)
         return res
 
+    def _needs_networks(self):
+        if self.variables is None or "E_flame" not in self.variables:
+            raise ValueError("this pipeline has no encoder to encode images with: load one with "
+                             "load_pipeline(checkpoint=...) (or random_seed=... for random networks)")
+
     def encode(self, images):
         """images: [B, 224, 224, 3] in [0, 1] -> codes dict (shape, tex, exp, pose, cam, light, detail)."""
+        self._needs_networks()
         x, B = self.split_batch(images)
         return self.cut_batch(self._encode(self.variables, x), B)
 
@@ -444,6 +450,7 @@ class Pipeline:
 
     def run(self, images):
         """One jitted encode+decode. images: [B, 224, 224, 3] -> (codes, decoded)."""
+        self._needs_networks()
         x, B = self.split_batch(images)
         return self.cut_batch(self._both(self.variables, x), B)
 
