@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdeca import flame, render
+from jaxdeca import flame, render, wavefront
 from jaxdeca.apps import export, pipeline, reconstruct
 from jaxdeca.convert.core import save_variables
 from jaxdeca.data import crop, preprocess
@@ -218,6 +218,16 @@ def test_outputs_at_a_small_uv_size_with_decas_extracted_texture(tmp_path):
     assert np.mean(np.abs(tex[inside] - red).max(-1) < 0.02) > 0.9  # the photo (some texels at its border)
     shaded = np.clip(np.asarray(out["albedo"][0]) * 2.6 * 0.282095, 0, 1)
     np.testing.assert_allclose(tex[outside], shaded[outside], atol=1.5 / 255)
+    # the detailed mesh is DECA's upsample_mesh: a vertex at every covered texel, the whole head
+    # (it held the face-eye mask's texels alone), coloured as the texture PNG (clipped to [0, 1])
+    detail, coarse = (wavefront.read(str(tmp_path / "x" / f)) for f in ("x_detail.obj", "x.obj"))
+    assert len(detail["vertices"]) > 0.9 * cover.sum() > 1.5 * inside.sum()
+    lo, hi = coarse["vertices"].min(0), coarse["vertices"].max(0)
+    assert np.all(np.abs(detail["vertices"].min(0) - lo) < 0.1 * (hi - lo))
+    assert np.all(np.abs(detail["vertices"].max(0) - hi) < 0.1 * (hi - lo))
+    with open(tmp_path / "x" / "x_detail.obj") as f:
+        rgb = np.array([[float(x) for x in line.split()[4:7]] for line in f if line.startswith("v ")])
+    assert rgb.shape == detail["vertices"].shape and rgb.min() >= 0 and rgb.max() <= 1
 
 
 def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path, capsys):

@@ -149,8 +149,9 @@ def dense_detail_mesh(uv_positions: np.ndarray, uv_normals: np.ndarray, valid: n
     Args:
       uv_positions: [H, W, 3] displaced surface points in UV space (DECA's
         uv_detail_vertices). uv_normals: [H, W, 3] the detail normals there, used only to
-        orient the triangles outward. valid: [H, W] texels covered by the face (e.g. the
-        UV face-eye mask times UV coverage). uv_colors: optional [H, W, 3] texture.
+        orient the triangles outward. valid: [H, W] texels that hold a surface point (as in
+        DECA's dense template: every texel inside a UV triangle). uv_colors: optional
+        [H, W, 3] texture.
     Returns:
       (vertices [N, 3], faces [F, 3], colors [N, 3] or None) with unused texels dropped.
     """
@@ -175,8 +176,8 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
                      uv_colors: np.ndarray | None = None) -> str | None:
     """Writes `dense_detail_mesh` as an OBJ with per-vertex colours; returns the path.
 
-    When the mesh has no faces (no grid triangle has its three texels valid: an empty or
-    too sparse face mask, or no UV coverage, e.g. a NaN decode) it would also have no
+    When the mesh has no faces (no grid triangle has its three texels valid: no UV
+    coverage, e.g. a NaN decode, or a too sparse `valid`) it would also have no
     vertices, an OBJ that `wavefront.read` refuses: nothing is written, a file of that name
     left by an earlier run is removed, one line on stderr says why, and None is returned.
     """
@@ -185,9 +186,8 @@ def write_detail_obj(path: str, uv_positions: np.ndarray, uv_normals: np.ndarray
         if os.path.isfile(path):
             with writing(path):
                 os.remove(path)
-        print(f"warning: {path}: not written: the detailed mesh has no faces (no UV texels both inside the "
-              "face-eye mask and covered by the rendered mesh; check the FLAME file's uv_face_eye_mask)",
-              file=sys.stderr)
+        print(f"warning: {path}: not written: the detailed mesh has no faces (no three neighbouring UV "
+              "texels hold a surface point: no UV coverage, e.g. a NaN decode)", file=sys.stderr)
         return None
     return write_obj(path, vertices, faces, colors=colors)
 
