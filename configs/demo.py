@@ -62,6 +62,8 @@ def get_config(size: str = ""):
     config.showcase.identity_sigma = 2.0  # identity modes shown at +-sigma
     config.showcase.jaw_open = 0.35  # radians
     config.showcase.cam = (7.6, 0.0, 0.0)  # DECA orthographic camera (scale, tx, ty)
+    # (sigma px^2, gamma) of the SoftRas colour-blend panels (render.soft_blend of the normals)
+    config.showcase.blends = ((1.0, 1e-4), (4.0, 0.03))
     if size == "tiny":
         _shrink_to_tiny(config)
     elif size:

@@ -1,5 +1,6 @@
 """The main job on the embedded default writes its pictures (run through jaxdeca.main)."""
 import cv2
+import numpy as np
 
 from jaxdeca import main as jmain
 from configs import demo as demo_config
@@ -12,8 +13,13 @@ def test_showcase_writes_pictures(tmp_path):
     jmain.run_mode(config, str(tmp_path))
     views = cv2.imread(str(tmp_path / "showcase" / "head_views.png"))
     outputs = cv2.imread(str(tmp_path / "showcase" / "render_outputs.png"))
-    assert views.shape == (2 * 96, 5 * 96, 3) and outputs.shape == (2 * 96, 3 * 96, 3)
+    assert views.shape == (2 * 96, 5 * 96, 3) and outputs.shape == (3 * 96, 3 * 96, 3)
     assert views.std() > 10 and outputs.std() > 10  # not blank
+    # the SoftRas panels (last row: alpha, sharp blend, blurred blend) hold a head on black
+    alpha, sharp, blurred = (outputs[2 * 96 + 16:, k * 96:(k + 1) * 96].astype(float) for k in range(3))
+    for panel in (alpha, sharp, blurred):
+        assert panel[-1, 0].max() < 5 and 0.2 < (panel > 5).any(-1).mean() < 0.9
+    assert np.abs(sharp - blurred).mean() > 2  # sigma and gamma change the picture
     assert (tmp_path / "showcase" / "head_neutral.obj").stat().st_size > 100_000
 
 
@@ -49,6 +55,11 @@ def test_showcase_image_size_must_be_a_positive_int(tmp_path):
         with pytest.raises(paths.ConfigError, match=rf"config.showcase.image_size={bad} must be a positive int"):
             jmain.run_mode(config, str(tmp_path))
     config.showcase.image_size = 32
+    for bad in (((1.0, 0.0),), ((1.0,),), (("a", 1.0),)):
+        c = config.copy_and_resolve_references()
+        c.showcase.blends = bad
+        with pytest.raises(paths.ConfigError, match=r"config.showcase.blends=.* must be \(sigma, gamma\) pairs"):
+            jmain.run_mode(c, str(tmp_path))
     for field in ("n_shape", "n_exp"):  # the panels vary components 0 and 1: fewer was an IndexError traceback
         c = config.copy_and_resolve_references()
         c[field] = 1

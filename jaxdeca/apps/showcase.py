@@ -6,7 +6,9 @@ Writes to `<workdir>/showcase/`:
                        (the contour landmarks follow the silhouette).
   render_outputs.png   albedo x SH light, shape, detailed shape (a synthetic wrinkle
                        displacement on the UV face region), depth, UV position map, UV
-                       detail normals.
+                       detail normals, SoftRas's soft coverage (alpha), and SoftRas's colour
+                       blend (`render.soft_blend`) of the normals at each (sigma, gamma) of
+                       config.showcase.blends (sharp; blurred and see-through).
   head_neutral.obj     the neutral head with its UVs and mean albedo texture.
 """
 from __future__ import annotations
@@ -90,6 +92,14 @@ def check_config(config) -> dict:
     _check_int("showcase.image_size", config.showcase.image_size, 1, "pixels")
     for field in ("n_shape", "n_exp"):  # the panels vary the first two components of each
         _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
+    blends = config.showcase.get("blends", ())
+    try:
+        ok = all(len(b) == 2 and all(not isinstance(x, bool) and float(x) > 0 for x in b) for b in blends)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise paths.ConfigError(f"config.showcase.blends={blends!r} must be (sigma, gamma) pairs of positive "
+                                "numbers (render.soft_blend's)")
     arrays = flame.load_arrays(config.flame_path)
     where = config.flame_path or flame.DEMO_HEAD
     flame.model.check_components(arrays, config.n_shape, config.n_exp, where)
@@ -125,7 +135,18 @@ def run(config, workdir: str) -> None:
     trans, lmk, light, uv_z = xla_options.setup_jit(setup)(out["vertices"], out["landmarks2d"])
     rendered = xla_options.jit(lambda v, tv, a, l, z: render.render(v, tv, a, l, topo, size, uv_z=z))(
         out["vertices"], trans, albedo, light, uv_z)
-    rendered, lmk, vertices, albedo = jax.device_get((rendered, lmk, out["vertices"], albedo))
+    # SoftRas's colour blend of the first head's vertex normals (as colours): sharp, see-through
+    z = np.asarray(trans[:1, :, 2])
+    z_range = (float(z.min()) - 0.1, float(z.max()) + 0.1)
+    colours = (render.vertex_normals(out["vertices"][:1], topo.faces) + 1.0) / 2.0
+
+    def blend(sigma, gamma):
+        fn = lambda tv, c: render.soft_blend(tv, topo.faces, c, size, sigma=sigma, gamma=gamma,  # noqa: E731
+                                             z_range=z_range, background=0.0)
+        return xla_options.jit(fn)(trans[:1], colours)
+
+    blends = [blend(float(s), float(g)) for s, g in cfg.get("blends", ())]
+    rendered, lmk, vertices, albedo, blends = jax.device_get((rendered, lmk, out["vertices"], albedo, blends))
 
     tiles = [_label(_draw_landmarks(rendered["shape_images"][k], lmk[k, :, :2]), names[k]) for k in range(n)]
     p1 = export.save_image(os.path.join(out_dir, "head_views.png"), _grid(tiles, 5))
@@ -143,7 +164,8 @@ def run(config, workdir: str) -> None:
         _label(np.repeat(depth[..., None], 3, -1), "depth"),
         _label(cv2.resize(uvpos, size), "UV positions"),
         _label(cv2.resize(uv_n, size), "UV detail normals"),
-    ]
+        _label(np.repeat(rendered["alpha"][k][..., None], 3, -1), "SoftRas alpha"),
+    ] + [_label(b[0], f"blend s={s:g} g={g:g}") for b, (s, g) in zip(blends, cfg.get("blends", ()))]
     p2 = export.save_image(os.path.join(out_dir, "render_outputs.png"), _grid(panels, 3))
 
     p3 = export.write_obj(os.path.join(out_dir, "head_neutral.obj"), vertices[0],
