@@ -164,3 +164,24 @@ def test_float64_gradients_equal_the_dense_reference_to_rounding():
     for g, r in zip(ours, ref):
         assert g.dtype == jnp.float64
         np.testing.assert_allclose(g, r, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e38])
+@pytest.mark.parametrize("face,slots", [(0, 3), (-1, 3), (-1, None)])
+def test_a_face_with_a_non_finite_vertex_is_left_out(bad, face, slots):
+    """As in rasterize: the face is skipped, everything else is unchanged and finite. A last
+    face so (its slot repeated, with zero weight, in a last round with unused slots) put NaN
+    into most pixels; 1e38 px overflows to inf in the pixel coordinates."""
+    v, faces, attr = scene()
+    H, W = 15, 17
+    keep = np.ones(len(faces), bool)
+    keep[face] = False
+    want = dense_reference(jnp.asarray(v), faces[keep], jnp.asarray(attr), H, W, bg=BG, **ARGS)
+    v = v.copy()
+    v[faces[face, 2], 0] = bad
+    loss = lambda v: soft_blend(v[None], faces, attr[None], (H, W), background=BG, slots=slots,  # noqa: E731
+                                **ARGS)[0]
+    np.testing.assert_allclose(loss(jnp.asarray(v)), want, atol=2e-5)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(loss(v)))(jnp.asarray(v)))
+    others = np.setdiff1d(np.arange(len(v)), faces[face])
+    assert np.isfinite(g[others]).all() and np.abs(g[others]).max() > 0

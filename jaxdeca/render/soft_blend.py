@@ -194,6 +194,7 @@ def _max_nearness(xyz, F, H, W, S, slots, sigma, z_near, z_far, eps, cull):
     xyz: [G * F, 3, 3] pixels + depth, the faces of G images one after another."""
     G = xyz.shape[0] // F
     boxes, wx, cum, total = _soft_setup(xyz[..., :2], H, W, S, sigma, cull)
+    xyz = _finite_faces(xyz)
 
     def body(carry):
         r, acc = carry
@@ -218,8 +219,16 @@ def _rounds(xyz, F, H, W, S, slots, sigma, cull):
     return _n_rounds(total, slots), functools.partial(_round_windows, boxes, wx, cum, total)
 
 
+def _finite_faces(xyz):
+    """xyz with the faces that have a non-finite vertex set to 0. Such faces have no windows, but a
+    last round's unused slots repeat the last face with zero weight: 0 x NaN would put NaN into
+    every pixel those slots touch (and into the gradients of finite vertices)."""
+    return jnp.where(jnp.all(jnp.isfinite(xyz), axis=(1, 2))[:, None, None], xyz, 0.0)
+
+
 def _accumulate_fwd(xyz, fa, m, F, H, W, S, slots, sigma, gamma, z_near, z_far, cull):
     n, windows = _rounds(xyz, F, H, W, S, slots, sigma, cull)
+    xyz = _finite_faces(xyz)  # after the windows are found (on the vertices as given)
 
     def body(carry):
         r, acc = carry
@@ -243,9 +252,7 @@ def _accumulate_bwd(F, H, W, S, slots, sigma, gamma, z_near, z_far, cull, res, g
     the incoming gradient gathered at its pixels, and added to its face's corners."""
     xyz, fa, m = res
     n, windows = _rounds(xyz, F, H, W, S, slots, sigma, cull)
-    # faces with a non-finite vertex have no windows, but a last round's unused slots repeat the
-    # last face with zero weight: 0 x inf would put NaN on its finite vertices
-    xyz = jnp.where(jnp.all(jnp.isfinite(xyz), axis=(1, 2))[:, None, None], xyz, 0.0)
+    xyz = _finite_faces(xyz)
     g = tuple(g[..., k] for k in range(g.shape[-1]))
 
     def body(carry):
