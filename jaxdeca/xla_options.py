@@ -81,6 +81,8 @@ class _TopLevelOptions:
         return (self._top if top_level() else self._nested)(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name in ("_top", "_nested"):  # not set yet (copy.copy makes an instance without __init__)
+            raise AttributeError(name)
         return getattr(self._top, name)
 
 

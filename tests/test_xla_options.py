@@ -205,3 +205,13 @@ def test_jitted_functions_run_inside_the_users_own_transformations(monkeypatch):
     np.testing.assert_allclose(jax.vmap(f)(x[:, None]), jnp.sin(x) ** 2, rtol=1e-5)
     assert jax.eval_shape(f, x).shape == ()
     assert "__ynn_fusion" not in f.lower(x).compile().as_text()  # the top level keeps its options
+
+
+def test_jitted_functions_can_be_copied(monkeypatch):
+    """copy.deepcopy of an object holding one (a Pipeline) recursed without end in the wrapper's
+    attribute lookup."""
+    import copy
+    monkeypatch.setenv("XLA_FLAGS", "")
+    f = xla_options.jit(lambda x: x * 2)
+    for g in (copy.copy(f), copy.deepcopy(f), copy.deepcopy({"f": f})["f"]):
+        np.testing.assert_allclose(g(jnp.arange(3.0)), [0.0, 2.0, 4.0])
