@@ -228,6 +228,14 @@ def test_outputs_at_a_small_uv_size_with_decas_extracted_texture(tmp_path):
     with open(tmp_path / "x" / "x_detail.obj") as f:
         rgb = np.array([[float(x) for x in line.split()[4:7]] for line in f if line.startswith("v ")])
     assert rgb.shape == detail["vertices"].shape and rgb.min() >= 0 and rgb.max() <= 1
+    # a texture that decodes to NaN is written as the PNG holds it (0), not as 'nan' colours
+    nan_tex = np.asarray(out["uv_texture_extracted"]).copy()
+    nan_tex[:, :R // 2] = np.nan
+    pipeline.write_outputs(str(tmp_path), "n", dict(out, uv_texture_extracted=nan_tex), 0,
+                           pipeline.Crop(photo[0], np.eye(3)), codes, arrays)
+    with open(tmp_path / "n" / "n_detail.obj") as f:
+        rgb = np.array([[float(x) for x in line.split()[4:7]] for line in f if line.startswith("v ")])
+    assert np.isfinite(rgb).all() and (rgb == 0).all(-1).any()
 
 
 def test_load_pipeline_uses_the_flame_model_a_workdir_was_trained_with(tmp_path, capsys):

@@ -57,12 +57,12 @@ def _write_bytes(f, data) -> None:  # save_image's write, apart: tests make it f
 
 
 def save_image(path: str, image: np.ndarray) -> str:
-    """Writes an RGB (or gray) image given as float in [0, 1] or uint8; returns the path.
-    WriteError naming the file when it cannot be written (`writing`; nothing is left under its
-    name: `replacing`)."""
+    """Writes an RGB (or gray) image given as float in [0, 1] (clipped; NaN as 0) or uint8; returns
+    the path. WriteError naming the file when it cannot be written (`writing`; nothing is left under
+    its name: `replacing`)."""
     image = np.asarray(image)
-    if image.dtype != np.uint8:
-        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if image.dtype != np.uint8:  # NaN cast to uint8 is undefined (0 on x86, with a RuntimeWarning)
+        image = (np.nan_to_num(np.clip(image, 0.0, 1.0)) * 255.0 + 0.5).astype(np.uint8)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
     if image.ndim == 3:

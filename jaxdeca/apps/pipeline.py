@@ -566,10 +566,10 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
                                   uv_coords=arrays["uv_coords"], uv_faces=arrays["uv_faces"], texture=tex,
                                   normal_map=g("uv_detail_normals")))
     # DECA's upsample_mesh: a vertex at every texel inside a UV triangle (the whole head, not only
-    # the face-eye mask), coloured by the texture as its uint8 image holds it (clipped to [0, 1])
+    # the face-eye mask), coloured by the texture as its PNG holds it (clipped to [0, 1], NaN as 0)
     cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
     detail = export.write_detail_obj(os.path.join(d, f"{name}_detail.obj"), g("uv_detail_vertices"),
-                                     g("uv_detail_normals"), cover, np.clip(tex, 0.0, 1.0))  # None: no faces
+                                     g("uv_detail_normals"), cover, np.nan_to_num(np.clip(tex, 0.0, 1.0)))  # None: no faces
     paths += [detail] if detail else []
     lmk2 = landmarks_original(g("landmarks2d"), crop.tform, lmk_convention)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))
