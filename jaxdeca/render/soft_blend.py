@@ -89,11 +89,10 @@ def _window_max(fv, ox, oy, ok, sigma, z_near, z_far):
     return jnp.where(valid, n, -jnp.inf)
 
 
-def _weights(x, valid, n, m, gamma):
-    """D = sigmoid(x), E = exp((n - m) / gamma) and e = D E (0 where the face does not count)."""
-    D = jax.nn.sigmoid(x)
+def _weight(x, valid, n, m, gamma):
+    """e = D E with D = sigmoid(x) and E = exp((n - m) / gamma); 0 where the face does not count."""
     E = jnp.exp(jnp.where(valid, n - m, 0.0) * (1.0 / gamma))
-    return D, E, jnp.where(valid, D * E, 0.0)
+    return jnp.where(valid, jax.nn.sigmoid(x) * E, 0.0)
 
 
 def _mix(w, fa, c):
@@ -107,7 +106,7 @@ def _window_terms(fv, fa, ox, oy, ok, m, sigma, gamma, z_near, z_far):
     fv: [M, 3, 3]; fa: [M, 3, C] corner attributes; m: [M, S, S] the pixels' maximum nearness.
     """
     x, valid, w, n, _ = _nearness(fv, ox, oy, ok, sigma, z_near, z_far)
-    e = _weights(x, valid, n, m, gamma)[2]
+    e = _weight(x, valid, n, m, gamma)
     return tuple([e * _mix(w, fa, c) for c in range(fa.shape[-1])] + [e])
 
 
@@ -138,7 +137,7 @@ def _window_terms_vjp(fv, fa, ox, oy, ok, m, sigma, gamma, z_near, z_far, g, liv
 
     def weights(fv, fa, m, g, xs):
         x, valid, w, n, _ = _nearness(fv, ox, oy, ok, sigma, z_near, z_far, xs)
-        e = _weights(x, valid, n, m, gamma)[2]
+        e = _weight(x, valid, n, m, gamma)
         return e, jnp.where(valid, g[C] + sum(g[c] * _mix(w, fa, c) for c in range(C)), 0.0)
 
     e, ge = jax.lax.cond(live, weights, lambda fv, *_: (jnp.zeros(ok.shape, fv.dtype),) * 2, fv, fa, m, g, xs)
