@@ -226,8 +226,9 @@ def _finite_faces(xyz):
 
 
 def _accumulate_fwd(xyz, fa, m, F, H, W, S, slots, sigma, gamma, z_near, z_far, cull):
+    res = (xyz, fa, m)  # the vertices as given: the backward pass finds the same windows
     n, windows = _rounds(xyz, F, H, W, S, slots, sigma, cull)
-    xyz = _finite_faces(xyz)  # after the windows are found (on the vertices as given)
+    xyz = _finite_faces(xyz)
 
     def body(carry):
         r, acc = carry
@@ -243,7 +244,7 @@ def _accumulate_fwd(xyz, fa, m, F, H, W, S, slots, sigma, gamma, z_near, z_far, 
 
     init = (jnp.int32(0), tuple(jnp.zeros(m.shape, xyz.dtype) for _ in range(fa.shape[-1] + 1)))
     acc = jnp.stack(jax.lax.while_loop(lambda c: c[0] < n, body, init)[1], -1)
-    return acc, (xyz, fa, m)
+    return acc, res
 
 
 def _accumulate_bwd(F, H, W, S, slots, sigma, gamma, z_near, z_far, cull, res, g):
