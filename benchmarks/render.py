@@ -1,6 +1,6 @@
 """Renderer benchmark: ms per batch (median) and peak memory at 224 x 224, ours vs peers.
 
-    python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224] [--batch-size N|all]
+    python benchmarks/render.py [--batches 1,8,32] [--repeats 3] [--size 224] [--batch-size N|all] [--blend]
 
 Meshes: a 10k-face UV sphere and the demo head (jaxdeca/assets/demo_head.npz), scaled to
 fill ~90% of the image. Batch B renders B copies of the mesh; ours rasterizes them one at a
