@@ -76,6 +76,44 @@ def test_video_frames(tmp_path):
     assert frames[0].image.shape == (24, 32, 3)
 
 
+def _numbered_video(path, n, size, fourcc):
+    w = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 25.0, (size, size))
+    for i in range(n):
+        f = np.full((size, size, 3), (i * 7) % 255, np.uint8)
+        cv2.circle(f, (size // 2, size // 2), size // 3, (200, 150, 120), -1)
+        cv2.putText(f, str(i), (5, size - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+        w.write(f)
+    w.release()
+
+
+def test_a_damaged_video_gives_every_frame_or_its_skip(tmp_path, monkeypatch):
+    """A video with a damaged stretch in its middle was cut at the first frame that failed to
+    decode, silently (animate wrote a clip half as long and exited 0), though the frames after
+    it decode. Now reading goes on, and each frame up to the last decodable one is either read
+    or one Skipped, in order, so animate keeps the driver's timing."""
+    monkeypatch.setenv("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    path = str(tmp_path / "clip.mp4")
+    _numbered_video(path, 120, 48, "mp4v")
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2:len(data) // 2 + 4000] = bytes(4000)
+    open(path, "wb").write(bytes(data))
+    items = list(inputs.iter_frames(path))
+    assert [i.name for i in items] == [f"clip_{k:05d}" for k in range(120)]
+    kinds = "".join("F" if isinstance(i, inputs.Frame) else "S" for i in items)
+    assert kinds.startswith("F") and kinds.endswith("F") and "FS" in kinds and "SF" in kinds, kinds
+    skipped = [i for i in items if isinstance(i, inputs.Skipped)]
+    assert skipped[0].reason == f"{path} frame {skipped[0].name[-5:].lstrip('0')}: cannot be decoded"
+    assert [i.name for i in inputs.iter_frames(path, video_every=5)] == [f"clip_{k:05d}" for k in range(0, 120, 5)]
+    # a file cut short ends at its last decodable frame (its missing end cannot be told from a
+    # frame count the container only estimates: test_mpeg_and_wmv_videos_are_read_not_left_out)
+    avi = str(tmp_path / "cut.avi")
+    _numbered_video(avi, 40, 48, "MJPG")
+    data = open(avi, "rb").read()
+    open(avi, "wb").write(data[:int(len(data) * 0.6)])
+    items = list(inputs.iter_frames(avi))
+    assert 0 < len(items) < 40 and all(isinstance(i, inputs.Frame) for i in items)
+
+
 def test_folder_with_videos_expands_good_ones_and_skips_broken_ones(tmp_path):
     w = cv2.VideoWriter(str(tmp_path / "b_clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
     for k in range(2):

@@ -126,9 +126,17 @@ def list_images(folder: str, videos: bool = False) -> list[str]:
     return [os.path.join(folder, f) for f in names]
 
 
-def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
+def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
     """Frames of a video (or an animated WebP) as RGB uint8; raises InputError when nothing can
-    be decoded."""
+    be decoded.
+
+    A frame that cannot be decoded does not end the video while the file declares more frames:
+    reading goes on, and when a later frame decodes, each one before it that did not is one
+    Skipped ("<path> frame <k>: cannot be decoded"). A video with 20 kB zeroed in its middle
+    lost the last 148 of its 300 frames, silently, though 100 of them decode; animate keeps the
+    driver's timing by repeating a frame for each one skipped. Frames missing at the end are not
+    reported: a truncated file cannot be told from a frame count the container only estimates
+    (OpenCV declares 80 frames for a 2-frame WMV)."""
     if _animated_webp(path):
         yield from _iter_webp(path, every)
         return
@@ -140,11 +148,21 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame]:
     try:
         if not cap.isOpened():
             raise InputError(f"{path}: cannot open video (unsupported codec or corrupt file)")
+        declared = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        declared = int(declared) if np.isfinite(declared) and declared > 0 else 0
         index = n_read = 0
+        bad = []  # frames that failed to decode since the last good one
         while True:
             ok, frame = cap.read()
             if not ok:
-                break
+                if index + len(bad) + 1 >= declared:  # the declared end (or none declared): done
+                    break
+                bad.append(index + len(bad))
+                continue
+            yield from (Skipped(f"{stem}_{k:05d}", f"{path} frame {k}: cannot be decoded")
+                        for k in bad if k % every == 0)
+            index += len(bad)
+            bad = []
             if index % every == 0:
                 n_read += 1
                 yield Frame(f"{stem}_{index:05d}", images.to_rgb_uint8(frame), f"{path} frame {index}")
