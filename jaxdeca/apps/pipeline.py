@@ -233,7 +233,7 @@ def detect_landmarks(image: np.ndarray, box=None):
         return None
 
 
-def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop | None:
+def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None, keep_original: bool = True) -> Crop | None:
     """DECA's test crop of an RGB uint8 image [H, W, 3] (`preprocess.crop_for_inference`).
 
     mode='detect': landmark box of the given landmarks [68, 2] (pixels) or, when None, of dlib's;
@@ -243,6 +243,7 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
     similarity to the corners (0, 0), (0, H-1), (W-1, 0), which for a non-square image also
     rotates it: 5.7 degrees at 200 x 300). Grey and RGBA uint8 images are
     converted (`preprocess.as_rgb_uint8`); other dtypes raise ValueError in both modes.
+    keep_original: the Crop holds the image (`Crop.original`, for `write_outputs`' vis_original).
     """
     if mode == "none":
         try:
@@ -251,14 +252,14 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None) -> Crop |
             raise ValueError(f"crop_face: {e}") from None
         h, w = image.shape[:2]
         t = crop_lib.square_transform(((w - 1) / 2.0, (h - 1) / 2.0), max(h, w, 2) - 1, IMAGE_SIZE)
-        return Crop(image=crop_lib.crop_image(image, t, IMAGE_SIZE), tform=t, original=image)
+        return Crop(image=crop_lib.crop_image(image, t, IMAGE_SIZE), tform=t, original=image if keep_original else None)
     if mode != "detect":
         raise ValueError(f"crop mode must be 'detect' or 'none', got {mode!r}")
     try:
         img, t = preprocess.crop_for_inference(image, landmarks=landmarks, size=IMAGE_SIZE)
     except preprocess.NoFaceError:
         return None
-    return Crop(image=img, tform=t, original=image)
+    return Crop(image=img, tform=t, original=image if keep_original else None)
 
 
 def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", quiet: bool = False) -> Iterator[tuple]:
@@ -277,11 +278,13 @@ def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", qui
 
 
 def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
-               landmarks: str | None = None) -> Iterator[tuple[str, Crop]]:
+               landmarks: str | None = None, keep_original: bool = False) -> Iterator[tuple[str, Crop]]:
     """(name, Crop) of every frame of an image, folder or video in which a face is found
     (`found_faces` with `crop_face`). landmarks: --landmarks (`landmark_files`), the 68 points
     the detect crop is made from instead of dlib's, as DECA's test data takes a <stem>.txt or
-    .mat beside an image; frames it has no file for use dlib's."""
+    .mat beside an image; frames it has no file for use dlib's. keep_original: each Crop holds
+    its frame (reconstruct's --vis-original); off, a batch of crops does not keep its photos
+    (8 faces of 8000 x 6000 photos held 1.1 GB)."""
     from jaxdeca.apps import landmark_files
     single = landmark_files.check_arg(landmarks, path)
     if landmarks is not None and crop != "detect":
@@ -290,8 +293,9 @@ def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
     def find(frame):
         lmk = landmark_files.for_frame(frame, landmarks, single)
         if lmk is None:
-            return crop_face(frame.image, crop)
-        return lmk if isinstance(lmk, inputs.Skipped) else crop_face(frame.image, crop, landmarks=lmk)
+            return crop_face(frame.image, crop, keep_original=keep_original)
+        return lmk if isinstance(lmk, inputs.Skipped) else crop_face(frame.image, crop, landmarks=lmk,
+                                                                      keep_original=keep_original)
     return found_faces(path, find, skipped, app, unit)
 
 
@@ -568,8 +572,8 @@ def write_outputs(out_dir: str, name: str, out: dict, k: int, crop: Crop, codes:
     # DECA's upsample_mesh: a vertex at every texel inside a UV triangle (the whole head, not only
     # the face-eye mask), coloured by the texture as its PNG holds it (clipped to [0, 1], NaN as 0)
     cover = np.linalg.norm(g("uv_detail_vertices"), axis=-1) > 0
-    detail = export.write_detail_obj(os.path.join(d, f"{name}_detail.obj"), g("uv_detail_vertices"),
-                                     g("uv_detail_normals"), cover, np.nan_to_num(np.clip(tex, 0.0, 1.0)))  # None: no faces
+    detail = export.write_detail_obj(os.path.join(d, f"{name}_detail.obj"), g("uv_detail_vertices"),  # None: no faces
+                                     g("uv_detail_normals"), cover, np.nan_to_num(np.clip(tex, 0.0, 1.0)))
     paths += [detail] if detail else []
     lmk2 = landmarks_original(g("landmarks2d"), crop.tform, lmk_convention)
     paths.append(export.save_landmarks(os.path.join(d, f"{name}_kpt2d.txt"), lmk2, "x y (original image pixels)"))

@@ -36,7 +36,8 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
         pipe = pipeline.load_pipeline(checkpoint, flame_path, random_seed)
     written, skipped = [], []
     with pipeline.stop_on_write_error("reconstruct", written, skipped, out_dir):
-        faces = pipeline.face_crops(input_path, crop, skipped, "reconstruct", landmarks=landmarks)
+        faces = pipeline.face_crops(input_path, crop, skipped, "reconstruct", landmarks=landmarks,
+                                    keep_original=vis_original)
         for chunk in pipeline.chunks(faces, batch):
             codes, out = pipe.run(pipeline.padded_batch([c.image for _, c in chunk], batch))
             for k, (name, c) in enumerate(chunk):
