@@ -472,3 +472,6 @@ def test_face_crops_keep_their_photos_only_when_asked(tmp_path):
     assert all(c.original is None for _, c in plain)
     assert all(c.original.shape == (300, 200, 3) for _, c in kept)
     assert pipeline.crop_face(np.zeros((50, 40, 3), np.uint8), "none").original is not None  # one image: kept
+    from jaxdeca.apps import fit  # fit's crops from landmarks: not kept either
+    lmk = np.stack(np.meshgrid(np.linspace(60, 140, 17), [120.0, 180.0, 230.0, 250.0]), -1).reshape(-1, 2)[:68]
+    assert fit.landmark_crop(np.zeros((300, 200, 3), np.uint8), lmk).original is None

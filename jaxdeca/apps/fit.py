@@ -50,8 +50,9 @@ def to_image_space(points_px, tform) -> np.ndarray:
 
 
 def landmark_crop(image: np.ndarray, landmarks_px) -> pipeline.Crop:
-    """DECA's test crop from a landmark box ('kpt': size (w+h)/2 x 1.1 x 1.25)."""
-    return pipeline.crop_face(image, "detect", landmarks=landmarks_px)
+    """DECA's test crop from a landmark box ('kpt': size (w+h)/2 x 1.1 x 1.25). The crop does not
+    hold the photo (a batch of them would keep every full-size photo; fit draws no grid on it)."""
+    return pipeline.crop_face(image, "detect", landmarks=landmarks_px, keep_original=False)
 
 
 def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE) -> np.ndarray:
