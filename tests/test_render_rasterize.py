@@ -281,3 +281,6 @@ def test_a_traced_sigma_is_one_clear_type_error():
     with pytest.raises(TypeError, match="sigma must be a Python number.*static"):
         jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha)(jnp.asarray(v[None]), 1.0)
     jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha, static_argnums=1)(jnp.asarray(v[None]), 1.0)
+    for bad in (float("inf"), float("nan"), -1.0):  # inf was an OverflowError from the window size
+        with pytest.raises(ValueError, match="rasterize needs a finite sigma >= 0"):
+            rasterize(jnp.asarray(v[None]), faces, (8, 8), sigma=bad)

@@ -619,6 +619,8 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     """
     H, W = image_size
     sigma = static_number("sigma", sigma)
+    if not 0 <= sigma < math.inf:
+        raise ValueError(f"rasterize needs a finite sigma >= 0, got {sigma}")
     verts_img = jnp.asarray(verts_img)
     v_pix = to_pixels(verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32)), (H, W))
     faces = jnp.asarray(faces, jnp.int32)

@@ -36,6 +36,7 @@ backward (35 MiB), against 10-13 ms and 18-19 ms for `rasterize` + `interpolate`
 images 101-107 ms and 525-561 ms.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -305,8 +306,8 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     Returns [B, H, W, C] in attr's dtype promoted to float32 at least.
     """
     sigma, gamma, eps = (static_number(k, x) for k, x in (("sigma", sigma), ("gamma", gamma), ("eps", eps)))
-    if not sigma > 0 or not gamma > 0:
-        raise ValueError(f"soft_blend needs sigma > 0 and gamma > 0, got sigma={sigma}, gamma={gamma}")
+    if not (0 < sigma < math.inf and 0 < gamma < math.inf):
+        raise ValueError(f"soft_blend needs finite sigma > 0 and gamma > 0, got sigma={sigma}, gamma={gamma}")
     z_near, z_far = (static_number("z_range", z) for z in z_range)
     if not z_far > z_near:
         raise ValueError(f"soft_blend needs z_range = (z_near, z_far) with z_far > z_near, got {z_range}")
