@@ -130,13 +130,16 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
     """Frames of a video (or an animated WebP) as RGB uint8; raises InputError when nothing can
     be decoded.
 
-    A frame that cannot be decoded does not end the video while the file declares more frames:
+    A frame whose read fails does not end the video while the file declares more frames:
     reading goes on, and when a later frame decodes, each one before it that did not is one
-    Skipped ("<path> frame <k>: cannot be decoded"). A video with 20 kB zeroed in its middle
+    Skipped ("<path> frame <k>: cannot be decoded"). An MP4 with 20 kB zeroed in its middle
     lost the last 148 of its 300 frames, silently, though 100 of them decode; animate keeps the
-    driver's timing by repeating a frame for each one skipped. Frames missing at the end are not
-    reported: a truncated file cannot be told from a frame count the container only estimates
-    (OpenCV declares 80 frames for a 2-frame WMV)."""
+    driver's timing by repeating a frame for each one skipped. Limits: FFmpeg reports such
+    failures for MP4/MOV; in MKV, WebM, AVI, WMV, FLV and MPEG it drops damaged frames without a
+    failed read, so the frames after them are numbered from where they land in the stream (and
+    an animation is shorter than its driver). Frames missing at the end are not reported: a
+    truncated file cannot be told from a frame count the container only estimates (OpenCV
+    declares 80 frames for a 2-frame WMV)."""
     if _animated_webp(path):
         yield from _iter_webp(path, every)
         return
