@@ -394,9 +394,9 @@ def test_animate_keeps_a_driver_videos_timing_when_frames_have_no_face(tmp_path,
     identity, clip = grey_driver(tmp_path, (40, 120, 200, 160, 80))
     real = pipeline.crop_face
 
-    def crop_face(image, crop):
+    def crop_face(image, crop, **kw):
         level = int(np.median(image))
-        return None if any(abs(level - g) < 8 for g in no_face) else real(image, crop)
+        return None if any(abs(level - g) < 8 for g in no_face) else real(image, crop, **kw)
     monkeypatch.setattr(pipeline, "crop_face", crop_face)
     res = animate.animate(identity, clip, str(tmp_path / "out"), p, crop="none", video="a.mp4", batch=2)
     assert res["frames"] == ["drv_00001", "drv_00003"]
