@@ -31,9 +31,9 @@ maximum nearness (scatter-max, no gradient), a second sums e_j C_j and e_j over 
 per channel); its custom VJP replays the rounds and
 differentiates each window's terms by hand (`_window_terms_vjp`). Memory is
 O(slots * soft_window^2 * (C + 1)) per group. On XLA:CPU (2 cores; `benchmarks/render.py --blend`,
-224 x 224, 10k faces, 3 channels, sigma 1) one image took 16 ms forward and 72-74 ms forward +
-backward (35 MiB), against 10-13 ms and 18-19 ms for `rasterize` + `interpolate` + shading; 8
-images 101-107 ms and 525-561 ms.
+224 x 224, 10k faces, 3 channels, sigma 1) one image took 16 ms forward and 67-68 ms forward +
+backward (40 MiB), against 11-13 ms and 19-21 ms for `rasterize` + `interpolate` + shading; 8
+images 112-113 ms and 468-474 ms.
 """
 import functools
 import math
