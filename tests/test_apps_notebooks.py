@@ -1,4 +1,5 @@
-"""The Colab notebooks run top to bottom, headless, on the demo head (nbclient, python3 kernel)."""
+"""The Colab notebooks run top to bottom, headless, on the demo head (nbclient, python3 kernel), and
+README's Python block runs as written."""
 import os
 
 import nbformat
@@ -28,3 +29,19 @@ def test_notebook_runs(name, tmp_path):
     if name == "reconstruct_and_animate.ipynb":  # what its cells say they write
         for f in ("demo/demo.obj", "demo/demo_vis.png", "demo/demo_codes.npz", "animation.gif"):
             assert (run / "nb_out" / f).is_file(), f
+
+
+def test_the_readmes_python_block_runs_as_written(tmp_path, capsys):
+    """README's 'From Python' block (the library calls the apps wrap), run as it is written."""
+    import re
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index("### From Python"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        exec(compile(block, "README.md:From Python", "exec"), {"__name__": "readme"})
+    finally:
+        os.chdir(cwd)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].endswith(", 3) (1, 224, 224, 3)") and lines[-1] == "(1, 50)", lines
