@@ -385,6 +385,14 @@ def _soft_term_vjp(fv, ox, oy, ok, sigma, g, live=None):
     return -jnp.stack(out, 1)
 
 
+def _finite_faces(xy):
+    """xy [N, 3, D] with the faces that have a non-finite vertex set to 0. Such faces have no
+    windows, but a last round's unused slots repeat the last face with zero weight: 0 x NaN (or
+    inf) would put NaN into the pixels those slots touch and into the gradients of finite
+    vertices."""
+    return jnp.where(jnp.all(jnp.isfinite(xy), axis=(1, 2))[:, None, None], xy, 0.0)
+
+
 def _soft_setup(xy, H, W, window, sigma, cull):
     boxes = _face_boxes(xy, H, W, (_SOFT_RADIUS2 * sigma) ** 0.5, cull)
     wx, cum, total = _window_table(boxes, window)
@@ -422,9 +430,7 @@ def _soft_transmittance_bwd(F, H, W, window, slots, sigma, cull, res, g):
     xy, t = res
     S = window
     boxes, wx, cum, total = _soft_setup(xy, H, W, S, sigma, cull)
-    # faces with a non-finite vertex have no windows, but a last round's unused slots repeat the
-    # last face with zero weight: 0 x inf would put NaN on its finite vertices
-    xy = jnp.where(jnp.all(jnp.isfinite(xy), axis=(1, 2))[:, None, None], xy, 0.0)
+    xy = _finite_faces(xy)
     gpad = _to_canvas(g * t, S)
 
     def body(carry):

@@ -46,7 +46,8 @@ from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.rasterize import (_block_gather, _block_scatter, _canvas_rows, _col,
                                       _default_slots, _default_soft_window, _default_window, _from_canvas,
                                       _n_rounds, _offsets, _round_windows, _soft_coefs, _soft_pixels,
-                                      _soft_setup, _soft_term_vjp, static_number)
+                                      _soft_setup, _soft_term_vjp, _finite_faces,
+                                      static_number)
 
 
 def _nearness(fv, ox, oy, ok, sigma, z_near, z_far, xs=None):
@@ -217,13 +218,6 @@ def _accumulate(xyz, fa, m, F, H, W, S, slots, sigma, gamma, z_near, z_far, cull
 def _rounds(xyz, F, H, W, S, slots, sigma, cull):
     boxes, wx, cum, total = _soft_setup(xyz[..., :2], H, W, S, sigma, cull)
     return _n_rounds(total, slots), functools.partial(_round_windows, boxes, wx, cum, total)
-
-
-def _finite_faces(xyz):
-    """xyz with the faces that have a non-finite vertex set to 0. Such faces have no windows, but a
-    last round's unused slots repeat the last face with zero weight: 0 x NaN would put NaN into
-    every pixel those slots touch (and into the gradients of finite vertices)."""
-    return jnp.where(jnp.all(jnp.isfinite(xyz), axis=(1, 2))[:, None, None], xyz, 0.0)
 
 
 def _accumulate_fwd(xyz, fa, m, F, H, W, S, slots, sigma, gamma, z_near, z_far, cull):
