@@ -291,11 +291,10 @@ def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
         raise inputs.InputError(f"{landmarks}: --landmarks places the crop, so it needs --crop detect")
 
     def find(frame):
-        lmk = landmark_files.for_frame(frame, landmarks, single)
-        if lmk is None:
-            return crop_face(frame.image, crop, keep_original=keep_original)
-        return lmk if isinstance(lmk, inputs.Skipped) else crop_face(frame.image, crop, landmarks=lmk,
-                                                                      keep_original=keep_original)
+        lmk = landmark_files.for_frame(frame, landmarks, single)  # None: dlib's, in crop_face
+        if isinstance(lmk, inputs.Skipped):
+            return lmk
+        return crop_face(frame.image, crop, landmarks=lmk, keep_original=keep_original)
     return found_faces(path, find, skipped, app, unit)
 
 
