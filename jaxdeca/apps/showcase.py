@@ -139,14 +139,15 @@ def run(config, workdir: str) -> None:
     # SoftRas's colour blend of the first head's vertex normals (as colours): sharp, see-through
     z = np.asarray(trans[:1, :, 2])
     z_range = (float(z.min()) - 0.1, float(z.max()) + 0.1)
-    colours = (render.vertex_normals(out["vertices"][:1], topo.faces) + 1.0) / 2.0
+    colours = (rendered["normals"][:1] + 1.0) / 2.0
+    pairs = [(float(s), float(g)) for s, g in cfg.get("blends", ())]
 
     def blend(sigma, gamma):
         fn = lambda tv, c: render.soft_blend(tv, topo.faces, c, size, sigma=sigma, gamma=gamma,  # noqa: E731
                                              z_range=z_range, background=0.0)
         return xla_options.jit(fn)(trans[:1], colours)
 
-    blends = [blend(float(s), float(g)) for s, g in cfg.get("blends", ())]
+    blends = [blend(s, g) for s, g in pairs]
     rendered, lmk, vertices, albedo, blends = jax.device_get((rendered, lmk, out["vertices"], albedo, blends))
 
     tiles = [_label(_draw_landmarks(rendered["shape_images"][k], lmk[k, :, :2]), names[k]) for k in range(n)]
@@ -166,7 +167,7 @@ def run(config, workdir: str) -> None:
         _label(cv2.resize(uvpos, size), "UV positions"),
         _label(cv2.resize(uv_n, size), "UV detail normals"),
         _label(np.repeat(rendered["alpha"][k][..., None], 3, -1), "SoftRas alpha"),
-    ] + [_label(b[0], f"blend s={s:g} g={g:g}") for b, (s, g) in zip(blends, cfg.get("blends", ()))]
+    ] + [_label(b[0], f"blend s={s:g} g={g:g}") for b, (s, g) in zip(blends, pairs)]
     p2 = export.save_image(os.path.join(out_dir, "render_outputs.png"), _grid(panels, 3))
 
     p3 = export.write_obj(os.path.join(out_dir, "head_neutral.obj"), vertices[0],
