@@ -281,6 +281,11 @@ def test_a_traced_sigma_is_one_clear_type_error():
     with pytest.raises(TypeError, match="sigma must be a Python number.*static"):
         jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha)(jnp.asarray(v[None]), 1.0)
     jax.jit(lambda v, s: rasterize(v, faces, (8, 8), sigma=s).alpha, static_argnums=1)(jnp.asarray(v[None]), 1.0)
-    for bad in (float("inf"), float("nan"), -1.0):  # inf was an OverflowError from the window size
-        with pytest.raises(ValueError, match="rasterize needs a finite sigma >= 0"):
+    # inf was an OverflowError from the window size; a subnormal sigma gave NaN gradients (1 / sigma = inf)
+    for bad in (float("inf"), float("nan"), -1.0, 1e-40):
+        with pytest.raises(ValueError, match="rasterize needs sigma = 0 or a finite sigma >= 1.18e-38"):
             rasterize(jnp.asarray(v[None]), faces, (8, 8), sigma=bad)
+    fr = rasterize(jnp.asarray(v[None]), faces, (8, 8), sigma=2.0 ** -126)  # the smallest allowed: hard, finite
+    np.testing.assert_array_equal(fr.alpha, fr.mask)
+    g = jax.grad(lambda v: rasterize(v, faces, (8, 8), sigma=2.0 ** -126).alpha.sum())(jnp.asarray(v[None]))
+    assert np.all(np.isfinite(g))

@@ -145,7 +145,7 @@ def test_sharp_limit_is_the_hard_z_buffer_colour():
 def test_bad_arguments_are_refused():
     v, faces, attr = scene()
     for kw in ({"sigma": 0.0}, {"gamma": 0.0}, {"sigma": float("inf")}, {"gamma": float("nan")},
-               {"z_range": (1.0, 1.0)}):
+               {"gamma": 1e-40}, {"sigma": 1e-40}, {"z_range": (1.0, 1.0)}):  # 1e-40: 1 / gamma overflowed to NaN
         with pytest.raises(ValueError, match="soft_blend needs"):
             soft_blend(v[None], faces, attr[None], (8, 8), **kw)
 

@@ -55,7 +55,7 @@ def test_showcase_image_size_must_be_a_positive_int(tmp_path):
         with pytest.raises(paths.ConfigError, match=rf"config.showcase.image_size={bad} must be a positive int"):
             jmain.run_mode(config, str(tmp_path))
     config.showcase.image_size = 32
-    for bad in (((1.0, 0.0),), ((1.0,),), (("a", 1.0),), ((float("inf"), 1e-4),)):
+    for bad in (((1.0, 0.0),), ((1.0,),), (("a", 1.0),), ((float("inf"), 1e-4),), ((1.0, 1e-40),)):
         c = config.copy_and_resolve_references()
         c.showcase.blends = bad
         with pytest.raises(paths.ConfigError, match=r"config.showcase.blends=.* must be \(sigma, gamma\) pairs"):

@@ -95,12 +95,13 @@ def check_config(config) -> dict:
         _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
     blends = config.showcase.get("blends", ())
     try:
-        ok = all(len(b) == 2 and all(not isinstance(x, bool) and 0 < float(x) < math.inf for x in b) for b in blends)
+        ok = all(len(b) == 2 and all(not isinstance(x, bool) and render.SMALLEST_SHARPNESS <= float(x) < math.inf
+                 for x in b) for b in blends)
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise paths.ConfigError(f"config.showcase.blends={blends!r} must be (sigma, gamma) pairs of finite "
-                                "positive numbers (render.soft_blend's)")
+                                f"numbers >= {render.SMALLEST_SHARPNESS:.3g} (render.soft_blend's)")
     arrays = flame.load_arrays(config.flame_path)
     where = config.flame_path or flame.DEMO_HEAD
     flame.model.check_components(arrays, config.n_shape, config.n_exp, where)

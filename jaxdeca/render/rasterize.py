@@ -48,6 +48,7 @@ from jaxdeca.render.camera import to_pixels
 
 _EPS_AREA = 1e-10
 _SOFT_RADIUS2 = 16.0  # faces farther than sqrt(_SOFT_RADIUS2 * sigma) px are dropped
+SMALLEST_SHARPNESS = 2.0 ** -126  # float32's smallest normal: the least positive sigma (and gamma)
 
 
 @jax.tree_util.register_dataclass
@@ -588,7 +589,8 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
       transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
-    sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask). A Python number,
+    sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask; else finite and at
+      least SMALLEST_SHARPNESS, float32's smallest normal number, 1.18e-38). A Python number,
       static under jit (it sets the soft pass's window size): each value compiles once.
     cull_backfaces: skip the faces that turn away from the viewer (`front_facing`) in both
       passes, as PyTorch3D's option of that name does; they are neither hit nor part of the
@@ -625,8 +627,9 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     """
     H, W = image_size
     sigma = static_number("sigma", sigma)
-    if not 0 <= sigma < math.inf:
-        raise ValueError(f"rasterize needs a finite sigma >= 0, got {sigma}")
+    if not (sigma == 0 or SMALLEST_SHARPNESS <= sigma < math.inf):
+        raise ValueError(f"rasterize needs sigma = 0 or a finite sigma >= {SMALLEST_SHARPNESS:.3g} "
+                         f"(float32's smallest normal number: below it 1 / sigma overflows), got {sigma}")
     verts_img = jnp.asarray(verts_img)
     v_pix = to_pixels(verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32)), (H, W))
     faces = jnp.asarray(faces, jnp.int32)

@@ -47,7 +47,7 @@ from jaxdeca.render.rasterize import (_block_gather, _block_scatter, _canvas_row
                                       _default_slots, _default_soft_window, _default_window, _from_canvas,
                                       _n_rounds, _offsets, _round_windows, _soft_coefs, _soft_pixels,
                                       _soft_setup, _soft_term_vjp, _finite_faces,
-                                      static_number)
+                                      SMALLEST_SHARPNESS, static_number)
 
 
 def _nearness(fv, ox, oy, ok, sigma, z_near, z_far, xs=None):
@@ -288,8 +288,9 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     verts_img: [B, V, 3] DECA image space ([-1, 1], y down, z smaller = nearer), as for
       `rasterize`; faces: [F, 3] int; attr: [B, V, C] per-vertex attributes (e.g. colours);
       image_size: (H, W) static.
-    sigma: soft-coverage sharpness in pixel^2 (> 0), as `rasterize`'s. gamma (> 0): depth
-      sharpness of the blend in units of normalised nearness (SoftRas's default 1e-4). sigma,
+    sigma: soft-coverage sharpness in pixel^2, as `rasterize`'s. gamma: depth sharpness of the
+      blend in units of normalised nearness (SoftRas's default 1e-4). Both finite and at least
+      SMALLEST_SHARPNESS (float32's smallest normal number, 1.18e-38). sigma,
       gamma, z_range and eps are Python numbers (static under jit), as `rasterize`'s sigma.
     z_range: (z_near, z_far), the image-space depths mapped to nearness 1 and 0; faces whose
       depth at a pixel lies outside are left out there. The default holds any DECA decode.
@@ -300,8 +301,10 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     Returns [B, H, W, C] in attr's dtype promoted to float32 at least.
     """
     sigma, gamma, eps = (static_number(k, x) for k, x in (("sigma", sigma), ("gamma", gamma), ("eps", eps)))
-    if not (0 < sigma < math.inf and 0 < gamma < math.inf):
-        raise ValueError(f"soft_blend needs finite sigma > 0 and gamma > 0, got sigma={sigma}, gamma={gamma}")
+    if not (SMALLEST_SHARPNESS <= sigma < math.inf and SMALLEST_SHARPNESS <= gamma < math.inf):
+        raise ValueError(f"soft_blend needs finite sigma and gamma >= {SMALLEST_SHARPNESS:.3g} (float32's "
+                         f"smallest normal number: below it 1 / sigma or 1 / gamma overflows), "
+                         f"got sigma={sigma}, gamma={gamma}")
     z_near, z_far = (static_number("z_range", z) for z in z_range)
     if not z_far > z_near:
         raise ValueError(f"soft_blend needs z_range = (z_near, z_far) with z_far > z_near, got {z_range}")
