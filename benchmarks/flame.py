@@ -38,32 +38,32 @@ def main():
     arrays = flame.load_arrays()
     model = flame.from_arrays(arrays)
     fwd = xla_options.jit(lambda s, e, p: model(s, e, p))  # vertices and both landmark sets
-    tmp = tempfile.mkdtemp()
-    os.makedirs(os.path.join(tmp, "flame"))
-    io.write_generic_model_pkl(os.path.join(tmp, "flame", "FLAME_NEUTRAL.pkl"), arrays, chumpy=False)
-    with open(os.path.join(tmp, "flame", "flame_static_embedding.pkl"), "wb") as f:
-        pickle.dump(dict(lmk_face_idx=arrays["full_lmk_faces_idx"].astype(np.int64),
-                         lmk_b_coords=arrays["full_lmk_bary_coords"].astype(np.float64)), f)
+    with tempfile.TemporaryDirectory() as tmp:  # smplx reads the model files it was made from
+        os.makedirs(os.path.join(tmp, "flame"))
+        io.write_generic_model_pkl(os.path.join(tmp, "flame", "FLAME_NEUTRAL.pkl"), arrays, chumpy=False)
+        with open(os.path.join(tmp, "flame", "flame_static_embedding.pkl"), "wb") as f:
+            pickle.dump(dict(lmk_face_idx=arrays["full_lmk_faces_idx"].astype(np.int64),
+                             lmk_b_coords=arrays["full_lmk_bary_coords"].astype(np.float64)), f)
 
-    print(f"FLAME forward, V={arrays['v_template'].shape[0]}, CPU ({os.cpu_count()} cores), "
-          f"jax {jax.__version__}, torch {torch.__version__}")
-    print(f"{'batch':>6} {'jaxdeca ms':>11} {'smplx ms':>10} {'smplx/jaxdeca':>14}")
-    rng = np.random.default_rng(0)
-    for B in a.batches:
-        shape, exp = rng.normal(size=(B, 100)).astype(np.float32), rng.normal(size=(B, 50)).astype(np.float32)
-        pose = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
-        js, je, jp = map(jnp.asarray, (shape, exp, pose))
-        ours = median_ms(lambda: jax.block_until_ready(fwd(js, je, jp)), a.repeats)
-        ref = smplx.create(tmp, model_type="flame", num_betas=100, num_expression_coeffs=50, batch_size=B,
-                           use_face_contour=False, ext="pkl")
-        ts, te, tp = map(torch.from_numpy, (shape, exp, pose))
+        print(f"FLAME forward, V={arrays['v_template'].shape[0]}, CPU ({os.cpu_count()} cores), "
+              f"jax {jax.__version__}, torch {torch.__version__}")
+        print(f"{'batch':>6} {'jaxdeca ms':>11} {'smplx ms':>10} {'smplx/jaxdeca':>14}")
+        rng = np.random.default_rng(0)
+        for B in a.batches:
+            shape, exp = rng.normal(size=(B, 100)).astype(np.float32), rng.normal(size=(B, 50)).astype(np.float32)
+            pose = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
+            js, je, jp = map(jnp.asarray, (shape, exp, pose))
+            ours = median_ms(lambda: jax.block_until_ready(fwd(js, je, jp)), a.repeats)
+            ref = smplx.create(tmp, model_type="flame", num_betas=100, num_expression_coeffs=50, batch_size=B,
+                               use_face_contour=False, ext="pkl")
+            ts, te, tp = map(torch.from_numpy, (shape, exp, pose))
 
-        def run_ref():
-            with torch.no_grad():
-                ref(betas=ts, expression=te, global_orient=tp[:, :3], jaw_pose=tp[:, 3:])
+            def run_ref():
+                with torch.no_grad():
+                    ref(betas=ts, expression=te, global_orient=tp[:, :3], jaw_pose=tp[:, 3:])
 
-        theirs = median_ms(run_ref, a.repeats)
-        print(f"{B:>6} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>13.1f}x")
+            theirs = median_ms(run_ref, a.repeats)
+            print(f"{B:>6} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>13.1f}x")
 
 
 if __name__ == "__main__":
