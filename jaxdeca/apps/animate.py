@@ -248,7 +248,7 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.animate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.animate", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--identity", required=True, help="the image whose identity and detail are kept")
     p.add_argument("--expression", required=True, help="the driver: an image, a folder or a video")
     p.add_argument("--out", required=True)

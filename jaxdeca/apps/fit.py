@@ -290,7 +290,7 @@ def _fit_chunks(faces, out_dir: str, pipe: pipeline.Pipeline, steps, batch: int,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.fit", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.fit", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--input", required=True, help="an image, a folder of images/videos, or a video")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", default=None)

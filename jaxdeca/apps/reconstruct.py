@@ -49,7 +49,7 @@ def reconstruct(input_path: str, out_dir: str, checkpoint: str | None = None, fl
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.reconstruct", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.reconstruct", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--input", required=True, help="an image, a folder of images/videos, or a video")
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", help="converted (jaxdeca.convert deca) or trained model directory")

@@ -60,7 +60,7 @@ def teaser(pipe: pipeline.Pipeline, base: dict, out_path: str, n: int = 12, batc
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.teaser", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.teaser", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--input", default=None)
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--flame", default=None)

@@ -551,7 +551,7 @@ def storage_dtypes(arrays: dict) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.assets.make_demo_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.assets.make_demo_head", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "demo_head.npz"))
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)

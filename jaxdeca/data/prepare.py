@@ -520,7 +520,7 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.prepare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.prepare", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--images", required=True, help="folder of face images")
     p.add_argument("--out", required=True, help="output folder (records, masks, index.jsonl)")
     p.add_argument("--layout", default="folders", choices=LAYOUTS)

@@ -464,7 +464,7 @@ def main(argv=None):
     """python -m jaxdeca.data.tfds_faces --dataset identity_faces --config vggface2 --manual-dir PREPARED
     [--images DIR] [--data-dir DIR]: write the array_record dataset (run once, before training)."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=main.__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.data.tfds_faces", description=(main.__doc__ or "").split("\n")[0])
     p.add_argument("--dataset", default="synthetic_faces", choices=sorted(BUILDERS))
     p.add_argument("--config", default=None, help="vggface2|voxceleb2|bupt|celeba|folders, or default|tiny|demo")
     p.add_argument("--manual-dir", default=None, help="folder made by jaxdeca.data.prepare (identity_faces)")

@@ -355,7 +355,7 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.evaluation.now", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.evaluation.now", description=(__doc__ or "").split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("evaluate", help="NoW scan-to-mesh errors of exported predictions")
     e.add_argument("--predictions", required=True, help="<predictions>/<subject>/<challenge>/<image>.obj/.npy")

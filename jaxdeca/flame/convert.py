@@ -18,7 +18,7 @@ from jaxdeca.flame import io
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jaxdeca.flame.convert", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m jaxdeca.flame.convert", description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--flame", required=True, help="generic_model.pkl (FLAME 2020 or 2023)")
     p.add_argument("--landmarks", required=True, help="DECA's landmark_embedding.npy")
     p.add_argument("--obj", required=True, help="head_template.obj with the UV layout")
