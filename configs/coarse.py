@@ -63,7 +63,11 @@ def get_config(stage: str = "coarse"):
                                              cam_scale="raw"))
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
                                             data_dir=placeholder(str), k=k, image_size=224, eval_batches=2,
-                                            eval_seed=0, eval_split="test", color_jitter=0.0, num_threads=4))
+                                            eval_seed=0, eval_split="test", color_jitter=0.0, num_threads=4,
+                                            # DECA's training crop (dataset.scale_min/max, trans_scale):
+                                            # size = landmark box x U[scale_min, scale_max], centre
+                                            # shifted by up to trans_scale x the box size
+                                            scale_min=1.4, scale_max=1.8, trans_scale=0.0))
     c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))

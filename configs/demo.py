@@ -42,7 +42,13 @@ def get_config(size: str = ""):
     d.loss.mrf = 0.0
     d.train.update(dict(batch_size=16, checkpoint_every=250, keep_checkpoints=2, log_every=50,
                         image_every=0, async_checkpoints=True))
-    del d["seed"]  # config.seed is the one seed
+    # fields the demo sets itself (jaxdeca.train.demo.stage_config), removed so that setting them
+    # is an error rather than silently overwritten: the seed (config.seed), the stage, the FLAME
+    # file (config.flame_path) and the data dir (config.data_dir). The demo runs in one process,
+    # so the coarse config's jax.distributed fields go too.
+    for field in ("seed", "mode", "task", "stage", "flame", "coordinator_address", "num_processes", "process_id"):
+        del d[field]
+    del d.data["data_dir"]
     config.stage_defaults = d
     config.stages = ("pretrain", "coarse", "detail")
     config.pretrain = ml_collections.ConfigDict(dict(

@@ -456,6 +456,19 @@ def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset(
      "name some of ('pretrain', 'coarse', 'detail')"),
     (["--config=configs/demo.py:tiny", "--config.flame_path=nope.npz"], "error: config.flame_path='nope.npz' does "
      "not exist"),
+    # numbers out of range (config_ranges): a negative weight switched its term off, a negative
+    # learning rate trained uphill (both exit 0), a negative seed or a zero batch ended in a
+    # traceback after the networks were built; the demo checks every stage before it starts
+    (["--config=configs/test_coarse.py:coarse", "--config.loss.lmk=-1.0"], "error: config.loss: loss weights: "
+     "lmk=-1.0 must be a finite number >= 0"),
+    (["--config=configs/test_toy.py", "--config.optim.learning_rate=-0.001"], "error: config.optim.learning_rate"
+     "=-0.001 must be > 0.0"),
+    (["--config=configs/test_toy.py", "--config.seed=-1"], "error: config.seed=-1 must be >= 0"),
+    (["--config=configs/demo.py:tiny", "--config.detail.train.num_steps=-1"], "error: stage detail "
+     "(config.stage_defaults, then config.detail on top): config.train.num_steps=-1 must be >= 0"),
+    # fields the demo sets itself are not in its config (they were silently overwritten)
+    (["--config=configs/demo.py:tiny", "--config.stage_defaults.flame.path=x.npz"], "error: "
+     "--config.stage_defaults.flame.path: the config has no field 'flame'"),
 ])
 def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
     res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,

@@ -12,7 +12,11 @@ configs/pretrain.py reproduces with doubled regulariser weights.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import ml_collections
+import numpy as np
 
 
 def default_loss_config() -> ml_collections.ConfigDict:
@@ -42,7 +46,9 @@ def default_loss_config() -> ml_collections.ConfigDict:
 
 
 def as_weights(weights) -> dict:
-    """ConfigDict / dict / None -> plain dict with every default filled in."""
+    """ConfigDict / dict / None -> plain dict with every default filled in. ValueError for an
+    unknown key, a weight that is not a finite number >= 0 (a negative one switched its term off
+    as 0 does) or a switch that is not a bool."""
     out = default_loss_config().to_dict()
     if weights is None:
         return out
@@ -50,5 +56,11 @@ def as_weights(weights) -> dict:
     unknown = sorted(set(given) - set(out))
     if unknown:
         raise ValueError(f"loss weights: unknown keys {unknown}; known: {sorted(out)}")
+    for k, v in given.items():
+        if isinstance(out[k], bool):
+            if not isinstance(v, (bool, np.bool_)):
+                raise ValueError(f"loss weights: {k}={v!r} must be True or False")
+        elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
+            raise ValueError(f"loss weights: {k}={v!r} must be a finite number >= 0 (0 switches the term off)")
     out.update(given)
     return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-from jaxdeca.data import synthetic
+from jaxdeca.data import crop, synthetic
 from jaxdeca.train import paths
 from jaxdeca.train.deca_common import flame_path
 
@@ -99,6 +99,9 @@ def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, 
     builder = builder or tfds_builder(config)
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
+                                  scale=(float(d.get("scale_min", crop.TRAIN_SCALE[0])),
+                                         float(d.get("scale_max", crop.TRAIN_SCALE[1]))),
+                                  trans_scale=float(d.get("trans_scale", 0.0)),
                                   color_jitter=float(d.get("color_jitter", 0.0)),
                                   num_threads=int(d.get("num_threads", 4)))
     return loader_lib.tfds_loader(builder, cfg, split, process_index=process_index, process_count=process_count)

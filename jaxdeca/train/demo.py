@@ -24,11 +24,12 @@ import time
 
 import cv2
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
 from jaxdeca import xla_options
-from jaxdeca.train import loop, paths, run as run_lib, workdir_lock
+from jaxdeca.train import config_ranges, loop, paths, run as run_lib, workdir_lock
 from jaxdeca.train.deca_common import composite
 
 STAGES = ("pretrain", "coarse", "detail")
@@ -43,7 +44,7 @@ def stage_config(config, stage: str, workdir: str):
         c.task = stage
         c.update(config[stage].to_dict())
         c.data.data_dir = config.data_dir or os.path.join(workdir, "data")
-        c.flame.path = config.flame_path
+        c.flame = ml_collections.ConfigDict(dict(path=config.flame_path))
         if stage == "coarse":
             c.init.checkpoint = os.path.join(workdir, "pretrain")
         if stage == "detail":
@@ -154,6 +155,7 @@ def check_config(config) -> None:
     non-empty tuple of STAGES, each once, in their order; config.heldout_faces a count >= 0 (0:
     no held-out pictures; below 0 it ended the job after training with a traceback);
     config.flame_path, when set, a FLAME file the job can use (FlameFileError naming it otherwise);
+    every stage's numeric fields in range (`config_ranges.check_ranges`);
     the showcase's fields (`showcase.check_config`: n_shape above the model's components was
     refused only after training, at the showcase)."""
     stages = tuple(config.stages)
@@ -165,6 +167,11 @@ def check_config(config) -> None:
                                 "the number of held-out faces to picture")
     if config.get("flame_path"):
         paths.require_path(config, "flame_path", "a FLAME npz written by python -m jaxdeca.flame.convert")
+    for stage in stages:  # a bad value in a later stage would otherwise end the job after the earlier ones
+        try:
+            config_ranges.check_ranges(stage_config(config, stage, "WORKDIR"))
+        except paths.ConfigError as e:
+            raise paths.ConfigError(f"stage {stage} (config.stage_defaults, then config.{stage} on top): {e}") from None
     from jaxdeca.apps import showcase
     showcase.check_config(config)  # loads the FLAME file too
 

@@ -50,7 +50,7 @@ import numpy as np
 from absl import logging
 
 from jaxdeca import xla_options
-from jaxdeca.train import checkpoint, metrics, parallel, paths, state as state_lib, steps, workdir_lock
+from jaxdeca.train import checkpoint, config_ranges, metrics, parallel, paths, state as state_lib, steps, workdir_lock
 
 
 class TrainingDiverged(RuntimeError):
@@ -198,6 +198,7 @@ def train(config, workdir: str, task) -> dict[str, Any]:
 
 
 def _train(config, workdir: str, task) -> dict[str, Any]:
+    config_ranges.check_ranges(config)
     tc = config.train
     log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
                                                       ("log_every", "checkpoint_every", "eval_every", "image_every"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from absl import logging
 
-from jaxdeca.train import loop, parallel, paths
+from jaxdeca.train import config_ranges, loop, parallel, paths
 
 TASKS = {"toy": "jaxdeca.train.toy:ToyTask", "pretrain": "jaxdeca.train.deca_coarse:CoarseTask",
          "coarse": "jaxdeca.train.deca_coarse:CoarseTask", "detail": "jaxdeca.train.deca_detail:DetailTask"}
@@ -22,6 +22,7 @@ def make_task(config):
 
 
 def run(config, workdir: str) -> None:
+    config_ranges.check_ranges(config)  # before the task reads its loss weights
     parallel.maybe_initialize_distributed(config.get("coordinator_address"), config.get("num_processes"),
                                           config.get("process_id"))
     out = loop.train(config, workdir, make_task(config))

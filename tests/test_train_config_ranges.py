@@ -1,0 +1,89 @@
+"""Numeric config fields out of range are one ConfigError naming the field (config_ranges), loss
+weights are checked where they are read (losses.defaults.as_weights), and DECA's training-crop
+fields reach the loader."""
+import math
+
+import numpy as np
+import pytest
+
+from configs import coarse, demo, test_toy
+from jaxdeca.losses.defaults import as_weights
+from jaxdeca.train import config_ranges, data, paths
+from jaxdeca.train import demo as demo_lib
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", -1, "config.seed=-1 must be >= 0"),
+    ("optim.learning_rate", 0.0, "config.optim.learning_rate=0.0 must be > 0.0"),
+    ("optim.learning_rate", math.nan, "config.optim.learning_rate=nan must be a finite number"),
+    ("optim.clip_norm", -1.0, "config.optim.clip_norm=-1.0 must be >= 0.0"),
+    ("train.batch_size", 0, "config.train.batch_size=0 must be >= 1"),
+    ("train.num_steps", -1, "config.train.num_steps=-1 must be >= 0"),
+    ("data.image_size", 0, "config.data.image_size=0 must be >= 1"),
+    ("data.num_threads", -1, "config.data.num_threads=-1 must be >= 0"),
+    ("data.eval_batches", -1, "config.data.eval_batches=-1 must be >= 0"),
+    ("data.eval_seed", -2, "config.data.eval_seed=-2 must be >= 0"),
+    ("data.color_jitter", -0.1, "config.data.color_jitter=-0.1 must be >= 0.0"),
+    ("data.scale_min", 0.0, "config.data.scale_min=0.0 must be > 0.0"),
+    ("data.scale_max", 1.0, r"config.data.scale_max=1.0 must be >= config.data.scale_min=1.4"),
+    ("data.trans_scale", math.inf, "config.data.trans_scale=inf must be a finite number"),
+    ("model.init_cam_scale", -8.0, "config.model.init_cam_scale=-8.0 must be > 0.0"),
+    ("loss.lmk", -1.0, r"config.loss: loss weights: lmk=-1.0 must be a finite number >= 0"),
+    ("loss.photo", math.nan, r"config.loss: loss weights: photo=nan must be a finite number >= 0"),
+])
+def test_a_field_out_of_range_is_one_config_error_naming_it(field, value, message):
+    config = coarse.get_config("coarse")
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(paths.ConfigError, match=message):
+        config_ranges.check_ranges(config)
+
+
+def test_the_shipped_configs_are_in_range():
+    for stage in ("pretrain", "coarse", "detail"):
+        config_ranges.check_ranges(coarse.get_config(stage))
+    config_ranges.check_ranges(test_toy.get_config())  # no loss, data or model fields: nothing to check
+    for size in ("", "tiny"):
+        demo_lib.check_config(demo.get_config(size))
+
+
+def test_the_demo_checks_every_stage_before_it_starts():
+    config = demo.get_config("tiny")
+    config.detail.train.num_steps = -1
+    with pytest.raises(paths.ConfigError, match=r"stage detail \(config.stage_defaults, then config.detail on top\): "
+                                                r"config.train.num_steps=-1 must be >= 0"):
+        demo_lib.check_config(config)
+
+
+def test_the_demo_config_has_no_field_the_demo_sets_itself():
+    """stage_config sets the seed, stage, FLAME file and data dir of every stage; the same fields
+    in stage_defaults were silently overwritten, and the jax.distributed ones never read."""
+    d = demo.get_config().stage_defaults
+    for field in ("seed", "mode", "task", "stage", "flame", "coordinator_address", "num_processes", "process_id"):
+        assert field not in d, field
+    assert "data_dir" not in d.data
+    c = demo_lib.stage_config(demo.get_config(), "coarse", "/w")
+    assert (c.seed, c.stage, c.task, c.flame.path, c.data.data_dir) == (0, "coarse", "coarse", None, "/w/data")
+
+
+def test_loss_weights_are_finite_non_negative_numbers_and_switches_bools():
+    assert as_weights({"lmk": np.float32(0.5), "photo": 0, "use_seg": np.bool_(False)})["lmk"] == 0.5
+    for bad, message in [({"lmk": -1.0}, "lmk=-1.0 must be a finite number >= 0"),
+                         ({"id": math.inf}, "id=inf must be"), ({"eyed": "1"}, "eyed='1' must be"),
+                         ({"lipd": True}, "lipd=True must be"), ({"use_seg": 1}, "use_seg=1 must be True or False")]:
+        with pytest.raises(ValueError, match=message):
+            as_weights(bad)
+
+
+def test_the_training_crop_fields_reach_the_loader(monkeypatch):
+    """data.scale_min / scale_max / trans_scale (DECA's dataset fields) were not config fields:
+    the crop was always U[1.4, 1.8] with no shift."""
+    from jaxdeca.data import loader as loader_lib
+    seen = {}
+    monkeypatch.setattr(loader_lib, "tfds_loader", lambda builder, cfg, *a, **k: seen.setdefault("cfg", cfg))
+    config = coarse.get_config("coarse")
+    config.data.update(dict(k=2, scale_min=1.2, scale_max=1.5, trans_scale=0.1))
+    data._tfds_loader(config, 4, 0, 1, "train", 0, builder=object())
+    assert seen["cfg"].scale == (1.2, 1.5) and seen["cfg"].trans_scale == 0.1
+    default = coarse.get_config("coarse").data
+    assert (default.scale_min, default.scale_max, default.trans_scale) == (1.4, 1.8, 0.0)  # DECA's
