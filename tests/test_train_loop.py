@@ -243,6 +243,45 @@ def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("fails", ["save", "wait"])
+def test_a_checkpoint_the_disk_cannot_take_is_one_checkpoint_error_and_the_run_resumes(tmp_path, monkeypatch, fails):
+    """A full disk made orbax's writer tasks fail with tensorstore's ValueError('RESOURCE_EXHAUSTED
+    ...'), raised by the next save or by the final wait, among hundreds of its tracebacks
+    (environment review). It is one CheckpointError naming the folder (jaxdeca.main prints it as
+    an error line); the checkpoints before it are kept and a re-run resumes. Here the storage's
+    failure is raised in orbax's place: the save of step 4, or the wait after it."""
+    import orbax.checkpoint as ocp
+    config = test_toy.get_config()
+    config.train.update(dict(num_steps=4, checkpoint_every=2, eval_every=0, log_every=0))
+    full = ValueError('RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "x/4.orbax-'
+                      'checkpoint-tmp/": Failed to write 711855 bytes to file 7: No space left on device')
+    real_save, real_wait, pending = ocp.CheckpointManager.save, ocp.CheckpointManager.wait_until_finished, []
+
+    def save(self, step, *a, **k):
+        if step != 4:
+            return real_save(self, step, *a, **k)
+        if fails == "save":
+            raise full
+        pending.append(full)  # an async write that failed in the background: its error comes at the wait
+        return True
+
+    def wait(self):
+        real_wait(self)
+        if pending and fails == "wait":
+            raise pending.pop()
+    with monkeypatch.context() as m:
+        m.setattr(ocp.CheckpointManager, "save", save)
+        m.setattr(ocp.CheckpointManager, "wait_until_finished", wait)
+        what = "checkpoint step 4 \\(or the one before it\\)" if fails == "save" else "the last checkpoint started"
+        with pytest.raises(checkpoint.CheckpointError, match=f"{what} could not be written in .*checkpoints "
+                                                             "\\(No space left on device\\); the checkpoints written "
+                                                             "before it are kept"):
+            loop.train(config, str(tmp_path / "r"), ToyTask(config))
+    assert 2 in checkpoint.open_for_reading(str(tmp_path / "r" / "checkpoints")).all_steps()
+    out = loop.train(config, str(tmp_path / "r"), ToyTask(config))  # room again: resumes after step 2
+    assert [s for s, _ in out["losses"]] == [4]
+
+
 def test_an_error_after_a_checkpoint_began_leaves_that_checkpoint_whole(tmp_path):
     """The loop waited for an async checkpoint only when it ended normally: a loader error (or
     Ctrl-C) just after step 10's save began ended the process with the checkpoint still being

@@ -38,7 +38,34 @@ from jaxdeca.train import paths
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint in a directory could be restored."""
+    """No checkpoint in a directory could be restored, or one could not be written."""
+
+
+# what the storage says when the checkpoint folder cannot take a write (tensorstore's statuses
+# come as ValueError / RuntimeError text, a local file system's as OSError)
+_STORAGE_FAILURES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "No space left on device", "Disk quota exceeded",
+                     "Read-only file system")
+
+
+@contextlib.contextmanager
+def write_errors(directory: str, what: str = "a checkpoint"):
+    """Turns a storage failure of orbax writing a checkpoint (a full disk or quota, a folder that
+    became read-only; raised by the save, or by the next save or wait of an async one) into one
+    CheckpointError naming the folder and what is kept. Before, a full disk ended the run in
+    orbax's ValueError among hundreds of tracebacks of its writer tasks."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as e:
+        text = str(e)
+        if isinstance(e, CheckpointError) or not (isinstance(e, OSError) or any(k in text for k in _STORAGE_FAILURES)):
+            raise
+        # the storage's own words when it gives them (tensorstore's text names every file and chunk)
+        reason = next((k for k in _STORAGE_FAILURES[2:] if k in text), None) or \
+            (text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__)
+        raise CheckpointError(
+            f"{what} could not be written in {directory} ({reason}); the checkpoints written before it are "
+            "kept (orbax renames a checkpoint into place only when it is whole): make room and run the same "
+            "command again to resume from the latest") from e
 
 
 def _item_handlers():

@@ -294,11 +294,13 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
         if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
             raise diverged(step, "the state to be checkpointed (params, batch_stats or optimiser state)")
         info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-        if not checkpoint.save(manager, step, saved(state), {"loader": loader.position(), "seed": seed,
-                                                             "stage": config.get("stage", ""),
-                                                             "frozen_from_config": fingerprints,
-                                                             "lr_schedule": state_lib.schedule_info(config),
-                                                             "eval_history": list(eval_history), **info}):
+        extra = {"loader": loader.position(), "seed": seed, "stage": config.get("stage", ""),
+                 "frozen_from_config": fingerprints, "lr_schedule": state_lib.schedule_info(config),
+                 "eval_history": list(eval_history), **info}
+        # an async save's failure surfaces at the next save or at the wait below
+        with checkpoint.write_errors(ckpt_dir, f"checkpoint step {step} (or the one before it)"):
+            started = checkpoint.save(manager, step, saved(state), extra)
+        if not started:
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
 
     stopped, step = None, start
@@ -342,9 +344,12 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                     stopped = step
                     break
         finally:
-            manager.wait_until_finished()
-            manager.close()
-            writer.flush()
+            try:
+                with checkpoint.write_errors(ckpt_dir, "the last checkpoint started"):
+                    manager.wait_until_finished()
+            finally:
+                manager.close()
+                writer.flush()
     if stopped is None and stop.flag:  # a SIGTERM while the last checkpoint was written
         stopped = step
     if stopped is not None:
