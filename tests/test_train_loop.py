@@ -489,6 +489,9 @@ def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset(
     (["--config=configs/test_toy.py", "--workdir="], "error: --workdir is empty"),
     (["--config=configs/test_toy.py", "--workdir=setup.cfg"], "error: --workdir=setup.cfg: cannot be made a folder "
      "(File exists)"),
+    # a Latin-1 name: TensorFlow's ValueError traceback from the TensorBoard writer, the folder made
+    (["--config=configs/test_toy.py", "--workdir=/tmp/toy\udce9"], "error: --workdir=/tmp/toy\\xe9: its path is not "
+     "valid UTF-8"),
     # the demo's stages and FLAME file, checked before its dataset is rendered (a KeyError traceback
     # after it, and a FLAME error after it, before)
     (["--config=configs/demo.py:tiny", "--config.stages=('pretrian',)"], "error: config.stages=('pretrian',) must "
