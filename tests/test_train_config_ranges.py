@@ -27,7 +27,7 @@ from jaxdeca.train import demo as demo_lib
     ("data.scale_min", 0.0, "config.data.scale_min=0.0 must be > 0.0"),
     ("data.scale_max", 1.0, r"config.data.scale_max=1.0 must be >= config.data.scale_min=1.4"),
     ("data.trans_scale", math.inf, "config.data.trans_scale=inf must be a finite number"),
-    ("model.init_cam_scale", -8.0, "config.model.init_cam_scale=-8.0 must be > 0.0"),
+    ("model.init_cam_scale", -8.0, "config.model.init_cam_scale=-8.0 must be >= 0.0"),
     ("loss.lmk", -1.0, r"config.loss: loss weights: lmk=-1.0 must be a finite number >= 0"),
     ("loss.photo", math.nan, r"config.loss: loss weights: photo=nan must be a finite number >= 0"),
 ])
@@ -37,6 +37,18 @@ def test_a_field_out_of_range_is_one_config_error_naming_it(field, value, messag
     (config[section] if section else config)[name] = value
     with pytest.raises(paths.ConfigError, match=message):
         config_ranges.check_ranges(config)
+
+
+def test_bounds_that_mean_off_are_allowed_and_other_tasks_losses_are_their_own():
+    config = coarse.get_config("coarse")
+    config.model.init_cam_scale = 0.0  # DECA's zero init, as None
+    config.optim.clip_norm = 0.0
+    config.loss.photo = 0.0
+    config_ranges.check_ranges(config)
+    toy = test_toy.get_config()  # a task of the user's own, with its own loss section
+    with toy.unlocked():
+        toy.loss = {"mse": 1.0}
+    config_ranges.check_ranges(toy)
 
 
 def test_the_shipped_configs_are_in_range():
@@ -67,10 +79,15 @@ def test_the_demo_config_has_no_field_the_demo_sets_itself():
 
 
 def test_loss_weights_are_finite_non_negative_numbers_and_switches_bools():
-    assert as_weights({"lmk": np.float32(0.5), "photo": 0, "use_seg": np.bool_(False)})["lmk"] == 0.5
+    import jax.numpy as jnp
+    w = as_weights({"lmk": np.float32(0.5), "photo": 0, "id": jnp.float32(0.25), "eyed": np.array(2.0),
+                    "use_seg": np.bool_(False), "use_wlmk": 0, "shape_consistency": 1})
+    assert (w["lmk"], w["photo"], w["id"], w["eyed"]) == (0.5, 0, 0.25, 2.0)
+    assert (w["use_seg"], w["use_wlmk"], w["shape_consistency"]) == (False, False, True)
     for bad, message in [({"lmk": -1.0}, "lmk=-1.0 must be a finite number >= 0"),
                          ({"id": math.inf}, "id=inf must be"), ({"eyed": "1"}, "eyed='1' must be"),
-                         ({"lipd": True}, "lipd=True must be"), ({"use_seg": 1}, "use_seg=1 must be True or False")]:
+                         ({"lipd": True}, "lipd=True must be"), ({"lmk": jnp.float32(-1)}, "lmk=-1.0 must be"),
+                         ({"use_seg": 2}, r"use_seg=2 must be True or False \(or 1 or 0\)")]:
         with pytest.raises(ValueError, match=message):
             as_weights(bad)
 

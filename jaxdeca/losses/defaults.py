@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -57,10 +58,24 @@ def as_weights(weights) -> dict:
     if unknown:
         raise ValueError(f"loss weights: unknown keys {unknown}; known: {sorted(out)}")
     for k, v in given.items():
+        v = _plain(v)
         if isinstance(out[k], bool):
-            if not isinstance(v, (bool, np.bool_)):
-                raise ValueError(f"loss weights: {k}={v!r} must be True or False")
+            if not (isinstance(v, (bool, np.bool_, numbers.Integral)) and v in (0, 1)):
+                raise ValueError(f"loss weights: {k}={v!r} must be True or False (or 1 or 0)")
+            out[k] = bool(v)
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
             raise ValueError(f"loss weights: {k}={v!r} must be a finite number >= 0 (0 switches the term off)")
-    out.update(given)
+        else:
+            out[k] = v
     return out
+
+
+def _plain(v):
+    """A 0-d numpy or jax array as its Python number (weights decide at trace time which terms
+    are computed, so they must be concrete); anything else as it is."""
+    if getattr(v, "shape", None) == () and hasattr(v, "item"):
+        try:
+            return v.item()
+        except jax.errors.ConcretizationTypeError:  # a traced weight: refused below as not a number
+            return v
+    return v

@@ -5,7 +5,8 @@ is one `paths.ConfigError` naming the field, at the start of a run (`loop.train`
 every stage, before the demo builds its dataset (`demo.check_config`). Before, a negative
 weight switched its term off as 0 does, a negative learning rate trained by gradient ascent,
 and a zero batch or image size ended in an IndexError or ZeroDivisionError after the networks
-were built. Fields a config does not have (the toy task's) are not checked.
+were built. Fields a config does not have (the toy task's) are not checked, nor the loss
+weights of a task other than DECA's stages.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import math
 
 from jaxdeca.losses import defaults as loss_defaults
 from jaxdeca.train import paths
+
+DECA_TASKS = ("pretrain", "coarse", "detail")  # whose config.loss holds DECA's weights (losses.defaults)
 
 # (section, field, least, least allowed itself, what the field is)
 _RANGES = (
@@ -28,7 +31,7 @@ _RANGES = (
     ("data", "color_jitter", 0.0, True, "0: no colour jitter"),
     ("data", "scale_min", 0.0, False, "the training crop's least size over the landmark box"),
     ("data", "trans_scale", 0.0, True, "the training crop's largest shift over the landmark box size"),
-    ("model", "init_cam_scale", 0.0, False, "None: DECA's zero init"),
+    ("model", "init_cam_scale", 0.0, True, "0 or None: DECA's zero init"),
 )
 
 
@@ -63,7 +66,7 @@ def check_ranges(config) -> None:
         if _number("config.data.scale_max", hi) < lo:
             raise paths.ConfigError(f"config.data.scale_max={hi!r} must be >= config.data.scale_min={lo!r} "
                                     "(the training crop's size is drawn from [scale_min, scale_max])")
-    if config.get("loss") is not None:
+    if config.get("task") in DECA_TASKS and config.get("loss") is not None:  # other tasks' losses are their own
         try:
             loss_defaults.as_weights(config.loss)
         except ValueError as e:
