@@ -64,7 +64,7 @@ def resize_bilinear(x, size):
 def binary_erosion(mask, size: int = 5):
     """scipy ``binary_erosion(mask != 0, ones((size, size)))`` per image, border value 0.
 
-    mask: [B, H, W] or [B, H, W, 1] (any values; non-zero = True) -> same shape, float 0/1.
+    mask: [B, H, W] or [B, H, W, 1] (any values; non-zero = True) -> same shape and dtype, 0/1.
     Not differentiable by nature: the output is wrapped in stop_gradient.
     """
     squeeze = mask.ndim == 4
