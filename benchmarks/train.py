@@ -2,7 +2,8 @@
 
     python benchmarks/train.py                       # 224 px, ResNet-50, UV 256, batch 8 (DECA's 2 x K=4)
     python benchmarks/train.py --batch 32 --dtype bfloat16 --steps 10
-    python benchmarks/train.py --size 64 --width 0.25 --blocks 1,1,1,1 --uv 64   # the demo config
+    python benchmarks/train.py --size 64 --width 0.25 --blocks 1,1,1,1 --uv 64 --hidden 256 \
+        --batch 16 --no-id --no-mrf                  # the demo config (no pretrained feature nets)
 
 What one step does is exactly the trainer's (`jaxdeca.train.steps.make_train_step` over all
 local devices): coarse = encoder (train-mode BN) -> shape consistency (batch doubled) -> FLAME
