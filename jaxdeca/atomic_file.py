@@ -1,5 +1,5 @@
-"""Output files written whole or not at all: `replacing`, which every writer of the apps'
-and the NoW evaluation's files (and `wavefront.write`) goes through, most of them as
+"""Output files written whole or not at all: `replacing`, which every writer of the apps', the
+NoW evaluation's and the demo's files (and `wavefront.write`) goes through, most of them as
 `open_replacing` (the temporary file opened)."""
 from __future__ import annotations
 

@@ -402,12 +402,33 @@ def test_demo_summary_reads_the_landmark_stages_it_did_not_run(demo_run, tmp_pat
     after = json.loads((demo_run.path / "summary.json").read_text())
     for k in ("landmark_loss_step0", "landmark_loss_final"):
         assert after[k] == before[k]
-    assert "held-out landmark loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out landmark loss" in out and "at the end of each stage: pretrain " in out, out
     ev = lambda v: {demo.LANDMARK_KEY: v}  # noqa: E731
     assert demo.landmark_change({"pretrain": [], "coarse": []}, str(tmp_path)) is None
     assert demo.landmark_change({"pretrain": [(0, ev(0.5)), (4, ev(0.3))], "detail": [(0, {})]},
                                 str(tmp_path)) == (0.5, 0.3)
     assert demo.landmark_change({"coarse": [(0, ev(0.3)), (4, ev(0.4))]}, str(tmp_path)) == (0.3, 0.4)
+    # each landmark stage's last figure too: the coarse stage can end above the pretrain's
+    assert demo.stage_landmark_losses({"pretrain": [(0, ev(0.5)), (4, ev(0.3))], "coarse": [(0, ev(0.3)), (4, ev(0.4))]},
+                                      str(tmp_path)) == {"pretrain": 0.3, "coarse": 0.4}
+    assert set(after["landmark_loss_by_stage"]) == {"pretrain", "coarse"}
+
+
+def test_a_stage_record_cut_short_is_written_again_from_the_checkpoint(demo_run):
+    """<stage>/eval_history.json, which a re-run trusts to skip a finished stage, was written in
+    place: a kill or a full disk left it cut short, and every re-run of the demo then ended in a
+    JSONDecodeError naming no file (interrupted-write review). It is written whole now, and one
+    that cannot be read counts as no record: the stage resumes from its final checkpoint, which
+    trains nothing and gives back its eval history, and the record is written again."""
+    path = demo_run.path / "detail" / "eval_history.json"
+    want = json.loads(path.read_text())
+    path.write_text(path.read_text()[:42])  # what a SIGKILL in json.dump left
+    config = demo_config.get_config("tiny")
+    config.stages = ("detail",)
+    jmain.run_mode(config, str(demo_run.path))
+    got = json.loads(path.read_text())
+    assert got["num_steps"] == want["num_steps"] and got["eval_history"] == want["eval_history"]
 
 
 def test_demo_heldout_faces_zero_pictures_none_and_below_zero_is_refused(demo_run, capsys):

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxdeca import xla_options
+from jaxdeca import atomic_file, xla_options
 from jaxdeca.train import config_ranges, loop, paths, run as run_lib, workdir_lock
 from jaxdeca.train.deca_common import composite
 
@@ -57,12 +57,20 @@ def _history_path(workdir, stage):
 
 
 def _record(workdir, stage) -> dict | None:
-    """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds'}), or None."""
+    """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds'}), or None:
+    also for a record that cannot be read (cut short by a kill or a full disk before records were
+    written whole): the stage then counts as unfinished, resumes from its last checkpoint (which
+    holds its eval history) and writes the record again."""
     path = _history_path(workdir, stage)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
+        logging.warning("%s cannot be read (%s): the stage resumes from its checkpoints", path, e)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def train_stage(config, workdir: str, stage: str) -> list:
@@ -79,7 +87,7 @@ def train_stage(config, workdir: str, stage: str) -> list:
     out = loop.train(c, os.path.join(workdir, stage), run_lib.make_task(c))
     hist = [(int(s), {k: float(v) for k, v in ev.items()}) for s, ev in out["eval_history"]]
     if jax.process_index() == 0:
-        with open(hist_file, "w") as f:
+        with atomic_file.open_replacing(hist_file) as f:  # whole or not at all: a re-run trusts it
             json.dump({"num_steps": int(c.train.num_steps), "eval_history": hist,
                        "seconds": time.time() - t}, f, indent=1)
     print(f"[demo] stage {stage} done in {time.time() - t:.0f} s; held-out {_fmt(hist[-1][1]) if hist else '-'}",
@@ -179,19 +187,35 @@ def check_config(config) -> None:
 LANDMARK_KEY = "eval/landmark_loss"
 
 
-def landmark_change(hist: dict, workdir: str):
-    """(first, last) held-out landmark loss of the landmark stages (pretrain, coarse): the first
-    evaluation of the earliest and the last of the latest, from `hist` ({stage: eval history} of
-    this run) or, for a stage not run this time, its record in the workdir. None when no
-    evaluation holds it (the stages ran with eval_every=0, or only detail ran on a workdir
-    without records)."""
-    found = []
+def _landmark_histories(hist: dict, workdir: str) -> dict:
+    """{stage: [held-out landmark losses in step order]} of the landmark stages (pretrain, coarse)
+    that hold one, from `hist` ({stage: eval history} of this run) or, for a stage not run this
+    time, its record in the workdir."""
+    out = {}
     for stage in ("pretrain", "coarse"):
         h = hist.get(stage)
         if h is None:
             h = (_record(workdir, stage) or {}).get("eval_history")
-        found += [ev[LANDMARK_KEY] for _, ev in h or [] if LANDMARK_KEY in ev]
+        found = [ev[LANDMARK_KEY] for _, ev in h or [] if LANDMARK_KEY in ev]
+        if found:
+            out[stage] = found
+    return out
+
+
+def landmark_change(hist: dict, workdir: str):
+    """(first, last) held-out landmark loss of the landmark stages (pretrain, coarse): the first
+    evaluation of the earliest and the last of the latest (`_landmark_histories`). None when no
+    evaluation holds it (the stages ran with eval_every=0, or only detail ran on a workdir
+    without records)."""
+    found = [v for h in _landmark_histories(hist, workdir).values() for v in h]
     return (found[0], found[-1]) if found else None
+
+
+def stage_landmark_losses(hist: dict, workdir: str) -> dict:
+    """{stage: its last held-out landmark loss} of the landmark stages that hold one. The coarse
+    stage's photometric term trades some landmark accuracy for the photometric fit (configs/demo.py),
+    so the pretrain's figure is reported beside the final one."""
+    return {stage: h[-1] for stage, h in _landmark_histories(hist, workdir).items()}
 
 
 def run(config, workdir: str) -> None:
@@ -211,14 +235,17 @@ def _run(config, workdir: str) -> None:
     summary = {"minutes": (time.time() - t0) / 60.0, "stages": {s: h[-1] if h else None for s, h in hist.items()}}
     if change:
         l0, l1 = change
-        summary.update(landmark_loss_step0=l0, landmark_loss_final=l1, ratio=l0 / max(l1, 1e-12))
+        by_stage = stage_landmark_losses(hist, workdir)
+        summary.update(landmark_loss_step0=l0, landmark_loss_final=l1, ratio=l0 / max(l1, 1e-12),
+                       landmark_loss_by_stage=by_stage)
         trend = f"{l0 / max(l1, 1e-12):.1f}x lower" if l1 <= l0 else f"{l1 / max(l0, 1e-12):.1f}x higher"
+        stages = ", ".join(f"{k} {v:.4f}" for k, v in by_stage.items())
         print(f"\n[demo] held-out landmark loss (DECA's weighted landmark L1 on held-out identities): "
-              f"step 0 {l0:.4f} -> final {l1:.4f} ({trend})")
+              f"step 0 {l0:.4f} -> final {l1:.4f} ({trend}; at the end of each stage: {stages})")
     else:
         print("\n[demo] no held-out landmark loss to report: the pretrain and coarse stages were not evaluated "
               "(config.<stage>.train.eval_every=0)")
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
+    with atomic_file.open_replacing(os.path.join(workdir, "summary.json")) as f:
         json.dump(summary, f, indent=1)
     print(f"[demo] wall time this run {(time.time() - t0) / 60:.1f} min")
     n_obj = sum(f.endswith(".obj") for f in files)
