@@ -104,12 +104,11 @@ def run_mode(config, workdir: str) -> None:
     module_name, fn_name = MODES[config.mode].split(":")
     if not workdir:
         raise paths.ConfigError("--workdir is empty; it must name the folder for the job's outputs")
-    try:  # TensorFlow's event writer (TensorBoard) takes text paths only: a traceback after the folder was made
-        paths.resolve(workdir).encode("utf-8")
-    except UnicodeEncodeError:
-        shown = paths.resolve(workdir).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        raise paths.ConfigError(f"--workdir={shown}: its path is not valid UTF-8 (e.g. a Latin-1 name), which "
-                                "TensorBoard's writer cannot take: use a folder with a UTF-8 path") from None
+    from jaxdeca.data import images
+    resolved = paths.resolve(workdir)
+    if not images.is_utf8(resolved):  # TensorFlow's event writer (TensorBoard) takes text paths only
+        raise paths.ConfigError(f"--workdir={images.shown_name(resolved)}: its path is not valid UTF-8 (e.g. a "
+                                "Latin-1 name), which TensorBoard's writer cannot take: use a folder with a UTF-8 path")
     try:
         paths.makedirs(workdir)
     except OSError as e:  # a file of that name, no permission, a read-only disk

@@ -34,6 +34,12 @@ def is_utf8(name: str) -> bool:
         return False
 
 
+def shown_name(name: str) -> str:
+    """A name as printed: bytes that are not UTF-8 as \\xNN escapes (printing the surrogate
+    escapes Python decodes them to raised UnicodeEncodeError on a UTF-8 stdout)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class BadImage(ValueError):
     """A file that cannot be used as a face image; str() is the reason."""
 

@@ -265,12 +265,6 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
     return rec
 
 
-def _shown(name: str) -> str:
-    """A name as printed: bytes that are not UTF-8 as \\xNN escapes (printing the surrogate
-    escapes Python decodes them to raised UnicodeEncodeError on a UTF-8 stdout)."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def record_path(out_dir: str, rel: str) -> str:
     return os.path.join(out_dir, "records", rel + ".json")
 
@@ -366,12 +360,12 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
                                 (f"; {videos} video file(s): extract their frames first" if videos else ""))
     _claim_output(images_root, out_dir, layout, rels)
     for d, why in unreadable:
-        print(f"{_shown(os.path.join(images_root, d))}: {why}: its images are not prepared", file=sys.stderr)
+        print(f"{images.shown_name(os.path.join(images_root, d))}: {why}: its images are not prepared", file=sys.stderr)
     state = {r: record_state(images_root, out_dir, r) for r in rels}
     todo = [r for r in rels if state[r] != "current"]
     changed = [r for r in todo if state[r] == "changed"]
     if changed:
-        print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {_shown(changed[0])}): "
+        print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {images.shown_name(changed[0])}): "
               "preparing them again", file=sys.stderr)
         # their masks are rewritten in place: an index.jsonl left from before would pair its old
         # landmarks with new masks if this run stopped early; finalise writes it again
@@ -380,7 +374,7 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
             os.remove(index)
     retry = [r for r in todo if state[r] == "retry"]
     if retry:
-        print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read (e.g. {_shown(retry[0])}): "
+        print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read (e.g. {images.shown_name(retry[0])}): "
               "trying them again", file=sys.stderr)
     identities = {r: identity_of(r, layout, celeba) for r in rels}
     tasks = [(images_root, out_dir, r, identities[r]) for r in todo]
@@ -468,7 +462,7 @@ def _write_meta(out_dir, root, layout):
 def _report(rec, bar, unsaved):
     """Prints a bad record; one process_image could not write ('unsaved') goes to `unsaved`."""
     if rec["status"] != "ok":
-        bar.write(f"skip {_shown(rec['path'])}: {rec['reason']}")
+        bar.write(f"skip {images.shown_name(rec['path'])}: {rec['reason']}")
     if rec.pop("unsaved", False):
         unsaved.append(rec)
     bar.update(1)
