@@ -13,7 +13,6 @@ Writes to `<workdir>/showcase/`:
 """
 from __future__ import annotations
 
-import math
 import os
 
 import cv2
@@ -95,8 +94,8 @@ def check_config(config) -> dict:
         _check_int(field, config.get(field), 2, "the showcase varies components 0 and 1")
     blends = config.showcase.get("blends", ())
     try:
-        ok = all(len(b) == 2 and all(not isinstance(x, bool) and render.SMALLEST_SHARPNESS <= float(x) < math.inf
-                 for x in b) for b in blends)
+        ok = all(len(b) == 2 and all(not isinstance(x, bool) and render.sharpness_ok(float(x)) for x in b)
+                 for b in blends)
     except (TypeError, ValueError):
         ok = False
     if not ok:

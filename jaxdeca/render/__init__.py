@@ -7,7 +7,8 @@ from jaxdeca.render.camera import orth_proj, perspective_proj, to_pixels
 from jaxdeca.render.deca import Topology, depth_image, image_geometry, make_topology, render, shade_image, shape_image
 from jaxdeca.render.interpolate import (face_normals, face_vertices, interpolate, interpolate_face_attr,
                                         vertex_normals)
-from jaxdeca.render.rasterize import SMALLEST_SHARPNESS, Fragments, barycentric, front_facing, rasterize
+from jaxdeca.render.rasterize import (SMALLEST_SHARPNESS, Fragments, barycentric, front_facing, rasterize,
+                                      sharpness_ok)
 from jaxdeca.render.soft_blend import soft_blend
 from jaxdeca.render.shading import (SH_CONSTANTS, directional_shading, sh_basis, sh_shading,
                                     vertex_visibility)

@@ -552,6 +552,12 @@ def static_number(name, value):
                         f"argument (static_argnums / static_argnames); each value compiles once") from None
 
 
+def sharpness_ok(value: float, zero_ok: bool = False) -> bool:
+    """Whether `value` is a usable sigma (or soft_blend's gamma): finite and at least
+    SMALLEST_SHARPNESS (below it 1 / value overflows float32), or 0 when `zero_ok` (hard)."""
+    return (zero_ok and value == 0) or SMALLEST_SHARPNESS <= value < math.inf
+
+
 def _default_window():
     """Hard-pass window side: 4 on CPU, 8 on accelerators (4 not measured there).
 
@@ -627,7 +633,7 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     """
     H, W = image_size
     sigma = static_number("sigma", sigma)
-    if not (sigma == 0 or SMALLEST_SHARPNESS <= sigma < math.inf):
+    if not sharpness_ok(sigma, zero_ok=True):
         raise ValueError(f"rasterize needs sigma = 0 or a finite sigma >= {SMALLEST_SHARPNESS:.3g} "
                          f"(float32's smallest normal number: below it 1 / sigma overflows), got {sigma}")
     verts_img = jnp.asarray(verts_img)

@@ -36,7 +36,6 @@ backward (40 MiB), against 11-13 ms and 19-21 ms for `rasterize` + `interpolate`
 images 112-113 ms and 468-474 ms.
 """
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,7 @@ from jaxdeca.render.rasterize import (_block_gather, _block_scatter, _canvas_row
                                       _default_slots, _default_soft_window, _default_window, _from_canvas,
                                       _n_rounds, _offsets, _round_windows, _soft_coefs, _soft_pixels,
                                       _soft_setup, _soft_term_vjp, _finite_faces,
-                                      SMALLEST_SHARPNESS, static_number)
+                                      SMALLEST_SHARPNESS, sharpness_ok, static_number)
 
 
 def _nearness(fv, ox, oy, ok, sigma, z_near, z_far, xs=None):
@@ -301,7 +300,7 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     Returns [B, H, W, C] in attr's dtype promoted to float32 at least.
     """
     sigma, gamma, eps = (static_number(k, x) for k, x in (("sigma", sigma), ("gamma", gamma), ("eps", eps)))
-    if not (SMALLEST_SHARPNESS <= sigma < math.inf and SMALLEST_SHARPNESS <= gamma < math.inf):
+    if not (sharpness_ok(sigma) and sharpness_ok(gamma)):
         raise ValueError(f"soft_blend needs finite sigma and gamma >= {SMALLEST_SHARPNESS:.3g} (float32's "
                          f"smallest normal number: below it 1 / sigma or 1 / gamma overflows), "
                          f"got sigma={sigma}, gamma={gamma}")
