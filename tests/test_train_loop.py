@@ -55,7 +55,8 @@ DRIVER = textwrap.dedent("""
                     time.sleep(0.2)
                 return save(step, *a, **kw)
             def wait_for_writes():
-                if os.environ.get("SIGTERM_IN_LAST_WAIT") and sys._getframe(1).f_code.co_name == "_train":
+                # the loop's final wait: checkpoint.wait called from _train
+                if os.environ.get("SIGTERM_IN_LAST_WAIT") and sys._getframe(2).f_code.co_name == "_train":
                     os.kill(os.getpid(), signal.SIGTERM)  # a time limit while the last checkpoint is written
                     time.sleep(0.2)
                 return wait()

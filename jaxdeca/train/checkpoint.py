@@ -87,14 +87,22 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, extra: dict | No
     """Starts saving `state` (and the JSON-able `extra`) as checkpoint `step`.
 
     Returns whether a save was started. With async saving the write finishes in the
-    background; call `manager.wait_until_finished()` before exiting. A Ctrl-C (SIGINT) while
+    background; call `wait(manager)` before exiting. A Ctrl-C (SIGINT) while
     this call copies the state to host memory is held until the save is handed over, then
     raised: it used to stop orbax half way, leaving `<step>.orbax-checkpoint-tmp` that no wait
     could finish (the run resumed from the checkpoint before).
     """
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {}))
-    with _sigint_held():
+    # an async save's storage failure surfaces at the next save (or at `wait`)
+    with _sigint_held(), write_errors(str(manager.directory), f"checkpoint step {step} (or the one before it)"):
         return manager.save(int(step), args=args, force=force)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """manager.wait_until_finished(), a storage failure of the checkpoint being written as one
+    CheckpointError (`write_errors`)."""
+    with write_errors(str(manager.directory), "the last checkpoint started"):
+        manager.wait_until_finished()
 
 
 @contextlib.contextmanager

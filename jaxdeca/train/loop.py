@@ -281,7 +281,7 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
     all_finite = xla_options.jit(_all_finite)
 
     def diverged(step, what):
-        manager.wait_until_finished()  # the checkpoint being written counts as kept
+        checkpoint.wait(manager)  # the checkpoint being written counts as kept
         kept = sorted(manager.all_steps())
         return TrainingDiverged(
             f"training diverged: {what} at step {step} is not finite (NaN or inf), so it was not saved; "
@@ -297,10 +297,7 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
         extra = {"loader": loader.position(), "seed": seed, "stage": config.get("stage", ""),
                  "frozen_from_config": fingerprints, "lr_schedule": state_lib.schedule_info(config),
                  "eval_history": list(eval_history), **info}
-        # an async save's failure surfaces at the next save or at the wait below
-        with checkpoint.write_errors(ckpt_dir, f"checkpoint step {step} (or the one before it)"):
-            started = checkpoint.save(manager, step, saved(state), extra)
-        if not started:
+        if not checkpoint.save(manager, step, saved(state), extra):
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
 
     stopped, step = None, start
@@ -345,8 +342,7 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                     break
         finally:
             try:
-                with checkpoint.write_errors(ckpt_dir, "the last checkpoint started"):
-                    manager.wait_until_finished()
+                checkpoint.wait(manager)
             finally:
                 manager.close()
                 writer.flush()
