@@ -314,6 +314,54 @@ def test_16_bit_images_scale_to_the_nearest_8_bit_level(tmp_path):
     np.testing.assert_array_equal(out[0, :10], np.stack([np.ones(10, np.uint8), want[::-1], want], -1))
 
 
+def _gradient_rgb():
+    """[120, 100, 3] uint8: a smooth colour picture, mid-grey at (60, 50)."""
+    y, x = np.mgrid[:120, :100]
+    return np.stack([x * 255 // 99, y * 255 // 119, np.full_like(x, 128)], -1).astype(np.uint8)
+
+
+def test_high_bit_avif_and_pnm_levels_scale_to_their_maximum(tmp_path):
+    """OpenCV returns a 10/12-bit AVIF's and a PNM's raw levels (0..1023, 0..4095, 0..maxval)
+    in uint16/uint8, which were read as x / 65535 or x / 255: a 10-bit AVIF photo came out at
+    most level 4 (black; prepare found no face), a 12-bit PGM at most 16."""
+    rgb = _gradient_rgb()
+    for depth in (10, 12):
+        levels = np.round(rgb[..., ::-1].astype(np.float64) * ((1 << depth) - 1) / 255).astype(np.uint16)
+        path = str(tmp_path / f"d{depth}.avif")
+        if not cv2.imwrite(path, levels, [cv2.IMWRITE_AVIF_DEPTH, depth, cv2.IMWRITE_AVIF_QUALITY, 100]):
+            pytest.skip("this OpenCV build writes no AVIF")
+        assert np.abs(images.read_image(path).astype(int) - rgb).mean() < 1.5, depth
+    for maxval in (15, 100, 1023, 4095, 255, 65535):
+        levels = np.round(rgb.astype(np.float64) * maxval / 255)
+        body = levels.astype(">u2").tobytes() if maxval > 255 else levels.astype(np.uint8).tobytes()
+        data = b"P6\n# a comment\n100 120\n%d\n" % maxval + body
+        want = levels / maxval * 255  # by hand: each level's intensity in 8-bit units, to the nearest
+        np.testing.assert_allclose(images.decode_image(data), want, atol=0.5 + 1e-4, err_msg=f"maxval {maxval}")
+        grey = b"P5 100 120 %d\n" % maxval + (levels[..., 0].astype(">u2").tobytes() if maxval > 255 else
+                                              levels[..., 0].astype(np.uint8).tobytes())
+        np.testing.assert_allclose(images.decode_image(grey)[..., 1], want[..., 0], atol=0.5 + 1e-4,
+                                   err_msg=f"maxval {maxval}")
+
+
+def test_avif_rotation_and_rgba_tiff_colours_read_as_stored(tmp_path):
+    """A phone-style AVIF with a rotation box came out sideways (OpenCV ignores it; EXIF
+    orientation of JPEGs is applied). An RGBA TIFF's colours came out multiplied by its alpha
+    (libtiff premultiplies), so a transparent background was black where the PNG of the same
+    pixels keeps its colours: alpha is dropped, as the docstring says, for both now."""
+    from PIL import Image
+    rgb = _gradient_rgb()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(rgb).save(tmp_path / "rot.avif", exif=exif, quality=100)
+    got = images.read_image(str(tmp_path / "rot.avif"))
+    assert got.shape == (100, 120, 3) and np.abs(got.astype(int) - np.rot90(rgb, -1)).mean() < 3
+    alpha = np.zeros((120, 100, 1), np.uint8)
+    alpha[:60] = 128  # the top half half-transparent, the bottom fully transparent
+    for ext in ("png", "tif"):
+        Image.fromarray(np.concatenate([rgb, alpha], -1), "RGBA").save(tmp_path / f"a.{ext}")
+        np.testing.assert_array_equal(images.read_image(str(tmp_path / f"a.{ext}")), rgb, err_msg=ext)
+
+
 def test_exif_orientation_is_applied_by_every_reader(tmp_path):
     """prepare (images.decode_image), the training loader and the apps turn a JPEG upright by
     its EXIF orientation alike, so landmarks and masks made on one read fit the other's pixels."""

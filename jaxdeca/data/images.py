@@ -83,13 +83,59 @@ def _jpeg_truncated(data: bytes) -> bool:
     return True
 
 
+def _pnm_maxval(buf: np.ndarray) -> int | None:
+    """The largest sample value a greymap/pixmap header (P2, P3, P5, P6) declares, or None for
+    other data (a bitmap, P1/P4, has none). buf: the file's bytes as uint8."""
+    head = buf[:512].tobytes()
+    if len(head) < 2 or head[:1] != b"P" or head[1:2] not in b"2356":
+        return None
+    fields = re.sub(rb"#[^\n\r]*", b" ", head[2:]).split()  # width, height, maxval, pixels...
+    return int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+
+
+def _pillow_bgr(buf: np.ndarray, alpha: str) -> np.ndarray | None:
+    """Pillow's decode of `buf` turned upright by its orientation, as 8-bit BGR, when it has
+    the mode `alpha` names ("RGB" takes any), else None; None also when Pillow cannot decode it."""
+    import io
+
+    from PIL import Image, ImageOps
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as im:
+            if alpha != "RGB" and im.mode != alpha:
+                return None
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))[..., ::-1].copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
 def imdecode(data) -> np.ndarray | None:
     """cv2.imdecode keeping bit depth, channels and alpha; a JPEG is turned upright by its EXIF
     orientation, as image viewers and phones show it (8-bit BGR; JPEGs have no alpha).
-    data: bytes or a uint8 array. Returns None when OpenCV cannot decode it."""
+    Where OpenCV's pixels are not the file's, another decode is taken:
+    - AVIF: Pillow, upright by its rotation box, as 8-bit BGR. OpenCV gave a 10- or 12-bit
+      AVIF's levels (0..1023, 0..4095) as uint16, read as x / 65535: a nearly black photo.
+    - a PNM whose maxval is not 255 or 65535: its levels / maxval as float32 (OpenCV returns the
+      raw levels; a 12-bit PGM came out nearly black).
+    - an 8-bit RGBA TIFF: Pillow's stored colours as BGR (OpenCV's libtiff path multiplies the
+      colours by the alpha, so transparent pixels came out black; a PNG keeps them).
+    data: bytes or a uint8 array. Returns None when the file cannot be decoded."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else np.asarray(data, np.uint8)
-    jpeg = buf[:2].tobytes() == b"\xff\xd8"
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    head = buf[:12].tobytes()
+    if head[:2] == b"\xff\xd8":
+        return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if head[4:12] in (b"ftypavif", b"ftypavis"):
+        img = _pillow_bgr(buf, "RGB")
+        return img if img is not None else cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return None
+    maxval = _pnm_maxval(buf)
+    if maxval and maxval not in (255, 65535) and img.dtype in (np.uint8, np.uint16):
+        return img.astype(np.float32) * np.float32(1.0 / maxval)
+    if head[:4] in (b"II*\x00", b"MM\x00*") and img.ndim == 3 and img.shape[2] == 4 and img.dtype == np.uint8:
+        stored = _pillow_bgr(buf, "RGBA")
+        return stored if stored is not None else img
+    return img
 
 
 def to_rgb_uint8(img: np.ndarray) -> np.ndarray:
