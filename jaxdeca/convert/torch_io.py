@@ -8,10 +8,11 @@ numpy arrays and needs no torch.
 from __future__ import annotations
 
 import os
-import pickle
 from typing import Any, Mapping
 
 import numpy as np
+
+from jaxdeca import safe_pickle
 
 
 class ConversionError(ValueError):
@@ -43,7 +44,7 @@ def load_pickle_arrays(path) -> dict:
     _check_exists(path)
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = safe_pickle.load(f)  # numpy arrays only: no code from the file runs
     except Exception as e:
         raise ConversionError(f"{path}: not a readable pickle (truncated or wrong file?): "
                               f"{type(e).__name__}: {e}") from None

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxdeca import xla_options
+from jaxdeca import safe_pickle, xla_options
 from jaxdeca.atomic_file import open_replacing
 from jaxdeca.data import crop as crop_lib
 from jaxdeca.evaluation import now
@@ -52,9 +52,13 @@ def neutral_prediction(flame_model, shape):
 
 
 def read_bbox(path: str):
-    """NoW's detected-face file -> (left, top, right, bottom) floats."""
+    """NoW's detected-face file (np.save of a dict) -> (left, top, right, bottom) floats. Read by
+    safe_pickle: numbers only, no code from the file runs."""
     try:
-        d = np.load(path, allow_pickle=True, encoding="latin1").item()
+        with open(path, "rb") as f:
+            safe_pickle.skip_npy_header(f)
+            d = safe_pickle.load(f)
+        d = d.item() if isinstance(d, np.ndarray) else d
         return tuple(float(d[k]) for k in ("left", "top", "right", "bottom"))
     except Exception as e:  # noqa: BLE001 - any malformed file gets the same message
         raise NowFileError(f"{path}: not a NoW detected-face box file ({e})") from None

@@ -26,7 +26,7 @@ import types
 
 import numpy as np
 
-from jaxdeca import wavefront
+from jaxdeca import safe_pickle, wavefront
 
 # ----------------------------------------------------------------------------- plain npz
 
@@ -96,9 +96,12 @@ INDEX_KEYS = ("faces", "uv_faces", "parents", *LANDMARK_FACE_KEYS)
 def _dtype_problem(a: np.ndarray, integer: bool) -> str | None:
     """What is wrong with the values of a schema array, or None: it must be numeric (bool, int,
     float; not strings, objects or complex numbers), and an `integer` one (indices) may be
-    float only with integral values (the loader casts them; 57.7 would become 57)."""
+    float only with integral values (the loader casts them; 57.7 would become 57). NaN and inf
+    are refused (one NaN in shapedirs made every vertex NaN, far from the file)."""
     if a.dtype.kind not in "biuf":
         return "expected a numeric array"
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        return f"expected finite numbers, found {np.count_nonzero(~np.isfinite(a))} NaN or inf"
     if integer and a.dtype.kind == "f" and not np.array_equal(a, np.round(a)):
         return "expected integer indices"
     return None
@@ -186,11 +189,15 @@ class _SparseShim:
     def __setstate__(self, state):
         self.state = state
 
+    def shape(self) -> tuple:
+        """The shape the pickle declares (checked before `toarray` builds it)."""
+        return tuple(int(n) for n in self.state.get("_shape", self.state.get("shape")))
+
     def toarray(self) -> np.ndarray:
         import scipy.sparse as sp
 
         st = self.state
-        shape = tuple(st.get("_shape", st.get("shape")))
+        shape = self.shape()
         if self.fmt == "coo":  # newer SciPy pickles the indices as 'coords', older as row/col
             row, col = st["coords"] if "coords" in st else (st["row"], st["col"])
             return sp.coo_matrix((st["data"], (row, col)), shape=shape).toarray()
@@ -216,8 +223,8 @@ class _Storage:
 
 def _storage_unpickler(f, load_record):
     """Unpickler for the inner stream of a torch.save: storages come through persistent ids
-    ('storage', storage_type, key, location, numel[, view_metadata]); load_record(key, dtype)
-    returns the flat numpy storage (or a placeholder filled later)."""
+    ('storage', storage_type, key, location, numel[, view_metadata]); load_record(key, dtype,
+    numel) returns the flat numpy storage (or a placeholder filled later)."""
 
     class U(_OfficialUnpickler):
         def find_class(self, module, name):
@@ -231,7 +238,7 @@ def _storage_unpickler(f, load_record):
             if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
                 raise pickle.UnpicklingError(f"unsupported torch persistent id {pid!r:.80}")
             dtype = pid[1] if not isinstance(pid[1], str) else np.uint8
-            st = load_record(str(pid[2]), np.dtype(dtype))
+            st = load_record(str(pid[2]), np.dtype(dtype), int(pid[4]))
             view = pid[5] if len(pid) > 5 else None
             if view is not None:  # old torch: (view_key, offset, size) of a shared storage
                 _, off, n = view
@@ -267,10 +274,10 @@ def _torch_legacy_storage(data: bytes) -> np.ndarray:
         return _torch_zip_storage(data)
     f = _io.BytesIO(data)
     for _ in range(3):  # magic number, protocol version, system info
-        pickle.load(f)
+        safe_pickle.load(f)
     storages: dict[str, _Storage] = {}
-    root = _storage_unpickler(f, lambda key, dt: storages.setdefault(key, _Storage(dt))).load()
-    keys = pickle.load(f)
+    root = _storage_unpickler(f, lambda key, dt, numel: storages.setdefault(key, _Storage(dt))).load()
+    keys = safe_pickle.load(f)
     for key in keys:
         n = int(np.frombuffer(f.read(8), "<i8")[0])
         st = storages[str(key)]
@@ -289,14 +296,32 @@ def _torch_zip_storage(data: bytes):
     order = "<"
     if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() == b"big":
         order = ">"
-    root = _storage_unpickler(_io.BytesIO(z.read(pkl)), lambda key, dt: np.frombuffer(
-        z.read(f"{prefix}data/{key}"), dt.newbyteorder(order)).astype(dt)).load()
+
+    def load_record(key, dt, numel):
+        # torch.save stores each storage uncompressed and whole; checked before reading, so that a
+        # crafted member cannot inflate to more than the file holds
+        info = z.getinfo(f"{prefix}data/{key}")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != numel * dt.itemsize:
+            raise pickle.UnpicklingError(f"storage {info.filename} holds {info.file_size} bytes "
+                                         f"{'compressed' if info.compress_type else 'stored'}, expected "
+                                         f"{numel * dt.itemsize} stored ({numel} x {dt})")
+        return np.frombuffer(z.read(info), dt.newbyteorder(order)).astype(dt)
+
+    root = _storage_unpickler(_io.BytesIO(z.read(pkl)), load_record).load()
     return root if isinstance(root, np.ndarray) or not hasattr(root, "data") else _flat(root)
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    """torch._utils._rebuild_tensor(_v2) -> a numpy array (copy) with torch's strides."""
+    """torch._utils._rebuild_tensor(_v2) -> a numpy array (copy) with torch's strides; a size,
+    stride or offset reaching outside the storage is an UnpicklingError (as_strided would read
+    other memory, or crash)."""
     flat = _flat(storage)
+    size, stride, offset = tuple(int(n) for n in size), tuple(int(n) for n in stride), int(offset)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride))  # the last element's index
+    if len(size) != len(stride) or offset < 0 or min((*size, *stride), default=0) < 0 or (
+            0 not in size and last >= flat.size):
+        raise pickle.UnpicklingError(f"tensor of size {size}, stride {stride}, offset {offset} reaches outside "
+                                     f"its storage of {flat.size} elements")
     if len(size) == 0:
         return flat[offset].copy()
     item = flat.dtype.itemsize
@@ -307,16 +332,15 @@ class _TensorType:
     """Placeholder for torch.Tensor referenced by `_rebuild_from_type_v2`."""
 
 
-class _OfficialUnpickler(pickle.Unpickler):
-    """Maps chumpy classes to a shim and torch tensors to numpy, without importing either."""
+class _OfficialUnpickler(safe_pickle.Unpickler):
+    """Maps chumpy classes to a shim and torch tensors to numpy, without importing either; other
+    globals are safe_pickle's (numpy arrays, dicts; no code runs)."""
 
     def find_class(self, module, name):
         if module == "chumpy" or module.startswith("chumpy."):
             return _ChumpyShim
         if module.startswith("scipy.sparse") and name in ("csc_matrix", "csr_matrix", "coo_matrix"):
             return _SPARSE_SHIMS[name[:3]]
-        if module == "numpy.core" or module.startswith("numpy.core."):  # Python-2 / NumPy-1 pickles
-            module = "numpy._core" + module[len("numpy.core"):]
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return _rebuild_tensor
         if module == "torch.storage" and name == "_load_from_bytes":
@@ -338,15 +362,8 @@ def _unpickle(path: str, what: str):
     try:
         with open(path, "rb") as f:
             if path.endswith(".npy"):
-                magic = f.read(6)
-                if magic != b"\x93NUMPY":
-                    raise pickle.UnpicklingError("not an .npy file")
-                major = f.read(2)[0]
-                hlen = int.from_bytes(f.read(2 if major == 1 else 4), "little")
-                header = f.read(hlen).decode("latin1")
-                if "'O'" not in header and '"O"' not in header and "|O" not in header:
-                    raise pickle.UnpicklingError(f"expected a pickled object array, header {header.strip()}")
-            obj = _OfficialUnpickler(f, encoding="latin1").load()
+                safe_pickle.skip_npy_header(f)
+            obj = safe_pickle.load(f, _OfficialUnpickler)
     except FlameFileError:
         raise
     except Exception as e:  # noqa: BLE001 -- truncated/corrupt/wrong file: one clear message
@@ -358,7 +375,10 @@ def _unpickle(path: str, what: str):
     return obj
 
 
-def _array(d: dict, key: str, where: str) -> np.ndarray:
+def _array(d: dict, key: str, where: str, sparse_shape: tuple | None = None) -> np.ndarray:
+    """d[key] as a numpy array (chumpy and scipy-sparse stand-ins converted); a sparse matrix
+    declaring another shape than `sparse_shape` is refused before it is made dense (a small file
+    declaring (5, 10^9) took gigabytes)."""
     if key not in d:
         raise FlameFileError(f"{where}: missing key '{key}'")
     v = d[key]
@@ -366,16 +386,19 @@ def _array(d: dict, key: str, where: str) -> np.ndarray:
         return v.to_array(key, where)
     if hasattr(v, "toarray"):  # scipy sparse (or its shim)
         try:
-            return np.asarray(v.toarray())
-        except (KeyError, TypeError, ValueError) as e:
+            declared = v.shape() if isinstance(v, _SparseShim) else None
+            if sparse_shape is None or declared in (None, sparse_shape):
+                return np.asarray(v.toarray())
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise FlameFileError(f"{where}: key '{key}' is a malformed sparse matrix ({e})") from None
+        raise FlameFileError(f"{where}: key '{key}' has shape {declared}, expected {sparse_shape}")
     return np.asarray(v)
 
 
-def _numeric(d: dict, key: str, where: str, dtype) -> np.ndarray:
+def _numeric(d: dict, key: str, where: str, dtype, sparse_shape: tuple | None = None) -> np.ndarray:
     """`_array` cast to `dtype`; a value that is no numeric array (a string, a dict, None...) or,
     for an integer dtype, holds non-integral floats is a FlameFileError naming the key."""
-    a = _array(d, key, where)
+    a = _array(d, key, where, sparse_shape)
     problem = _dtype_problem(a, np.issubdtype(dtype, np.integer))
     if problem:
         raw = d[key]
@@ -413,12 +436,13 @@ def read_generic_model_pkl(path: str) -> dict:
     parents = kintree[0].copy()
     parents[0] = -1
     check_parents(parents, path)
+    v_template = _numeric(d, "v_template", path, np.float32)
     out = dict(
-        v_template=_numeric(d, "v_template", path, np.float32),
+        v_template=v_template,
         shapedirs=np.ascontiguousarray(shapedirs[:, :, :300]),
         exprdirs=np.ascontiguousarray(shapedirs[:, :, 300:]),
         posedirs=_numeric(d, "posedirs", path, np.float32),
-        J_regressor=_numeric(d, "J_regressor", path, np.float32),
+        J_regressor=_numeric(d, "J_regressor", path, np.float32, (J, len(v_template)) if v_template.ndim else None),
         parents=parents.astype(np.int32),
         lbs_weights=_numeric(d, "weights", path, np.float32),
         faces=_numeric(d, "f", path, np.int32),
