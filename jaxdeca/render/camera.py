@@ -28,7 +28,9 @@ def perspective_proj(verts, focal, principal, image_size):
     verts: [B, V, 3] camera space (visible points have z < 0); focal: [B] or [B, 2] in
     pixels; principal: [B, 2] pixels (x, y); image_size: (H, W).
     Returns [B, V, 3] in the same image space as `orth_proj` ([-1, 1], y down,
-    z = distance along the view axis, smaller is nearer). A point at or behind the camera
+    z = distance along the view axis, smaller is nearer); rasterize it with
+    `rasterize(..., perspective=True)`, which interpolates 1 / z (the quantity that is affine
+    on screen) for its depth test, barycentrics and depth. A point at or behind the camera
     (z >= 0) comes out NaN, with zero gradient: `rasterize` leaves out every face with such a
     vertex (there is no near-plane clipping). Divided through, it landed mirrored on the image
     with a negative depth, so it was drawn and hid everything in front of the camera.

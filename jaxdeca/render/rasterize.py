@@ -18,6 +18,10 @@ canvas as [S, S] blocks (one scatter/gather index per window).
 * Hard pass (no gradients): each window pixel inside its face gives a depth; a scatter-min
   (`.at[].min`) builds the z-buffer, and a second scatter-min over the pixels whose depth
   equals the buffer picks the lowest face index on ties (as a sequential z-test would).
+  A tie is exact equality of the computed depths: faces of constant depth (UV maps) tie
+  exactly, but copies of a sloped face (a double-sided mesh, its corners in another order)
+  can differ in the last bit, so either copy may win a pixel, and the winner can change
+  with `window`.
   Barycentrics and depth of the winning face are then recomputed from its differentiable
   vertices by a gather, so gradients reach vertex positions through barycentrics
   (nvdiffrast-style interior gradients); their VJP is written out (`_hit_geometry_bwd`) and
@@ -590,11 +594,18 @@ def _default_slots(n_faces, window):
 
 
 def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=None, slots=None,
-              batch_size=None, cull_backfaces=False):
+              batch_size=None, cull_backfaces=False, perspective=False):
     """Rasterize a batch of meshes given in DECA image space.
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
       transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
+    perspective: False for an orthographic camera (DECA's `orth_proj`): z is affine in screen
+      space and is interpolated with the screen-space barycentrics. True for `perspective_proj`'s
+      output, whose z is the view distance d > 0: under a pinhole camera 1 / d is the affine
+      quantity, so the z-test runs on -1 / d and bary and depth come out perspective-correct
+      (the barycentrics of the surface point seen at the pixel centre, depth its distance).
+      Interpolating d itself showed faces hidden behind a receding one and gave depths several
+      times too large.
     sigma: soft-coverage sharpness in pixel^2 (0 -> alpha is the hard mask; else finite and at
       least SMALLEST_SHARPNESS, float32's smallest normal number, 1.18e-38). A Python number,
       static under jit (it sets the soft pass's window size): each value compiles once.
@@ -612,7 +623,7 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
       accelerators, which then run all images' faces in parallel instead of looping over
       the images.
     window, soft_window, slots: speed knobs only (results do not depend on them or on
-      batch_size): side in pixels of the per-face windows of the hard pass (default 4 on
+      batch_size, but for the winner among copies of a face; module docstring): side in pixels of the per-face windows of the hard pass (default 4 on
       CPU, 8 on accelerators) and of the soft pass (default: `window` plus the soft radius on
       both sides, rounded up to a multiple of 8), and windows processed per round in both passes
       (default: all faces of the group plus 25%, at most 2^19 pixels per round on CPU and
@@ -637,8 +648,13 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
         raise ValueError(f"rasterize needs sigma = 0 or a finite sigma >= {SMALLEST_SHARPNESS:.3g} "
                          f"(float32's smallest normal number: below it 1 / sigma overflows), got {sigma}")
     verts_img = jnp.asarray(verts_img)
-    v_pix = to_pixels(verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32)), (H, W))
+    verts_img = verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32))
     faces = jnp.asarray(faces, jnp.int32)
+    if perspective:  # the z-buffer on -1 / d, then the barycentrics made perspective-correct
+        inverse = jnp.concatenate([verts_img[..., :2], -1.0 / verts_img[..., 2:3]], -1)
+        frags = rasterize(inverse, faces, image_size, sigma, window, soft_window, slots, batch_size, cull_backfaces)
+        return _perspective_correct(frags, verts_img[..., 2], faces)
+    v_pix = to_pixels(verts_img, (H, W))
     window = int(window) if window else _default_window()
     soft_window = int(soft_window) if soft_window else _default_soft_window(float(sigma), window)
     run = functools.partial(_rasterize_batch, H=H, W=W, sigma=sigma, window=window,
@@ -650,6 +666,25 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
         return jax.shard_map(run, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes),
                              check_vma=False)(v_pix, faces)
     return run(v_pix, faces)
+
+
+def _perspective_correct(frags, distance, faces):
+    """Fragments rasterized on -1 / d (screen-space affine under a pinhole camera) -> the
+    barycentrics and depth of the surface point at each pixel centre.
+
+    distance: [B, V] view distances d of the vertices. With b_k the screen-space barycentrics,
+    the surface point's are b_k / d_k / q and its distance 1 / q, q = sum_k b_k / d_k (the
+    interpolated 1 / d). Plain jnp: autodiff differentiates it, and `rasterize`'s own VJP the
+    screen-space part."""
+    hit = frags.face_index >= 0
+    vid = faces[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
+    d = jax.vmap(lambda dist, v: dist[v])(distance, vid)
+    d = jnp.where(hit[..., None], d, 1.0)  # background (face 0's corners, maybe NaN) out of the sums
+    w = frags.bary / d
+    q = jnp.where(hit, w.sum(-1), 1.0)
+    bary = jnp.where(hit[..., None], w / q[..., None], 0.0)
+    depth = jnp.where(hit, 1.0 / q, 0.0)
+    return dataclasses.replace(frags, bary=bary, depth=depth)
 
 
 def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batch_size, cull):
