@@ -380,3 +380,101 @@ def test_checkpoints_record_the_flame_file_as_an_absolute_path(tmp_path, monkeyp
     config = test_coarse.get_config("coarse")
     config.flame.path = "flame.npz"
     assert CoarseTask(config).checkpoint_info()["flame_path"] == str(tmp_path / "flame.npz")
+
+
+@pytest.fixture(scope="module")
+def other_flame_pretrain(tmp_path_factory):
+    """(FLAME npz, workdir): a 1-step pretrain trained with another FLAME file than the demo
+    head (its template 20% larger)."""
+    from jaxdeca import flame
+    d = tmp_path_factory.mktemp("other_flame")
+    demo = dict(np.load(flame.DEMO_HEAD))
+    np.savez(d / "other_flame.npz", **dict(demo, v_template=demo["v_template"] * 1.2))
+    config = test_coarse.get_config("pretrain")
+    config.train.update(dict(num_steps=1, eval_every=0))
+    config.flame.path = str(d / "other_flame.npz")
+    loop.train(config, str(d / "pretrain"), run.make_task(config))
+    return d / "other_flame.npz", d / "pretrain"
+
+
+def test_resume_with_another_flame_is_refused_and_a_moved_copy_resumes(other_flame_pretrain, tmp_path, monkeypatch):
+    """A workdir trained with config.flame.path and resumed without it (or with another file)
+    went on silently: the later steps trained the codes on the demo head and the workdir's
+    record then named the demo head, so the apps decoded it with that one (flame_path was left
+    out of the resume check as a path, since the same file may lie elsewhere). The FLAME's arrays
+    are fingerprinted: another FLAME is one ConfigError naming the checkpoint, the FLAME it was
+    trained with and the flag to pass, the checkpoints left as they were; the same file moved
+    elsewhere resumes, and a checkpoint saved without the fingerprint (before it was recorded)
+    resumes as before."""
+    import shutil
+    from jaxdeca.train import deca_common, export
+    other, pre = other_flame_pretrain
+    w = shutil.copytree(pre, tmp_path / "w")
+    trained = export.load_inference(str(w))[1]["flame_path"]
+    assert trained == str(other)
+    config = test_coarse.get_config("pretrain")
+    config.train.update(dict(num_steps=2, eval_every=0))
+    with pytest.raises(paths.ConfigError) as e:
+        loop.train(config, str(w), run.make_task(config))
+    assert str(e.value) == (f"{w / 'checkpoints'}: checkpoint step 1 was trained with FLAME {trained!r}, but this run "
+                            "has the embedded demo head (config.flame.path unset), another FLAME (v_template differs): "
+                            f"its codes would mean other shapes; resume with --config.flame.path={trained}, or use "
+                            "another workdir"), str(e.value)
+    assert sorted(d for d in (w / "checkpoints").iterdir() if d.name.isdigit()) == [w / "checkpoints" / "1"]
+    moved = tmp_path / "moved.npz"
+    moved.write_bytes(other.read_bytes())
+    config.flame.path = str(moved)
+    info = deca_common.DecaParts.checkpoint_info
+    with monkeypatch.context() as m:  # step 2 saved as before the fingerprint was recorded
+        m.setattr(deca_common.DecaParts, "checkpoint_info",
+                  lambda self: {k: v for k, v in info(self).items() if k != "flame_fingerprint"})
+        assert [s for s, _ in loop.train(config, str(w), run.make_task(config))["losses"]] == [2]
+    assert export.load_inference(str(w))[1]["flame_path"] == str(moved)
+    config.flame.path = None  # nothing recorded to check it against: resumed as before
+    assert loop.train(config, str(w), run.make_task(config))["losses"] == []
+
+
+def test_stage_started_from_another_flame_is_refused(other_flame_pretrain):
+    """A coarse stage started from a pretrain workdir (config.init.checkpoint), or a detail stage
+    from a coarse one (config.init.coarse_checkpoint), without the config.flame.path it was
+    trained with went on silently: it trained (or, detail, read) the previous stage's codes on
+    the demo head, and recorded the demo head as its FLAME. It is one ConfigError naming the
+    field, the FLAME the checkpoint was trained with and the flag to pass; the same FLAME starts."""
+    import jax
+    other, pre = other_flame_pretrain
+    for stage, field in (("coarse", "init.checkpoint"), ("detail", "init.coarse_checkpoint")):
+        config = test_coarse.get_config(stage)
+        config.init[field.split(".")[1]] = str(pre)
+        with pytest.raises(paths.ConfigError) as e:
+            run.make_task(config).init_variables(jax.random.key(0))
+        assert str(e.value) == (f"config.{field}={str(pre)!r} (checkpoint step 1) was trained with FLAME "
+                                f"{str(other)!r}, but this stage has the embedded demo head (config.flame.path "
+                                "unset), another FLAME (v_template differs): its codes would mean other shapes; "
+                                f"start it with --config.flame.path={other}, the FLAME of the stage it starts "
+                                "from"), str(e.value)
+    config = test_coarse.get_config("coarse")
+    config.init.checkpoint = str(pre)
+    config.flame.path = str(other)
+    params, _, _ = run.make_task(config).init_variables(jax.random.key(0))
+    assert "E_flame" in params
+
+
+def test_resume_with_another_model_names_it_before_the_schedule(other_flame_pretrain, tmp_path):
+    """A resume with another config.model.width and another learning-rate schedule (or a cosine
+    schedule's num_steps) was refused for the schedule alone, checked before the checkpoint was
+    restored, while the model's fields were checked after it (a changed width: a mismatch of
+    the state's shapes): fixing the schedule only led to the next error. The model's fields are
+    checked first, and named."""
+    import shutil
+    other, pre = other_flame_pretrain
+    w = shutil.copytree(pre, tmp_path / "w")
+    config = test_coarse.get_config("pretrain")
+    config.train.update(dict(num_steps=2, eval_every=0))
+    config.flame.path = str(other)
+    config.optim.schedule = "cosine"
+    config.model.width = 0.25
+    with pytest.raises(paths.ConfigError) as e:
+        loop.train(config, str(w), run.make_task(config))
+    assert str(e.value) == (f"{w / 'checkpoints'}: checkpoint step 1 was trained with other values of the model's "
+                            "fields: config.model.width=0.25 (the checkpoint's 0.125); resume with the values it was "
+                            "trained with, or use another workdir"), str(e.value)

@@ -54,7 +54,8 @@ class CoarseTask(deca_common.DecaParts):
         set, else initialised from `rng` (its ResNet from config.init.imagenet when set)."""
         if "init" in self.config and self.config.init.get("checkpoint"):
             paths.require_path(self.config, "init.checkpoint", "the workdir of the stage this one starts from")
-            v = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config, "init.checkpoint")
+            v = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config, "init.checkpoint",
+                                                     flame_fingerprint=self.flame_fingerprint)
         else:
             v = deca_common.with_imagenet_backbone(self.init_net("E_flame", rng), deca_common.imagenet_path(self.config))
             if self.model.get("init_cam_scale"):

@@ -12,6 +12,8 @@ scale is used as it is; 'abs': its absolute value, see `camera_codes`).
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +103,8 @@ def resume_fields(info: dict) -> dict:
     {'model.cam_scale': 'raw', 'model.dtype': 'float32', ..., 'data.image_size': 224}: what the
     networks compute (config.model, data.image_size) and what their codes mean (cam_scale).
     Left out: model.init_cam_scale (only a fresh init reads it) and flame_path (the same FLAME
-    file may lie elsewhere on another machine). A field the checkpoint predates is absent."""
+    file may lie elsewhere on another machine: the FLAME is compared by its arrays' fingerprint,
+    `check_same_flame`). A field the checkpoint predates is absent."""
     out = {f"model.{k}": v for k, v in (info.get("model") or {}).items() if k != "init_cam_scale"}
     if "image_size" in info:
         out["data.image_size"] = info["image_size"]
@@ -110,6 +113,51 @@ def resume_fields(info: dict) -> dict:
 
 def flame_path(config):
     return config.flame.get("path") if "flame" in config else None
+
+
+def flame_fingerprint(model) -> dict:
+    """{array name: loop.fingerprint} of a FlameModel's arrays (template, shape / expression
+    basis, pose correctives, skinning, faces, landmark embedding): what the codes a stage learns
+    mean, whatever path the file was read from. One per array: a sum over all of them would hide
+    a changed template (sum |v| ~ 1e3) under the faces' indices (~ 1e8)."""
+    from jaxdeca.train import loop
+    return {p[-1].name: loop.fingerprint(x) for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
+
+
+def flame_name(path: str | None) -> str:
+    """How a message names a recorded or configured FLAME (None: the demo head)."""
+    return repr(path) if path else "the embedded demo head"
+
+
+def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str, start: bool = False) -> None:
+    """Refuses (ConfigError) to go on from the checkpoint `where` (info: its checkpoint_info, or
+    export.load_inference's) when it was trained with another FLAME than this run's (config.flame.path
+    `path`, its arrays' `fingerprint`): a resume, or a stage started from it (`start`), would go on
+    training the codes on other shapes, and record this run's FLAME as the one the workdir was
+    trained with (the apps decode it with that one). The fingerprints are compared, not the
+    paths: the same file moved or copied elsewhere goes on. A checkpoint written before the
+    fingerprint was recorded is not checked."""
+    saved = info.get("flame_fingerprint")
+    if not isinstance(saved, dict):
+        return
+    differs = [k for k in fingerprint if k not in saved or not np.allclose(saved[k], fingerprint[k], rtol=1e-6, atol=0)]
+    differs += [k for k in saved if k not in fingerprint]
+    if not differs:
+        return
+    trained = info.get("flame_path")
+    now = f"config.flame.path={path!r}" if path else "the embedded demo head (config.flame.path unset)"
+    same_path = (paths.resolve(path) if path else None) == trained
+    if same_path:
+        fix = (f"{flame_name(trained)} has changed since: restore the file it was trained with" if trained else
+               "the embedded demo head has changed since (another jaxdeca version)") + ", or use another workdir"
+    else:
+        flag = f"--config.flame.path={trained}" if trained else "config.flame.path unset (the embedded demo head)"
+        fix = (f"start it with {flag}, the FLAME of the stage it starts from" if start
+               else f"resume with {flag}, or use another workdir")
+    arrays = ", ".join(sorted(differs)) + (" differs" if len(differs) == 1 else " differ")
+    raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)}, but this "
+                            f"{'stage' if start else 'run'} has {now}, another FLAME ({arrays}): its codes "
+                            f"would mean other shapes; {fix}")
 
 
 class DecaParts:
@@ -138,18 +186,27 @@ class DecaParts:
         """What a reader of the checkpoint needs to rebuild the networks (saved in 'extra')."""
         return {"model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.model.items()},
                 # absolute: the apps read it from wherever they run (a relative path named another file there)
-                "image_size": self.size, "flame_path": paths.resolve(self.flame_path) if self.flame_path else None}
+                "image_size": self.size, "flame_path": paths.resolve(self.flame_path) if self.flame_path else None,
+                # the FLAME itself, wherever its file lies: a resume or a later stage checks it (check_same_flame)
+                "flame_fingerprint": self.flame_fingerprint}
+
+    @functools.cached_property
+    def flame_fingerprint(self) -> dict:
+        """flame_fingerprint of this stage's FLAME (computed once: every checkpoint records it)."""
+        return flame_fingerprint(self.flame)
 
     def check_resume(self, extra: dict, where: str) -> None:
         """Refuses (ConfigError) to resume the checkpoint `where` whose `extra` (the checkpoint_info
-        it was saved with) holds other values of the fields that make the model (resume_fields):
-        the run would go on training, and its checkpoints record, another model."""
+        it was saved with) holds other values of the fields that make the model (resume_fields),
+        or was trained with another FLAME (check_same_flame): the run would go on training, and
+        its checkpoints record, another model."""
         saved, now = resume_fields(extra), resume_fields(self.checkpoint_info())
         diffs = [f"config.{k}={now[k]!r} (the checkpoint's {saved[k]!r})"
                  for k in now if k in saved and saved[k] != now[k]]
         if diffs:
             raise paths.ConfigError(f"{where} was trained with other values of the model's fields: {', '.join(diffs)}; "
                                     "resume with the values it was trained with, or use another workdir")
+        check_same_flame(extra, self.flame_path, self.flame_fingerprint, where)
 
     @property
     def frozen_from_config(self) -> tuple:
@@ -332,10 +389,12 @@ def checked_like(template: dict, loaded: dict, where: str, hint: str | None = No
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
 
-def previous_stage_encoder(template: dict, config, field: str, frozen: bool = False) -> dict:
+def previous_stage_encoder(template: dict, config, field: str, frozen: bool = False,
+                           flame_fingerprint: dict | None = None) -> dict:
     """The E_flame variables of the stage workdir config.<field> names (e.g. 'init.checkpoint'),
     cast onto `template` (checked_like). A folder that holds no trained stage (the previous stage
-    never ran, or another folder), another network, or another config.model.cam_scale (the
+    never ran, or another folder), another network, another config.model.cam_scale or another
+    FLAME than this stage's (fingerprint `flame_fingerprint`, DecaParts.flame_fingerprint; the
     checkpoint's checkpoint_info; see check_start_fields), or for an encoder `frozen` in this
     stage another config.data.image_size, is one ConfigError naming the field."""
     path = config
@@ -345,11 +404,13 @@ def previous_stage_encoder(template: dict, config, field: str, frozen: bool = Fa
         variables, info = export.load_inference(path)
     except FileNotFoundError as e:
         raise paths.ConfigPathError(f"config.{field}={path!r} holds no trained stage ({e})") from None
-    check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})", frozen)
+    check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})", frozen,
+                       flame_fingerprint)
     return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)")
 
 
-def check_start_fields(info: dict, config, where: str, frozen: bool = False) -> None:
+def check_start_fields(info: dict, config, where: str, frozen: bool = False,
+                       flame_fingerprint: dict | None = None) -> None:
     """Refuses (ConfigError) to start a stage from the previous stage's checkpoint `where`
     (info: export.load_inference's, the checkpoint's model fields with DECA's defaults where it
     predates them) when it was trained with another config.model.cam_scale: the encoder's scale
@@ -361,7 +422,11 @@ def check_start_fields(info: dict, config, where: str, frozen: bool = False) -> 
     checked_like's. When this stage keeps the encoder `frozen` (the detail stage's coarse
     encoder), config.data.image_size must be the checkpoint's too: the encoder would read faces
     at another scale than it learned and never adapt. A stage that trains it further (coarse
-    from pretrain) may change the size: landmarks and camera are in [-1, 1] image units."""
+    from pretrain) may change the size: landmarks and camera are in [-1, 1] image units. The
+    FLAME (config.flame.path, its arrays' `flame_fingerprint` when given) must be the checkpoint's
+    (check_same_flame): the encoder's codes mean shapes of that head. Only the path was
+    recorded and, as the same file may lie elsewhere, not compared, so a stage started without
+    config.flame.path trained the previous stage's codes on the demo head and recorded that one."""
     saved = info["model"].get("cam_scale") or "raw"
     now = model_config(config).get("cam_scale") or "raw"
     if saved != now:
@@ -373,3 +438,5 @@ def check_start_fields(info: dict, config, where: str, frozen: bool = False) -> 
         raise paths.ConfigError(f"{where} was trained with config.data.image_size={saved_size}, but this stage has "
                                 f"config.data.image_size={size}: its encoder, frozen here, would read faces at another "
                                 "scale than it learned; use the image size of the stage it starts from")
+    if flame_fingerprint is not None:
+        check_same_flame(info, flame_path(config), flame_fingerprint, where, start=True)

@@ -55,7 +55,8 @@ class DetailTask(deca_common.DecaParts):
         _, k2, k3 = jax.random.split(rng, 3)  # the first key was the frozen encoder's, now read, not initialised
         paths.require_path(self.config, "init.coarse_checkpoint", COARSE_WHY)
         coarse = deca_common.previous_stage_encoder(self.net_template("E_flame"), self.config,
-                                                    "init.coarse_checkpoint", frozen=True)
+                                                    "init.coarse_checkpoint", frozen=True,
+                                                    flame_fingerprint=self.flame_fingerprint)
         enc = deca_common.with_imagenet_backbone(self.init_net("E_detail", k2), deca_common.imagenet_path(self.config))
         return self._variables(coarse, enc, self.init_net("D_detail", k3))
 

@@ -63,14 +63,16 @@ def inference_variables(path: str) -> dict:
 def load_inference(path: str) -> tuple[dict, dict]:
     """(network variables, info) of a trained stage; info = {'stage', 'step', 'model' (the
     architecture fields of config.model, DECA's defaults when the checkpoint predates them),
-    'image_size', 'flame_path'}: what `jaxdeca.apps` needs to rebuild and run the networks."""
+    'image_size', 'flame_path', 'flame_fingerprint' (None when the checkpoint predates it)}: what
+    `jaxdeca.apps` needs to rebuild and run the networks, and a later stage checks."""
     s = load_stage(path)
     from jaxdeca.train.deca_common import DEFAULT_MODEL
     extra = s["extra"]
     model = dict(DEFAULT_MODEL, **(extra.get("model") or {}))
     model["blocks"] = tuple(int(b) for b in model["blocks"])
     info = {"stage": s["stage"], "step": s["step"], "model": model,
-            "image_size": int(extra.get("image_size", 224)), "flame_path": extra.get("flame_path")}
+            "image_size": int(extra.get("image_size", 224)), "flame_path": extra.get("flame_path"),
+            "flame_fingerprint": extra.get("flame_fingerprint")}
     return _networks(path, s), info
 
 

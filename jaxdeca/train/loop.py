@@ -33,9 +33,10 @@ resume restores onto the state's shapes, dtypes and shardings (`abstract_state`:
 and the optimiser's init traced by jax.eval_shape), so it initialises and compiles nothing the
 checkpoint overwrites (for DECA a network init is a compile of its forward pass). A
 checkpoint saved by another stage (config.stage), one the task's check_resume refuses (DECA:
-another config.model or image size), one of another learning-rate schedule (config.optim.schedule:
-another optimiser state; checked before its state is restored), or one of a cosine schedule resumed
-with another config.train.num_steps (`state.check_schedule_resume`: the rate would jump), is refused.
+another config.model, image size or FLAME), one of another learning-rate schedule (config.optim.schedule:
+another optimiser state), or one of a cosine schedule resumed with another config.train.num_steps
+(`state.check_schedule_resume`: the rate would jump), is refused, in that order, before its state
+is restored.
 A second job started on a workdir in use is refused (`workdir_lock`).
 """
 from __future__ import annotations
@@ -167,6 +168,15 @@ def _check_fingerprints(saved, now, ckpt_dir, step):
                              f"{now[k]}; resume with the same files or start a new workdir")
 
 
+def _check_stage(extra: dict, config, where: str) -> None:
+    """ConfigError when the checkpoint `where` was saved by another stage (config.stage)."""
+    saved_stage, stage = str(extra.get("stage") or ""), str(config.get("stage", "") or "")
+    if saved_stage and saved_stage != stage:
+        raise paths.ConfigError(f"{where} is of stage {saved_stage!r} but config.stage={stage!r}; use another "
+                                "--workdir for this stage (a later stage starts from an earlier one through "
+                                "config.init.*)")
+
+
 def _check_seed(extra: dict, seed: int, where: str) -> None:
     """ConfigError when the checkpoint `where` was trained with another config.seed: the data
     stream (and the synthetic data) is a function of the seed, so it cannot go on from there.
@@ -224,8 +234,15 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
     if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
         template, from_config = abstract_state(task, optimizer, seed, mesh)
 
-        def check_extra(step, extra):  # before restoring: the schedule (its optimiser state differs too), the seed
+        def check_extra(step, extra):
+            """Before restoring: the stage and the task's model fields first (a changed network
+            was refused for another num_steps of its cosine schedule, or as a mismatch of the
+            state's shapes, not for its cause), then the schedule (its optimiser state differs
+            too) and the seed."""
             where = f"{ckpt_dir}: checkpoint step {step}"
+            _check_stage(extra, config, where)
+            if hasattr(task, "check_resume"):
+                task.check_resume(extra, where)
             state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, where)
             _check_seed(extra, seed, where)
         restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True,
@@ -240,14 +257,7 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
     eval_history = []
     start = 0
     if restored is not None:
-        start, state, extra = restored
-        saved_stage, stage = str(extra.get("stage") or ""), str(config.get("stage", "") or "")
-        if saved_stage and saved_stage != stage:
-            raise paths.ConfigError(f"{ckpt_dir}: checkpoint step {start} is of stage {saved_stage!r} but "
-                                    f"config.stage={stage!r}; use another --workdir for this stage (a later "
-                                    "stage starts from an earlier one through config.init.*)")
-        if hasattr(task, "check_resume"):
-            task.check_resume(extra, f"{ckpt_dir}: checkpoint step {start}")
+        start, state, extra = restored  # its stage, task fields, schedule and seed checked (check_extra)
         state = parallel.replicate(state, mesh)
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         state = state.replace(frozen={**state.frozen, **parallel.replicate(from_config, mesh)})
