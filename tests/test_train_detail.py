@@ -2,6 +2,8 @@
 frozen coarse encoder, stage export, tfds data source, config path errors, the demo job."""
 import json
 import os
+import re
+import shutil
 from types import SimpleNamespace
 
 import jax
@@ -446,3 +448,110 @@ def test_demo_heldout_faces_zero_pictures_none_and_below_zero_is_refused(demo_ru
     config.heldout_faces = -1
     with pytest.raises(paths.ConfigError, match=r"config.heldout_faces=-1 must be 0"):
         jmain.run_mode(config, str(demo_run.path))
+
+
+def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage(tmp_path):
+    """A finished stage counted as finished whenever its record's num_steps was the config's: a
+    re-run with another learning rate, loss weight, seed, model or data dir skipped it silently
+    (a changed model then failed with a flax traceback in export_heldout), and one after its
+    starting stage had trained again kept the stage trained from the old one. check_finished
+    skips a stage only when its recorded config (workdir paths as WORKDIR/..., the logging and
+    checkpoint cadence left out) and the id of the stage it started from are the ones of now, and
+    refuses a finished one that differs with a ConfigError naming the fields, since training it
+    again would resume its checkpoints; a record without a config (written before records held
+    one) is refused too."""
+    from jaxdeca.train import demo
+    w = str(tmp_path / "w")
+    base = demo_config.get_config("tiny")
+    want = demo.recorded_config(base, "coarse", w)
+    pre = {"id": "p1"}
+    record = {"num_steps": 2, "eval_history": [], "config": want, "started_from": {"stage": "pretrain", "id": "p1"}}
+
+    def check(config, rec=record, previous=pre, trained_before=False):
+        return demo.check_finished(w, "coarse", rec, demo.recorded_config(config, "coarse", w), previous,
+                                   trained_before)
+
+    def changed(**fields):
+        c = demo_config.get_config("tiny")
+        with c.unlocked():
+            for dotted, v in fields.items():
+                *parent, leaf = dotted.split("__")
+                node = c
+                for p in parent:
+                    node = node[p]
+                node[leaf] = v
+        return c
+
+    assert check(base) is True
+    assert check(changed(stage_defaults__train__log_every=7, stage_defaults__train__checkpoint_every=1)) is True
+    assert check(base, previous=None) is True  # the starting stage's folder is gone: nothing to compare
+    for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
+                          ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
+                          ({"seed": 5}, "seed 0 -> 5"),
+                          ({"stage_defaults__model__hidden": 32}, "model.hidden 64 -> 32"),
+                          ({"data_dir": str(tmp_path / "other")}, "data.data_dir \"WORKDIR/data\" -> "),
+                          ({"coarse__train__num_steps": 1}, "train.num_steps 2 -> 1")]:
+        with pytest.raises(paths.ConfigError, match=r"^stage coarse in .*w/coarse is finished but it was trained "
+                           r"with another config \(.*" + re.escape(named) + r".*remove .*w/coarse, or use another "
+                           r"--workdir$"):
+            check(changed(**fields))
+    assert check(changed(coarse__train__num_steps=5)) is False  # a larger num_steps goes on from the checkpoint
+    with pytest.raises(paths.ConfigError, match=r"from another pretrain stage than .*w/pretrain holds now"):
+        check(base, previous={"id": "p2"})
+    with pytest.raises(paths.ConfigError, match=r"from the pretrain stage before that trained again in this run"):
+        check(base, trained_before=True)
+    with pytest.raises(paths.ConfigError, match=r"written by an earlier jaxdeca that did not record the stage's "
+                       r"config"):
+        check(base, rec={"num_steps": 2, "eval_history": []})  # the previous version's record
+    assert check(base, rec=None) is False and check(base, rec=None, trained_before=True) is False
+    (tmp_path / "w" / "coarse" / "checkpoints" / "2").mkdir(parents=True)
+    (tmp_path / "w" / "detail").mkdir()
+    with pytest.raises(paths.ConfigError, match=r"its checkpoints were started from the pretrain stage before it "
+                       r"trained again in this run.*remove .*w/coarse and the stages after it \(.*w/detail\)"):
+        check(base, rec=None, trained_before=True)
+    # the workdir's own paths are recorded relative to it: a moved workdir is the same
+    for data_dir in (None, "DATA"):
+        got = []
+        for root in (tmp_path / "a", tmp_path / "b"):
+            c = demo_config.get_config("tiny")
+            with c.unlocked():
+                c.data_dir = data_dir and str(root / "w" / data_dir)
+            got.append(demo.recorded_config(c, "detail", str(root / "w")))
+        assert got[0] == got[1] and got[0]["init"]["coarse_checkpoint"] == "WORKDIR/coarse"
+
+
+def test_demo_rerun_refuses_a_finished_stage_trained_otherwise(demo_run, tmp_path, capsys):
+    """The demo re-run on a finished workdir with --config.coarse.optim.learning_rate=1e-2 exited 0
+    having skipped every stage (logged at INFO only, not on the console). The skip is a console
+    line now, and the changed stage a ConfigError before anything trains. A workdir moved
+    elsewhere still skips its stages; a starting stage whose record is written again from its
+    final checkpoint (a cut-short record) keeps the stages after it finished, one that trained
+    again does not."""
+    from jaxdeca.train import demo
+    config = demo_config.get_config("tiny")
+    config.stages = ("pretrain", "coarse")
+    config.coarse.optim.learning_rate = 1e-2
+    with pytest.raises(paths.ConfigError, match=r"stage coarse in .* is finished but it was trained with another "
+                       r"config \(optim.learning_rate 0.0001 -> 0.01; .*remove .*coarse and the stages after it"):
+        jmain.run_mode(config, str(demo_run.path))
+    assert "[demo] stage pretrain already finished with this config" in capsys.readouterr().out
+    w = tmp_path / "moved"
+    shutil.copytree(demo_run.path, w, ignore=shutil.ignore_patterns("detail", "heldout", "showcase"))
+    (w / "pretrain" / "eval_history.json").unlink()  # written again from its final checkpoint
+    config = demo_config.get_config("tiny")
+    config.stages = ("pretrain", "coarse")
+    jmain.run_mode(config, str(w))
+    out = capsys.readouterr().out
+    assert "stage pretrain: 120 steps" in out and "[demo] stage coarse already finished" in out, out
+    train = loop.train
+
+    def trains_a_step(c, workdir, task):  # as a pretrain trained again: a step logged
+        return {**train(c, workdir, task), "losses": [(120, 0.5)]}
+    (w / "pretrain" / "eval_history.json").unlink()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(loop, "train", trains_a_step)
+        with pytest.raises(paths.ConfigError, match=r"stage coarse .* trained from the pretrain stage before that "
+                           r"trained again in this run"):
+            jmain.run_mode(config, str(w))
+    assert json.loads((w / "coarse" / "eval_history.json").read_text())["started_from"]["stage"] == "pretrain"
+    assert demo.previous_stage("detail") == "coarse"

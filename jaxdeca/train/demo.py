@@ -11,13 +11,20 @@
   3. write pictures and OBJ exports of held-out faces to WORKDIR/heldout and the renderer
      showcase to WORKDIR/showcase, and print the held-out landmark loss at step 0 and at the end.
 
-A killed demo re-run with the same WORKDIR resumes: the dataset is reused, finished stages are
-skipped, the running stage continues from its last checkpoint.
+A killed demo re-run with the same WORKDIR resumes: the dataset is reused, the running stage
+continues from its last checkpoint, and a finished stage is skipped when its record
+(<stage>/eval_history.json) holds the config this run gives it and the identity of the stage it
+started from (`check_finished`). A finished stage whose config or starting stage has changed since,
+or one after a stage that trained in this run, stops the job with a ConfigError naming the fields
+that differ (its checkpoints would be resumed, not retrained): remove WORKDIR/<stage> and the
+stages after it, or use another WORKDIR. Only a larger train.num_steps goes on from a finished
+stage (as a re-run of the loop does; the stages after it are then refused).
 A second demo started on a WORKDIR in use is refused (`jaxdeca.train.workdir_lock`).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import time
@@ -57,7 +64,8 @@ def _history_path(workdir, stage):
 
 
 def _record(workdir, stage) -> dict | None:
-    """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds'}), or None:
+    """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds', 'config',
+    'config_fingerprint', 'started_from', 'weights', 'id'}: `_write_record`), or None:
     also for a record that cannot be read (cut short by a kill or a full disk before records were
     written whole): the stage then counts as unfinished, resumes from its last checkpoint (which
     holds its eval history) and writes the record again."""
@@ -73,26 +81,167 @@ def _record(workdir, stage) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def train_stage(config, workdir: str, stage: str) -> list:
-    """Trains one stage (or reads a finished one's record); returns its eval history."""
+# config.train fields that only decide when the loop logs, saves and draws, not what it trains:
+# left out of a stage's recorded config, so that changing them does not call for a retrain
+_CADENCE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints", "image_every")
+
+
+def recorded_config(config, stage: str, workdir: str) -> dict:
+    """The stage config (`stage_config`) as a finished stage's record holds it, to tell on a re-run
+    whether the stage was trained with the config it is given now: JSON's types (tuples as lists),
+    without the _CADENCE_FIELDS, and with the paths the demo derives from the workdir (the data
+    dir, by default or when config.data_dir lies under the workdir; the previous stage's folder)
+    written as WORKDIR/..., so that a workdir moved or named by another path is the same."""
+    c = stage_config(config, stage, "WORKDIR").to_dict()
+    if config.data_dir:
+        c["data"]["data_dir"] = _portable_path(config.data_dir, workdir)
+    for field in _CADENCE_FIELDS:
+        c["train"].pop(field, None)
+    return json.loads(json.dumps(c, sort_keys=True, default=repr))
+
+
+def _portable_path(path: str, workdir: str) -> str:
+    """`path` as WORKDIR/<relative path> when it lies in the workdir, else as an absolute path."""
+    full, root = os.path.realpath(path), os.path.realpath(workdir)
+    if os.path.commonpath([full, root]) == root:
+        return os.path.normpath(os.path.join("WORKDIR", os.path.relpath(full, root)))
+    return full
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """The dotted keys whose values differ between two recorded configs (one missing from either
+    counts), in order."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, KeyError) != b.get(k, KeyError))
+
+
+def _shown(value) -> str:
+    text = "(not set)" if value is KeyError else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def previous_stage(stage: str) -> str | None:
+    """The stage `stage` starts from (its encoder): None for pretrain."""
+    i = STAGES.index(stage)
+    return STAGES[i - 1] if i else None
+
+
+def _has_checkpoints(workdir: str, stage: str) -> bool:
+    ckpts = os.path.join(workdir, stage, "checkpoints")
+    return os.path.isdir(ckpts) and bool(os.listdir(ckpts))
+
+
+def check_finished(workdir: str, stage: str, record: dict | None, config: dict, previous: dict | None,
+                   trained_before: bool) -> bool:
+    """Whether `stage` is finished and is skipped (True) or is to be trained (False: started,
+    resumed from its checkpoints or, with a larger train.num_steps only, continued), from its
+    record in the workdir (None: none, or unreadable), the recorded config it is given now
+    (`recorded_config`), the record of the stage it starts from as the workdir holds it now
+    (None: pretrain, or that stage is gone), and whether a stage before it trained in this run.
+
+    Before, a record with the config's num_steps was enough: a re-run with another learning rate,
+    loss weight, seed, model or data dir, or after the stage before it had trained again, skipped
+    the stage silently (and a changed model then failed with a traceback in export_heldout); a
+    finished stage that does not match stops the job with a ConfigError instead, since training it
+    again over its checkpoints would resume them. A record written before records held their
+    config (no 'config') is refused too: nothing tells that it was trained with this one."""
+    prev = previous_stage(stage)
+    if record is None:
+        if trained_before and _has_checkpoints(workdir, stage):
+            _refuse(workdir, stage, [f"its checkpoints were started from the {prev} stage before it trained "
+                                     "again in this run"], finished=False)
+        return False
+    if "config" not in record:
+        _refuse(workdir, stage, [f"{_history_path(workdir, stage)} was written by an earlier jaxdeca that did not "
+                                 "record the stage's config, so it cannot be told whether it was trained with "
+                                 "this one"])
+    reasons = []
+    if trained_before:
+        reasons.append(f"it was trained from the {prev} stage before that trained again in this run")
+    elif previous is not None and (record.get("started_from") or {}).get("id") != previous.get("id"):
+        reasons.append(f"it was trained from another {prev} stage than {os.path.join(workdir, prev)} holds now")
+    diff = config_differences(record["config"], config)
+    if not reasons and diff == ["train.num_steps"] and \
+            int(config["train"]["num_steps"]) > int(record["config"]["train"]["num_steps"]):
+        return False  # train for longer: the loop goes on from its last checkpoint
+    if diff:
+        old, new = _flatten(record["config"]), _flatten(config)
+        shown = [f"{k} {_shown(old.get(k, KeyError))} -> {_shown(new.get(k, KeyError))}" for k in diff[:4]]
+        more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
+        reasons.insert(0, f"it was trained with another config ({', '.join(shown)}{more}; config.stage_defaults "
+                          f"with config.{stage} on top)")
+    if reasons:
+        _refuse(workdir, stage, reasons)
+    if record.get("num_steps") != int(config["train"]["num_steps"]):  # a record edited by hand
+        return False
+    return True
+
+
+def _refuse(workdir: str, stage: str, reasons: list[str], finished: bool = True):
+    """The ConfigError of check_finished: the stage, why, and what to remove."""
+    later = [os.path.join(workdir, s) for s in STAGES[STAGES.index(stage) + 1:]
+             if os.path.exists(os.path.join(workdir, s))]
+    also = f" and the stages after it ({', '.join(later)})" if later else ""
+    state = "is finished" if finished else "is not finished"
+    raise paths.ConfigError(f"stage {stage} in {os.path.join(workdir, stage)} {state} but {'; '.join(reasons)}: "
+                            f"training it would resume its checkpoints, not start it over; remove "
+                            f"{os.path.join(workdir, stage)}{also}, or use another --workdir")
+
+
+def train_stage(config, workdir: str, stage: str, trained_before: bool = False) -> tuple[list, bool]:
+    """Trains one stage (or reads a finished one's record, `check_finished`); returns its eval
+    history and whether it trained any step in this run. trained_before: whether a stage before it
+    trained in this run (a finished record of this one is then refused)."""
     c = stage_config(config, stage, workdir)
     hist_file = _history_path(workdir, stage)
-    record = _record(workdir, stage)
-    if record is not None and record.get("num_steps") == int(c.train.num_steps):
-        logging.info("stage %s already finished (%s); skipping", stage, hist_file)
-        return record["eval_history"]
+    record, want = _record(workdir, stage), recorded_config(config, stage, workdir)
+    prev = previous_stage(stage)
+    previous = _record(workdir, prev) if prev else None
+    if check_finished(workdir, stage, record, want, previous, trained_before):
+        print(f"[demo] stage {stage} already finished with this config ({hist_file}); skipping", flush=True)
+        return record["eval_history"], False
     t = time.time()
     print(f"[demo] stage {stage}: {c.train.num_steps} steps of batch {c.train.batch_size} at "
           f"{c.data.image_size} px", flush=True)
     out = loop.train(c, os.path.join(workdir, stage), run_lib.make_task(c))
     hist = [(int(s), {k: float(v) for k, v in ev.items()}) for s, ev in out["eval_history"]]
     if jax.process_index() == 0:
-        with atomic_file.open_replacing(hist_file) as f:  # whole or not at all: a re-run trusts it
-            json.dump({"num_steps": int(c.train.num_steps), "eval_history": hist,
-                       "seconds": time.time() - t}, f, indent=1)
+        _write_record(hist_file, int(c.train.num_steps), hist, time.time() - t, want, prev, previous,
+                      out["state"])
     print(f"[demo] stage {stage} done in {time.time() - t:.0f} s; held-out {_fmt(hist[-1][1]) if hist else '-'}",
           flush=True)
-    return hist
+    # the loop logs the last step of any training (loop.due), so no loss logged = no step trained
+    # (a record cut short, written again from the final checkpoint)
+    return hist, bool(out["losses"])
+
+
+def _write_record(hist_file, num_steps, hist, seconds, want, prev, previous, state) -> None:
+    """The finished stage's record, whole or not at all (a re-run trusts it): with the config it
+    was trained with, the id of the stage it started from, and its own id, a digest of those and
+    of its weights (`loop.fingerprint`: one stage record written again from the same checkpoint
+    keeps its id, one trained again gets another, and the stages started from it are refused)."""
+    started_from = {"stage": prev, "id": (previous or {}).get("id")} if prev else None
+    fp = _digest(want)
+    weights = loop.fingerprint({"params": state.params, "batch_stats": state.batch_stats})
+    record = {"num_steps": num_steps, "eval_history": hist, "seconds": seconds, "config": want,
+              "config_fingerprint": fp, "started_from": started_from, "weights": weights,
+              "id": _digest([fp, started_from, weights])}
+    with atomic_file.open_replacing(hist_file) as f:
+        json.dump(record, f, indent=1)
 
 
 def _fmt(ev: dict) -> str:
@@ -227,7 +376,10 @@ def _run(config, workdir: str) -> None:
     t0 = time.time()
     check_config(config)
     build_data(config, workdir)
-    hist = {stage: train_stage(config, workdir, stage) for stage in config.stages}
+    hist, trained = {}, False
+    for stage in config.stages:  # a stage after one that trained is never skipped (check_finished)
+        hist[stage], trained_now = train_stage(config, workdir, stage, trained)
+        trained = trained or trained_now
     files = export_heldout(config, workdir) if "detail" in hist and int(config.heldout_faces) else []
     from jaxdeca.apps import showcase
     showcase.run(config, workdir)
