@@ -9,8 +9,10 @@ dataset metadata so the loader can sample K images of one identity without readi
 
     info.metadata["groups"]["train"] = [[identity_int, first_index, count], ...]
 
-With 50 or more identities, every 50th identity goes to a 'test' split instead (held-out
-identities for the trainer's eval pass); `synthetic_faces` configs name their held-out count.
+With 50 or more identities, about one in 50 goes to a 'test' split instead (held-out identities
+for the trainer's eval pass), chosen by a hash of its name (`heldout_identities`), so that a
+rebuild with more identities keeps the ones held out before; `synthetic_faces` configs name their
+held-out count.
 
 Features: image (JPEG bytes; original JPEG bytes when the file was a clean 8-bit RGB JPEG
 stored upright, re-encoded otherwise), landmarks [68, 2] float32 pixels, mask (PNG, 255 = skin), identity
@@ -148,12 +150,26 @@ def _groups(identities):
     return out
 
 
-HELDOUT_EVERY = 50  # identity_faces: every 50th identity (2%) forms the 'test' split
+HELDOUT_EVERY = 50  # identity_faces: one identity in 50 (2%) forms the 'test' split
 
 
-def heldout_identities(n_identities: int) -> set:
-    """Identity ints of the held-out 'test' split: every HELDOUT_EVERY-th (none below 50)."""
-    return set(range(HELDOUT_EVERY - 1, n_identities, HELDOUT_EVERY))
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big")
+
+
+def heldout_identities(names) -> set:
+    """Names of the identities of the held-out 'test' split: those whose name hashes to 0 modulo
+    HELDOUT_EVERY (about 2%), or, when none does, the one of the smallest hash; none below
+    HELDOUT_EVERY identities. Chosen by name, not by rank: every 50th of the sorted names moved
+    when one name was added before them (a re-prepare that recovered a file, then --rebuild), so
+    a resumed run evaluated on identities it had trained on and trained on the held-out ones.
+    Now an added identity can only join 'test' itself (or, in the fallback, take the place of
+    the one held-out identity)."""
+    names = list(names)
+    if len(names) < HELDOUT_EVERY:
+        return set()
+    held = {n for n in names if _name_hash(n) % HELDOUT_EVERY == 0}
+    return held or {min(names, key=_name_hash)}
 
 
 @dataclasses.dataclass
@@ -212,10 +228,10 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
         entries.sort(key=lambda e: (ids[e[0]], e[1]))
         self.info.metadata["identities"] = names
         self.info.metadata["index_sha256"] = index_digest(root)  # what `build` compares on a re-run
-        held = heldout_identities(len(names))
-        splits = {"train": [e for e in entries if ids[e[0]] not in held]}
+        held = heldout_identities(names)
+        splits = {"train": [e for e in entries if e[0] not in held]}
         if held:  # identities never trained on, for the trainer's held-out landmark error
-            splits["test"] = [e for e in entries if ids[e[0]] in held]
+            splits["test"] = [e for e in entries if e[0] in held]
         del entries
         self.info.metadata["groups"] = {k: _groups([ids[e[0]] for e in v]) for k, v in splits.items()}
         return {k: self._generate_examples(root, images_root, index, v, ids) for k, v in splits.items()}
