@@ -341,6 +341,12 @@ def test_high_bit_avif_and_pnm_levels_scale_to_their_maximum(tmp_path):
                                               levels[..., 0].astype(np.uint8).tobytes())
         np.testing.assert_allclose(images.decode_image(grey)[..., 1], want[..., 0], atol=0.5 + 1e-4,
                                    err_msg=f"maxval {maxval}")
+        # ASCII ones: OpenCV scales those of maxval < 256 itself (scaled again, they came out white)
+        text = b"P3\n100 120\n%d\n" % maxval + " ".join(str(int(x)) for x in levels.reshape(-1)).encode() + b"\n"
+        np.testing.assert_allclose(images.decode_image(text), want, atol=1 + 1e-4, err_msg=f"ASCII maxval {maxval}")
+    # a binary greymap whose first pixels are whitespace bytes (9-13, 32) is read by its header too
+    flat = np.full((120, 100), 32, np.uint8)
+    np.testing.assert_allclose(images.decode_image(b"P5 100 120 100\n" + flat.tobytes()), 32 / 100 * 255, atol=0.5)
 
 
 def test_avif_rotation_and_rgba_tiff_colours_read_as_stored(tmp_path):

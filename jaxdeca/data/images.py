@@ -90,7 +90,7 @@ def _pnm_maxval(buf: np.ndarray) -> int | None:
     if len(head) < 2 or head[:1] != b"P" or head[1:2] not in b"2356":
         return None
     fields = re.sub(rb"#[^\n\r]*", b" ", head[2:]).split()  # width, height, maxval, pixels...
-    return int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+    return int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
 
 
 def _pillow_bgr(buf: np.ndarray, alpha: str) -> np.ndarray | None:
@@ -115,7 +115,7 @@ def imdecode(data) -> np.ndarray | None:
     - AVIF: Pillow, upright by its rotation box, as 8-bit BGR. OpenCV gave a 10- or 12-bit
       AVIF's levels (0..1023, 0..4095) as uint16, read as x / 65535: a nearly black photo.
     - a PNM whose maxval is not 255 or 65535: its levels / maxval as float32 (OpenCV returns the
-      raw levels; a 12-bit PGM came out nearly black).
+      raw levels of binary ones, and of ASCII ones above 255; a 12-bit PGM came out nearly black).
     - an 8-bit RGBA TIFF: Pillow's stored colours as BGR (OpenCV's libtiff path multiplies the
       colours by the alpha, so transparent pixels came out black; a PNG keeps them).
     data: bytes or a uint8 array. Returns None when the file cannot be decoded."""
@@ -130,7 +130,8 @@ def imdecode(data) -> np.ndarray | None:
     if img is None:
         return None
     maxval = _pnm_maxval(buf)
-    if maxval and maxval not in (255, 65535) and img.dtype in (np.uint8, np.uint16):
+    ascii_8bit = head[1:2] in (b"2", b"3") and maxval is not None and maxval < 256  # OpenCV scales these itself
+    if maxval and maxval not in (255, 65535) and not ascii_8bit and img.dtype in (np.uint8, np.uint16):
         return img.astype(np.float32) * np.float32(1.0 / maxval)
     if head[:4] in (b"II*\x00", b"MM\x00*") and img.ndim == 3 and img.shape[2] == 4 and img.dtype == np.uint8:
         stored = _pillow_bgr(buf, "RGBA")

@@ -81,9 +81,13 @@ def _record(workdir, stage) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-# config.train fields that only decide when the loop logs, saves and draws, not what it trains:
-# left out of a stage's recorded config, so that changing them does not call for a retrain
-_CADENCE_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints", "image_every")
+# fields that decide when the loop logs, saves, draws and evaluates, and how fast it reads data,
+# not what it trains: left out of a stage's recorded config, so that changing them (more read
+# threads on a bigger machine) does not stop a re-run at a finished stage. A finished stage's
+# record keeps the eval history measured when it trained.
+_CADENCE_FIELDS = {"train": ("log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints", "image_every",
+                             "eval_every"),
+                   "data": ("num_threads", "eval_batches")}
 
 
 def recorded_config(config, stage: str, workdir: str) -> dict:
@@ -95,8 +99,9 @@ def recorded_config(config, stage: str, workdir: str) -> dict:
     c = stage_config(config, stage, "WORKDIR").to_dict()
     if config.data_dir:
         c["data"]["data_dir"] = _portable_path(config.data_dir, workdir)
-    for field in _CADENCE_FIELDS:
-        c["train"].pop(field, None)
+    for group, fields in _CADENCE_FIELDS.items():
+        for field in fields:
+            c[group].pop(field, None)
     return json.loads(json.dumps(c, sort_keys=True, default=repr))
 
 
