@@ -25,6 +25,11 @@ Paths the user supplies (each a config field; a missing one is one clear error a
                         creates an encoder: pretrain (or a coarse stage without init.checkpoint)
                         for E_flame, detail for E_detail
 
+data.config is one dataset (default VGGFace2 alone) or several built in data.data_dir, read as
+their concatenation. DECA's mixes (its dataset.training_data): the default, config.py's
+['vggface2', 'ethnicity'] (VGGFace2 + BUPT), is `--config.data.config=vggface2,bupt`; deca_detail.yml's
+['vggface2', 'vox2'] (VGGFace2 + VoxCeleb2) is `--config.data.config=vggface2,voxceleb2`.
+
     python -m jaxdeca.main --config=configs/coarse.py --workdir=runs/coarse \
         --config.data.data_dir=/data/tfds --config.weights.vggface2=/weights/vggface2 \
         --config.flame.path=/models/flame.npz --config.init.checkpoint=runs/pretrain
@@ -61,6 +66,7 @@ def get_config(stage: str = "coarse"):
                                              dtype="float32",
                                              init_cam_scale=ml_collections.config_dict.placeholder(float),
                                              cam_scale="raw"))
+    # data.config: one identity_faces config, or several ("vggface2,bupt": DECA's mix; see above)
     c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
                                             data_dir=placeholder(str), k=k, image_size=224, eval_batches=2,
                                             eval_seed=0, eval_split="test", color_jitter=0.0, num_threads=4,

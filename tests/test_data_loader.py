@@ -458,3 +458,30 @@ def test_record_bytes_are_decoded_as_prepare_decodes_them():
     want = loader.crop_example(dict(record, image=images.decode_image(data, min_side=1)), np.random.default_rng(0),
                                cfg)
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_concat_is_decas_concat_dataset_of_the_datasets_end_to_end():
+    """DECA trains on a mix of datasets (build_datasets.build_train: ConcatDataset of VGGFace2 and
+    BUPT, or VoxCeleb2), drawing uniformly over the concatenation's groups. `loader.concat` of
+    make_source split into two datasets, each numbering its identities from 0, is the whole
+    source: records and groups offset by the first's, identities by its identity count, so the
+    batches are the single dataset's, identity ints and all."""
+    recs, groups = make_source()
+    cut = int(groups[2, 1])  # dataset A: identities 0, 1; dataset B: 2, 3, 4 as its own 0, 1, 2
+    b_recs = [dict(r, identity=r["identity"] - 2) for r in recs[cut:]]
+    b_groups = groups[2:] - [2, cut, 0]
+    source, both = loader.concat([(recs[:cut], groups[:2], 2), (b_recs, b_groups, 3)])
+    assert len(source) == len(recs) and both.tolist() == groups.tolist()
+    assert [source[i]["identity"] for i in range(len(recs))] == [r["identity"] for r in recs]
+    assert source[cut]["image"] is recs[cut]["image"]
+    with pytest.raises(IndexError):
+        source[len(recs)]
+    whole = loader.FaceLoader(recs, groups, CFG, process_index=0, process_count=1)
+    mixed = loader.FaceLoader(source, both, CFG, process_index=0, process_count=1)
+    for step in range(3):  # G=5 groups, 4 a batch: batches cross the datasets and the epochs
+        a, b = whole.batch_at(step), mixed.batch_at(step)
+        assert a["identity"].tolist() == b["identity"].tolist()
+        np.testing.assert_array_equal(a["image"], b["image"])
+    # a dataset's identity count (its held-out identities included) spaces the next one's ints
+    _, spaced = loader.concat([(recs[:cut], groups[:2], 4), (b_recs, b_groups, 3)])
+    assert spaced[:, 0].tolist() == [0, 1, 4, 5, 6]

@@ -583,3 +583,41 @@ def test_names_that_are_not_utf8_are_bad_files_not_a_failed_build(tmp_path, caps
     b = tfds_faces.build(tfds_faces.IdentityFaces(config="vggface2", data_dir=str(tmp_path / "d")), str(tmp_path / "out"))
     src = tfds_faces.data_source(b)
     assert sorted(src[i]["path"].decode() for i in range(len(src))) == ["n0001/a.jpg", "n0002/c.jpg"]
+
+
+def build_mix(prepared, data_dir):
+    """identity_faces/vggface2 and identity_faces/folders, built each on its own in one data dir,
+    from the same 3 photos of 2 identities (n0001: 2 images, n0002: 1) prepared with each layout:
+    a mix of two datasets whose identity names coincide."""
+    prepare.prepare(str(prepared / "images"), str(prepared / "out_folders"), "folders", workers=1, progress=False)
+    for name, out in (("vggface2", "out"), ("folders", "out_folders")):
+        tfds_faces.build(tfds_faces.IdentityFaces(config=name, data_dir=str(data_dir)), str(prepared / out))
+    return data_dir
+
+
+def test_a_mix_of_datasets_reads_their_concatenation(prepared_vggface2, tmp_path):
+    """DECA's training data is a mix (VGGFace2 + BUPT, VGGFace2 + VoxCeleb2): tfds_loader and
+    make_loader over a list of builders read their splits end to end, sampling over the groups of
+    both; the second dataset's identities follow the first's (its identity count), so the same
+    name in two datasets is two identities, as in DECA's ConcatDataset."""
+    build_mix(prepared_vggface2, tmp_path)
+    builders = [tfds_faces.get_builder("identity_faces", n, str(tmp_path)) for n in ("vggface2", "folders")]
+    assert [tfds_faces.identity_count(b) for b in builders] == [2, 2]
+    cfg = loader.LoaderConfig(groups_per_batch=4, k=2, image_size=32, seed=0, num_threads=1)
+    ld = loader.tfds_loader(builders, cfg, process_index=0, process_count=1)
+    assert ld.groups.tolist() == [[0, 0, 2], [1, 2, 1], [2, 3, 2], [3, 5, 1]] and len(ld.source) == 6
+    records = [ld.source[i] for i in range(6)]
+    assert [int(r["identity"]) for r in records] == [0, 0, 1, 2, 2, 3]
+    assert [r["identity_name"].decode() for r in records] == ["n0001", "n0001", "n0002"] * 2
+    assert [r["path"] for r in records[3:]] == [r["path"] for r in records[:3]]
+    b = next(ld)  # 4 groups a batch, 4 in the mix: one of each identity of both datasets
+    assert sorted(b["identity"].reshape(4, 2)[:, 0].tolist()) == [0, 1, 2, 3]
+    assert np.all(b["identity"][::2] == b["identity"][1::2])
+    # the single-dataset reader is unchanged, and make_loader takes a list of configs too
+    assert loader.tfds_loader(builders[1], cfg, process_index=0, process_count=1).groups.tolist() == \
+        [[0, 0, 2], [1, 2, 1]]
+    mixed = loader.make_loader("identity_faces", ["vggface2", "folders"], cfg, str(tmp_path), process_index=0,
+                               process_count=1)
+    np.testing.assert_array_equal(next(mixed)["image"], b["image"])
+    with pytest.raises(FileNotFoundError, match="identity_faces/celeba is not built"):
+        loader.make_loader("identity_faces", ["vggface2", "celeba"], cfg, str(tmp_path))

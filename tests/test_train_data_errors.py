@@ -172,3 +172,90 @@ def test_eval_batches_on_the_training_split_are_not_a_runs_own_batches(vgg_dir):
         (ev,) = data.eval_batches(config, 4, 0, 1)
         first = data.make_loader(config, 4, 0, 1).next()
         assert not np.array_equal(ev["image"], first["image"]), seed
+
+
+# ----------------------------------------------------------------------------- a mix of datasets
+
+def mix_config(data_dir, names, **fields):
+    """tfds_config with config.data.config = names: a tuple (a config file's) or a string."""
+    config = tfds_config(data_dir, **fields)
+    with config.data.ignore_type():  # the shipped field is a string
+        config.data.config = names
+    return config
+
+
+@pytest.fixture(scope="module")
+def mix_dir(tmp_path_factory):
+    """identity_faces/vggface2 and identity_faces/folders built in one data dir (2 identities each:
+    no 'test' split)."""
+    from test_data_tfds import build_mix
+    root = make_prepared_vggface2(tmp_path_factory.mktemp("vgg"))
+    return build_mix(root, tmp_path_factory.mktemp("mix"))
+
+
+@pytest.mark.parametrize("names", [("vggface2", "folders"), ["vggface2", "folders"], "vggface2, folders"])
+def test_a_mix_of_configs_trains_and_evaluates_on_all_of_them(mix_dir, names):
+    """config.data.config naming several configs (a tuple or list in a config file, 'a,b' from the
+    command line) is DECA's mix (dataset.training_data): a batch holds identities of both
+    datasets, whose identity ints differ; the eval batches are drawn from each one's eval split
+    (here 'train' for both: neither holds identities out), concatenated."""
+    import numpy as np
+    config = mix_config(mix_dir, names)
+    assert data.data_configs(config) == ("vggface2", "folders")
+    batch = data.make_loader(config, 8, 0, 1).next()  # 4 identities x K=2: the whole mix
+    assert sorted(batch["identity"][::2].tolist()) == [0, 1, 2, 3]
+    single = data.make_loader(tfds_config(mix_dir), 8, 0, 1).next()
+    assert sorted(single["identity"][::2].tolist()) == [0, 0, 1, 1]  # 2 identities: an epoch a batch of 4
+    config.data.eval_batches = 2
+    evals = data.eval_batches(config, 4, 0, 1)
+    assert sorted(np.concatenate([b["identity"][::2] for b in evals]).tolist()) == [0, 1, 2, 3]
+
+
+def test_the_eval_split_of_a_mix_is_each_datasets_own(tiny_dir, tmp_path, monkeypatch):
+    """Each dataset of a mix evaluates on its 'test' identities, or on 'train' when it holds none
+    (the fallback of a single dataset), and the eval batches draw from their concatenation."""
+    import numpy as np
+    no_test = tfds_faces.build(tfds_faces.SyntheticFaces(
+        config=tfds_faces.SyntheticConfig(name="mix", identities=2, images_per_identity=2, image_size=32),
+        data_dir=str(tmp_path)))
+    tiny = tfds_faces.get_builder("synthetic_faces", "tiny", str(tiny_dir))  # 4 + 2 held-out identities
+    monkeypatch.setattr(data, "tfds_builders", lambda config: [no_test, tiny])
+    config = mix_config(tiny_dir, ("mix", "tiny"), dataset="synthetic_faces", eval_batches=2)
+    evals = data.eval_batches(config, 4, 0, 1)
+    # no_test's train identities 0, 1; tiny's held-out 4, 5 after no_test's 2 identities
+    assert sorted(np.concatenate([b["identity"][::2] for b in evals]).tolist()) == [0, 1, 6, 7]
+
+
+def test_errors_of_a_mix_name_the_element(mix_dir, vgg_dir):
+    msg = str(error_of_both(mix_config(vgg_dir, ("vggface2", "vgg"))))
+    assert msg.startswith("config.data.config=('vggface2', 'vgg'): 'vgg' is not a config of identity_faces; "
+                          "choose one of ['vggface2', "), msg
+    e = error_of_both(mix_config(vgg_dir, "vggface2,folders"))
+    assert isinstance(e, paths.ConfigPathError)
+    assert str(e).startswith(f"config.data.config='vggface2,folders': identity_faces/folders is not built in "
+                             f"config.data.data_dir='{vgg_dir}'; built in {vgg_dir}: identity_faces/vggface2")
+    assert f"{BUILD} --dataset identity_faces --config folders --manual-dir PREPARED --data-dir {vgg_dir}" in str(e)
+    typo = vgg_dir / "tfsd"
+    msg = str(error_of_both(mix_config(typo, ("vggface2", "folders"))))
+    assert msg.startswith(f"config.data.data_dir='{typo}' does not exist; it must name the tfds data dir holding "
+                          "identity_faces/vggface2 and identity_faces/folders (build each with "), msg
+    assert "--config vggface2 " in msg and "--config folders " in msg
+    msg = str(error_of_both(mix_config(mix_dir, ("vggface2", "folders", "vggface2"))))
+    assert msg.startswith("config.data.config=('vggface2', 'folders', 'vggface2') names 'vggface2' more than once")
+    for empty in ((), ("vggface2", 3)):
+        assert str(error_of_both(mix_config(mix_dir, empty))).startswith(f"config.data.config={empty!r} must name")
+    with pytest.raises(paths.ConfigError, match=r"^config.data.eval_split='tset' is not a split of "
+                                                r"identity_faces/vggface2; it has 'train' "):
+        data.eval_batches(mix_config(mix_dir, ("vggface2", "folders"), eval_split="tset"), 4, 0, 1)
+
+
+def test_a_training_step_on_a_mix_through_the_config(mix_dir, tmp_path):
+    """The stage's config path end to end: configs/test_coarse.py's pretrain on data.config
+    'vggface2,folders' (the command line's form), one step and its eval."""
+    from configs import test_coarse
+    from jaxdeca.train import loop, run
+    config = test_coarse.get_config("pretrain")
+    config.data.update(dict(source="tfds", config="vggface2,folders", data_dir=str(mix_dir), num_threads=1))
+    config.train.update(dict(num_steps=1, eval_every=1, checkpoint_every=1))
+    out = loop.train(config, str(tmp_path / "w"), run.make_task(config))
+    assert len(out["losses"]) == 1 and out["eval_history"]

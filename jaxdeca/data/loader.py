@@ -20,6 +20,8 @@ a line's first K; vox.py draws K frames of one face track (person/video/face) wi
 (randint) and drops tracks with fewer than K; an epoch visits every line or track once, so a
 person counts as often as it has lines or tracks. Here the group is the identity, each visited
 once per epoch, its K images drawn without replacement (none of DECA's list files is public).
+DECA's mix of datasets (a ConcatDataset of VGGFace2 and BUPT or VoxCeleb2) is their sources and
+groups end to end (`concat`): the epoch's permutation runs over the groups of all of them.
 Process p of P loads groups j in [p N/P, (p+1) N/P) of every global batch, so all processes
 together see exactly the single-process sequence. Within a process, the batch is group-major
 ([N_local * K, ...], the K images of a group adjacent); with N_local divisible by the local
@@ -345,27 +347,80 @@ def prefetch_to_device(iterator, mesh, size: int = 2, axis: str = "data"):
         yield queue.popleft()
 
 
-def tfds_loader(builder, cfg: LoaderConfig, split: str = "train", **kw) -> FaceLoader:
-    """FaceLoader over a prepared tfds builder (tfds_faces.IdentityFaces / SyntheticFaces)."""
+class ConcatSource:
+    """Several random-access sources end to end, as torch's ConcatDataset: record i of source s is
+    index record_offsets[s] + i, and its identity int is shifted by identity_offsets[s], so the
+    identities of different datasets never share an int (the trainer groups a batch's images by
+    it). Built by `concat`; the loader needs only len() and source[i]."""
+
+    def __init__(self, sources, identity_offsets):
+        self.sources = list(sources)
+        self.record_offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.identity_offsets = [int(o) for o in identity_offsets]
+
+    def __len__(self) -> int:
+        return int(self.record_offsets[-1])
+
+    def __getitem__(self, i: int):
+        i = int(i)
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} of a concatenation of {len(self)} records")
+        s = int(np.searchsorted(self.record_offsets, i, side="right")) - 1
+        record = self.sources[s][i - int(self.record_offsets[s])]
+        if not isinstance(record, dict) or not self.identity_offsets[s]:
+            return record  # the first source's identities, or a record crop_example will skip
+        return dict(record, identity=record["identity"] + self.identity_offsets[s])
+
+
+def concat(parts) -> tuple:
+    """(ConcatSource, groups [sum G_s, 3]) of parts [(source, groups [G_s, 3], identity count)]:
+    DECA's mix of datasets (build_datasets.build_train's ConcatDataset). Source s's groups have
+    their identity shifted by the identity counts of the sources before it and their first record
+    by the records before it, so the loader samples groups uniformly over all datasets together:
+    each in proportion to its number of identities, as DECA's uniform draw over the concatenated
+    items (identities or tracks) is."""
+    sources, groups, counts = zip(*parts)
+    identity_offsets = np.cumsum([0] + [int(n) for n in counts[:-1]])
+    source = ConcatSource(sources, identity_offsets)
+    shifted = [np.asarray(g, np.int64).reshape(-1, 3) + [int(i), int(r), 0]
+               for g, i, r in zip(groups, identity_offsets, source.record_offsets)]
+    return source, np.concatenate(shifted)
+
+
+def tfds_loader(builder, cfg: LoaderConfig, split="train", **kw) -> FaceLoader:
+    """FaceLoader over a prepared tfds builder (tfds_faces.IdentityFaces / SyntheticFaces), or over
+    a list of them (DECA's mix of datasets: their splits concatenated, `concat`); split: one for
+    all, or a list of one per builder."""
     from jaxdeca.data import tfds_faces
-    return FaceLoader(tfds_faces.data_source(builder, split), tfds_faces.groups(builder, split), cfg, **kw)
+    if not isinstance(builder, (list, tuple)):
+        return FaceLoader(tfds_faces.data_source(builder, split), tfds_faces.groups(builder, split), cfg, **kw)
+    splits = [split] * len(builder) if isinstance(split, str) else list(split)
+    if len(splits) != len(builder):
+        raise ValueError(f"{len(splits)} splits for {len(builder)} builders")
+    source, groups = concat([(tfds_faces.data_source(b, s), tfds_faces.groups(b, s), tfds_faces.identity_count(b))
+                             for b, s in zip(builder, splits)])
+    return FaceLoader(source, groups, cfg, **kw)
 
 
-
-def make_loader(dataset: str, config: str, cfg: LoaderConfig, data_dir: str | None = None, split: str = "train",
+def make_loader(dataset: str, config, cfg: LoaderConfig, data_dir: str | None = None, split: str = "train",
                 **kw) -> FaceLoader:
     """The trainer's entry point: FaceLoader over a tfds dataset that was built beforehand
-    (`python -m jaxdeca.data.tfds_faces`). A single process builds a missing synthetic_faces
-    dataset itself; multi-process runs must build first (no concurrent writers)."""
+    (`python -m jaxdeca.data.tfds_faces`); config: one builder config, or a list of several of the
+    dataset, each built on its own in data_dir, read as their concatenation (`tfds_loader`).
+    A single process builds a missing synthetic_faces dataset itself; multi-process runs must
+    build first (no concurrent writers)."""
     import jax
     from jaxdeca.data import tfds_faces
-    builder = tfds_faces.get_builder(dataset, config, data_dir)
-    if not builder.is_prepared():
-        if dataset == "synthetic_faces" and jax.process_count() == 1:
-            tfds_faces.build(builder)
-        else:
-            manual = " --manual-dir PREPARED" if dataset == "identity_faces" else ""
-            raise FileNotFoundError(f"{dataset}/{config} is not built in {builder.data_dir}; run "
-                                    f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {config}"
-                                    f"{manual} --data-dir DIR first")
-    return tfds_loader(builder, cfg, split, **kw)
+    builders = []
+    for name in ([config] if isinstance(config, str) else list(config)):
+        builder = tfds_faces.get_builder(dataset, name, data_dir)
+        if not builder.is_prepared():
+            if dataset == "synthetic_faces" and jax.process_count() == 1:
+                tfds_faces.build(builder)
+            else:
+                manual = " --manual-dir PREPARED" if dataset == "identity_faces" else ""
+                raise FileNotFoundError(f"{dataset}/{name} is not built in {builder.data_dir}; run "
+                                        f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {name}"
+                                        f"{manual} --data-dir DIR first")
+        builders.append(builder)
+    return tfds_loader(builders[0] if isinstance(config, str) else builders, cfg, split, **kw)

@@ -462,6 +462,17 @@ def groups(builder: tfds.core.DatasetBuilder, split: str = "train") -> np.ndarra
     return np.asarray(g, np.int64).reshape(-1, 3)
 
 
+def identity_count(builder: tfds.core.DatasetBuilder) -> int:
+    """How many identity ints the dataset uses, over all its splits: the length of its
+    metadata["identities"] (each record's identity indexes it), else the largest group identity
+    + 1. A mix of datasets shifts the next dataset's identities by this (loader.concat)."""
+    names = builder.info.metadata.get("identities")
+    if names is not None:
+        return len(names)
+    groups = [g for split in builder.info.metadata.get("groups", {}).values() for g in split]
+    return max((int(g[0]) for g in groups), default=-1) + 1
+
+
 BUILDERS = {"identity_faces": IdentityFaces, "synthetic_faces": SyntheticFaces}
 
 

@@ -8,7 +8,11 @@
                that is missing is built there), eval_split ('test': held-out identities;
                falls back to 'train' with a warning for a dataset too small to have them; any
                other split the dataset lacks is a ConfigError). A wrong dataset, config or data
-               dir is a ConfigError naming the field (`tfds_builder`).
+               dir is a ConfigError naming the field (`tfds_builders`). config may name several
+               configs of the dataset (a tuple, or 'vggface2,bupt' from the command line), each
+               built on its own in data_dir: DECA's mix of datasets (its dataset.training_data),
+               read as one concatenation (`loader.concat`); the eval split is each one's own
+               choice, concatenated.
   'synthetic'  demo heads rendered on the fly (`SyntheticFaceLoader` below), no files at
                all; used by the tests.
 
@@ -89,14 +93,17 @@ class _TfdsStream:
         self.loader.restore(position)
 
 
-def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split: str, seed: int,
+def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split, seed: int,
                  builder=None):
-    """FaceLoader over `builder`, by default tfds_builder(config) (config.data checked, a missing
-    synthetic dataset built)."""
+    """FaceLoader over `builder` (one, or a list: their concatenation), by default
+    tfds_builders(config) (config.data checked, a missing synthetic dataset built); split: one for
+    all, or one per builder."""
     from jaxdeca.data import loader as loader_lib
     d = config.data
     k = check_k(config, local_bs)
-    builder = builder or tfds_builder(config)
+    if builder is None:
+        builders = tfds_builders(config)
+        builder = builders[0] if len(builders) == 1 else builders  # one dataset: read as before
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
                                   scale=(float(d.get("scale_min", crop.TRAIN_SCALE[0])),
@@ -124,29 +131,63 @@ def _built_in(data_dir: str | None) -> str:
     return f"; built in {data_dir}: {', '.join(built)}" if built else f"; nothing is built in {data_dir}"
 
 
-def tfds_builder(config):
-    """The tfds builder of config.data (source 'tfds'): dataset, config and data_dir checked, one
-    ConfigError naming the field for an unknown dataset or config, a data dir that does not exist
-    or a dataset that is not built there (with the build command and what is built there).
+def data_configs(config) -> tuple:
+    """The builder configs config.data.config names: one (a string), or DECA's mix of datasets,
+    several of config.data.dataset (a tuple or list, or one string of comma-separated names, as
+    `--config.data.config=vggface2,bupt` gives: the shipped configs' field is a string). A name
+    repeated, none at all or one that is not a string is a ConfigError naming the field."""
+    given = config.data.config
+    if isinstance(given, str):
+        names = tuple(n.strip() for n in given.split(",")) if "," in given else (given,)
+    elif isinstance(given, (list, tuple)):
+        names = tuple(given)
+    else:
+        names = None
+    if not names or not all(isinstance(n, str) for n in names):
+        raise paths.ConfigError(f"config.data.config={given!r} must name a config of config.data.dataset, or "
+                                "several (a tuple, or 'vggface2,bupt') to train on their mix")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise paths.ConfigError(f"config.data.config={given!r} names {', '.join(map(repr, repeated))} more than "
+                                "once; a mix holds each dataset once (each is sampled by its number of identities)")
+    return names
+
+
+def _config_field(config, name: str) -> str:
+    """How an error names config.data.config's element `name`: the field, and the element too
+    when it names several."""
+    given = config.data.config
+    return f"config.data.config={name!r}" if given == name else f"config.data.config={given!r}: {name!r}"
+
+
+def tfds_builders(config) -> list:
+    """The tfds builders of config.data (source 'tfds'), one per builder config it names
+    (`data_configs`): dataset, configs and data_dir checked, one ConfigError naming the field (and
+    the element of a mix) for an unknown dataset or config, a data dir that does not exist or a
+    dataset that is not built there (with the build command and what is built there).
     A single process builds a missing synthetic_faces dataset itself (creating data_dir), as
     `jaxdeca.data.loader.make_loader` does; identity_faces must be built beforehand, so its data
     dir is never created here (a mistyped one would be an empty folder)."""
     import jax
     from jaxdeca.data import tfds_faces
     d = config.data
-    dataset, name, data_dir = d.dataset, d.config, d.get("data_dir")
+    dataset, data_dir = d.dataset, d.get("data_dir")
     if dataset not in tfds_faces.BUILDERS:
         raise paths.ConfigError(
             f"config.data.dataset={dataset!r} is not a dataset of jaxdeca.data.tfds_faces; choose one of "
             f"{sorted(tfds_faces.BUILDERS)}{_built_in(data_dir)} (build one with "
             f"{_build_command('DATASET', 'CONFIG', data_dir)}, --manual-dir PREPARED for identity_faces)")
-    names = [c.name for c in tfds_faces.BUILDERS[dataset].BUILDER_CONFIGS]
-    if name not in names:
-        raise paths.ConfigError(
-            f"config.data.config={name!r} is not a config of {dataset}; choose one of {names}"
-            f"{_built_in(data_dir)} (build one with {_build_command(dataset, 'CONFIG', data_dir)})")
+    names = data_configs(config)
+    known = [c.name for c in tfds_faces.BUILDERS[dataset].BUILDER_CONFIGS]
+    for name in names:
+        if name not in known:
+            raise paths.ConfigError(
+                f"{_config_field(config, name)} is not a config of {dataset}; choose one of {known}"
+                f"{_built_in(data_dir)} (build one with {_build_command(dataset, 'CONFIG', data_dir)})")
     builds_itself = dataset == "synthetic_faces" and jax.process_count() == 1
-    what = f"the tfds data dir holding {dataset}/{name} (build it with {_build_command(dataset, name, None)})"
+    what = (f"the tfds data dir holding {' and '.join(f'{dataset}/{n}' for n in names)} (build "
+            f"{'it' if len(names) == 1 else 'each'} with "
+            f"{'; '.join(_build_command(dataset, n, None) for n in names)})")
     if data_dir is None and dataset != "synthetic_faces":
         paths.require_path(config, "data.data_dir", what)
     if data_dir is not None:
@@ -154,15 +195,23 @@ def tfds_builder(config):
             paths.makedirs(data_dir)
         elif not paths.isdir(paths.require_path(config, "data.data_dir", what)):
             raise paths.ConfigPathError(f"config.data.data_dir={data_dir!r} is not a folder; it must name {what}")
+    return [_built_builder(config, name, builds_itself) for name in names]
+
+
+def _built_builder(config, name: str, builds_itself: bool):
+    """The builder of config.data.dataset/name in config.data.data_dir, built first when it is a
+    synthetic dataset this process builds itself, else a ConfigPathError naming it when not built."""
+    from jaxdeca.data import tfds_faces
+    dataset, data_dir = config.data.dataset, config.data.get("data_dir")
     builder = tfds_faces.get_builder(dataset, name, data_dir)
     if not builder.is_prepared():
         if not builds_itself:
             where = f"config.data.data_dir={data_dir!r}" if data_dir is not None else \
                 "tfds' default data dir (config.data.data_dir is unset)"
             raise paths.ConfigPathError(
-                f"config.data.config={name!r}: {dataset}/{name} is not built in {where}{_built_in(data_dir)}; "
-                f"build it with {_build_command(dataset, name, data_dir)}, or set config.data.config / "
-                "config.data.data_dir to a dataset built")
+                f"config.data.config={config.data.config!r}: {dataset}/{name} is not built in {where}"
+                f"{_built_in(data_dir)}; build it with {_build_command(dataset, name, data_dir)}, or set "
+                "config.data.config / config.data.data_dir to a dataset built")
         tfds_faces.build(builder)
     return builder
 
@@ -206,13 +255,17 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     check_k(config, local_bs)
     eval_seed = int(d.get("eval_seed", 0))  # offsets as when it was config.seed: seed 0's batches kept
     if d.get("source", "synthetic") == "tfds":
-        builder = tfds_builder(config)
-        split = choose_eval_split(builder, d.get("eval_split", "test"))
-        # on the training split (a dataset holding no identities out) a hash of eval_seed, far from
-        # the seeds runs are given: with eval_seed + 1, a run of seed 1 was scored on its own first
-        # training batch
-        seed = eval_seed + 1 if split != "train" else int(np.random.SeedSequence([eval_seed, 1]).generate_state(1)[0])
-        stream = _tfds_loader(config, local_bs, process_index, process_count, split, seed, builder)
+        builders = tfds_builders(config)
+        # a mix: each dataset's own split ('test', or 'train' for one holding no identities out)
+        splits = [choose_eval_split(b, d.get("eval_split", "test")) for b in builders]
+        # on the training split (a dataset, or one of a mix, holding no identities out) a hash of
+        # eval_seed, far from the seeds runs are given: with eval_seed + 1, a run of seed 1 was
+        # scored on its own first training batch
+        seed = eval_seed + 1 if "train" not in splits else \
+            int(np.random.SeedSequence([eval_seed, 1]).generate_state(1)[0])
+        one = len(builders) == 1  # one dataset: read as before
+        stream = _tfds_loader(config, local_bs, process_index, process_count, splits[0] if one else splits, seed,
+                              builders[0] if one else builders)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), eval_seed + 10 ** 6,
                                  process_index, process_count, flame_path(config))

@@ -254,16 +254,18 @@ def _fmt(ev: dict) -> str:
 
 
 def build_data(config, workdir: str) -> None:
+    """Render the synthetic dataset(s) config.data.config names (several: a mix) not built yet."""
     from jaxdeca.data import tfds_faces
+    from jaxdeca.train import data as data_lib
     c = stage_config(config, "pretrain", workdir)
-    builder = tfds_faces.get_builder(c.data.dataset, c.data.config, c.data.data_dir)
-    if builder.is_prepared():
-        return
-    t = time.time()
-    print(f"[demo] rendering the synthetic dataset {c.data.dataset}/{c.data.config} into {c.data.data_dir}",
-          flush=True)
-    tfds_faces.build(builder)
-    print(f"[demo] dataset ready in {time.time() - t:.0f} s", flush=True)
+    for name in data_lib.data_configs(c):
+        builder = tfds_faces.get_builder(c.data.dataset, name, c.data.data_dir)
+        if builder.is_prepared():
+            continue
+        t = time.time()
+        print(f"[demo] rendering the synthetic dataset {c.data.dataset}/{name} into {c.data.data_dir}", flush=True)
+        tfds_faces.build(builder)
+        print(f"[demo] dataset ready in {time.time() - t:.0f} s", flush=True)
 
 
 def export_heldout(config, workdir: str) -> list[str]:
