@@ -485,3 +485,8 @@ def test_concat_is_decas_concat_dataset_of_the_datasets_end_to_end():
     # a dataset's identity count (its held-out identities included) spaces the next one's ints
     _, spaced = loader.concat([(recs[:cut], groups[:2], 4), (b_recs, b_groups, 3)])
     assert spaced[:, 0].tolist() == [0, 1, 4, 5, 6]
+    # a record skipped in the second dataset is named by its dataset and index there (it was
+    # 'record <index in the concatenation>', a record the first dataset does not have)
+    named, _ = loader.concat([(recs[:cut], groups[:2], 2), (b_recs, b_groups, 3)], names=["A train", "B train"])
+    assert named.locate(cut + 1) == ("B train", 1) and named.locate(0) == ("A train", 0)
+    assert loader._record_name({"path": "x.jpg"}, cut + 1, named) == "B train record 1 (x.jpg)"

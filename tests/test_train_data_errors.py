@@ -193,7 +193,8 @@ def mix_dir(tmp_path_factory):
     return build_mix(root, tmp_path_factory.mktemp("mix"))
 
 
-@pytest.mark.parametrize("names", [("vggface2", "folders"), ["vggface2", "folders"], "vggface2, folders"])
+@pytest.mark.parametrize("names", [("vggface2", "folders"), ["vggface2", "folders"], "vggface2, folders",
+                                   ("vggface2,folders",)])  # a tuple field overridden from the command line
 def test_a_mix_of_configs_trains_and_evaluates_on_all_of_them(mix_dir, names):
     """config.data.config naming several configs (a tuple or list in a config file, 'a,b' from the
     command line) is DECA's mix (dataset.training_data): a batch holds identities of both

@@ -170,10 +170,16 @@ def crop_mask(mask, tform, out_size: int):
     return np.clip(crop.warp_image(binary, tform, out_size), 0.0, 1.0)  # skimage's clip=True
 
 
-def _record_name(record, i: int) -> str:
+def _record_name(record, i: int, source=None) -> str:
+    """How a skipped record is named: its index (in a mix, its dataset's name and index there,
+    `ConcatSource.locate`) and path."""
     path = (record.get("path") or b"") if isinstance(record, dict) else b""  # None: an empty record
     path = path.decode() if isinstance(path, bytes) else str(path)
-    return f"record {i} ({path or 'no path'})"
+    where = f"record {i}"
+    if isinstance(source, ConcatSource):
+        name, j = source.locate(i)
+        where = f"{name} record {j}"
+    return f"{where} ({path or 'no path'})"
 
 
 def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: dict, bad: list):
@@ -189,7 +195,7 @@ def _load_one(source, candidates, cfg: LoaderConfig, g: int, k: int, skipped: di
             record = source[i]
             return crop_example(record, np.random.default_rng([cfg.seed, _SALT_IMAGE, int(g), k]), cfg), i
         except Exception as e:  # noqa: BLE001 -- whatever is wrong with one record, skip it and say why
-            reason = f"{_record_name(record, i)}: {type(e).__name__}: {e}"
+            reason = f"{_record_name(record, i, source)}: {type(e).__name__}: {e}"
             if skipped.setdefault(i, reason) is reason:
                 logging.warning("skipped %s; %d record(s) skipped so far", reason, len(skipped))
             bad.append(i)
@@ -351,12 +357,19 @@ class ConcatSource:
     """Several random-access sources end to end, as torch's ConcatDataset: record i of source s is
     index record_offsets[s] + i, and its identity int is shifted by identity_offsets[s], so the
     identities of different datasets never share an int (the trainer groups a batch's images by
-    it). Built by `concat`; the loader needs only len() and source[i]."""
+    it). Built by `concat`; the loader needs only len() and source[i]. names: how a skipped
+    record's dataset is named (default 'source <s>')."""
 
-    def __init__(self, sources, identity_offsets):
+    def __init__(self, sources, identity_offsets, names=None):
         self.sources = list(sources)
         self.record_offsets = np.cumsum([0] + [len(s) for s in self.sources])
         self.identity_offsets = [int(o) for o in identity_offsets]
+        self.names = list(names) if names is not None else [f"source {s}" for s in range(len(self.sources))]
+
+    def locate(self, i: int) -> tuple[str, int]:
+        """(the name of the dataset holding record i, its index there)."""
+        s = int(np.searchsorted(self.record_offsets, int(i), side="right")) - 1
+        return self.names[s], int(i) - int(self.record_offsets[s])
 
     def __len__(self) -> int:
         return int(self.record_offsets[-1])
@@ -372,8 +385,9 @@ class ConcatSource:
         return dict(record, identity=record["identity"] + self.identity_offsets[s])
 
 
-def concat(parts) -> tuple:
-    """(ConcatSource, groups [sum G_s, 3]) of parts [(source, groups [G_s, 3], identity count)]:
+def concat(parts, names=None) -> tuple:
+    """(ConcatSource, groups [sum G_s, 3]) of parts [(source, groups [G_s, 3], identity count)]
+    (names: the datasets', for messages):
     DECA's mix of datasets (build_datasets.build_train's ConcatDataset). Source s's groups have
     their identity shifted by the identity counts of the sources before it and their first record
     by the records before it, so the loader samples groups uniformly over all datasets together:
@@ -381,7 +395,7 @@ def concat(parts) -> tuple:
     items (identities or tracks) is."""
     sources, groups, counts = zip(*parts)
     identity_offsets = np.cumsum([0] + [int(n) for n in counts[:-1]])
-    source = ConcatSource(sources, identity_offsets)
+    source = ConcatSource(sources, identity_offsets, names)
     shifted = [np.asarray(g, np.int64).reshape(-1, 3) + [int(i), int(r), 0]
                for g, i, r in zip(groups, identity_offsets, source.record_offsets)]
     return source, np.concatenate(shifted)
@@ -398,7 +412,8 @@ def tfds_loader(builder, cfg: LoaderConfig, split="train", **kw) -> FaceLoader:
     if len(splits) != len(builder):
         raise ValueError(f"{len(splits)} splits for {len(builder)} builders")
     source, groups = concat([(tfds_faces.data_source(b, s), tfds_faces.groups(b, s), tfds_faces.identity_count(b))
-                             for b, s in zip(builder, splits)])
+                             for b, s in zip(builder, splits)],
+                            names=[f"{b.name}/{b.builder_config.name} {s}" for b, s in zip(builder, splits)])
     return FaceLoader(source, groups, cfg, **kw)
 
 

@@ -9,7 +9,7 @@
                falls back to 'train' with a warning for a dataset too small to have them; any
                other split the dataset lacks is a ConfigError). A wrong dataset, config or data
                dir is a ConfigError naming the field (`tfds_builders`). config may name several
-               configs of the dataset (a tuple, or 'vggface2,bupt' from the command line), each
+               configs of the dataset ('vggface2,bupt', on the command line or in a file), each
                built on its own in data_dir: DECA's mix of datasets (its dataset.training_data),
                read as one concatenation (`loader.concat`); the eval split is each one's own
                choice, concatenated.
@@ -133,14 +133,15 @@ def _built_in(data_dir: str | None) -> str:
 
 def data_configs(config) -> tuple:
     """The builder configs config.data.config names: one (a string), or DECA's mix of datasets,
-    several of config.data.dataset (a tuple or list, or one string of comma-separated names, as
-    `--config.data.config=vggface2,bupt` gives: the shipped configs' field is a string). A name
+    several of config.data.dataset (one string of comma-separated names, as
+    `--config.data.config=vggface2,bupt` gives, or a tuple or list: a config field declared so,
+    whose command-line override is a tuple of that one string, split too). A name
     repeated, none at all or one that is not a string is a ConfigError naming the field."""
     given = config.data.config
     if isinstance(given, str):
         names = tuple(n.strip() for n in given.split(",")) if "," in given else (given,)
-    elif isinstance(given, (list, tuple)):
-        names = tuple(given)
+    elif isinstance(given, (list, tuple)):  # ml_collections makes '--config.data.config=a,b' a 1-tuple
+        names = tuple(n.strip() for part in given for n in (part.split(",") if isinstance(part, str) else [part]))
     else:
         names = None
     if not names or not all(isinstance(n, str) for n in names):
