@@ -296,6 +296,24 @@ def test_animate_app_writes_frames_and_video(tmp_path, random_pipe):
         assert np.abs(tex - want).max() <= 0.5 / 255 + 1e-6, name
 
 
+def test_animate_into_its_driver_folder_does_not_read_its_video_back(tmp_path, random_pipe):
+    """--out the driver folder: the video written there was read as more driver frames by the
+    next run (4 frames then 6, and folders animation_00000, ...); a killed write's temporary
+    file too. Both are left out of the folder's listing."""
+    from jaxdeca.apps import export
+    p = random_pipe
+    src = tmp_path / "drv"
+    src.mkdir()
+    export.save_image(str(tmp_path / "id.png"), render_head(p)[0])
+    for j in range(2):
+        export.save_image(str(src / f"f{j}.png"), render_head(p, jaw=0.1 * j)[0])
+    (src / ".f9.tmp-0123abcd.png").write_bytes((src / "f0.png").read_bytes())  # a killed write's leftover
+    for _ in range(2):
+        res = animate.animate(str(tmp_path / "id.png"), str(src), str(src), p, crop="none", video="a.mp4", batch=2)
+        assert res["frames"] == ["f0", "f1"] and res["skipped"] == [], res
+    assert sorted(os.listdir(src)) == [".f9.tmp-0123abcd.png", "a.mp4", "f0", "f0.png", "f1", "f1.png"]
+
+
 def grey_driver(tmp_path, levels):
     """A 64 px identity image (grey 90) and a 25 fps MJPG driver clip of plain grey frames at
     `levels` (--crop none needs no face). Returns (identity path, clip path)."""

@@ -647,3 +647,24 @@ def test_a_still_webp_above_pillows_pixel_limit_is_read(tmp_path, monkeypatch):
     (got,) = inputs.iter_frames(str(tmp_path / "pano.webp"))
     assert got.name == "pano" and got.image.shape == (32, 32, 3)
     assert not inputs.is_video(str(tmp_path / "pano.webp"))
+
+
+def test_names_too_long_for_their_output_files_are_shortened_and_stay_distinct(tmp_path):
+    """A 248-byte file name made '<name>_normals.png' longer than the file system's 255-byte
+    limit: reconstruct stopped with exit 2 and the folder's other images were never processed.
+    Names over inputs.NAME_BYTES keep their start and get a hash of the whole name."""
+    img = np.full((8, 8, 3), 128, np.uint8)
+    long_a, long_b = "a" * 240 + "1", "a" * 240 + "2"
+    cjk = "\u6587" * 80  # 240 bytes of 3-byte characters: cut on a character boundary
+    for name in (long_a, long_b, cjk, "short"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), img)
+    names = [f.name for f in inputs.iter_frames(str(tmp_path))]
+    assert "short" in names and len(set(names)) == 4
+    for n in names:
+        assert len(n.encode()) <= inputs.NAME_BYTES and len((n + "_shape_detail_images.png").encode()) < 255
+        (tmp_path / f"{n}_shape_detail_images.png").write_bytes(b"")  # the longest output name: writable
+    assert inputs.output_name("short") == "short"
+    assert inputs.output_name(cjk).startswith("\u6587" * 55) and inputs.output_name(cjk) != inputs.output_name(cjk + "x")
+    (single,) = inputs.iter_frames(str(tmp_path / f"{long_a}.png"))
+    assert single.name == inputs.output_name(long_a) and single.name in names
+

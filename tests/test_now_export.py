@@ -112,6 +112,17 @@ def test_neutral_landmarks_are_static_3d_landmarks():
     np.testing.assert_allclose(l7, np.asarray(out["landmarks3d"])[:, 17:][:, [19, 22, 25, 28, 16, 31, 37]])
 
 
+def test_export_refuses_an_unusable_out_before_any_work(tmp_path, capsys, monkeypatch):
+    """now export loaded the model and ran the first batch (13 s, a fit longer) before finding
+    that --out was a file; the apps check --out first (pipeline.check_out_dir), and so does it."""
+    monkeypatch.setattr(now_predict, "export_model", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "pred").write_text("a file")
+    (tmp_path / "l.txt").write_text(ENTRIES[0] + "\n")
+    rc = now.main(["export", "--images", str(tmp_path), "--image-list", str(tmp_path / "l.txt"),
+                   "--out", str(tmp_path / "pred")])
+    assert rc == 2 and "pred" in capsys.readouterr().err
+
+
 def test_export_cli_errors(tmp_path, capsys):
     rc = now.main(["export", "--images", str(tmp_path / "nowhere"), "--image-list", str(tmp_path / "l.txt"),
                    "--out", str(tmp_path / "o")])

@@ -237,7 +237,8 @@ def animate(identity_path: str, expression_path: str, out_dir: str, pipe: pipeli
             last[0] = tile
 
     with pipeline.stop_on_write_error("animate", frames, skipped, out_dir, "frame(s)"), sink:
-        crops = pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame")
+        # the video may be written into the driver folder: a re-run must not read it as frames
+        crops = pipeline.face_crops(expression_path, crop, skipped, "animate", unit="frame", exclude=(sink.path,))
         for chunk in pipeline.chunks(((name, d, len(skipped)) for name, d in crops), batch):
             run(chunk)
         if last[0] is not None:  # frames skipped after the last face

@@ -10,6 +10,7 @@ be decoded).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageSequence
 
+from jaxdeca import atomic_file
 from jaxdeca.data import images
 
 IMAGE_EXTS, VIDEO_EXTS = images.IMAGE_EXTS, images.VIDEO_EXTS
@@ -113,16 +115,20 @@ def _cv2_name(path: str):
     return path if images.is_utf8(path) else os.fsencode(path)
 
 
-def list_images(folder: str, videos: bool = False) -> list[str]:
+def list_images(folder: str, videos: bool = False, exclude=()) -> list[str]:
     """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name;
-    HEIC/HEIF photos too, which iter_frames names as skipped. A folder that cannot be listed is an
-    InputError naming it."""
+    HEIC/HEIF photos too, which iter_frames names as skipped. Left out: the files `exclude` names
+    (an app's own output written into its input folder: animate's video, which a re-run read as
+    more driver frames) and the temporary files a killed write leaves (`atomic_file.is_temporary`).
+    A folder that cannot be listed is an InputError naming it."""
     exts = IMAGE_EXTS + images.HEIC_EXTS + (VIDEO_EXTS if videos else ())
     try:
         listed = os.listdir(folder)
     except OSError as e:
         raise InputError(f"{folder}: cannot list the folder ({e.strerror})") from None
-    names = sorted(f for f in listed if f.lower().endswith(exts))
+    excluded = {os.path.realpath(p) for p in exclude}
+    names = sorted(f for f in listed if f.lower().endswith(exts) and not atomic_file.is_temporary(f)
+                   and os.path.realpath(os.path.join(folder, f)) not in excluded)
     return [os.path.join(folder, f) for f in names]
 
 
@@ -237,22 +243,43 @@ def _declared(path: str, prop: int) -> float | None:
     return float(value) if np.isfinite(value) and value > 0 else None
 
 
-def iter_frames(path: str, video_every: int = 1) -> Iterator[Frame | Skipped]:
+def iter_frames(path: str, video_every: int = 1, exclude=()) -> Iterator[Frame | Skipped]:
     """Frames of an image file, a folder of images or a video file (see module doc). In a
-    folder every item's name is unique (`unique_names`): the outputs are written per name."""
+    folder every item's name is unique (`unique_names`), and files `exclude` names are left out
+    (`list_images`): the outputs are written per name. Names too long for the output files
+    built from them are shortened (`output_name`)."""
     if not os.path.exists(path):
         raise InputError(f"{path}: {_not_a_file(path) if os.path.islink(path) else 'no such file or directory'}")
     if os.path.isdir(path):
-        files = list_images(path, videos=True)
+        files = list_images(path, videos=True, exclude=exclude)
         if not files:
             raise InputError(f"{path}: folder contains no images or videos ({', '.join(IMAGE_EXTS + VIDEO_EXTS)})")
         taken: set[str] = set()
-        for f in files:
-            yield from unique_names(_file_items(f, video_every), _ext(f), taken)
+        items = (item for f in files for item in unique_names(_file_items(f, video_every), _ext(f), taken))
     elif is_video(path):
-        yield from iter_video(path, every=video_every)
+        items = iter_video(path, every=video_every)
     else:
-        yield Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)
+        items = iter([Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)])
+    for item in items:
+        name = output_name(item.name)
+        yield item if name == item.name else dataclasses.replace(item, name=name)
+
+
+# bytes of a name the outputs keep whole: a file system's 255-byte limit less the longest suffix
+# an app adds (`<name>_shape_detail_images.png`, a temporary name's prefix and tag)
+NAME_BYTES = 176
+
+
+def output_name(name: str) -> str:
+    """`name` if its UTF-8 form has at most NAME_BYTES bytes, else its first characters within
+    that (less 9) then '_' and 8 hex digits of its sha256, so that different long names stay
+    different. A 248-byte file name made '<name>_normals.png' longer than the file system's
+    255-byte limit: the write failed and stopped the whole folder."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= NAME_BYTES:
+        return name
+    head = raw[:NAME_BYTES - 9].decode("utf-8", "ignore")  # no character cut in two
+    return f"{head}_{hashlib.sha256(raw).hexdigest()[:8]}"
 
 
 def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:

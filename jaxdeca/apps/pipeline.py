@@ -262,12 +262,14 @@ def crop_face(image: np.ndarray, mode: str = "detect", landmarks=None, keep_orig
     return Crop(image=img, tform=t, original=image if keep_original else None)
 
 
-def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", quiet: bool = False) -> Iterator[tuple]:
-    """(name, find(frame)) of every frame of an image, folder or video (`inputs.iter_frames`).
-    find returns None when the frame has no face, or an `inputs.Skipped` when it cannot be used
-    for another reason; those frames and the unreadable ones are appended to `skipped`. Shows a
-    progress bar labelled `app` (unless quiet)."""
-    for item in tqdm(inputs.iter_frames(path), desc=app, unit=unit, disable=True if quiet else None):
+def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", quiet: bool = False,
+                exclude=()) -> Iterator[tuple]:
+    """(name, find(frame)) of every frame of an image, folder or video (`inputs.iter_frames`; a
+    folder's files `exclude` names left out). find returns None when the frame has no face, or an
+    `inputs.Skipped` when it cannot be used for another reason; those frames and the unreadable
+    ones are appended to `skipped`. Shows a progress bar labelled `app` (unless quiet)."""
+    for item in tqdm(inputs.iter_frames(path, exclude=exclude), desc=app, unit=unit,
+                     disable=True if quiet else None):
         found = item if isinstance(item, inputs.Skipped) else find(item)
         if found is None:
             skipped.append(inputs.no_face(item))
@@ -278,7 +280,7 @@ def found_faces(path: str, find, skipped: list, app: str, unit: str = "img", qui
 
 
 def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
-               landmarks: str | None = None, keep_original: bool = False) -> Iterator[tuple[str, Crop]]:
+               landmarks: str | None = None, keep_original: bool = False, exclude=()) -> Iterator[tuple[str, Crop]]:
     """(name, Crop) of every frame of an image, folder or video in which a face is found
     (`found_faces` with `crop_face`). landmarks: --landmarks (`landmark_files`), the 68 points
     the detect crop is made from instead of dlib's, as DECA's test data takes a <stem>.txt or
@@ -295,7 +297,7 @@ def face_crops(path: str, crop: str, skipped: list, app: str, unit: str = "img",
         if isinstance(lmk, inputs.Skipped):
             return lmk
         return crop_face(frame.image, crop, landmarks=lmk, keep_original=keep_original)
-    return found_faces(path, find, skipped, app, unit)
+    return found_faces(path, find, skipped, app, unit, exclude=exclude)
 
 
 def chunks(items: Iterable, n: int) -> Iterator[list]:

@@ -402,6 +402,7 @@ def _export_main(a) -> int:
     from jaxdeca.apps import pipeline
     from jaxdeca.evaluation import now_predict
     try:
+        pipeline.check_out_dir(a.out)  # before the model loads and the first batch runs, as the apps do
         res = now_predict.export_model(a.images, a.image_list, a.out, a.checkpoint, a.flame, a.bboxes, a.batch,
                                        (a.fit_steps // 4, a.fit_steps, 0))
     except (NowFileError,) + pipeline.CLI_ERRORS as err:  # the apps' one-line errors (FLAME file, dlib, ...)
