@@ -106,6 +106,7 @@ def test_a_callable_inside_the_landmark_files_torch_stream_is_refused(tmp_path):
     assert not (tmp_path / "code_ran").exists()
 
 
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # torch's, for the forged storage below
 @pytest.mark.parametrize("size,stride,offset", [((79, 17, 3), (51, 3, 1), 0), ((79, 17, 3), (10**9, 3, 1), 0),
                                                 ((2,), (1,), 5), ((2,), (-1,), 1)])
 def test_a_tensor_reaching_outside_its_storage_is_refused(tmp_path, size, stride, offset):
