@@ -298,8 +298,8 @@ def test_animate_app_writes_frames_and_video(tmp_path, random_pipe):
 
 def test_animate_into_its_driver_folder_does_not_read_its_video_back(tmp_path, random_pipe):
     """--out the driver folder: the video written there was read as more driver frames by the
-    next run (4 frames then 6, and folders animation_00000, ...); a killed write's temporary
-    file too. Both are left out of the folder's listing."""
+    next run (4 frames then 6, and folders animation_00000, ...). It is left out of the folder's
+    listing; a killed write's temporary file is named as skipped, not read."""
     from jaxdeca.apps import export
     p = random_pipe
     src = tmp_path / "drv"
@@ -310,7 +310,8 @@ def test_animate_into_its_driver_folder_does_not_read_its_video_back(tmp_path, r
     (src / ".f9.tmp-0123abcd.png").write_bytes((src / "f0.png").read_bytes())  # a killed write's leftover
     for _ in range(2):
         res = animate.animate(str(tmp_path / "id.png"), str(src), str(src), p, crop="none", video="a.mp4", batch=2)
-        assert res["frames"] == ["f0", "f1"] and res["skipped"] == [], res
+        assert res["frames"] == ["f0", "f1"] and [n for n, _ in res["skipped"]] == [".f9.tmp-0123abcd"], res
+        assert "temporary file of an interrupted write" in res["skipped"][0][1]
     assert sorted(os.listdir(src)) == [".f9.tmp-0123abcd.png", "a.mp4", "f0", "f0.png", "f1", "f1.png"]
 
 

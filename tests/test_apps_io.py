@@ -661,10 +661,27 @@ def test_names_too_long_for_their_output_files_are_shortened_and_stay_distinct(t
     names = [f.name for f in inputs.iter_frames(str(tmp_path))]
     assert "short" in names and len(set(names)) == 4
     for n in names:
-        assert len(n.encode()) <= inputs.NAME_BYTES and len((n + "_shape_detail_images.png").encode()) < 255
+        assert len(n.encode()) <= inputs.NAME_BYTES and len((n + "_shape_detail_images.png").encode()) <= 255
         (tmp_path / f"{n}_shape_detail_images.png").write_bytes(b"")  # the longest output name: writable
     assert inputs.output_name("short") == "short"
     assert inputs.output_name(cjk).startswith("\u6587" * 55) and inputs.output_name(cjk) != inputs.output_name(cjk + "x")
     (single,) = inputs.iter_frames(str(tmp_path / f"{long_a}.png"))
-    assert single.name == inputs.output_name(long_a) and single.name in names
+    assert single.name == inputs.output_name(long_a) and single.name in names and single.key == long_a
+    # --landmarks files are named after the input, not the shortened output name
+    from jaxdeca.apps import landmark_files
+    (tmp_path / "lmk").mkdir()
+    pts = np.random.default_rng(0).uniform(10, 60, (68, 2))
+    np.savetxt(tmp_path / "lmk" / f"{long_a}.txt", pts)
+    np.testing.assert_allclose(landmark_files.landmarks_for(single, str(tmp_path / "lmk"), False), pts)
+    # a long-named video's frames keep their index at the end of the shortened name
+    video = tmp_path / "v" / ("b" * 240 + ".avi")
+    video.parent.mkdir()
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 5, (16, 16))
+    for _ in range(3):
+        w.write(np.full((16, 16, 3), 100, np.uint8))
+    w.release()
+    frames = list(inputs.iter_frames(str(video)))
+    assert [f.name[-6:] for f in frames] == ["_00000", "_00001", "_00002"]
+    assert all(len(f.name.encode()) <= inputs.NAME_BYTES for f in frames)
+    assert [f.key for f in frames] == ["b" * 240 + f"_{k:05d}" for k in range(3)]
 

@@ -31,9 +31,12 @@ class InputError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    name: str  # file stem, or "<video stem>_<frame index>" (made unique in a folder: unique_names)
+    # file stem, or "<video stem>_<frame index>" (made unique in a folder: unique_names; a name
+    # too long for its output files shortened: output_name)
+    name: str
     image: np.ndarray  # [H, W, 3] uint8 RGB
     source: str = ""  # the file path, or "<video path> frame <index>"
+    key: str = ""  # the name before output_name shortened it ("": not shortened); --landmarks use it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,17 +120,17 @@ def _cv2_name(path: str):
 
 def list_images(folder: str, videos: bool = False, exclude=()) -> list[str]:
     """Image files (and with videos=True video files) in `folder` (not recursive), sorted by name;
-    HEIC/HEIF photos too, which iter_frames names as skipped. Left out: the files `exclude` names
-    (an app's own output written into its input folder: animate's video, which a re-run read as
-    more driver frames) and the temporary files a killed write leaves (`atomic_file.is_temporary`).
-    A folder that cannot be listed is an InputError naming it."""
+    HEIC/HEIF photos too, which iter_frames names as skipped (and the temporary files a killed
+    write leaves, `atomic_file.is_temporary`). Left out: the files `exclude` names (an app's own
+    output written into its input folder: animate's video, which a re-run read as more driver
+    frames). A folder that cannot be listed is an InputError naming it."""
     exts = IMAGE_EXTS + images.HEIC_EXTS + (VIDEO_EXTS if videos else ())
     try:
         listed = os.listdir(folder)
     except OSError as e:
         raise InputError(f"{folder}: cannot list the folder ({e.strerror})") from None
     excluded = {os.path.realpath(p) for p in exclude}
-    names = sorted(f for f in listed if f.lower().endswith(exts) and not atomic_file.is_temporary(f)
+    names = sorted(f for f in listed if f.lower().endswith(exts)
                    and os.path.realpath(os.path.join(folder, f)) not in excluded)
     return [os.path.join(folder, f) for f in names]
 
@@ -153,7 +156,7 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
     # quiet unless the user asked for a level (read when OpenCV first opens a video).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(_cv2_name(path))
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem, full = _frame_stem(path), os.path.splitext(os.path.basename(path))[0]
     try:
         if not cap.isOpened():
             raise InputError(f"{path}: cannot open video (unsupported codec or corrupt file)")
@@ -174,7 +177,8 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
             bad = []
             if index % every == 0:
                 n_read += 1
-                yield Frame(f"{stem}_{index:05d}", images.to_rgb_uint8(frame), f"{path} frame {index}")
+                yield Frame(f"{stem}_{index:05d}", images.to_rgb_uint8(frame), f"{path} frame {index}",
+                            f"{full}_{index:05d}" if full != stem else "")
             index += 1
         if n_read == 0:
             raise InputError(f"{path}: video has no decodable frames")
@@ -185,14 +189,15 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
 def _iter_webp(path: str, every: int) -> Iterator[Frame]:
     """The frames of an animated WebP, decoded one at a time (Pillow; OpenCV's FFmpeg does not
     read it). A frame that cannot be decoded ends it, as in a video."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem, full = _frame_stem(path), os.path.splitext(os.path.basename(path))[0]
     n_read, error = 0, None
     try:
         with Image.open(path) as im:
             for index, frame in enumerate(ImageSequence.Iterator(im)):
                 if index % every == 0:
                     n_read += 1
-                    yield Frame(f"{stem}_{index:05d}", np.asarray(frame.convert("RGB")), f"{path} frame {index}")
+                    yield Frame(f"{stem}_{index:05d}", np.asarray(frame.convert("RGB")), f"{path} frame {index}",
+                                f"{full}_{index:05d}" if full != stem else "")
     except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:  # the frames before it are kept
         error = e
     if n_read == 0:
@@ -262,24 +267,33 @@ def iter_frames(path: str, video_every: int = 1, exclude=()) -> Iterator[Frame |
         items = iter([Frame(os.path.splitext(os.path.basename(path))[0], read_image(path), path)])
     for item in items:
         name = output_name(item.name)
-        yield item if name == item.name else dataclasses.replace(item, name=name)
+        if name != item.name:
+            item = dataclasses.replace(item, name=name, **({"key": item.key or item.name} if isinstance(item, Frame)
+                                                           else {}))
+        yield item
 
 
 # bytes of a name the outputs keep whole: a file system's 255-byte limit less the longest suffix
-# an app adds (`<name>_shape_detail_images.png`, a temporary name's prefix and tag)
-NAME_BYTES = 176
+# an app adds (`<name>_shape_detail_images.png`; temporary names are shortened by atomic_file)
+NAME_BYTES = 255 - len("_shape_detail_images.png")
 
 
-def output_name(name: str) -> str:
-    """`name` if its UTF-8 form has at most NAME_BYTES bytes, else its first characters within
-    that (less 9) then '_' and 8 hex digits of its sha256, so that different long names stay
+def output_name(name: str, limit: int = NAME_BYTES) -> str:
+    """`name` if its UTF-8 form has at most `limit` bytes, else its first characters within that
+    (less 9) then '_' and 8 hex digits of its sha256, so that different long names stay
     different. A 248-byte file name made '<name>_normals.png' longer than the file system's
     255-byte limit: the write failed and stopped the whole folder."""
     raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= NAME_BYTES:
+    if len(raw) <= limit:
         return name
-    head = raw[:NAME_BYTES - 9].decode("utf-8", "ignore")  # no character cut in two
+    head = raw[:limit - 9].decode("utf-8", "ignore")  # no character cut in two
     return f"{head}_{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
+def _frame_stem(path: str) -> str:
+    """A video's stem for its frames' names `<stem>_<index>`, shortened (`output_name`) so that
+    the index is kept."""
+    return output_name(os.path.splitext(os.path.basename(path))[0], NAME_BYTES - 8)
 
 
 def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
@@ -288,6 +302,9 @@ def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
     try:
         if path.lower().endswith(images.HEIC_EXTS):
             raise InputError(f"{path}: {images.HEIC_REASON}")
+        if atomic_file.is_temporary(os.path.basename(path)):  # an app's output left by a killed write
+            raise InputError(f"{path}: named like the temporary file of an interrupted write (.<name>.tmp-<8 hex>); "
+                             "not read: rename it to read it, or remove it")
         if is_video(path):
             yield from iter_video(path, every=video_every)
         else:

@@ -38,8 +38,9 @@ def for_frame(frame: inputs.Frame, landmarks: str | None, single: bool):
 def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
     """68 landmarks [68, 2] for a frame from --landmarks, or None (dlib detects them).
     landmarks: a .pts/.txt file (single-image input) or a folder of `<name>.pts` / `<name>.txt`
-    named like the frames (`inputs.Frame.name`: the file stem; a frame without one falls back to
-    dlib). Raises ValueError naming the file when unreadable."""
+    named like the frames (`inputs.Frame.name`: the file stem, whole where the outputs' name was
+    shortened, `inputs.Frame.key`; a frame without one falls back to dlib). Raises ValueError
+    naming the file when unreadable."""
     if landmarks is None:
         return None
     if not os.path.isdir(landmarks):
@@ -47,7 +48,7 @@ def landmarks_for(frame: inputs.Frame, landmarks: str | None, single: bool):
             raise ValueError(f"{landmarks}: --landmarks must be a folder of <stem>.pts when --input is a folder or video")
         return read_pts(landmarks)
     for ext in (".pts", ".txt"):
-        f = os.path.join(landmarks, frame.name + ext)
+        f = os.path.join(landmarks, (frame.key or frame.name) + ext)
         if os.path.isfile(f):
             return read_pts(f)
     return None
