@@ -430,7 +430,17 @@ def test_resume_with_another_flame_is_refused_and_a_moved_copy_resumes(other_fla
                   lambda self: {k: v for k, v in info(self).items() if k != "flame_fingerprint"})
         assert [s for s, _ in loop.train(config, str(w), run.make_task(config))["losses"]] == [2]
     assert export.load_inference(str(w))[1]["flame_path"] == str(moved)
-    config.flame.path = None  # nothing recorded to check it against: resumed as before
+    # a checkpoint without a fingerprint (an earlier jaxdeca's) is checked by the file it names:
+    # resumed on the demo head, it trained on it and recorded it (the apps then decoded with it)
+    config.flame.path = None
+    with pytest.raises(paths.ConfigError, match=r"step 2 was trained with FLAME .*moved.npz', but this run has the "
+                       r"embedded demo head .*v_template differs"):
+        loop.train(config, str(w), run.make_task(config))
+    moved.rename(tmp_path / "elsewhere.npz")  # gone from where it was recorded: the demo head is refused,
+    with pytest.raises(paths.ConfigError, match=r"moved.npz' \(not readable there now\), but this run has the "
+                       r"embedded demo head"):
+        loop.train(config, str(w), run.make_task(config))
+    config.flame.path = str(tmp_path / "elsewhere.npz")  # and a FLAME file named goes on
     assert loop.train(config, str(w), run.make_task(config))["losses"] == []
 
 

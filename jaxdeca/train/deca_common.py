@@ -136,16 +136,27 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
     training the codes on other shapes, and record this run's FLAME as the one the workdir was
     trained with (the apps decode it with that one). The fingerprints are compared, not the
     paths: the same file moved or copied elsewhere goes on. A checkpoint written before the
-    fingerprint was recorded is not checked."""
-    saved = info.get("flame_fingerprint")
+    fingerprint was recorded is checked by the FLAME file it names, when it names one (the
+    demo head, or no record of the file, is not checked): the file's fingerprint when it is still
+    there; when it is gone, a run naming a FLAME file goes on (it may be the file, moved) and
+    one without (the demo head) is refused."""
+    saved, trained = info.get("flame_fingerprint"), info.get("flame_path")
+    now = f"config.flame.path={path!r}" if path else "the embedded demo head (config.flame.path unset)"
     if not isinstance(saved, dict):
-        return
+        if not trained:
+            return
+        saved = _file_fingerprint(trained)
+        if saved is None:
+            if path:
+                return
+            flag = f"--config.flame.path=<{trained}, wherever it lies now>"
+            raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)} (not readable there now), "
+                                    f"but this {'stage' if start else 'run'} has {now}: its codes would mean other "
+                                    f"shapes; {'start it' if start else 'resume'} with {flag}")
     differs = [k for k in fingerprint if k not in saved or not np.allclose(saved[k], fingerprint[k], rtol=1e-6, atol=0)]
     differs += [k for k in saved if k not in fingerprint]
     if not differs:
         return
-    trained = info.get("flame_path")
-    now = f"config.flame.path={path!r}" if path else "the embedded demo head (config.flame.path unset)"
     same_path = (paths.resolve(path) if path else None) == trained
     if same_path:
         fix = (f"{flame_name(trained)} has changed since: restore the file it was trained with" if trained else
@@ -158,6 +169,15 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
     raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)}, but this "
                             f"{'stage' if start else 'run'} has {now}, another FLAME ({arrays}): its codes "
                             f"would mean other shapes; {fix}")
+
+
+def _file_fingerprint(path: str) -> dict | None:
+    """flame_fingerprint of the FLAME file `path` (read as DecaParts reads config.flame.path), or
+    None when it cannot be read (moved, removed)."""
+    try:
+        return flame_fingerprint(flame.from_arrays(flame.load_arrays(path), where=path))
+    except (flame.FlameFileError, OSError):
+        return None
 
 
 class DecaParts:
