@@ -190,6 +190,23 @@ def test_heldout_identity_split_rule_and_eval_fallback(synthetic_builder):
     assert choose_eval_split(synthetic_builder, "train") == "train"
 
 
+def test_a_rebuild_names_the_trained_identities_it_holds_out():
+    """A rebuild that moves identities from 'train' into 'test' (the one-time change from the
+    rank rule to the name rule, for one) left a resumed run evaluating on faces it had trained
+    on, silently; `_rebuild` warns with the names `moved_to_test` gives."""
+    from types import SimpleNamespace
+
+    def built(names, test):
+        ids = {n: i for i, n in enumerate(names)}
+        groups = {"train": [[ids[n], 0, 1] for n in names if n not in test], "test": [[ids[n], 0, 1] for n in test]}
+        return SimpleNamespace(info=SimpleNamespace(metadata={"identities": names, "groups": groups}))
+
+    old = built(["a", "b", "c", "d"], {"d"})
+    assert tfds_faces.moved_to_test(old, built(["a", "b", "c", "d", "e"], {"d", "e"})) == []  # e is new
+    assert tfds_faces.moved_to_test(old, built(["a", "b", "c", "d"], {"b", "c"})) == ["b", "c"]
+    assert tfds_faces.moved_to_test(SimpleNamespace(info=SimpleNamespace(metadata={})), old) == []
+
+
 def test_identity_faces_without_good_images_is_one_clear_error(tmp_path, capsys):
     # every image bad (here: text saved as .jpg): prepare lists them; the build says so, no tfds traceback
     (tmp_path / "images" / "n0001").mkdir(parents=True)

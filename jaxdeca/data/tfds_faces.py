@@ -396,13 +396,22 @@ def _rebuild(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> tfds.
     dataset_info.json, features and metadata; tfds reads the shards' paths relative to it) takes
     the old one's place: the old one is moved into the hidden folder, which is removed with the
     rest tfds wrote there (`<name>/.config`, downloads/), whether the build succeeded or not.
-    Returns a builder reading the new dataset."""
+    Returns a builder reading the new dataset. When identities the old dataset trained on are held
+    out in the new one (`moved_to_test`), a warning names them: a run trained on the old dataset
+    and resumed on this one would evaluate on faces it trained on."""
     real = builder.data_path
     root = builder.data_dir_root
     tmp = root / f".{builder.name}-{builder.builder_config.name}-rebuild-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         new = build(_builder_at(builder, os.fspath(tmp)), manual_dir)  # a first build, there
+        moved = moved_to_test(builder, new)
+        if moved:
+            print(f"warning: {real}: {len(moved)} identities held out ('test') in the rebuilt dataset were in its "
+                  f"training split before ({', '.join(moved[:5])}{', ...' if len(moved) > 5 else ''}): a training "
+                  "run on the old dataset resumed on this one would evaluate on faces it trained on; start such "
+                  "runs again in another workdir (datasets built by jaxdeca before the split was chosen by name "
+                  "move once)", file=sys.stderr)
         replaced = tmp / "replaced"
         real.rename(replaced)
         try:
@@ -416,6 +425,17 @@ def _rebuild(builder: tfds.core.DatasetBuilder, manual_dir: str | None) -> tfds.
         except OSError as e:  # never hide the build's own error behind this one
             warnings.warn(f"{tmp}: could not remove this folder of the rebuild ({e}); remove it by hand")
     return _builder_at(builder, os.fspath(root))
+
+
+def _split_names(builder: tfds.core.DatasetBuilder, split: str) -> set:
+    """The identity names of a built identity_faces split (empty for other datasets)."""
+    names = builder.info.metadata.get("identities") or []
+    return {names[int(g[0])] for g in builder.info.metadata.get("groups", {}).get(split, [])} if names else set()
+
+
+def moved_to_test(old: tfds.core.DatasetBuilder, new: tfds.core.DatasetBuilder) -> list[str]:
+    """Sorted names of the identities in `new`'s 'test' split that were in `old`'s 'train' split."""
+    return sorted(_split_names(new, "test") & _split_names(old, "train"))
 
 
 def data_source(builder: tfds.core.DatasetBuilder, split: str = "train"):
