@@ -67,6 +67,11 @@ def hull_mask(landmarks_img, size: int = pipeline.IMAGE_SIZE) -> np.ndarray:
     return m.astype(np.float32)
 
 
+# FLAME's landmarks as one program: op by op it was ~180 small compiles (about 5 s on 2 cores),
+# each too quick for the persistent cache to keep, so every fit without networks paid them again
+_flame_landmarks = xla_options.jit(lambda model, *codes: model(*codes)["landmarks2d"])
+
+
 def mean_codes(pipe: pipeline.Pipeline, target_img) -> dict:
     """Zero codes with each camera fitted to its landmark box. target_img: [B, 68, 2] image space."""
     t = np.asarray(target_img)
@@ -74,7 +79,7 @@ def mean_codes(pipe: pipeline.Pipeline, target_img) -> dict:
     z = lambda n: jnp.zeros((B, n))  # noqa: E731
     codes = dict(shape=z(pipe.flame.n_shape), exp=z(pipe.flame.n_exp), pose=z(6), tex=z(50),
                  light=jnp.zeros((B, 9, 3)).at[:, 0, :].set(2.5), detail=z(128))
-    lm = np.asarray(pipe.flame(codes["shape"][:1], codes["exp"][:1], codes["pose"][:1])["landmarks2d"][0, :, :2])
+    lm = np.asarray(_flame_landmarks(pipe.flame, codes["shape"][:1], codes["exp"][:1], codes["pose"][:1])[0, :, :2])
     spread = np.ptp(t, 1).mean(-1)  # [B]
     if not np.all(spread > 0):  # NaN included: fit would optimise log(0)
         raise ValueError(f"mean_codes: target landmarks of batch item(s) {np.flatnonzero(~(spread > 0)).tolist()} "
