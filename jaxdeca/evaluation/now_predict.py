@@ -157,8 +157,8 @@ def export_model(images: str, image_list: str, out_dir: str, checkpoint: str | N
     predict = xla_options.jit(lambda shape: neutral_prediction(pipe.flame, shape))
     written, skipped = [], []
 
-    def write(names, shape):
-        v, l7 = jax.device_get(predict(jnp.asarray(shape, jnp.float32)))
+    def write(names, shape):  # shape padded to `batch` rows: predict compiles once
+        v, l7 = jax.device_get(predict(jnp.asarray(pipeline.pad_rows(shape, batch), jnp.float32)))
         for k, e in enumerate(names):
             now.export_prediction(out_dir, e, v[k], faces, l7[k])
             written.append(e)
@@ -191,8 +191,11 @@ def _predict(pipe, items, skipped: list, batch: int, fit_steps, write) -> None:
                 yield entry, prep
 
         for chunk in pipeline.chunks(prepared(), batch):
-            codes = fit.fit_crops(pipe, [c for _, (c, _) in chunk], [t for _, (_, t) in chunk], fit_steps)
-            write([e for e, _ in chunk], codes["shape"])
+            # a short last chunk repeats its last face up to `batch`, as fit's folders do: the fit
+            # is compiled once, not again for the last chunk's size
+            padded = chunk + chunk[-1:] * (batch - len(chunk))
+            codes = fit.fit_crops(pipe, [c for _, (c, _) in padded], [t for _, (_, t) in padded], fit_steps)
+            write([e for e, _ in chunk], np.asarray(codes["shape"])[:len(chunk)])
     else:
         for chunk in pipeline.chunks(_crops(items, skipped), batch):
             shape = pipe.encode(pipeline.padded_batch([c for _, c in chunk], batch))["shape"][:len(chunk)]
