@@ -141,7 +141,8 @@ def data_configs(config) -> tuple:
     if isinstance(given, str):
         names = tuple(n.strip() for n in given.split(",")) if "," in given else (given,)
     elif isinstance(given, (list, tuple)):  # ml_collections makes '--config.data.config=a,b' a 1-tuple
-        names = tuple(n.strip() for part in given for n in (part.split(",") if isinstance(part, str) else [part]))
+        names = tuple(n.strip() if isinstance(n, str) else n  # a non-string is refused below
+                      for part in given for n in (part.split(",") if isinstance(part, str) else [part]))
     else:
         names = None
     if not names or not all(isinstance(n, str) for n in names):
