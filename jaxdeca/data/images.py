@@ -83,14 +83,19 @@ def _jpeg_truncated(data: bytes) -> bool:
     return True
 
 
-def _pnm_maxval(buf: np.ndarray) -> int | None:
-    """The largest sample value a greymap/pixmap header (P2, P3, P5, P6) declares, or None for
-    other data (a bitmap, P1/P4, has none). buf: the file's bytes as uint8."""
+def _unscaled_pnm_maxval(buf: np.ndarray) -> int | None:
+    """The largest sample value a greymap/pixmap header declares when OpenCV returns its levels
+    unscaled and they are not 8- or 16-bit full range, else None: binary ones (P5, P6) of any
+    maxval but 255 and 65535, and ASCII ones (P2, P3) above 255 (OpenCV scales those below to
+    0..255 itself); None for other data (a bitmap, P1/P4, has none). buf: the file's bytes."""
     head = buf[:512].tobytes()
     if len(head) < 2 or head[:1] != b"P" or head[1:2] not in b"2356":
         return None
     fields = re.sub(rb"#[^\n\r]*", b" ", head[2:]).split()  # width, height, maxval, pixels...
-    return int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
+    maxval = int(fields[2]) if len(fields) >= 3 and fields[2].isdigit() else None
+    if not maxval or maxval in (255, 65535) or (head[1:2] in b"23" and maxval < 256):
+        return None
+    return maxval
 
 
 def _pillow_bgr(buf: np.ndarray, alpha: str) -> np.ndarray | None:
@@ -129,9 +134,8 @@ def imdecode(data) -> np.ndarray | None:
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
         return None
-    maxval = _pnm_maxval(buf)
-    ascii_8bit = head[1:2] in (b"2", b"3") and maxval is not None and maxval < 256  # OpenCV scales these itself
-    if maxval and maxval not in (255, 65535) and not ascii_8bit and img.dtype in (np.uint8, np.uint16):
+    maxval = _unscaled_pnm_maxval(buf)
+    if maxval and img.dtype in (np.uint8, np.uint16):
         return img.astype(np.float32) * np.float32(1.0 / maxval)
     if head[:4] in (b"II*\x00", b"MM\x00*") and img.ndim == 3 and img.shape[2] == 4 and img.dtype == np.uint8:
         stored = _pillow_bgr(buf, "RGBA")
