@@ -366,10 +366,15 @@ class ConcatSource:
         self.identity_offsets = [int(o) for o in identity_offsets]
         self.names = list(names) if names is not None else [f"source {s}" for s in range(len(self.sources))]
 
+    def _part(self, i: int) -> tuple[int, int]:
+        """(source s holding record i, its index there)."""
+        s = int(np.searchsorted(self.record_offsets, int(i), side="right")) - 1
+        return s, int(i) - int(self.record_offsets[s])
+
     def locate(self, i: int) -> tuple[str, int]:
         """(the name of the dataset holding record i, its index there)."""
-        s = int(np.searchsorted(self.record_offsets, int(i), side="right")) - 1
-        return self.names[s], int(i) - int(self.record_offsets[s])
+        s, j = self._part(i)
+        return self.names[s], j
 
     def __len__(self) -> int:
         return int(self.record_offsets[-1])
@@ -378,8 +383,8 @@ class ConcatSource:
         i = int(i)
         if not 0 <= i < len(self):
             raise IndexError(f"record {i} of a concatenation of {len(self)} records")
-        s = int(np.searchsorted(self.record_offsets, i, side="right")) - 1
-        record = self.sources[s][i - int(self.record_offsets[s])]
+        s, j = self._part(i)
+        record = self.sources[s][j]
         if not isinstance(record, dict) or not self.identity_offsets[s]:
             return record  # the first source's identities, or a record crop_example will skip
         return dict(record, identity=record["identity"] + self.identity_offsets[s])
@@ -403,17 +408,19 @@ def concat(parts, names=None) -> tuple:
 
 def tfds_loader(builder, cfg: LoaderConfig, split="train", **kw) -> FaceLoader:
     """FaceLoader over a prepared tfds builder (tfds_faces.IdentityFaces / SyntheticFaces), or over
-    a list of them (DECA's mix of datasets: their splits concatenated, `concat`); split: one for
-    all, or a list of one per builder."""
+    a list of them (DECA's mix of datasets: their splits concatenated, `concat`; a list of one is
+    read as that builder); split: one for all, or a list of one per builder."""
     from jaxdeca.data import tfds_faces
-    if not isinstance(builder, (list, tuple)):
-        return FaceLoader(tfds_faces.data_source(builder, split), tfds_faces.groups(builder, split), cfg, **kw)
-    splits = [split] * len(builder) if isinstance(split, str) else list(split)
-    if len(splits) != len(builder):
-        raise ValueError(f"{len(splits)} splits for {len(builder)} builders")
+    builders = list(builder) if isinstance(builder, (list, tuple)) else [builder]
+    splits = [split] * len(builders) if isinstance(split, str) else list(split)
+    if len(splits) != len(builders):
+        raise ValueError(f"{len(splits)} splits for {len(builders)} builders")
+    if len(builders) == 1:
+        return FaceLoader(tfds_faces.data_source(builders[0], splits[0]), tfds_faces.groups(builders[0], splits[0]),
+                          cfg, **kw)
     source, groups = concat([(tfds_faces.data_source(b, s), tfds_faces.groups(b, s), tfds_faces.identity_count(b))
-                             for b, s in zip(builder, splits)],
-                            names=[f"{b.name}/{b.builder_config.name} {s}" for b, s in zip(builder, splits)])
+                             for b, s in zip(builders, splits)],
+                            names=[f"{b.name}/{b.builder_config.name} {s}" for b, s in zip(builders, splits)])
     return FaceLoader(source, groups, cfg, **kw)
 
 
@@ -438,4 +445,4 @@ def make_loader(dataset: str, config, cfg: LoaderConfig, data_dir: str | None = 
                                         f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {name}"
                                         f"{manual} --data-dir DIR first")
         builders.append(builder)
-    return tfds_loader(builders[0] if isinstance(config, str) else builders, cfg, split, **kw)
+    return tfds_loader(builders, cfg, split, **kw)

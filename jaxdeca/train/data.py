@@ -101,9 +101,7 @@ def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, 
     from jaxdeca.data import loader as loader_lib
     d = config.data
     k = check_k(config, local_bs)
-    if builder is None:
-        builders = tfds_builders(config)
-        builder = builders[0] if len(builders) == 1 else builders  # one dataset: read as before
+    builder = builder or tfds_builders(config)
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
                                   image_size=int(d.image_size), seed=seed,
                                   scale=(float(d.get("scale_min", crop.TRAIN_SCALE[0])),
@@ -265,9 +263,7 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
         # scored on its own first training batch
         seed = eval_seed + 1 if "train" not in splits else \
             int(np.random.SeedSequence([eval_seed, 1]).generate_state(1)[0])
-        one = len(builders) == 1  # one dataset: read as before
-        stream = _tfds_loader(config, local_bs, process_index, process_count, splits[0] if one else splits, seed,
-                              builders[0] if one else builders)
+        stream = _tfds_loader(config, local_bs, process_index, process_count, splits, seed, builders)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), eval_seed + 10 ** 6,
                                  process_index, process_count, flame_path(config))
