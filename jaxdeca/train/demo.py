@@ -34,6 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 from jaxdeca import atomic_file, xla_options
 from jaxdeca.train import config_ranges, loop, paths, run as run_lib, workdir_lock
@@ -65,7 +66,7 @@ def _history_path(workdir, stage):
 
 def _record(workdir, stage) -> dict | None:
     """The record a finished stage wrote ({'num_steps', 'eval_history', 'seconds', 'config',
-    'config_fingerprint', 'started_from', 'weights', 'id'}: `_write_record`), or None:
+    'started_from', 'weights', 'id'}: `_write_record`), or None:
     also for a record that cannot be read (cut short by a kill or a full disk before records were
     written whole): the stage then counts as unfinished, resumes from its last checkpoint (which
     holds its eval history) and writes the record again."""
@@ -117,25 +118,13 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: dict, new: dict) -> list[str]:
-    """The dotted keys whose values differ between two recorded configs (one missing from either
-    counts), in order."""
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k, KeyError) != b.get(k, KeyError))
+def _flat(config: dict) -> dict:
+    """A recorded config as {dotted key: value} (flax's flatten_dict; an empty dict is a value)."""
+    return traverse_util.flatten_dict(config, keep_empty_nodes=True, sep=".")
 
 
 def _shown(value) -> str:
-    text = "(not set)" if value is KeyError else json.dumps(value)
+    text = "(not set)" if value is KeyError else "{}" if value is traverse_util.empty_node else json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -179,12 +168,11 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
         reasons.append(f"it was trained from the {prev} stage before that trained again in this run")
     elif previous is not None and (record.get("started_from") or {}).get("id") != previous.get("id"):
         reasons.append(f"it was trained from another {prev} stage than {os.path.join(workdir, prev)} holds now")
-    diff = config_differences(record["config"], config)
-    if not reasons and diff == ["train.num_steps"] and \
-            int(config["train"]["num_steps"]) > int(record["config"]["train"]["num_steps"]):
+    old, new = _flat(record["config"]), _flat(config)
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
+    if not reasons and diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"]):
         return False  # train for longer: the loop goes on from its last checkpoint
     if diff:
-        old, new = _flatten(record["config"]), _flatten(config)
         shown = [f"{k} {_shown(old.get(k, KeyError))} -> {_shown(new.get(k, KeyError))}" for k in diff[:4]]
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
         reasons.insert(0, f"it was trained with another config ({', '.join(shown)}{more}; config.stage_defaults "
@@ -240,11 +228,10 @@ def _write_record(hist_file, num_steps, hist, seconds, want, prev, previous, sta
     of its weights (`loop.fingerprint`: one stage record written again from the same checkpoint
     keeps its id, one trained again gets another, and the stages started from it are refused)."""
     started_from = {"stage": prev, "id": (previous or {}).get("id")} if prev else None
-    fp = _digest(want)
     weights = loop.fingerprint({"params": state.params, "batch_stats": state.batch_stats})
     record = {"num_steps": num_steps, "eval_history": hist, "seconds": seconds, "config": want,
-              "config_fingerprint": fp, "started_from": started_from, "weights": weights,
-              "id": _digest([fp, started_from, weights])}
+              "started_from": started_from, "weights": weights,
+              "id": _digest([_digest(want), started_from, weights])}
     with atomic_file.open_replacing(hist_file) as f:
         json.dump(record, f, indent=1)
 
