@@ -156,7 +156,7 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
     # quiet unless the user asked for a level (read when OpenCV first opens a video).
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     cap = cv2.VideoCapture(_cv2_name(path))
-    stem, full = _frame_stem(path), os.path.splitext(os.path.basename(path))[0]
+    stem = _frame_stem(path)
     try:
         if not cap.isOpened():
             raise InputError(f"{path}: cannot open video (unsupported codec or corrupt file)")
@@ -177,8 +177,7 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
             bad = []
             if index % every == 0:
                 n_read += 1
-                yield Frame(f"{stem}_{index:05d}", images.to_rgb_uint8(frame), f"{path} frame {index}",
-                            f"{full}_{index:05d}" if full != stem else "")
+                yield _video_frame(path, stem, index, images.to_rgb_uint8(frame))
             index += 1
         if n_read == 0:
             raise InputError(f"{path}: video has no decodable frames")
@@ -189,15 +188,14 @@ def iter_video(path: str, every: int = 1) -> Iterator[Frame | Skipped]:
 def _iter_webp(path: str, every: int) -> Iterator[Frame]:
     """The frames of an animated WebP, decoded one at a time (Pillow; OpenCV's FFmpeg does not
     read it). A frame that cannot be decoded ends it, as in a video."""
-    stem, full = _frame_stem(path), os.path.splitext(os.path.basename(path))[0]
+    stem = _frame_stem(path)
     n_read, error = 0, None
     try:
         with Image.open(path) as im:
             for index, frame in enumerate(ImageSequence.Iterator(im)):
                 if index % every == 0:
                     n_read += 1
-                    yield Frame(f"{stem}_{index:05d}", np.asarray(frame.convert("RGB")), f"{path} frame {index}",
-                                f"{full}_{index:05d}" if full != stem else "")
+                    yield _video_frame(path, stem, index, np.asarray(frame.convert("RGB")))
     except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:  # the frames before it are kept
         error = e
     if n_read == 0:
@@ -294,6 +292,13 @@ def _frame_stem(path: str) -> str:
     """A video's stem for its frames' names `<stem>_<index>`, shortened (`output_name`) so that
     the index is kept."""
     return output_name(os.path.splitext(os.path.basename(path))[0], NAME_BYTES - 8)
+
+
+def _video_frame(path: str, stem: str, index: int, image: np.ndarray) -> Frame:
+    """Frame `index` of the video `path`, named `<stem>_<index>` (stem: `_frame_stem`); its key is
+    the name with the whole stem when that was shortened."""
+    full = os.path.splitext(os.path.basename(path))[0]
+    return Frame(f"{stem}_{index:05d}", image, f"{path} frame {index}", f"{full}_{index:05d}" if full != stem else "")
 
 
 def _file_items(path: str, video_every: int) -> Iterator[Frame | Skipped]:
