@@ -623,9 +623,10 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
       accelerators, which then run all images' faces in parallel instead of looping over
       the images.
     window, soft_window, slots: speed knobs only (results do not depend on them or on
-      batch_size, but for the winner among copies of a face; module docstring): side in pixels of the per-face windows of the hard pass (default 4 on
-      CPU, 8 on accelerators) and of the soft pass (default: `window` plus the soft radius on
-      both sides, rounded up to a multiple of 8), and windows processed per round in both passes
+      batch_size, but for the winner among copies of a face; module docstring): side in pixels
+      of the per-face windows of the hard pass (default 4 on CPU, 8 on accelerators) and of the
+      soft pass (default: `window` plus the soft radius on both sides, rounded up to a multiple
+      of 8), and windows processed per round in both passes
       (default: all faces of the group plus 25%, at most 2^19 pixels per round on CPU and
       2^24 on accelerators).
     On a device mesh: under a context mesh (`jax.set_mesh`, `jax.sharding.use_abstract_mesh`;
