@@ -35,7 +35,7 @@ def test_coarse_total_gradient_reaches_every_code_group():
                                  rendered_images=r["images"], alpha_images=r["alpha"], face_eye_mask=fem)
         return t, terms
 
-    (t, terms), grads = jax.value_and_grad(total, has_aux=True)(codes)
+    (t, terms), grads = jax.jit(jax.value_and_grad(total, has_aux=True))(codes)
     assert np.isfinite(float(t)) and "photometric_texture" in terms and "landmark" in terms
     for name, g in grads.items():
         g = np.asarray(g)

@@ -1,4 +1,6 @@
 """Camera, grid_sample (torch parity), SH and directional shading, normals, UV maps, interpolation."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +38,7 @@ def test_perspective_points_behind_the_camera_are_not_drawn():
     v = jnp.asarray(np.concatenate([front, behind, straddle])[None])
     faces = jnp.array([[0, 1, 2], [3, 4, 5], [6, 7, 8]])
 
+    @functools.partial(jax.jit, static_argnums=1)
     def image(v, sigma):
         out = perspective_proj(v, jnp.array([40.0]), jnp.array([[16.0, 16.0]]), (32, 32))
         return rasterize(out, faces, (32, 32), sigma=sigma)

@@ -38,6 +38,8 @@ DRIVER = textwrap.dedent("""
         def next(self):
             if self.i == int(os.environ.get("FAIL_AT", "-1")):
                 raise RuntimeError(f"loader failed at batch {self.i}")
+            if self.i == int(os.environ.get("HOLD_AT", "-1")):
+                time.sleep(3600)  # a job that keeps running (the test kills it)
             time.sleep(sleep)
             return super().next()
 
@@ -228,8 +230,8 @@ def test_kill_after_checkpoint_and_resume_matches_uninterrupted(tmp_path):
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     work = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "k.npz"), "0.3"], cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, drv, str(work), str(tmp_path / "k.npz"), "0"], cwd=REPO,
+                            env=_env(HOLD_AT="12"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_checkpoint([proc], work / "checkpoints" / "10")  # orbax renames to the final name only on commit
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -870,8 +872,10 @@ def test_a_second_job_on_a_workdir_in_use_is_refused_and_a_killed_jobs_lock_goes
     naming the first, before it touches anything; the OS drops a killed job's lock."""
     from jaxdeca.train import demo, workdir_lock
     work = tmp_path / "w"
-    proc = subprocess.Popen([sys.executable, _driver(tmp_path), str(work), str(tmp_path / "o.npz"), "0.3"], cwd=REPO,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the first job stops at batch 12, after its step-10 checkpoint, until it is killed: it runs
+    # however long the second job takes to start (a per-step sleep let a loaded machine finish it)
+    proc = subprocess.Popen([sys.executable, _driver(tmp_path), str(work), str(tmp_path / "o.npz"), "0"], cwd=REPO,
+                            env=_env(HOLD_AT="12"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_checkpoint([proc], work / "checkpoints" / "10")
         before = sorted(os.listdir(work))
