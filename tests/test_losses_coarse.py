@@ -109,6 +109,28 @@ def test_photometric_mask_is_a_constant(use_seg):
     assert np.abs(np.asarray(jax.grad(loss)(alpha))).max() == 0.0
 
 
+@pytest.mark.parametrize("use_seg", [True, False])
+def test_photometric_term_hand_computed_and_constant_in_the_face_eye_mask(use_seg):
+    """Render 1, image 0, alpha 1, face-eye mask 0.5 everywhere, skin 1: the prediction is
+    render * face_eye_mask * alpha = 0.5; with DECA's useSeg the mask is the skin alone (0.5 x
+    weight 2 = 1.0), without it face_eye_mask * alpha (0.5 x 0.5 x 2 = 0.5). DECA samples the
+    face-eye mask with a detached grid: the term has no gradient through it (the trainer samples
+    it with the live grid)."""
+    ones = jnp.ones((1, 4, 4, 3))
+
+    def term(fem):
+        _, terms = coarse.coarse_losses(landmarks_pred=jnp.zeros((1, 68, 2)), landmarks_gt=jnp.zeros((1, 68, 3)),
+                                        codes={}, weights=dict(lmk=0.0, eyed=0.0, lipd=0.0, id=0.0, use_seg=use_seg,
+                                                               reg_shape=0.0, reg_exp=0.0, reg_tex=0.0, reg_light=0.0),
+                                        images=0.0 * ones, rendered_images=ones, alpha_images=jnp.ones((1, 4, 4)),
+                                        face_eye_mask=fem, skin_mask=jnp.ones((1, 4, 4)))
+        return terms["photometric_texture"]
+
+    fem = jnp.full((1, 4, 4), 0.5)
+    np.testing.assert_allclose(float(term(fem)), 1.0 if use_seg else 0.5, rtol=1e-6)
+    assert np.abs(np.asarray(jax.grad(term)(fem))).max() == 0.0
+
+
 def test_regularisers_hand_computed():
     code = np.array([[1.0, 2.0], [3.0, 0.0]], np.float32)
     np.testing.assert_allclose(float(coarse.code_reg(code)), (1 + 4 + 9) / 2)
@@ -173,7 +195,7 @@ def test_coarse_losses_terms_and_gradients_per_code_group():
     lm, rendered, shading, codes = _pipeline(params)
     gt = inp["landmarks_gt"]
     fem, alpha = inp["face_eye_mask"][..., None], inp["alpha_images"]
-    mask = coarse.coarse_photo_mask(inp["skin_mask"], fem, alpha, True)
+    mask = inp["skin_mask"][..., None]  # DECA's useSeg: the skin segmentation alone
     overlay = id_overlay(inp["albedo_images"], shading, inp["face_eye_mask"], inp["images"])
     expect = {"landmark": coarse.weighted_landmark_loss(lm, gt) * 1.0, "eye_distance": coarse.eyed_loss(lm, gt) * 1.0,
               "lip_distance": coarse.lipd_loss(lm, gt) * 0.5,
