@@ -10,8 +10,9 @@ config.seed seeds the stage's data order, the initial weights of the networks it
 its per-step noise. Each stage is a run of its own (as in DECA), so stages with the same seed
 read the data in the same order (identities grouped by their own batch size and K); that is
 harmless, every stage passes over the data many times. `--config.seed=N` changes it per stage.
-The held-out eval batches do not depend on it (data.eval_seed picks their images and crops), so
-runs of several seeds are scored on the same faces.
+The held-out eval batches do not depend on it (data.eval_seed picks their images), so runs of
+several seeds are scored on the same faces; nor on the training augmentation (their crop is
+data.eval_scale x the landmark box, centred, without colour jitter).
 
 Paths the user supplies (each a config field; a missing one is one clear error at start):
   data.data_dir         tfds data dir holding identity_faces/<data.config> (build it with
@@ -73,7 +74,10 @@ def get_config(stage: str = "coarse"):
                                             # DECA's training crop (dataset.scale_min/max, trans_scale):
                                             # size = landmark box x U[scale_min, scale_max], centre
                                             # shifted by up to trans_scale x the box size
-                                            scale_min=1.4, scale_max=1.8, trans_scale=0.0))
+                                            scale_min=1.4, scale_max=1.8, trans_scale=0.0,
+                                            # the held-out batches' crop: eval_scale x the landmark
+                                            # box, centred, no jitter (DECA's training range's centre)
+                                            eval_scale=1.6))
     c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))

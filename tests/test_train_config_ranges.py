@@ -25,6 +25,7 @@ from jaxdeca.train import demo as demo_lib
     ("data.eval_seed", -2, "config.data.eval_seed=-2 must be >= 0"),
     ("data.color_jitter", -0.1, "config.data.color_jitter=-0.1 must be >= 0.0"),
     ("data.scale_min", 0.0, "config.data.scale_min=0.0 must be > 0.0"),
+    ("data.eval_scale", -1.6, "config.data.eval_scale=-1.6 must be > 0.0"),
     ("data.scale_max", 1.0, r"config.data.scale_max=1.0 must be >= config.data.scale_min=1.4"),
     ("data.trans_scale", math.inf, "config.data.trans_scale=inf must be a finite number"),
     ("model.init_cam_scale", -8.0, "config.model.init_cam_scale=-8.0 must be >= 0.0"),

@@ -162,6 +162,29 @@ def test_eval_batches_are_chosen_by_data_eval_seed_not_the_run_seed(tiny_dir, so
     np.testing.assert_array_equal(np.asarray(data.eval_batches(config, 4, 0, 1)[0]["image"]), base)
 
 
+def test_eval_batches_do_not_follow_the_training_augmentation(tiny_dir):
+    """The held-out batches were cropped and jittered with the training augmentation: runs of a
+    sweep over data.color_jitter, scale_min/max or trans_scale were scored on other pixels (and
+    landmarks). Their crop is data.eval_scale x the landmark box, centred, unjittered, now."""
+    import numpy as np
+    config = tfds_config(tiny_dir, dataset="synthetic_faces", config="tiny")
+
+    def batch(**fields):
+        c = config.copy_and_resolve_references()
+        c.data.update(fields)
+        return data.eval_batches(c, 4, 0, 1)[0], data.make_loader(c, 4, 0, 1).next()
+
+    (base, train) = batch()
+    for fields in (dict(color_jitter=0.3), dict(scale_min=1.2, scale_max=1.3), dict(trans_scale=0.1)):
+        ev, tr = batch(**fields)
+        for key in ("image", "landmarks", "mask"):
+            np.testing.assert_array_equal(ev[key], base[key], err_msg=f"{fields} {key}")
+        assert not np.array_equal(tr["image"], train["image"]), fields  # training batches do follow it
+    ev, _ = batch(eval_scale=2.0)  # a larger crop: the face smaller in the frame
+    spread = lambda b: np.ptp(b["landmarks"][..., :2], axis=1).mean()  # noqa: E731
+    assert spread(ev) < 0.85 * spread(base)
+
+
 def test_eval_batches_on_the_training_split_are_not_a_runs_own_batches(vgg_dir):
     """Without held-out identities eval falls back to the training split; its stream took seed
     eval_seed + 1, so a run of config.seed=1 was scored on its very first training batch."""

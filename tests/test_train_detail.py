@@ -486,7 +486,7 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     assert check(changed(stage_defaults__train__log_every=7, stage_defaults__train__checkpoint_every=1)) is True
     # read threads and evaluation cadence change nothing trained (more threads on a bigger machine)
     assert check(changed(stage_defaults__data__num_threads=8, stage_defaults__data__eval_batches=3,
-                         coarse__train__eval_every=1)) is True
+                         stage_defaults__data__eval_scale=2.0, coarse__train__eval_every=1)) is True
     assert check(base, previous=None) is True  # the starting stage's folder is gone: nothing to compare
     for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),

@@ -30,6 +30,7 @@ _RANGES = (
     ("data", "eval_seed", 0, True, "the held-out batches' seed"),
     ("data", "color_jitter", 0.0, True, "0: no colour jitter"),
     ("data", "scale_min", 0.0, False, "the training crop's least size over the landmark box"),
+    ("data", "eval_scale", 0.0, False, "the held-out crops' size over the landmark box"),
     ("data", "trans_scale", 0.0, True, "the training crop's largest shift over the landmark box size"),
     ("model", "init_cam_scale", 0.0, True, "0 or None: DECA's zero init"),
 )

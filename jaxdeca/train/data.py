@@ -14,7 +14,8 @@
                read as one concatenation (`loader.concat`); the eval split is each one's own
                choice, concatenated.
   'synthetic'  demo heads rendered on the fly (`SyntheticFaceLoader` below), no files at
-               all; used by the tests.
+               all; used by the tests. It draws its own poses and crops: the augmentation
+               fields (scale_min/max, trans_scale, color_jitter, eval_scale) are for 'tfds'.
 
 Both give batches of numpy arrays: image [N, S, S, 3] float32 in [0, 1], landmarks [N, 68, 3]
 ([-1, 1], y down, confidence), mask [N, S, S, 1] float32 in [0, 1] ({0, 1} for 'synthetic';
@@ -31,6 +32,7 @@ from jaxdeca.train import paths
 from jaxdeca.train.deca_common import flame_path
 
 BATCH_KEYS = ("image", "landmarks", "mask", "identity")
+EVAL_SCALE = sum(crop.TRAIN_SCALE) / 2  # default data.eval_scale: the centre of DECA's training range
 
 
 def synthetic_group_batch(seed: int, first_identity: int, n_identities: int, k: int, image_size: int,
@@ -94,20 +96,24 @@ class _TfdsStream:
 
 
 def _tfds_loader(config, local_bs: int, process_index: int, process_count: int, split, seed: int,
-                 builder=None):
+                 builder=None, augment=True):
     """FaceLoader over `builder` (one, or a list: their concatenation), by default
     tfds_builders(config) (config.data checked, a missing synthetic dataset built); split: one for
-    all, or one per builder."""
+    all, or one per builder. augment=False (the held-out batches): the crop of size
+    data.eval_scale x the landmark box, centred, no colour jitter, whatever the training
+    augmentation (data.scale_min/max, trans_scale, color_jitter) is."""
     from jaxdeca.data import loader as loader_lib
     d = config.data
     k = check_k(config, local_bs)
     builder = builder or tfds_builders(config)
+    if augment:
+        scale = (float(d.get("scale_min", crop.TRAIN_SCALE[0])), float(d.get("scale_max", crop.TRAIN_SCALE[1])))
+        trans_scale, color_jitter = float(d.get("trans_scale", 0.0)), float(d.get("color_jitter", 0.0))
+    else:
+        scale, trans_scale, color_jitter = (float(d.get("eval_scale", EVAL_SCALE)),) * 2, 0.0, 0.0
     cfg = loader_lib.LoaderConfig(groups_per_batch=local_bs // k * process_count, k=k,
-                                  image_size=int(d.image_size), seed=seed,
-                                  scale=(float(d.get("scale_min", crop.TRAIN_SCALE[0])),
-                                         float(d.get("scale_max", crop.TRAIN_SCALE[1]))),
-                                  trans_scale=float(d.get("trans_scale", 0.0)),
-                                  color_jitter=float(d.get("color_jitter", 0.0)),
+                                  image_size=int(d.image_size), seed=seed, scale=scale,
+                                  trans_scale=trans_scale, color_jitter=color_jitter,
                                   num_threads=int(d.get("num_threads", 4)))
     return loader_lib.tfds_loader(builder, cfg, split, process_index=process_index, process_count=process_count)
 
@@ -247,6 +253,10 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
     Which held-out images (and crops) they hold is `config.data.eval_seed`'s (default 0), not
     `config.seed`'s: runs of several seeds are scored on the same faces. (They took config.seed:
     one model scored 0.304 / 0.269 / 0.298 landmark L1 on the batches of seeds 0 / 1 / 2.)
+    Nor do they follow the training augmentation: tfds crops are data.eval_scale x the landmark
+    box, centred, without colour jitter, so runs that differ in data.scale_min/max, trans_scale
+    or color_jitter are scored on the same pixels too (they were cropped and jittered as the
+    training batches were).
     """
     d = config.data
     n = int(d.get("eval_batches", 1))
@@ -263,7 +273,7 @@ def eval_batches(config, local_bs: int, process_index: int, process_count: int) 
         # scored on its own first training batch
         seed = eval_seed + 1 if "train" not in splits else \
             int(np.random.SeedSequence([eval_seed, 1]).generate_state(1)[0])
-        stream = _tfds_loader(config, local_bs, process_index, process_count, splits, seed, builders)
+        stream = _tfds_loader(config, local_bs, process_index, process_count, splits, seed, builders, augment=False)
         return [_select(stream.batch_at(i)) for i in range(n)]
     loader = SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), eval_seed + 10 ** 6,
                                  process_index, process_count, flame_path(config))

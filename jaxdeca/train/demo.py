@@ -82,13 +82,13 @@ def _record(workdir, stage) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-# fields that decide when the loop logs, saves, draws and evaluates, and how fast it reads data,
-# not what it trains: left out of a stage's recorded config, so that changing them (more read
-# threads on a bigger machine) does not stop a re-run at a finished stage. A finished stage's
-# record keeps the eval history measured when it trained.
+# fields that decide when the loop logs, saves, draws and evaluates (and how it crops the held-out
+# faces), and how fast it reads data, not what it trains: left out of a stage's recorded config,
+# so that changing them (more read threads on a bigger machine) does not stop a re-run at a
+# finished stage. A finished stage's record keeps the eval history measured when it trained.
 _CADENCE_FIELDS = {"train": ("log_every", "checkpoint_every", "keep_checkpoints", "async_checkpoints", "image_every",
                              "eval_every"),
-                   "data": ("num_threads", "eval_batches")}
+                   "data": ("num_threads", "eval_batches", "eval_scale")}
 
 
 def recorded_config(config, stage: str, workdir: str) -> dict:
