@@ -2,6 +2,7 @@
 weights are checked where they are read (losses.defaults.as_weights), and DECA's training-crop
 fields reach the loader."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -88,9 +89,39 @@ def test_loss_weights_are_finite_non_negative_numbers_and_switches_bools():
     for bad, message in [({"lmk": -1.0}, "lmk=-1.0 must be a finite number >= 0"),
                          ({"id": math.inf}, "id=inf must be"), ({"eyed": "1"}, "eyed='1' must be"),
                          ({"lipd": True}, "lipd=True must be"), ({"lmk": jnp.float32(-1)}, "lmk=-1.0 must be"),
-                         ({"use_seg": 2}, r"use_seg=2 must be True or False \(or 1 or 0\)")]:
+                         ({"use_seg": 2}, r"use_seg=2 must be True or False \(or 1 or 0\)"),
+                         ({"render_sigma": 1e-40}, r"render_sigma=1e-40 must be 0 \(hard\) or at least")]:
         with pytest.raises(ValueError, match=message):
             as_weights(bad)
+
+
+def test_loss_render_sigma_reaches_the_coarse_photometric_render_only(monkeypatch):
+    """The SoftRas sigma of the coarse stage's photometric render was render.render's default
+    (1 px^2) with no config field. It is config.loss.render_sigma now (0: DECA's hard mask, no
+    soft pass); the renders whose soft alpha nothing reads (the image grids) ask for none."""
+    import jax
+    from configs import test_coarse
+    from jaxdeca import render
+    from jaxdeca.train.deca_coarse import CoarseTask
+    seen, real = [], render.render
+
+    def spy(*a, sigma=1.0, **k):
+        seen.append(sigma)
+        return real(*a, sigma=sigma, **k)
+    monkeypatch.setattr(render, "render", spy)
+    assert coarse.get_config("coarse").loss.render_sigma == 1.0
+    for sigma in (0.0, 2.5):
+        config = test_coarse.get_config("coarse")
+        config.loss.render_sigma = sigma
+        task = CoarseTask(config)
+        params, stats, frozen = jax.eval_shape(task.init_variables, jax.random.key(0))
+        batch = task.make_loader(4, 0, 1).next()
+        seen.clear()
+        jax.eval_shape(task.loss_fn, params, stats, frozen, batch, jax.random.key(1))
+        assert seen == [sigma]
+        seen.clear()
+        jax.eval_shape(lambda p, s, b: task.images(SimpleNamespace(params=p, batch_stats=s), b), params, stats, batch)
+        assert seen == [0.0]
 
 
 def test_the_training_crop_fields_reach_the_loader(monkeypatch):

@@ -488,6 +488,12 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     assert check(changed(stage_defaults__data__num_threads=8, stage_defaults__data__eval_batches=3,
                          stage_defaults__data__eval_scale=2.0, coarse__train__eval_every=1)) is True
     assert check(base, previous=None) is True  # the starting stage's folder is gone: nothing to compare
+    # a record written before loss.render_sigma was a field: trained with the 1.0 it is by default
+    older = dict(record, config=json.loads(json.dumps(want)))
+    del older["config"]["loss"]["render_sigma"]
+    assert check(base, rec=older) is True
+    with pytest.raises(paths.ConfigError, match=r"loss.render_sigma 1.0 -> 0.0"):
+        check(changed(stage_defaults__loss__render_sigma=0.0), rec=older)
     for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
                           ({"seed": 5}, "seed 0 -> 5"),

@@ -35,6 +35,9 @@ def default_loss_config() -> ml_collections.ConfigDict:
     c.reg_exp = 1e-4
     c.reg_tex = 1e-4
     c.reg_light = 1.0    # light towards white
+    # SoftRas sigma (pixel^2) of the soft coverage through which the photometric term moves the
+    # mesh's outline (see deca_coarse.py); 0: DECA's hard mask alone, and no soft pass is run
+    c.render_sigma = 1.0
     c.shape_consistency = True
     # detail stage
     c.photo_D = 2.0      # UV photometric
@@ -44,6 +47,9 @@ def default_loss_config() -> ml_collections.ConfigDict:
     c.reg_diff = 0.005   # shading smoothness
     c.detail_consistency = True
     return c
+
+
+_SMALLEST_SIGMA = 2.0 ** -126  # render.SMALLEST_SHARPNESS (render imports nothing from losses)
 
 
 def as_weights(weights) -> dict:
@@ -65,6 +71,9 @@ def as_weights(weights) -> dict:
             out[k] = bool(v)
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
             raise ValueError(f"loss weights: {k}={v!r} must be a finite number >= 0 (0 switches the term off)")
+        elif k == "render_sigma" and 0 < v < _SMALLEST_SIGMA:
+            raise ValueError(f"loss weights: render_sigma={v!r} must be 0 (hard) or at least {_SMALLEST_SIGMA!r} "
+                             "(float32's smallest normal; below it 1 / sigma overflows)")
         else:
             out[k] = v
     return out

@@ -279,10 +279,12 @@ class DecaParts:
     def albedo(self, codes):
         return flame.texture.albedo_from_arrays(self.arrays, codes["tex"], size=self.uv_size)
 
-    def render(self, out, trans, albedo, light, uv_z=None):
-        """`render.render` of a FLAME output at the stage's image size and UV topology."""
+    def render(self, out, trans, albedo, light, uv_z=None, sigma=0.0):
+        """`render.render` of a FLAME output at the stage's image size and UV topology. sigma: its
+        soft coverage's (a Python number; 0, the default: `alpha` is the hard mask, and the
+        soft pass is not run)."""
         return render.render(out["vertices"], trans, albedo, light, self.topo,
-                             image_size=(self.size, self.size), uv_z=uv_z)
+                             image_size=(self.size, self.size), uv_z=uv_z, sigma=sigma)
 
     def face_eye_mask_images(self, grid):
         """UV face-eye mask sampled into the image: grid [B, H, W, 2] -> [B, H, W, 1]."""

@@ -91,6 +91,11 @@ _CADENCE_FIELDS = {"train": ("log_every", "checkpoint_every", "keep_checkpoints"
                    "data": ("num_threads", "eval_batches", "eval_scale")}
 
 
+# config fields added since records held their config, with the value the code used before
+# them: a record that lacks one was trained with that value (a finished stage stays finished)
+_ADDED_FIELDS = {"loss.render_sigma": 1.0}
+
+
 def recorded_config(config, stage: str, workdir: str) -> dict:
     """The stage config (`stage_config`) as a finished stage's record holds it, to tell on a re-run
     whether the stage was trained with the config it is given now: JSON's types (tuples as lists),
@@ -168,7 +173,7 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
         reasons.append(f"it was trained from the {prev} stage before that trained again in this run")
     elif previous is not None and (record.get("started_from") or {}).get("id") != previous.get("id"):
         reasons.append(f"it was trained from another {prev} stage than {os.path.join(workdir, prev)} holds now")
-    old, new = _flat(record["config"]), _flat(config)
+    old, new = dict(_ADDED_FIELDS, **_flat(record["config"])), _flat(config)
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
     if not reasons and diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"]):
         return False  # train for longer: the loop goes on from its last checkpoint
