@@ -75,6 +75,21 @@ def test_identity_loss_matches_deca_torch():
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [64, 224, 256])
+def test_reg_input_crops_the_same_share_of_every_side_at_any_size(size):
+    """DECA's crop is [10:214] of its 224 images; written so, it cut an off-centre window out of
+    another training size (10:64 of 64 px, 10:214 of 256). A margin of round(10 * S / 224) on
+    every side: a mirrored image gives the mirrored input, and 224 keeps DECA's pixels."""
+    rng = np.random.default_rng(size)
+    x = jnp.asarray(rng.random((1, size, size, 3)).astype(np.float32))
+    out = identity.reg_input(x)
+    np.testing.assert_allclose(identity.reg_input(x[:, :, ::-1]), out[:, :, ::-1], atol=1e-4)  # resize rounding
+    np.testing.assert_allclose(identity.reg_input(x[:, ::-1]), out[:, ::-1], atol=1e-4)
+    m = round(10 * size / 224)
+    np.testing.assert_allclose(out, image.resize_bilinear(x[:, m:size - m, m:size - m] * 2 - 1, (224, 224)),
+                               atol=1e-6)
+
+
 def test_identity_zero_for_identical_and_grows_with_difference():
     jfn, _ = _linear_features(seed=4)
     rng = np.random.default_rng(5)

@@ -2,7 +2,8 @@
 
 Pipeline per image, exactly as the original:
 1. ``vggface2_transform``: RGB [0, 1] -> BGR * 255 - mean_bgr (91.4953, 103.8827, 131.0912).
-2. ``reg_input``: crop a 10-pixel margin of the 224 image (204 x 204), then
+2. ``reg_input``: crop a 10-pixel margin of the 224 image (204 x 204; the same share of
+   another size), then
    ``F.interpolate(x * 2 - 1, [224, 224], mode='bilinear')`` (align_corners=False). The
    ``* 2 - 1`` after mean subtraction is a quirk of the original (it was written for [0, 1]
    input); it is kept because the released VGGFace2 weights were used with it in DECA.
@@ -34,10 +35,14 @@ def vggface2_transform(images):
 def reg_input(x, margin: int = ID_MARGIN, size: int = ID_SIZE):
     """DECA's ``reg_features`` input: crop ``margin`` (of the 224 frame), *2-1, bilinear to size.
 
-    x: [B, H, W, 3] (transformed) -> [B, size, size, 3]. Like the original, the crop indices are
-    ``margin:224-margin`` whatever H, W are.
+    x: [B, H, W, 3] (transformed) -> [B, size, size, 3]. The margin is ``margin`` pixels of a
+    224 frame, round(margin * H / 224) of an H-pixel one (W likewise), on every side. DECA trains
+    at 224, where this is its ``[10:214, 10:214]``; its slice, written for 224, cut an off-centre
+    window out of any other size (10:64 of 64 pixels, 10:214 of 256).
     """
-    x = x[:, margin:ID_SIZE - margin, margin:ID_SIZE - margin, :]
+    h, w = x.shape[1], x.shape[2]
+    mh, mw = round(margin * h / ID_SIZE), round(margin * w / ID_SIZE)
+    x = x[:, mh:h - mh, mw:w - mw, :]
     return resize_bilinear(x * 2.0 - 1.0, (size, size))
 
 
