@@ -90,7 +90,9 @@ def test_loss_weights_are_finite_non_negative_numbers_and_switches_bools():
                          ({"id": math.inf}, "id=inf must be"), ({"eyed": "1"}, "eyed='1' must be"),
                          ({"lipd": True}, "lipd=True must be"), ({"lmk": jnp.float32(-1)}, "lmk=-1.0 must be"),
                          ({"use_seg": 2}, r"use_seg=2 must be True or False \(or 1 or 0\)"),
-                         ({"render_sigma": 1e-40}, r"render_sigma=1e-40 must be 0 \(hard\) or at least")]:
+                         ({"render_sigma": 1e-40}, r"render_sigma=1e-40 must be 0 \(DECA's hard mask\) or a finite"),
+                         ({"render_sigma": -1.0}, r"render_sigma=-1.0 must be 0 \(DECA's hard mask\) or a finite"),
+                         ({"render_sigma": math.inf}, r"render_sigma=inf must be 0 \(DECA's hard mask\)")]:
         with pytest.raises(ValueError, match=message):
             as_weights(bad)
 

@@ -69,11 +69,12 @@ def as_weights(weights) -> dict:
             if not (isinstance(v, (bool, np.bool_, numbers.Integral)) and v in (0, 1)):
                 raise ValueError(f"loss weights: {k}={v!r} must be True or False (or 1 or 0)")
             out[k] = bool(v)
+        elif k == "render_sigma" and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
+                                      or not (v == 0 or _SMALLEST_SIGMA <= v < math.inf)):
+            raise ValueError(f"loss weights: render_sigma={v!r} must be 0 (DECA's hard mask) or a finite sigma "
+                             f">= {_SMALLEST_SIGMA!r} (float32's smallest normal; below it 1 / sigma overflows)")
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
             raise ValueError(f"loss weights: {k}={v!r} must be a finite number >= 0 (0 switches the term off)")
-        elif k == "render_sigma" and 0 < v < _SMALLEST_SIGMA:
-            raise ValueError(f"loss weights: render_sigma={v!r} must be 0 (hard) or at least {_SMALLEST_SIGMA!r} "
-                             "(float32's smallest normal; below it 1 / sigma overflows)")
         else:
             out[k] = v
     return out
