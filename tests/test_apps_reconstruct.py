@@ -131,16 +131,20 @@ def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, caps
 
 
 def test_reconstruct_folder(tmp_path, model_dir):
+    """Two faces in one batch (and two inputs skipped): each face's files hold its own codes, the
+    ones its *_kpt2d.txt decodes from (a face written with another face's codes goes unseen with
+    one face per batch)."""
     p = pipeline.load_pipeline(model_dir, flame.DEMO_HEAD)  # a model directory names no FLAME model
-    head, out = render_head(p)
     src = tmp_path / "in"
     src.mkdir()
-    big = cv2.copyMakeBorder(head, 40, 10, 60, 20, cv2.BORDER_CONSTANT, value=(77, 77, 77))
-    export.save_image(str(src / "head.png"), big)
+    for name, cam in (("head", (7.0, 0.0, 0.0)), ("head2", (6.0, 0.1, -0.05))):
+        head, _ = render_head(p, cam=cam)
+        big = cv2.copyMakeBorder(head, 40, 10, 60, 20, cv2.BORDER_CONSTANT, value=(77, 77, 77))
+        export.save_image(str(src / f"{name}.png"), big)
     (src / "broken.jpg").write_bytes(b"not an image")
     export.save_image(str(src / "blank.png"), np.full((80, 80, 3), 0.3))
     res = reconstruct.reconstruct(str(src), str(tmp_path / "out"), pipe=p, batch=2)
-    assert res["written"] == ["head"]
+    assert res["written"] == ["head", "head2"]
     reasons = dict(res["skipped"])
     assert "not a readable image" in reasons["broken"] and reasons["blank"] == f"{src / 'blank.png'}: no face detected"
     d = tmp_path / "out" / "head"
@@ -157,11 +161,16 @@ def test_reconstruct_folder(tmp_path, model_dir):
     # A converted-layout model is DECA's released one, trained on landmarks normalised as p / S * 2 - 1:
     # its *_kpt2d.txt is DECA's (tensor_cropper.transform_points: (v * 0.5 + 0.5) * 224, then the
     # inverse crop), not jaxdeca's (p + 0.5) / S * 2 - 1 reading, half a crop pixel up-left of it.
-    dec = p.decode({k: jnp.asarray(codes[k][None]) for k in ("shape", "exp", "pose", "tex", "cam", "light", "detail")})
-    v = np.asarray(dec["landmarks2d"][0, :, :2], np.float64)
-    inv = np.linalg.inv(codes["crop_tform"])
-    deca_px = np.concatenate([(v * 0.5 + 0.5) * 224, np.ones((68, 1))], 1) @ inv.T
-    np.testing.assert_allclose(np.loadtxt(d / "head_kpt2d.txt"), deca_px[:, :2], atol=2e-3)
+    for name in ("head", "head2"):
+        d = tmp_path / "out" / name
+        codes = np.load(d / f"{name}_codes.npz")
+        dec = p.decode({k: jnp.asarray(codes[k][None]) for k in ("shape", "exp", "pose", "tex", "cam", "light", "detail")})
+        v = np.asarray(dec["landmarks2d"][0, :, :2], np.float64)
+        inv = np.linalg.inv(codes["crop_tform"])
+        deca_px = np.concatenate([(v * 0.5 + 0.5) * 224, np.ones((68, 1))], 1) @ inv.T
+        np.testing.assert_allclose(np.loadtxt(d / f"{name}_kpt2d.txt"), deca_px[:, :2], atol=2e-3, err_msg=name)
+    a, b = (np.load(tmp_path / "out" / n / f"{n}_codes.npz") for n in ("head", "head2"))
+    assert not np.array_equal(a["cam"], b["cam"]) and not np.array_equal(a["shape"], b["shape"])
     assert p.lmk_convention == "deca"
 
 
