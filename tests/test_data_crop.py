@@ -42,6 +42,22 @@ def test_train_transform_hand_computed():
     np.testing.assert_allclose(t, deca_corners((60.0, 50.0), int(old * s), 224), atol=1e-9)
 
 
+def test_train_transform_shifts_the_centre_by_trans_scale_times_the_box_size():
+    """trans_scale > 0: DECA (vggface.py) moves the crop centre by U[-1, 1] x trans_scale x
+    old_size (the box's (w + h) / 2), not by U[-1, 1] x trans_scale pixels, drawing the two
+    shift numbers before the scale. Box 100 x 60 (old_size 80, centre (60, 50)), trans_scale 0.2."""
+    lmk = np.array([[10.0, 20.0], [110.0, 20.0], [60.0, 80.0]] + [[60.0, 50.0]] * 65)
+    u = np.random.default_rng(3).random(3)
+    shift = (u[:2] * 2 - 1) * 0.2
+    center = np.array([60.0, 50.0]) + shift * 80.0
+    size = int(80 * (1.4 + u[2] * 0.4))
+    t = crop.train_transform(lmk, 224, np.random.default_rng(3), trans_scale=0.2)
+    np.testing.assert_allclose(t, deca_corners(center, size, 224), atol=1e-9)
+    # the crop's middle, (S - 1) / 2 in crop pixels, is that centre in the image
+    np.testing.assert_allclose(crop.apply_points(crop.invert(t), [111.5, 111.5]), center, atol=1e-9)
+    assert np.all(np.abs(center - [60.0, 50.0]) > 1.0)  # the shift is many pixels, not a fraction of one
+
+
 def test_test_transform_kpt_and_bbox():
     lmk = np.array([[10.0, 20.0], [110.0, 20.0], [60.0, 80.0]])
     np.testing.assert_allclose(crop.test_transform(landmarks=lmk), deca_corners((60, 50), int(80 * 1.1 * 1.25), 224), atol=1e-9)

@@ -111,6 +111,22 @@ def test_grey_rgba_and_bool_arrays_crop_like_rgb_and_float_arrays_are_refused():
         loader.crop_example(recs[3], np.random.default_rng(0), CFG)
 
 
+def test_a_mask_with_channels_is_read_from_its_first_channel():
+    """A mask array [H, W, C] is read from channel 0 (as the error message and the docstring
+    say), not the last: channel 0 all 255 (skin) and the others 0 crops to 1.0 everywhere the
+    crop stays inside the image (here all of it), and the swap (channel 0 at 0) to 0.0."""
+    img = np.full((120, 120, 3), 128, np.uint8)
+    lmk = np.stack([np.linspace(30, 90, 68), np.linspace(30, 90, 68)], 1)  # crop at most 60 x 1.8 px
+    cfg = loader.LoaderConfig(1, k=1, image_size=16)
+    for first, want in ((255, 1.0), (0, 0.0)):
+        mask = np.full((120, 120, 3), 255 - first, np.uint8)
+        mask[..., 0] = first
+        got = loader.crop_example(dict(image=img, mask=mask, landmarks=lmk, identity=0),
+                                  np.random.default_rng(0), cfg)["mask"]
+        assert got.shape == (16, 16, 1)
+        np.testing.assert_array_equal(got, np.full((16, 16, 1), want, np.float32))
+
+
 def skimage_warp_reference(mask, inverse, out_size):
     """Independent reference for DECA's `warp(mask, tform.inverse, output_shape=(S, S))` with
     skimage's defaults (order=1, mode='constant', cval=0), pixel by pixel as its bilinear
@@ -225,6 +241,18 @@ def test_every_identity_once_per_epoch():
         seen = [loader.group_records(groups, 1, epoch * N_IDS + j, 1)[0] for j in range(N_IDS)]
         ids = sorted(i for i, (_, f, n) in enumerate(groups) for s in seen if f <= s < f + n)
         assert ids == list(range(N_IDS))
+
+
+def test_each_epoch_visits_the_identities_in_a_new_order():
+    """Each epoch shuffles the identities afresh (permutation seeded by (seed, epoch)): with one
+    order for every epoch, the same identities met in the same batches every epoch, and the
+    shape-consistency loss's pairings never changed. 10 identities, one image each, seed 0."""
+    groups = np.array([[i, i * 5, 5] for i in range(10)])
+    orders = [[int(loader.group_records(groups, 0, epoch * 10 + j, 1)[0]) // 5 for j in range(10)]
+              for epoch in range(3)]
+    for order in orders:
+        assert sorted(order) == list(range(10))  # each identity once per epoch
+    assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2], orders
 
 
 def test_crops_keep_landmarks_on_their_pixels():
@@ -358,6 +386,36 @@ def test_colour_jitter_changes_colour_not_geometry():
     b = loader.FaceLoader(recs, groups, cfg, 0, 1).batch_at(0)
     np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
     assert not np.allclose(a["image"], b["image"]) and 0 <= b["image"].min() and b["image"].max() <= 1
+
+
+class FixedDraws:
+    """A stand-in rng whose uniform(lo, hi, n) returns lo + (hi - lo) x u for fixed u [n], so a
+    test sees the factors colour_jitter asks for over the range it asks for."""
+
+    def __init__(self, u):
+        self.u = np.asarray(u, np.float64)
+
+    def uniform(self, lo, hi, n):
+        assert n == len(self.u)
+        return lo + (hi - lo) * self.u
+
+
+def test_colour_jitter_factors_span_one_minus_to_one_plus_strength_and_contrast_keeps_the_mean():
+    """Brightness, contrast and saturation factors are drawn from [1 - s, 1 + s] (darker and less
+    contrasted images occur too, not only brighter ones), and the contrast step scales about the
+    image mean, which it keeps. Draws u = (0.25, 0.75, 0) at strength 0.4 give brightness 0.8,
+    contrast 1.2, saturation 0.6. Hand-computed on pixels (0.2, 0.4, 0.6) and (0.6, 0.6, 0.6):
+    saturation about each pixel's grey 0.4 / 0.6: (0.28, 0.4, 0.52), (0.6, 0.6, 0.6); their mean
+    0.5; contrast: 0.5 + (v - 0.5) x 1.2; brightness: x 0.8."""
+    img = np.array([[[0.2, 0.4, 0.6], [0.6, 0.6, 0.6]]], np.float32)
+    out = loader.colour_jitter(img, FixedDraws([0.25, 0.75, 0.0]), 0.4)
+    saturated = np.array([[[0.28, 0.4, 0.52], [0.6, 0.6, 0.6]]])
+    contrasted = 0.5 + (saturated - 0.5) * 1.2  # mean kept at 0.5
+    np.testing.assert_allclose(contrasted.mean(), 0.5)
+    want = contrasted * 0.8
+    np.testing.assert_allclose(want, [[[0.1888, 0.304, 0.4192], [0.496, 0.496, 0.496]]], atol=1e-12)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, want, atol=1e-6)
 
 
 SCRIPT = textwrap.dedent("""

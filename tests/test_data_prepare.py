@@ -433,6 +433,32 @@ def test_skin_mask_hand_case():
     assert m[35, 50] == 255  # the forehead band above the brows
 
 
+def test_skin_mask_holes_are_both_dilated_eyes_and_the_inner_mouth():
+    """The skin mask's holes (DECA's photometric loss skips them) are BOTH eyes, each dilated
+    1.3x about its centre so the eye rim is out too, and the inner lips (60..67) only: the lips
+    themselves, between the outer (48..59) and inner lip lines, are skin. A drawn 200 x 200 face:
+    eyes hexagons 24 x 10 px centred (70, 90) and (130, 90) (corner (82, 90), dilated (85.6, 90)),
+    outer lips an ellipse 40 x 16 px and inner lips 24 x 6 px, both centred (100, 140)."""
+    t = np.linspace(0, np.pi, 17)
+    lmk = np.zeros((68, 2))
+    lmk[0:17] = np.stack([100 - 60 * np.cos(t), 100 + 70 * np.sin(t)], 1)  # jaw
+    lmk[17:27] = np.stack([np.linspace(45, 155, 10), np.full(10, 70.0)], 1)  # brows
+    lmk[27:36] = [[100, 80 + 5 * i] for i in range(9)]  # nose
+
+    def ring(cx, cy, rx, ry, n):
+        a = np.linspace(0, 2 * np.pi, n + 1)[:-1]
+        return np.stack([cx + rx * np.cos(a), cy + ry * np.sin(a)], 1)
+    lmk[36:42], lmk[42:48] = ring(70, 90, 12, 5, 6), ring(130, 90, 12, 5, 6)
+    lmk[48:60], lmk[60:68] = ring(100, 140, 20, 8, 12), ring(100, 140, 12, 3, 8)
+    m = masks.skin_mask(lmk, 200, 200)  # m[y, x]
+    assert m[110, 100] == 255  # cheek / nose: skin
+    assert m[90, 70] == 0 and m[90, 130] == 0  # left- and right-eye centres
+    assert m[90, 84] == 0 and m[90, 116] == 0  # eye rims: outside the eye lines, inside their 1.3x dilation
+    assert m[90, 88] == 255  # beyond the dilated eye
+    assert m[140, 100] == 0  # inside the inner lips
+    assert m[145, 100] == 255 and m[140, 115] == 255  # on the lips: inside the outer line, outside the inner
+
+
 def test_same_stem_images_keep_their_own_masks(tmp_path):
     # a.jpg and a.png side by side (both annotated by a.pts): each record's mask is its own image's
     img = tmp_path / "images" / "p1"

@@ -190,6 +190,17 @@ def test_heldout_identity_split_rule_and_eval_fallback(synthetic_builder):
     assert choose_eval_split(synthetic_builder, "train") == "train"
 
 
+def test_fifty_names_none_hashing_to_zero_still_hold_one_identity_out():
+    """From HELDOUT_EVERY (50) identities on there is a 'test' split: when no name hashes to 0
+    modulo 50 (s1_00..s1_49: none does), the one name of the smallest hash, s1_25, is held out,
+    rather than none (no 'test' split, the trainer silently evaluating on 'train')."""
+    names = [f"s1_{i:02d}" for i in range(50)]
+    assert not any(tfds_faces._name_hash(n) % tfds_faces.HELDOUT_EVERY == 0 for n in names)
+    assert min(names, key=tfds_faces._name_hash) == "s1_25"
+    assert tfds_faces.heldout_identities(names) == {"s1_25"}
+    assert tfds_faces.heldout_identities(names[::-1]) == {"s1_25"}
+
+
 def test_a_rebuild_names_the_trained_identities_it_holds_out():
     """A rebuild that moves identities from 'train' into 'test' (the one-time change from the
     rank rule to the name rule, for one) left a resumed run evaluating on faces it had trained
