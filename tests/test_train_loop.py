@@ -909,3 +909,33 @@ def test_a_workdir_whose_lock_file_cannot_be_written_is_one_config_error(tmp_pat
     with pytest.raises(paths.ConfigError, match=rf"--workdir={work}: cannot write its lock file .*\.jaxdeca\.lock"):
         with workdir_lock.hold(str(work)):
             pass
+
+
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_optimizer_is_decas_adam_with_optional_global_norm_clipping(clip):
+    """make_optimizer is torch's Adam as DECA uses it (b1 0.9, b2 0.999, no weight decay) behind
+    optax.clip_by_global_norm(clip_norm) when clip_norm > 0, and plain Adam when it is 0. Two
+    steps of different gradient norms: the first (norm 5) is clipped to norm 1 when clip_norm=1,
+    which changes the second update (one step of Adam alone is scale-free)."""
+    import ml_collections
+    import optax
+    from jaxdeca.train import state
+    lr = 1e-2
+    config = ml_collections.ConfigDict(dict(optim=dict(learning_rate=lr, clip_norm=clip, schedule="constant"),
+                                            train=dict(num_steps=10)))
+    adam = optax.adam(lr, b1=0.9, b2=0.999)
+    want_opt = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+    other_opt = adam if clip > 0 else optax.chain(optax.clip_by_global_norm(1.0), adam)
+    params = {"w": jnp.zeros(2)}
+
+    def two_updates(opt):
+        s = opt.init(params)
+        out = []
+        for g in ([3.0, 4.0], [0.3, -0.4]):
+            u, s = opt.update({"w": jnp.asarray(g)}, s, params)
+            out.append(np.asarray(u["w"]))
+        return out
+    got, want, other = (two_updates(o) for o in (state.make_optimizer(config), want_opt, other_opt))
+    for step, (g, w) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-9, err_msg=f"clip_norm={clip}: update {step + 1}")
+    assert np.abs(want[1] - other[1]).max() > 1e-4  # the two steps tell clipped from unclipped Adam

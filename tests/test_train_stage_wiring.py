@@ -1,0 +1,148 @@
+"""How the DECA stage tasks wire their parts together, checked on the test-sized configs with
+random networks (no trained checkpoint): the detail stage's frozen coarse encoder in eval mode,
+the consistency swap's identity groups, the detail eval metric, the pretrain stage's lack of an
+identity term. Shapes alone are traced (jax.eval_shape) where a call's arguments are what counts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test_coarse
+from jaxdeca import models
+from jaxdeca.losses import consistency
+from jaxdeca.train import deca_coarse, deca_common, deca_detail
+
+
+def _detail_task():
+    config = test_coarse.get_config("detail")
+    config.init.coarse_checkpoint = "/nonexistent/coarse"  # only required to be set; a fresh start reads it
+    return deca_detail.DetailTask(config)
+
+
+def _detail_variables(task, key):
+    """Random (params, batch_stats, frozen) of the detail stage; the frozen E_flame's running
+    statistics moved away from a fresh net's (0, 1), as a trained encoder's are."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    ef = task.init_net("E_flame", k1)
+    ef = dict(ef, batch_stats=jax.tree.map(lambda x: x * 4.0 + 0.5, ef["batch_stats"]))
+    enc, dec = task.init_net("E_detail", k2), task.init_net("D_detail", k3)
+    params = {"E_detail": enc["params"], "D_detail": dec["params"]}
+    stats = {"E_detail": enc["batch_stats"], "D_detail": dec["batch_stats"]}
+    return params, stats, {"E_flame": ef}
+
+
+def test_detail_stage_runs_the_frozen_coarse_encoder_in_eval_mode():
+    """DECA freezes the coarse encoder in the detail stage (E_flame.eval()): its BatchNorms use the
+    running statistics, so an image's codes are E_flame.apply(train=False)'s and do not depend on
+    the other images of the batch (train-mode BN would normalise by the batch's statistics)."""
+    task = _detail_task()
+    _, _, frozen = _detail_variables(task, jax.random.key(0))
+    images = jax.random.uniform(jax.random.key(1), (8, 48, 48, 3))
+    codes8 = jax.jit(task.coarse_codes)(frozen, images)
+    codes2 = jax.jit(task.coarse_codes)(frozen, images[:2])
+    ef = frozen["E_flame"]
+    raw = task.nets["E_flame"].apply({"params": ef["params"], "batch_stats": ef["batch_stats"]}, images, train=False)
+    want = deca_common.camera_codes(models.decompose_code(raw), task.model)
+    for name in ("shape", "exp", "pose", "cam", "tex", "light"):
+        np.testing.assert_allclose(codes2[name], codes8[name][:2], rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{name}: the codes of images 0-1 depend on the rest of the batch")
+        np.testing.assert_allclose(codes8[name], want[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=f"{name}: not E_flame.apply(train=False)'s codes")
+
+
+def _spy(monkeypatch, module, name):
+    """Replaces module.<name> (a consistency swap) by one recording (n_identities, k)."""
+    calls, real = [], getattr(module, name)
+
+    def spy(key, codes, n_identities, k):
+        calls.append((n_identities, k))
+        return real(key, codes, n_identities, k)
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _sources_within_identity(n_identities, k):
+    """The rows the swap gives rows 0..n-1 of the doubled batch, by the real swap with these
+    arguments, as (source row, row) pairs."""
+    n = n_identities * k
+    rows = jnp.arange(n, dtype=jnp.float32)[:, None]
+    swapped = consistency.swap_codes(jax.random.key(3), {"c": rows}, "c", n_identities, k)["c"][n:, 0]
+    return [(int(s), i) for i, s in enumerate(np.asarray(swapped))]
+
+
+@pytest.mark.parametrize("stage", ["coarse", "detail"])
+def test_consistency_swap_permutes_within_each_identity_group(monkeypatch, stage):
+    """A batch is identities x K images, identity-major; DECA's shape (coarse) and detail (detail)
+    consistency permute the code within each identity's K images, so the swap is called with
+    (batch // K, K): every swapped row's code comes from another image of the same person."""
+    b = 8
+    batch = {"image": jax.ShapeDtypeStruct((b, 48, 48, 3), jnp.float32),
+             "landmarks": jax.ShapeDtypeStruct((b, 68, 3), jnp.float32),
+             "mask": jax.ShapeDtypeStruct((b, 48, 48, 1), jnp.float32)}
+    if stage == "coarse":
+        config = test_coarse.get_config("coarse")
+        config.loss.photo = 0.0  # landmarks only: the swap is reached all the same
+        task = deca_coarse.CoarseTask(config)
+        calls = _spy(monkeypatch, deca_coarse, "shape_consistency")
+        t = task.net_template("E_flame")
+        args = ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
+    else:
+        task = _detail_task()
+        calls = _spy(monkeypatch, deca_detail, "detail_consistency")
+        t = {n: task.net_template(n) for n in ("E_flame", "E_detail", "D_detail")}
+        args = ({n: t[n]["params"] for n in ("E_detail", "D_detail")},
+                {n: t[n]["batch_stats"] for n in ("E_detail", "D_detail")}, {"E_flame": t["E_flame"]})
+    k = task.k
+    assert k == 2
+    jax.eval_shape(task.loss_fn, *args, batch, jax.random.key(0))
+    assert calls == [(b // k, k)], f"{stage} consistency swap called with {calls}, want [(batch // K, K)]"
+    for src, row in _sources_within_identity(*calls[0]):
+        assert src // k == row // k, f"row {row} got the code of row {src}, another identity's"
+
+
+def test_detail_eval_uv_photo_l1_is_the_mean_abs_error_per_channel_over_visible_texels():
+    """eval_fn's uv_photo_l1 = sum(vis * |texture - gt|) / (3 * sum(vis)): the mean absolute
+    error of each colour channel over the visible texels (vis is one channel, the texture three)."""
+    task = _detail_task()
+    params, stats, frozen = _detail_variables(task, jax.random.key(0))
+    # a coarse encoder whose codes put the head in view: small random codes around the demo's
+    # initial camera scale (a random one leaves no texel visible)
+    ef = task.init_net("E_flame", jax.random.key(0))
+    ep = dict(ef["params"], layers_2=dict(ef["params"]["layers_2"], kernel=ef["params"]["layers_2"]["kernel"] * 0.1))
+    frozen["E_flame"] = dict(ef, params=deca_coarse.init_cam_scale(ep, 8.0))
+    batch = task.make_loader(4, 0, 1).next()
+    batch = {name: jnp.asarray(batch[name]) for name in ("image", "mask", "landmarks")}
+
+    @jax.jit
+    def run(params, stats, frozen, batch):
+        ev = task.eval_fn(params, stats, frozen, batch)
+        f, _ = task.forward(params, stats, frozen, batch, None, False)
+        return ev["uv_photo_l1"], f["render"]["uv_texture"], f["uv_texture_gt"], f["uv_vis_mask"]
+    got, tex, gt, vis = (np.asarray(x, np.float64) for x in run(params, stats, frozen, batch))
+    assert vis.shape[-1] == 1 and tex.shape[-1] == 3 and vis.sum() > 0
+    diff = np.abs(tex - gt)
+    want = np.mean([np.sum(vis[..., 0] * diff[..., c]) / np.sum(vis) for c in range(3)])
+    assert want > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_pretrain_stage_has_no_identity_term_whatever_loss_id_says(monkeypatch):
+    """DECA's pretrain has no identity loss: a pretrain stage given --config.loss.id=0.2 keeps its
+    id weight at 0, so it neither loads nor needs the VGGFace2 network (config.weights.vggface2
+    unset here) and its loss is landmarks and regularisers alone."""
+    config = test_coarse.get_config("pretrain")
+    config.loss.id = 0.2
+    assert not config.weights.get("vggface2")
+    task = deca_coarse.CoarseTask(config)
+    assert task.weights["id"] == 0.0
+    assert "vggface2" not in task.frozen_features
+    _, _, frozen = jax.eval_shape(task.resume_variables, jax.random.key(0))
+    assert "vggface2" not in frozen
+    b = 4
+    batch = {"image": jax.ShapeDtypeStruct((b, 48, 48, 3), jnp.float32),
+             "landmarks": jax.ShapeDtypeStruct((b, 68, 3), jnp.float32),
+             "mask": jax.ShapeDtypeStruct((b, 48, 48, 1), jnp.float32)}
+    t = task.net_template("E_flame")
+    _, (terms, _) = jax.eval_shape(task.loss_fn, {"E_flame": t["params"]}, {"E_flame": t["batch_stats"]},
+                                   dict(task.frozen_features), batch, jax.random.key(0))
+    assert "identity" not in terms and "landmark" in terms, sorted(terms)
