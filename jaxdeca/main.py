@@ -157,8 +157,35 @@ def parse_flags(argv):
         hints = [str(x.args[0]) for x in chain if x.args and "Did you mean" in str(x.args[0])]
         hint = ("; d" + hints[0][hints[0].index("Did you mean") + 1:].rstrip("'")) if hints else ""
         named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+        if len(named) > 1:  # flags ending in the same name: the one the config lacks
+            base = _config_as_given(argv)
+            named = [o for o in named if not _resolves(base, o[len("--config."):])] or named
         print(f"error: {named[0]}: the config has no field {field!r}{hint}", file=sys.stderr)
         sys.exit(2)
+
+
+def _config_as_given(argv):
+    """The config --config=FILE[:ARG] in `argv` gives, without overrides (None if none loads): the
+    flag holds no value yet when an override failed."""
+    spec = None
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    try:
+        return FLAGS["config"].parser.parse(spec) if spec else None
+    except Exception:  # noqa: BLE001 -- only a better flag to name is at stake
+        return None
+
+
+def _resolves(config, path: str) -> bool:
+    """Whether config.<path> names a field of `config` (False when config is None)."""
+    try:
+        config_path.get_value(path, config)
+        return True
+    except (AttributeError, KeyError, IndexError, ValueError, TypeError):
+        return False
 
 
 _TYPE_NAMES = {bool: "a bool (true or false)", int: "an int", float: "a float", str: "a string", tuple: "a tuple"}

@@ -514,6 +514,9 @@ def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset(
     # fields the demo sets itself are not in its config (they were silently overwritten)
     (["--config=configs/demo.py:tiny", "--config.stage_defaults.flame.path=x.npz"], "error: "
      "--config.stage_defaults.flame.path: the config has no field 'flame'"),
+    # of two overrides ending in the same name, the one the config lacks (the first was named)
+    (["--config=configs/demo.py:tiny", "--config.stage_defaults.loss.lipd=1.0", "--config.pretrain.loss.lipd=1.0"],
+     "error: --config.pretrain.loss.lipd: the config has no field 'lipd'"),
 ])
 def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, message):
     res = subprocess.run([sys.executable, "-m", "jaxdeca.main", f"--workdir={tmp_path / 'w'}", *flags], cwd=REPO,
