@@ -494,6 +494,9 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     assert check(base, rec=older) is True
     with pytest.raises(paths.ConfigError, match=r"loss.render_sigma 1.0 -> 0.0"):
         check(changed(stage_defaults__loss__render_sigma=0.0), rec=older)
+    # pretrain renders nothing: a render_sigma for the stages leaves its recorded config as it is
+    assert demo.recorded_config(changed(stage_defaults__loss__render_sigma=0.0), "pretrain", w) == \
+        demo.recorded_config(base, "pretrain", w)
     for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
                           ({"seed": 5}, "seed 0 -> 5"),
