@@ -78,6 +78,20 @@ def test_fit_rigid_stage_moves_the_jaw_as_the_reference_does(pipe):
         np.testing.assert_array_equal(c[name], start[name])
 
 
+def test_fit_jaw_term_is_the_jaw_pose_alone(pipe):
+    """Stage 1's jaw regulariser is w_jaw x |jaw pose|^2, pose[:, 3:] (FLAME's pose is global
+    rotation then jaw), not the global rotation: the loss with it minus the loss without it,
+    for a pose with both, is w_jaw x (0.2^2 + 0.05^2) per image."""
+    codes = dict(shape=jnp.zeros((2, 100)), exp=jnp.zeros((2, 50)),
+                 pose=jnp.array([[0.3, 0.1, 0.0, 0.2, 0.0, 0.05], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]]),
+                 tex=jnp.zeros((2, 50)), cam=jnp.tile(jnp.array([[7.0, 0.0, 0.0]]), (2, 1)),
+                 light=jnp.zeros((2, 9, 3)), detail=jnp.zeros((2, 128)))
+    target, image, mask = jnp.zeros((2, 68, 2)), jnp.zeros((2, 224, 224, 3)), jnp.zeros((2, 224, 224))
+    losses = jax.jit(lambda w: fit.fit_losses(fit._split(codes), codes["detail"], pipe, target, image, mask, 1, w))
+    got = np.asarray(losses(fit.WEIGHTS)) - np.asarray(losses(dict(fit.WEIGHTS, jaw=0.0)))
+    np.testing.assert_allclose(got, [fit.WEIGHTS["jaw"] * (0.2 ** 2 + 0.05 ** 2), 0.0], rtol=1e-4, atol=1e-9)
+
+
 def test_fit_batch_fits_each_image_on_its_own(pipe):
     """fit optimises a batch of faces together, each on its own. The gradient of the batch loss
     for each image's codes equals that image's gradient when fitted alone (all terms: stage 2),
