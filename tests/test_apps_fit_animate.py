@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdeca import models, xla_options
+from jaxdeca import models, render, xla_options
 from jaxdeca.apps import animate, fit, inputs, pipeline
 from jaxdeca.data import detect
 
@@ -90,6 +90,40 @@ def test_fit_jaw_term_is_the_jaw_pose_alone(pipe):
     losses = jax.jit(lambda w: fit.fit_losses(fit._split(codes), codes["detail"], pipe, target, image, mask, 1, w))
     got = np.asarray(losses(fit.WEIGHTS)) - np.asarray(losses(dict(fit.WEIGHTS, jaw=0.0)))
     np.testing.assert_allclose(got, [fit.WEIGHTS["jaw"] * (0.2 ** 2 + 0.05 ** 2), 0.0], rtol=1e-4, atol=1e-9)
+
+
+def test_fit_lip_term_is_decas_weighted_lip_closure(pipe):
+    """Stage 1's lip-closure term is DECA's lipd (weight 0.5, as cfg.loss.lipd) of the projected
+    landmarks: the loss with it minus the loss without it is 0.5 x lipd_loss."""
+    from jaxdeca.losses import coarse
+    assert fit.WEIGHTS["lip"] == 0.5
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)), tex=jnp.zeros((1, 50)),
+                 cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.zeros((1, 9, 3)), detail=jnp.zeros((1, 128)))
+    pred = render.orth_proj(pipe.flame(codes["shape"], codes["exp"], codes["pose"])["landmarks2d"], codes["cam"])
+    target = np.asarray(pred[..., :2]).copy()
+    target[0, 61:64, 1] -= 0.1  # the inner lips 0.2 apart
+    target[0, 65:68, 1] += 0.1
+    target, image, mask = jnp.asarray(target), jnp.zeros((1, 224, 224, 3)), jnp.zeros((1, 224, 224))
+    losses = jax.jit(lambda w: fit.fit_losses(fit._split(codes), codes["detail"], pipe, target, image, mask, 1, w))
+    got = float((losses(fit.WEIGHTS) - losses(dict(fit.WEIGHTS, lip=0.0)))[0])
+    want = 0.5 * float(coarse.lipd_loss(pred[..., :2], target))
+    assert want > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_hull_mask_lifts_the_brows_to_cover_the_forehead():
+    """fit's stand-in skin mask: the hull of the jaw line and the brows lifted by 0.3 x the
+    brow-to-chin distance. Jaw: a half ellipse from the ears (y 0) to the chin (y 0.8); brows at
+    y -0.2 (row 89.6 of 224): lifted by 0.3 x 112 px to row 56, so column 112 is covered from
+    row 56 to the chin (row 201), the forehead above the brows included."""
+    t = np.linspace(0.0, np.pi, 17)
+    lmk = np.zeros((68, 2))
+    lmk[:17] = np.stack([-0.7 * np.cos(t), 0.8 * np.sin(t)], 1)
+    lmk[17:27] = np.stack([np.linspace(-0.5, 0.5, 10), np.full(10, -0.2)], 1)
+    m = fit.hull_mask(lmk)
+    rows = np.nonzero(m[:, 112])[0]
+    assert abs(rows.min() - 56) <= 1 and abs(rows.max() - 201) <= 1, (rows.min(), rows.max())
+    assert m[70, 112] == 1.0  # above the brows
 
 
 def test_fit_batch_fits_each_image_on_its_own(pipe):

@@ -25,3 +25,12 @@ def test_to_uint8_maps_nan_to_black_without_a_cast_warning():
         out = vis.to_uint8(np.array([[[np.nan, np.inf, -np.inf], [0.5, 2.0, -1.0]]], np.float64))
     np.testing.assert_array_equal(out, [[[0, 255, 0], [128, 255, 0]]])
     np.testing.assert_array_equal(vis.to_uint8(np.array([[[True, False, True]]])), [[[255, 0, 255]]])
+
+
+def test_a_dot_is_centred_on_its_point_rounded_to_the_nearest_pixel():
+    """A landmark at (5.7, 5.7) px is drawn about pixel (6, 6), its nearest, not truncated to
+    (5, 5) (a dot up to a pixel up-left of its point)."""
+    out = vis.draw_landmarks(np.zeros((12, 12, 3)), [[5.7, 5.7]], radius=1).sum(-1).astype(np.float64)
+    ys, xs = np.mgrid[:12, :12]
+    centroid = np.array([(out * xs).sum(), (out * ys).sum()]) / out.sum()
+    np.testing.assert_allclose(centroid, [6.0, 6.0], atol=0.1)
