@@ -111,6 +111,20 @@ def test_fit_lip_term_is_decas_weighted_lip_closure(pipe):
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
+def test_fit_photometric_term_counts_only_the_masked_pixels(pipe):
+    """Stage 2's photometric term is the mean |render - image| over the pixels both covered by
+    the mesh and inside the image's mask (the landmark hull): with the mask empty it is 0, with
+    it full it is the error over the whole rendered face."""
+    codes = dict(shape=jnp.zeros((1, 100)), exp=jnp.zeros((1, 50)), pose=jnp.zeros((1, 6)), tex=jnp.zeros((1, 50)),
+                 cam=jnp.array([[7.0, 0.0, 0.0]]), light=jnp.zeros((1, 9, 3)).at[:, 0, :].set(2.6),
+                 detail=jnp.zeros((1, 128)))
+    target, image = jnp.zeros((1, 68, 2)), jnp.zeros((1, 224, 224, 3))
+    losses = jax.jit(lambda mask, w: fit.fit_losses(fit._split(codes), codes["detail"], pipe, target, image, mask, 2, w))
+    photo = {m: float((losses(jnp.full((1, 224, 224), m), fit.WEIGHTS)
+                       - losses(jnp.full((1, 224, 224), m), dict(fit.WEIGHTS, photo=0.0)))[0]) for m in (0.0, 1.0)}
+    assert photo[0.0] == 0.0 and photo[1.0] > 0.1, photo
+
+
 def test_hull_mask_lifts_the_brows_to_cover_the_forehead():
     """fit's stand-in skin mask: the hull of the jaw line and the brows lifted by 0.3 x the
     brow-to-chin distance. Jaw: a half ellipse from the ears (y 0) to the chin (y 0.8); brows at
