@@ -19,6 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxdeca import render
+
 
 def default_loss_config() -> ml_collections.ConfigDict:
     """ConfigDict with DECA's default loss weights (coarse and detail stages)."""
@@ -49,9 +51,6 @@ def default_loss_config() -> ml_collections.ConfigDict:
     return c
 
 
-_SMALLEST_SIGMA = 2.0 ** -126  # render.SMALLEST_SHARPNESS (render imports nothing from losses)
-
-
 def as_weights(weights) -> dict:
     """ConfigDict / dict / None -> plain dict with every default filled in. ValueError for an
     unknown key, a weight that is not a finite number >= 0 (a negative one switched its term off
@@ -70,9 +69,10 @@ def as_weights(weights) -> dict:
                 raise ValueError(f"loss weights: {k}={v!r} must be True or False (or 1 or 0)")
             out[k] = bool(v)
         elif k == "render_sigma" and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
-                                      or not (v == 0 or _SMALLEST_SIGMA <= v < math.inf)):
+                                      or not render.sharpness_ok(v, zero_ok=True)):
             raise ValueError(f"loss weights: render_sigma={v!r} must be 0 (DECA's hard mask) or a finite sigma "
-                             f">= {_SMALLEST_SIGMA!r} (float32's smallest normal; below it 1 / sigma overflows)")
+                             f">= {render.SMALLEST_SHARPNESS!r} (float32's smallest normal; below it 1 / sigma "
+                             "overflows)")
         elif isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0 <= v < math.inf:
             raise ValueError(f"loss weights: {k}={v!r} must be a finite number >= 0 (0 switches the term off)")
         else:
