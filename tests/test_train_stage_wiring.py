@@ -50,6 +50,13 @@ def test_detail_stage_runs_the_frozen_coarse_encoder_in_eval_mode():
                                    err_msg=f"{name}: not E_flame.apply(train=False)'s codes")
 
 
+def _batch_spec(b, size=48):
+    """The shapes of a training batch of b images of the test configs' size (for jax.eval_shape)."""
+    return {"image": jax.ShapeDtypeStruct((b, size, size, 3), jnp.float32),
+            "landmarks": jax.ShapeDtypeStruct((b, 68, 3), jnp.float32),
+            "mask": jax.ShapeDtypeStruct((b, size, size, 1), jnp.float32)}
+
+
 def _spy(monkeypatch, module, name):
     """Replaces module.<name> (a consistency swap) by one recording (n_identities, k)."""
     calls, real = [], getattr(module, name)
@@ -76,9 +83,7 @@ def test_consistency_swap_permutes_within_each_identity_group(monkeypatch, stage
     consistency permute the code within each identity's K images, so the swap is called with
     (batch // K, K): every swapped row's code comes from another image of the same person."""
     b = 8
-    batch = {"image": jax.ShapeDtypeStruct((b, 48, 48, 3), jnp.float32),
-             "landmarks": jax.ShapeDtypeStruct((b, 68, 3), jnp.float32),
-             "mask": jax.ShapeDtypeStruct((b, 48, 48, 1), jnp.float32)}
+    batch = _batch_spec(b)
     if stage == "coarse":
         config = test_coarse.get_config("coarse")
         config.loss.photo = 0.0  # landmarks only: the swap is reached all the same
@@ -138,10 +143,7 @@ def test_pretrain_stage_has_no_identity_term_whatever_loss_id_says(monkeypatch):
     assert "vggface2" not in task.frozen_features
     _, _, frozen = jax.eval_shape(task.resume_variables, jax.random.key(0))
     assert "vggface2" not in frozen
-    b = 4
-    batch = {"image": jax.ShapeDtypeStruct((b, 48, 48, 3), jnp.float32),
-             "landmarks": jax.ShapeDtypeStruct((b, 68, 3), jnp.float32),
-             "mask": jax.ShapeDtypeStruct((b, 48, 48, 1), jnp.float32)}
+    batch = _batch_spec(4)
     t = task.net_template("E_flame")
     _, (terms, _) = jax.eval_shape(task.loss_fn, {"E_flame": t["params"]}, {"E_flame": t["batch_stats"]},
                                    dict(task.frozen_features), batch, jax.random.key(0))
