@@ -54,10 +54,7 @@ def get_config(size: str = ""):
     config.pretrain = ml_collections.ConfigDict(dict(
         train=dict(num_steps=4000, eval_every=1000), optim=dict(schedule="cosine"),
         # as configs/pretrain.py, but for its doubled reg_shape / reg_exp (DECA's duplicated batch)
-        # render_sigma: pretrain renders nothing, so --config.stage_defaults.loss.render_sigma
-        # changes coarse alone (a finished pretrain stays finished)
-        loss=dict(photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0, shape_consistency=False,
-                  render_sigma=1.0)))
+        loss=dict(photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0, shape_consistency=False)))
     # the photometric and consistency terms join at a lower rate; they still trade some landmark
     # accuracy for the photometric fit (held-out landmark loss 0.042 after pretrain, 0.056 after
     # coarse, measured; 0.044 with photo = 0): the demo prints both

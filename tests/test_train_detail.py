@@ -497,6 +497,14 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     # pretrain renders nothing: a render_sigma for the stages leaves its recorded config as it is
     assert demo.recorded_config(changed(stage_defaults__loss__render_sigma=0.0), "pretrain", w) == \
         demo.recorded_config(base, "pretrain", w)
+    # a stage records the loss fields it reads alone: a detail weight leaves coarse finished (it
+    # was refused as trained with another config), and a record that holds every loss field (as
+    # records did before) is still this config's
+    assert "photo_D" not in want["loss"] and "render_sigma" in want["loss"]
+    assert check(changed(stage_defaults__loss__photo_D=1.0, stage_defaults__loss__mrf=0.5)) is True
+    every = dict(record, config=json.loads(json.dumps(want)))
+    every["config"]["loss"] = dict(demo_config.get_config("tiny").stage_defaults.loss.to_dict(), photo_D=7.0)
+    assert check(base, rec=every) is True
     for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
                           ({"seed": 5}, "seed 0 -> 5"),

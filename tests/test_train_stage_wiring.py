@@ -148,3 +148,61 @@ def test_pretrain_stage_has_no_identity_term_whatever_loss_id_says(monkeypatch):
     _, (terms, _) = jax.eval_shape(task.loss_fn, {"E_flame": t["params"]}, {"E_flame": t["batch_stats"]},
                                    dict(task.frozen_features), batch, jax.random.key(0))
     assert "identity" not in terms and "landmark" in terms, sorted(terms)
+
+
+def _changed(value):
+    """Another value of a loss field of the same type: a switch flipped, a weight moved (off ->
+    on, on -> another weight)."""
+    if isinstance(value, bool):
+        return not value
+    return value + 0.75 if value else 0.3
+
+
+def _loss_program(stage, loss):
+    """The traced program (jaxpr text and its constants) of `stage`'s training loss on a batch of
+    4 test-sized images, with config.loss updated by `loss`: one program for each set of values
+    the stage trains with."""
+    config = test_coarse.get_config(stage)
+    config.loss.update(loss)
+    if stage == "detail":
+        config.init.coarse_checkpoint = "/nonexistent/coarse"
+        task = deca_detail.DetailTask(config)
+        t = {n: task.net_template(n) for n in ("E_flame", "E_detail", "D_detail")}
+        args = ({n: t[n]["params"] for n in ("E_detail", "D_detail")},
+                {n: t[n]["batch_stats"] for n in ("E_detail", "D_detail")}, {"E_flame": t["E_flame"]})
+    else:
+        task = deca_coarse.CoarseTask(config)
+        t = task.net_template("E_flame")
+        args = ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
+    closed = jax.make_jaxpr(task.loss_fn)(*args, _batch_spec(4), jax.random.key(0))
+    return str(closed.jaxpr), [np.asarray(c) for c in closed.consts]
+
+
+def _same_program(a, b):
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a[1], b[1]))
+
+
+@pytest.mark.parametrize("stage, loss", [("pretrain", {}), ("coarse", {}), ("coarse", {"photo": 0.0}),
+                                         ("detail", {})])
+def test_loss_fields_read_are_the_fields_the_stage_trains_with(stage, loss):
+    """The demo records only the loss fields a stage reads (deca_common.loss_fields_read), so that
+    a weight of another stage (--config.stage_defaults.loss.photo_D) leaves a finished pretrain
+    and coarse finished; before, they were refused as trained with another config. Checked on the
+    stage's traced loss: every other field changed at once leaves the program as it is, and each
+    listed field changed alone changes it (but id and mrf, which load pretrained networks)."""
+    from jaxdeca.losses.defaults import default_loss_config
+    base_config = test_coarse.get_config(stage).loss
+    base_config.update(loss)
+    base = _loss_program(stage, loss)
+    read = deca_common.loss_fields_read(stage, base_config)
+    fields = default_loss_config().to_dict()
+    unread = {k: _changed(base_config[k]) for k in fields if k not in read}
+    assert unread, stage
+    assert _same_program(base, _loss_program(stage, dict(loss, **unread))), \
+        f"{stage}: one of {sorted(unread)} changes the loss; loss_fields_read should list it"
+    for k in read:
+        if k in ("id", "mrf"):
+            continue
+        assert not _same_program(base, _loss_program(stage, dict(loss, **{k: _changed(base_config[k])}))), \
+            f"{stage}: {k} changes nothing; loss_fields_read should leave it out"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdeca import flame, models, render
+from jaxdeca.losses.defaults import as_weights
 from jaxdeca.train import export, paths
 
 DEFAULT_MODEL = dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256, dtype="float32",
@@ -309,6 +310,34 @@ def frozen_feature_paths(config, weights: dict) -> dict:
         out["vgg19"] = paths.require_path(config, "weights.vgg19", "the converted torchvision VGG19 "
                                           "(python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR)")
     return out
+
+
+def loss_fields_read(stage: str, loss) -> tuple[str, ...]:
+    """The config.loss fields whose values `stage` ('pretrain', 'coarse' or 'detail') trains
+    with, given its loss config (ConfigDict / dict; missing fields take their defaults): the
+    fields a change of which changes what the stage trains. The rest it never reads, e.g. the
+    detail weights in pretrain and coarse, the coarse ones in detail, render_sigma in a stage
+    that renders nothing (pretrain's photo = 0), use_wlmk with no landmark term.
+
+    CoarseTask / DetailTask and coarse_losses / detail_losses read them so; the demo records these
+    alone of a finished stage's loss config (jaxdeca.train.demo.recorded_config), so that a
+    weight of another stage leaves it finished."""
+    w = as_weights(loss)
+    if stage == "detail":
+        return ("photo_D", "reg_sym", "reg_z", "reg_diff", "detail_consistency") + \
+            (("mrf",) if w["photo_D"] > 0 else ())
+    if stage not in ("pretrain", "coarse"):
+        raise ValueError(f"loss_fields_read: unknown stage {stage!r}")
+    fields = ["lmk", "eyed", "lipd", "photo", "reg_shape", "reg_exp", "reg_tex", "reg_light"]
+    if w["lmk"] > 0:
+        fields.append("use_wlmk")
+    if w["photo"] > 0:
+        fields.append("use_seg")
+    if stage == "coarse":  # pretrain has no identity term (CoarseTask) and no shape consistency
+        fields += ["id", "shape_consistency"]
+    if w["photo"] > 0 or (stage == "coarse" and w["id"] > 0):  # the stage renders
+        fields.append("render_sigma")
+    return tuple(fields)
 
 
 def frozen_feature_template(name: str) -> dict:

@@ -37,7 +37,7 @@ from absl import logging
 from flax import traverse_util
 
 from jaxdeca import atomic_file, xla_options
-from jaxdeca.train import config_ranges, loop, paths, run as run_lib, workdir_lock
+from jaxdeca.train import config_ranges, deca_common, loop, paths, run as run_lib, workdir_lock
 from jaxdeca.train.deca_common import composite
 
 STAGES = ("pretrain", "coarse", "detail")
@@ -101,13 +101,17 @@ def recorded_config(config, stage: str, workdir: str) -> dict:
     whether the stage was trained with the config it is given now: JSON's types (tuples as lists),
     without the _CADENCE_FIELDS, and with the paths the demo derives from the workdir (the data
     dir, by default or when config.data_dir lies under the workdir; the previous stage's folder)
-    written as WORKDIR/..., so that a workdir moved or named by another path is the same."""
+    written as WORKDIR/..., so that a workdir moved or named by another path is the same.
+    Of config.loss it holds the fields the stage reads (`deca_common.loss_fields_read`): a weight
+    of another stage (photo_D for coarse) leaves a finished stage finished."""
     c = stage_config(config, stage, "WORKDIR").to_dict()
     if config.data_dir:
         c["data"]["data_dir"] = _portable_path(config.data_dir, workdir)
     for group, fields in _CADENCE_FIELDS.items():
         for field in fields:
             c[group].pop(field, None)
+    read = deca_common.loss_fields_read(stage, c["loss"])
+    c["loss"] = {k: v for k, v in c["loss"].items() if k in read}
     return json.loads(json.dumps(c, sort_keys=True, default=repr))
 
 
@@ -174,6 +178,9 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
     elif previous is not None and (record.get("started_from") or {}).get("id") != previous.get("id"):
         reasons.append(f"it was trained from another {prev} stage than {os.path.join(workdir, prev)} holds now")
     old, new = dict(_ADDED_FIELDS, **_flat(record["config"])), _flat(config)
+    # loss fields the stage does not read (a record written before records held only the read
+    # ones holds them all) are no part of what it trained
+    old = {k: v for k, v in old.items() if k in new or not k.startswith("loss.")}
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
     if not reasons and diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"]):
         return False  # train for longer: the loop goes on from its last checkpoint
