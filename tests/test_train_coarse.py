@@ -80,7 +80,7 @@ def test_stage_configs_are_decas_release():
                 reg_shape=1e-4, reg_exp=1e-4, reg_tex=1e-4, reg_light=1.0, shape_consistency=True,
                 photo_D=2.0, mrf=5e-2, reg_sym=0.005, reg_z=0.005, reg_diff=0.005,
                 detail_consistency=True,
-                render_sigma=1.0)  # ours: the soft alpha's sigma (DECA's hard mask alone is render_sigma=0)
+                render_sigma=0.0)  # ours: the soft alpha's sigma; 0 is DECA's hard mask alone
     pre = dict(deca, photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0,
                shape_consistency=False, reg_shape=2e-4, reg_exp=2e-4)  # 2x: DECA's duplicated batch, see below
     assert coarse.get_config().loss.to_dict() == deca

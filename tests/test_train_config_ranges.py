@@ -111,7 +111,7 @@ def test_loss_render_sigma_reaches_the_coarse_photometric_render_only(monkeypatc
         seen.append(sigma)
         return real(*a, sigma=sigma, **k)
     monkeypatch.setattr(render, "render", spy)
-    assert coarse.get_config("coarse").loss.render_sigma == 1.0
+    assert coarse.get_config("coarse").loss.render_sigma == 0.0  # DECA's hard mask
     for sigma in (0.0, 2.5):
         config = test_coarse.get_config("coarse")
         config.loss.render_sigma = sigma

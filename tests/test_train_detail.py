@@ -488,14 +488,15 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     assert check(changed(stage_defaults__data__num_threads=8, stage_defaults__data__eval_batches=3,
                          stage_defaults__data__eval_scale=2.0, coarse__train__eval_every=1)) is True
     assert check(base, previous=None) is True  # the starting stage's folder is gone: nothing to compare
-    # a record written before loss.render_sigma was a field: trained with the 1.0 it is by default
+    # a record written before loss.render_sigma was a field: trained with the 1.0 it was then
+    # (DECA's 0, the default since, is refused for it)
     older = dict(record, config=json.loads(json.dumps(want)))
     del older["config"]["loss"]["render_sigma"]
-    assert check(base, rec=older) is True
+    assert check(changed(stage_defaults__loss__render_sigma=1.0), rec=older) is True
     with pytest.raises(paths.ConfigError, match=r"loss.render_sigma 1.0 -> 0.0"):
-        check(changed(stage_defaults__loss__render_sigma=0.0), rec=older)
+        check(base, rec=older)
     # pretrain renders nothing: a render_sigma for the stages leaves its recorded config as it is
-    assert demo.recorded_config(changed(stage_defaults__loss__render_sigma=0.0), "pretrain", w) == \
+    assert demo.recorded_config(changed(stage_defaults__loss__render_sigma=1.0), "pretrain", w) == \
         demo.recorded_config(base, "pretrain", w)
     # a stage records the loss fields it reads alone: a detail weight leaves coarse finished (it
     # was refused as trained with another config), and a record that holds every loss field (as

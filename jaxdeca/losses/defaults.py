@@ -37,9 +37,9 @@ def default_loss_config() -> ml_collections.ConfigDict:
     c.reg_exp = 1e-4
     c.reg_tex = 1e-4
     c.reg_light = 1.0    # light towards white
-    # SoftRas sigma (pixel^2) of the soft coverage through which the photometric term moves the
-    # mesh's outline (see deca_coarse.py); 0: DECA's hard mask alone, and no soft pass is run
-    c.render_sigma = 1.0
+    # SoftRas sigma (pixel^2) of a soft coverage through which the photometric term also moves
+    # the mesh's outline (see deca_coarse.py); 0 (DECA): the hard mask alone, no soft pass is run
+    c.render_sigma = 0.0
     c.shape_consistency = True
     # detail stage
     c.photo_D = 2.0      # UV photometric

@@ -91,10 +91,10 @@ class CoarseTask(deca_common.DecaParts):
             albedo = self.albedo(codes)
             r = self.render(out, trans, albedo, codes["light"], sigma=float(self.weights["render_sigma"]))
             fem = self.face_eye_mask_images(r["grid"])
-            # DECA multiplies by the hard coverage; the soft SoftRas alpha (0.94-0.99 inside a mesh
-            # of sub-pixel triangles) only lends its gradient (none when loss.render_sigma is 0).
-            # The render is 0 outside the hard mask, so that gradient comes from the pixels just
-            # inside the outline: it moves the outline where their colours pull it.
+            # DECA multiplies by the hard coverage (loss.render_sigma = 0, the default). With a
+            # sigma > 0 the soft SoftRas alpha (0.94-0.99 inside a mesh of sub-pixel triangles)
+            # lends its gradient alone: the render is 0 outside the hard mask, so that gradient
+            # comes from the pixels just inside the outline and moves it where their colours pull.
             alpha = r["mask"] + r["alpha"] - jax.lax.stop_gradient(r["alpha"])
             extra = dict(images=images, rendered_images=r["images"], alpha_images=alpha,
                          face_eye_mask=fem, skin_mask=mask)
