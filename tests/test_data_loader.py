@@ -1,6 +1,5 @@
 """Identity-grouped loader: grouping, crop alignment, determinism, resume, process and device split."""
 import math
-import textwrap
 
 import numpy as np
 import pytest
@@ -416,33 +415,6 @@ def test_colour_jitter_factors_span_one_minus_to_one_plus_strength_and_contrast_
     np.testing.assert_allclose(want, [[[0.1888, 0.304, 0.4192], [0.496, 0.496, 0.496]]], atol=1e-12)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, want, atol=1e-6)
-
-
-SCRIPT = textwrap.dedent("""
-    import numpy as np, jax
-    from jax.sharding import Mesh
-    import test_data_loader as t
-    from jaxdeca.data import loader
-    assert jax.local_device_count() == 4
-    recs, groups = t.make_source()
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    ld = loader.FaceLoader(recs, groups, t.CFG)
-    ref = loader.FaceLoader(recs, groups, t.CFG).batch_at(0)
-    batch = next(loader.prefetch_to_device(ld, mesh, size=2))
-    for k, v in batch.items():
-        assert v.shape == ref[k].shape, k
-        np.testing.assert_array_equal(np.asarray(v), ref[k])
-        shards = sorted(v.addressable_shards, key=lambda s: s.index[0].start)
-        assert len({s.device for s in shards}) == 4 and all(s.data.shape[0] == 2 for s in shards), k
-    for s in batch["identity"].addressable_shards:
-        ids = np.asarray(s.data)
-        assert ids[0] == ids[1]  # each device holds whole identity groups
-    print("OK")
-""")
-
-
-def test_batches_split_over_four_host_devices(run_on_four_devices):
-    run_on_four_devices(SCRIPT)
 
 
 def test_image_crop_is_decas_float_warp_of_image_over_255():

@@ -160,14 +160,14 @@ def test_identity_faces_errors(prepared_vggface2, tmp_path):
         tfds_faces._image_bytes(str(empty / "a.jpg"))
 
 
-def test_cli_and_make_loader(prepared_vggface2, tmp_path):
+def test_cli_and_loader(prepared_vggface2, tmp_path):
     assert tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--manual-dir",
                             str(prepared_vggface2 / "out"), "--data-dir", str(tmp_path)]) == 0
     cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32)
-    b = next(loader.make_loader("identity_faces", "vggface2", cfg, str(tmp_path), process_index=0, process_count=1))
+    builder = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path))
+    b = next(loader.tfds_loader(builder, cfg, process_index=0, process_count=1))
     assert b["identity"].tolist() in ([0, 0, 1, 1], [1, 1, 0, 0])
-    with pytest.raises(FileNotFoundError, match="identity_faces/folders is not built"):
-        loader.make_loader("identity_faces", "folders", cfg, str(tmp_path))
+    assert not tfds_faces.get_builder("identity_faces", "folders", str(tmp_path)).is_prepared()
     with pytest.raises(ValueError, match="unknown config 'nope'"):
         tfds_faces.get_builder("synthetic_faces", "nope")
     assert tfds_faces.main(["--dataset", "identity_faces", "--config", "celeba", "--manual-dir",
@@ -331,11 +331,8 @@ def test_python_dash_m_builds_the_dataset_the_readme_names(tmp_path):
 
 
 def test_identity_faces_without_manual_dir_is_one_clear_error(tmp_path, capsys):
-    # the loader's not-built error gives the build command to run; for identity_faces it must
-    # name --manual-dir, and the build without it is one usage error, not tfds' AssertionError
-    cfg = loader.LoaderConfig(groups_per_batch=2, k=2, image_size=32)
-    with pytest.raises(FileNotFoundError, match="--manual-dir PREPARED"):
-        loader.make_loader("identity_faces", "vggface2", cfg, str(tmp_path))
+    # the build without --manual-dir is one usage error, not tfds' AssertionError (the trainer's
+    # not-built error names --manual-dir: test_train_data_errors)
     with pytest.raises(SystemExit) as e:
         tfds_faces.main(["--dataset", "identity_faces", "--config", "vggface2", "--data-dir", str(tmp_path)])
     assert e.value.code == 2
@@ -458,8 +455,7 @@ def test_a_failed_rebuild_keeps_the_dataset_built_before(tmp_path, capsys, monke
         b = tfds_faces.get_builder("identity_faces", "vggface2", str(data))
         tfds_faces.check_shards(b)
         assert _records(b) == old and tfds_faces.groups(b).tolist() == [[0, 0, 2], [1, 2, 1]]
-        batch = next(loader.make_loader("identity_faces", "vggface2", cfg, str(data), process_index=0,
-                                        process_count=1))  # training still starts on it
+        batch = next(loader.tfds_loader(b, cfg, process_index=0, process_count=1))  # training still starts on it
         assert batch["image"].shape == (4, 32, 32, 3)
 
     # 1. an image changed since prepare read it: the same one-line error, the old dataset kept
@@ -624,8 +620,8 @@ def build_mix(prepared, data_dir):
 
 
 def test_a_mix_of_datasets_reads_their_concatenation(prepared_vggface2, tmp_path):
-    """DECA's training data is a mix (VGGFace2 + BUPT, VGGFace2 + VoxCeleb2): tfds_loader and
-    make_loader over a list of builders read their splits end to end, sampling over the groups of
+    """DECA's training data is a mix (VGGFace2 + BUPT, VGGFace2 + VoxCeleb2): tfds_loader
+    over a list of builders reads their splits end to end, sampling over the groups of
     both; the second dataset's identities follow the first's (its identity count), so the same
     name in two datasets is two identities, as in DECA's ConcatDataset."""
     build_mix(prepared_vggface2, tmp_path)
@@ -641,11 +637,6 @@ def test_a_mix_of_datasets_reads_their_concatenation(prepared_vggface2, tmp_path
     b = next(ld)  # 4 groups a batch, 4 in the mix: one of each identity of both datasets
     assert sorted(b["identity"].reshape(4, 2)[:, 0].tolist()) == [0, 1, 2, 3]
     assert np.all(b["identity"][::2] == b["identity"][1::2])
-    # the single-dataset reader is unchanged, and make_loader takes a list of configs too
+    # the single-dataset reader is unchanged
     assert loader.tfds_loader(builders[1], cfg, process_index=0, process_count=1).groups.tolist() == \
         [[0, 0, 2], [1, 2, 1]]
-    mixed = loader.make_loader("identity_faces", ["vggface2", "folders"], cfg, str(tmp_path), process_index=0,
-                               process_count=1)
-    np.testing.assert_array_equal(next(mixed)["image"], b["image"])
-    with pytest.raises(FileNotFoundError, match="identity_faces/celeba is not built"):
-        loader.make_loader("identity_faces", ["vggface2", "celeba"], cfg, str(tmp_path))

@@ -43,7 +43,6 @@ where the renderer draws pixel p; DECA writes p / S * 2 - 1), with a confidence 
 Batch: image [N*K, S, S, 3] float32 0..1, landmarks [N*K, 68, 3], mask [N*K, S, S, 1] float32
 in [0, 1] (soft at the skin's edges), identity [N*K] int32.
 """
-import collections
 import dataclasses
 
 import cv2
@@ -332,27 +331,6 @@ class FaceLoader:
         self._close()
 
 
-# ----------------------------------------------------------------------------- devices
-
-def shard_batch(batch: dict, mesh, axis: str = "data") -> dict:
-    """This process's numpy batch -> global jax.Arrays split over `axis` of `mesh` (leading dim)."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    sharding = NamedSharding(mesh, P(axis))
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
-
-
-def prefetch_to_device(iterator, mesh, size: int = 2, axis: str = "data"):
-    """Yield sharded batches, keeping `size` transfers in flight ahead of the consumer."""
-    queue = collections.deque()
-    for batch in iterator:
-        queue.append(shard_batch(batch, mesh, axis))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-
-
 class ConcatSource:
     """Several random-access sources end to end, as torch's ConcatDataset: record i of source s is
     index record_offsets[s] + i, and its identity int is shifted by identity_offsets[s], so the
@@ -422,27 +400,3 @@ def tfds_loader(builder, cfg: LoaderConfig, split="train", **kw) -> FaceLoader:
                              for b, s in zip(builders, splits)],
                             names=[f"{b.name}/{b.builder_config.name} {s}" for b, s in zip(builders, splits)])
     return FaceLoader(source, groups, cfg, **kw)
-
-
-def make_loader(dataset: str, config, cfg: LoaderConfig, data_dir: str | None = None, split: str = "train",
-                **kw) -> FaceLoader:
-    """The trainer's entry point: FaceLoader over a tfds dataset that was built beforehand
-    (`python -m jaxdeca.data.tfds_faces`); config: one builder config, or a list of several of the
-    dataset, each built on its own in data_dir, read as their concatenation (`tfds_loader`).
-    A single process builds a missing synthetic_faces dataset itself; multi-process runs must
-    build first (no concurrent writers)."""
-    import jax
-    from jaxdeca.data import tfds_faces
-    builders = []
-    for name in ([config] if isinstance(config, str) else list(config)):
-        builder = tfds_faces.get_builder(dataset, name, data_dir)
-        if not builder.is_prepared():
-            if dataset == "synthetic_faces" and jax.process_count() == 1:
-                tfds_faces.build(builder)
-            else:
-                manual = " --manual-dir PREPARED" if dataset == "identity_faces" else ""
-                raise FileNotFoundError(f"{dataset}/{name} is not built in {builder.data_dir}; run "
-                                        f"python -m jaxdeca.data.tfds_faces --dataset {dataset} --config {name}"
-                                        f"{manual} --data-dir DIR first")
-        builders.append(builder)
-    return tfds_loader(builders, cfg, split, **kw)
