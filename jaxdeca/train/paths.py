@@ -71,7 +71,7 @@ def require_path(config, field: str, why: str) -> str:
 
     Raises ConfigPathError naming the field, its value and what it is for (for the string
     'None', what `--config.<field>=None` gives a str field, how to leave it unset instead), e.g.
-    `require_path(config, 'detail.coarse_checkpoint', 'the frozen coarse encoder')`.
+    `require_path(config, 'init.coarse_checkpoint', 'the frozen coarse encoder')`.
     """
     value = require_set(config, field, why)
     if not exists(value):
