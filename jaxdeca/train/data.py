@@ -171,9 +171,9 @@ def tfds_builders(config) -> list:
     (`data_configs`): dataset, configs and data_dir checked, one ConfigError naming the field (and
     the element of a mix) for an unknown dataset or config, a data dir that does not exist or a
     dataset that is not built there (with the build command and what is built there).
-    A single process builds a missing synthetic_faces dataset itself (creating data_dir), as
-    the demo relies on; identity_faces must be built beforehand, so its data
-    dir is never created here (a mistyped one would be an empty folder)."""
+    A single process builds a missing synthetic_faces dataset itself (creating data_dir);
+    identity_faces must be built beforehand, so its data dir is never created here (a mistyped
+    one would be an empty folder)."""
     import jax
     from jaxdeca.data import tfds_faces
     d = config.data
