@@ -753,8 +753,10 @@ class _CountingTask(ToyTask):
 def test_logged_losses_are_the_mean_over_the_steps_since_the_last_log(tmp_path, capsys, monkeypatch):
     """Each log (the loop's losses, TensorBoard's train/* scalars, the console line) gives the mean
     of every step since the last log, as clu's metrics do, not the one step it falls on: steps
-    1..7 with losses 1..7, log_every 3 -> 2 (steps 1-3), 5 (4-6), 7 (the last step alone). A run
-    resumed from step 4 averages from its first step (5, 6 -> 5.5). It was the sample 3, 6, 7."""
+    1..7 with losses 1..7, log_every 3 -> 2 (steps 1-3), 5 (4-6), 7 (the last step alone). It was
+    the sample 3, 6, 7. A run resumed from step 4 (a kill, a SIGTERM between two logs) logs the
+    uninterrupted run's 5 at step 6: step 4's loss comes with the checkpoint. It averaged its own
+    steps alone (5, 6 -> 5.5), so TensorBoard held two values at a step killed after its log."""
     written = _record_scalars(monkeypatch)
     config = test_toy.get_config()
     config.train.update(dict(num_steps=7, log_every=3, eval_every=0, checkpoint_every=4))
@@ -767,8 +769,10 @@ def test_logged_losses_are_the_mean_over_the_steps_since_the_last_log(tmp_path, 
 
     import shutil
     shutil.rmtree(tmp_path / "w" / "checkpoints" / "7")
+    written.clear()
     resumed = loop.train(config, str(tmp_path / "w"), _CountingTask(config))
-    assert resumed["losses"] == [(6, 5.5), (7, 7.0)]
+    assert resumed["losses"] == [(6, 5.0), (7, 7.0)]
+    assert [(s, written[s]["train/loss"], written[s]["train/twice"]) for s in (6, 7)] == [(6, 5.0, 10.0), (7, 7.0, 14.0)]
 
 
 def test_create_is_one_setup_program_with_the_eager_leaves():

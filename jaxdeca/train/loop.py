@@ -194,7 +194,8 @@ def train(config, workdir: str, task) -> dict[str, Any]:
     eval_history ([(step, {name: value})]) spans the whole run, resumes included (checkpoints
     carry it); losses are this call's logged training losses, [(step, loss)]. Each log (losses,
     the train/* scalars, the console line) holds the mean of the steps since the previous log
-    of this call (clu's convention), not the one step it falls on. A run resumed from a checkpoint
+    (clu's convention), not the one step it falls on; after a resume between two logs, the
+    steps before it count too (their sums come with the checkpoint). A run resumed from a checkpoint
     at or past num_steps trains nothing; it evaluates that state (eval_every > 0) unless the
     history holds it.
 
@@ -286,7 +287,13 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
         if eval_batches and eval_every and not any(st == start for st, _ in eval_history):
             do_eval(start)
     progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
-    term_sums, n_summed = None, 0  # the loss terms summed over the steps since the last log
+    term_sums = None  # the loss terms summed over the steps since the last log, n_summed of them
+    # after a resume between two logs, the sums of the steps before it since the last log (its
+    # checkpoint holds them): the next log is the mean over all of them, as the uninterrupted run's
+    # (it averaged the steps since the resume alone, and a checkpoint older than this still does)
+    carried, n_carried = (dict(extra.get("log_sums") or {}), int(extra.get("log_count", 0))) \
+        if restored is not None else ({}, 0)
+    n_summed = n_carried
     add_terms = xla_options.jit(_add_terms)
     all_finite = xla_options.jit(_all_finite)
 
@@ -299,6 +306,13 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                "and run again to resume from it" if kept else
                f"no checkpoint was written before it in {ckpt_dir}: lower config.optim.learning_rate"))
 
+    def logged_sums():
+        """The loss terms summed over the steps since the last log (python floats), those carried
+        over a resume included."""
+        if term_sums is None:
+            return dict(carried)
+        return {k: v + carried.get(k, 0.0) for k, v in metrics.to_scalars(term_sums).items()}
+
     def save(step):
         # a diverged state would push the good checkpoints out (keep_checkpoints) and be resumed
         if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
@@ -306,7 +320,7 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
         info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
         extra = {"loader": loader.position(), "seed": seed, "stage": config.get("stage", ""),
                  "frozen_from_config": fingerprints, "lr_schedule": state_lib.schedule_info(config),
-                 "eval_history": list(eval_history), **info}
+                 "eval_history": list(eval_history), "log_sums": logged_sums(), "log_count": n_summed, **info}
         if not checkpoint.save(manager, step, saved(state), extra):
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
 
@@ -321,14 +335,16 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                 batch = parallel.shard_batch(loader.next(), mesh)
                 state, terms = train_step(state, batch)
                 term_sums, n_summed = add_terms(term_sums, terms), n_summed + 1
+                if carried and set(carried) != set(terms):  # other terms (loss weights) than before the resume
+                    carried, n_summed, n_carried = {}, n_summed - n_carried, 0
                 if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
                     jax.block_until_ready(terms)
                     first = progress.first_step_done(step)
                     writer.write_scalars(step, {"first_step_sec": first})
                     logging.info("first step %d took %.1f s (XLA compile included)", step, first)
                 if due(step, log_every, int(tc.num_steps)):
-                    scalars = {f"train/{k}": v / n_summed for k, v in metrics.to_scalars(term_sums).items()}
-                    term_sums, n_summed = None, 0
+                    scalars = {f"train/{k}": v / n_summed for k, v in logged_sums().items()}
+                    term_sums, n_summed, carried, n_carried = None, 0, {}, 0
                     losses.append((step, scalars["train/loss"]))
                     rates, line = progress.report(step)
                     writer.write_scalars(step, {**scalars, **rates})
