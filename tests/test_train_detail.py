@@ -268,6 +268,12 @@ def test_batch_not_a_multiple_of_k_is_a_config_error(source):
             make(6, 0, 1)
 
 
+def task_flame_fingerprint(config):
+    """The FLAME fingerprint a stage's task computes (DecaParts.flame_fingerprint)."""
+    from jaxdeca.train import demo
+    return deca_common.DecaParts(demo.stage_config(config, "pretrain", "WORKDIR")).flame_fingerprint
+
+
 def test_demo_job_end_to_end_tiny(demo_run):
     """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
     pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips.
@@ -281,6 +287,11 @@ def test_demo_job_end_to_end_tiny(demo_run):
               "pretrain/eval_history.json", "detail/checkpoints"):
         assert (tmp_path / f).exists(), f
     assert len([p for p in os.listdir(tmp_path / "data" / "synthetic_faces" / "tiny")]) == 1
+    from jaxdeca.train import demo
+    head = demo.stage_flame(config)  # each record holds the FLAME it trained with, by its arrays
+    assert head == json.loads(json.dumps(task_flame_fingerprint(config)))
+    for stage in ("pretrain", "coarse", "detail"):
+        assert json.loads((tmp_path / stage / "eval_history.json").read_text())["flame_fingerprint"] == head, stage
     before = (tmp_path / "detail" / "eval_history.json").stat().st_mtime
     jmain.run_mode(config, str(tmp_path))  # everything finished: stages are skipped
     assert (tmp_path / "detail" / "eval_history.json").stat().st_mtime == before
@@ -539,6 +550,55 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
                 c.data_dir = data_dir and str(root / "w" / data_dir)
             got.append(demo.recorded_config(c, "detail", str(root / "w")))
         assert got[0] == got[1] and got[0]["init"]["coarse_checkpoint"] == "WORKDIR/coarse"
+
+
+def test_a_finished_stage_is_matched_by_its_flame_arrays_not_by_the_flame_path(tmp_path):
+    """check_finished compared config.flame_path as text: the same FLAME read from another path
+    (the folder by its absolute path, the converted npz) refused every finished stage, and another
+    FLAME written over the same file skipped them all (the held-out OBJs were then decoded with
+    it). A record now holds its FLAME's fingerprint (stage_flame) and is compared by it, as a
+    resume compares it; a record without one is compared by the path, as before."""
+    from jaxdeca import flame
+    from jaxdeca.flame import io as flame_io
+    from jaxdeca.train import demo
+    w = str(tmp_path / "w")
+    arrays = flame.load_arrays(None)
+    copy = str(tmp_path / "demo_head_copy.npz")
+    np.savez(copy, **arrays)
+    other = str(tmp_path / "other.npz")
+    np.savez(other, **dict(arrays, v_template=arrays["v_template"] * 1.5))
+    assert flame_io.load_npz(copy).keys() == arrays.keys()
+
+    def config(path):
+        c = demo_config.get_config("tiny")
+        c.flame_path = path
+        return c
+
+    head = demo.stage_flame(config(None))
+    assert demo.stage_flame(config(copy)) == head  # the same arrays wherever they are read from
+    assert demo.stage_flame(config(other)) != head
+    record = {"num_steps": 120, "eval_history": [], "config": demo.recorded_config(config(None), "pretrain", w),
+              "flame_fingerprint": head}
+
+    def check(path, rec=record):
+        c = config(path)
+        return demo.check_finished(w, "pretrain", rec, demo.recorded_config(c, "pretrain", w), None, False,
+                                   demo.stage_flame(c))
+
+    assert check(None) is True and check(copy) is True
+    with pytest.raises(paths.ConfigError, match=r"stage pretrain .* is finished but it was trained with another "
+                       r"FLAME than config.flame_path='.*other.npz' \(v_template differs\)"):
+        check(other)
+    record_other = dict(record, config=demo.recorded_config(config(other), "pretrain", w),
+                        flame_fingerprint=demo.stage_flame(config(other)))
+    np.savez(other, **arrays)  # the file trained with is overwritten by another FLAME
+    with pytest.raises(paths.ConfigError, match=r"another FLAME than config.flame_path='.*other.npz' "
+                       r"\(v_template differs\)"):
+        check(other, record_other)
+    older = {k: v for k, v in record.items() if k != "flame_fingerprint"}  # written before records held it
+    assert check(None, older) is True
+    with pytest.raises(paths.ConfigError, match=r"another config \(flame.path null -> \"/"):
+        check(copy, older)
 
 
 def test_demo_rerun_refuses_a_finished_stage_trained_otherwise(demo_run, tmp_path, capsys):

@@ -125,6 +125,13 @@ def flame_fingerprint(model) -> dict:
     return {p[-1].name: loop.fingerprint(x) for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
 
 
+def flame_arrays_differ(saved: dict, fingerprint: dict) -> list[str]:
+    """The names of the arrays whose flame_fingerprint entries differ between two FLAMEs (or that
+    one of them lacks), sorted; [] for the same FLAME."""
+    differs = [k for k in fingerprint if k not in saved or not np.allclose(saved[k], fingerprint[k], rtol=1e-6, atol=0)]
+    return sorted(differs + [k for k in saved if k not in fingerprint])
+
+
 def flame_name(path: str | None) -> str:
     """How a message names a recorded or configured FLAME (None: the demo head)."""
     return repr(path) if path else "the embedded demo head"
@@ -154,8 +161,7 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
             raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)} (not readable there now), "
                                     f"but this {'stage' if start else 'run'} has {now}: its codes would mean other "
                                     f"shapes; {'start it' if start else 'resume'} with {flag}")
-    differs = [k for k in fingerprint if k not in saved or not np.allclose(saved[k], fingerprint[k], rtol=1e-6, atol=0)]
-    differs += [k for k in saved if k not in fingerprint]
+    differs = flame_arrays_differ(saved, fingerprint)
     if not differs:
         return
     same_path = (paths.resolve(path) if path else None) == trained
@@ -166,7 +172,7 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
         flag = f"--config.flame.path={trained}" if trained else "config.flame.path unset (the embedded demo head)"
         fix = (f"start it with {flag}, the FLAME of the stage it starts from" if start
                else f"resume with {flag}, or use another workdir")
-    arrays = ", ".join(sorted(differs)) + (" differs" if len(differs) == 1 else " differ")
+    arrays = ", ".join(differs) + (" differs" if len(differs) == 1 else " differ")
     raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)}, but this "
                             f"{'stage' if start else 'run'} has {now}, another FLAME ({arrays}): its codes "
                             f"would mean other shapes; {fix}")

@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from jaxdeca import atomic_file, xla_options
+from jaxdeca import atomic_file, flame, xla_options
 from jaxdeca.train import config_ranges, deca_common, loop, paths, run as run_lib, workdir_lock
 from jaxdeca.train.deca_common import composite
 
@@ -149,12 +149,17 @@ def _has_checkpoints(workdir: str, stage: str) -> bool:
 
 
 def check_finished(workdir: str, stage: str, record: dict | None, config: dict, previous: dict | None,
-                   trained_before: bool) -> bool:
+                   trained_before: bool, flame_fp: dict | None = None) -> bool:
     """Whether `stage` is finished and is skipped (True) or is to be trained (False: started,
     resumed from its checkpoints or, with a larger train.num_steps only, continued), from its
     record in the workdir (None: none, or unreadable), the recorded config it is given now
     (`recorded_config`), the record of the stage it starts from as the workdir holds it now
-    (None: pretrain, or that stage is gone), and whether a stage before it trained in this run.
+    (None: pretrain, or that stage is gone), whether a stage before it trained in this run, and
+    the flame_fingerprint of the FLAME it is given now (`stage_flame`).
+    The FLAME is compared by its arrays when the record holds their fingerprint, as a resume
+    compares it (`deca_common.check_same_flame`): the same model read from another path (a moved
+    or converted copy) is the same, another model written over the file is not. A record written
+    before records held it is compared by config.flame_path.
 
     Before, a record with the config's num_steps was enough: a re-run with another learning rate,
     loss weight, seed, model or data dir, or after the stage before it had trained again, skipped
@@ -178,6 +183,15 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
     elif previous is not None and (record.get("started_from") or {}).get("id") != previous.get("id"):
         reasons.append(f"it was trained from another {prev} stage than {os.path.join(workdir, prev)} holds now")
     old, new = dict(_ADDED_FIELDS, **_flat(record["config"])), _flat(config)
+    saved_flame = record.get("flame_fingerprint")
+    if isinstance(saved_flame, dict) and flame_fp is not None:
+        path = new.pop("flame.path", None)
+        old.pop("flame.path", None)
+        differs = deca_common.flame_arrays_differ(saved_flame, flame_fp)
+        if differs:
+            now = f"config.flame_path={path!r}" if path else "the embedded demo head (config.flame_path unset)"
+            reasons.append(f"it was trained with another FLAME than {now} ({', '.join(differs)} "
+                           f"{'differs' if len(differs) == 1 else 'differ'})")
     # loss fields the stage does not read (a record written before records held only the read
     # ones holds them all) are no part of what it trained
     old = {k: v for k, v in old.items() if k in new or not k.startswith("loss.")}
@@ -207,16 +221,32 @@ def _refuse(workdir: str, stage: str, reasons: list[str], finished: bool = True)
                             f"{os.path.join(workdir, stage)}{also}, or use another --workdir")
 
 
-def train_stage(config, workdir: str, stage: str, trained_before: bool = False) -> tuple[list, bool]:
+def stage_flame(config) -> dict:
+    """The flame_fingerprint of the FLAME the stages train with (config.flame_path; unset: the
+    embedded demo head), by its arrays; a FlameFileError naming config.flame_path when it cannot be
+    read as one."""
+    path = config.get("flame_path") or None
+    try:
+        return deca_common.flame_fingerprint(flame.from_arrays(flame.load_arrays(path), where=path or flame.DEMO_HEAD))
+    except flame.FlameFileError as e:
+        if path is None:
+            raise
+        raise flame.FlameFileError(f"config.flame_path={path!r}: {e}") from None
+
+
+def train_stage(config, workdir: str, stage: str, trained_before: bool = False,
+                flame_fp: dict | None = None) -> tuple[list, bool]:
     """Trains one stage (or reads a finished one's record, `check_finished`); returns its eval
     history and whether it trained any step in this run. trained_before: whether a stage before it
-    trained in this run (a finished record of this one is then refused)."""
+    trained in this run (a finished record of this one is then refused); flame_fp: `stage_flame`
+    (computed when None)."""
     c = stage_config(config, stage, workdir)
     hist_file = _history_path(workdir, stage)
     record, want = _record(workdir, stage), recorded_config(config, stage, workdir)
     prev = previous_stage(stage)
     previous = _record(workdir, prev) if prev else None
-    if check_finished(workdir, stage, record, want, previous, trained_before):
+    flame_fp = stage_flame(config) if flame_fp is None else flame_fp
+    if check_finished(workdir, stage, record, want, previous, trained_before, flame_fp):
         print(f"[demo] stage {stage} already finished with this config ({hist_file}); skipping", flush=True)
         return record["eval_history"], False
     t = time.time()
@@ -226,7 +256,7 @@ def train_stage(config, workdir: str, stage: str, trained_before: bool = False) 
     hist = [(int(s), {k: float(v) for k, v in ev.items()}) for s, ev in out["eval_history"]]
     if jax.process_index() == 0:
         _write_record(hist_file, int(c.train.num_steps), hist, time.time() - t, want, prev, previous,
-                      out["state"])
+                      out["state"], flame_fp)
     print(f"[demo] stage {stage} done in {time.time() - t:.0f} s; held-out {_fmt(hist[-1][1]) if hist else '-'}",
           flush=True)
     # the loop logs the last step of any training (loop.due), so no loss logged = no step trained
@@ -234,15 +264,16 @@ def train_stage(config, workdir: str, stage: str, trained_before: bool = False) 
     return hist, bool(out["losses"])
 
 
-def _write_record(hist_file, num_steps, hist, seconds, want, prev, previous, state) -> None:
+def _write_record(hist_file, num_steps, hist, seconds, want, prev, previous, state, flame_fp) -> None:
     """The finished stage's record, whole or not at all (a re-run trusts it): with the config it
-    was trained with, the id of the stage it started from, and its own id, a digest of those and
+    was trained with, its FLAME's flame_fingerprint (`stage_flame`), the id of the stage it
+    started from, and its own id, a digest of those and
     of its weights (`loop.fingerprint`: one stage record written again from the same checkpoint
     keeps its id, one trained again gets another, and the stages started from it are refused)."""
     started_from = {"stage": prev, "id": (previous or {}).get("id")} if prev else None
     weights = loop.fingerprint({"params": state.params, "batch_stats": state.batch_stats})
     record = {"num_steps": num_steps, "eval_history": hist, "seconds": seconds, "config": want,
-              "started_from": started_from, "weights": weights,
+              "flame_fingerprint": flame_fp, "started_from": started_from, "weights": weights,
               "id": _digest([_digest(want), started_from, weights])}
     with atomic_file.open_replacing(hist_file) as f:
         json.dump(record, f, indent=1)
@@ -382,9 +413,9 @@ def _run(config, workdir: str) -> None:
     t0 = time.time()
     check_config(config)
     build_data(config, workdir)
-    hist, trained = {}, False
+    hist, trained, flame_fp = {}, False, stage_flame(config)
     for stage in config.stages:  # a stage after one that trained is never skipped (check_finished)
-        hist[stage], trained_now = train_stage(config, workdir, stage, trained)
+        hist[stage], trained_now = train_stage(config, workdir, stage, trained, flame_fp)
         trained = trained or trained_now
     files = export_heldout(config, workdir) if "detail" in hist and int(config.heldout_faces) else []
     from jaxdeca.apps import showcase
