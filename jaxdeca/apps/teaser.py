@@ -29,7 +29,8 @@ def demo_codes() -> dict:
 
 
 def teaser_codes(base: dict, n: int = 12) -> dict:
-    """[3n] codes: yaw -40..40 degrees, jaw 0..0.35 rad, expression 0 -> +2 on exp 0/1."""
+    """[3n] codes, n frames each: yaw -40 -> 40 degrees; jaw 0 -> 0.35 -> 0 rad; expression exp 0
+    0 -> 2 -> 0 with exp 1 0 -> -1.5 -> 0 (half sines)."""
     B = 3 * n
     c = {k: jnp.broadcast_to(v, (B,) + v.shape[1:]) for k, v in base.items()}
     t = jnp.linspace(0.0, 1.0, n)
