@@ -246,11 +246,22 @@ def test_real_data_path_required():
 def test_coarse_from_a_folder_without_checkpoints_is_a_config_error(tmp_path):
     """config.init.checkpoint naming an existing folder that holds no trained stage (pretrain was
     never run): one ConfigPathError naming the field, which jaxdeca.main prints as one line, not
-    a FileNotFoundError traceback (the detail stage's case: test_detail_config_errors)."""
+    a FileNotFoundError traceback (the detail stage's case: test_detail_config_errors). A workdir
+    of another task (no coarse encoder in its checkpoint) is one ConfigError too: it was a
+    ValueError traceback."""
     (tmp_path / "pretrain").mkdir()
     config = test_coarse.get_config("coarse")
     config.init.checkpoint = str(tmp_path / "pretrain")
     with pytest.raises(paths.ConfigPathError, match=r"config.init.checkpoint=.*pretrain.*no checkpoint"):
+        run.make_task(config).init_variables(jax.random.key(0))
+    from configs import test_toy
+    from jaxdeca.train.toy import ToyTask
+    toy = test_toy.get_config()
+    toy.train.update(dict(num_steps=2, eval_every=0, image_every=0))
+    loop.train(toy, str(tmp_path / "toy"), ToyTask(toy))
+    config.init.checkpoint = str(tmp_path / "toy")
+    with pytest.raises(paths.ConfigError, match=r"config.init.checkpoint=.*toy' holds no trained DECA stage "
+                       r"\(.*holds no coarse encoder \(E_flame\)"):
         run.make_task(config).init_variables(jax.random.key(0))
 
 
@@ -528,6 +539,14 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
                            r"--workdir$"):
             check(changed(**fields))
     assert check(changed(coarse__train__num_steps=5)) is False  # a larger num_steps goes on from the checkpoint
+    # not for the pretrain's cosine schedule: the loop would refuse it after the stage's start was printed
+    pre_record = {"num_steps": 120, "eval_history": [], "config": demo.recorded_config(base, "pretrain", w)}
+    assert pre_record["config"]["optim"]["schedule"] == "cosine"
+    assert demo.check_finished(w, "pretrain", pre_record, demo.recorded_config(base, "pretrain", w), None, False)
+    with pytest.raises(paths.ConfigError, match=r"stage pretrain .*train.num_steps 120 -> 240.*; its learning rate "
+                       r"follows a cosine schedule over its num_steps, which a larger num_steps would replace"):
+        demo.check_finished(w, "pretrain", pre_record,
+                            demo.recorded_config(changed(pretrain__train__num_steps=240), "pretrain", w), None, False)
     with pytest.raises(paths.ConfigError, match=r"from another pretrain stage than .*w/pretrain holds now"):
         check(base, previous={"id": "p2"})
     with pytest.raises(paths.ConfigError, match=r"from the pretrain stage before that trained again in this run"):

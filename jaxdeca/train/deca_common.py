@@ -461,6 +461,8 @@ def previous_stage_encoder(template: dict, config, field: str, frozen: bool = Fa
         variables, info = export.load_inference(path)
     except FileNotFoundError as e:
         raise paths.ConfigPathError(f"config.{field}={path!r} holds no trained stage ({e})") from None
+    except ValueError as e:  # a checkpoint of another task (no coarse encoder)
+        raise paths.ConfigError(f"config.{field}={path!r} holds no trained DECA stage ({e})") from None
     check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})", frozen,
                        flame_fingerprint)
     return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)")

@@ -18,7 +18,8 @@ started from (`check_finished`). A finished stage whose config or starting stage
 or one after a stage that trained in this run, stops the job with a ConfigError naming the fields
 that differ (its checkpoints would be resumed, not retrained): remove WORKDIR/<stage> and the
 stages after it, or use another WORKDIR. Only a larger train.num_steps goes on from a finished
-stage (as a re-run of the loop does; the stages after it are then refused).
+stage (as a re-run of the loop does; the stages after it are then refused), and only with a
+constant learning rate: the pretrain's cosine schedule is refused it, as the loop refuses it.
 A second demo started on a WORKDIR in use is refused (`jaxdeca.train.workdir_lock`).
 """
 from __future__ import annotations
@@ -196,8 +197,13 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
     # ones holds them all) are no part of what it trained
     old = {k: v for k, v in old.items() if k in new or not k.startswith("loss.")}
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
-    if not reasons and diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"]):
+    longer = diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"])
+    cosine = old.get("optim.schedule") == "cosine"
+    if longer and not reasons and not cosine:
         return False  # train for longer: the loop goes on from its last checkpoint
+    if longer and cosine:  # the loop refuses it too, after the stage's start was printed
+        reasons.append("its learning rate follows a cosine schedule over its num_steps, which a larger "
+                       "num_steps would replace, not extend")
     if diff:
         shown = [f"{k} {_shown(old.get(k, KeyError))} -> {_shown(new.get(k, KeyError))}" for k in diff[:4]]
         more = f" and {len(diff) - 4} more" if len(diff) > 4 else ""
