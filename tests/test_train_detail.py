@@ -279,12 +279,6 @@ def test_batch_not_a_multiple_of_k_is_a_config_error(source):
             make(6, 0, 1)
 
 
-def task_flame_fingerprint(config):
-    """The FLAME fingerprint a stage's task computes (DecaParts.flame_fingerprint)."""
-    from jaxdeca.train import demo
-    return deca_common.DecaParts(demo.stage_config(config, "pretrain", "WORKDIR")).flame_fingerprint
-
-
 def test_demo_job_end_to_end_tiny(demo_run):
     """The main job's code path on the tiny synthetic dataset: data build, three stages, held-out
     pictures + OBJs, showcase, summary with both landmark numbers; a re-run resumes and skips.
@@ -299,8 +293,9 @@ def test_demo_job_end_to_end_tiny(demo_run):
         assert (tmp_path / f).exists(), f
     assert len([p for p in os.listdir(tmp_path / "data" / "synthetic_faces" / "tiny")]) == 1
     from jaxdeca.train import demo
-    head = demo.stage_flame(config)  # each record holds the FLAME it trained with, by its arrays
-    assert head == json.loads(json.dumps(task_flame_fingerprint(config)))
+    head = demo.stage_flame(config)  # each record holds the FLAME file it trained with, by its arrays
+    from jaxdeca import flame
+    assert set(head) == set(flame.load_arrays(None)) and {"albedo_basis", "uv_face_eye_mask"} <= set(head)
     for stage in ("pretrain", "coarse", "detail"):
         assert json.loads((tmp_path / stage / "eval_history.json").read_text())["flame_fingerprint"] == head, stage
     before = (tmp_path / "detail" / "eval_history.json").stat().st_mtime
@@ -525,8 +520,15 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     # records did before) is still this config's
     assert "photo_D" not in want["loss"] and "render_sigma" in want["loss"]
     assert check(changed(stage_defaults__loss__photo_D=1.0, stage_defaults__loss__mrf=0.5)) is True
+    # and a pretrained network only another stage reads (ID-MRF's VGG19; VGGFace2 with id = 0)
+    assert "weights" not in want
+    assert check(changed(stage_defaults__loss__mrf=0.5, stage_defaults__weights__vgg19="/vgg19",
+                         stage_defaults__weights__vggface2="/vggface2")) is True
+    assert demo.recorded_config(changed(stage_defaults__loss__id=0.2, stage_defaults__weights__vggface2="/v"),
+                                "coarse", w)["weights"] == {"vggface2": "/v"}
     every = dict(record, config=json.loads(json.dumps(want)))
     every["config"]["loss"] = dict(demo_config.get_config("tiny").stage_defaults.loss.to_dict(), photo_D=7.0)
+    every["config"]["weights"] = {"vggface2": None, "vgg19": "/vgg19"}
     assert check(base, rec=every) is True
     for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
@@ -586,6 +588,8 @@ def test_a_finished_stage_is_matched_by_its_flame_arrays_not_by_the_flame_path(t
     np.savez(copy, **arrays)
     other = str(tmp_path / "other.npz")
     np.savez(other, **dict(arrays, v_template=arrays["v_template"] * 1.5))
+    albedo = str(tmp_path / "other_albedo.npz")  # the same geometry with another albedo (FLAME_texture)
+    np.savez(albedo, **dict(arrays, albedo_mean=arrays["albedo_mean"][..., ::-1] * 0.3))
     assert flame_io.load_npz(copy).keys() == arrays.keys()
 
     def config(path):
@@ -605,6 +609,9 @@ def test_a_finished_stage_is_matched_by_its_flame_arrays_not_by_the_flame_path(t
                                    demo.stage_flame(c))
 
     assert check(None) is True and check(copy) is True
+    with pytest.raises(paths.ConfigError, match=r"another FLAME than config.flame_path='.*other_albedo.npz' "
+                       r"\(albedo_mean differs\)"):
+        check(albedo)  # the coarse stage learnt its texture codes on the albedo basis
     with pytest.raises(paths.ConfigError, match=r"stage pretrain .* is finished but it was trained with another "
                        r"FLAME than config.flame_path='.*other.npz' \(v_template differs\)"):
         check(other)

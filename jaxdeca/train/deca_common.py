@@ -308,22 +308,36 @@ def frozen_feature_paths(config, weights: dict) -> dict:
     id > 0 needs config.weights.vggface2 (a directory from `python -m jaxdeca.convert vggface2`);
     the detail stage's photo_D * mrf > 0 needs config.weights.vgg19 (`... convert vgg19`).
     """
+    read = weights_fields_read(config.get("stage"), weights)
     out = {}
-    if weights.get("id", 0) > 0 and config.get("stage") == "coarse":
+    if "vggface2" in read:
         out["vggface2"] = paths.require_path(config, "weights.vggface2", "the converted VGGFace2 ResNet-50 "
                                              "(python -m jaxdeca.convert vggface2 --src resnet50_ft_weight.pkl --out DIR)")
-    if config.get("stage") == "detail" and weights.get("photo_D", 0) * weights.get("mrf", 0) > 0:
+    if "vgg19" in read:
         out["vgg19"] = paths.require_path(config, "weights.vgg19", "the converted torchvision VGG19 "
                                           "(python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR)")
     return out
+
+
+def weights_fields_read(stage: str | None, loss) -> tuple[str, ...]:
+    """The config.weights fields (pretrained feature networks) `stage` reads, given its loss config
+    (ConfigDict / dict; missing fields take their defaults): vggface2 for the coarse stage's identity
+    term (id > 0), vgg19 for the detail stage's ID-MRF (photo_D * mrf > 0); none for pretrain."""
+    w = as_weights(loss)
+    if stage == "coarse" and w["id"] > 0:
+        return ("vggface2",)
+    if stage == "detail" and w["photo_D"] * w["mrf"] > 0:
+        return ("vgg19",)
+    return ()
 
 
 def loss_fields_read(stage: str, loss) -> tuple[str, ...]:
     """The config.loss fields whose values `stage` ('pretrain', 'coarse' or 'detail') trains
     with, given its loss config (ConfigDict / dict; missing fields take their defaults): the
     fields a change of which changes what the stage trains. The rest it never reads, e.g. the
-    detail weights in pretrain and coarse, the coarse ones in detail, render_sigma in a stage
-    that renders nothing (pretrain's photo = 0), use_wlmk with no landmark term.
+    detail weights in pretrain and coarse, the coarse ones in detail, render_sigma with no
+    photometric term (pretrain's photo = 0; the identity term reads no alpha), use_wlmk with no
+    landmark term.
 
     CoarseTask / DetailTask and coarse_losses / detail_losses read them so; the demo records these
     alone of a finished stage's loss config (jaxdeca.train.demo.recorded_config), so that a
@@ -341,7 +355,7 @@ def loss_fields_read(stage: str, loss) -> tuple[str, ...]:
         fields.append("use_seg")
     if stage == "coarse":  # pretrain has no identity term (CoarseTask) and no shape consistency
         fields += ["id", "shape_consistency"]
-    if w["photo"] > 0 or (stage == "coarse" and w["id"] > 0):  # the stage renders
+    if w["photo"] > 0:  # the photometric term multiplies by the render's alpha
         fields.append("render_sigma")
     return tuple(fields)
 

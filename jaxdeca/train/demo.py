@@ -103,8 +103,9 @@ def recorded_config(config, stage: str, workdir: str) -> dict:
     without the _CADENCE_FIELDS, and with the paths the demo derives from the workdir (the data
     dir, by default or when config.data_dir lies under the workdir; the previous stage's folder)
     written as WORKDIR/..., so that a workdir moved or named by another path is the same.
-    Of config.loss it holds the fields the stage reads (`deca_common.loss_fields_read`): a weight
-    of another stage (photo_D for coarse) leaves a finished stage finished."""
+    Of config.loss and config.weights it holds the fields the stage reads
+    (`deca_common.loss_fields_read`, `weights_fields_read`): a loss weight or a pretrained network
+    of another stage (photo_D, weights.vgg19 for coarse) leaves a finished stage finished."""
     c = stage_config(config, stage, "WORKDIR").to_dict()
     if config.data_dir:
         c["data"]["data_dir"] = _portable_path(config.data_dir, workdir)
@@ -112,7 +113,11 @@ def recorded_config(config, stage: str, workdir: str) -> dict:
         for field in fields:
             c[group].pop(field, None)
     read = deca_common.loss_fields_read(stage, c["loss"])
+    networks = deca_common.weights_fields_read(stage, c["loss"])
     c["loss"] = {k: v for k, v in c["loss"].items() if k in read}
+    c["weights"] = {k: v for k, v in c.get("weights", {}).items() if k in networks}
+    if not c["weights"]:  # no group rather than an empty one, which an old record's fields would not match
+        del c["weights"]
     return json.loads(json.dumps(c, sort_keys=True, default=repr))
 
 
@@ -156,11 +161,11 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
     record in the workdir (None: none, or unreadable), the recorded config it is given now
     (`recorded_config`), the record of the stage it starts from as the workdir holds it now
     (None: pretrain, or that stage is gone), whether a stage before it trained in this run, and
-    the flame_fingerprint of the FLAME it is given now (`stage_flame`).
-    The FLAME is compared by its arrays when the record holds their fingerprint, as a resume
-    compares it (`deca_common.check_same_flame`): the same model read from another path (a moved
-    or converted copy) is the same, another model written over the file is not. A record written
-    before records held it is compared by config.flame_path.
+    the fingerprint of the FLAME file it is given now (`stage_flame`).
+    The FLAME is compared by its arrays (all of the file's, the albedo and UV masks too) when the
+    record holds their fingerprint: the same file read from another path (a moved or converted
+    copy) is the same, another model written over the file, or one with another albedo, is not.
+    A record written before records held it is compared by config.flame_path.
 
     Before, a record with the config's num_steps was enough: a re-run with another learning rate,
     loss weight, seed, model or data dir, or after the stage before it had trained again, skipped
@@ -193,9 +198,9 @@ def check_finished(workdir: str, stage: str, record: dict | None, config: dict, 
             now = f"config.flame_path={path!r}" if path else "the embedded demo head (config.flame_path unset)"
             reasons.append(f"it was trained with another FLAME than {now} ({', '.join(differs)} "
                            f"{'differs' if len(differs) == 1 else 'differ'})")
-    # loss fields the stage does not read (a record written before records held only the read
-    # ones holds them all) are no part of what it trained
-    old = {k: v for k, v in old.items() if k in new or not k.startswith("loss.")}
+    # loss and weights fields the stage does not read (a record written before records held only
+    # the read ones holds them all) are no part of what it trained
+    old = {k: v for k, v in old.items() if k in new or not k.startswith(("loss.", "weights."))}
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k, KeyError) != new.get(k, KeyError))
     longer = diff == ["train.num_steps"] and int(new["train.num_steps"]) > int(old["train.num_steps"])
     cosine = old.get("optim.schedule") == "cosine"
@@ -228,16 +233,20 @@ def _refuse(workdir: str, stage: str, reasons: list[str], finished: bool = True)
 
 
 def stage_flame(config) -> dict:
-    """The flame_fingerprint of the FLAME the stages train with (config.flame_path; unset: the
-    embedded demo head), by its arrays; a FlameFileError naming config.flame_path when it cannot be
-    read as one."""
+    """{array name: loop.fingerprint} of every array of the FLAME file the stages train with
+    (config.flame_path; unset: the embedded demo head), as flame.load_arrays reads it: the model
+    and what the stages read beside it (albedo basis, UV layout and masks, fixed displacement),
+    whatever path it is read from; a FlameFileError naming config.flame_path when it cannot be
+    read as a FLAME."""
     path = config.get("flame_path") or None
     try:
-        return deca_common.flame_fingerprint(flame.from_arrays(flame.load_arrays(path), where=path or flame.DEMO_HEAD))
+        arrays = flame.load_arrays(path)
+        flame.from_arrays(arrays, where=path or flame.DEMO_HEAD)  # checked as the stages read it
     except flame.FlameFileError as e:
         if path is None:
             raise
         raise flame.FlameFileError(f"config.flame_path={path!r}: {e}") from None
+    return {k: loop.fingerprint(np.asarray(v)) for k, v in sorted(arrays.items())}
 
 
 def train_stage(config, workdir: str, stage: str, trained_before: bool = False,
@@ -272,7 +281,7 @@ def train_stage(config, workdir: str, stage: str, trained_before: bool = False,
 
 def _write_record(hist_file, num_steps, hist, seconds, want, prev, previous, state, flame_fp) -> None:
     """The finished stage's record, whole or not at all (a re-run trusts it): with the config it
-    was trained with, its FLAME's flame_fingerprint (`stage_flame`), the id of the stage it
+    was trained with, its FLAME file's fingerprint (`stage_flame`), the id of the stage it
     started from, and its own id, a digest of those and
     of its weights (`loop.fingerprint`: one stage record written again from the same checkpoint
     keeps its id, one trained again gets another, and the stages started from it are refused)."""
