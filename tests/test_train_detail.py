@@ -590,6 +590,8 @@ def test_a_finished_stage_is_matched_by_its_flame_arrays_not_by_the_flame_path(t
     np.savez(other, **dict(arrays, v_template=arrays["v_template"] * 1.5))
     albedo = str(tmp_path / "other_albedo.npz")  # the same geometry with another albedo (FLAME_texture)
     np.savez(albedo, **dict(arrays, albedo_mean=arrays["albedo_mean"][..., ::-1] * 0.3))
+    noted = str(tmp_path / "noted.npz")  # keys outside the FLAME layout load and are not read
+    np.savez(noted, **dict(arrays, note=np.array("converted by me"), scale=np.array(np.nan)))
     assert flame_io.load_npz(copy).keys() == arrays.keys()
 
     def config(path):
@@ -599,6 +601,7 @@ def test_a_finished_stage_is_matched_by_its_flame_arrays_not_by_the_flame_path(t
 
     head = demo.stage_flame(config(None))
     assert demo.stage_flame(config(copy)) == head  # the same arrays wherever they are read from
+    assert demo.stage_flame(config(noted)) == head
     assert demo.stage_flame(config(other)) != head
     record = {"num_steps": 120, "eval_history": [], "config": demo.recorded_config(config(None), "pretrain", w),
               "flame_fingerprint": head}

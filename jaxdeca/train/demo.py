@@ -234,8 +234,9 @@ def _refuse(workdir: str, stage: str, reasons: list[str], finished: bool = True)
 
 def stage_flame(config) -> dict:
     """{array name: loop.fingerprint} of every array of the FLAME file the stages train with
-    (config.flame_path; unset: the embedded demo head), as flame.load_arrays reads it: the model
-    and what the stages read beside it (albedo basis, UV layout and masks, fixed displacement),
+    (config.flame_path; unset: the embedded demo head) as flame.load_arrays reads it, of the FLAME
+    npz layout: the model and what the stages read beside it (albedo basis, UV layout and masks,
+    fixed displacement),
     whatever path it is read from; a FlameFileError naming config.flame_path when it cannot be
     read as a FLAME."""
     path = config.get("flame_path") or None
@@ -246,7 +247,10 @@ def stage_flame(config) -> dict:
         if path is None:
             raise
         raise flame.FlameFileError(f"config.flame_path={path!r}: {e}") from None
-    return {k: loop.fingerprint(np.asarray(v)) for k, v in sorted(arrays.items())}
+    # the FLAME npz layout's arrays (flame.io.REQUIRED, OPTIONAL), checked finite on load; an npz
+    # may hold other keys (a note), which no stage reads
+    keys = sorted(k for k in arrays if k in flame.io.REQUIRED or k in flame.io.OPTIONAL)
+    return {k: loop.fingerprint(np.asarray(arrays[k])) for k in keys}
 
 
 def train_stage(config, workdir: str, stage: str, trained_before: bool = False,
