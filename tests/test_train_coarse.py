@@ -470,6 +470,38 @@ def test_stage_started_from_another_flame_is_refused(other_flame_pretrain):
     assert "E_flame" in params
 
 
+def test_resume_or_start_with_another_albedo_is_refused(other_flame_pretrain, tmp_path):
+    """A checkpoint's FLAME fingerprint held the model's geometry alone: a resume, or a stage
+    started from it, with a FLAME file of the same geometry and another albedo (the same
+    generic_model.pkl converted with FLAME_texture.npz instead of the BFM albedo) went on, its
+    texture codes then meaning other colours. The file's albedo and UV arrays are compared too; a
+    checkpoint recorded before them compares the geometry alone."""
+    import shutil
+    import jax
+    from jaxdeca.train import deca_common
+    other, pre = other_flame_pretrain
+    d = dict(np.load(other))
+    albedo = tmp_path / "other_albedo.npz"
+    np.savez(albedo, **dict(d, albedo_mean=d["albedo_mean"][..., ::-1] * 0.3))
+    w = shutil.copytree(pre, tmp_path / "w")
+    config = test_coarse.get_config("pretrain")
+    config.train.update(dict(num_steps=2, eval_every=0))
+    config.flame.path = str(albedo)
+    with pytest.raises(paths.ConfigError, match=r"checkpoint step 1 was trained with FLAME '.*other_flame.npz', but this "
+                       r"run has config.flame.path='.*other_albedo.npz', another FLAME \(albedo_mean differs\): its "
+                       r"codes would mean other textures \(albedo, UV maps\)"):
+        loop.train(config, str(w), run.make_task(config))
+    coarse = test_coarse.get_config("coarse")
+    coarse.init.checkpoint, coarse.flame.path = str(pre), str(albedo)
+    with pytest.raises(paths.ConfigError, match=r"config.init.checkpoint=.*another FLAME \(albedo_mean differs\)"):
+        run.make_task(coarse).init_variables(jax.random.key(0))
+    task = run.make_task(config)
+    assert {"albedo_mean", "albedo_basis", "uv_face_eye_mask"} <= set(task.flame_fingerprint)
+    geometry = {k: v for k, v in task.flame_fingerprint.items() if k not in deca_common.FLAME_FILE_ARRAYS}
+    deca_common.check_same_flame({"flame_fingerprint": geometry, "flame_path": str(other)}, str(albedo),
+                                 task.flame_fingerprint, "a checkpoint of stop 41")  # goes on
+
+
 def test_resume_with_another_model_names_it_before_the_schedule(other_flame_pretrain, tmp_path):
     """A resume with another config.model.width and another learning-rate schedule (or a cosine
     schedule's num_steps) was refused for the schedule alone, checked before the checkpoint was

@@ -116,13 +116,22 @@ def flame_path(config):
     return config.flame.get("path") if "flame" in config else None
 
 
-def flame_fingerprint(model) -> dict:
+# the arrays of a FLAME file that the stages read beside the model (FlameModel): the albedo the
+# texture codes mean, the UV layout, the UV masks and the fixed displacement
+FLAME_FILE_ARRAYS = ("albedo_mean", "albedo_basis", "uv_coords", "uv_faces", "uv_face_eye_mask", "uv_face_mask",
+                     "fixed_displacement")
+
+
+def flame_fingerprint(model, arrays: dict | None = None) -> dict:
     """{array name: loop.fingerprint} of a FlameModel's arrays (template, shape / expression
-    basis, pose correctives, skinning, faces, landmark embedding): what the codes a stage learns
-    mean, whatever path the file was read from. One per array: a sum over all of them would hide
-    a changed template (sum |v| ~ 1e3) under the faces' indices (~ 1e8)."""
+    basis, pose correctives, skinning, faces, landmark embedding) and, given the FLAME file's
+    `arrays`, of the FLAME_FILE_ARRAYS it holds: what the codes a stage learns mean, whatever
+    path the file was read from. One per array: a sum over all of them would hide a changed
+    template (sum |v| ~ 1e3) under the faces' indices (~ 1e8)."""
     from jaxdeca.train import loop
-    return {p[-1].name: loop.fingerprint(x) for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
+    out = {p[-1].name: loop.fingerprint(x) for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
+    out.update({k: loop.fingerprint(np.asarray(arrays[k])) for k in FLAME_FILE_ARRAYS if k in (arrays or {})})
+    return out
 
 
 def flame_arrays_differ(saved: dict, fingerprint: dict) -> list[str]:
@@ -147,7 +156,9 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
     fingerprint was recorded is checked by the FLAME file it names, when it names one (the
     demo head, or no record of the file, is not checked): the file's fingerprint when it is still
     there; when it is gone, a run naming a FLAME file goes on (it may be the file, moved) and
-    one without (the demo head) is refused."""
+    one without (the demo head) is refused. The albedo and UV arrays (FLAME_FILE_ARRAYS: the
+    coarse stage learns its texture codes on that albedo) are compared too, but for a checkpoint
+    written before they were recorded."""
     saved, trained = info.get("flame_fingerprint"), info.get("flame_path")
     now = f"config.flame.path={path!r}" if path else "the embedded demo head (config.flame.path unset)"
     if not isinstance(saved, dict):
@@ -161,6 +172,8 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
             raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)} (not readable there now), "
                                     f"but this {'stage' if start else 'run'} has {now}: its codes would mean other "
                                     f"shapes; {'start it' if start else 'resume'} with {flag}")
+    if not any(k in saved for k in FLAME_FILE_ARRAYS):  # recorded before the albedo and UV arrays were
+        fingerprint = {k: v for k, v in fingerprint.items() if k not in FLAME_FILE_ARRAYS}
     differs = flame_arrays_differ(saved, fingerprint)
     if not differs:
         return
@@ -173,16 +186,18 @@ def check_same_flame(info: dict, path: str | None, fingerprint: dict, where: str
         fix = (f"start it with {flag}, the FLAME of the stage it starts from" if start
                else f"resume with {flag}, or use another workdir")
     arrays = ", ".join(differs) + (" differs" if len(differs) == 1 else " differ")
+    meaning = "textures (albedo, UV maps)" if set(differs) <= set(FLAME_FILE_ARRAYS) else "shapes"
     raise paths.ConfigError(f"{where} was trained with FLAME {flame_name(trained)}, but this "
                             f"{'stage' if start else 'run'} has {now}, another FLAME ({arrays}): its codes "
-                            f"would mean other shapes; {fix}")
+                            f"would mean other {meaning}; {fix}")
 
 
 def _file_fingerprint(path: str) -> dict | None:
     """flame_fingerprint of the FLAME file `path` (read as DecaParts reads config.flame.path), or
     None when it cannot be read (moved, removed)."""
     try:
-        return flame_fingerprint(flame.from_arrays(flame.load_arrays(path), where=path))
+        arrays = flame.load_arrays(path)
+        return flame_fingerprint(flame.from_arrays(arrays, where=path), arrays)
     except (flame.FlameFileError, OSError):
         return None
 
@@ -219,8 +234,9 @@ class DecaParts:
 
     @functools.cached_property
     def flame_fingerprint(self) -> dict:
-        """flame_fingerprint of this stage's FLAME (computed once: every checkpoint records it)."""
-        return flame_fingerprint(self.flame)
+        """flame_fingerprint of this stage's FLAME and its file's albedo and UV arrays (computed
+        once: every checkpoint records it)."""
+        return flame_fingerprint(self.flame, self.arrays)
 
     def check_resume(self, extra: dict, where: str) -> None:
         """Refuses (ConfigError) to resume the checkpoint `where` whose `extra` (the checkpoint_info
