@@ -108,7 +108,7 @@ def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
     """verts: [B, V, 3]; faces: [F, 3]; lmk_faces: [B, L]; lmk_bary: [B, L, 3] -> [B, L, 3]."""
     faces = jnp.asarray(faces)  # numpy faces cannot be indexed by the traced lmk_faces
     tri = jax.vmap(lambda v, f: v[faces[f]])(verts, lmk_faces)  # [B, L, 3, 3]
-    return jnp.einsum("blk,blkc->blc", lmk_bary, tri)
+    return jnp.einsum("blk,blkc->blc", lmk_bary, tri, precision=lbs.HIGHEST)  # full float32 on GPUs/TPUs (lbs)
 
 
 def yaw_degrees(rot):
@@ -126,7 +126,7 @@ def dynamic_row(full_pose):
     anything below -39 to 78. Returns [B] int32. No gradient flows through the row choice.
     """
     rots = lbs.rodrigues(jax.lax.stop_gradient(full_pose[:, :6]).reshape(-1, 2, 3))
-    rel = rots[:, 0] @ rots[:, 1]
+    rel = jnp.matmul(rots[:, 0], rots[:, 1], precision=lbs.HIGHEST)
     yaw = jnp.round(jnp.minimum(yaw_degrees(rel), 39.0)).astype(jnp.int32)
     return jnp.where(yaw < 0, jnp.where(yaw < -39, 78, 39 - yaw), yaw)
 
