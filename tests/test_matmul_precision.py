@@ -96,7 +96,7 @@ def test_decode_has_no_default_precision_product_outside_the_networks():
 
 
 @pytest.mark.parametrize("stage", ["coarse", "detail"])
-def test_training_losses_have_no_default_precision_product_outside_the_networks(stage):
+def test_training_gradients_have_no_default_precision_product_outside_the_networks(stage):
     from test_train_stage_wiring import _batch_spec
     from jaxdeca.train import deca_coarse, deca_detail
     config = test_coarse.get_config(stage)
@@ -110,6 +110,7 @@ def test_training_losses_have_no_default_precision_product_outside_the_networks(
         task = deca_coarse.CoarseTask(config)
         t = task.net_template("E_flame")
         args = ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
-    lines = default_precision_products(task.loss_fn, *args, _batch_spec(4), jax.random.key(0))
+    grad = jax.grad(lambda params, *rest: task.loss_fn(params, *rest)[0])  # the forward and its transposes
+    lines = default_precision_products(grad, *args, _batch_spec(4), jax.random.key(0))
     assert any(line.startswith("models/") for line in lines)
     assert _outside_networks(lines) == []
