@@ -270,6 +270,30 @@ def test_displacement_normals_plane_and_bump():
     assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
 
 
+@pytest.mark.parametrize("scale", [1e-2, 1e-3])
+def test_detail_normals_are_unit_whatever_the_texel_spacing(scale):
+    """The dense grid's normals do not depend on the mesh's scale: a bumpy plane whose texels are
+    0.3 mm (scale 1e-2) or 0.03 mm (1e-3) apart, as FLAME's face at a 1024 px or larger UV map,
+    has the unit normals of the same plane at 3 cm. Before, DECA's absolute eps of 1e-6 (m^2)
+    left them 0.6 (0.3 mm) and 6e-3 (0.03 mm) long, and detail shading that much darker."""
+    R = 32
+    c = (np.arange(R) + 0.5) / R
+    pos = np.stack(list(np.meshgrid(c, 1 - c, indexing="xy")) + [np.zeros((R, R))], -1)[None].astype(np.float32)
+    nrm = np.broadcast_to(np.array([0, 0, 1.0], np.float32), pos.shape)
+    mask = np.ones((R, R), np.float32)
+    bump = (0.05 * np.sin(np.arange(R) / 3.0)[None, :, None, None] * np.cos(np.arange(R) / 5.0)[None, None, :, None])
+
+    def normals(s):
+        z = jnp.asarray(bump * s, jnp.float32)
+        return np.asarray(displacement_to_normals(z, jnp.asarray(pos * s), jnp.asarray(nrm), jnp.asarray(mask),
+                                                  jnp.zeros((R, R))))[0, 6:-7, 3:-4]
+
+    big, small = normals(1.0), normals(scale)
+    np.testing.assert_allclose(np.linalg.norm(big, axis=-1), 1.0, atol=1e-5)
+    assert np.abs(big[..., :2]).max() > 0.05  # the bumps tilt them
+    np.testing.assert_allclose(small, big, atol=1e-4)
+
+
 def test_interpolate_vertex_and_face_attributes_against_numpy():
     """Per-vertex and per-face attributes of 1, 3 and 12 channels (both code paths of the blend),
     values and the gradient w.r.t. the attributes, against a per-pixel NumPy loop. The faces are

@@ -1,4 +1,5 @@
 """Attribute interpolation by barycentrics, and mesh normals (DECA's vertex_normals)."""
+import jax
 import jax.numpy as jnp
 
 from jaxdeca.render.batching import images_custom_vjp
@@ -94,11 +95,23 @@ def face_normals(verts, faces):
     return n.astype(verts.dtype)
 
 
-def vertex_normals(verts, faces):
+def _unit(x):
+    """x / |x| over the last axis whatever its scale; 0, with a zero gradient, where x = 0."""
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    ok = sq > 0
+    return jnp.where(ok, x * jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+
+
+def vertex_normals(verts, faces, scale_free=False):
     """Area-weighted vertex normals exactly as DECA's util.vertex_normals.
 
     Each corner receives the (unnormalised) cross product of its two incident edges, i.e.
-    twice the face area times the face normal; sums are normalised with eps 1e-6.
+    twice the face area times the face normal; sums are normalised with eps 1e-6 (in the
+    vertices' unit squared: m^2 for FLAME), as DECA's F.normalize(eps=1e-6).
+    scale_free=True: normalised whatever their length (0 only for an exact zero sum), for
+    meshes whose faces are small enough that sums fall under 1e-6: the dense UV grid of
+    `displacement_to_normals`, whose texels at 1024 px are ~0.3 mm apart on a FLAME head
+    (sums ~5e-7 m^2), so eps 1e-6 left its detail normals 0.03-1 long, not unit.
     verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`_wide`).
     """
     wide = _wide(verts)
@@ -108,4 +121,4 @@ def vertex_normals(verts, faces):
     n = n.at[:, faces[:, 1]].add(jnp.cross(v2 - v1, v0 - v1))
     n = n.at[:, faces[:, 2]].add(jnp.cross(v0 - v2, v1 - v2))
     n = n.at[:, faces[:, 0]].add(jnp.cross(v1 - v0, v2 - v0))
-    return _normalize(n).astype(verts.dtype)
+    return (_unit(n) if scale_free else _normalize(n)).astype(verts.dtype)

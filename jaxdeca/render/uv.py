@@ -73,6 +73,10 @@ def displacement_to_normals(uv_z, uv_coarse_vertices, uv_coarse_normals, uv_face
     uv_z: [B, R, R, 1] displacement; uv_coarse_vertices / normals: [B, R, R, 3] (world2uv of
     the coarse mesh, treated as constants like DECA's .detach()); uv_face_eye_mask: [R, R];
     fixed_displacement: [R, R]. Returns uv_detail_normals [B, R, R, 3].
+    The dense grid's normals are normalised whatever their length (`vertex_normals`'
+    scale_free): DECA's eps 1e-6 m^2 exceeds the area-weighted sums of texels ~0.4 mm apart,
+    which left them shorter than unit (median 0.35 at 1024 px on the demo head, some texels
+    0.5 at 256), darkening the detail shading by that factor.
     """
     B, R = uv_z.shape[0], uv_z.shape[1]
     cv = jax.lax.stop_gradient(uv_coarse_vertices)
@@ -82,7 +86,7 @@ def displacement_to_normals(uv_z, uv_coarse_vertices, uv_coarse_normals, uv_face
     pts = cv + z * cn + fixed_displacement[None, ..., None] * cn
     if dense_faces is None:
         dense_faces = dense_grid_faces(R, R)
-    n = vertex_normals(pts.reshape(B, R * R, 3), jnp.asarray(dense_faces)).reshape(B, R, R, 3)
+    n = vertex_normals(pts.reshape(B, R * R, 3), jnp.asarray(dense_faces), scale_free=True).reshape(B, R, R, 3)
     return n * m + cn * (1.0 - m)
 
 
