@@ -294,6 +294,23 @@ def test_detail_normals_are_unit_whatever_the_texel_spacing(scale):
     np.testing.assert_allclose(small, big, atol=1e-4)
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1e-9])
+def test_scale_free_vertex_normals_at_tiny_scales(scale):
+    """vertex_normals(scale_free=True) of a mesh shrunk until its squared normal sums underflow
+    float32 (and their rsqrt's derivative overflows) gives the normals of the mesh as it is, and
+    finite gradients, a zero cotangent included."""
+    from jaxdeca.render import vertex_normals
+    from jaxdeca.render.meshes import uv_sphere
+    m = uv_sphere(6, 8, radius=0.7)
+    verts = jnp.asarray(m["verts"], jnp.float32)[None]
+    faces = jnp.asarray(m["faces"], jnp.int32)
+    want = np.asarray(vertex_normals(verts, faces, scale_free=True))
+    np.testing.assert_allclose(np.asarray(vertex_normals(verts * scale, faces, scale_free=True)), want, atol=1e-5)
+    w = jnp.zeros(want.shape).at[..., 0].set(1.0).at[:, :3].set(0.0)
+    g = np.asarray(jax.grad(lambda v: jnp.sum(vertex_normals(v, faces, scale_free=True) * w))(verts * scale))
+    assert np.isfinite(g).all() and np.abs(g).max() > 0
+
+
 def test_interpolate_vertex_and_face_attributes_against_numpy():
     """Per-vertex and per-face attributes of 1, 3 and 12 channels (both code paths of the blend),
     values and the gradient w.r.t. the attributes, against a per-pixel NumPy loop. The faces are

@@ -97,9 +97,14 @@ def face_normals(verts, faces):
 
 def _unit(x):
     """x / |x| over the last axis whatever its scale; 0, with a zero gradient, where x = 0."""
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
-    ok = sq > 0
-    return jnp.where(ok, x * jax.lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+    # divided by its largest component first (x / c has x's direction for any c > 0, so c is a
+    # constant to the gradient): the squared sum is then in [1, 3] whatever x's scale, where
+    # sum(x * x) of a float32 x under ~1e-19 underflows (the direction lost) and its rsqrt's
+    # derivative overflows from ~1e-14 (an infinite gradient, NaN times a zero cotangent)
+    c = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    ok = c > 0
+    y = x / jnp.where(ok, c, 1.0)
+    return jnp.where(ok, y * jax.lax.rsqrt(jnp.where(ok, jnp.sum(y * y, axis=-1, keepdims=True), 1.0)), 0.0)
 
 
 def vertex_normals(verts, faces, scale_free=False):
