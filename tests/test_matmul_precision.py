@@ -21,7 +21,8 @@ BITS = [pytest.param(BFLOAT16_BITS, id="bfloat16"), pytest.param(TF32_BITS, id="
 
 def test_the_emulation_rounds_default_products_as_bfloat16_and_leaves_highest_ones():
     """The emulator itself: its rounding is numpy's bfloat16 cast (an independent reference),
-    a default-precision product gets the rounded operands, a HIGHEST one the exact ones."""
+    a default-precision product gets the rounded operands, a HIGHEST one the exact ones, and a
+    product nested where it does not interpret is refused, not computed exactly."""
     rng = np.random.default_rng(0)
     x = rng.normal(0, 100, (64, 32)).astype(np.float32)
     y = rng.normal(0, 1, (32, 16)).astype(np.float32)
@@ -33,6 +34,8 @@ def test_the_emulation_rounds_default_products_as_bfloat16_and_leaves_highest_on
     assert np.abs(np.asarray(rounded) - x.astype(np.float64) @ y).max() > 0.1
     exact = emulate(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST), BFLOAT16_BITS)(x, y)
     np.testing.assert_array_equal(np.asarray(exact), np.asarray(jnp.matmul(x, y, precision="highest")))
+    with pytest.raises(NotImplementedError, match="cond"):  # a product it would not round: refused
+        emulate(lambda a, b: jax.lax.cond(True, jnp.matmul, lambda a, b: a[:, :16], a, b), BFLOAT16_BITS)(x, y)
 
 
 def _codes(B=16, seed=0):
