@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import test_coarse
 from jaxdeca.evaluation.geometry import similarity_transform
 from jaxdeca.flame import texture
 from jaxdeca.flame.lbs import rodrigues
@@ -100,19 +99,8 @@ def test_decode_has_no_default_precision_product_outside_the_networks():
 
 @pytest.mark.parametrize("stage", ["coarse", "detail"])
 def test_training_gradients_have_no_default_precision_product_outside_the_networks(stage):
-    from test_train_stage_wiring import _batch_spec
-    from jaxdeca.train import deca_coarse, deca_detail
-    config = test_coarse.get_config(stage)
-    if stage == "detail":
-        config.init.coarse_checkpoint = "/nonexistent/coarse"
-        task = deca_detail.DetailTask(config)
-        t = {n: task.net_template(n) for n in ("E_flame", "E_detail", "D_detail")}
-        args = ({n: t[n]["params"] for n in ("E_detail", "D_detail")},
-                {n: t[n]["batch_stats"] for n in ("E_detail", "D_detail")}, {"E_flame": t["E_flame"]})
-    else:
-        task = deca_coarse.CoarseTask(config)
-        t = task.net_template("E_flame")
-        args = ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
+    from test_train_stage_wiring import _batch_spec, loss_task
+    task, args = loss_task(stage)
     grad = jax.grad(lambda params, *rest: task.loss_fn(params, *rest)[0])  # the forward and its transposes
     lines = default_precision_products(grad, *args, _batch_spec(4), jax.random.key(0))
     assert any(line.startswith("models/") for line in lines)

@@ -158,22 +158,27 @@ def _changed(value):
     return value + 0.75 if value else 0.3
 
 
-def _loss_program(stage, loss):
-    """The traced program (jaxpr text and its constants) of `stage`'s training loss on a batch of
-    4 test-sized images, with config.loss updated by `loss`: one program for each set of values
-    the stage trains with."""
+def loss_task(stage, loss=None):
+    """`stage`'s task on the test-sized config (config.loss updated by `loss`) and the arguments
+    of its loss_fn but the batch and rng: (params, batch_stats, frozen) of untrained networks."""
     config = test_coarse.get_config(stage)
-    config.loss.update(loss)
+    config.loss.update(loss or {})
     if stage == "detail":
         config.init.coarse_checkpoint = "/nonexistent/coarse"
         task = deca_detail.DetailTask(config)
         t = {n: task.net_template(n) for n in ("E_flame", "E_detail", "D_detail")}
-        args = ({n: t[n]["params"] for n in ("E_detail", "D_detail")},
-                {n: t[n]["batch_stats"] for n in ("E_detail", "D_detail")}, {"E_flame": t["E_flame"]})
-    else:
-        task = deca_coarse.CoarseTask(config)
-        t = task.net_template("E_flame")
-        args = ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
+        return task, ({n: t[n]["params"] for n in ("E_detail", "D_detail")},
+                      {n: t[n]["batch_stats"] for n in ("E_detail", "D_detail")}, {"E_flame": t["E_flame"]})
+    task = deca_coarse.CoarseTask(config)
+    t = task.net_template("E_flame")
+    return task, ({"E_flame": t["params"]}, {"E_flame": t["batch_stats"]}, {})
+
+
+def _loss_program(stage, loss):
+    """The traced program (jaxpr text and its constants) of `stage`'s training loss on a batch of
+    4 test-sized images, with config.loss updated by `loss`: one program for each set of values
+    the stage trains with."""
+    task, args = loss_task(stage, loss)
     closed = jax.make_jaxpr(task.loss_fn)(*args, _batch_spec(4), jax.random.key(0))
     return str(closed.jaxpr), [np.asarray(c) for c in closed.consts]
 
