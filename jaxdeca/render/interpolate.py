@@ -100,7 +100,7 @@ def _unit(x):
     # divided by its largest component first (x / c has x's direction for any c > 0, so c is a
     # constant to the gradient): the squared sum is then in [1, 3] whatever x's scale, where
     # sum(x * x) of a float32 x under ~1e-19 underflows (the direction lost) and its rsqrt's
-    # derivative overflows from ~1e-14 (an infinite gradient, NaN times a zero cotangent)
+    # derivative overflows from ~1e-15 (an infinite gradient, NaN times a zero cotangent)
     c = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
     ok = c > 0
     y = x / jnp.where(ok, c, 1.0)
