@@ -5,9 +5,9 @@ At JAX's default precision a float32 `dot_general` on a TPU rounds both operands
 (11 significant bits). XLA:CPU computes every float32 product exactly whatever the precision,
 so the tests emulate the accelerators: `emulate(fn, bits)` runs fn's traced program with the
 operands of each float32 dot_general rounded to `bits` significant bits (round to nearest
-even), except where the call asks for Precision.HIGHEST. It interprets programs nested in jit
-and custom_jvp/custom_vjp calls; a default-precision product inside any other nested program
-(cond, scan, while, checkpoint, ...) is refused with NotImplementedError, not run exactly.
+even), except where the call asks for Precision.HIGHEST, in nested programs too (jit and
+custom_jvp/custom_vjp calls are interpreted; the programs of cond, scan, while, checkpoint, ...
+are traced again through the interpreter).
 """
 import jax
 import jax.numpy as jnp
@@ -55,14 +55,32 @@ def _eval(jaxpr, consts, args, bits):
         elif name in ("custom_jvp_call", "custom_vjp_call"):
             inner = eqn.params["call_jaxpr"]
             outs = _eval(inner.jaxpr, inner.consts, ins, bits)
+        elif _nested_products(eqn):  # cond, scan, while, checkpoint, ...: their programs rewritten
+            outs = eqn.primitive.bind(*ins, **_rewritten_params(eqn, bits))
         else:
-            if _nested_products(eqn):  # cond, scan, while, checkpoint, shard_map, ...: not interpreted,
-                # so refuse rather than run their products exactly (a test would pass vacuously)
-                raise NotImplementedError(f"emulate: a matmul inside `{name}` is not emulated")
             outs = eqn.primitive.bind(*ins, **eqn.params)
         for v, x in zip(eqn.outvars, outs if eqn.primitive.multiple_results else [outs]):
             env[v] = x
     return [read(v) for v in jaxpr.outvars]
+
+
+def _rewritten(sub, bits):
+    """A nested program (ClosedJaxpr, or a Jaxpr without constants) traced again through `_eval`,
+    so that its products are rounded too."""
+    closed = sub if isinstance(sub, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(sub, [])
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    new = jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, closed.consts, a, bits))(*avals)
+    if isinstance(sub, jcore.ClosedJaxpr):
+        return new
+    assert not new.consts, "a rewritten open program needs no constants"
+    return new.jaxpr
+
+
+def _rewritten_params(eqn, bits):
+    def one(p):
+        return _rewritten(p, bits) if isinstance(p, (jcore.ClosedJaxpr, jcore.Jaxpr)) else p
+    return {k: type(v)(one(x) for x in v) if isinstance(v, (tuple, list)) else one(v)
+            for k, v in eqn.params.items()}
 
 
 def _sub_jaxprs(eqn):

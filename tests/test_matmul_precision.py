@@ -20,8 +20,8 @@ BITS = [pytest.param(BFLOAT16_BITS, id="bfloat16"), pytest.param(TF32_BITS, id="
 
 def test_the_emulation_rounds_default_products_as_bfloat16_and_leaves_highest_ones():
     """The emulator itself: its rounding is numpy's bfloat16 cast (an independent reference),
-    a default-precision product gets the rounded operands, a HIGHEST one the exact ones, and a
-    product nested where it does not interpret is refused, not computed exactly."""
+    a default-precision product gets the rounded operands, inside cond, checkpoint and scan too,
+    and a HIGHEST one the exact ones."""
     rng = np.random.default_rng(0)
     x = rng.normal(0, 100, (64, 32)).astype(np.float32)
     y = rng.normal(0, 1, (32, 16)).astype(np.float32)
@@ -33,8 +33,10 @@ def test_the_emulation_rounds_default_products_as_bfloat16_and_leaves_highest_on
     assert np.abs(np.asarray(rounded) - x.astype(np.float64) @ y).max() > 0.1
     exact = emulate(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST), BFLOAT16_BITS)(x, y)
     np.testing.assert_array_equal(np.asarray(exact), np.asarray(jnp.matmul(x, y, precision="highest")))
-    with pytest.raises(NotImplementedError, match="cond"):  # a product it would not round: refused
-        emulate(lambda a, b: jax.lax.cond(True, jnp.matmul, lambda a, b: a[:, :16], a, b), BFLOAT16_BITS)(x, y)
+    for nest in (lambda f: lambda a, b: jax.lax.cond(True, f, lambda a, b: a[:, :16], a, b),  # nested programs
+                 lambda f: jax.checkpoint(f),
+                 lambda f: lambda a, b: jax.lax.scan(lambda c, _: (f(a, b), None), a[:, :16], None, length=1)[0]):
+        np.testing.assert_array_equal(np.asarray(emulate(nest(jnp.matmul), BFLOAT16_BITS)(x, y)), np.asarray(rounded))
 
 
 def _codes(B=16, seed=0):
