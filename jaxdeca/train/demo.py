@@ -233,12 +233,11 @@ def _refuse(workdir: str, stage: str, reasons: list[str], finished: bool = True)
 
 
 def stage_flame(config) -> dict:
-    """{array name: loop.fingerprint} of every array of the FLAME file the stages train with
-    (config.flame_path; unset: the embedded demo head) as flame.load_arrays reads it, of the FLAME
-    npz layout: the model and what the stages read beside it (albedo basis, UV layout and masks,
-    fixed displacement),
-    whatever path it is read from; a FlameFileError naming config.flame_path when it cannot be
-    read as a FLAME."""
+    """{array name: loop.fingerprint} of every array of the FLAME npz layout in the FLAME file the
+    stages train with (config.flame_path; unset: the embedded demo head) as flame.load_arrays
+    reads it: the model and what the stages read beside it (albedo basis, UV layout and masks,
+    fixed displacement), whatever path it is read from; a FlameFileError naming
+    config.flame_path when it cannot be read as a FLAME."""
     path = config.get("flame_path") or None
     try:
         arrays = flame.load_arrays(path)
