@@ -38,6 +38,7 @@ their concatenation. DECA's mixes (its dataset.training_data): the default, conf
 import ml_collections
 
 from jaxdeca.losses import default_loss_config
+from jaxdeca.train import data as train_data
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -67,17 +68,12 @@ def get_config(stage: str = "coarse"):
                                              dtype="float32",
                                              init_cam_scale=ml_collections.config_dict.placeholder(float),
                                              cam_scale="raw"))
-    # data.config: one identity_faces config, or several ("vggface2,bupt": DECA's mix; see above)
-    c.data = ml_collections.ConfigDict(dict(source="tfds", dataset="identity_faces", config="vggface2",
-                                            data_dir=placeholder(str), k=k, image_size=224, eval_batches=2,
-                                            eval_seed=0, eval_split="test", color_jitter=0.0, num_threads=4,
-                                            # DECA's training crop (dataset.scale_min/max, trans_scale):
-                                            # size = landmark box x U[scale_min, scale_max], centre
-                                            # shifted by up to trans_scale x the box size
-                                            scale_min=1.4, scale_max=1.8, trans_scale=0.0,
-                                            # the held-out batches' crop: eval_scale x the landmark
-                                            # box, centred, no jitter (DECA's training range's centre)
-                                            eval_scale=1.6))
+    # data.config: one identity_faces config, or several ("vggface2,bupt": DECA's mix; see above).
+    # The fields only source 'tfds' reads (dataset, config, data_dir, eval_split, and the crop and
+    # colour augmentation: DECA's scale_min 1.4, scale_max 1.8, trans_scale 0, and eval_scale 1.6)
+    # come from `tfds_defaults`, which a source 'synthetic' run compares them with.
+    c.data = ml_collections.ConfigDict(dict(train_data.tfds_defaults(), source="tfds", data_dir=placeholder(str),
+                                            k=k, image_size=224, eval_batches=2, eval_seed=0, num_threads=4))
     c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,
                                              keep_checkpoints=3, log_every=50, eval_every=1000,
                                              image_every=1000, async_checkpoints=True))

@@ -35,6 +35,23 @@ BATCH_KEYS = ("image", "landmarks", "mask", "identity")
 EVAL_SCALE = sum(crop.TRAIN_SCALE) / 2  # default data.eval_scale: the centre of DECA's training range
 
 
+def tfds_defaults() -> dict:
+    """The config.data fields only source 'tfds' reads, at the defaults configs/coarse.py gives
+    them (it takes them from here). DECA's training crop (its dataset.scale_min/max, trans_scale):
+    size = landmark box x U[scale_min, scale_max], centre shifted by up to trans_scale x the box
+    size; the held-out batches' crop: eval_scale x the landmark box, centred, no jitter."""
+    return dict(dataset="identity_faces", config="vggface2", data_dir=None, eval_split="test",
+                color_jitter=0.0, scale_min=crop.TRAIN_SCALE[0], scale_max=crop.TRAIN_SCALE[1],
+                trans_scale=0.0, eval_scale=EVAL_SCALE)
+
+
+def ignored_by_synthetic(config) -> dict:
+    """{field: value} of the tfds-only fields (`tfds_defaults`) that config.data sets to other
+    than their defaults: a source 'synthetic' run does not read them."""
+    d = config.data
+    return {k: d[k] for k, v in tfds_defaults().items() if k in d and d[k] != v}
+
+
 def synthetic_group_batch(seed: int, first_identity: int, n_identities: int, k: int, image_size: int,
                           flame_path: str | None = None) -> dict:
     """Identities first_identity .. +n_identities, K images each, identity-major order.
@@ -241,6 +258,11 @@ def make_loader(config, local_bs: int, process_index: int, process_count: int):
     if source == "tfds":
         return _TfdsStream(_tfds_loader(config, local_bs, process_index, process_count, "train", int(config.seed)))
     if source == "synthetic":
+        ignored = ignored_by_synthetic(config)
+        if ignored:  # e.g. a data dir of the user's own faces, on a test config: say so at the start
+            logging.warning("config.data.source='synthetic' renders demo heads on the fly and does not read %s; "
+                            "set --config.data.source=tfds to train on a tfds dataset",
+                            ", ".join(f"config.data.{k}={v!r}" for k, v in ignored.items()))
         return SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed), process_index,
                                    process_count, flame_path(config))
     raise paths.ConfigError(f"config.data.source={source!r} must be 'tfds' or 'synthetic'")
