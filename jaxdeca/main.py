@@ -11,7 +11,8 @@ The config file (an ml_collections config) is the single source of hyper-paramet
   demo       the embedded default end to end (jaxdeca.train.demo): synthetic demo-head data,
              pretrain -> coarse -> detail, held-out pictures and OBJs, renderer showcase.
 
-Any field can be overridden on the command line, e.g. `--config.flame_path=/data/flame.npz`;
+Any field can be overridden on the command line, e.g. `--config.flame.path=/data/flame.npz` (in
+the demo's config `--config.flame_path`: a misspelling's error names the config's own spelling);
 an override naming no field of the config, or giving a value of another type than the field's
 (--config.seed=abc), is one 'error:' line (exit status 2), as is a `--config=FILE[:ARG]` whose
 FILE is not there or whose get_config(ARG) fails (an unknown stage).
@@ -157,9 +158,12 @@ def parse_flags(argv):
         hints = [str(x.args[0]) for x in chain if x.args and "Did you mean" in str(x.args[0])]
         hint = ("; d" + hints[0][hints[0].index("Did you mean") + 1:].rstrip("'")) if hints else ""
         named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+        base = _config_as_given(argv)
         if len(named) > 1:  # flags ending in the same name: the one the config lacks
-            base = _config_as_given(argv)
             named = [o for o in named if not _resolves(base, o[len("--config."):])] or named
+        if not hint:
+            other = _spelled_otherwise(base, named[0][len("--config."):])
+            hint = f"; this config spells it --config.{other}" if other else ""
         print(f"error: {named[0]}: the config has no field {field!r}{hint}", file=sys.stderr)
         sys.exit(2)
 
@@ -177,6 +181,29 @@ def _config_as_given(argv):
         return FLAGS["config"].parser.parse(spec) if spec else None
     except Exception:  # noqa: BLE001 -- only a better flag to name is at stake
         return None
+
+
+def _spelled_otherwise(config, path: str) -> str | None:
+    """The field of `config` that `path` names in other words, or None: the demo's
+    config.flame_path and config.data_dir are config.flame.path and config.data.data_dir in the
+    stage configs (configs/coarse.py), and the other way round. Words are split at '.' and '_';
+    a field whose words are `path`'s, else the one field whose words end with `path`'s or whose
+    words `path`'s end with (two words at least)."""
+    def fields(node, prefix=""):
+        for key, value in node.items():
+            yield prefix + key
+            if isinstance(value, ConfigDict):
+                yield from fields(value, f"{prefix}{key}.")
+    if config is None:
+        return None
+    words = re.split(r"[._]", path)
+    candidates = [(f, re.split(r"[._]", f)) for f in fields(config) if f != path]
+    same = [f for f, w in candidates if w == words]
+    if same:
+        return same[0]
+    ends = [f for f, w in candidates
+            if min(len(w), len(words)) >= 2 and (w[-len(words):] == words or words[-len(w):] == w)]
+    return ends[0] if len(ends) == 1 else None
 
 
 def _resolves(config, path: str) -> bool:

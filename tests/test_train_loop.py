@@ -513,7 +513,13 @@ def test_a_path_field_given_none_on_the_command_line_says_how_to_leave_it_unset(
      "(config.stage_defaults, then config.detail on top): config.train.num_steps=-1 must be >= 0"),
     # fields the demo sets itself are not in its config (they were silently overwritten)
     (["--config=configs/demo.py:tiny", "--config.stage_defaults.flame.path=x.npz"], "error: "
-     "--config.stage_defaults.flame.path: the config has no field 'flame'"),
+     "--config.stage_defaults.flame.path: the config has no field 'flame'; this config spells it --config.flame_path"),
+    # the demo's top-level flame_path and data_dir are flame.path and data.data_dir in a stage's
+    # config: the error named neither (an extension review tried both ways)
+    (["--config=configs/test_coarse.py:coarse", "--config.flame_path=x.npz"], "error: --config.flame_path: the "
+     "config has no field 'flame_path'; this config spells it --config.flame.path"),
+    (["--config=configs/demo.py:tiny", "--config.data.data_dir=/x"], "error: --config.data.data_dir: the config "
+     "has no field 'data'; this config spells it --config.data_dir"),
     # of two overrides ending in the same name, the one the config lacks (the first was named)
     (["--config=configs/demo.py:tiny", "--config.stage_defaults.loss.lipd=1.0", "--config.pretrain.loss.lipd=1.0"],
      "error: --config.pretrain.loss.lipd: the config has no field 'lipd'"),
