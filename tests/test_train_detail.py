@@ -165,9 +165,19 @@ def test_detail_config_errors(tmp_path):
 
 
 def test_wrong_architecture_checkpoint_is_refused(coarse_dir):
+    """The message names the config.model fields the checkpoint was trained with otherwise (it
+    said only that the network differs from config.model: an extension review)."""
     config = detail_config(coarse_dir)
     config.model.hidden = 32
-    with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*\['layers_0'\]\['bias'\] has shape \(64,\), expected \(32,\)"):
+    with pytest.raises(paths.ConfigError, match=r"config.init.coarse_checkpoint=.*\['layers_0'\]\['bias'\] has shape "
+                       r"\(64,\), expected \(32,\) \(the checkpoint's network differs: it was trained with "
+                       r"model.hidden=64; this config has model.hidden=32\)$"):
+        deca_detail.DetailTask(config).init_variables(jax.random.key(0))
+    config = detail_config(coarse_dir)
+    config.model.blocks = (2, 1, 1, 1)
+    with pytest.raises(paths.ConfigError, match=r"\(E_flame\): missing variable .* \(the checkpoint's network "
+                       r"differs: it was trained with model.blocks=\(1, 1, 1, 1\); this config has "
+                       r"model.blocks=\(2, 1, 1, 1\)\)$"):
         deca_detail.DetailTask(config).init_variables(jax.random.key(0))
 
 

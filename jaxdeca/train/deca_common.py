@@ -495,7 +495,25 @@ def previous_stage_encoder(template: dict, config, field: str, frozen: bool = Fa
         raise paths.ConfigError(f"config.{field}={path!r} holds no trained DECA stage ({e})") from None
     check_start_fields(info, config, f"config.{field}={path!r} (checkpoint step {info['step']})", frozen,
                        flame_fingerprint)
-    return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)")
+    return checked_like(template, variables["E_flame"], f"config.{field}={path!r} (E_flame)",
+                        _architecture_hint(info, config))
+
+
+def _architecture_hint(info: dict, config) -> str | None:
+    """checked_like's closing remark for a checkpoint whose network differs: the config.model
+    shape fields it records otherwise than `config` ('it was trained with model.width=0.25,
+    model.blocks=(2, 1, 1, 1); this config has model.width=0.125, model.blocks=(1, 1, 1, 1)'), or
+    None (the default remark) when it records none that differ."""
+    def plain(value):  # the checkpoint's JSON holds lists
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    saved, ours = info.get("model") or {}, config.get("model") or {}
+    keys = [k for k in ("width", "blocks", "hidden") if k in saved and k in ours and plain(saved[k]) != plain(ours[k])]
+    if not keys:
+        return None
+    saved_text = ", ".join(f"model.{k}={plain(saved[k])}" for k in keys)
+    ours_text = ", ".join(f"model.{k}={plain(ours[k])}" for k in keys)
+    return f"the checkpoint's network differs: it was trained with {saved_text}; this config has {ours_text}"
 
 
 def check_start_fields(info: dict, config, where: str, frozen: bool = False,
