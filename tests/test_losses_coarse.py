@@ -236,7 +236,8 @@ def test_missing_inputs_and_unknown_weights_raise():
     gt = _inputs()["landmarks_gt"]
     with pytest.raises(ValueError, match="rendered_images|images"):
         coarse.coarse_losses(landmarks_pred=lm, landmarks_gt=gt, codes=codes)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"unknown keys \['lmkk'\]; known: .* \(a new term's weight is declared in "
+                       r"default_loss_config, jaxdeca/losses/defaults.py\)$"):
         coarse.coarse_losses(landmarks_pred=lm, landmarks_gt=gt, codes=codes, weights={"lmkk": 1})
 
 

@@ -61,7 +61,8 @@ def as_weights(weights) -> dict:
     given = weights.to_dict() if isinstance(weights, ml_collections.ConfigDict) else dict(weights)
     unknown = sorted(set(given) - set(out))
     if unknown:
-        raise ValueError(f"loss weights: unknown keys {unknown}; known: {sorted(out)}")
+        raise ValueError(f"loss weights: unknown keys {unknown}; known: {sorted(out)} (a new term's weight is "
+                         "declared in default_loss_config, jaxdeca/losses/defaults.py)")
     for k, v in given.items():
         v = _plain(v)
         if isinstance(out[k], bool):
