@@ -39,6 +39,7 @@ import ml_collections
 
 from jaxdeca.losses import default_loss_config
 from jaxdeca.train import data as train_data
+from jaxdeca.train.deca_common import DEFAULT_MODEL
 
 placeholder = ml_collections.config_dict.placeholder
 
@@ -64,10 +65,9 @@ def get_config(stage: str = "coarse"):
     c.stage = stage
     c.seed = 0
     c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=0.0, schedule="constant"))
-    c.model = ml_collections.ConfigDict(dict(width=1.0, blocks=(3, 4, 6, 3), hidden=1024, uv_size=256,
-                                             dtype="float32",
-                                             init_cam_scale=ml_collections.config_dict.placeholder(float),
-                                             cam_scale="raw"))
+    # DECA's networks (ResNet-50 encoders, hidden 1024, UV 256, float32, raw camera scale): the
+    # defaults checkpoints and apps fall back on too
+    c.model = ml_collections.ConfigDict(dict(DEFAULT_MODEL, init_cam_scale=placeholder(float)))
     # data.config: one identity_faces config, or several ("vggface2,bupt": DECA's mix; see above).
     # The fields only source 'tfds' reads (dataset, config, data_dir, eval_split, and the crop and
     # colour augmentation: DECA's scale_min 1.4, scale_max 1.8, trans_scale 0, and eval_scale 1.6)
