@@ -69,9 +69,9 @@ def get_config(stage: str = "coarse"):
     # defaults checkpoints and apps fall back on too
     c.model = ml_collections.ConfigDict(dict(DEFAULT_MODEL, init_cam_scale=placeholder(float)))
     # data.config: one identity_faces config, or several ("vggface2,bupt": DECA's mix; see above).
-    # The fields only source 'tfds' reads (dataset, config, data_dir, eval_split, and the crop and
-    # colour augmentation: DECA's scale_min 1.4, scale_max 1.8, trans_scale 0, and eval_scale 1.6)
-    # come from `tfds_defaults`, which a source 'synthetic' run compares them with.
+    # The fields that choose what source 'tfds' reads (dataset, config, data_dir, eval_split, the
+    # crop and colour augmentation: DECA's scale_min 1.4, scale_max 1.8, trans_scale 0, and
+    # eval_scale 1.6) come from `tfds_defaults`, which a source 'synthetic' run compares them with.
     c.data = ml_collections.ConfigDict(dict(train_data.tfds_defaults(), source="tfds", data_dir=placeholder(str),
                                             k=k, image_size=224, eval_batches=2, eval_seed=0, num_threads=4))
     c.train = ml_collections.ConfigDict(dict(num_steps=steps, batch_size=identities * k, checkpoint_every=1000,

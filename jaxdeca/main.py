@@ -190,8 +190,8 @@ def _spelled_otherwise(config, path: str) -> str | None:
     a field whose words are `path`'s, else the one field whose words end with `path`'s or whose
     words `path`'s end with (two words at least)."""
     def fields(node, prefix=""):
-        for key, value in node.items():
-            yield prefix + key
+        for key, value in node.items():  # a user's config may have keys that are not strings
+            yield f"{prefix}{key}"
             if isinstance(value, ConfigDict):
                 yield from fields(value, f"{prefix}{key}.")
     if config is None:

@@ -300,4 +300,4 @@ def test_synthetic_source_names_the_tfds_fields_it_does_not_read(caplog):
         data.make_loader(config, 4, 0, 1)
     assert ("config.data.source='synthetic' renders demo heads on the fly and does not read "
             "config.data.config='folders', config.data.data_dir='/my/faces', config.data.color_jitter=0.5; "
-            "set --config.data.source=tfds") in caplog.text
+            "set config.data.source='tfds'") in caplog.text

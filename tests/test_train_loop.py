@@ -531,6 +531,18 @@ def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, messag
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
 
 
+def test_the_other_spelling_hint_reads_any_config():
+    """The unknown-override error's '; this config spells it ...' (jaxdeca.main) walks the config's
+    fields: a user's config with int keys (a dict of step boundaries) ended in a TypeError
+    traceback there (diff review)."""
+    from ml_collections import ConfigDict
+    from jaxdeca.main import _spelled_otherwise
+    c = ConfigDict(dict(flame_path="x", data_dir="d", boundaries={1000: 0.5, 2000: 0.1}))
+    assert _spelled_otherwise(c, "flame.path") == "flame_path"
+    assert _spelled_otherwise(c, "data.data_dir") == "data_dir"
+    assert _spelled_otherwise(c, "seed") is None and _spelled_otherwise(None, "flame.path") is None
+
+
 def test_shipped_configs_load_from_any_working_directory(tmp_path):
     """The shipped configs import each other (`from configs import coarse`), so a --config path
     to them from outside the repository root was 'No module named configs'. (jaxdeca imports from

@@ -36,8 +36,9 @@ EVAL_SCALE = sum(crop.TRAIN_SCALE) / 2  # default data.eval_scale: the centre of
 
 
 def tfds_defaults() -> dict:
-    """The config.data fields only source 'tfds' reads, at the defaults configs/coarse.py gives
-    them (it takes them from here). DECA's training crop (its dataset.scale_min/max, trans_scale):
+    """The config.data fields that choose what source 'tfds' reads (its num_threads, a speed
+    setting, aside) and that source 'synthetic' does not read, at the defaults configs/coarse.py
+    gives them (it takes them from here). DECA's training crop (its dataset.scale_min/max, trans_scale):
     size = landmark box x U[scale_min, scale_max], centre shifted by up to trans_scale x the box
     size; the held-out batches' crop: eval_scale x the landmark box, centred, no jitter."""
     return dict(dataset="identity_faces", config="vggface2", data_dir=None, eval_split="test",
@@ -261,7 +262,7 @@ def make_loader(config, local_bs: int, process_index: int, process_count: int):
         ignored = ignored_by_synthetic(config)
         if ignored:  # e.g. a data dir of the user's own faces, on a test config: say so at the start
             logging.warning("config.data.source='synthetic' renders demo heads on the fly and does not read %s; "
-                            "set --config.data.source=tfds to train on a tfds dataset",
+                            "set config.data.source='tfds' to train on a tfds dataset",
                             ", ".join(f"config.data.{k}={v!r}" for k, v in ignored.items()))
         return SyntheticFaceLoader(local_bs, int(d.k), int(d.image_size), int(config.seed), process_index,
                                    process_count, flame_path(config))

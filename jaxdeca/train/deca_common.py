@@ -503,12 +503,15 @@ def _architecture_hint(info: dict, config) -> str | None:
     """checked_like's closing remark for a checkpoint whose network differs: the config.model
     shape fields it records otherwise than `config` ('it was trained with model.width=0.25,
     model.blocks=(2, 1, 1, 1); this config has model.width=0.125, model.blocks=(1, 1, 1, 1)'), or
-    None (the default remark) when it records none that differ."""
+    None (the default remark) when it records none that differ (DECA's defaults filled in for a
+    checkpoint that predates them are not its record)."""
     def plain(value):  # the checkpoint's JSON holds lists
         return tuple(value) if isinstance(value, (list, tuple)) else value
 
     saved, ours = info.get("model") or {}, config.get("model") or {}
-    keys = [k for k in ("width", "blocks", "hidden") if k in saved and k in ours and plain(saved[k]) != plain(ours[k])]
+    recorded = info.get("model_recorded", ())
+    keys = [k for k in ("width", "blocks", "hidden")
+            if k in recorded and k in saved and k in ours and plain(saved[k]) != plain(ours[k])]
     if not keys:
         return None
     saved_text = ", ".join(f"model.{k}={plain(saved[k])}" for k in keys)

@@ -62,7 +62,8 @@ def inference_variables(path: str) -> dict:
 
 def load_inference(path: str) -> tuple[dict, dict]:
     """(network variables, info) of a trained stage; info = {'stage', 'step', 'model' (the
-    architecture fields of config.model, DECA's defaults when the checkpoint predates them),
+    architecture fields of config.model, DECA's defaults when the checkpoint predates them;
+    'model_recorded': the names of those it recorded),
     'image_size', 'flame_path', 'flame_fingerprint' (None when the checkpoint predates it)}: what
     `jaxdeca.apps` needs to rebuild and run the networks, and a later stage checks."""
     s = load_stage(path)
@@ -70,7 +71,7 @@ def load_inference(path: str) -> tuple[dict, dict]:
     extra = s["extra"]
     model = dict(DEFAULT_MODEL, **(extra.get("model") or {}))
     model["blocks"] = tuple(int(b) for b in model["blocks"])
-    info = {"stage": s["stage"], "step": s["step"], "model": model,
+    info = {"stage": s["stage"], "step": s["step"], "model": model, "model_recorded": sorted(extra.get("model") or {}),
             "image_size": int(extra.get("image_size", 224)), "flame_path": extra.get("flame_path"),
             "flame_fingerprint": extra.get("flame_fingerprint")}
     return _networks(path, s), info
