@@ -186,13 +186,13 @@ def test_architecture_hint_names_only_what_the_checkpoint_recorded():
     export.load_inference; the hint must not say it was trained at DECA's size (diff review)."""
     from jaxdeca.train.deca_common import _architecture_hint
     config = test_coarse.get_config("detail")
-    info = {"model": {"width": 1.0, "blocks": [3, 4, 6, 3], "hidden": 1024}}
+    info = {"model": {"width": 1.0, "blocks": (3, 4, 6, 3), "hidden": 1024}}  # as load_inference gives it
     assert _architecture_hint(info, config) is None
     info["model_recorded"] = ["blocks", "hidden", "width"]
     assert _architecture_hint(info, config) == (
         "the checkpoint's network differs: it was trained with model.width=1.0, model.blocks=(3, 4, 6, 3), "
         "model.hidden=1024; this config has model.width=0.125, model.blocks=(1, 1, 1, 1), model.hidden=64")
-    info["model"] = {"width": 0.125, "blocks": [1, 1, 1, 1], "hidden": 64}
+    info["model"] = {"width": 0.125, "blocks": (1, 1, 1, 1), "hidden": 64}
     assert _architecture_hint(info, config) is None
 
 

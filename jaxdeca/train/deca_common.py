@@ -504,18 +504,14 @@ def _architecture_hint(info: dict, config) -> str | None:
     shape fields it records otherwise than `config` ('it was trained with model.width=0.25,
     model.blocks=(2, 1, 1, 1); this config has model.width=0.125, model.blocks=(1, 1, 1, 1)'), or
     None (the default remark) when it records none that differ (DECA's defaults filled in for a
-    checkpoint that predates them are not its record)."""
-    def plain(value):  # the checkpoint's JSON holds lists
-        return tuple(value) if isinstance(value, (list, tuple)) else value
-
-    saved, ours = info.get("model") or {}, config.get("model") or {}
-    recorded = info.get("model_recorded", ())
-    keys = [k for k in ("width", "blocks", "hidden")
-            if k in recorded and k in saved and k in ours and plain(saved[k]) != plain(ours[k])]
+    checkpoint that predates them are not its record). info: export.load_inference's (blocks a
+    tuple), compared with model_config(config), which the template was built from."""
+    saved, ours = info["model"], model_config(config)
+    keys = [k for k in ("width", "blocks", "hidden") if k in info.get("model_recorded", ()) and saved[k] != ours[k]]
     if not keys:
         return None
-    saved_text = ", ".join(f"model.{k}={plain(saved[k])}" for k in keys)
-    ours_text = ", ".join(f"model.{k}={plain(ours[k])}" for k in keys)
+    saved_text = ", ".join(f"model.{k}={saved[k]}" for k in keys)
+    ours_text = ", ".join(f"model.{k}={ours[k]}" for k in keys)
     return f"the checkpoint's network differs: it was trained with {saved_text}; this config has {ours_text}"
 
 
