@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jaxdeca.render import (SH_CONSTANTS, dense_grid_faces, directional_shading, displacement_to_normals,
-                            face_normals, grid_sample, orth_proj, perspective_proj, sh_shading,
+                            face_normals, grid_normals, grid_sample, orth_proj, perspective_proj, sh_shading,
                             to_pixels, uv_rasterize, vertex_normals, vertex_visibility, world2uv)
 
 
@@ -158,6 +158,25 @@ def test_vertex_normals_match_deca_torch():
     np.testing.assert_allclose(np.linalg.norm(np.asarray(fn), axis=-1), 1.0, atol=1e-5)
 
 
+def test_vertex_normals_of_a_batch_of_heads_match_deca_torch():
+    """A batch of demo heads (vertices of valence 5 to 84), values and gradients against DECA's
+    torch code."""
+    from jaxdeca import flame
+    arrays = flame.load_arrays(None)
+    f = np.asarray(arrays["faces"], np.int32)
+    rng = np.random.default_rng(4)
+    v = (np.asarray(arrays["v_template"])[None] + rng.normal(size=(3,) + arrays["v_template"].shape) * 2e-3)
+    v = v.astype(np.float32)
+    w = rng.normal(size=v.shape).astype(np.float32)
+    tv = torch.from_numpy(v).requires_grad_()
+    ref = torch_vertex_normals(tv, torch.from_numpy(f)[None].expand(3, -1, -1))
+    (ref * torch.from_numpy(w)).sum().backward()
+    np.testing.assert_allclose(vertex_normals(jnp.asarray(v), f), ref.detach().numpy(), atol=1e-5)
+    g = jax.jit(jax.grad(lambda x: jnp.sum(vertex_normals(x, f) * w)))(jnp.asarray(v))
+    gt = tv.grad.numpy()
+    np.testing.assert_allclose(g, gt, rtol=1e-4, atol=1e-4 * np.abs(gt).max())
+
+
 def test_float16_vertices_give_the_float32_normals_and_a_finite_render():
     """A FLAME face's squared cross product (~3e-10 m^4) and eps^2 are 0 in float16: every face
     normal and 86% of the vertex normals were NaN, and so were 37% of render's pixels."""
@@ -226,6 +245,44 @@ def deca_generate_triangles(h, w, margin_x=2, margin_y=5):
 
 def test_dense_grid_faces_equal_deca_loop():
     np.testing.assert_array_equal(dense_grid_faces(16, 12), deca_generate_triangles(16, 12))
+
+
+@pytest.mark.parametrize("h, w, margin_x, margin_y", [(16, 12, 2, 5), (9, 13, 0, 0), (12, 12, 1, 3), (8, 8, 2, 5)])
+def test_grid_normals_equal_vertex_normals_of_the_dense_grid(h, w, margin_x, margin_y):
+    """grid_normals (shifted slices) gives vertex_normals(scale_free) of DECA's grid triangles,
+    values and gradients, zeros on the margins; (8, 8) with margins 2 and 5 has no triangle."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    pts = np.stack([xx * 1e-3, -yy * 1e-3, np.zeros((h, w))], -1)[None] + rng.normal(size=(2, h, w, 3)) * 3e-4
+    pts = jnp.asarray(pts, jnp.float32)
+    faces = dense_grid_faces(h, w, margin_x, margin_y)
+    wgt = jnp.asarray(rng.normal(size=pts.shape), jnp.float32)
+
+    def ref(p):
+        return vertex_normals(p.reshape(2, h * w, 3), faces, scale_free=True).reshape(p.shape)
+
+    want, got = np.asarray(ref(pts)), np.asarray(grid_normals(pts, margin_x, margin_y))
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_array_equal(got == 0, want == 0)
+    g_want = jax.grad(lambda p: jnp.sum(ref(p) * wgt))(pts)
+    g_got = jax.jit(jax.grad(lambda p: jnp.sum(grid_normals(p, margin_x, margin_y) * wgt)))(pts)
+    np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5 * float(np.abs(g_want).max() + 1e-30))
+
+
+def test_displacement_normals_of_the_grid_equal_those_of_its_faces():
+    """displacement_to_normals' default (grid_normals) equals passing dense_grid_faces(R, R)."""
+    R = 24
+    rng = np.random.default_rng(6)
+    c = (np.arange(R) + 0.5) / R * 0.2
+    pos = np.stack(list(np.meshgrid(c, -c, indexing="xy")) + [np.zeros((R, R))], -1)[None]
+    pos = jnp.asarray(pos + rng.normal(size=(2, R, R, 3)) * 1e-3, jnp.float32)
+    nrm = jnp.asarray(np.broadcast_to([0.0, 0.0, 1.0], (2, R, R, 3)), jnp.float32)
+    mask = jnp.asarray(rng.uniform(size=(R, R)) > 0.2, jnp.float32)
+    fixed = jnp.asarray(rng.normal(size=(R, R)) * 1e-4, jnp.float32)
+    z = jnp.asarray(rng.normal(size=(2, R, R, 1)) * 1e-3, jnp.float32)
+    faces = dense_grid_faces(R, R)
+    np.testing.assert_allclose(displacement_to_normals(z, pos, nrm, mask, fixed),
+                               displacement_to_normals(z, pos, nrm, mask, fixed, faces), atol=1e-6)
 
 
 def quad():

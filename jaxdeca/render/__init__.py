@@ -14,4 +14,4 @@ from jaxdeca.render.shading import (SH_CONSTANTS, directional_shading, sh_basis,
                                     vertex_visibility)
 from jaxdeca.render.texture import grid_sample
 from jaxdeca.render.uv import (UVRaster, dense_grid_faces, detail_vertices, displacement_to_normals, extract_texture,
-                               uv_rasterize, uv_to_image, world2uv)
+                               grid_normals, uv_rasterize, uv_to_image, world2uv)

@@ -10,7 +10,7 @@ from jaxdeca.render.interpolate import interpolate, interpolate_face_attr, verte
 from jaxdeca.render.rasterize import rasterize
 from jaxdeca.render.shading import SHAPE_GREY, directional_shading, sh_shading
 from jaxdeca.render.texture import grid_sample
-from jaxdeca.render.uv import (UVRaster, dense_grid_faces, displacement_to_normals, uv_rasterize,
+from jaxdeca.render.uv import (UVRaster, displacement_to_normals, uv_rasterize,
                                uv_to_image, world2uv)
 
 
@@ -20,8 +20,8 @@ class Topology:
     """Mesh topology and UV data for rendering (a pytree of arrays).
 
     faces: [F, 3] i32; uv_faces: [F, 3] i32; uv_grid: [F, 3, 2] per-corner UVs in grid space;
-    uv_raster: UVRaster at R x R; uv_face_eye_mask, fixed_displacement: [R, R];
-    dense_faces: [Fd, 3] i32 triangles of the R x R grid (DECA generate_triangles).
+    uv_raster: UVRaster at R x R; uv_face_eye_mask, fixed_displacement: [R, R]. (The dense
+    R x R grid mesh of the detail normals needs no array: `render.grid_normals`.)
     """
     faces: jax.Array
     uv_faces: jax.Array
@@ -29,7 +29,6 @@ class Topology:
     uv_raster: UVRaster
     uv_face_eye_mask: jax.Array
     fixed_displacement: jax.Array
-    dense_faces: jax.Array
 
 
 def _check(d, key, ndim, where):
@@ -55,8 +54,7 @@ def make_topology(model, uv_size=256, where="FLAME npz"):
     return Topology(
         faces=put(faces), uv_faces=put(uv_faces), uv_grid=put(uv_to_image(uv_coords)[uv_faces]),  # on the host
         uv_raster=uv_rasterize(uv_coords, uv_faces, uv_size),
-        uv_face_eye_mask=put(mask), fixed_displacement=put(fixed),
-        dense_faces=put(dense_grid_faces(uv_size, uv_size)))
+        uv_face_eye_mask=put(mask), fixed_displacement=put(fixed))
 
 
 def _uv_map(model, key, uv_size, fill, where):
@@ -175,7 +173,7 @@ def render(verts, trans_verts, albedo, light, topo, image_size=(224, 224), uv_z=
         normals=normals, trans_normals=tnormals)
     if uv_z is not None:
         n = displacement_to_normals(uv_z, out["uv_coarse_vertices"], out["uv_coarse_normals"],
-                                    topo.uv_face_eye_mask, topo.fixed_displacement, topo.dense_faces)
+                                    topo.uv_face_eye_mask, topo.fixed_displacement)
         uv_shading = sh_shading(n, light)
         detail_normal_images = grid_sample(n, grid) * mask[..., None]
         out.update(uv_detail_normals=n, uv_shading=uv_shading, uv_texture=albedo * uv_shading,

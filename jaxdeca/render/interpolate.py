@@ -95,7 +95,7 @@ def face_normals(verts, faces):
     return n.astype(verts.dtype)
 
 
-def _unit(x):
+def unit_vectors(x):
     """x / |x| over the last axis whatever its scale; 0, with a zero gradient, where x = 0."""
     # divided by its largest component first (x / c has x's direction for any c > 0, so c is a
     # constant to the gradient): the squared sum is then in [1, 3] whatever x's scale, where
@@ -107,6 +107,18 @@ def _unit(x):
     return jnp.where(ok, y * jax.lax.rsqrt(jnp.where(ok, jnp.sum(y * y, axis=-1, keepdims=True), 1.0)), 0.0)
 
 
+def _cross_xyz(a, b):
+    """cross(a, b) of vectors given as (x, y, z) tuples of equally shaped arrays (jnp.cross's
+    formula, component by component)."""
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def corner_cross(p, q, r):
+    """cross(q - p, r - p), the unnormalised normal a triangle (p, q, r) gives its corner p (twice
+    its area times its unit normal). p, q, r: (x, y, z) tuples of equally shaped arrays."""
+    return _cross_xyz(tuple(a - b for a, b in zip(q, p)), tuple(a - b for a, b in zip(r, p)))
+
+
 def vertex_normals(verts, faces, scale_free=False):
     """Area-weighted vertex normals exactly as DECA's util.vertex_normals.
 
@@ -115,8 +127,9 @@ def vertex_normals(verts, faces, scale_free=False):
     vertices' unit squared: m^2 for FLAME), as DECA's F.normalize(eps=1e-6).
     scale_free=True: normalised whatever their length (0 only for an exact zero sum), for
     meshes whose faces are small enough that sums fall under 1e-6: the dense UV grid of
-    `displacement_to_normals`, whose texels at 1024 px are ~0.3 mm apart on a FLAME head
-    (sums ~5e-7 m^2), so eps 1e-6 left its detail normals 0.03-1 long, not unit.
+    `displacement_to_normals` (its `uv.grid_normals` normalises so), whose texels at 1024 px
+    are ~0.3 mm apart on a FLAME head (sums ~5e-7 m^2), so eps 1e-6 left its detail normals
+    0.03-1 long, not unit.
     verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`_wide`).
     """
     wide = _wide(verts)
@@ -126,4 +139,4 @@ def vertex_normals(verts, faces, scale_free=False):
     n = n.at[:, faces[:, 1]].add(jnp.cross(v2 - v1, v0 - v1))
     n = n.at[:, faces[:, 2]].add(jnp.cross(v0 - v2, v1 - v2))
     n = n.at[:, faces[:, 0]].add(jnp.cross(v1 - v0, v2 - v0))
-    return (_unit(n) if scale_free else _normalize(n)).astype(verts.dtype)
+    return (unit_vectors(n) if scale_free else _normalize(n)).astype(verts.dtype)
