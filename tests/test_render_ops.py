@@ -267,6 +267,12 @@ def test_grid_normals_equal_vertex_normals_of_the_dense_grid(h, w, margin_x, mar
     g_want = jax.grad(lambda p: jnp.sum(ref(p) * wgt))(pts)
     g_got = jax.jit(jax.grad(lambda p: jnp.sum(grid_normals(p, margin_x, margin_y) * wgt)))(pts)
     np.testing.assert_allclose(g_got, g_want, rtol=1e-5, atol=1e-5 * float(np.abs(g_want).max() + 1e-30))
+    # float16 points are computed in float32, as vertex_normals does (its texel cross products,
+    # ~1e-7 here, are below float16's smallest normal)
+    p16 = pts.astype(jnp.float16)
+    n16 = grid_normals(p16, margin_x, margin_y)
+    assert n16.dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(n16, np.float32), np.asarray(ref(p16.astype(jnp.float32))), atol=2e-3)
 
 
 def test_displacement_normals_of_the_grid_equal_those_of_its_faces():

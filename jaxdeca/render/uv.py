@@ -76,14 +76,16 @@ def grid_normals(pts, margin_x=2, margin_y=5):
     all cells at once from shifted slices and added to the vertices by padding, so no gather or
     scatter runs: forward+backward of `displacement_to_normals` on the 2-core CI machine took
     6.3 ms for 32 maps of 64 x 64 (24.5 ms through `vertex_normals`) and 107 ms for 16 of
-    256 x 256 (369 ms). pts: [B, H, W, 3] -> [B, H, W, 3]; vertices of no cell (the margins)
-    get 0.
+    256 x 256 (369 ms). pts: [B, H, W, 3] -> [B, H, W, 3] (computed in float32 at least, as
+    `vertex_normals`); vertices of no cell (the margins) get 0.
     """
+    dtype = pts.dtype
+    pts = pts.astype(jnp.promote_types(dtype, jnp.float32))
     B, H, W, _ = pts.shape
     y0, y1 = margin_y, H - 1 - margin_y  # the cells' rows and columns
     x0, x1 = margin_x, W - 1 - margin_x
     if y1 <= y0 or x1 <= x0:
-        return jnp.zeros_like(pts)
+        return jnp.zeros(pts.shape, dtype)
 
     def corner(dy, dx):  # the (y + dy, x + dx) corner of every cell: 3 x [B, y1 - y0, x1 - x0]
         return tuple(pts[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, k] for k in range(3))
@@ -98,7 +100,7 @@ def grid_normals(pts, margin_x=2, margin_y=5):
     for k in range(3):
         n.append(sum(jnp.pad(c[k], ((0, 0), (y0 + dy, H - y1 - dy), (x0 + dx, W - x1 - dx)))
                      for (dy, dx), c in parts))
-    return unit_vectors(jnp.stack(n, -1))
+    return unit_vectors(jnp.stack(n, -1)).astype(dtype)
 
 
 def displacement_to_normals(uv_z, uv_coarse_vertices, uv_coarse_normals, uv_face_eye_mask,
