@@ -81,7 +81,7 @@ def _normalize(x, eps=1e-6):
     return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
-def _wide(verts):
+def at_least_float32(verts):
     """verts at float32 at least: a FLAME face's cross product (~3e-10 m^2 squared) and the eps^2
     of _normalize are 0 in float16, whose normals were then all NaN. Results keep verts' dtype."""
     return verts.astype(jnp.promote_types(verts.dtype, jnp.float32))
@@ -89,8 +89,8 @@ def _wide(verts):
 
 def face_normals(verts, faces):
     """Unit face normals cross(v1 - v0, v2 - v0). verts: [B, V, 3] -> [B, F, 3], computed in
-    float32 at least (`_wide`)."""
-    fv = face_vertices(_wide(verts), faces)
+    float32 at least (`at_least_float32`)."""
+    fv = face_vertices(at_least_float32(verts), faces)
     n = _normalize(jnp.cross(fv[..., 1, :] - fv[..., 0, :], fv[..., 2, :] - fv[..., 0, :]))
     return n.astype(verts.dtype)
 
@@ -107,16 +107,13 @@ def unit_vectors(x):
     return jnp.where(ok, y * jax.lax.rsqrt(jnp.where(ok, jnp.sum(y * y, axis=-1, keepdims=True), 1.0)), 0.0)
 
 
-def _cross_xyz(a, b):
-    """cross(a, b) of vectors given as (x, y, z) tuples of equally shaped arrays (jnp.cross's
-    formula, component by component)."""
-    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-
-
 def corner_cross(p, q, r):
     """cross(q - p, r - p), the unnormalised normal a triangle (p, q, r) gives its corner p (twice
-    its area times its unit normal). p, q, r: (x, y, z) tuples of equally shaped arrays."""
-    return _cross_xyz(tuple(a - b for a, b in zip(q, p)), tuple(a - b for a, b in zip(r, p)))
+    its area times its unit normal), by jnp.cross's formula component by component.
+    p, q, r: (x, y, z) tuples of equally shaped arrays."""
+    a = [x - y for x, y in zip(q, p)]
+    b = [x - y for x, y in zip(r, p)]
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
 
 
 def vertex_normals(verts, faces, scale_free=False):
@@ -130,9 +127,9 @@ def vertex_normals(verts, faces, scale_free=False):
     `displacement_to_normals` (its `uv.grid_normals` normalises so), whose texels at 1024 px
     are ~0.3 mm apart on a FLAME head (sums ~5e-7 m^2), so eps 1e-6 left its detail normals
     0.03-1 long, not unit.
-    verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`_wide`).
+    verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`at_least_float32`).
     """
-    wide = _wide(verts)
+    wide = at_least_float32(verts)
     fv = face_vertices(wide, faces)
     v0, v1, v2 = fv[..., 0, :], fv[..., 1, :], fv[..., 2, :]
     n = jnp.zeros_like(wide)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdeca import xla_options
-from jaxdeca.render.interpolate import corner_cross, face_vertices, unit_vectors, vertex_normals
+from jaxdeca.render.interpolate import at_least_float32, corner_cross, face_vertices, unit_vectors, vertex_normals
 from jaxdeca.render.rasterize import rasterize
 from jaxdeca.render.texture import grid_sample
 
@@ -80,8 +80,8 @@ def grid_normals(pts, margin_x=2, margin_y=5):
     `vertex_normals`); vertices of no cell (the margins) get 0.
     """
     dtype = pts.dtype
-    pts = pts.astype(jnp.promote_types(dtype, jnp.float32))
-    B, H, W, _ = pts.shape
+    pts = at_least_float32(pts)
+    _, H, W, _ = pts.shape
     y0, y1 = margin_y, H - 1 - margin_y  # the cells' rows and columns
     x0, x1 = margin_x, W - 1 - margin_x
     if y1 <= y0 or x1 <= x0:
