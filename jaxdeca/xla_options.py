@@ -3,19 +3,24 @@
 XLA's CPU backend in jaxlib 0.10 hands reductions to YNNPACK by default. For a reduction over a
 short minor axis, such as the one autodiff makes of `x[..., None] * y`, YNNPACK's kernel runs
 about 40x slower than XLA's own loop. The gradient of a [224, 224, 3] barycentric blend takes
-6.4 ms against 0.16 ms on the 2-core CI machine. Such reductions run all through the renderer,
-the losses and the networks' backward passes, so on CPU this `jit` keeps YNNPACK to dot
-products (`xla_cpu_experimental_ynn_fusion_type`), and XLA emits the reductions itself. The
-effect on that machine, from the scripts in `benchmarks/` (old/new time, same session):
-  - a full-size training step: coarse 1.2x faster, detail 1.5x;
-  - encode+decode inference: 1.8-1.9x faster;
-  - render forward+backward at batch 32, 10k faces at 224 x 224: 1.1-1.3x faster.
-The price is accuracy where a long reduction cancels: XLA's own loop rounds more than YNNPACK's
-kernel. Losses and forward results agree to float rounding, but in the test-sized coarse step
-(configs/test_coarse.py, batch 8) the BatchNorm scale and bias gradients, sums over batch x
-pixels of terms that cancel, are off a float64 reference by up to 9e-3 relative (6e-6 with
-YNNPACK's reductions). What that does to training was not measured; for CPU gradients as exact
-as float32 allows, set the XLA_FLAGS below.
+6.4 ms against 0.16 ms on the 2-core CI machine. Such reductions run all through the renderer
+and the losses, so on CPU this `jit` keeps YNNPACK to dot products
+(`xla_cpu_experimental_ynn_fusion_type`), and XLA emits the reductions itself. On that machine
+(2-core AMD EPYC, one process, old/new time of the same program) this makes the renderer's
+forward+backward at 224 x 224 1.1-1.4x faster (10k-face sphere and demo head, batch 1 and 8) and
+inference (encode+decode at 224, batch 1) 1.3x.
+
+Training steps are the exception: `jit(..., ynn_reductions=True)` (`train.steps.make_train_step`)
+keeps XLA's default, YNNPACK for reductions too. Their gradients through the networks' BatchNorm
+layers come out far from float64 with XLA's own reduction loops: in the demo's pretrain step
+(64 px, batch 16) the encoder's gradient leaves were 1.2% off a float64 reference at the median
+and 12% at the worst (coarse step: 1.2% and 9%), against about 1e-6 and at most 6e-6 with
+YNNPACK's reductions; the detail step's median leaf was 0.6% off, 3e-4 with YNNPACK's. (Neither
+is float64: with batch 8 at 96 or 128 px, the same trunk's last-stage kernels were 12-16% off
+with YNNPACK too, a backward pass that cancels almost all of its terms.) With full-size networks YNNPACK's reductions are also
+faster: ResNet-50 at 224 x 224, batch 8, the pretrain step's loss forward+backward took 2.38 s
+against 3.59 s, coarse 2.68 s against 3.79 s, detail 5.57 s against 6.58 s. At the demo's size
+the pretrain step is 1.3x faster (42 -> 32 ms), coarse 0.83x (247 -> 297 ms), detail the same.
 
 XLA:CPU's MLIR fusion emitters stay on (the test suite turns them off, `tests/conftest.py`, for
 its thousands of small compiles): they emit faster code. `benchmarks/render.py --batches 1,8
@@ -24,7 +29,8 @@ for one 10k-face 224 x 224 image with them, against 8.3-10.4 ms and 22.8-29.0 ms
 `--xla_cpu_use_fusion_emitters=false` (batch 8: forward+backward 157-167 ms against 172-245 ms).
 
 The option is only passed on the CPU backend, and only when the user's XLA_FLAGS do not already
-set it, so `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce` restores XLA's default.
+set it, so `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce` restores XLA's default
+for every program (and `=dot` keeps YNNPACK to dot products in the training steps too).
 jaxdeca's functions called inside the user's own `jax.jit` (or grad, vmap) are traced into the
 user's program (`jit`), which can pass `compiler_options()` itself, or set the flag in XLA_FLAGS.
 """
@@ -37,21 +43,25 @@ import jax
 
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_DOT"}
+_TRAINING_CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # XLA's default
 
 
-def compiler_options(backend: str | None = None) -> dict | None:
+def compiler_options(backend: str | None = None, *, ynn_reductions: bool = False) -> dict | None:
     """Options for `jax.jit(..., compiler_options=...)` on `backend` (default: jax's default).
 
-    A dict on CPU; None on accelerators, or when XLA_FLAGS already set the flag.
+    A dict on CPU: YNNPACK for dot products only, or with `ynn_reductions` for reductions too
+    (the training steps', module docstring). None on accelerators, or when XLA_FLAGS already
+    set the flag.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu" or _FLAG in os.environ.get("XLA_FLAGS", ""):
         return None
-    return dict(_CPU_OPTIONS)
+    return dict(_TRAINING_CPU_OPTIONS if ynn_reductions else _CPU_OPTIONS)
 
 
-def jit(fn=None, **kwargs):
-    """`jax.jit` with `compiler_options()`. Use it as `jit(fn, **jit_kwargs)` or as `@jit`.
+def jit(fn=None, *, ynn_reductions: bool = False, **kwargs):
+    """`jax.jit` with `compiler_options(ynn_reductions=...)`. Use it as `jit(fn, **jit_kwargs)`
+    or as `@jit`.
 
     Called inside a transformation (the user's own jax.jit, grad, vmap, eval_shape), where JAX
     refuses compiler options, `fn` is jitted without them and becomes part of the caller's
@@ -59,8 +69,8 @@ def jit(fn=None, **kwargs):
     in XLA_FLAGS) this is `jax.jit` itself.
     """
     if fn is None:
-        return lambda f: jit(f, **kwargs)
-    opts = compiler_options()
+        return lambda f: jit(f, ynn_reductions=ynn_reductions, **kwargs)
+    opts = compiler_options(ynn_reductions=ynn_reductions)
     given = kwargs.get("compiler_options") or {}
     if opts is None and not given:
         return jax.jit(fn, **kwargs)
