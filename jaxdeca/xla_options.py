@@ -20,7 +20,9 @@ is float64: with batch 8 at 96 or 128 px, the same trunk's last-stage kernels we
 with YNNPACK too, a backward pass that cancels almost all of its terms.) With full-size networks YNNPACK's reductions are also
 faster: ResNet-50 at 224 x 224, batch 8, the pretrain step's loss forward+backward took 2.38 s
 against 3.59 s, coarse 2.68 s against 3.79 s, detail 5.57 s against 6.58 s. At the demo's size
-the pretrain step is 1.3x faster (42 -> 32 ms), coarse 0.83x (247 -> 297 ms), detail the same.
+the pretrain step is 1.3x faster (42 -> 32 ms), detail the same, and coarse 0.80-0.83x
+(244-247 -> 297-304 ms): its renderer's short-axis reductions (face boxes, depths, normals'
+lengths) go to YNNPACK too.
 
 XLA:CPU's MLIR fusion emitters stay on (the test suite turns them off, `tests/conftest.py`, for
 its thousands of small compiles): they emit faster code. `benchmarks/render.py --batches 1,8
