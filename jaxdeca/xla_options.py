@@ -17,11 +17,13 @@ layers come out far from float64 with XLA's own reduction loops: in the demo's p
 and 12% at the worst (coarse step: 1.2% and 9%), against about 1e-6 and at most 6e-6 with
 YNNPACK's reductions; the detail step's median leaf was 0.6% off, 3e-4 with YNNPACK's. (Neither
 is float64: with batch 8 at 96 or 128 px, the same trunk's last-stage kernels were 12-16% off
-with YNNPACK too, a backward pass that cancels almost all of its terms.) With full-size networks YNNPACK's reductions are also
-faster: ResNet-50 at 224 x 224, batch 8, the pretrain step's loss forward+backward took 2.38 s
-against 3.59 s, coarse 2.68 s against 3.79 s, detail 5.57 s against 6.58 s. At the demo's size
-the pretrain step is 1.3x faster (42 -> 32 ms), detail the same, and coarse 0.80-0.83x
-(244-247 -> 297-304 ms): its renderer's short-axis reductions (face boxes, depths, normals'
+with YNNPACK too, a backward pass that cancels almost all of its terms.)
+
+With full-size networks YNNPACK's reductions are also faster: ResNet-50 at 224 x 224, batch 8,
+the pretrain step's loss forward+backward took 2.38 s with them against 3.59 s without, coarse
+2.68 s against 3.79 s, detail 5.57 s against 6.58 s. At the demo's size the pretrain step takes
+32 ms against 42 ms, the detail step about the same time, and the coarse step 297-304 ms against
+244-247 ms: its renderer's reductions over 3 corners or xyz (face boxes, depths, normals'
 lengths) go to YNNPACK too.
 
 XLA:CPU's MLIR fusion emitters stay on (the test suite turns them off, `tests/conftest.py`, for
