@@ -11,8 +11,8 @@ forward+backward at 224 x 224 1.1-1.4x faster (10k-face sphere and demo head, ba
 inference (encode+decode at 224, batch 1) 1.3x.
 
 Training steps are the exception: `jit(..., ynn_reductions=True)` (`train.steps.make_train_step`)
-keeps XLA's default, YNNPACK for reductions too. Their gradients through the networks' BatchNorm
-layers come out far from float64 with XLA's own reduction loops: in the demo's pretrain step
+keeps XLA's default, YNNPACK for reductions too. Their gradients through the networks (ResNets
+with BatchNorm) come out far from float64 with XLA's own reduction loops: in the demo's pretrain step
 (64 px, batch 16) the encoder's gradient leaves were 1.2% off a float64 reference at the median
 and 12% at the worst (coarse step: 1.2% and 9%), against about 1e-6 and at most 6e-6 with
 YNNPACK's reductions; the detail step's median leaf was 0.6% off, 3e-4 with YNNPACK's. (Neither
