@@ -22,9 +22,12 @@ with YNNPACK too, a backward pass that cancels almost all of its terms.)
 With full-size networks YNNPACK's reductions are also faster: ResNet-50 at 224 x 224, batch 8,
 the pretrain step's loss forward+backward took 2.38 s with them against 3.59 s without, coarse
 2.68 s against 3.79 s, detail 5.57 s against 6.58 s. At the demo's size the pretrain step takes
-32 ms against 42 ms, the detail step about the same time, and the coarse step 297-304 ms against
-244-247 ms: its renderer's reductions over 3 corners or xyz (face boxes, depths, normals'
-lengths) go to YNNPACK too.
+32 ms against 42 ms, and the detail step about the same time. The coarse step was slower with
+them (best of 6: 297-304 ms against 244-247 ms in one session, 254-265 against 221-231 in two
+runs of another) while its renderer's reductions over 3 corners or xyz (face boxes, depths,
+normals' lengths) went to YNNPACK too. Those are elementwise now (`render.interpolate.fold_last`):
+234-239 ms with YNNPACK's reductions against 223-241 ms without (same two runs); at full size
+the coarse step's time did not change (3.20 s against 3.07 s before, best of 3, within noise).
 
 XLA:CPU's MLIR fusion emitters stay on (the test suite turns them off, `tests/conftest.py`, for
 its thousands of small compiles): they emit faster code. `benchmarks/render.py --batches 1,8

@@ -558,7 +558,10 @@ def test_teaser_decodes_a_fixed_batch_at_a_time_into_the_video(tmp_path, random_
     """teaser decoded all 3n frames in one program and kept every tile until the video was
     written: 23 MB a frame (18 GB for --frames 250) and a compile for every n. It decodes
     `batch` frames at a time (the last padded) and streams their tiles; the tiles are those of
-    one decode of all the frames."""
+    one decode of all the frames, to rounding: the decodes of 4 and of 9 frames are two XLA
+    programs whose fusions may round a value otherwise (1e-6 here), and a uint8 tile then
+    differs by one grey level where a value sat on a rounding boundary (3 of 451584 values in
+    one tile at one commit). A wrong, shifted or reordered tile differs at most of its pixels."""
     from jaxdeca.apps import teaser
     from jaxdeca.apps import visualize as vis
     p = random_pipe
@@ -573,7 +576,9 @@ def test_teaser_decodes_a_fixed_batch_at_a_time_into_the_video(tmp_path, random_
     out = p.decode(teaser.teaser_codes(base, 3))
     for k, tile in enumerate(tiles):
         want = vis.grid([out["shape_images"][k], out["shape_detail_images"][k], out["images"][k]], 3)
-        np.testing.assert_allclose(tile, np.asarray(want), atol=2e-5, err_msg=str(k))
+        diff = np.abs(tile.astype(np.int32) - np.asarray(want, np.int32))
+        assert tile.dtype == np.uint8 and diff.max() <= 1 and np.mean(diff > 0) < 1e-4, \
+            (k, diff.max(), np.mean(diff > 0))
 
 
 def test_decode_runs_inside_the_users_grad_and_encode_without_networks_says_so(pipe):

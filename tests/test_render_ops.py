@@ -451,3 +451,21 @@ def test_perspective_proj_on_a_non_square_image_with_two_focal_lengths():
     v = jnp.array([[[0.2, 0.1, -2.0]]])
     out = perspective_proj(v, jnp.array([[100.0, 150.0]]), jnp.array([[40.0, 30.0]]), (60, 80))
     np.testing.assert_allclose(to_pixels(out, (60, 80))[0, 0], [40 + 100 * 0.2 / 2, 30 - 150 * 0.1 / 2, 2.0], rtol=1e-6)
+
+
+def test_fold_last_is_the_reduction_over_a_short_last_axis():
+    """interpolate.fold_last (the renderer's sums, minima and maxima over xyz and a triangle's
+    corners, as elementwise operations) gives the matching jnp reduction's values, with
+    keepdims; a sum adds left to right, so it equals float64's rounded sum of three as XLA's loop
+    does, and its gradient is the reduction's."""
+    from jaxdeca.render.interpolate import fold_last
+    x = jax.random.normal(jax.random.key(3), (4, 5, 3)) * jnp.array([1.0, 1e4, 1e-4])
+    for op, ref in ((jnp.add, jnp.sum), (jnp.maximum, jnp.max), (jnp.minimum, jnp.min)):
+        out = jax.jit(functools.partial(fold_last, op))(x)
+        assert out.shape == (4, 5, 1)
+        np.testing.assert_array_equal(out, ref(x, axis=-1, keepdims=True))
+    wide = np.asarray(x, np.float64)
+    np.testing.assert_array_equal(fold_last(jnp.add, x), ((wide[..., :1] + wide[..., 1:2]).astype(np.float32)
+                                                          + wide[..., 2:]).astype(np.float32))
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(fold_last(jnp.add, x * x))))(x)
+    np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(jnp.sin(jnp.sum(x * x, -1))))(x), rtol=1e-6)

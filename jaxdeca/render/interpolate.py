@@ -101,10 +101,26 @@ def unit_vectors(x):
     # constant to the gradient): the squared sum is then in [1, 3] whatever x's scale, where
     # sum(x * x) of a float32 x under ~1e-19 underflows (the direction lost) and its rsqrt's
     # derivative overflows from ~1e-15 (an infinite gradient, NaN times a zero cotangent)
-    c = jax.lax.stop_gradient(jnp.max(jnp.abs(x), axis=-1, keepdims=True))
+    c = jax.lax.stop_gradient(fold_last(jnp.maximum, jnp.abs(x)))
     ok = c > 0
     y = x / jnp.where(ok, c, 1.0)
-    return jnp.where(ok, y * jax.lax.rsqrt(jnp.where(ok, jnp.sum(y * y, axis=-1, keepdims=True), 1.0)), 0.0)
+    return jnp.where(ok, y * jax.lax.rsqrt(jnp.where(ok, fold_last(jnp.add, y * y), 1.0)), 0.0)
+
+
+def fold_last(op, x):
+    """`op` (jnp.add, jnp.maximum, ...) folded over x's last axis, left to right. x: [..., n] ->
+    [..., 1].
+
+    The values of the matching jnp reduction with keepdims (a sum is ((x0 + x1) + x2) as XLA's
+    loop adds it), written as elementwise operations for the short axes of xyz or a triangle's
+    corners: the training steps hand XLA:CPU's reductions to YNNPACK (jaxdeca.xla_options), whose
+    kernels for a short minor axis run far slower than XLA's own loop; elementwise operations
+    stay in XLA's fusions under every option.
+    """
+    out = x[..., :1]
+    for i in range(1, x.shape[-1]):
+        out = op(out, x[..., i:i + 1])
+    return out
 
 
 def corner_cross(p, q, r):

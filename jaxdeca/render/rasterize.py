@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups
 from jaxdeca.render.camera import to_pixels
+from jaxdeca.render.interpolate import fold_last
 
 _EPS_AREA = 1e-10
 _SOFT_RADIUS2 = 16.0  # faces farther than sqrt(_SOFT_RADIUS2 * sigma) px are dropped
@@ -121,8 +122,9 @@ def _face_boxes(xy, H, W, margin, cull=False):
     finite = jnp.all(jnp.isfinite(xy), axis=(1, 2))
     xy = jnp.where(finite[:, None, None], xy, 0.0)
     keep = finite & front_facing(xy) if cull else finite
-    lo = xy.min(1) - margin - 0.5
-    hi = xy.max(1) + margin - 0.5
+    corners = jnp.swapaxes(xy, 1, 2)  # [F, 2, 3]: min and max over the corners elementwise (fold_last)
+    lo = fold_last(jnp.minimum, corners)[..., 0] - margin - 0.5
+    hi = fold_last(jnp.maximum, corners)[..., 0] + margin - 0.5
     size = jnp.array([W, H], xy.dtype)
     a = jnp.clip(jnp.ceil(lo), 0.0, size).astype(jnp.int32)
     b = jnp.clip(jnp.floor(hi), -1.0, size - 1).astype(jnp.int32)
@@ -272,7 +274,7 @@ def _hard_index(xyz, F, H, W, window, slots, cull=False):
         # the lowest face index whatever the window, not to the rounding of each window's sum
         z0 = fv[:, 0, 2]
         zw = (fv[..., 2] - z0[:, None]) * inv[:, None]
-        zc, za, zb = (jnp.sum(t * zw, -1)[:, None, None] for t in (c, a, b))
+        zc, za, zb = (fold_last(jnp.add, t * zw)[:, :, None] for t in (c, a, b))
         z = jnp.where(inside, z0[:, None, None] + (zc + za * dx + zb * dy), jnp.inf)
         zr = _block_scatter("min", jnp.full(canvas, jnp.inf, xyz.dtype), z, ox, cy)
         win = inside & (z == _block_gather(zr, ox, cy, S))
