@@ -117,13 +117,20 @@ def run_mode(config, workdir: str) -> None:
     getattr(importlib.import_module(module_name), fn_name)(config, workdir)
 
 
+_LOADED_USER_ERRORS = (("jaxdeca.data", "DatasetError"), ("jaxdeca.train.checkpoint", "CheckpointError"),
+                       ("jaxdeca.train.loop", "TrainingDiverged"))
+
+
 def _user_errors():
     """What the job reports as one line (exit status 2) instead of a traceback: a config field,
-    a FLAME file, a checkpoint or a built dataset it cannot use, and a run that diverged."""
-    from jaxdeca.data import DatasetError
-    from jaxdeca.train.checkpoint import CheckpointError
-    from jaxdeca.train.loop import TrainingDiverged
-    return paths.ConfigError, FlameFileError, CheckpointError, DatasetError, TrainingDiverged
+    a FLAME file, a checkpoint or a built dataset it cannot use, and a run that diverged.
+
+    Imports nothing: the classes of _LOADED_USER_ERRORS are taken from the modules already
+    imported, as an error of one was raised by its module. (Importing them took 6 s, TensorFlow
+    with clu, before a config error found by `run_mode` could be printed, and a Ctrl-C that cut
+    such an import short made it fail with an unrelated error.)"""
+    loaded = (getattr(sys.modules.get(module), name, None) for module, name in _LOADED_USER_ERRORS)
+    return (paths.ConfigError, FlameFileError, *(c for c in loaded if c is not None))
 
 
 def parse_flags(argv):
@@ -282,8 +289,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     try:
         run_mode(FLAGS.config, FLAGS.workdir)
-    except Exception as e:  # noqa: BLE001 -- not BaseException: _user_errors() imports TensorFlow, which a
-        # Ctrl-C that stopped a half-done import of it made fail with an unrelated error
+    except Exception as e:  # noqa: BLE001 -- not BaseException: a Ctrl-C stays a KeyboardInterrupt
         if not isinstance(e, _user_errors()):
             raise
         print(f"error: {e}", file=sys.stderr)

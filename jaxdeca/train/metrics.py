@@ -11,11 +11,15 @@ import time
 
 import jax
 import numpy as np
-from clu import metric_writers
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
-    """TensorBoard + logging writer on process 0, logging only (no files) elsewhere."""
+def make_writer(workdir: str):
+    """TensorBoard + logging writer (clu.metric_writers.MetricWriter) on process 0, logging only
+    (no files) elsewhere.
+
+    clu's writers import TensorFlow (6 of the 10 s a config error took to be reported), so they
+    are imported here, once a run has its config checked, not with this module."""
+    from clu import metric_writers
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
