@@ -144,12 +144,19 @@ def vertex_normals(verts, faces, scale_free=False):
     are ~0.3 mm apart on a FLAME head (sums ~5e-7 m^2), so eps 1e-6 left its detail normals
     0.03-1 long, not unit.
     verts: [B, V, 3]; faces: [F, 3] -> [B, V, 3], computed in float32 at least (`at_least_float32`).
+
+    Written per coordinate and vertex-major ([V, B] row gathers and scatter-adds, the cross
+    products component by component): gathered as [B, F, 3, 3] corner blocks of [B, V, 3], XLA:CPU
+    laid the batch out between faces and coordinates, and forward+backward of 32 demo heads took
+    70-94 ms against 25-33 ms so (8 heads: 8-12 ms against 3; one head ~0.7 ms either way).
     """
     wide = at_least_float32(verts)
-    fv = face_vertices(wide, faces)
-    v0, v1, v2 = fv[..., 0, :], fv[..., 1, :], fv[..., 2, :]
-    n = jnp.zeros_like(wide)
-    n = n.at[:, faces[:, 1]].add(jnp.cross(v2 - v1, v0 - v1))
-    n = n.at[:, faces[:, 2]].add(jnp.cross(v0 - v2, v1 - v2))
-    n = n.at[:, faces[:, 0]].add(jnp.cross(v1 - v0, v2 - v0))
+    faces = jnp.asarray(faces)
+    xyz = tuple(wide[..., k].T for k in range(3))  # 3 x [V, B]
+    corner = [tuple(c[faces[:, j]] for c in xyz) for j in range(3)]  # corner j of every face: 3 x [F, B]
+    n = [jnp.zeros_like(c) for c in xyz]
+    for j in (1, 2, 0):  # DECA's order: cross(v2 - v1, v0 - v1) to corner 1, then corners 2 and 0
+        contrib = corner_cross(corner[j], corner[(j + 1) % 3], corner[(j + 2) % 3])
+        n = [nk.at[faces[:, j]].add(ck) for nk, ck in zip(n, contrib)]
+    n = jnp.stack([nk.T for nk in n], -1)  # [B, V, 3]
     return (unit_vectors(n) if scale_free else _normalize(n)).astype(verts.dtype)
