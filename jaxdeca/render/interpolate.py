@@ -78,7 +78,7 @@ def _normalize(x, eps=1e-6):
     """torch.nn.functional.normalize: x / max(||x||, eps), written as sqrt(max(||x||^2, eps^2))
     so that a zero vector (a vertex whose faces all collapsed) gets a finite gradient as in torch
     (the gradient of jnp.linalg.norm at 0 is NaN, even when nothing depends on it)."""
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    return x / jnp.sqrt(jnp.maximum(fold_last(jnp.add, x * x), eps * eps))
 
 
 def at_least_float32(verts):
