@@ -2,6 +2,8 @@
 
 Four orthogonal ops (camera/rasterize/interpolate/texture), SoftRas's soft colour blend
 (`soft_blend`), DECA's shading, UV-space maps and a one-call `render` of a DECA decode. Runs on CPU/GPU/TPU; jit/vmap/grad friendly.
+Faces that do not index the vertices given, and arrays of the wrong shape, are refused with a
+ValueError naming the function (`checks`), where JAX's gathers would clamp them silently.
 """
 from jaxdeca.render.camera import orth_proj, perspective_proj, to_pixels
 from jaxdeca.render.deca import Topology, depth_image, image_geometry, make_topology, render, shade_image, shape_image

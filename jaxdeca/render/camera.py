@@ -16,6 +16,10 @@ def orth_proj(verts, cam):
 
     verts: [B, V, 3] world; cam: [B, 3] = (s, tx, ty). Returns [B, V, 3] image space.
     """
+    vs, cs = tuple(jnp.shape(verts)), tuple(jnp.shape(cam))
+    if len(vs) != 3 or len(cs) != 2 or cs[1] != 3 or (vs[0] != cs[0] and 1 not in (vs[0], cs[0])):
+        raise ValueError(f"orth_proj: verts must be [B, V, 3] and cam [B, 3] (scale, tx, ty) of one batch size "
+                         f"(or 1), got shapes {vs} and {cs}")
     s = cam[:, None, 0:1]
     xy = s * (verts[..., :2] + cam[:, None, 1:3])
     z = s * verts[..., 2:3]

@@ -2,12 +2,14 @@
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.render import checks
 from jaxdeca.render.batching import images_custom_vjp
 
 
 def face_vertices(attr, faces):
     """Per-face corner attributes. attr: [B, V, C]; faces: [F, 3] -> [B, F, 3, C]."""
-    return attr[:, faces]
+    attr = checks.per_vertex(attr, "face_vertices", "attr")
+    return attr[:, checks.mesh_faces(faces, attr.shape[1], "face_vertices")]
 
 
 def _take_rows_fwd(table, idx):
@@ -44,7 +46,8 @@ def interpolate(attr, faces, frags):
     Gathers each corner's vertex row directly (three [B, H, W, C] gathers of attr); a single
     gather of [3, C] blocks from [B, F, 3, C] face attributes is ~10x slower on XLA's CPU.
     """
-    vid = jnp.asarray(faces, jnp.int32)[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
+    attr = checks.per_vertex(attr, "interpolate", "attr")
+    vid = checks.mesh_faces(faces, attr.shape[1], "interpolate")[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
     corners = [take_rows(attr, vid[..., k]) for k in range(3)]
     return _blend(corners, frags)
 
@@ -150,8 +153,8 @@ def vertex_normals(verts, faces, scale_free=False):
     laid the batch out between faces and coordinates, and forward+backward of 32 demo heads took
     70-94 ms against 25-33 ms so (8 heads: 8-12 ms against 3; one head ~0.7 ms either way).
     """
-    wide = at_least_float32(verts)
-    faces = jnp.asarray(faces)
+    wide = at_least_float32(checks.per_vertex(verts, "vertex_normals", "verts", 3))
+    faces = checks.mesh_faces(faces, wide.shape[1], "vertex_normals")
     xyz = tuple(wide[..., k].T for k in range(3))  # 3 x [V, B]
     corner = [tuple(c[faces[:, j]] for c in xyz) for j in range(3)]  # corner j of every face: 3 x [F, B]
     n = [jnp.zeros_like(c) for c in xyz]

@@ -47,6 +47,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.render import checks
 from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups
 from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.interpolate import fold_last
@@ -600,7 +601,8 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     """Rasterize a batch of meshes given in DECA image space.
 
     verts_img: [B, V, 3] image space ([-1, 1], y down; z smaller = nearer), e.g. DECA's
-      transformed vertices; faces: [F, 3] int; image_size: (H, W) static.
+      transformed vertices; faces: [F, 3] int vertex indices in [0, V)
+      (`checks.mesh_faces`); image_size: (H, W) static.
     perspective: False for an orthographic camera (DECA's `orth_proj`): z is affine in screen
       space and is interpolated with the screen-space barycentrics. True for `perspective_proj`'s
       output, whose z is the view distance d > 0: under a pinhole camera 1 / d is the affine
@@ -650,9 +652,9 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     if not sharpness_ok(sigma, zero_ok=True):
         raise ValueError(f"rasterize needs sigma = 0 or a finite sigma >= {SMALLEST_SHARPNESS:.3g} "
                          f"(float32's smallest normal number: below it 1 / sigma overflows), got {sigma}")
-    verts_img = jnp.asarray(verts_img)
+    verts_img = checks.per_vertex(verts_img, "rasterize", "verts_img", 3)
     verts_img = verts_img.astype(jnp.promote_types(verts_img.dtype, jnp.float32))
-    faces = jnp.asarray(faces, jnp.int32)
+    faces = checks.mesh_faces(faces, verts_img.shape[1], "rasterize")
     if perspective:  # the z-buffer on -1 / d, then the barycentrics made perspective-correct
         inverse = jnp.concatenate([verts_img[..., :2], -1.0 / verts_img[..., 2:3]], -1)
         frags = rasterize(inverse, faces, image_size, sigma, window, soft_window, slots, batch_size, cull_backfaces)

@@ -40,6 +40,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.render import checks
 from jaxdeca.render.batching import batch_mesh_axes, map_groups
 from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.rasterize import (_block_gather, _block_scatter, _canvas_rows, _col,
@@ -308,13 +309,17 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     if not z_far > z_near:
         raise ValueError(f"soft_blend needs z_range = (z_near, z_far) with z_far > z_near, got {z_range}")
     H, W = image_size
-    verts_img = jnp.asarray(verts_img)
-    dtype = jnp.promote_types(jnp.promote_types(verts_img.dtype, jnp.asarray(attr).dtype), jnp.float32)
+    verts_img = checks.per_vertex(verts_img, "soft_blend", "verts_img", 3)
+    attr = checks.per_vertex(attr, "soft_blend", "attr")
+    if attr.shape[:2] != verts_img.shape[:2]:
+        raise ValueError(f"soft_blend: attr must be [B, V, C] for verts_img's B and V {verts_img.shape[:2]}, "
+                         f"got shape {attr.shape}")
+    faces = checks.mesh_faces(faces, verts_img.shape[1], "soft_blend")
+    dtype = jnp.promote_types(jnp.promote_types(verts_img.dtype, attr.dtype), jnp.float32)
     v_pix = to_pixels(verts_img.astype(dtype), (H, W))
     attr = jnp.asarray(attr, dtype)
     B, C = v_pix.shape[0], attr.shape[-1]
     bg = jnp.broadcast_to(jnp.asarray(background, dtype), (B, H, W, C))
-    faces = jnp.asarray(faces, jnp.int32)
     S = _default_soft_window(float(sigma), int(window) if window else _default_window())
     if batch_size is None:
         batch_size = 1 if jax.default_backend() == "cpu" else B

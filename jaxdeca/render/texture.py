@@ -84,4 +84,7 @@ def grid_sample(img, grid):
     mode (custom VJP); the grid's is that of the bilinear weights, one-sided like torch's at
     integer taps.
     """
+    if jnp.ndim(img) != 4 or jnp.ndim(grid) < 2 or jnp.shape(grid)[-1] != 2:
+        raise ValueError(f"grid_sample: img must be [B, H, W, C] and grid [B, ..., 2] ((x, y) in [-1, 1]), "
+                         f"got shapes {tuple(jnp.shape(img))} and {tuple(jnp.shape(grid))}")
     return _sample(img, grid)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdeca import xla_options
+from jaxdeca.render import checks
 from jaxdeca.render.interpolate import at_least_float32, corner_cross, face_vertices, unit_vectors, vertex_normals
 from jaxdeca.render.rasterize import rasterize
 from jaxdeca.render.texture import grid_sample
@@ -37,6 +38,9 @@ def uv_rasterize(uv_coords, uv_faces, size=256):
 
     Runs as one jitted setup program (`xla_options.setup_jit`: on CPU the same bits as op by op,
     where the rasterizer's eager operations were about 90 small XLA compilations, 3.5 s)."""
+    if np.ndim(uv_coords) != 2 or np.shape(uv_coords)[1] != 2:
+        raise ValueError(f"uv_rasterize: uv_coords must be [T, 2], got shape {tuple(np.shape(uv_coords))}")
+    uv_faces = checks.mesh_faces(uv_faces, np.shape(uv_coords)[0], "uv_rasterize", "uv_faces")
     return _uv_rasterize(uv_coords, uv_faces, int(size))
 
 
