@@ -289,3 +289,20 @@ def test_finite_on_degenerate_inputs(scale, image_value, mask_value, coincide):
     assert np.isfinite(float(val))
     for g in jax.tree_util.tree_leaves(grads):
         assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_landmarks_of_another_shape_are_refused():
+    """A ground truth of batch 1 broadcast against B predictions summed its visibility once, so the
+    landmark loss came out B times too large; 51 landmarks read other points as the eyelids and
+    lips. Both are a ValueError now."""
+    pred, gt = jnp.zeros((4, 68, 2)), jnp.ones((4, 68, 3))
+    for fn in (coarse.weighted_landmark_loss, coarse.landmark_loss):
+        with pytest.raises(ValueError, match=r"landmarks: pred must be \[B, K, 2\] for gt's B and K \(1, 68\), "
+                                             r"got shape \(4, 68, 2\)"):
+            fn(pred, gt[:1])
+        with pytest.raises(ValueError, match=r"pred must be \[B, K, 2\] .*got shape \(4, 51, 2\)"):
+            fn(pred[:, :51], gt)
+    assert float(coarse.landmark_loss(jnp.zeros((4, 51, 2)), gt[:, :51])) == pytest.approx(1.0)  # any K matched: |0 - 1| + |0 - 1| over 2
+    for fn in (coarse.eyed_loss, coarse.lipd_loss):
+        with pytest.raises(ValueError, match=r"landmarks must be \[B, 68, 2 or 3\] .*got shape \(4, 51, 2\)"):
+            fn(pred[:, :51], gt[:, :51])

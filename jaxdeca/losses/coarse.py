@@ -56,6 +56,10 @@ def batch_kp_2d_l1_loss(gt, pred, weights=None):
     loss = sum_k vis_k * (|dx_k| + |dy_k|) / (2 * sum_k vis_k + 1e-8), vis = weights * gt[..., 2].
     """
     gt_xy, vis = _gt_with_vis(gt)
+    if pred.ndim != 3 or pred.shape[-1] < 2 or pred.shape[:2] != gt_xy.shape[:2]:
+        # a gt of batch 1 broadcast against the predictions, its visibility summed once: the loss B times too large
+        raise ValueError(f"landmarks: pred must be [B, K, 2] for gt's B and K {tuple(gt_xy.shape[:2])}, "
+                         f"got shape {tuple(pred.shape)}")
     if weights is not None:
         vis = vis * jnp.asarray(weights, vis.dtype)
     k = jnp.sum(vis) * 2.0 + 1e-8
@@ -86,7 +90,11 @@ def _safe_norm(x, axis=-1):
 
 
 def pair_distances(landmarks, pairs):
-    """landmarks: [B, K, >=2], pairs: ((i, j), ...) -> [B, len(pairs)] Euclidean xy distances."""
+    """landmarks: [B, 68, >=2] (the 68-point layout `pairs` index), pairs: ((i, j), ...) ->
+    [B, len(pairs)] Euclidean xy distances."""
+    if landmarks.ndim != 3 or landmarks.shape[1] != 68 or landmarks.shape[2] < 2:
+        raise ValueError(f"eye / lip distances: landmarks must be [B, 68, 2 or 3] (the 68-point layout their "
+                         f"pairs index), got shape {tuple(landmarks.shape)}")
     a = landmarks[:, [p[0] for p in pairs], :2]
     b = landmarks[:, [p[1] for p in pairs], :2]
     return _safe_norm(a - b)
