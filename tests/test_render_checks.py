@@ -37,7 +37,8 @@ def _where(name):
 
 
 @pytest.mark.parametrize("faces, message", [
-    (FACES + 1, r"hold vertex indices 1\.\.4, but there are 4 vertices \(valid: 0\.\.3; faces of another mesh, or 1-based"),
+    (FACES + 1, r"hold vertex indices 1\.\.4, but there are 4 vertices \(valid: 0\.\.3; "
+                r"faces of another mesh, or 1-based"),
     (FACES - 1, r"hold vertex indices -1\.\.2, but there are 4 vertices"),
     (FACES.astype(np.float32), r"must be integer vertex indices, got dtype float32"),
     (FACES[:, :2], r"must be \[F, 3\] vertex indices, got shape \(2, 2\)"),
@@ -79,11 +80,13 @@ def test_faces_are_checked_at_trace_time_when_their_values_are_known():
      r"soft_blend: attr must be \[B, V, C\] for verts_img's B and V \(1, 4\), got shape \(1, 3, 3\)"),
     (lambda: render.orth_proj(VERTS, jnp.ones((1, 4))),
      r"orth_proj: verts must be \[B, V, 3\] and cam \[B, 3\] .*got shapes \(1, 4, 3\) and \(1, 4\)"),
-    (lambda: render.orth_proj(jnp.concatenate([VERTS] * 2), jnp.ones((3, 3))), r"orth_proj: .*\(2, 4, 3\) and \(3, 3\)"),
+    (lambda: render.orth_proj(jnp.concatenate([VERTS] * 2), jnp.ones((3, 3))),
+     r"orth_proj: .*\(2, 4, 3\) and \(3, 3\)"),
     (lambda: render.grid_sample(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 4, 4, 3))),
      r"grid_sample: img must be \[B, H, W, C\] and grid \[B, \.\.\., 2\] .*\(1, 8, 8, 3\) and \(1, 4, 4, 3\)"),
     (lambda: render.grid_sample(jnp.zeros((8, 8, 3)), jnp.zeros((1, 4, 4, 2))), r"grid_sample: img must be"),
-    (lambda: render.uv_rasterize(np.zeros((4, 3)), FACES, 8), r"uv_rasterize: uv_coords must be \[T, 2\], got shape \(4, 3\)"),
+    (lambda: render.uv_rasterize(np.zeros((4, 3)), FACES, 8),
+     r"uv_rasterize: uv_coords must be \[T, 2\], got shape \(4, 3\)"),
 ])
 def test_arrays_of_the_wrong_shape_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
