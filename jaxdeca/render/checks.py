@@ -25,12 +25,13 @@ def per_vertex(x, where, name="verts", width=None):
 def mesh_faces(faces, n_verts, where, name="faces"):
     """faces as int32 [F, 3], checked: integer vertex indices, shape [F, 3], and, when their
     values are known at trace time, each in [0, n_verts)."""
-    dtype = faces.dtype if hasattr(faces, "dtype") else np.asarray(faces).dtype
-    shape = tuple(np.shape(faces))
+    if not hasattr(faces, "dtype"):  # a list of index triples: read once
+        faces = np.asarray(faces)
+    shape = tuple(faces.shape)
     if len(shape) != 2 or shape[1] != 3:
         raise ValueError(f"{where}: {name} must be [F, 3] vertex indices, got shape {shape}")
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise ValueError(f"{where}: {name} must be integer vertex indices, got dtype {dtype}")
+    if not jnp.issubdtype(faces.dtype, jnp.integer):
+        raise ValueError(f"{where}: {name} must be integer vertex indices, got dtype {faces.dtype}")
     try:
         values = np.asarray(faces)
     except jax.errors.TracerArrayConversionError:  # a tracer: its values are unknown until it runs
