@@ -1,5 +1,6 @@
 """tfds builders: identity_faces from a prepared folder, synthetic_faces from the demo head."""
 import json
+import logging
 import os
 
 import cv2
@@ -325,9 +326,33 @@ def test_python_dash_m_builds_the_dataset_the_readme_names(tmp_path):
                            str(tmp_path / "d")], cwd=str(tmp_path), env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "identity_faces/vggface2: train 3 examples of 2 identities" in proc.stdout
+    # tfds' own lines said "Downloading and preparing dataset Unknown size" and warned of a
+    # missing dataset_info.json before the first build; nothing is downloaded
+    assert "(nothing is downloaded)" in proc.stdout and "ownload" not in proc.stdout.replace("nothing is downloaded", "")
+    assert "dataset_info.json" not in proc.stderr
     b = tfds_faces.get_builder("identity_faces", "vggface2", str(tmp_path / "d"))
     assert b.info.module_name == "jaxdeca.data.tfds_faces"
     assert len(tfds_faces.data_source(b)) == 3
+
+
+def test_a_first_build_says_what_it_writes_and_that_nothing_is_downloaded(tmp_path, capsys, caplog):
+    cfg = tfds_faces.SyntheticConfig(name="say", identities=2, images_per_identity=2, image_size=32, seed=1)
+    b = tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        assert not tfds_faces.is_built(b)
+        tfds_faces.build(b)
+        assert tfds_faces.is_built(b)
+    out = capsys.readouterr().out
+    assert "Download" not in out and "downloaded and prepared" not in out
+    assert (f"synthetic_faces/say 1.0.0: rendering 2 identities x 2 images at 32 px from the demo head into "
+            f"{b.data_dir} (nothing is downloaded)") in out
+    assert f"synthetic_faces/say 1.0.0: written to {b.data_dir}" in out
+    assert "dataset_info.json" not in caplog.text  # tfds' is_prepared warns of a folder never made
+    # a folder left without its info (a build cut short) is still warned about by tfds
+    os.remove(os.path.join(b.data_dir, "dataset_info.json"))
+    with caplog.at_level(logging.WARNING):
+        assert not tfds_faces.is_built(tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path)))
+    assert "dataset_info.json" in caplog.text
 
 
 def test_identity_faces_without_manual_dir_is_one_clear_error(tmp_path, capsys):

@@ -178,7 +178,34 @@ class FacesConfig(tfds.core.BuilderConfig):
     layout: str = "folders"
 
 
-class IdentityFaces(tfds.core.GeneratorBasedBuilder):
+class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder that writes its dataset from local files or renders it: nothing is downloaded."""
+
+    # tfds' own lines, printed as a build starts and ends, read "Downloading and preparing dataset
+    # Unknown size (download: Unknown size, ...)" and "Dataset ... downloaded and prepared to ..."
+    # (tfds 4.9's hooks for them, overridden here).
+    def _log_download_bytes(self):
+        print(f"{self._name()}: {self._source()} into {self.data_dir} (nothing is downloaded)", flush=True)
+
+    def _log_download_done(self):
+        print(f"{self._name()}: written to {self.data_dir}; later runs read it from there", flush=True)
+
+    def _name(self) -> str:
+        return f"{self.name}/{self.builder_config.name} {self.version}"
+
+    def _source(self) -> str:
+        raise NotImplementedError
+
+
+def is_built(builder: tfds.core.DatasetBuilder) -> bool:
+    """builder.is_prepared() without its warning for a dataset never built: tfds logs 'Variant
+    folder ... has no dataset_info.json' for a version folder that does not exist (the demo's
+    first run printed it twice before its dataset was rendered). A folder left without its info
+    (a build cut short) is still warned about."""
+    return builder.data_path.exists() and builder.is_prepared()
+
+
+class IdentityFaces(_LocalBuilder):
     """Prepared in-the-wild faces grouped by identity (VGGFace2, VoxCeleb2 frames, CelebA, ...)."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -197,6 +224,9 @@ class IdentityFaces(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
                                               metadata=tfds.core.MetadataDict())
+
+    def _source(self):
+        return "writing the faces of the folder jaxdeca.data.prepare made (manual_dir)"
 
     def _split_generators(self, dl_manager):
         root = str(dl_manager.manual_dir)
@@ -281,7 +311,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     heldout_identities: int = 0  # > 0 adds a 'test' split of other identities (seed + 10**6)
 
 
-class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
+class SyntheticFaces(_LocalBuilder):
     """Demo-head faces rendered with random identity, expression, pose, albedo, light and
     background; exact landmarks and face masks (see jaxdeca.data.synthetic)."""
 
@@ -298,6 +328,12 @@ class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(features=_features(), disable_shuffling=True,
                                               metadata=tfds.core.MetadataDict())
+
+    def _source(self):
+        c = self.builder_config
+        return (f"rendering {c.identities} identities x {c.images_per_identity} images"
+                + (f" (+ {c.heldout_identities} held-out)" if c.heldout_identities else "")
+                + f" at {c.image_size} px from {c.flame_path or 'the demo head'}")
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
@@ -350,7 +386,7 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
             raise FileNotFoundError(f"{manual_dir}: folder not found (the --out of jaxdeca.data.prepare)")
         if not os.path.isfile(index):
             raise FileNotFoundError(f"{index}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
-    prepared = builder.is_prepared()
+    prepared = is_built(builder)
     if prepared and rebuild:
         return _rebuild(builder, manual_dir)
     if prepared and isinstance(builder, IdentityFaces) and manual_dir is not None:
@@ -369,7 +405,7 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
         builder.download_and_prepare(download_config=cfg, file_format=fmt)
     except FileExistsError:  # tfds' rename of its incomplete.* folder to the version folder
         again = _builder_at(builder, os.fspath(builder.data_dir_root))
-        if prepared or not again.is_prepared():
+        if prepared or not is_built(again):
             raise
         # another build of the same dataset (a second job) finished first: use it, checked as any
         # dataset built before is (before, this build ended in a traceback)

@@ -308,11 +308,10 @@ def build_data(config, workdir: str) -> None:
     c = stage_config(config, "pretrain", workdir)
     for name in data_lib.data_configs(c):
         builder = tfds_faces.get_builder(c.data.dataset, name, c.data.data_dir)
-        if builder.is_prepared():
+        if tfds_faces.is_built(builder):
             continue
         t = time.time()
-        print(f"[demo] rendering the synthetic dataset {c.data.dataset}/{name} into {c.data.data_dir}", flush=True)
-        tfds_faces.build(builder)
+        tfds_faces.build(builder)  # prints what it renders, and where
         print(f"[demo] dataset ready in {time.time() - t:.0f} s", flush=True)
 
 
