@@ -340,9 +340,9 @@ def test_a_first_build_says_what_it_writes_and_that_nothing_is_downloaded(tmp_pa
     cfg = tfds_faces.SyntheticConfig(name="say", identities=2, images_per_identity=2, image_size=32, seed=1)
     b = tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        assert not tfds_faces.is_built(b)
+        assert not b.is_prepared()
         tfds_faces.build(b)
-        assert tfds_faces.is_built(b)
+        assert b.is_prepared()
     out = capsys.readouterr().out
     assert "Download" not in out and "downloaded and prepared" not in out
     assert (f"synthetic_faces/say 1.0.0: rendering 2 identities x 2 images at 32 px from the demo head into "
@@ -352,7 +352,7 @@ def test_a_first_build_says_what_it_writes_and_that_nothing_is_downloaded(tmp_pa
     # a folder left without its info (a build cut short) is still warned about by tfds
     os.remove(os.path.join(b.data_dir, "dataset_info.json"))
     with caplog.at_level(logging.WARNING):
-        assert not tfds_faces.is_built(tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path)))
+        assert not tfds_faces.SyntheticFaces(config=cfg, data_dir=str(tmp_path)).is_prepared()
     assert "dataset_info.json" in caplog.text
 
 

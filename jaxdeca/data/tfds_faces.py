@@ -179,7 +179,15 @@ class FacesConfig(tfds.core.BuilderConfig):
 
 
 class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
-    """A builder that writes its dataset from local files or renders it: nothing is downloaded."""
+    """A builder that writes its dataset from local files or renders it: nothing is downloaded.
+    Subclasses say what a build writes in `_source()`."""
+
+    def is_prepared(self) -> bool:
+        """tfds' is_prepared without its warning for a dataset never built: tfds logs 'Variant
+        folder ... has no dataset_info.json' for a version folder that does not exist (the demo's
+        first run printed it twice before its dataset was rendered). A folder left without its
+        info (a build cut short) is still warned about."""
+        return self.data_path.exists() and super().is_prepared()
 
     # tfds' own lines, printed as a build starts and ends, read "Downloading and preparing dataset
     # Unknown size (download: Unknown size, ...)" and "Dataset ... downloaded and prepared to ..."
@@ -192,17 +200,6 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _name(self) -> str:
         return f"{self.name}/{self.builder_config.name} {self.version}"
-
-    def _source(self) -> str:
-        raise NotImplementedError
-
-
-def is_built(builder: tfds.core.DatasetBuilder) -> bool:
-    """builder.is_prepared() without its warning for a dataset never built: tfds logs 'Variant
-    folder ... has no dataset_info.json' for a version folder that does not exist (the demo's
-    first run printed it twice before its dataset was rendered). A folder left without its info
-    (a build cut short) is still warned about."""
-    return builder.data_path.exists() and builder.is_prepared()
 
 
 class IdentityFaces(_LocalBuilder):
@@ -386,7 +383,7 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
             raise FileNotFoundError(f"{manual_dir}: folder not found (the --out of jaxdeca.data.prepare)")
         if not os.path.isfile(index):
             raise FileNotFoundError(f"{index}: missing; manual_dir must be a folder made by jaxdeca.data.prepare")
-    prepared = is_built(builder)
+    prepared = builder.is_prepared()
     if prepared and rebuild:
         return _rebuild(builder, manual_dir)
     if prepared and isinstance(builder, IdentityFaces) and manual_dir is not None:
@@ -405,7 +402,7 @@ def build(builder: tfds.core.DatasetBuilder, manual_dir: str | None = None,
         builder.download_and_prepare(download_config=cfg, file_format=fmt)
     except FileExistsError:  # tfds' rename of its incomplete.* folder to the version folder
         again = _builder_at(builder, os.fspath(builder.data_dir_root))
-        if prepared or not is_built(again):
+        if prepared or not again.is_prepared():
             raise
         # another build of the same dataset (a second job) finished first: use it, checked as any
         # dataset built before is (before, this build ended in a traceback)

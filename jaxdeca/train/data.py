@@ -228,7 +228,7 @@ def _built_builder(config, name: str, builds_itself: bool):
     from jaxdeca.data import tfds_faces
     dataset, data_dir = config.data.dataset, config.data.get("data_dir")
     builder = tfds_faces.get_builder(dataset, name, data_dir)
-    if not tfds_faces.is_built(builder):
+    if not builder.is_prepared():
         if not builds_itself:
             where = f"config.data.data_dir={data_dir!r}" if data_dir is not None else \
                 "tfds' default data dir (config.data.data_dir is unset)"

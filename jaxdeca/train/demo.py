@@ -308,7 +308,7 @@ def build_data(config, workdir: str) -> None:
     c = stage_config(config, "pretrain", workdir)
     for name in data_lib.data_configs(c):
         builder = tfds_faces.get_builder(c.data.dataset, name, c.data.data_dir)
-        if tfds_faces.is_built(builder):
+        if builder.is_prepared():
             continue
         t = time.time()
         tfds_faces.build(builder)  # prints what it renders, and where
