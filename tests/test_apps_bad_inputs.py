@@ -326,3 +326,52 @@ def test_flame_file_with_too_few_albedo_components_is_refused_at_load(tmp_path, 
     config.flame_path = few
     with pytest.raises(flame.FlameFileError, match=what):
         showcase.run(config, str(tmp_path / "w"))
+
+
+def test_teaser_input_is_encoded_or_fitted_and_an_image_without_a_face_is_one_line(tmp_path, folder, pipe,
+                                                                                   capsys, monkeypatch):
+    """teaser --input (a path no test ran before): the face in the image is the video's identity,
+    encoded by the networks from the test-time crop, or fitted to the image when there are none.
+    An image without a face, an unreadable one, a folder or a missing file is one line naming it,
+    exit status 2, and no video."""
+    import functools
+
+    from PIL import Image
+
+    from jaxdeca.apps import inputs, teaser
+    nonet = pipeline.load_pipeline()  # no networks
+    assert nonet.variables is None
+    face = str(folder / "a_face.png")
+    crop = pipeline.crop_face(inputs.read_image(face))
+    want = pipe.encode(crop.image[None])
+    bases, render = [], teaser.teaser
+    monkeypatch.setattr(teaser, "teaser", lambda p, base, *a: bases.append(base) or render(p, base, *a))
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: pipe)
+    out = tmp_path / "t.gif"
+    assert teaser.main(["--input", face, "--out", str(out), "--frames", "1"]) == 0
+    assert capsys.readouterr().out.strip() == f"teaser: wrote {out}"
+    assert Image.open(out).size == (3 * 224, 224)  # shape | detail shape | render
+    for name, code in want.items():
+        np.testing.assert_array_equal(np.asarray(bases[-1][name]), np.asarray(code), err_msg=name)
+
+    # no networks: fitted (a few steps here), the codes fit_image gives the image
+    monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, **k: nonet)
+    monkeypatch.setattr(fit, "fit_image", functools.partial(fit.fit_image, steps=(4, 0, 0)))
+    monkeypatch.setattr(teaser, "teaser", lambda p, base, path, *a: bases.append(base) or path)
+    assert teaser.main(["--input", face, "--out", str(tmp_path / "fit.gif")]) == 0
+    fitted = fit.fit_image(nonet, inputs.read_image(face))[0]
+    assert sorted(bases[-1]) == sorted(fitted)
+    for name, code in fitted.items():
+        np.testing.assert_allclose(np.asarray(bases[-1][name]), np.asarray(code), rtol=1e-6, atol=1e-6, err_msg=name)
+    capsys.readouterr()
+
+    for p in (pipe, nonet):
+        monkeypatch.setattr(pipeline, "load_pipeline", lambda *a, p=p, **k: p)
+        for bad, what in ((folder / "c_blank.png", "no face detected"),
+                          (folder / "b_broken.jpg", "not a readable image"),
+                          (folder, "a folder, not an image file"), (tmp_path / "nope.png", "no such file")):
+            video = tmp_path / "bad.gif"
+            assert teaser.main(["--input", str(bad), "--out", str(video), "--frames", "1"]) == 2, bad
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith(f"teaser: {bad}: ") and what in err[0], err
+            assert not video.exists()

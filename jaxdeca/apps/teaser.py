@@ -60,6 +60,23 @@ def teaser(pipe: pipeline.Pipeline, base: dict, out_path: str, n: int = 12, batc
     return video.close()
 
 
+def identity_codes(pipe: pipeline.Pipeline, path: str) -> dict:
+    """The codes of the face in the image at `path` (batch 1): encoded by the pipeline's networks
+    from the test-time crop, or fitted to the image (`fit.fit_image`) when it has none. An image
+    without a face, or one that cannot be read, is an InputError naming the file."""
+    img = inputs.read_image(path)
+    if pipe.variables is not None:
+        c = pipeline.crop_face(img)
+        if c is None:
+            raise inputs.InputError(f"{path}: no face detected")
+        return pipe.encode(c.image[None])
+    from jaxdeca.apps import fit
+    res = fit.fit_image(pipe, img)
+    if res is None:
+        raise inputs.InputError(f"{path}: no face detected")
+    return res[0]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m jaxdeca.apps.teaser", description=(__doc__ or "").split("\n")[0])
     p.add_argument("--input", default=None)
@@ -73,20 +90,7 @@ def main(argv=None) -> int:
         animate.check_video_path(a.out)
         pipeline.check_out_dir(os.path.dirname(os.path.abspath(a.out)), file=a.out)
         pipe = pipeline.load_pipeline(a.checkpoint, a.flame)
-        base = demo_codes()
-        if a.input:
-            img = inputs.read_image(a.input)
-            if pipe.variables is not None:
-                c = pipeline.crop_face(img)
-                if c is None:
-                    raise inputs.InputError(f"{a.input}: no face detected")
-                base = pipe.encode(c.image[None])
-            else:
-                from jaxdeca.apps import fit
-                res = fit.fit_image(pipe, img)
-                if res is None:
-                    raise inputs.InputError(f"{a.input}: no face detected")
-                base = res[0]
+        base = identity_codes(pipe, a.input) if a.input else demo_codes()
         path = teaser(pipe, base, a.out, a.frames)
     except pipeline.CLI_ERRORS as e:
         print(f"teaser: {e}", file=sys.stderr)
