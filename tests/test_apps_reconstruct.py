@@ -82,6 +82,37 @@ def zero_variables(model: dict) -> dict:
     return {n: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), t) for n, t in templates.items()}
 
 
+
+def test_a_model_saved_as_one_tree_loads_as_the_converted_layout_does(tmp_path):
+    """load_checkpoint's second layout (no test read it before): one `save_variables` tree whose top
+    level holds the three networks gives the variables the converted layout (a folder per network)
+    gives. Such a tree lacking a network, or holding no dict, and a folder holding no checkpoint
+    are one CheckpointError naming the path."""
+    leaves, tree = jax.tree.flatten(zero_variables(dict(width=0.125, blocks=(1, 1, 1, 1), hidden=32, uv_size=32)))
+    v = jax.tree.unflatten(tree, [np.full(x.shape, k, x.dtype) for k, x in enumerate(leaves)])  # each its own value
+    save_variables(v, str(tmp_path / "one"))
+    for n in pipeline.NETS:
+        save_variables(v[n], str(tmp_path / "split" / n))
+    one, split = (pipeline.load_checkpoint(str(tmp_path / d)) for d in ("one", "split"))
+    assert sorted(one) == sorted(pipeline.NETS)
+    assert jax.tree.structure(one) == jax.tree.structure(split) == jax.tree.structure(v)
+    for a, b, c in zip(jax.tree.leaves(one), jax.tree.leaves(split), jax.tree.leaves(v)):
+        np.testing.assert_array_equal(np.asarray(a), c)
+        np.testing.assert_array_equal(np.asarray(b), c)
+
+    save_variables({"E_flame": v["E_flame"]}, str(tmp_path / "part"))
+    with pytest.raises(pipeline.CheckpointError, match=rf"{tmp_path / 'part'}: checkpoint lacks "
+                       r"\['E_detail', 'D_detail'\]; expected keys \['E_flame', 'E_detail', 'D_detail'\]"):
+        pipeline.load_checkpoint(str(tmp_path / "part"))
+    save_variables([np.zeros(3)], str(tmp_path / "list"))
+    with pytest.raises(pipeline.CheckpointError, match=rf"{tmp_path / 'list'}: not a DECA model directory "
+                       r"\(it holds a list\)"):
+        pipeline.load_checkpoint(str(tmp_path / "list"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(pipeline.CheckpointError, match=rf"{tmp_path / 'empty'}: not a DECA model directory "
+                       r"\(.*not a readable orbax checkpoint"):
+        pipeline.load_checkpoint(str(tmp_path / "empty"))
+
 def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, capsys):
     """A converted-layout model of another architecture (here width 1/8, hidden 32: what a tiny
     training run's networks would give), or one with an extra layer, is one CheckpointError

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jaxdeca.render import (SH_CONSTANTS, dense_grid_faces, directional_shading, displacement_to_normals,
-                            face_normals, grid_normals, grid_sample, orth_proj, perspective_proj, sh_shading,
+                            face_normals, grid_normals, grid_sample, orth_proj, perspective_proj, sh_basis, sh_shading,
                             to_pixels, uv_rasterize, vertex_normals, vertex_visibility, world2uv)
 
 
@@ -96,6 +96,9 @@ def test_sh_constants_and_closed_form():
     for k, (x, y, z) in enumerate(n):
         basis = np.array([1, x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1]) * c
         np.testing.assert_allclose(out[k], basis @ light[0], atol=1e-5)
+        # the exported basis (no caller in the package tested it): the same scaled terms
+        np.testing.assert_allclose(np.asarray(sh_basis(jnp.asarray(n[k]))), basis, atol=1e-6)
+    np.testing.assert_allclose(np.einsum("nk,kc->nc", np.asarray(sh_basis(jnp.asarray(n))), light[0]), out, atol=1e-5)
     # n = +z with only the band-0 and z terms: 0.282095 l0 + 1.023327 l3 + 2 * 0.247708 l8
     np.testing.assert_allclose(out[0], c[0] * light[0, 0] + c[3] * light[0, 3] + 2 * c[8] * light[0, 8], atol=1e-5)
 

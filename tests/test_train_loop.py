@@ -531,6 +531,30 @@ def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, messag
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
 
 
+
+def test_a_flag_error_outside_the_config_is_absls_own_report():
+    """Flag errors that are not about --config (a misspelt flag, a value absl's own int flag cannot
+    take) keep absl's report: its 'FATAL Flags parsing error' line and help hint, exit status 1
+    (parse_flags passes them on; no test ran that path before)."""
+    script = textwrap.dedent("""
+        import sys
+        from jaxdeca import main
+        for flag in sys.argv[1:]:
+            try:
+                main.parse_flags(["main", "--config=configs/test_toy.py", flag])
+            except SystemExit as e:
+                sys.stderr.flush()
+                print("exit", e.code, flush=True)
+    """)
+    res = subprocess.run([sys.executable, "-c", script, "--workdr=/tmp/w", "--verbosity=loud"], cwd=REPO,
+                         env=_env(TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300)
+    assert res.stdout.split("\n")[:2] == ["exit 1", "exit 1"], (res.stdout, res.stderr[-2000:])
+    assert res.stderr.splitlines() == [
+        "FATAL Flags parsing error: Unknown command line flag 'workdr'. Did you mean: workdir ?",
+        "Pass --helpshort or --helpfull to see help on flags.",
+        "FATAL Flags parsing error: flag --verbosity=loud: invalid literal for int() with base 10: 'loud'",
+        "Pass --helpshort or --helpfull to see help on flags."], res.stderr[-2000:]
+
 def test_a_config_error_is_reported_before_tensorflow_is_imported(tmp_path):
     """A config error found once the stage's modules are imported (a seed below 0) took 10 s to
     be reported, 6 of them importing TensorFlow: clu's metric writers came with the training
