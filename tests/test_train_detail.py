@@ -102,6 +102,41 @@ def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
     assert v["D_detail"]["params"]["l1_0"]["kernel"].shape == (181, 128 * 1 * 1)  # uv 32 -> 1 x 1 start
 
 
+
+def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_dir, tmp_path):
+    """photo_D * mrf > 0 with VGG19 weights from a `jaxdeca.convert`-style directory (random values
+    here): the ID-MRF term is present, finite and gives both detail networks a gradient. And the
+    stage's TensorBoard grids (config.train.image_every > 0), one per picture, finite, the size of
+    the input (the displacement map that of the UV maps). No test ran either before (coverage)."""
+    import jax.numpy as jnp
+    from jaxdeca.convert import backbones
+    from jaxdeca.convert.core import save_variables
+    rng = np.random.default_rng(0)
+    vgg = jax.tree.map(lambda t: (rng.normal(size=t.shape) * 0.05).astype(t.dtype), backbones.vgg19_template())
+    save_variables(vgg, str(tmp_path / "vgg19"))
+    config = detail_config(coarse_dir)
+    config.loss.mrf = 0.05
+    config.loss.detail_consistency = False
+    config.weights.vgg19 = str(tmp_path / "vgg19")
+    task = run.make_task(config)
+    params, stats, frozen = task.init_variables(jax.random.key(0))
+    assert "vgg19" in frozen and "vgg19" in task.frozen_from_config  # read from the config, not checkpointed
+    batch = task.make_loader(2, 0, 1).next()
+    grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
+    (loss, (terms, _)), g = grad_fn(params, stats, frozen, batch, jax.random.key(1))
+    assert np.isfinite(float(terms["photo_detail_mrf"])) and float(terms["photo_detail_mrf"]) > 0, terms
+    for net in ("E_detail", "D_detail"):
+        assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g[net])) > 0, net
+
+    draw = jax.jit(lambda p, s, f, b: task.images(SimpleNamespace(params=p, batch_stats=s, frozen=f), b))
+    grids = draw(params, stats, frozen, batch)
+    assert sorted(grids) == ["detail/albedo_render", "detail/coarse_shape", "detail/detail_shape",
+                             "detail/displacement_uv", "detail/landmarks"]
+    size, uv = batch["image"].shape[1], config.model.uv_size
+    for name, picture in grids.items():
+        want = (2, uv, uv, 3) if name == "detail/displacement_uv" else (2, size, size, 3)
+        assert picture.shape == want and np.isfinite(np.asarray(picture)).all(), (name, picture.shape)
+
 def test_resume_reads_neither_the_previous_stage_nor_imagenet_weights(coarse_dir, tmp_path):
     """A killed detail run could not resume once the coarse workdir it started from was gone
     (moved, or a cleaned scratch disk), though its own checkpoints hold that frozen encoder: the
