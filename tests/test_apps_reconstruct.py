@@ -82,7 +82,6 @@ def zero_variables(model: dict) -> dict:
     return {n: jax.tree.map(lambda t: np.zeros(t.shape, t.dtype), t) for n, t in templates.items()}
 
 
-
 def test_a_model_saved_as_one_tree_loads_as_the_converted_layout_does(tmp_path):
     """load_checkpoint's second layout (no test read it before): one `save_variables` tree whose top
     level holds the three networks gives the variables the converted layout (a folder per network)
@@ -112,6 +111,7 @@ def test_a_model_saved_as_one_tree_loads_as_the_converted_layout_does(tmp_path):
     with pytest.raises(pipeline.CheckpointError, match=rf"{tmp_path / 'empty'}: not a DECA model directory "
                        r"\(.*not a readable orbax checkpoint"):
         pipeline.load_checkpoint(str(tmp_path / "empty"))
+
 
 def test_checkpoint_of_other_networks_is_refused_before_any_image(tmp_path, capsys):
     """A converted-layout model of another architecture (here width 1/8, hidden 32: what a tiny

@@ -102,7 +102,6 @@ def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
     assert v["D_detail"]["params"]["l1_0"]["kernel"].shape == (181, 128 * 1 * 1)  # uv 32 -> 1 x 1 start
 
 
-
 def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_dir, tmp_path):
     """photo_D * mrf > 0 with VGG19 weights from a `jaxdeca.convert`-style directory (random values
     here): the ID-MRF term is present, finite and gives both detail networks a gradient. And the
@@ -136,6 +135,7 @@ def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_d
     for name, picture in grids.items():
         want = (2, uv, uv, 3) if name == "detail/displacement_uv" else (2, size, size, 3)
         assert picture.shape == want and np.isfinite(np.asarray(picture)).all(), (name, picture.shape)
+
 
 def test_resume_reads_neither_the_previous_stage_nor_imagenet_weights(coarse_dir, tmp_path):
     """A killed detail run could not resume once the coarse workdir it started from was gone

@@ -531,7 +531,6 @@ def test_main_reports_a_config_it_cannot_use_in_one_line(tmp_path, flags, messag
     assert [ln for ln in res.stderr.splitlines() if ln.startswith("error:")][0].startswith(message), res.stderr
 
 
-
 def test_a_flag_error_outside_the_config_is_absls_own_report():
     """Flag errors that are not about --config (a misspelt flag, a value absl's own int flag cannot
     take) keep absl's report: its 'FATAL Flags parsing error' line and help hint, exit status 1
@@ -554,6 +553,7 @@ def test_a_flag_error_outside_the_config_is_absls_own_report():
         "Pass --helpshort or --helpfull to see help on flags.",
         "FATAL Flags parsing error: flag --verbosity=loud: invalid literal for int() with base 10: 'loud'",
         "Pass --helpshort or --helpfull to see help on flags."], res.stderr[-2000:]
+
 
 def test_a_config_error_is_reported_before_tensorflow_is_imported(tmp_path):
     """A config error found once the stage's modules are imported (a seed below 0) took 10 s to
