@@ -51,7 +51,7 @@ def random_images(batch):
 def torch_step(batch):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
     import torch
-    from test_convert_torch_refs import Generator, ResnetEncoder, randomize
+    from torch_refs import Generator, ResnetEncoder, randomize
 
     nets = (randomize(ResnetEncoder(236)), randomize(ResnetEncoder(128)), randomize(Generator()))
     images = torch.from_numpy(random_images(batch)).permute(0, 3, 1, 2).contiguous()

@@ -12,7 +12,7 @@ from jaxdeca import convert
 from jaxdeca.convert import __main__ as convert_cli
 from jaxdeca.convert import ConversionError
 from jaxdeca.convert.core import flax_path, torch_to_flax
-from test_convert_torch_refs import VGG19, randomize
+from torch_refs import VGG19, randomize
 
 torch.set_num_threads(2)
 
@@ -166,7 +166,7 @@ BLOCK_TORCH = "import sys; sys.modules['torch'] = None\nfrom jaxdeca import conv
 
 
 def test_vggface2_pkl_needs_no_torch_and_pth_names_the_extra(tmp_path):
-    from test_convert_torch_refs import ResNet, save_vggface2_pkl
+    from torch_refs import ResNet, save_vggface2_pkl
 
     pkl = tmp_path / "resnet50_ft_weight.pkl"
     save_vggface2_pkl(str(pkl), ResNet(caffe=True, with_fc=True, num_classes=3))
@@ -203,7 +203,7 @@ def test_deca_part_with_wrong_shape_or_foreign_keys_names_them_in_the_files_layo
     not as the transposed Flax shape plus the Flax variable it would have filled; a part whose
     every key is foreign (here a DataParallel 'module.' prefix) gives a short message, not a
     list of all 322 keys twice."""
-    from test_convert_torch_refs import Generator, ResnetEncoder, save_deca_tar
+    from torch_refs import Generator, ResnetEncoder, save_deca_tar
 
     nets = (ResnetEncoder(236), ResnetEncoder(128), Generator())
     src = tmp_path / "deca_model.tar"

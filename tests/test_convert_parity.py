@@ -17,8 +17,8 @@ from jaxdeca import convert
 from jaxdeca.models import (VGG19Features, coarse_encoder, decompose_code, detail_decoder,
                             detail_encoder, detail_latent, vggface2_preprocess, vggface2_resnet50)
 from jaxdeca.models.resnet import ResNet50
-from test_convert_torch_refs import (VGG19, Generator, ResNet, ResnetEncoder, randomize,
-                                     save_deca_tar, save_vggface2_pkl, to_nchw)
+from torch_refs import (VGG19, Generator, ResNet, ResnetEncoder, randomize, save_deca_tar, save_vggface2_pkl,
+                        to_nchw)
 
 torch.set_num_threads(2)
 

@@ -296,7 +296,7 @@ def imagenet_dir(tmp_path_factory):
     says: python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR."""
     import torch
     from jaxdeca.convert import __main__ as convert_cli
-    from test_convert_torch_refs import ResNet, randomize
+    from torch_refs import ResNet, randomize
     d = tmp_path_factory.mktemp("imagenet")
     torch.save(randomize(ResNet(with_fc=True), 11).state_dict(), d / "resnet50.pth")
     assert convert_cli.main(["resnet50", "--src", str(d / "resnet50.pth"), "--out", str(d / "resnet50")]) == 0

@@ -449,7 +449,7 @@ def test_detail_encoder_starts_from_the_converted_imagenet_resnet50(tmp_path, mo
     import torch
     from jaxdeca.convert import load_variables, save_variables
     from jaxdeca.convert.backbones import convert_resnet50
-    from test_convert_torch_refs import ResNet, randomize
+    from torch_refs import ResNet, randomize
     torch.save(randomize(ResNet(with_fc=True), 12).state_dict(), tmp_path / "resnet50.pth")
     save_variables(convert_resnet50(str(tmp_path / "resnet50.pth")), str(tmp_path / "resnet50"))
     config = test_coarse.get_config("detail")

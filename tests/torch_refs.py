@@ -1,4 +1,5 @@
-"""Hand-written PyTorch reference networks with the official module names (helper, no tests).
+"""Hand-written PyTorch reference networks with the official module names (a helper of the tests and
+benchmarks/networks.py; it holds no tests).
 
 Written from DECA's ``decalib/models/{resnet,encoders,decoders}.py``, torchvision's VGG19 and
 ResNet-50, and the Caffe ResNet-50 of VGGFace2-pytorch, so ``state_dict()`` keys equal the keys
