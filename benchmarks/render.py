@@ -49,6 +49,14 @@ sdist in the registry), nvdiffrast/diffrp (CUDA only), kaolin (placeholder wheel
 'ours cull' is the same with back faces culled (`rasterize(cull_backfaces=True)`): the same work as
 DEODR's scene, which culls them (jaxrenderer does not).
 A ratio x is peer ms / our ms for the same batch: > 1 means we are faster.
+
+Timing on the 2-vCPU CI machines: ours runs on XLA:CPU's two threads, DEODR on one. There the
+same compiled program switched between two speeds in phases of seconds to a minute (demo head,
+culled, B = 1, f+b: 12.5 ms or 20-21 ms), both vCPUs equally busy in either and no steal time
+reported; pinned to one core (`taskset -c 0`) it took 20.5-22 ms, the slow speed. Alternated with
+ours in 400 rounds of 9 calls each, DEODR took 4.8 ms in the rounds where ours was slow and
+4.7 ms in the others. One run's ratio against DEODR can therefore be up to 1.7x too low; run
+the script more than once.
 """
 import argparse
 import json
