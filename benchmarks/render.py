@@ -55,8 +55,9 @@ same compiled program switched between two speeds in phases of seconds to a minu
 culled, B = 1, f+b: 12.5 ms or 20-21 ms), both vCPUs equally busy in either and no steal time
 reported; pinned to one core (`taskset -c 0`) it took 20.5-22 ms, the slow speed. Alternated with
 ours in 400 rounds of 9 calls each, DEODR took 4.8 ms in the rounds where ours was slow and
-4.7 ms in the others. One run's ratio against DEODR can therefore be up to 1.7x too low; run
-the script more than once.
+4.7 ms in the others. One run's ratio against DEODR can therefore be up to 1.7x too low. The
+script times our f+b at the smallest batch again after the peers and prints both times (a phase
+change between our rows and the peers' shows there); run it more than once.
 """
 import argparse
 import json
@@ -135,6 +136,8 @@ def run_ours(v, f, size, batches, repeats, batch_size=None, cull=False, blend=Fa
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
         tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
         rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x), hard_bwd=float("nan"))
+        if B == min(batches):  # kept to time f+b again after the peers (main)
+            rows[B]["again"] = lambda bwd=bwd, x=x: median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
         if not blend:
             _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs, cull=cull)
             rows[B]["hard_bwd"] = median_ms(lambda: jax.block_until_ready(hbwd(x)), repeats)
@@ -408,6 +411,13 @@ def main():
                                                  f"{q.get('fwd', 0) / c['fwd']:>11.2f}{q.get('bwd', 0) / c['bwd']:>7.2f}")
     for note in notes:
         print("peer:", note)
+    if peers:  # the peers ran minutes after ours: did the machine's speed change meanwhile?
+        b = min(batches)
+        again = [f"{name}{label} {rows[b]['again']():.1f} ({rows[b]['bwd']:.1f})" for name in mesh_list
+                 for label, rows in (("", ours[name]), (" cull", culled[name]))]
+        print(f"ours f+b at B = {b} timed again after the peers, ms (first time in brackets): {', '.join(again)};")
+        print("a change well beyond noise means the machine's speed changed between our rows and the peers'")
+        print("(module docstring: the two-speed phases of the 2-vCPU machines), and the ratios with it")
     print("ratio x = peer ms / our ms (> 1: ours faster), against 'ours' and, under 'cull', against")
     print("'ours cull' (back faces culled, as DEODR renders); 'hard f+b' = ours with sigma = 0 (no soft")
     print("coverage: gradients through barycentrics only), for the cost of the SoftRas pass; 'ours blend'")
