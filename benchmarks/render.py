@@ -411,10 +411,10 @@ def main():
                                                  f"{q.get('fwd', 0) / c['fwd']:>11.2f}{q.get('bwd', 0) / c['bwd']:>7.2f}")
     for note in notes:
         print("peer:", note)
-    if peers:  # the peers ran minutes after ours: did the machine's speed change meanwhile?
+    if peers:  # the peers ran after ours: did the machine's speed change meanwhile?
         b = min(batches)
-        again = [f"{name}{label} {rows[b]['again']():.1f} ({rows[b]['bwd']:.1f})" for name in mesh_list
-                 for label, rows in (("", ours[name]), (" cull", culled[name]))]
+        again = [f"{name}{label} {r[b]['again']():.1f} ({r[b]['bwd']:.1f})" for name in mesh_list
+                 for label, r in (("", ours[name]), (" cull", culled[name]))]
         print(f"ours f+b at B = {b} timed again after the peers, ms (first time in brackets): {', '.join(again)};")
         print("a change well beyond noise means the machine's speed changed between our rows and the peers'")
         print("(module docstring: the two-speed phases of the 2-vCPU machines), and the ratios with it")
