@@ -110,6 +110,7 @@ def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_d
     import jax.numpy as jnp
     from jaxdeca.convert import backbones
     from jaxdeca.convert.core import save_variables
+    from jaxdeca.train import parallel, state as state_lib, steps
     rng = np.random.default_rng(0)
     vgg = jax.tree.map(lambda t: (rng.normal(size=t.shape) * 0.05).astype(t.dtype), backbones.vgg19_template())
     save_variables(vgg, str(tmp_path / "vgg19"))
@@ -118,7 +119,8 @@ def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_d
     config.loss.detail_consistency = False
     config.weights.vgg19 = str(tmp_path / "vgg19")
     task = run.make_task(config)
-    params, stats, frozen = task.init_variables(jax.random.key(0))
+    state, _ = loop.fresh_state(task, state_lib.make_optimizer(config), 0)
+    params, stats, frozen = state.params, state.batch_stats, state.frozen
     assert "vgg19" in frozen and "vgg19" in task.frozen_from_config  # read from the config, not checkpointed
     batch = task.make_loader(2, 0, 1).next()
     grad_fn = jax.jit(jax.value_and_grad(task.loss_fn, has_aux=True))
@@ -127,8 +129,9 @@ def test_id_mrf_runs_with_converted_vgg19_and_the_stage_draws_its_grids(coarse_d
     for net in ("E_detail", "D_detail"):
         assert sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g[net])) > 0, net
 
-    draw = jax.jit(lambda p, s, f, b: task.images(SimpleNamespace(params=p, batch_stats=s, frozen=f), b))
-    grids = draw(params, stats, frozen, batch)
+    mesh = parallel.make_mesh()  # the grids as the loop draws them (image_every), its image step
+    grids = loop.host_images(steps.make_image_step(task.images, mesh)(parallel.replicate(state, mesh),
+                                                                      parallel.shard_batch(batch, mesh)))
     assert sorted(grids) == ["detail/albedo_render", "detail/coarse_shape", "detail/detail_shape",
                              "detail/displacement_uv", "detail/landmarks"]
     size, uv = batch["image"].shape[1], config.model.uv_size
