@@ -60,6 +60,7 @@ script times our f+b at the smallest batch again after the peers and prints both
 change between our rows and the peers' shows there); run it more than once.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -134,10 +135,11 @@ def run_ours(v, f, size, batches, repeats, batch_size=None, cull=False, blend=Fa
         fwd, bwd = make_fns(jnp.asarray(f), size, batch_size=bs, cull=cull, blend=blend)
         x = jnp.broadcast_to(jnp.asarray(v), (B,) + v.shape)
         tf = median_ms(lambda: jax.block_until_ready(fwd(x)), repeats)
-        tb = median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
-        rows[B] = dict(fwd=tf, bwd=tb, fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x), hard_bwd=float("nan"))
-        if B == min(batches):  # kept to time f+b again after the peers (main)
-            rows[B]["again"] = lambda bwd=bwd, x=x: median_ms(lambda: jax.block_until_ready(bwd(x)), repeats)
+        time_bwd = functools.partial(median_ms, lambda bwd=bwd, x=x: jax.block_until_ready(bwd(x)), repeats)
+        rows[B] = dict(fwd=tf, bwd=time_bwd(), fwd_mib=mem_mib(fwd, x), bwd_mib=mem_mib(bwd, x),
+                       hard_bwd=float("nan"))
+        if B == min(batches):  # the same timing again after the peers (main)
+            rows[B]["again"] = time_bwd
         if not blend:
             _, hbwd = make_fns(jnp.asarray(f), size, sigma=0.0, batch_size=bs, cull=cull)
             rows[B]["hard_bwd"] = median_ms(lambda: jax.block_until_ready(hbwd(x)), repeats)
