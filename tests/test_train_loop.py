@@ -838,6 +838,27 @@ def test_logged_losses_are_the_mean_over_the_steps_since_the_last_log(tmp_path, 
     assert [(s, written[s]["train/loss"], written[s]["train/twice"]) for s in (6, 7)] == [(6, 5.0, 10.0), (7, 7.0, 14.0)]
 
 
+def test_loss_sums_carry_a_resumed_interval_and_drop_it_for_other_terms():
+    """The loop's log sums by hand: the interval a checkpoint carries (sums 6 and 2 over 2 steps)
+    plus one step's terms (3 and 1) log the mean over 3 steps and checkpoint the sums over 3; the
+    next interval starts empty. Terms other than the carried ones (another loss weight made a
+    term appear) drop the carried steps: the mean is over this run's steps alone."""
+    sums = loop._LossSums({"loss": 6.0, "a": 2.0}, 2)
+    assert (sums.sums(), sums.count) == ({"loss": 6.0, "a": 2.0}, 2)  # a checkpoint before the first step
+    sums.add({"loss": jnp.float32(3.0), "a": jnp.float32(1.0)})
+    assert (sums.sums(), sums.count) == ({"loss": 9.0, "a": 3.0}, 3)
+    assert sums.pop_means() == {"loss": 3.0, "a": 1.0}
+    assert (sums.sums(), sums.count) == ({}, 0)
+    sums.add({"loss": jnp.float32(4.0), "a": jnp.float32(0.0)})
+    sums.add({"loss": jnp.float32(2.0), "a": jnp.float32(1.0)})
+    assert sums.pop_means() == {"loss": 3.0, "a": 0.5}
+
+    other = loop._LossSums({"loss": 6.0}, 2)
+    other.add({"loss": jnp.float32(3.0), "b": jnp.float32(5.0)})
+    assert other.count == 1
+    assert other.pop_means() == {"loss": 3.0, "b": 5.0}
+
+
 def test_create_is_one_setup_program_with_the_eager_leaves():
     """state.create makes the step, optimiser state and key in one setup program (op by op they
     were one small compile per shape, 33 in the tiny demo job's three stages) with the same

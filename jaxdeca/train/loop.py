@@ -81,11 +81,46 @@ def _mean_eval(eval_step, state, batches, mesh) -> dict[str, float]:
 
 def _add_terms(total, terms):
     """`total` + the step's `terms` (float32 sums of the loss terms since the last log; None:
-    the first step of an interval). `train` jits it there (one dispatch per step, no wait for
-    the step to finish): xla_options.jit picks its options from the backend, which must not
-    start at import, before jax.distributed.initialize."""
+    the first step of an interval)."""
     terms = {k: jnp.asarray(v, jnp.float32) for k, v in terms.items()}
     return terms if total is None else {k: total[k] + v for k, v in terms.items()}
+
+
+class _LossSums:
+    """The loss terms summed over the steps since the last log; a log is their mean (clu's
+    convention), not the one step it falls on.
+
+    After a resume between two logs, the sums of the steps before it since the last log come
+    with the checkpoint (`carried` over `count` steps; a checkpoint saves `sums()` and `count`):
+    the next log is the mean over all of them, as the uninterrupted run's. They are dropped when
+    the steps' terms differ from theirs (other loss weights). This run's sums stay on the device
+    between logs: adding a step's terms is one dispatch, no wait for the step to finish (jitted
+    here, not at import: xla_options.jit picks its options from the backend, which must not
+    start before jax.distributed.initialize).
+    """
+
+    def __init__(self, carried: dict | None = None, count: int = 0):
+        self._add = xla_options.jit(_add_terms)
+        self._device = None  # this run's sums since the last log; None: no step yet
+        self._carried, self._n_carried = dict(carried or {}), int(count)
+        self.count = self._n_carried  # the steps the sums span
+
+    def add(self, terms) -> None:
+        self._device, self.count = self._add(self._device, terms), self.count + 1
+        if self._carried and set(self._carried) != set(terms):
+            self._carried, self.count, self._n_carried = {}, self.count - self._n_carried, 0
+
+    def sums(self) -> dict[str, float]:
+        """{term: sum} as python floats, the carried ones included."""
+        if self._device is None:
+            return dict(self._carried)
+        return {k: v + self._carried.get(k, 0.0) for k, v in metrics.to_scalars(self._device).items()}
+
+    def pop_means(self) -> dict[str, float]:
+        """{term: mean over the steps since the last log}; the next interval starts empty."""
+        means = {k: v / self.count for k, v in self.sums().items()}
+        self._device, self.count, self._carried, self._n_carried = None, 0, {}, 0
+        return means
 
 
 def cadence(tc, name: str) -> int:
@@ -208,31 +243,41 @@ def train(config, workdir: str, task) -> dict[str, Any]:
         return _train(config, workdir, task)
 
 
-def _train(config, workdir: str, task) -> dict[str, Any]:
-    config_ranges.check_ranges(config)
-    tc = config.train
-    log_every, ckpt_every, eval_every, image_every = (cadence(tc, n) for n in
-                                                      ("log_every", "checkpoint_every", "eval_every", "image_every"))
+def _intervals(tc) -> tuple[int, int, int, int, int]:
+    """(log_every, checkpoint_every, eval_every, image_every, keep_checkpoints) of config.train,
+    checked."""
+    every = tuple(cadence(tc, n) for n in ("log_every", "checkpoint_every", "eval_every", "image_every"))
     keep = int(tc.keep_checkpoints)
     if keep < 1:  # orbax's max_to_keep=0 deletes every checkpoint, the last one too
         raise paths.ConfigError(f"config.train.keep_checkpoints={keep} must be >= 1 (the number of latest "
                                 "checkpoints kept)")
-    mesh = parallel.make_mesh()
+    return (*every, keep)
+
+
+def _local_batch_size(tc, mesh) -> int:
     try:
-        local_bs = parallel.local_batch_size(int(tc.batch_size), mesh)
+        return parallel.local_batch_size(int(tc.batch_size), mesh)
     except ValueError as e:
         raise paths.ConfigError(f"config.train.batch_size={int(tc.batch_size)} (the global batch) must be a "
                                 f"multiple of the number of devices: {e}") from None
-    optimizer = state_lib.make_optimizer(config)
-    seed = int(config.seed)
 
-    def saved(s):  # the part of a state a checkpoint holds
-        return s.replace(frozen={k: v for k, v in s.frozen.items() if k not in from_config})
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    manager = checkpoint.make_manager(ckpt_dir, max_to_keep=keep,
-                                      async_save=bool(tc.get("async_checkpoints", True)))
-    restored = None
-    if manager.all_steps():  # a resume: nothing is initialised that the checkpoint overwrites
+
+def _checkpointed(state, from_config: dict):
+    """The part of a TrainState a checkpoint holds: its frozen_from_config entries left out."""
+    return state.replace(frozen={k: v for k, v in state.frozen.items() if k not in from_config})
+
+
+def _initial_state(config, task, optimizer, mesh, manager, ckpt_dir: str):
+    """Where the run starts: (step, TrainState replicated over `mesh`, {name: value} of its
+    frozen_from_config entries, the checkpoint's extra or None for a fresh start).
+
+    The newest readable checkpoint in `manager` (unreadable ones are set aside), refused before its
+    state is restored when saved by another stage, by the task's check_resume, for another
+    learning-rate schedule or another seed; its frozen_from_config entries come from
+    `abstract_state`, as init_variables reads them, so nothing the checkpoint overwrites is
+    initialised. With none, step 0's fresh state."""
+    seed = int(config.seed)
+    if manager.all_steps():
         template, from_config = abstract_state(task, optimizer, seed, mesh)
 
         def check_extra(step, extra):
@@ -246,24 +291,39 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                 task.check_resume(extra, where)
             state_lib.check_schedule_resume(extra.get("lr_schedule"), config, step, where)
             _check_seed(extra, seed, where)
-        restored = checkpoint.restore_latest(manager, saved(template), set_aside_unreadable=True,
-                                             check_extra=check_extra)
-    if restored is None:
-        state, from_config = fresh_state(task, optimizer, seed)
-        state = parallel.replicate(state, mesh)
+        restored = checkpoint.restore_latest(manager, _checkpointed(template, from_config),
+                                             set_aside_unreadable=True, check_extra=check_extra)
+        if restored is not None:
+            start, state, extra = restored
+            state = parallel.replicate(state, mesh)
+            state = state.replace(frozen={**state.frozen, **parallel.replicate(from_config, mesh)})
+            return start, state, from_config, extra
+    state, from_config = fresh_state(task, optimizer, seed)
+    return 0, parallel.replicate(state, mesh), from_config, None
+
+
+def _train(config, workdir: str, task) -> dict[str, Any]:
+    config_ranges.check_ranges(config)
+    tc = config.train
+    num_steps = int(tc.num_steps)
+    log_every, ckpt_every, eval_every, image_every, keep = _intervals(tc)
+    mesh = parallel.make_mesh()
+    local_bs = _local_batch_size(tc, mesh)
+    optimizer = state_lib.make_optimizer(config)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    manager = checkpoint.make_manager(ckpt_dir, max_to_keep=keep,
+                                      async_save=bool(tc.get("async_checkpoints", True)))
+    start, state, from_config, extra = _initial_state(config, task, optimizer, mesh, manager, ckpt_dir)
     fingerprints = {k: fingerprint(v) for k, v in from_config.items()}
     loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
     eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
-
     eval_history = []
-    start = 0
-    if restored is not None:
-        start, state, extra = restored  # its stage, task fields, schedule and seed checked (check_extra)
-        state = parallel.replicate(state, mesh)
+    loss_sums = _LossSums()
+    if extra is not None:
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
-        state = state.replace(frozen={**state.frozen, **parallel.replicate(from_config, mesh)})
         loader.restore(extra["loader"])
         eval_history = [(int(st), dict(ev)) for st, ev in extra.get("eval_history", []) if int(st) <= start]
+        loss_sums = _LossSums(extra.get("log_sums"), extra.get("log_count", 0))
         logging.info("resumed from step %d in %s", start, ckpt_dir)
 
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
@@ -281,20 +341,11 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
 
     if start == 0 and eval_batches and eval_every:
         do_eval(0)
-    if start >= int(tc.num_steps):
-        _console(f"checkpoint step {start} in {ckpt_dir} has reached num_steps {int(tc.num_steps)}: "
-                 "nothing to train")
+    if start >= num_steps:
+        _console(f"checkpoint step {start} in {ckpt_dir} has reached num_steps {num_steps}: nothing to train")
         if eval_batches and eval_every and not any(st == start for st, _ in eval_history):
             do_eval(start)
-    progress = metrics.Progress(int(tc.num_steps), int(tc.batch_size), start)
-    term_sums = None  # the loss terms summed over the steps since the last log, n_summed of them
-    # after a resume between two logs, the sums of the steps before it since the last log (its
-    # checkpoint holds them): the next log is the mean over all of them, as the uninterrupted run's
-    # (it averaged the steps since the resume alone, and a checkpoint older than this still does)
-    carried, n_carried = (dict(extra.get("log_sums") or {}), int(extra.get("log_count", 0))) \
-        if restored is not None else ({}, 0)
-    n_summed = n_carried
-    add_terms = xla_options.jit(_add_terms)
+    progress = metrics.Progress(num_steps, int(tc.batch_size), start)
     all_finite = xla_options.jit(_all_finite)
 
     def diverged(step, what):
@@ -306,23 +357,34 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
                "and run again to resume from it" if kept else
                f"no checkpoint was written before it in {ckpt_dir}: lower config.optim.learning_rate"))
 
-    def logged_sums():
-        """The loss terms summed over the steps since the last log (python floats), those carried
-        over a resume included."""
-        if term_sums is None:
-            return dict(carried)
-        return {k: v + carried.get(k, 0.0) for k, v in metrics.to_scalars(term_sums).items()}
-
     def save(step):
         # a diverged state would push the good checkpoints out (keep_checkpoints) and be resumed
         if not bool(all_finite((state.params, state.batch_stats, state.opt_state))):
             raise diverged(step, "the state to be checkpointed (params, batch_stats or optimiser state)")
         info = task.checkpoint_info() if hasattr(task, "checkpoint_info") else {}
-        extra = {"loader": loader.position(), "seed": seed, "stage": config.get("stage", ""),
-                 "frozen_from_config": fingerprints, "lr_schedule": state_lib.schedule_info(config),
-                 "eval_history": list(eval_history), "log_sums": logged_sums(), "log_count": n_summed, **info}
-        if not checkpoint.save(manager, step, saved(state), extra):
+        saved_extra = {"loader": loader.position(), "seed": int(config.seed), "stage": config.get("stage", ""),
+                       "frozen_from_config": fingerprints, "lr_schedule": state_lib.schedule_info(config),
+                       "eval_history": list(eval_history), "log_sums": loss_sums.sums(),
+                       "log_count": loss_sums.count, **info}
+        if not checkpoint.save(manager, step, _checkpointed(state, from_config), saved_extra):
             logging.warning("checkpoint step %d was not saved in %s (orbax declined it)", step, ckpt_dir)
+
+    def log(step):
+        scalars = {f"train/{k}": v for k, v in loss_sums.pop_means().items()}
+        losses.append((step, scalars["train/loss"]))
+        rates, line = progress.report(step)
+        writer.write_scalars(step, {**scalars, **rates})
+        logging.info("%s loss %.5f", line, scalars["train/loss"])
+        _console(f"{line} loss {scalars['train/loss']:.5f}")
+        if not np.isfinite(scalars["train/loss"]):
+            raise diverged(step, "the logged train/loss (the mean since the previous log)")
+
+    def write_images(step, batch):
+        imgs = image_step(state, batch)
+        if imgs:
+            imgs = host_images(imgs)
+            if jax.process_index() == 0:
+                writer.write_images(step, imgs)
 
     stopped, step = None, start
     # SIGTERM stays a stop request until the last write is finished: with its handler removed
@@ -331,37 +393,23 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
     # during the wait stops the job after it (the demo's next stage would start otherwise).
     with parallel.StopSignal() as stop:
         try:  # whatever ends the loop, a checkpoint being written is finished first
-            for step in range(start + 1, int(tc.num_steps) + 1):
+            for step in range(start + 1, num_steps + 1):
                 batch = parallel.shard_batch(loader.next(), mesh)
                 state, terms = train_step(state, batch)
-                term_sums, n_summed = add_terms(term_sums, terms), n_summed + 1
-                if carried and set(carried) != set(terms):  # other terms (loss weights) than before the resume
-                    carried, n_summed, n_carried = {}, n_summed - n_carried, 0
+                loss_sums.add(terms)
                 if step == start + 1:  # XLA compiles the step in its first call: timed apart from steps/s
                     jax.block_until_ready(terms)
                     first = progress.first_step_done(step)
                     writer.write_scalars(step, {"first_step_sec": first})
                     logging.info("first step %d took %.1f s (XLA compile included)", step, first)
-                if due(step, log_every, int(tc.num_steps)):
-                    scalars = {f"train/{k}": v / n_summed for k, v in logged_sums().items()}
-                    term_sums, n_summed, carried, n_carried = None, 0, {}, 0
-                    losses.append((step, scalars["train/loss"]))
-                    rates, line = progress.report(step)
-                    writer.write_scalars(step, {**scalars, **rates})
-                    logging.info("%s loss %.5f", line, scalars["train/loss"])
-                    _console(f"{line} loss {scalars['train/loss']:.5f}")
-                    if not np.isfinite(scalars["train/loss"]):
-                        raise diverged(step, "the logged train/loss (the mean since the previous log)")
+                if due(step, log_every, num_steps):
+                    log(step)
                 if image_every and step % image_every == 0:
-                    imgs = image_step(state, batch)
-                    if imgs:
-                        imgs = host_images(imgs)
-                        if jax.process_index() == 0:
-                            writer.write_images(step, imgs)
-                if eval_batches and eval_every and due(step, eval_every, int(tc.num_steps)):
+                    write_images(step, batch)
+                if eval_batches and eval_every and due(step, eval_every, num_steps):
                     do_eval(step)
                 stopping = stop.requested(step)
-                if stopping or due(step, ckpt_every, int(tc.num_steps)):
+                if stopping or due(step, ckpt_every, num_steps):
                     save(step)
                 if stopping:
                     stopped = step
