@@ -80,24 +80,13 @@ def torch_to_flax(state: dict, template, source: str, ignore: Iterable[str] = ()
     for mod, leaves in modules.items():
         path = flax_path(mod)
         is_bn = "running_mean" in leaves or "running_var" in leaves
-        for leaf, (key, v) in leaves.items():
-            found = tuple(v.shape)  # the file's layout, for messages
-            if is_bn:
-                dest = {"weight": ("params", "scale"), "bias": ("params", "bias"),
-                        "running_mean": ("batch_stats", "mean"),
-                        "running_var": ("batch_stats", "var")}.get(leaf)
-            elif leaf == "weight":
-                dest = ("params", "kernel")
-                v = v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T if v.ndim == 2 else v
-            elif leaf == "bias":
-                dest = ("params", "bias")
-            else:
-                dest = None
+        for leaf, (key, raw) in leaves.items():  # raw: the file's layout (messages show it)
+            dest, v = _flax_leaf(leaf, raw, is_bn)
             full = None if dest is None else (dest[0],) + path + (dest[1],)
             if full is None or full not in want:
                 unconsumed.append(key)
             elif tuple(v.shape) != want[full]:
-                problems.append(f"{key}: found shape {found}, expected "
+                problems.append(f"{key}: found shape {tuple(raw.shape)}, expected "
                                 f"{torch_shape(want[full], dest[1])}")
                 mismatched.add(full)
             else:
@@ -113,6 +102,25 @@ def torch_to_flax(state: dict, template, source: str, ignore: Iterable[str] = ()
             msg.append("missing: " + _listed(missing))
         raise ConversionError("\n  ".join(msg))
     return _unflatten(got)
+
+
+_BATCH_NORM_LEAVES = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+                      "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+
+
+def _flax_leaf(leaf: str, value: np.ndarray, batch_norm: bool) -> tuple[tuple[str, str] | None, np.ndarray]:
+    """A torch module's entry -> ((collection, Flax name) or None: no Flax counterpart, the value
+    in Flax's layout). BatchNorm (batch_norm: the module has running statistics): weight, bias,
+    running_mean, running_var -> params scale, bias, batch_stats mean, var. Otherwise weight ->
+    kernel (a conv's [O, I, kh, kw] -> [kh, kw, I, O], a linear's [O, I] -> [I, O]) and bias."""
+    if batch_norm:
+        return _BATCH_NORM_LEAVES.get(leaf), value
+    if leaf == "weight":
+        kernel = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T if value.ndim == 2 else value
+        return ("params", "kernel"), kernel
+    if leaf == "bias":
+        return ("params", "bias"), value
+    return None, value
 
 
 def torch_shape(flax_shape: tuple, leaf: str) -> tuple:
