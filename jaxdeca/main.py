@@ -155,24 +155,35 @@ def parse_flags(argv):
     except flags.Error as e:
         _absl_flags_error(e)
     except (AttributeError, KeyError) as e:
-        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-        if not overrides:
+        message = _unknown_field_override(e, argv)
+        if message is None:
             raise
-        chain = [e]
-        while isinstance(chain[-1].__context__, (AttributeError, KeyError)):
-            chain.append(chain[-1].__context__)
-        field = str(chain[-1].args[0] if chain[-1].args else chain[-1]).strip("'")
-        hints = [str(x.args[0]) for x in chain if x.args and "Did you mean" in str(x.args[0])]
-        hint = ("; d" + hints[0][hints[0].index("Did you mean") + 1:].rstrip("'")) if hints else ""
-        named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
-        base = _config_as_given(argv)
-        if len(named) > 1:  # flags ending in the same name: the one the config lacks
-            named = [o for o in named if not _resolves(base, o[len("--config."):])] or named
-        if not hint:
-            other = _spelled_otherwise(base, named[0][len("--config."):])
-            hint = f"; this config spells it --config.{other}" if other else ""
-        print(f"error: {named[0]}: the config has no field {field!r}{hint}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _unknown_field_override(error, argv) -> str | None:
+    """The one-line message for ml_collections' AttributeError or KeyError `error` when a
+    `--config.<field>` override names no field of the config: '--config.optim.lr: the config
+    has no field 'lr'' and a hint (ml_collections' 'did you mean', else the field the config
+    spells otherwise, `_spelled_otherwise`). None when argv has no such override."""
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    if not overrides:
+        return None
+    chain = [error]
+    while isinstance(chain[-1].__context__, (AttributeError, KeyError)):
+        chain.append(chain[-1].__context__)
+    field = str(chain[-1].args[0] if chain[-1].args else chain[-1]).strip("'")
+    hints = [str(x.args[0]) for x in chain if x.args and "Did you mean" in str(x.args[0])]
+    hint = ("; d" + hints[0][hints[0].index("Did you mean") + 1:].rstrip("'")) if hints else ""
+    named = [o for o in overrides if field in o[len("--config."):].split(".")] or overrides
+    base = _config_as_given(argv)
+    if len(named) > 1:  # flags ending in the same name: the one the config lacks
+        named = [o for o in named if not _resolves(base, o[len("--config."):])] or named
+    if not hint:
+        other = _spelled_otherwise(base, named[0][len("--config."):])
+        hint = f"; this config spells it --config.{other}" if other else ""
+    return f"{named[0]}: the config has no field {field!r}{hint}"
 
 
 def _config_as_given(argv):
