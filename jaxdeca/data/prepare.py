@@ -337,19 +337,9 @@ def _task(args):
 def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: int = 1,
             predictor: str | None = None, max_side: int = 1024, progress: bool = True) -> dict:
     """Prepare a folder (see the module docstring). Returns the summary dict."""
-    if not os.path.isdir(images_root):
-        raise FileNotFoundError(f"{images_root}: images folder not found")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-    if predictor is not None and not os.path.isfile(predictor):
-        raise FileNotFoundError(f"{predictor}: landmark model file not found")
-    if int(max_side) < 1:
-        raise ValueError(f"max_side={max_side}: must be a positive number of pixels")
+    _check_arguments(images_root, out_dir, layout, predictor, max_side)
     celeba = read_celeba_identities(images_root) if layout == "celeba" else None
     unreadable = []
-    if os.path.realpath(out_dir) == os.path.realpath(images_root):
-        raise ValueError(f"{out_dir}: --out is the images folder itself; its masks and records would be read as "
-                         "images: use a folder beside it (or one inside it, which is left out)")
     rels = list_images(images_root, unreadable, exclude=out_dir)
     if unreadable and unreadable[0][0] == os.curdir:  # the images folder itself
         raise ValueError(f"{images_root}: {unreadable[0][1]}")
@@ -361,21 +351,7 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
     _claim_output(images_root, out_dir, layout, rels)
     for d, why in unreadable:
         print(f"{images.shown_name(os.path.join(images_root, d))}: {why}: its images are not prepared", file=sys.stderr)
-    state = {r: record_state(images_root, out_dir, r) for r in rels}
-    todo = [r for r in rels if state[r] != "current"]
-    changed = [r for r in todo if state[r] == "changed"]
-    if changed:
-        print(f"{out_dir}: {len(changed)} image(s) changed since their records (e.g. {images.shown_name(changed[0])}): "
-              "preparing them again", file=sys.stderr)
-        # their masks are rewritten in place: an index.jsonl left from before would pair its old
-        # landmarks with new masks if this run stopped early; finalise writes it again
-        index = os.path.join(out_dir, "index.jsonl")
-        if os.path.isfile(index):
-            os.remove(index)
-    retry = [r for r in todo if state[r] == "retry"]
-    if retry:
-        print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read (e.g. {images.shown_name(retry[0])}): "
-              "trying them again", file=sys.stderr)
+    todo = _to_prepare(images_root, out_dir, rels)
     identities = {r: identity_of(r, layout, celeba) for r in rels}
     tasks = [(images_root, out_dir, r, identities[r]) for r in todo]
     unsaved = []  # records process_image could not write (a file name too long for one): bad, in memory
@@ -395,6 +371,42 @@ def prepare(images_root: str, out_dir: str, layout: str = "folders", workers: in
         bar.close()
     return finalise(images_root, out_dir, layout, rels, identities, skipped=len(rels) - len(todo),
                     unreadable=unreadable, unsaved=unsaved)
+
+
+def _check_arguments(images_root, out_dir, layout, predictor, max_side) -> None:
+    """prepare's arguments, before anything is read or written: one error naming the one it cannot use."""
+    if not os.path.isdir(images_root):
+        raise FileNotFoundError(f"{images_root}: images folder not found")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    if predictor is not None and not os.path.isfile(predictor):
+        raise FileNotFoundError(f"{predictor}: landmark model file not found")
+    if int(max_side) < 1:
+        raise ValueError(f"max_side={max_side}: must be a positive number of pixels")
+    if os.path.realpath(out_dir) == os.path.realpath(images_root):
+        raise ValueError(f"{out_dir}: --out is the images folder itself; its masks and records would be read as "
+                         "images: use a folder beside it (or one inside it, which is left out)")
+
+
+def _to_prepare(images_root, out_dir, rels) -> list[str]:
+    """The images of `rels` whose record is not current (`record_state`): new ones, changed ones
+    (said, and out_dir's index.jsonl removed) and ones recorded bad before they could be read (said)."""
+    state = {r: record_state(images_root, out_dir, r) for r in rels}
+    todo = [r for r in rels if state[r] != "current"]
+    changed = [r for r in todo if state[r] == "changed"]
+    if changed:
+        print(f"{out_dir}: {len(changed)} image(s) changed since their records "
+              f"(e.g. {images.shown_name(changed[0])}): preparing them again", file=sys.stderr)
+        # their masks are rewritten in place: an index.jsonl left from before would pair its old
+        # landmarks with new masks if this run stopped early; finalise writes it again
+        index = os.path.join(out_dir, "index.jsonl")
+        if os.path.isfile(index):
+            os.remove(index)
+    retry = [r for r in todo if state[r] == "retry"]
+    if retry:
+        print(f"{out_dir}: {len(retry)} image(s) recorded bad before they could be read "
+              f"(e.g. {images.shown_name(retry[0])}): trying them again", file=sys.stderr)
+    return todo
 
 
 def _recorded_paths(out_dir) -> list[str]:
