@@ -313,18 +313,15 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
         subject, chal, stem = split_image_path(image)
         if challenge and chal != challenge:
             continue
-        obj, npy = prediction_paths(predictions_dir, image)
-        if not os.path.isfile(obj) and os.path.isfile(obj[:-4] + ".ply"):  # the official script's fallback too
-            obj = obj[:-4] + ".ply"
-        txt = npy[:-4] + ".txt"
-        if not os.path.isfile(obj) or not (os.path.isfile(npy) or os.path.isfile(txt)):
+        found = _prediction_files(predictions_dir, image)
+        if found is None:
             missing += 1
             continue
+        obj, lmk = found
         if subject not in cache:
             scan_obj, scan_pp = _scan_files(scans_dir, lmks_dir, subject)
             cache = {subject: (read_obj(scan_obj)[0], read_pp(scan_pp), f"scan {scan_obj}, {scan_pp}")}
         scan_v, scan_l, scan_files = cache[subject]
-        lmk = npy if os.path.isfile(npy) else txt
         pv, pf = read_mesh(obj)
         pl = read_landmarks(lmk)
         try:
@@ -339,19 +336,34 @@ def evaluate(predictions_dir: str, scans: str, image_list: str, out_dir: str, ch
     summary = dict(num_images=len(rows), num_missing_files=missing,
                    overall=summarise(distances) if distances else None,
                    per_challenge={c: summarise(v) for c, v in sorted(per_challenge.items())})
-    suffix = f"_{challenge}" if challenge else ""
-    path = os.path.join(out_dir, f"{method}_per_image{suffix}.csv")
-    with output_file(path, newline="") as fh:
+    _write_results(os.path.join(out_dir, method), f"_{challenge}" if challenge else "", rows, summary, distances)
+    return summary
+
+
+def _prediction_files(predictions_dir: str, image: str) -> tuple[str, str] | None:
+    """(mesh, landmarks) files of `image`'s prediction, None when either is missing: the .obj, else
+    a .ply (the official script's fallback too), and the landmarks' .npy, else a .txt."""
+    obj, npy = prediction_paths(predictions_dir, image)
+    if not os.path.isfile(obj) and os.path.isfile(obj[:-4] + ".ply"):
+        obj = obj[:-4] + ".ply"
+    txt = npy[:-4] + ".txt"
+    if not os.path.isfile(obj) or not (os.path.isfile(npy) or os.path.isfile(txt)):
+        return None
+    return obj, npy if os.path.isfile(npy) else txt
+
+
+def _write_results(prefix: str, suffix: str, rows: list[dict], summary: dict, distances: list) -> None:
+    """evaluate's three files, `<prefix>_per_image<suffix>.csv`, `_summary<suffix>.json` and
+    `_computed_distances<suffix>.npy` (the official dict format)."""
+    with output_file(f"{prefix}_per_image{suffix}.csv", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["image", "subject", "challenge", "n_points", "median", "mean", "std"])
         w.writeheader()
         w.writerows(rows)
-    path = os.path.join(out_dir, f"{method}_summary{suffix}.json")
-    with output_file(path) as fh:
+    with output_file(f"{prefix}_summary{suffix}.json") as fh:
         json.dump(summary, fh, indent=2)
-    path = os.path.join(out_dir, f"{method}_computed_distances{suffix}.npy")
-    with output_file(path, "wb") as fh:
-        np.save(fh, {"computed_distances": distances, "num_missing_files": missing}, allow_pickle=True)
-    return summary
+    with output_file(f"{prefix}_computed_distances{suffix}.npy", "wb") as fh:
+        np.save(fh, {"computed_distances": distances, "num_missing_files": summary["num_missing_files"]},
+                allow_pickle=True)
 
 
 def main(argv=None) -> int:
