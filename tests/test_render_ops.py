@@ -86,6 +86,29 @@ def test_grid_sample_matches_torch_including_out_of_range():
     assert np.isfinite(np.asarray(jax.grad(lambda i: jnp.sum(grid_sample(i, bad) ** 2))(jnp.asarray(img[:1])))).all()
 
 
+def test_grid_sample_image_gradient_matches_torch_under_a_masked_loss():
+    """The image's gradient when the incoming gradient is zero at many samples (DECA's photometric
+    loss masks the background, whose samples all lie at the UV centre): those samples are left
+    out of the scatter-adds, and the gradient still equals torch's, which adds them. Samples with
+    a zero gradient in some channels only are kept; a batch of two and of one."""
+    rng = np.random.default_rng(3)
+    img = rng.normal(size=(2, 6, 8, 3)).astype(np.float32)
+    grid = rng.uniform(-1.2, 1.2, size=(2, 10, 12, 2)).astype(np.float32)
+    background = rng.uniform(size=(2, 10, 12)) < 0.6
+    background[0, 0, :3] = False
+    grid[background] = 0.0  # the UV centre, as a render's background pixels
+    w = rng.normal(size=(2, 10, 12, 3)).astype(np.float32)
+    w[background] = 0.0
+    w[0, 0, :3, 1:] = 0.0  # one channel of gradient left
+    for n in (2, 1):
+        ti = torch.from_numpy(img[:n]).permute(0, 3, 1, 2).requires_grad_()
+        out = torch.nn.functional.grid_sample(ti, torch.from_numpy(grid[:n]), align_corners=False)
+        (out * torch.from_numpy(w[:n]).permute(0, 3, 1, 2)).sum().backward()
+        gi = jax.jit(jax.grad(lambda i: jnp.sum(grid_sample(i, jnp.asarray(grid[:n])) * w[:n])))(jnp.asarray(img[:n]))
+        np.testing.assert_allclose(gi, ti.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5)
+        assert np.abs(np.asarray(gi)).sum() > 0
+
+
 def test_sh_constants_and_closed_form():
     np.testing.assert_allclose(SH_CONSTANTS, [0.282095, 1.023327, 1.023327, 1.023327, 0.858086, 0.858086,
                                               0.858086, 0.429043, 0.247708], atol=1e-6)
