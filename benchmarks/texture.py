@@ -7,8 +7,11 @@ What DECA's render does per image: a 224 x 224 grid of UVs samples a 256 x 256 R
 jaxdeca (about 30% of the pixels; the background samples the texture's centre, as in DECA).
 Columns: forward; forward+backward for the texture (what the albedo code's gradient needs);
 forward+backward for the texture and the grid (what training needs: the grid moves with the
-geometry). The loss is the sum of squares of the samples. Ours is compiled as jaxdeca compiles
-its own programs (`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products).
+geometry). Two losses, a row each: 'sum', the sum of squares of all samples, and 'masked', that
+of the samples times the demo head's mask, as DECA's photometric loss sees the rendered image
+(albedo x shading x mask): the background's samples then get a zero gradient, which ours leaves
+out of the texture's scatter-adds and torch adds. Ours is compiled as jaxdeca compiles its own
+programs (`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products).
 Ratio = torch ms / our ms (> 1: ours faster). torch runs with as many threads as this machine
 has cores; it is in the test extra.
 """
@@ -25,7 +28,8 @@ from timing import median_ms
 
 
 def demo_uvs(batch, size):
-    """[batch, size, size, 2] UV grids of the demo head rendered at random shapes and poses."""
+    """UV grids [batch, size, size, 2] of the demo head rendered at random shapes and poses, and
+    its masks [batch, size, size]."""
     from jaxdeca import flame, render
     arrays = flame.load_arrays(None)
     model, topo = flame.from_arrays(arrays), render.make_topology(arrays)
@@ -34,24 +38,29 @@ def demo_uvs(batch, size):
                 jnp.zeros((batch, model.n_exp)), jnp.asarray(rng.normal(size=(batch, 6)) * 0.05, jnp.float32))
     cam = jnp.tile(jnp.array([[7.0, 0.0, 0.0]]), (batch, 1))
     trans = render.orth_proj(out["vertices"], cam)
-    return render.image_geometry(out["vertices"], trans, topo, (size, size), sigma=0.0)[2]
+    frags, _, grid, _ = render.image_geometry(out["vertices"], trans, topo, (size, size), sigma=0.0)
+    return grid, frags.mask
 
 
-def ours(tex, grid, repeats):
+def ours(tex, grid, weight, repeats):
+    """ms of forward, f+b texture, f+b texture and grid; the loss is sum((samples * weight)^2),
+    weight [B, H, W, 1] (an argument of the programs, not a constant XLA could fold)."""
     from jaxdeca import xla_options
     from jaxdeca.render import grid_sample
-    loss = lambda t, g: jnp.sum(grid_sample(t, g) ** 2)  # noqa: E731
-    fwd = xla_options.jit(lambda t, g: grid_sample(t, g))
+    loss = lambda t, g, w: jnp.sum((grid_sample(t, g) * w) ** 2)  # noqa: E731
+    fwd = xla_options.jit(lambda t, g, w: grid_sample(t, g))
     b_tex = xla_options.jit(jax.grad(loss))
     b_both = xla_options.jit(jax.grad(loss, (0, 1)))
-    return [median_ms(lambda f=f: jax.block_until_ready(f(tex, grid)), repeats) for f in (fwd, b_tex, b_both)]
+    return [median_ms(lambda f=f: jax.block_until_ready(f(tex, grid, weight)), repeats) for f in (fwd, b_tex, b_both)]
 
 
-def peer(tex, grid, repeats):
+def peer(tex, grid, weight, repeats):
+    """torch's figures as `ours`' (weight [B, H, W, 1])."""
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = torch.from_numpy(np.array(tex)).permute(0, 3, 1, 2).contiguous()
     g0 = torch.from_numpy(np.array(grid))
+    w0 = torch.from_numpy(np.array(weight)).permute(0, 3, 1, 2).contiguous()
 
     def fwd():
         with torch.no_grad():
@@ -60,7 +69,7 @@ def peer(tex, grid, repeats):
     def f_b(with_grid):  # fresh leaves sharing t0's and g0's storage: no copy in the timed call
         t = t0.detach().requires_grad_()
         g = g0.detach().requires_grad_(with_grid)
-        torch.nn.functional.grid_sample(t, g, align_corners=False).pow(2).sum().backward()
+        (torch.nn.functional.grid_sample(t, g, align_corners=False) * w0).pow(2).sum().backward()
         return None
 
     return [median_ms(fn, repeats) for fn in (fwd, lambda: f_b(False), lambda: f_b(True))]
@@ -74,19 +83,20 @@ def main():
     p.add_argument("--size", type=int, default=224)
     a = p.parse_args()
     print(f"device: {jax.devices()[0].platform}, texture {a.texture}^2 x 3, grid {a.size}^2; ms per batch (median)")
-    print("  B | ours fwd  f+b tex  f+b both | torch fwd  f+b tex  f+b both | ratio fwd  tex  both")
+    print("  B loss   | ours fwd  f+b tex  f+b both | torch fwd  f+b tex  f+b both | ratio fwd  tex  both")
     for B in a.batches:
-        grid = demo_uvs(B, a.size)
+        grid, mask = demo_uvs(B, a.size)
         tex = jnp.asarray(np.random.default_rng(1).uniform(size=(B, a.texture, a.texture, 3)), jnp.float32)
-        o = ours(tex, grid, a.repeats)
-        try:
-            t = peer(tex, grid, a.repeats)
-        except (ImportError, OSError) as e:  # OSError: a torch install whose libraries do not load
-            print(f"{B:3d} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} | torch unavailable ({e})")
-            continue
-        r = [x / y for x, y in zip(t, o)]
-        print(f"{B:3d} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} | {t[0]:9.2f} {t[1]:8.2f} {t[2]:9.2f} |"
-              f" {r[0]:9.2f} {r[1]:4.2f} {r[2]:5.2f}")
+        for loss, weight in (("sum", jnp.ones(mask.shape + (1,))), ("masked", mask[..., None])):
+            o = ours(tex, grid, weight, a.repeats)
+            head = f"{B:3d} {loss:6s} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} |"
+            try:
+                t = peer(tex, grid, weight, a.repeats)
+            except (ImportError, OSError) as e:  # OSError: a torch install whose libraries do not load
+                print(f"{head} torch unavailable ({e})")
+                continue
+            r = [x / y for x, y in zip(t, o)]
+            print(f"{head} {t[0]:9.2f} {t[1]:8.2f} {t[2]:9.2f} | {r[0]:9.2f} {r[1]:4.2f} {r[2]:5.2f}")
 
 
 if __name__ == "__main__":
