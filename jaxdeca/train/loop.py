@@ -92,8 +92,9 @@ class _LossSums:
 
     After a resume between two logs, the sums of the steps before it since the last log come
     with the checkpoint (`carried` over `count` steps; a checkpoint saves `sums()` and `count`):
-    the next log is the mean over all of them, as the uninterrupted run's. They are dropped when
-    the steps' terms differ from theirs (other loss weights). This run's sums stay on the device
+    the next log is the mean over all of them, as the uninterrupted run's (a checkpoint written
+    before they were saved carries none). They are dropped when the steps' terms differ from
+    theirs (other loss weights). This run's sums stay on the device
     between logs: adding a step's terms is one dispatch, no wait for the step to finish (jitted
     here, not at import: xla_options.jit picks its options from the backend, which must not
     start before jax.distributed.initialize).
