@@ -1,6 +1,6 @@
 """Bilinear texture sampling: jaxdeca.render.grid_sample (jit) vs torch.nn.functional.grid_sample.
 
-    .venv/bin/python benchmarks/texture.py [--batches 1 8] [--repeats 7] [--texture 256] [--size 224]
+    .venv/bin/python benchmarks/texture.py [--batches 1 8] [--repeats 7] [--rounds 3] [--texture 256] [--size 224]
 
 What DECA's render does per image: a 224 x 224 grid of UVs samples a 256 x 256 RGB texture
 (bilinear, zero padding, align_corners=False). The UVs are those of the demo head rendered by
@@ -13,12 +13,16 @@ of the samples times the demo head's mask, as DECA's photometric loss sees the r
 out of the texture's scatter-adds and torch adds. Ours is compiled as jaxdeca compiles its own
 programs (`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products).
 Ratio = torch ms / our ms (> 1: ours faster). torch runs with as many threads as this machine
-has cores; it is in the test extra.
+has cores; it is in the test extra. Ours and torch are timed alternately, --rounds times, and
+each figure is the median over the rounds: on the 2-vCPU CI machines both slow down in phases
+(benchmarks/render.py's docstring), and timed one after the other (ours, then torch), two runs
+of this script gave batch-1 ratios of 0.38 and 0.95 for the same column.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -42,20 +46,21 @@ def demo_uvs(batch, size):
     return grid, frags.mask
 
 
-def ours(tex, grid, weight, repeats):
-    """ms of forward, f+b texture, f+b texture and grid; the loss is sum((samples * weight)^2),
-    weight [B, H, W, 1] (an argument of the programs, not a constant XLA could fold)."""
+def ours(tex, grid, weight):
+    """Calls of forward, f+b texture, f+b texture and grid, each blocking until done; the loss is
+    sum((samples * weight)^2), weight [B, H, W, 1] (an argument of the programs, not a constant
+    XLA could fold)."""
     from jaxdeca import xla_options
     from jaxdeca.render import grid_sample
     loss = lambda t, g, w: jnp.sum((grid_sample(t, g) * w) ** 2)  # noqa: E731
     fwd = xla_options.jit(lambda t, g, w: grid_sample(t, g))
     b_tex = xla_options.jit(jax.grad(loss))
     b_both = xla_options.jit(jax.grad(loss, (0, 1)))
-    return [median_ms(lambda f=f: jax.block_until_ready(f(tex, grid, weight)), repeats) for f in (fwd, b_tex, b_both)]
+    return [lambda f=f: jax.block_until_ready(f(tex, grid, weight)) for f in (fwd, b_tex, b_both)]
 
 
-def peer(tex, grid, weight, repeats):
-    """torch's figures as `ours`' (weight [B, H, W, 1])."""
+def peer(tex, grid, weight):
+    """torch's calls as `ours`' (weight [B, H, W, 1])."""
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = torch.from_numpy(np.array(tex)).permute(0, 3, 1, 2).contiguous()
@@ -72,29 +77,48 @@ def peer(tex, grid, weight, repeats):
         (torch.nn.functional.grid_sample(t, g, align_corners=False) * w0).pow(2).sum().backward()
         return None
 
-    return [median_ms(fn, repeats) for fn in (fwd, lambda: f_b(False), lambda: f_b(True))]
+    return [fwd, lambda: f_b(False), lambda: f_b(True)]
+
+
+def interleaved_ms(calls, repeats, rounds):
+    """{name: ms} for {name: [call, ...]}: each round times every call (median of `repeats` after a
+    warm-up) in turn, ours and the peer's alternately, and a figure is the median over the rounds,
+    so that a phase of the machine's speed (benchmarks/render.py's docstring) falls on both."""
+    times = {k: [[] for _ in fns] for k, fns in calls.items()}
+    for _ in range(rounds):
+        for k, fns in calls.items():
+            for t, fn in zip(times[k], fns):
+                t.append(median_ms(fn, repeats))
+    return {k: [statistics.median(t) for t in ts] for k, ts in times.items()}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of ours and torch alternately (median over them)")
     p.add_argument("--texture", type=int, default=256)
     p.add_argument("--size", type=int, default=224)
     a = p.parse_args()
-    print(f"device: {jax.devices()[0].platform}, texture {a.texture}^2 x 3, grid {a.size}^2; ms per batch (median)")
+    print(f"device: {jax.devices()[0].platform}, texture {a.texture}^2 x 3, grid {a.size}^2; ms per batch "
+          f"(median of {a.rounds} rounds, ours and torch alternately)")
     print("  B loss   | ours fwd  f+b tex  f+b both | torch fwd  f+b tex  f+b both | ratio fwd  tex  both")
     for B in a.batches:
         grid, mask = demo_uvs(B, a.size)
         tex = jnp.asarray(np.random.default_rng(1).uniform(size=(B, a.texture, a.texture, 3)), jnp.float32)
         for loss, weight in (("sum", jnp.ones(mask.shape + (1,))), ("masked", mask[..., None])):
-            o = ours(tex, grid, weight, a.repeats)
-            head = f"{B:3d} {loss:6s} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} |"
+            calls = {"ours": ours(tex, grid, weight)}
             try:
-                t = peer(tex, grid, weight, a.repeats)
+                calls["torch"] = peer(tex, grid, weight)
             except (ImportError, OSError) as e:  # OSError: a torch install whose libraries do not load
-                print(f"{head} torch unavailable ({e})")
+                missing = e
+            ms = interleaved_ms(calls, a.repeats, a.rounds)
+            o = ms["ours"]
+            head = f"{B:3d} {loss:6s} | {o[0]:8.2f} {o[1]:8.2f} {o[2]:9.2f} |"
+            if "torch" not in ms:
+                print(f"{head} torch unavailable ({missing})")
                 continue
+            t = ms["torch"]
             r = [x / y for x, y in zip(t, o)]
             print(f"{head} {t[0]:9.2f} {t[1]:8.2f} {t[2]:9.2f} | {r[0]:9.2f} {r[1]:4.2f} {r[2]:5.2f}")
 
