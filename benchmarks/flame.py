@@ -1,10 +1,11 @@
 """FLAME forward: jaxdeca (jit, CPU) vs smplx's PyTorch FLAME (CPU), same model, same inputs.
 
-    .venv/bin/python benchmarks/flame.py [--batches 1 64] [--repeats 30]
+    .venv/bin/python benchmarks/flame.py [--batches 1 64] [--repeats 30] [--rounds 3]
 
-Prints the median ms per batch for each implementation and the ratio (smplx / ours). The model
-is the embedded demo head, written in the official pickle layout for smplx. Needs the test
-extras (torch, smplx).
+Prints the median ms per batch for each implementation and the ratio (smplx / ours); the two are
+timed alternately, --rounds times, and each figure is the median over the rounds
+(`timing.interleaved_ms`). The model is the embedded demo head, written in the official pickle
+layout for smplx. Needs the test extras (torch, smplx).
 """
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from timing import median_ms
+from timing import interleaved_ms
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of ours and smplx alternately (median over them)")
     a = p.parse_args()
 
     import smplx
@@ -53,7 +55,6 @@ def main():
             shape, exp = rng.normal(size=(B, 100)).astype(np.float32), rng.normal(size=(B, 50)).astype(np.float32)
             pose = (rng.normal(size=(B, 6)) * 0.2).astype(np.float32)
             js, je, jp = map(jnp.asarray, (shape, exp, pose))
-            ours = median_ms(lambda: jax.block_until_ready(fwd(js, je, jp)), a.repeats)
             ref = smplx.create(tmp, model_type="flame", num_betas=100, num_expression_coeffs=50, batch_size=B,
                                use_face_contour=False, ext="pkl")
             ts, te, tp = map(torch.from_numpy, (shape, exp, pose))
@@ -62,7 +63,9 @@ def main():
                 with torch.no_grad():
                     ref(betas=ts, expression=te, global_orient=tp[:, :3], jaw_pose=tp[:, 3:])
 
-            theirs = median_ms(run_ref, a.repeats)
+            ms = interleaved_ms({"ours": [lambda: jax.block_until_ready(fwd(js, je, jp))], "smplx": [run_ref]},
+                                a.repeats, a.rounds)
+            ours, theirs = ms["ours"][0], ms["smplx"][0]
             print(f"{B:>6} {ours:>11.2f} {theirs:>10.2f} {theirs / ours:>13.1f}x")
 
 

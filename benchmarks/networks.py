@@ -6,7 +6,9 @@
 
 Random weights (speed does not depend on them); the same random images for both. Prints one
 table row per (dtype, batch): the median of --reps calls after a warm-up (which compiles), and
-for torch rows the ratio torch ms / our float32 ms at that batch (> 1: ours faster).
+for torch rows the ratio torch ms / our float32 ms at that batch (> 1: ours faster). With
+--torch, our float32 and torch's figures at each batch are timed alternately, --rounds times,
+and each is the median over the rounds (`timing.interleaved_ms`); the torch row follows ours.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from jaxdeca import xla_options
 from jaxdeca.models import (coarse_encoder, decompose_code, detail_decoder, detail_encoder,
                             detail_latent)
-from timing import median_ms
+from timing import interleaved_ms, median_ms
 
 
 def make_step(dtype):
@@ -70,26 +72,29 @@ def main():
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="with --torch: rounds of ours and torch alternately")
     p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
     args = p.parse_args()
+    if args.torch and "float32" not in args.dtypes:
+        p.error("--torch is compared with our float32 figures: include float32 in --dtypes")
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{os.cpu_count()} cpu cores visible")
     print(f"{'impl':<8}{'dtype':<10}{'batch':>6}{'ms/batch':>12}{'images/s':>12}")
-    ours = {}
     for dtype in args.dtypes:
         step, variables = make_step(jnp.dtype(dtype))
         for b in args.batches:
             images = jnp.asarray(random_images(b))
-            ms = median_ms(lambda: step(variables, images).block_until_ready(), args.reps)
-            ours[dtype, b] = ms
+            call = lambda: step(variables, images).block_until_ready()  # noqa: E731
+            if args.torch and dtype == "float32":
+                both = interleaved_ms({"jax": [call], "torch": [torch_step(b)]}, args.reps, args.rounds)
+                ms, theirs = both["jax"][0], both["torch"][0]
+            else:
+                ms, theirs = median_ms(call, args.reps), None
             print(f"{'jax':<8}{dtype:<10}{b:>6}{ms:>12.1f}{b / ms * 1e3:>12.1f}", flush=True)
-    if args.torch:
-        import torch
-        for b in args.batches:
-            ms = median_ms(torch_step(b), args.reps)
-            ratio = f"  x {ms / ours['float32', b]:.2f}" if ("float32", b) in ours else ""
-            print(f"{'torch':<8}{'float32':<10}{b:>6}{ms:>12.1f}{b / ms * 1e3:>12.1f}{ratio}  "
-                  f"({torch.get_num_threads()} threads)", flush=True)
+            if theirs is not None:
+                import torch
+                print(f"{'torch':<8}{'float32':<10}{b:>6}{theirs:>12.1f}{b / theirs * 1e3:>12.1f}"
+                      f"  x {theirs / ms:.2f}  ({torch.get_num_threads()} threads)", flush=True)
 
 
 if __name__ == "__main__":

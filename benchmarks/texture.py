@@ -14,21 +14,18 @@ out of the texture's scatter-adds and torch adds. Ours is compiled as jaxdeca co
 programs (`jaxdeca.xla_options.jit`: on CPU, YNNPACK only for dot products).
 Ratio = torch ms / our ms (> 1: ours faster). torch runs with as many threads as this machine
 has cores; it is in the test extra. Ours and torch are timed alternately, --rounds times, and
-each figure is the median over the rounds: on the 2-vCPU CI machines both slow down in phases
-(benchmarks/render.py's docstring), and timed one after the other (ours, then torch), two runs
-of this script gave batch-1 ratios of 0.38 and 0.95 for the same column.
+each figure is the median over the rounds (`timing.interleaved_ms`).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from timing import median_ms
+from timing import interleaved_ms
 
 
 def demo_uvs(batch, size):
@@ -78,18 +75,6 @@ def peer(tex, grid, weight):
         return None
 
     return [fwd, lambda: f_b(False), lambda: f_b(True)]
-
-
-def interleaved_ms(calls, repeats, rounds):
-    """{name: ms} for {name: [call, ...]}: each round times every call (median of `repeats` after a
-    warm-up) in turn, ours and the peer's alternately, and a figure is the median over the rounds,
-    so that a phase of the machine's speed (benchmarks/render.py's docstring) falls on both."""
-    times = {k: [[] for _ in fns] for k, fns in calls.items()}
-    for _ in range(rounds):
-        for k, fns in calls.items():
-            for t, fn in zip(times[k], fns):
-                t.append(median_ms(fn, repeats))
-    return {k: [statistics.median(t) for t in ts] for k, ts in times.items()}
 
 
 def main():
