@@ -16,7 +16,7 @@
 #   train      coarse and detail train steps at full size, batch 8, float32              (180)
 #   train_bf16 the same in bfloat16 at batch 32                                          (120)
 #   networks   encode + decode images/s, batch 1/64/256, float32 and bfloat16            (40)
-#   texture    grid_sample fwd and fwd+bwd against torch, batch 1/8/32                   (20)
+#   texture    grid_sample fwd and fwd+bwd against torch, batch 1/8/32, one round         (20)
 # A run that passes its limit is stopped (exit status 124 in the summary) and the next starts.
 # flame.py (needs smplx) and data.py (CPU data loading) are not accelerator figures: run them
 # by hand. Needs jaxdeca's dependencies; render.py's peers (DEODR, CPU only; jaxrenderer, a JAX
@@ -50,7 +50,7 @@ else
     "train 180 benchmarks/train.py --steps 5"
     "train_bf16 120 benchmarks/train.py --batch 32 --dtype bfloat16 --steps 5"
     "networks 40 benchmarks/networks.py --batches 1 64 256"
-    "texture 20 benchmarks/texture.py --batches 1 8 32 --repeats 7"
+    "texture 20 benchmarks/texture.py --batches 1 8 32 --repeats 7 --rounds 1"
   )
 fi
 

@@ -43,17 +43,20 @@ def demo_uvs(batch, size):
     return grid, frags.mask
 
 
-def ours(tex, grid, weight):
-    """Calls of forward, f+b texture, f+b texture and grid, each blocking until done; the loss is
-    sum((samples * weight)^2), weight [B, H, W, 1] (an argument of the programs, not a constant
-    XLA could fold)."""
+def our_programs():
+    """Our forward, f+b texture and f+b texture and grid, jitted once: the loss is
+    sum((samples * weight)^2) with weight [B, H, W, 1] an argument (not a constant XLA could fold),
+    so both losses' rows run the same compiled programs."""
     from jaxdeca import xla_options
     from jaxdeca.render import grid_sample
     loss = lambda t, g, w: jnp.sum((grid_sample(t, g) * w) ** 2)  # noqa: E731
-    fwd = xla_options.jit(lambda t, g, w: grid_sample(t, g))
-    b_tex = xla_options.jit(jax.grad(loss))
-    b_both = xla_options.jit(jax.grad(loss, (0, 1)))
-    return [lambda f=f: jax.block_until_ready(f(tex, grid, weight)) for f in (fwd, b_tex, b_both)]
+    return (xla_options.jit(lambda t, g, w: grid_sample(t, g)), xla_options.jit(jax.grad(loss)),
+            xla_options.jit(jax.grad(loss, (0, 1))))
+
+
+def ours(programs, tex, grid, weight):
+    """Calls of `our_programs` on these inputs, each blocking until done."""
+    return [lambda f=f: jax.block_until_ready(f(tex, grid, weight)) for f in programs]
 
 
 def peer(tex, grid, weight):
@@ -88,11 +91,12 @@ def main():
     print(f"device: {jax.devices()[0].platform}, texture {a.texture}^2 x 3, grid {a.size}^2; ms per batch "
           f"(median of {a.rounds} rounds, ours and torch alternately)")
     print("  B loss   | ours fwd  f+b tex  f+b both | torch fwd  f+b tex  f+b both | ratio fwd  tex  both")
+    programs = our_programs()
     for B in a.batches:
         grid, mask = demo_uvs(B, a.size)
         tex = jnp.asarray(np.random.default_rng(1).uniform(size=(B, a.texture, a.texture, 3)), jnp.float32)
         for loss, weight in (("sum", jnp.ones(mask.shape + (1,))), ("masked", mask[..., None])):
-            calls = {"ours": ours(tex, grid, weight)}
+            calls = {"ours": ours(programs, tex, grid, weight)}
             try:
                 calls["torch"] = peer(tex, grid, weight)
             except (ImportError, OSError) as e:  # OSError: a torch install whose libraries do not load
