@@ -221,20 +221,7 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         if has_pts:
             if pts_error is not None:
                 raise pts_error
-            try:
-                lmk = detect.read_pts(pts, pts_data)  # the bytes fingerprinted
-            except ValueError as e:
-                raise images.BadImage(str(e)) from None
-            if lmk.shape != (68, 2):
-                raise images.BadImage(f"{pts}: need 68 points, found {lmk.shape[0]}")
-            try:
-                check_landmark_box(lmk, pts)
-            except ValueError as e:
-                raise images.BadImage(str(e)) from None
-            outside = int(np.sum((lmk[:, 0] < -0.5) | (lmk[:, 0] > w - 0.5) | (lmk[:, 1] < -0.5) | (lmk[:, 1] > h - 0.5)))
-            if outside > 34:  # most of the face off the image (another image's file, or another frame)
-                raise images.BadImage(f"{pts}: {outside} of 68 landmarks lie outside the {w} x {h} image")
-            score, source = None, "pts"
+            lmk, score, source = _pts_landmarks(pts, pts_data, w, h), None, "pts"  # the bytes fingerprinted
         else:
             found = _detector()(img)
             if found is None:
@@ -263,6 +250,27 @@ def process_image(images_root: str, out_dir: str, rel: str, identity: str | None
         return dict(path=rel, identity=identity, status="bad", unsaved=True,
                     reason=f"its record {rec_path} cannot be written ({e.strerror or e})")
     return rec
+
+
+def _pts_landmarks(pts: str, data: bytes, w: int, h: int) -> np.ndarray:
+    """The 68 landmarks [68, 2] of the .pts file `pts` (its bytes `data`) for a w x h image; BadImage
+    naming the file when they are unreadable, not 68, not a face's box (`check_landmark_box`), or
+    mostly outside the image (another image's file, or another frame's)."""
+    try:
+        lmk = detect.read_pts(pts, data)
+    except ValueError as e:
+        raise images.BadImage(str(e)) from None
+    if lmk.shape != (68, 2):
+        raise images.BadImage(f"{pts}: need 68 points, found {lmk.shape[0]}")
+    try:
+        check_landmark_box(lmk, pts)
+    except ValueError as e:
+        raise images.BadImage(str(e)) from None
+    x, y = lmk[:, 0], lmk[:, 1]
+    outside = int(np.sum((x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)))
+    if outside > 34:  # most of the face off the image
+        raise images.BadImage(f"{pts}: {outside} of 68 landmarks lie outside the {w} x {h} image")
+    return lmk
 
 
 def record_path(out_dir: str, rel: str) -> str:
