@@ -235,14 +235,7 @@ class IdentityFaces(_LocalBuilder):
         if meta.get("layout") != self.builder_config.layout:
             raise ValueError(f"{root}: prepared with layout {meta.get('layout')!r}, builder config is "
                              f"{self.builder_config.layout!r}")
-        entries = []  # (identity, path, line number, byte offset) of each record: not the record itself
-        shared = {}  # one string per identity name, not one per image
-        with open(index, "rb") as f:
-            offset = 0
-            for k, line in enumerate(f, 1):
-                r = _index_record(index, k, line)
-                entries.append((shared.setdefault(r["identity"], r["identity"]), r["path"], k, offset))
-                offset += len(line)
+        entries = _index_entries(index)
         if not entries:
             raise ValueError(f"{index}: no usable images (every file was skipped); "
                              f"see the reasons in {os.path.join(root, 'summary.json')}")
@@ -283,6 +276,20 @@ class IdentityFaces(_LocalBuilder):
                           "landmarks": np.asarray(r["landmarks"], np.float32), "mask": _FileBytes(mask),
                           "identity": ids[r["identity"]], "identity_name": r["identity"], "path": r["path"],
                           "score": np.float32(score)}
+
+
+def _index_entries(index: str) -> list[tuple[str, str, int, int]]:
+    """(identity, path, line number, byte offset) of each record of index.jsonl, not the record
+    itself (`_generate_examples` reads it again from its line): one string per identity name,
+    not one per image."""
+    entries, shared = [], {}
+    with open(index, "rb") as f:
+        offset = 0
+        for k, line in enumerate(f, 1):
+            r = _index_record(index, k, line)
+            entries.append((shared.setdefault(r["identity"], r["identity"]), r["path"], k, offset))
+            offset += len(line)
+    return entries
 
 
 def _index_record(index: str, k: int, line: bytes) -> dict:
