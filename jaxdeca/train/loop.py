@@ -94,10 +94,10 @@ class _LossSums:
     with the checkpoint (`carried` over `count` steps; a checkpoint saves `sums()` and `count`):
     the next log is the mean over all of them, as the uninterrupted run's (a checkpoint written
     before they were saved carries none). They are dropped when the steps' terms differ from
-    theirs (other loss weights). This run's sums stay on the device
-    between logs: adding a step's terms is one dispatch, no wait for the step to finish (jitted
-    here, not at import: xla_options.jit picks its options from the backend, which must not
-    start before jax.distributed.initialize).
+    theirs (other loss weights). This run's sums stay on the device between logs: adding a
+    step's terms is one dispatch, no wait for the step to finish (jitted here, not at import:
+    xla_options.jit picks its options from the backend, which must not start before
+    jax.distributed.initialize).
     """
 
     def __init__(self, carried: dict | None = None, count: int = 0):
@@ -319,13 +319,12 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
     loader = task.make_loader(local_bs, jax.process_index(), jax.process_count())
     eval_batches = task.eval_batches(local_bs, jax.process_index(), jax.process_count())
     eval_history = []
-    loss_sums = _LossSums()
     if extra is not None:
         _check_fingerprints(extra.get("frozen_from_config"), fingerprints, ckpt_dir, start)
         loader.restore(extra["loader"])
         eval_history = [(int(st), dict(ev)) for st, ev in extra.get("eval_history", []) if int(st) <= start]
-        loss_sums = _LossSums(extra.get("log_sums"), extra.get("log_count", 0))
         logging.info("resumed from step %d in %s", start, ckpt_dir)
+    loss_sums = _LossSums((extra or {}).get("log_sums"), (extra or {}).get("log_count", 0))
 
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
     eval_step = steps.make_eval_step(task.eval_fn, mesh)
