@@ -49,7 +49,9 @@ placeholder = ml_collections.config_dict.placeholder
 # batch_size 6, K 3 (and its header: the paper's 6 x 3), but it has a second `dataset:` key
 # (training_data) further down, which replaces the first when yacs reads it (yaml.safe_load: the
 # last duplicate key wins), so DECA's trainer run on that file gets config.py's 2 x K=4; we take
-# the 6 x 3 the file and the paper state.
+# the 6 x 3 the file and the paper state. Two detail terms are sums over the (consistency-doubled)
+# batch in DECA, not means: z_sym and ID-MRF. At 6 x 3 (36 images) they weigh 36 / 16 = 2.25x
+# more against the mean terms (photo_D, reg_z, reg_diff) than in that 2 x 4 run.
 RELEASE_BATCHES = {"pretrain": (64, 1, 100_000), "coarse": (8, 2, 200_000), "detail": (6, 3, 1_000_000)}
 
 
