@@ -21,10 +21,11 @@ Paths the user supplies (each a config field; a missing one is one clear error a
   flame.path            FLAME npz/folder/pkl (python -m jaxdeca.flame.convert); None = demo head
   init.checkpoint       the pretrain stage's workdir (the encoder starts from it; optional)
   init.imagenet         python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR: the
-                        encoders' ResNet-50 starts from torchvision's ImageNet weights, as DECA's
-                        (load_ResNet50Model); unset, from random weights. Read by the stage that
-                        creates an encoder: pretrain (or a coarse stage without init.checkpoint)
-                        for E_flame, detail for E_detail
+                        encoders' ResNet-50 starts from torchvision's ImageNet weights; unset, from
+                        random weights drawn as DECA's (its load_ResNet50Model copies an untrained
+                        torchvision resnet50, pretrained=False; jaxdeca.models.torch_init). Read
+                        by the stage that creates an encoder: pretrain (or a coarse stage without
+                        init.checkpoint) for E_flame, detail for E_detail
 
 data.config is one dataset (default VGGFace2 alone) or several built in data.data_dir, read as
 their concatenation. DECA's mixes (its dataset.training_data): the default, config.py's

@@ -5,7 +5,8 @@ weights (photo_D 2, ID-MRF 0.05 x photo_D, reg_z / reg_diff / reg_sym 0.005) wit
 consistency. Extra paths over configs/coarse.py:
   init.coarse_checkpoint   the coarse stage's workdir (required; its encoder is frozen)
   weights.vgg19            python -m jaxdeca.convert vgg19 --src vgg19.pth --out DIR (ID-MRF)
-  init.imagenet            E_detail's ResNet-50 starts from it, as DECA's (optional; configs/coarse.py)
+  init.imagenet            E_detail's ResNet-50 starts from it (optional; unset: random, as DECA's;
+                           configs/coarse.py)
 DECA's detail data is VGGFace2 + VoxCeleb2 (deca_detail.yml's training_data ['vggface2', 'vox2']):
 build both in data.data_dir and add --config.data.config=vggface2,voxceleb2 (default VGGFace2 alone).
 

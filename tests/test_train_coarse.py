@@ -208,7 +208,13 @@ def test_init_cam_scale_sets_the_camera_scale_output():
     base = test_coarse.get_config("pretrain")
     p0, s0, _ = CoarseTask(base).init_variables(jax.random.key(0))
     codes0, _ = task._encode(p0, s0, np.zeros((2, 48, 48, 3), np.float32), False)
-    np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0, atol=1e-5)
+    # the camera-scale output's bias is set to 8 (DECA's init draws it near 0, nn.Linear's)
+    start = 206  # the coarse code's cam[206:209] (DESIGN 5)
+    b0 = float(p0["E_flame"]["layers_2"]["bias"][start])
+    assert 0 < abs(b0) < 0.1
+    np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0 - b0, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(np.asarray(params["E_flame"]["layers_2"]["bias"]), start),
+                                  np.delete(np.asarray(p0["E_flame"]["layers_2"]["bias"]), start))
     np.testing.assert_allclose(np.asarray(codes["pose"]), np.asarray(codes0["pose"]), atol=1e-6)
 
 
@@ -304,11 +310,12 @@ def imagenet_dir(tmp_path_factory):
 
 
 def test_encoders_start_from_the_converted_imagenet_resnet50(imagenet_dir, tmp_path):
-    """DECA's encoders start from torchvision's ImageNet ResNet-50 (resnet.load_ResNet50Model,
-    running statistics included); `convert resnet50` wrote those weights but no config field read
-    them, so every stage began from random weights. config.init.imagenet now fills the E_flame
-    ResNet of a stage that creates its encoder (its MLP head as without it); a network of another
-    width is one ConfigError naming the field, a missing directory one ConfigPathError."""
+    """`convert resnet50` writes torchvision's ImageNet ResNet-50 (running statistics included)
+    for the encoders to start from (DECA's own load_ResNet50Model copies an untrained one), but
+    no config field read it, so every stage began from random weights. config.init.imagenet fills
+    the E_flame ResNet of a stage that creates its encoder (its MLP head as without it); a
+    network of another width is one ConfigError naming the field, a missing directory one
+    ConfigPathError."""
     import jax
     from jaxdeca.convert import load_variables
     config = test_coarse.get_config("pretrain")

@@ -446,9 +446,9 @@ def test_apps_pipeline_reads_training_workdir(demo_run, tmp_path):
 
 
 def test_detail_encoder_starts_from_the_converted_imagenet_resnet50(tmp_path, monkeypatch):
-    """DECA's E_detail starts from torchvision's ImageNet ResNet-50 as its E_flame does
-    (resnet.load_ResNet50Model); config.init.imagenet fills the detail stage's E_detail ResNet
-    (the frozen coarse encoder still comes from init.coarse_checkpoint, here a stand-in)."""
+    """config.init.imagenet fills the detail stage's E_detail ResNet with the converted ImageNet
+    ResNet-50, as it does the E_flame one (the frozen coarse encoder still comes from
+    init.coarse_checkpoint, here a stand-in)."""
     import torch
     from jaxdeca.convert import load_variables, save_variables
     from jaxdeca.convert.backbones import convert_resnet50

@@ -3,7 +3,8 @@
 * ``convert_vgg19(src)``: torchvision ``vgg19`` state dict (.pth) -> VGG19Features variables;
   ``classifier.*`` dropped explicitly.
 * ``convert_resnet50(src)``: torchvision ``resnet50`` state dict (.pth) -> ResNet50 variables
-  (the ``encoder`` sub-tree of DECA's encoders, for ImageNet initialisation); ``fc.*`` dropped.
+  (the ``encoder`` sub-tree of DECA's encoders, for an ImageNet start: config.init.imagenet);
+  ``fc.*`` dropped.
 * ``convert_vggface2(src)``: ``resnet50_ft_weight.pkl`` (pickled numpy, no torch needed) ->
   Caffe ResNet50 variables; ``fc.*`` (the 8631-way classifier) dropped.
 """
