@@ -423,9 +423,8 @@ def with_imagenet_backbone(v: dict, path: str | None) -> dict:
     by the converted ImageNet weights at `path` (config.init.imagenet), running statistics
     included; the MLP head keeps its initial values. An option, not DECA's start: its
     resnet.load_ResNet50Model copies an untrained torchvision resnet50 (pretrained=False) into
-    E_flame and E_detail. v unchanged
-    when path is None. Another network, or a config.model width/blocks other than ResNet-50's,
-    is one ConfigError naming the field."""
+    E_flame and E_detail. v unchanged when path is None. Another network, or a config.model
+    width/blocks other than ResNet-50's, is one ConfigError naming the field."""
     if path is None:
         return v
     template = {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}
