@@ -22,8 +22,8 @@ Paths the user supplies (each a config field; a missing one is one clear error a
   init.checkpoint       the pretrain stage's workdir (the encoder starts from it; optional)
   init.imagenet         python -m jaxdeca.convert resnet50 --src resnet50.pth --out DIR: the
                         encoders' ResNet-50 starts from torchvision's ImageNet weights; unset, from
-                        random weights, as DECA's (its load_ResNet50Model copies an untrained
-                        torchvision resnet50, pretrained=False; Flax's initialisers here). Read
+                        random weights drawn as DECA's (its load_ResNet50Model copies an untrained
+                        torchvision resnet50, pretrained=False; jaxdeca.models.torch_init). Read
                         by the stage that creates an encoder: pretrain (or a coarse stage without
                         init.checkpoint) for E_flame, detail for E_detail
 

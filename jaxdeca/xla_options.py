@@ -11,13 +11,20 @@ forward+backward at 224 x 224 1.1-1.4x faster (10k-face sphere and demo head, ba
 inference (encode+decode at 224, batch 1) 1.3x.
 
 Training steps are the exception: `jit(..., ynn_reductions=True)` (`train.steps.make_train_step`)
-keeps XLA's default, YNNPACK for reductions too. Their gradients through the networks (ResNets
-with BatchNorm) come out far from float64 with XLA's own reduction loops: in the demo's pretrain step
-(64 px, batch 16) the encoder's gradient leaves were 1.2% off a float64 reference at the median
-and 12% at the worst (coarse step: 1.2% and 9%), against about 1e-6 and at most 6e-6 with
-YNNPACK's reductions; the detail step's median leaf was 0.6% off, 3e-4 with YNNPACK's. (Neither
-is float64: with batch 8 at 96 or 128 px, the same trunk's last-stage kernels were 12-16% off
-with YNNPACK too, a backward pass that cancels almost all of its terms.)
+hands reductions to YNNPACK too. Their gradients through the networks (ResNets with BatchNorm) come
+out far from float64 with XLA's own reduction loops: the demo's encoder trunk (64 px, batch 16,
+tests/test_xla_options.py) had its leaves 0.4% off a float64 reference at the median and 3% at the
+worst, against 4e-6 and 6e-5 with YNNPACK's reductions. With Flax's initialisers, the package's
+before `models.torch_init`, the demo's pretrain step was 1.2% off at the median and 12% at the
+worst (coarse step: 1.2% and 9%), against about 1e-6 and at most 6e-6; the detail step's median
+leaf 0.6% against 3e-4. (Neither is float64: with batch 8 at 96 or 128 px, the same trunk's
+last-stage kernels were 12-16% off with YNNPACK too, a backward pass that cancels almost all of
+its terms.) XLA's own default on CPU also hands YNNPACK the convolutions (`INDIVIDUAL_CONVOLUTION`
+besides `DOT` and `REDUCE`); the training steps leave those to XLA. With YNNPACK's convolutions
+`benchmarks/train.py` (ResNet-50 at 224 x 224, batch 8, two runs each, alternated) took 8.7-9.0 s
+per coarse step against 6.65-6.68 s, and 33.4-34.6 s per detail step against 30.6-31.2 s; at the
+demo's size the steps took the same time within noise. The demo trunk's jax.grad is about as close
+to float64 either way (2e-6 against 5e-7 at the median).
 
 With full-size networks YNNPACK's reductions are also faster: ResNet-50 at 224 x 224, batch 8,
 the pretrain step's loss forward+backward took 2.38 s with them against 3.59 s without, coarse
@@ -36,8 +43,8 @@ for one 10k-face 224 x 224 image with them, against 8.3-10.4 ms and 22.8-29.0 ms
 `--xla_cpu_use_fusion_emitters=false` (batch 8: forward+backward 157-167 ms against 172-245 ms).
 
 The option is only passed on the CPU backend, and only when the user's XLA_FLAGS do not already
-set it, so `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce` restores XLA's default
-for every program (and `=dot` keeps YNNPACK to dot products in the training steps too).
+set it, so `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot,reduce` gives every program the
+training steps' options (and `=dot` keeps YNNPACK to dot products in the training steps too).
 jaxdeca's functions called inside the user's own `jax.jit` (or grad, vmap) are traced into the
 user's program (`jit`), which can pass `compiler_options()` itself, or set the flag in XLA_FLAGS.
 """
@@ -50,7 +57,7 @@ import jax
 
 _FLAG = "xla_cpu_experimental_ynn_fusion_type"
 _CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_DOT"}
-_TRAINING_CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # XLA's default
+_TRAINING_CPU_OPTIONS = {_FLAG: "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}  # XLA's default less convolutions
 
 
 def compiler_options(backend: str | None = None, *, ynn_reductions: bool = False) -> dict | None:

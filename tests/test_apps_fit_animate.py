@@ -12,6 +12,7 @@ import pytest
 from jaxdeca import models, render, xla_options
 from jaxdeca.apps import animate, fit, inputs, pipeline
 from jaxdeca.data import detect
+from jaxdeca.train import deca_coarse
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +209,19 @@ def test_fit_starts_from_a_coarse_only_checkpoint(pipe, coarse):
 
 
 def test_fit_replaces_a_regressed_camera_with_no_positive_scale(pipe, coarse):
-    """fit optimises log(camera scale): a regressor whose scale is not positive (this random
-    encoder's is -0.04; a landmark-only pretrain in the mirror solution, see
-    deca_common.camera_codes) made every fitted code NaN. Such a face starts from the
-    landmark-box camera with zero global rotation instead."""
+    """fit optimises log(camera scale): a regressor whose scale is not positive (a landmark-only
+    pretrain in the mirror solution, see deca_common.camera_codes) made every fitted code NaN.
+    Such a face starts from the landmark-box camera with zero global rotation instead.
+
+    The regressor is the random encoder with its last layer's weights zeroed and its camera-scale
+    bias set to -2: every code 0 but that scale (in eval mode, with its initial running statistics,
+    the random encoder's own codes are far off any face's: exp and shape about 4 rms)."""
+    v = coarse.variables["E_flame"]
+    head = dict(v["params"]["layers_2"], kernel=jnp.zeros_like(v["params"]["layers_2"]["kernel"]),
+                bias=jnp.zeros_like(v["params"]["layers_2"]["bias"]))
+    params = deca_coarse.init_cam_scale(dict(v["params"], layers_2=head), -2.0)
+    coarse = pipeline.Pipeline(arrays=coarse.arrays, flame=coarse.flame, topo=coarse.topo,
+                               variables={"E_flame": dict(v, params=params)})
     img8, out = render_head(pipe)
     gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
     crop, target = fit.prepare(img8, gt)

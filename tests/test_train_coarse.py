@@ -208,7 +208,13 @@ def test_init_cam_scale_sets_the_camera_scale_output():
     base = test_coarse.get_config("pretrain")
     p0, s0, _ = CoarseTask(base).init_variables(jax.random.key(0))
     codes0, _ = task._encode(p0, s0, np.zeros((2, 48, 48, 3), np.float32), False)
-    np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0, atol=1e-5)
+    # the camera-scale output's bias is set to 8 (DECA's init draws it near 0, nn.Linear's)
+    start = 206  # the coarse code's cam[206:209] (DESIGN 5)
+    b0 = float(p0["E_flame"]["layers_2"]["bias"][start])
+    assert 0 < abs(b0) < 0.1
+    np.testing.assert_allclose(np.asarray(codes["cam"][:, 0] - codes0["cam"][:, 0]), 8.0 - b0, atol=1e-5)
+    np.testing.assert_array_equal(np.delete(np.asarray(params["E_flame"]["layers_2"]["bias"]), start),
+                                  np.delete(np.asarray(p0["E_flame"]["layers_2"]["bias"]), start))
     np.testing.assert_allclose(np.asarray(codes["pose"]), np.asarray(codes0["pose"]), atol=1e-6)
 
 

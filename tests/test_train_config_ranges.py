@@ -43,7 +43,7 @@ def test_a_field_out_of_range_is_one_config_error_naming_it(field, value, messag
 
 def test_bounds_that_mean_off_are_allowed_and_other_tasks_losses_are_their_own():
     config = coarse.get_config("coarse")
-    config.model.init_cam_scale = 0.0  # DECA's zero init, as None
+    config.model.init_cam_scale = 0.0  # DECA's init, as None
     config.optim.clip_norm = 0.0
     config.loss.photo = 0.0
     config_ranges.check_ranges(config)

@@ -12,7 +12,8 @@ LeakyReLU 0.2) with convs at indices 2, 6, 10, 14, 18 (channels 128, 64, 64, 32,
 (DECA's ``max_z`` = 0.01). ``eps=0.8`` is the original's quirk (``nn.BatchNorm2d(c, 0.8)`` passes
 0.8 positionally as eps) and is kept for weight parity. DECA builds the Generator with
 ``sample_mode='bilinear'``; torch's default ``align_corners=False`` equals half-pixel
-``jax.image.resize``.
+``jax.image.resize``. Fresh weights and biases are drawn as nn.Linear's and nn.Conv2d's
+(`torch_init`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxdeca.models import torch_init
 
 DETAIL_LATENT_SIZE = 181
 CHANNELS = (128, 64, 64, 32, 16)
@@ -52,23 +55,27 @@ class Generator(nn.Module):
 
     @nn.compact
     def __call__(self, latent, train: bool = False):
-        conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)),
-                                 dtype=self.dtype, param_dtype=jnp.float32)
+        def conv(features, name, x):  # nn.Conv2d(c_in, features, 3, padding=1) and its init
+            return nn.Conv(features, (3, 3), padding=((1, 1), (1, 1)), kernel_init=torch_init.linear_kernel,
+                           bias_init=torch_init.linear_bias(x.shape[-1] * 9), dtype=self.dtype,
+                           param_dtype=jnp.float32, name=name)(x)
+
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  dtype=self.dtype, param_dtype=jnp.float32)
         s = self.init_size
-        x = nn.Dense(128 * s * s, dtype=self.dtype, param_dtype=jnp.float32, name="l1_0")(
-            latent.astype(self.dtype))
+        x = nn.Dense(128 * s * s, kernel_init=torch_init.linear_kernel,
+                     bias_init=torch_init.linear_bias(latent.shape[-1]), dtype=self.dtype,
+                     param_dtype=jnp.float32, name="l1_0")(latent.astype(self.dtype))
         x = x.reshape(x.shape[0], 128, s, s).transpose(0, 2, 3, 1)  # CHW view -> NHWC
         x = norm(epsilon=1e-5, name="conv_blocks_0")(x)
         idx = 1
         for ch in CHANNELS:
             x = upsample_bilinear_x2(x)
-            x = conv(ch, name=f"conv_blocks_{idx + 1}")(x)
+            x = conv(ch, f"conv_blocks_{idx + 1}", x)
             x = norm(epsilon=0.8, name=f"conv_blocks_{idx + 2}")(x)
             x = nn.leaky_relu(x, 0.2)
             idx += 4
-        x = conv(self.out_channels, name=f"conv_blocks_{idx}")(x)  # idx == 21
+        x = conv(self.out_channels, f"conv_blocks_{idx}", x)  # idx == 21
         return (jnp.tanh(x) * self.out_scale).astype(jnp.float32)
 
 

@@ -3,16 +3,19 @@
 ResNet-50 v1.5 features -> Dense 1024 -> ReLU -> Dense ``out_size`` with no final activation
 (DECA's E_flame and E_detail both use ``last_op=None``). Input is RGB in [0, 1] without any
 mean/std normalisation, exactly as DECA feeds it. Coarse encoder: ``out_size=236`` split by
-``decompose_code``; detail encoder: ``out_size=128``.
+``decompose_code``; detail encoder: ``out_size=128``. A fresh encoder starts as DECA's: an
+untrained torchvision ResNet-50 and nn.Linear's initialisation (`torch_init`).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdeca.models import torch_init
 from jaxdeca.models.resnet import ResNet50
 
 # DECA's param_dict order and sizes (cfg.model.n_shape, n_tex, n_exp, n_pose, n_cam, n_light).
@@ -34,9 +37,10 @@ class ResnetEncoder(nn.Module):
     def __call__(self, images, train: bool = False):
         features = ResNet50(caffe=False, dtype=self.dtype, width=self.width, blocks=tuple(self.blocks),
                             name="encoder")(images, train)
-        x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32, name="layers_0")(features)
-        x = nn.Dense(self.out_size, dtype=self.dtype, param_dtype=jnp.float32,
-                     name="layers_2")(nn.relu(x))
+        dense = functools.partial(nn.Dense, kernel_init=torch_init.linear_kernel, dtype=self.dtype,
+                                  param_dtype=jnp.float32)  # DECA's nn.Linear init
+        x = dense(self.hidden, bias_init=torch_init.linear_bias(features.shape[-1]), name="layers_0")(features)
+        x = dense(self.out_size, bias_init=torch_init.linear_bias(self.hidden), name="layers_2")(nn.relu(x))
         return x.astype(jnp.float32)
 
 

@@ -14,7 +14,8 @@ BatchNorm keeps running statistics in the ``batch_stats`` collection with moment
 (PyTorch's 0.1) and eps 1e-5. Params are float32; ``dtype`` sets the compute precision.
 Inference (``train=False``) matches PyTorch's eval mode exactly; in training the running
 variance is updated with the biased batch variance (Flax) where PyTorch uses the unbiased one,
-a factor n/(n-1) that is negligible at DECA's batch sizes.
+a factor n/(n-1) that is negligible at DECA's batch sizes. Fresh convolution kernels are drawn
+as torchvision's (N(0, 2 / fan_out), `torch_init`), the untrained network DECA's encoders copy.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from jaxdeca.models import torch_init
 
 STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))  # (planes, blocks, stride)
 
@@ -54,7 +57,8 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=torch_init.resnet_conv_kernel,
+                                 dtype=self.dtype, param_dtype=jnp.float32)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32)
         s1, s3 = (self.stride, 1) if self.caffe else (1, self.stride)
@@ -94,7 +98,8 @@ class ResNet50(nn.Module):
         x = images.astype(self.dtype)
         stem = max(int(round(64 * self.width)), 1)
         x = nn.Conv(stem, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    dtype=self.dtype, param_dtype=jnp.float32, name="conv1")(x)
+                    kernel_init=torch_init.resnet_conv_kernel, dtype=self.dtype, param_dtype=jnp.float32,
+                    name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                          dtype=self.dtype, param_dtype=jnp.float32, name="bn1")(x)
         x = max_pool_3x3_s2(nn.relu(x), ceil_mode=self.caffe)

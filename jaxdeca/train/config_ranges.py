@@ -32,7 +32,7 @@ _RANGES = (
     ("data", "scale_min", 0.0, False, "the training crop's least size over the landmark box"),
     ("data", "eval_scale", 0.0, False, "the held-out crops' size over the landmark box"),
     ("data", "trans_scale", 0.0, True, "the training crop's largest shift over the landmark box size"),
-    ("model", "init_cam_scale", 0.0, True, "0 or None: DECA's zero init"),
+    ("model", "init_cam_scale", 0.0, True, "0 or None: DECA's init (a scale near 0)"),
 )
 
 

@@ -139,9 +139,9 @@ def init_cam_scale(params, scale: float):
     """Sets the bias of the camera-scale output of a fresh coarse encoder to `scale`.
 
     Landmarks alone cannot tell a head from the same head rolled by pi and seen with a negative
-    orthographic scale (the projections coincide); from DECA's zero init the pretrain stage may
-    fall into that mirror solution, which the renders of later stages show from behind. A
-    positive initial scale keeps the encoder in the right basin. None / 0 = DECA's init.
+    orthographic scale (the projections coincide); from DECA's init (a scale near 0) the pretrain
+    stage may fall into that mirror solution, which the renders of later stages show from behind.
+    A positive initial scale keeps the encoder in the right basin. None / 0 = DECA's init.
     """
     start = sum(n for name, n in models.CODE_SIZES[:[k for k, _ in models.CODE_SIZES].index("cam")])
     bias = params["layers_2"]["bias"]

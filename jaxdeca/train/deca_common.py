@@ -7,8 +7,8 @@ Variables are keyed by network like a converted official model: params {'E_flame
 config.model: width (ResNet channel multiplier, 1.0 = DECA), blocks ((3, 4, 6, 3) = ResNet-50),
 hidden (MLP head, 1024), uv_size (displacement map, 256), dtype ('float32' or 'bfloat16' compute
 with float32 params), init_cam_scale (initial camera-scale output of a fresh coarse encoder;
-None = DECA's zero init, see deca_coarse.init_cam_scale), cam_scale ('raw' = DECA: the code's
-scale is used as it is; 'abs': its absolute value, see `camera_codes`).
+None = DECA's init (a scale near 0), see deca_coarse.init_cam_scale), cam_scale ('raw' = DECA:
+the code's scale is used as it is; 'abs': its absolute value, see `camera_codes`).
 """
 from __future__ import annotations
 
@@ -423,8 +423,9 @@ def with_imagenet_backbone(v: dict, path: str | None) -> dict:
     by the converted ImageNet weights at `path` (config.init.imagenet), running statistics
     included; the MLP head keeps its initial values. An option, not DECA's start: its
     resnet.load_ResNet50Model copies an untrained torchvision resnet50 (pretrained=False) into
-    E_flame and E_detail. v unchanged when path is None. Another network, or a config.model
-    width/blocks other than ResNet-50's, is one ConfigError naming the field."""
+    E_flame and E_detail, which the random init (`models.torch_init`) draws as. v unchanged
+    when path is None. Another network, or a config.model width/blocks other than ResNet-50's,
+    is one ConfigError naming the field."""
     if path is None:
         return v
     template = {"params": v["params"]["encoder"], "batch_stats": v["batch_stats"]["encoder"]}
