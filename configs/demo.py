@@ -56,8 +56,8 @@ def get_config(size: str = ""):
         # as configs/pretrain.py, but for its doubled reg_shape / reg_exp (DECA's duplicated batch)
         loss=dict(photo=0.0, id=0.0, use_seg=False, reg_tex=0.0, reg_light=0.0, shape_consistency=False)))
     # the photometric and consistency terms join at a lower rate; they still trade some landmark
-    # accuracy for the photometric fit (held-out landmark loss 0.042 after pretrain, 0.056 after
-    # coarse, measured; 0.044 with photo = 0): the demo prints both
+    # accuracy for the photometric fit (held-out landmark loss 0.041 after pretrain, 0.046 after
+    # coarse, measured; 0.041 with photo = 0): the demo prints both
     config.coarse = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150),
                                                    optim=dict(learning_rate=1e-4)))
     config.detail = ml_collections.ConfigDict(dict(train=dict(num_steps=150, eval_every=150, image_every=150)))
