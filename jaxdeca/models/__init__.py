@@ -5,6 +5,7 @@
 * ``VGG19Features`` (ID-MRF), ``vggface2_resnet50`` + ``vggface2_preprocess`` (identity loss)
 * ``ResNet50`` (both the torchvision v1.5 and the Caffe variants)
 * ``jit_init``: a network's ``init`` as one compiled program
+* ``torch_init``: PyTorch's initialisers, which fresh encoders and detail decoders draw from, as DECA's
 """
 
 from jaxdeca.models.decoders import DETAIL_LATENT_SIZE, Generator, detail_decoder, detail_latent
