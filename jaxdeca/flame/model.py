@@ -112,7 +112,7 @@ def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
 
 
 def yaw_degrees(rot):
-    """DECA's rot_mat_to_euler: atan2(-R[2,0], sqrt(R00^2 + R10^2)) in degrees. rot: [B,3,3]."""
+    """DECA's rot_mat_to_euler: atan2(-R[2,0], sqrt(R00^2 + R10^2)) in degrees. rot: [B,3,3] -> [B]."""
     sq = rot[:, 0, 0] ** 2 + rot[:, 1, 0] ** 2
     sy = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)  # a finite gradient at +-90 degrees too
     return jnp.degrees(jnp.arctan2(-rot[:, 2, 0], sy))

@@ -55,7 +55,8 @@ def uv_visibility_mask(uv_mask_gt, uv_normal_z, uv_face_eye_mask,
     uv_mask_gt: [B, S, S, 1] skin mask sampled into UV; uv_normal_z: [B, S, S, 1] z of the
     vertex normals of DECA's image-space vertices (y and z negated after the orthographic
     camera, so camera-facing surface has z < 0; a caller whose normals point +z towards the
-    camera passes -z); uv_face_eye_mask: [S, S], [S, S, 1] or [B, S, S, 1]. Detached.
+    camera passes -z); uv_face_eye_mask: [S, S], [S, S, 1] or [B, S, S, 1]. Returns [B, S, S, 1],
+    detached.
     """
     m = uv_face_eye_mask
     if m.ndim == 2:

@@ -45,8 +45,8 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 def resize_bilinear(x, size):
     """torch ``F.interpolate(mode='bilinear', align_corners=False)`` on NHWC arrays.
 
-    x: [B, H, W, C]; size: (out_h, out_w) -> [B, out_h, out_w, C] (float32 matmuls at
-    HIGHEST precision so TF32 on GPUs does not change the result).
+    x: [B, H, W, C]; size: (out_h, out_w) -> [B, out_h, out_w, C] in x's dtype (the matmuls at
+    HIGHEST precision in x's dtype, so TF32 on GPUs does not change a float32 result).
     """
     if x.ndim != 4:
         raise ValueError(f"resize_bilinear: expected [B, H, W, C], got shape {x.shape}")

@@ -113,7 +113,8 @@ def face_texture(uv_photo, uv_texture, uv_face_eye_mask):
 
 def shape_image(normal_images, trans_normal_images, mask):
     """DECA render_shape: grey 180/255 x mean directional shading of world normals, masked by
-    coverage and trans normal z < 0.15. normal_images: [B, H, W, 3] -> [B, H, W, 3]."""
+    coverage and trans normal z < 0.15. normal_images, trans_normal_images: [B, H, W, 3] (world and
+    image-space normals); mask: [B, H, W] coverage -> [B, H, W, 3]."""
     alpha = mask * (trans_normal_images[..., 2] < 0.15)
     return SHAPE_GREY * directional_shading(normal_images) * alpha[..., None]
 

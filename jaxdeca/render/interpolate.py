@@ -100,7 +100,8 @@ def face_normals(verts, faces):
 
 
 def unit_vectors(x):
-    """x / |x| over the last axis whatever its scale; 0, with a zero gradient, where x = 0."""
+    """x / |x| over the last axis whatever its scale; 0, with a zero gradient, where x = 0.
+    x: [..., D] -> [..., D]."""
     # divided by its largest component first (x / c has x's direction for any c > 0, so c is a
     # constant to the gradient): the squared sum is then in [1, 3] whatever x's scale, where
     # sum(x * x) of a float32 x under ~1e-19 underflows (the direction lost) and its rsqrt's

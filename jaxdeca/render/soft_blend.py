@@ -298,7 +298,7 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
       to [B, H, W, C] (differentiable).
     cull_backfaces, window, slots, batch_size: as `rasterize` (window sets the soft window's
       base; results do not depend on window, slots or batch_size).
-    Returns [B, H, W, C] in attr's dtype promoted to float32 at least.
+    Returns [B, H, W, C] in the dtype verts_img's and attr's promote to, float32 at least.
     """
     sigma, gamma, eps = (static_number(k, x) for k, x in (("sigma", sigma), ("gamma", gamma), ("eps", eps)))
     if not (sharpness_ok(sigma) and sharpness_ok(gamma)):

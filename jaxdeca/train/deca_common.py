@@ -89,7 +89,7 @@ def camera_codes(codes: dict, model: dict) -> dict:
     under a negative orthographic scale (the projections coincide), and a landmark-only
     pretrain from scratch often lands in that mirror, which every render then shows from
     behind; with |scale| the mirror no longer fits the landmarks. Identical to 'raw' for any
-    trained DECA model (its scales are positive)."""
+    trained DECA model (its scales are positive). codes['cam']: [B, 3] (scale, tx, ty)."""
     mode = model.get("cam_scale", "raw") or "raw"
     if mode == "raw":
         return codes
