@@ -73,15 +73,27 @@ _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture
-def run_on_four_devices(four_device_flags):
-    """`run(code, timeout=300)`: runs Python source `code` in a subprocess with four host CPU
-    devices (this session's XLA flags; the repository and tests/ importable) and asserts that
-    it exits 0 and prints OK, showing the end of its stderr otherwise."""
-    def run(code, timeout=300):
+def run_python():
+    """`run(code, xla_flags, timeout=300) -> subprocess.CompletedProcess`: runs Python source
+    `code` in a CPU subprocess with XLA_FLAGS=xla_flags (the repository and tests/ importable)
+    and asserts that it exits 0, showing the end of its stderr otherwise."""
+    def run(code, xla_flags, timeout=300):
         path = [_TESTS, os.path.dirname(_TESTS)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env = dict(os.environ, XLA_FLAGS=four_device_flags, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
+        env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
-        assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out
+    return run
+
+
+@pytest.fixture
+def run_on_four_devices(four_device_flags, run_python):
+    """`run(code, timeout=300)`: runs Python source `code` in a subprocess with four host CPU
+    devices (this session's XLA flags; `run_python`) and asserts that it exits 0 and prints OK,
+    showing the end of its stderr otherwise."""
+    def run(code, timeout=300):
+        out = run_python(code, four_device_flags, timeout)
+        assert "OK" in out.stdout, out.stderr[-3000:]
     return run
 
 

@@ -73,7 +73,7 @@ def train_step_gradient_errors() -> dict:
             for (k, g), r in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(ref))}
 
 
-def test_train_steps_give_the_batchnorm_networks_gradients_float64_gives():
+def test_train_steps_give_the_batchnorm_networks_gradients_float64_gives(run_python):
     """The demo trunk's training step (`train_step_gradient_errors`), compiled as the package
     compiles it for its users, is the float64 gradient to 1e-3 relative in every leaf. With XLA's
     own reduction loops, which the other programs use on CPU (xla_options), its leaves were 0.4%
@@ -85,16 +85,8 @@ def test_train_steps_give_the_batchnorm_networks_gradients_float64_gives():
     at the median and 2% at the worst (with YNNPACK's convolutions too, XLA's own default, 3e-6
     and 5e-5)."""
     import json
-    import os
-    import pathlib
-    import subprocess
-    import sys
-    tests = pathlib.Path(__file__).parent
-    path = [str(tests), str(tests.parent)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
     code = "import json, test_xla_options as t; print(json.dumps(t.train_step_gradient_errors()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_python(code, "", timeout=600)
     errors = json.loads(out.stdout.strip().splitlines()[-1])
     assert max(errors.values()) < 1e-3, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
