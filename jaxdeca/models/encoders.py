@@ -40,7 +40,7 @@ class ResnetEncoder(nn.Module):
         dense = functools.partial(nn.Dense, kernel_init=torch_init.linear_kernel, dtype=self.dtype,
                                   param_dtype=jnp.float32)  # DECA's nn.Linear init
         x = dense(self.hidden, bias_init=torch_init.linear_bias(features.shape[-1]), name="layers_0")(features)
-        x = dense(self.out_size, bias_init=torch_init.linear_bias(self.hidden), name="layers_2")(nn.relu(x))
+        x = dense(self.out_size, bias_init=torch_init.linear_bias(x.shape[-1]), name="layers_2")(nn.relu(x))
         return x.astype(jnp.float32)
 
 
