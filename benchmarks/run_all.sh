@@ -8,6 +8,10 @@
 #                                          # (an unknown name: exit 2 before anything runs)
 #   SMOKE=1 benchmarks/run_all.sh OUT      # tiny sizes: checks that every run starts and prints
 #   PYTHON=python3 benchmarks/run_all.sh   # interpreter (default: .venv/bin/python, else python3)
+#   WHEELS=DIR benchmarks/run_all.sh OUT   # first installs DIR's wheels (benchmarks/offline_wheels.sh:
+#                                          # a machine with no PyPI) into a temporary folder on
+#                                          # PYTHONPATH, without their dependencies (relative
+#                                          # OUT and DIR are taken from the repository root)
 #
 # Runs, in this order (name: what, time limit in s; all limits together 540 s, inside a
 # 10-minute command):
@@ -22,7 +26,9 @@
 # by hand. Needs jaxdeca's dependencies; render.py's peers (DEODR, CPU only; jaxrenderer, a JAX
 # renderer that runs on the accelerator too) are looked for as its docstring says and skipped
 # with a note when absent. jaxrenderer 0.4.0 needs Python >= 3.12 and jax >= 0.11.2: an
-# interpreter that has those and its wheel on its path, named by JAXRENDERER_PYTHON.
+# interpreter that has those and its wheel on its path, named by JAXRENDERER_PYTHON. With WHEELS
+# (offline_wheels.sh includes both peers), render.py finds them in PYTHON itself when neither
+# variable is set and its default /tmp venvs are absent.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -64,9 +70,29 @@ for w in ${wanted[@]+"${wanted[@]}"}; do
   fi
 done
 
+installed=""
+if [ -n "${WHEELS:-}" ]; then
+  whl=()
+  for w in "$WHEELS"/*.whl; do [ -f "$w" ] && whl+=("$w"); done
+  if [ "${#whl[@]}" -eq 0 ]; then
+    echo "[run_all] WHEELS=$WHEELS holds no .whl files (benchmarks/offline_wheels.sh DIR downloads them)" >&2
+    exit 2
+  fi
+  site="$(mktemp -d)"
+  trap 'rm -rf "$site"' EXIT
+  if ! "$py" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --target "$site" "${whl[@]}"; then
+    echo "[run_all] $py -m pip could not install the wheels in $WHEELS (above); nothing ran" >&2
+    exit 2
+  fi
+  export PYTHONPATH="$site:$PYTHONPATH"
+  names=("${whl[@]##*/}")
+  installed="wheels from $WHEELS: ${names[*]}"
+fi
+
 mkdir -p "$out"
 summary="$out/summary.txt"
 { echo "# benchmarks/run_all.sh $(date -u +%FT%TZ) ${SMOKE:+(SMOKE) }python: $py"
+  [ -z "$installed" ] || echo "$installed"
   "$py" -c "import jax; print('jax', jax.__version__, jax.devices())" 2>&1 | tail -1
 } > "$summary"
 status=0

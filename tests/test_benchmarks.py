@@ -36,6 +36,84 @@ def test_an_unknown_run_name_is_an_error_not_an_empty_success(tmp_path):
     assert not (tmp_path / "out" / "render.log").exists()  # nothing ran
 
 
+def _probe_wheel(folder):
+    """A minimal pure-Python wheel, probe_pkg 0.1 (VALUE = 41), written into folder by hand."""
+    import zipfile
+    folder.mkdir(exist_ok=True)
+    path = folder / "probe_pkg-0.1-py3-none-any.whl"
+    info = "probe_pkg-0.1.dist-info"
+    files = {"probe_pkg/__init__.py": "VALUE = 41\n",
+             f"{info}/METADATA": "Metadata-Version: 2.1\nName: probe_pkg\nVersion: 0.1\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+def _wheels_run_all(tmp_path, wheels, pip_fails=False):
+    """run_all.sh (SMOKE, RUNS=texture) with WHEELS=wheels and a stand-in interpreter: `-m pip` goes
+    to this interpreter's real pip (offline) unless pip_fails; a benchmark script imports probe_pkg
+    from the runs' PYTHONPATH and prints it with the folder it came from."""
+    import sys
+    py = tmp_path / "py"
+    pip = "exit 1" if pip_fails else f'exec "{sys.executable}" "$@"'
+    py.write_text(f'#!/usr/bin/env bash\ncase "$*" in\n  -c*) echo "jax stand-in";;\n  "-m pip"*) {pip};;\n'
+                  f'  *) exec "{sys.executable}" -c "import probe_pkg, os; '
+                  f'print(\'probe\', probe_pkg.VALUE, os.path.dirname(os.path.dirname(probe_pkg.__file__)))";;\nesac\n')
+    py.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(py), SMOKE="1", WHEELS=str(wheels))
+    return subprocess.run(["bash", RUN_ALL, str(tmp_path / "out"), "texture"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_wheels_are_installed_without_network_onto_the_runs_path(tmp_path):
+    """WHEELS=DIR (benchmarks/offline_wheels.sh, for a machine that cannot reach PyPI): its wheels
+    are installed by pip with --no-index --no-deps into a temporary folder, which every run finds
+    first on its PYTHONPATH; the summary names the wheels, and the folder is removed at the end."""
+    wheel = _probe_wheel(tmp_path / "wheels")
+    r = _wheels_run_all(tmp_path, wheel.parent)
+    assert r.returncode == 0, r.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert f"wheels from {wheel.parent}: {wheel.name}" in summary
+    log = (tmp_path / "out" / "texture.log").read_text().split()
+    assert log[:2] == ["probe", "41"], log
+    assert not os.path.exists(log[2])  # the temporary site folder
+
+
+def test_offline_wheels_asks_pip_for_binary_wheels_of_the_target_python(tmp_path):
+    """benchmarks/offline_wheels.sh DIR 3.13 asks pip (here a stand-in that records its arguments)
+    for binary wheels, without dependencies, for CPython 3.13, of the pinned packages, into DIR."""
+    py = tmp_path / "py"
+    py.write_text(f'#!/usr/bin/env bash\necho "$@" > "{tmp_path}/args"\n')
+    py.chmod(0o755)
+    r = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "offline_wheels.sh"), str(tmp_path / "w"), "3.13"],
+                       env=dict(os.environ, PYTHON=str(py)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    args = (tmp_path / "args").read_text().split()
+    assert args[:3] == ["-m", "pip", "download"] and args[args.index("-d") + 1] == str(tmp_path / "w")
+    for flag in ("--no-deps", "--only-binary=:all:", "--implementation", "cp", "manylinux2014_x86_64"):
+        assert flag in args, args
+    assert args[args.index("--python-version") + 1] == "3.13"
+    assert {"ml-collections==1.1.0", "jaxrenderer==0.4.0", "deodr==0.2.3", "trimesh==5.2.0"} <= set(args)
+
+
+@pytest.mark.parametrize("case", ["empty", "pip fails"])
+def test_wheels_that_cannot_be_installed_stop_before_any_run(tmp_path, case):
+    """WHEELS naming a folder without wheels, or wheels pip cannot install, is one error line (exit 2)
+    before any benchmark runs, not runs that each fail on a missing import."""
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    if case == "pip fails":
+        _probe_wheel(folder)
+    r = _wheels_run_all(tmp_path, folder, pip_fails=case == "pip fails")
+    assert r.returncode == 2, r.stderr
+    message = "holds no .whl files" if case == "empty" else "could not install the wheels"
+    assert message in r.stderr and str(folder) in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
 def _bench_render(monkeypatch):
     import importlib.util
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))  # render.py imports timing from there
