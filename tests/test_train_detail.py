@@ -79,16 +79,23 @@ class _FixedBatch:
 
 
 def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
+    """On one fixed batch the detail networks lower the detail loss below that of their initial
+    values (the first step's loss). Only ~2% of it is theirs to lower: the rest is the photometric
+    error of the frozen, barely trained coarse stage's albedo and light. At lr 3e-3 the 40 steps
+    fall about steadily, to 0.984 x the first loss with jax 0.10.2 (0.3191 -> 0.3140) and 0.984
+    with 0.11.2 (0.4415 -> 0.4344). The test used to run 12 steps at lr 1e-2 and compare them with
+    its first 3: those overshoot (0.319 -> 0.359 by step 5, back to 0.321 by step 12), and it passed
+    at 0.9695 against its 0.97 with 0.10.2 and failed with 0.11.2 (1.017)."""
     config = detail_config(coarse_dir)
-    config.train.update(dict(num_steps=12, eval_every=12))
-    config.optim.learning_rate = 1e-2
+    config.train.update(dict(num_steps=40, eval_every=40))
+    config.optim.learning_rate = 3e-3
     config.loss.detail_consistency = False  # a fixed objective: no random code swaps between steps
     task = run.make_task(config)
     fixed = task.make_loader(4, 0, 1).next()
     task.make_loader = lambda *a: _FixedBatch(fixed)
     out = loop.train(config, str(tmp_path / "detail"), task)
     losses = np.array([l for _, l in out["losses"]])
-    assert np.all(np.isfinite(losses)) and losses[-3:].mean() < 0.97 * losses[:3].mean()
+    assert np.all(np.isfinite(losses)) and losses[-3:].mean() < 0.99 * losses[0], losses
     st = out["state"]
     assert set(st.params) == {"E_detail", "D_detail"} and "E_flame" not in st.params
     coarse = export.inference_variables(str(coarse_dir / "coarse"))["E_flame"]
