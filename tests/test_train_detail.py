@@ -85,7 +85,12 @@ def test_detail_learns_with_frozen_coarse(coarse_dir, tmp_path):
     fall about steadily, to 0.984 x the first loss with jax 0.10.2 (0.3191 -> 0.3140) and 0.984
     with 0.11.2 (0.4415 -> 0.4344). The test used to run 12 steps at lr 1e-2 and compare them with
     its first 3: those overshoot (0.319 -> 0.359 by step 5, back to 0.321 by step 12), and it passed
-    at 0.9695 against its 0.97 with 0.10.2 and failed with 0.11.2 (1.017)."""
+    at 0.9695 against its 0.97 with 0.10.2 and failed with 0.11.2 (1.017).
+    Still fragile: it holds for the suite's build (conftest's XLA_FLAGS). With XLA's default
+    optimisation (--xla_backend_optimization_level=3 --xla_cpu_use_fusion_emitters=true) the tiny
+    demo's coarse stage comes out otherwise, and the detail networks start at a loss (0.1950) that
+    none of the 40 steps goes below; the old form passed there at 0.9699. A coarse stage that
+    leaves the detail networks more to learn is the fix (not done)."""
     config = detail_config(coarse_dir)
     config.train.update(dict(num_steps=40, eval_every=40))
     config.optim.learning_rate = 3e-3
