@@ -11,14 +11,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_ALL = os.path.join(ROOT, "benchmarks", "run_all.sh")
 
 
-def _run_all(tmp_path, *args):
+def _run_all(tmp_path, *args, cases='  *render.py*) echo "render failed" >&2; exit 3;;\n  *) echo "figures of $1";;\n',
+             timeout=60, **env):
+    """run_all.sh (SMOKE) into tmp_path/out with a stand-in interpreter (PYTHON=): `-c` (the jax
+    version line) prints a stand-in, the rest is `cases`, bash case arms on its arguments (by
+    default render.py fails with exit 3 and every other script prints a line); env: more variables."""
     py = tmp_path / "py"
-    py.write_text('#!/usr/bin/env bash\ncase "$*" in\n  -c*) echo "jax stand-in";;\n'
-                  '  *render.py*) echo "render failed" >&2; exit 3;;\n  *) echo "figures of $1";;\nesac\n')
+    py.write_text('#!/usr/bin/env bash\ncase "$*" in\n  -c*) echo "jax stand-in";;\n' + cases + 'esac\n')
     py.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(py), SMOKE="1")
+    env = dict(os.environ, PYTHON=str(py), SMOKE="1", **env)
     return subprocess.run(["bash", RUN_ALL, str(tmp_path / "out"), *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=timeout)
 
 
 def test_a_failing_run_is_reported_and_the_next_runs(tmp_path):
@@ -57,15 +60,10 @@ def _wheels_run_all(tmp_path, wheels, pip_fails=False):
     to this interpreter's real pip (offline) unless pip_fails; a benchmark script imports probe_pkg
     from the runs' PYTHONPATH and prints it with the folder it came from."""
     import sys
-    py = tmp_path / "py"
     pip = "exit 1" if pip_fails else f'exec "{sys.executable}" "$@"'
-    py.write_text(f'#!/usr/bin/env bash\ncase "$*" in\n  -c*) echo "jax stand-in";;\n  "-m pip"*) {pip};;\n'
-                  f'  *) exec "{sys.executable}" -c "import probe_pkg, os; '
-                  f'print(\'probe\', probe_pkg.VALUE, os.path.dirname(os.path.dirname(probe_pkg.__file__)))";;\nesac\n')
-    py.chmod(0o755)
-    env = dict(os.environ, PYTHON=str(py), SMOKE="1", WHEELS=str(wheels))
-    return subprocess.run(["bash", RUN_ALL, str(tmp_path / "out"), "texture"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    cases = (f'  "-m pip"*) {pip};;\n  *) exec "{sys.executable}" -c "import probe_pkg, os; '
+             f'print(\'probe\', probe_pkg.VALUE, os.path.dirname(os.path.dirname(probe_pkg.__file__)))";;\n')
+    return _run_all(tmp_path, "texture", cases=cases, timeout=120, WHEELS=str(wheels))
 
 
 def test_wheels_are_installed_without_network_onto_the_runs_path(tmp_path):
