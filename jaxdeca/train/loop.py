@@ -324,7 +324,8 @@ def _train(config, workdir: str, task) -> dict[str, Any]:
         loader.restore(extra["loader"])
         eval_history = [(int(st), dict(ev)) for st, ev in extra.get("eval_history", []) if int(st) <= start]
         logging.info("resumed from step %d in %s", start, ckpt_dir)
-    loss_sums = _LossSums((extra or {}).get("log_sums"), (extra or {}).get("log_count", 0))
+    saved = extra or {}  # a fresh start has no saved log sums
+    loss_sums = _LossSums(saved.get("log_sums"), saved.get("log_count", 0))
 
     train_step = steps.make_train_step(task.loss_fn, optimizer, mesh)
     eval_step = steps.make_eval_step(task.eval_fn, mesh)
