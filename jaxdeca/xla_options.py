@@ -118,6 +118,9 @@ class _TopLevelOptions:
 # and 41 px 3-7 pixels take another face): the optimised build contracts a * b - c * d into fused
 # multiply-adds (barycentrics an ulp off), -O0 does not. Both options are set whatever XLA_FLAGS say, so the result does
 # not depend on them (the test suite runs with -O0 and the emitters off, which rounds differently).
+# "Op by op" means eager operations compiled as the test suite compiles them (-O0): under XLA's
+# default flags (-O3, emitters on) a few of the eager UV rasterization's barycentrics differ from
+# this program's in the last bits, so test_render_deca's op-by-op comparison holds in the suite only.
 _SETUP_CPU_OPTIONS = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": True}
 
 
