@@ -225,3 +225,27 @@ def test_deca_part_with_wrong_shape_or_foreign_keys_names_them_in_the_files_layo
     assert len(msg) < 1500, len(msg)
     assert "unconsumed keys: module.encoder.bn1.bias, " in msg and " more" in msg
     assert "missing: batch_stats/encoder/bn1/mean, " in msg
+
+
+def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tmp_path):
+    """torch_refs.save_deca_tar built the file's 'opt' entry with a torch.optim.Adam, whose
+    constructor imports torch._dynamo and with it triton. In a pytest worker that had loaded
+    TensorFlow (the tfds tests) that import segfaulted and took the worker down, wherever pip
+    installs PyPI's torch for Linux, which ships triton (python3.12 here: 2 workers lost). Run in
+    a fresh interpreter so that no other test's imports count."""
+    import os
+    import textwrap
+    code = textwrap.dedent(f"""
+        import sys
+        import torch
+        import torch_refs
+        layer = torch.nn.Linear(2, 2)
+        torch_refs.save_deca_tar({str(tmp_path / "deca_model.tar")!r}, layer, layer, layer)
+        late = sorted(m for m in ("torch._dynamo", "triton") if m in sys.modules)
+        assert not late, late
+        assert sorted(torch.load({str(tmp_path / "deca_model.tar")!r}, weights_only=True)["opt"]) == [
+            "param_groups", "state"]
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

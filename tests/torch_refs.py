@@ -185,10 +185,17 @@ def randomize(module, seed=0):
 
 def save_deca_tar(path, e_flame, e_detail, d_detail):
     """Write a file in the official deca_model.tar layout (DECA's decalib/trainer.py: the three
-    state dicts plus 'opt', 'global_step' and 'batch_size')."""
-    opt = torch.optim.Adam(list(e_detail.parameters())[:2], lr=1e-4)
+    state dicts plus 'opt', 'global_step' and 'batch_size').
+
+    'opt' is the state_dict of a fresh torch.optim.Adam over two parameters as DECA's torch wrote
+    it, written out: constructing a torch optimizer imports torch._dynamo and with it triton,
+    which segfaults in a process that has loaded TensorFlow (tfds tests run before in the same
+    worker) wherever pip installed PyPI's torch build for Linux, which ships triton (torch
+    2.13.0, triton 3.7.1, tensorflow-cpu 2.21.0; not the +cpu wheel, which has no triton)."""
+    opt = {"state": {}, "param_groups": [dict(lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False,
+                                              params=[0, 1])]}
     torch.save({"E_flame": e_flame.state_dict(), "E_detail": e_detail.state_dict(),
-                "D_detail": d_detail.state_dict(), "opt": opt.state_dict(),
+                "D_detail": d_detail.state_dict(), "opt": opt,
                 "global_step": 123, "batch_size": 2}, path)
 
 
