@@ -1,8 +1,10 @@
 """Bad weight files give one clear ConversionError naming the file and the problem."""
 
+import os
 import pickle
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -233,8 +235,6 @@ def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tm
     TensorFlow (the tfds tests) that import segfaulted and took the worker down, wherever pip
     installs PyPI's torch for Linux, which ships triton (python3.12 here: 2 workers lost). Run in
     a fresh interpreter so that no other test's imports count."""
-    import os
-    import textwrap
     code = textwrap.dedent(f"""
         import sys
         import torch
@@ -246,6 +246,7 @@ def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tm
         assert sorted(torch.load({str(tmp_path / "deca_model.tar")!r}, weights_only=True)["opt"]) == [
             "param_groups", "state"]
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    path = [os.path.dirname(os.path.abspath(__file__))] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
