@@ -229,12 +229,12 @@ def test_deca_part_with_wrong_shape_or_foreign_keys_names_them_in_the_files_layo
     assert "missing: batch_stats/encoder/bn1/mean, " in msg
 
 
-def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tmp_path):
+def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tmp_path, run_python):
     """torch_refs.save_deca_tar built the file's 'opt' entry with a torch.optim.Adam, whose
     constructor imports torch._dynamo and with it triton. In a pytest worker that had loaded
     TensorFlow (the tfds tests) that import segfaulted and took the worker down, wherever pip
     installs PyPI's torch for Linux, which ships triton (python3.12 here: 2 workers lost). Run in
-    a fresh interpreter so that no other test's imports count."""
+    a fresh interpreter (conftest's run_python) so that no other test's imports count."""
     code = textwrap.dedent(f"""
         import sys
         import torch
@@ -246,7 +246,4 @@ def test_writing_an_official_deca_tar_imports_neither_torch_dynamo_nor_triton(tm
         assert sorted(torch.load({str(tmp_path / "deca_model.tar")!r}, weights_only=True)["opt"]) == [
             "param_groups", "state"]
     """)
-    path = [os.path.dirname(os.path.abspath(__file__))] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_python(code, os.environ.get("XLA_FLAGS", ""))
