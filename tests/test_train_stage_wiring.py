@@ -131,6 +131,36 @@ def test_detail_eval_uv_photo_l1_is_the_mean_abs_error_per_channel_over_visible_
     np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
+def test_coarse_eval_photo_l1_is_the_mean_abs_error_per_channel_over_skin_coverage_and_face():
+    """The coarse stage's eval_fn adds photo_l1 = the mean absolute error of each colour channel of
+    the albedo x SH render against the photo over skin mask x hard coverage x UV face-eye mask;
+    the pretrain stage (no albedo or light to fit) reports landmarks only."""
+    config = test_coarse.get_config("coarse")
+    task = deca_coarse.CoarseTask(config)
+    ef = task.init_net("E_flame", jax.random.key(0))  # small codes around the demo's camera scale: head in view
+    ep = dict(ef["params"], layers_2=dict(ef["params"]["layers_2"], kernel=ef["params"]["layers_2"]["kernel"] * 0.1))
+    params, stats = {"E_flame": deca_coarse.init_cam_scale(ep, 8.0)}, {"E_flame": ef["batch_stats"]}
+    batch = task.make_loader(4, 0, 1).next()
+    batch = {name: jnp.asarray(batch[name]) for name in ("image", "mask", "landmarks")}
+
+    @jax.jit
+    def run(params, stats, batch):
+        ev = task.eval_fn(params, stats, {}, batch)
+        codes, _ = task._encode(params, stats, batch["image"], False)
+        out, _, trans = task.decode_flame(codes)
+        r = task.render(out, trans, task.albedo(codes), codes["light"])
+        return ev, r["images"], r["mask"], task.face_eye_mask_images(r["grid"])
+    ev, rendered, cover, face = jax.tree.map(lambda x: np.asarray(x, np.float64), run(params, stats, batch))
+    m = np.asarray(batch["mask"], np.float64)[..., 0] * cover * face[..., 0]
+    assert set(np.unique(cover)) <= {0.0, 1.0} and m.sum() > 10
+    diff = np.abs(rendered - np.asarray(batch["image"], np.float64))
+    want = np.mean([np.sum(m * diff[..., c]) / np.sum(m) for c in range(3)])
+    assert want > 1e-3
+    np.testing.assert_allclose(ev["photo_l1"], want, rtol=1e-4)
+    pretrain = deca_coarse.CoarseTask(test_coarse.get_config("pretrain"))
+    assert set(jax.eval_shape(pretrain.eval_fn, params, stats, {}, batch)) == {"landmark_l1", "landmark_loss"}
+
+
 def test_pretrain_stage_has_no_identity_term_whatever_loss_id_says(monkeypatch):
     """DECA's pretrain has no identity loss: a pretrain stage given --config.loss.id=0.2 keeps its
     id weight at 0, so it neither loads nor needs the VGGFace2 network (config.weights.vggface2

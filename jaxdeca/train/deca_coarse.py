@@ -25,7 +25,7 @@ from jaxdeca.losses import coarse_losses, shape_consistency, tile_batch, weighte
 from jaxdeca.losses.defaults import as_weights
 from jaxdeca.train import data as data_lib
 from jaxdeca.train import deca_common, paths
-from jaxdeca.train.deca_common import composite, draw_points
+from jaxdeca.train.deca_common import composite, draw_points, masked_l1
 
 
 class CoarseTask(deca_common.DecaParts):
@@ -110,11 +110,19 @@ class CoarseTask(deca_common.DecaParts):
 
     def eval_fn(self, params, batch_stats, frozen, batch):
         """Landmark error on held-out faces (eval-mode BN), [-1, 1] image space:
-        landmark_l1 = mean |pred - gt| over x and y; landmark_loss = DECA's weighted landmark term."""
+        landmark_l1 = mean |pred - gt| over x and y; landmark_loss = DECA's weighted landmark term.
+        The coarse stage (which fits albedo and light) adds photo_l1, the mean absolute error of
+        each colour channel of the albedo x SH render against the photo, over skin mask x hard
+        coverage x UV face-eye mask (the photometric loss's pixels with DECA's default use_seg)."""
         codes, _ = self._encode(params, batch_stats, batch["image"], False)
-        _, lmk, _ = self.decode_flame(codes)
-        return {"landmark_l1": jnp.mean(jnp.abs(lmk - batch["landmarks"][..., :2])),
-                "landmark_loss": weighted_landmark_loss(lmk, batch["landmarks"])}
+        out, lmk, trans = self.decode_flame(codes)
+        metrics = {"landmark_l1": jnp.mean(jnp.abs(lmk - batch["landmarks"][..., :2])),
+                   "landmark_loss": weighted_landmark_loss(lmk, batch["landmarks"])}
+        if self.stage == "coarse":
+            r = self.render(out, trans, self.albedo(codes), codes["light"])
+            mask = batch["mask"] * r["mask"][..., None] * self.face_eye_mask_images(r["grid"])
+            metrics["photo_l1"] = masked_l1(r["images"], batch["image"], mask)
+        return metrics
 
     # --- data ------------------------------------------------------------------------------------
     def make_loader(self, local_bs, process_index, process_count):
@@ -146,3 +154,4 @@ def init_cam_scale(params, scale: float):
     start = sum(n for name, n in models.CODE_SIZES[:[k for k, _ in models.CODE_SIZES].index("cam")])
     bias = params["layers_2"]["bias"]
     return dict(params, layers_2=dict(params["layers_2"], bias=bias.at[start].set(scale)))
+

@@ -451,6 +451,13 @@ def composite(render_images, mask, images):
     return render_images * a + images * (1 - a)
 
 
+def masked_l1(pred, target, mask):
+    """Mean absolute error of each colour channel over the masked pixels (the stages' held-out
+    photometric metrics): sum(mask * |pred - target|) / (3 * sum(mask)), 0 for an empty mask.
+    pred, target: [B, H, W, 3]; mask: [B, H, W, 1], weights in [0, 1]."""
+    return jnp.sum(jnp.abs(pred - target) * mask) / jnp.maximum(3 * jnp.sum(mask), 1.0)
+
+
 def checked_like(template: dict, loaded: dict, where: str, hint: str | None = None) -> dict:
     """`loaded` variables cast onto `template`'s structure; a missing, unexpected or misshapen
     variable is one clear ConfigError (a deeper network's checkpoint holds every variable of a

@@ -27,7 +27,7 @@ from jaxdeca.losses.defaults import as_weights
 from jaxdeca.losses.detail import uv_visibility_mask
 from jaxdeca.train import data as data_lib
 from jaxdeca.train import deca_common, paths
-from jaxdeca.train.deca_common import composite, draw_points
+from jaxdeca.train.deca_common import composite, draw_points, masked_l1
 
 
 COARSE_WHY = "the workdir of the trained coarse stage (its encoder is frozen here)"
@@ -130,9 +130,9 @@ class DetailTask(deca_common.DecaParts):
         detailed texture on visible skin, mean |displacement|."""
         f, _ = self.forward(params, batch_stats, frozen, batch, None, False)
         r, vis = f["render"], f["uv_vis_mask"]
-        photo = jnp.sum(jnp.abs(r["uv_texture"] - f["uv_texture_gt"]) * vis) / jnp.maximum(3 * jnp.sum(vis), 1.0)
         return {"landmark_l1": jnp.mean(jnp.abs(f["lmk"] - batch["landmarks"][..., :2])),
-                "uv_photo_l1": photo, "displacement_abs": jnp.mean(jnp.abs(f["uv_z"]))}
+                "uv_photo_l1": masked_l1(r["uv_texture"], f["uv_texture_gt"], vis),
+                "displacement_abs": jnp.mean(jnp.abs(f["uv_z"]))}
 
     # --- data ------------------------------------------------------------------------------------
     def make_loader(self, local_bs, process_index, process_count):
