@@ -605,7 +605,7 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
     every["config"]["loss"] = dict(demo_config.get_config("tiny").stage_defaults.loss.to_dict(), photo_D=7.0)
     every["config"]["weights"] = {"vggface2": None, "vgg19": "/vgg19"}
     assert check(base, rec=every) is True
-    for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.0001 -> 0.01"),
+    for fields, named in [({"coarse__optim__learning_rate": 1e-2}, "optim.learning_rate 0.001 -> 0.01"),
                           ({"stage_defaults__loss__photo": 0.0}, "loss.photo 2.0 -> 0.0"),
                           ({"seed": 5}, "seed 0 -> 5"),
                           ({"stage_defaults__model__hidden": 32}, "model.hidden 64 -> 32"),
@@ -615,8 +615,11 @@ def test_a_finished_stage_is_skipped_only_with_its_config_and_its_starting_stage
                            r"with another config \(.*" + re.escape(named) + r".*remove .*w/coarse, or use another "
                            r"--workdir$"):
             check(changed(**fields))
-    assert check(changed(coarse__train__num_steps=5)) is False  # a larger num_steps goes on from the checkpoint
-    # not for the pretrain's cosine schedule: the loop would refuse it after the stage's start was printed
+    # with a constant learning rate (the detail stage's) a larger num_steps goes on from the checkpoint
+    constant = dict(record, config=demo.recorded_config(changed(coarse__optim__schedule="constant"), "coarse", w))
+    assert check(changed(coarse__optim__schedule="constant", coarse__train__num_steps=5), rec=constant) is False
+    # not for a cosine schedule (the pretrain's and the coarse stage's): the loop would refuse it
+    # after the stage's start was printed
     pre_record = {"num_steps": 120, "eval_history": [], "config": demo.recorded_config(base, "pretrain", w)}
     assert pre_record["config"]["optim"]["schedule"] == "cosine"
     assert demo.check_finished(w, "pretrain", pre_record, demo.recorded_config(base, "pretrain", w), None, False)
@@ -717,7 +720,7 @@ def test_demo_rerun_refuses_a_finished_stage_trained_otherwise(demo_run, tmp_pat
     config.stages = ("pretrain", "coarse")
     config.coarse.optim.learning_rate = 1e-2
     with pytest.raises(paths.ConfigError, match=r"stage coarse in .* is finished but it was trained with another "
-                       r"config \(optim.learning_rate 0.0001 -> 0.01; .*remove .*coarse and the stages after it"):
+                       r"config \(optim.learning_rate 0.001 -> 0.01; .*remove .*coarse and the stages after it"):
         jmain.run_mode(config, str(demo_run.path))
     assert "[demo] stage pretrain already finished with this config" in capsys.readouterr().out
     w = tmp_path / "moved"

@@ -416,8 +416,8 @@ def landmark_change(hist: dict, workdir: str):
 
 def stage_landmark_losses(hist: dict, workdir: str) -> dict:
     """{stage: its last held-out landmark loss} of the landmark stages that hold one. The coarse
-    stage's photometric term trades some landmark accuracy for the photometric fit (configs/demo.py),
-    so the pretrain's figure is reported beside the final one."""
+    stage's photometric term can trade some landmark accuracy for the photometric fit
+    (configs/demo.py), so the pretrain's figure is reported beside the final one."""
     return {stage: h[-1] for stage, h in _landmark_histories(hist, workdir).items()}
 
 
