@@ -1,7 +1,7 @@
 """How the DECA stage tasks wire their parts together, checked on the test-sized configs with
 random networks (no trained checkpoint): the detail stage's frozen coarse encoder in eval mode,
-the consistency swap's identity groups, the detail eval metric, the pretrain stage's lack of an
-identity term. Shapes alone are traced (jax.eval_shape) where a call's arguments are what counts."""
+the consistency swap's identity groups, the detail and coarse eval metrics, the pretrain stage's
+lack of an identity term. Shapes alone are traced (jax.eval_shape) where a call's arguments are what counts."""
 import jax
 import jax.numpy as jnp
 import numpy as np
