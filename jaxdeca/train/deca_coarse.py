@@ -154,4 +154,3 @@ def init_cam_scale(params, scale: float):
     start = sum(n for name, n in models.CODE_SIZES[:[k for k, _ in models.CODE_SIZES].index("cam")])
     bias = params["layers_2"]["bias"]
     return dict(params, layers_2=dict(params["layers_2"], bias=bias.at[start].set(scale)))
-
