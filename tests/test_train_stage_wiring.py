@@ -105,18 +105,27 @@ def test_consistency_swap_permutes_within_each_identity_group(monkeypatch, stage
         assert src // k == row // k, f"row {row} got the code of row {src}, another identity's"
 
 
+def _encoder_in_view(task):
+    """Variables of a coarse encoder whose codes put the head in view: small random codes around
+    the demo's initial camera scale (a random encoder's leave no pixel or texel covered)."""
+    ef = task.init_net("E_flame", jax.random.key(0))
+    ep = dict(ef["params"], layers_2=dict(ef["params"]["layers_2"], kernel=ef["params"]["layers_2"]["kernel"] * 0.1))
+    return dict(ef, params=deca_coarse.init_cam_scale(ep, 8.0))
+
+
+def _batch_of_four(task):
+    """The first training batch of 4 images (image, mask, landmarks) as jax arrays."""
+    batch = task.make_loader(4, 0, 1).next()
+    return {name: jnp.asarray(batch[name]) for name in ("image", "mask", "landmarks")}
+
+
 def test_detail_eval_uv_photo_l1_is_the_mean_abs_error_per_channel_over_visible_texels():
     """eval_fn's uv_photo_l1 = sum(vis * |texture - gt|) / (3 * sum(vis)): the mean absolute
     error of each colour channel over the visible texels (vis is one channel, the texture three)."""
     task = _detail_task()
     params, stats, frozen = _detail_variables(task, jax.random.key(0))
-    # a coarse encoder whose codes put the head in view: small random codes around the demo's
-    # initial camera scale (a random one leaves no texel visible)
-    ef = task.init_net("E_flame", jax.random.key(0))
-    ep = dict(ef["params"], layers_2=dict(ef["params"]["layers_2"], kernel=ef["params"]["layers_2"]["kernel"] * 0.1))
-    frozen["E_flame"] = dict(ef, params=deca_coarse.init_cam_scale(ep, 8.0))
-    batch = task.make_loader(4, 0, 1).next()
-    batch = {name: jnp.asarray(batch[name]) for name in ("image", "mask", "landmarks")}
+    frozen["E_flame"] = _encoder_in_view(task)
+    batch = _batch_of_four(task)
 
     @jax.jit
     def run(params, stats, frozen, batch):
@@ -137,11 +146,9 @@ def test_coarse_eval_photo_l1_is_the_mean_abs_error_per_channel_over_skin_covera
     the pretrain stage (no albedo or light to fit) reports landmarks only."""
     config = test_coarse.get_config("coarse")
     task = deca_coarse.CoarseTask(config)
-    ef = task.init_net("E_flame", jax.random.key(0))  # small codes around the demo's camera scale: head in view
-    ep = dict(ef["params"], layers_2=dict(ef["params"]["layers_2"], kernel=ef["params"]["layers_2"]["kernel"] * 0.1))
-    params, stats = {"E_flame": deca_coarse.init_cam_scale(ep, 8.0)}, {"E_flame": ef["batch_stats"]}
-    batch = task.make_loader(4, 0, 1).next()
-    batch = {name: jnp.asarray(batch[name]) for name in ("image", "mask", "landmarks")}
+    ef = _encoder_in_view(task)
+    params, stats = {"E_flame": ef["params"]}, {"E_flame": ef["batch_stats"]}
+    batch = _batch_of_four(task)
 
     @jax.jit
     def run(params, stats, batch):
