@@ -55,6 +55,18 @@ def test_jit_vmap_grad():
     np.testing.assert_allclose(v, out["vertices"], atol=1e-6)
 
 
+def test_an_empty_batch_gives_empty_outputs_under_jit_and_grad():
+    """B = 0 (e.g. the codes of a selection that came out empty) gives [0, V, 3] vertices and
+    [0, 68, 3] landmarks, as numpy would, not an error from inside the skinning."""
+    m = flame.from_arrays(random_flame())
+    z = lambda n: jnp.zeros((0, n))  # noqa: E731
+    out = jax.jit(m.__call__)(z(100), z(50), z(6))
+    assert {k: v.shape for k, v in out.items()} == {"vertices": (0, 120, 3), "landmarks2d": (0, 68, 3),
+                                                     "landmarks3d": (0, 68, 3)}
+    g = jax.grad(lambda s: jnp.sum(m(s, z(50), z(6))["vertices"]))(z(100))
+    assert g.shape == (0, 100)
+
+
 def test_too_many_components_refused():
     with pytest.raises(flame.FlameFileError, match="n_shape=300"):
         flame.from_arrays(random_flame(), n_shape=300)

@@ -122,6 +122,19 @@ def test_render_outputs(sphere):
     np.testing.assert_array_equal(ft[:, :, R // 2:], np.asarray(out["uv_texture"])[:, :, R // 2:])
 
 
+def test_render_of_an_empty_batch_is_empty(sphere):
+    """Every output of a B = 0 render has a leading 0 and the shape of one image's."""
+    m, topo = sphere
+    verts = jnp.asarray(m["verts"][None])
+    args = (jnp.full((1, R, R, 3), 0.5), jnp.zeros((1, 9, 3)).at[:, 0].set(1.0))
+    one = render(verts, orth_proj(verts, jnp.array([[1.4, 0.0, 0.0]])), *args, topo, (12, 12),
+                 uv_z=jnp.zeros((1, R, R, 1)))
+    none = render(verts[:0], verts[:0], *(a[:0] for a in args), topo, (12, 12), uv_z=jnp.zeros((0, R, R, 1)))
+    assert none.keys() == one.keys()
+    for k in one:
+        assert none[k].shape == (0,) + one[k].shape[1:], k
+
+
 def test_render_with_backfaces_culled(sphere):
     # the sphere is closed: culling keeps every hard-pass output and lowers the soft coverage
     # only (the far half's terms are gone)

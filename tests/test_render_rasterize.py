@@ -208,6 +208,37 @@ def test_jit_vmap_grad():
     assert g.shape == vb.shape and np.isfinite(np.asarray(g)).all()
 
 
+@pytest.mark.parametrize("sigma,perspective", [(0.0, False), (0.5, False), (0.5, True)])
+def test_an_empty_batch_is_empty_and_a_mesh_with_no_faces_is_background(sigma, perspective):
+    """B = 0 gives fragments [0, H, W] and a gradient [0, V, 3], as the renderer's other
+    functions do with an empty batch; F = 0 (e.g. a face selection that came out empty) gives
+    background at every pixel, and the interpolation of it 0."""
+    from jaxdeca.render import interpolate
+    rng = np.random.default_rng(5)
+    v, faces = random_scene(rng, 4, spread=0.9)
+    no_faces = np.zeros((0, 3), np.int32)
+
+    def run(x, f):
+        return rasterize(x, f, (6, 7), sigma=sigma, perspective=perspective)
+
+    def loss(x, f):
+        fr = run(x, f)
+        return jnp.sum(fr.alpha) + jnp.sum(fr.depth) + jnp.sum(fr.bary)
+
+    empty = jnp.zeros((0,) + v.shape, jnp.float32)
+    fr = run(empty, faces)
+    assert [x.shape for x in jax.tree.leaves(fr)] == [(0, 6, 7), (0, 6, 7, 3), (0, 6, 7), (0, 6, 7), (0, 6, 7)]
+    assert jax.jit(jax.grad(lambda x: loss(x, faces)))(empty).shape == (0,) + v.shape
+    two = jnp.stack([jnp.asarray(v), jnp.asarray(v) * 0.8])
+    fr = run(two, no_faces)
+    np.testing.assert_array_equal(np.asarray(fr.face_index), -1)
+    for name in ("bary", "depth", "mask", "alpha"):
+        x = np.asarray(getattr(fr, name))
+        assert x.shape[:3] == (2, 6, 7) and x.dtype == np.float32 and not x.any(), name
+    np.testing.assert_array_equal(np.asarray(interpolate(two, no_faces, fr)), np.zeros((2, 6, 7, 3)))
+    np.testing.assert_array_equal(np.asarray(jax.grad(loss)(two, no_faces)), 0.0)
+
+
 def test_barycentric_reconstructs_point():
     rng = np.random.default_rng(4)
     tri = rng.normal(size=(3, 2))

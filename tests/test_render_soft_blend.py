@@ -150,6 +150,24 @@ def test_bad_arguments_are_refused():
             soft_blend(v[None], faces, attr[None], (8, 8), **kw)
 
 
+def test_an_empty_batch_is_empty_and_a_mesh_with_no_faces_is_the_background():
+    """B = 0 gives [0, H, W, C]; F = 0 gives C_b at every pixel (the blend of the background
+    alone), with the background's gradient and none for the vertices or attributes."""
+    v, faces, attr = scene()
+    out = soft_blend(jnp.zeros((0,) + v.shape), faces, jnp.zeros((0,) + attr.shape), (5, 6), **ARGS)
+    assert out.shape == (0, 5, 6, 3)
+    no_faces = np.zeros((0, 3), np.int32)
+
+    def loss(v, a, bg):
+        return jnp.sum(soft_blend(v[None], no_faces, a[None], (5, 6), background=bg, **ARGS))
+
+    np.testing.assert_array_equal(np.asarray(soft_blend(v[None], no_faces, attr[None], (5, 6), background=BG,
+                                                        **ARGS)), np.broadcast_to(BG, (1, 5, 6, 3)))
+    gv, ga, gbg = jax.grad(loss, argnums=(0, 1, 2))(jnp.asarray(v), jnp.asarray(attr), jnp.asarray(BG))
+    assert not np.asarray(gv).any() and not np.asarray(ga).any()
+    np.testing.assert_array_equal(np.asarray(gbg), 30.0)  # each of the 5 x 6 pixels is C_b
+
+
 def test_float64_gradients_equal_the_dense_reference_to_rounding():
     """In float64 the hand-written VJP and autodiff of the dense reference agree to ~1e-14: the
     same function, not an approximation of it."""

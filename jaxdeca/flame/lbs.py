@@ -94,8 +94,9 @@ def lbs(betas, full_pose, v_template, basis, posedirs, J_regressor, parents, lbs
     v_shaped = v_template[None] + jnp.einsum("bk,vck->bvc", betas, basis, precision=HIGHEST)
     joints = jnp.einsum("jv,bvc->bjc", J_regressor, v_shaped, precision=HIGHEST)
     rot = rodrigues(full_pose.reshape(B, J, 3))  # [B, J, 3, 3]
-    pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=rot.dtype)).reshape(B, -1)
-    v_posed = v_shaped + jnp.matmul(pose_feature, posedirs, precision=HIGHEST).reshape(B, -1, 3)
+    # sizes spelt out: a -1 cannot be inferred from an empty batch (B = 0)
+    pose_feature = (rot[:, 1:] - jnp.eye(3, dtype=rot.dtype)).reshape(B, (J - 1) * 9)
+    v_posed = v_shaped + jnp.matmul(pose_feature, posedirs, precision=HIGHEST).reshape(v_shaped.shape)
     posed_joints, A = rigid_transforms(rot, joints, parents)
     return skin(lbs_weights, A, v_posed), posed_joints
 

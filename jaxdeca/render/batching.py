@@ -51,8 +51,12 @@ def loop_images(fn, *arrays):
 def map_groups(fn, G, *arrays):
     """fn over the batch axis of arrays ([B, ...]) in groups of G images: fn(*[G, ...]) -> a
     pytree of [G, ...]. Whole groups run one after another (lax.map), a smaller last group
-    after them. Returns the pytree of [B, ...]."""
+    after them. Returns the pytree of [B, ...]; for an empty batch (B = 0) the pytree of
+    [0, ...] that a group would give (fn is traced for its shapes, not run)."""
     B = _batch(arrays)
+    if B == 0:
+        one = tuple(jax.ShapeDtypeStruct((G,) + a.shape[1:], a.dtype) for a in arrays)
+        return jax.tree.map(lambda s: jnp.zeros((0,) + s.shape[1:], s.dtype), jax.eval_shape(fn, *one))
     n, rest = divmod(B, G)
     parts = []
     if n == 1:

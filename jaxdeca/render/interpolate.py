@@ -48,16 +48,26 @@ def interpolate(attr, faces, frags):
     gather of [3, C] blocks from [B, F, 3, C] face attributes is ~10x slower on XLA's CPU.
     """
     attr = checks.per_vertex(attr, "interpolate", "attr")
-    vid = checks.mesh_faces(faces, attr.shape[1], "interpolate")[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
+    faces = checks.mesh_faces(faces, attr.shape[1], "interpolate")
+    if faces.shape[0] == 0:  # no face: every pixel is background
+        return _background(attr, frags)
+    vid = faces[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
     corners = [take_rows(attr, vid[..., k]) for k in range(3)]
     return _blend(corners, frags)
 
 
 def interpolate_face_attr(face_attr, frags):
     """Interpolate per-face corner attributes. face_attr: [B, F, 3, C] -> [B, H, W, C]."""
+    if face_attr.shape[1] == 0:  # no face: every pixel is background
+        return _background(face_attr, frags)
     idx = jnp.maximum(frags.face_index, 0)
     corners = [take_rows(face_attr[:, :, k], idx) for k in range(3)]  # [B, H, W, C]
     return _blend(corners, frags)
+
+
+def _background(attr, frags):
+    """The interpolation of a mesh with no faces: zeros [B, H, W, C], in the dtype `_blend` gives."""
+    return jnp.zeros(frags.face_index.shape + attr.shape[-1:], jnp.result_type(attr.dtype, frags.bary.dtype))
 
 
 def _blend(corners, frags):

@@ -642,7 +642,8 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
       split over all its devices (shard_map) and each rasterizes its own images; XLA's
       partitioner cannot split the data-dependent windows itself and would rasterize the
       whole batch on every device. batch_size then counts each device's images.
-    Returns Fragments ([B, H, W] ...).
+    Returns Fragments ([B, H, W] ...): empty ones for an empty batch (B = 0), background at every
+    pixel (face_index -1, alpha 0) for a mesh with no faces (F = 0).
     Memory per group: O(slots * window^2) for the hard pass and O(slots * soft_window^2)
     for the soft pass, never O(pixels * faces). XLA's accounting for the forward + backward
     of the alpha sum, 10k faces at 224 x 224, sigma = 1, batch 32: 30 MiB one image at a
@@ -685,6 +686,8 @@ def _perspective_correct(frags, distance, faces):
     the surface point's are b_k / d_k / q and its distance 1 / q, q = sum_k b_k / d_k (the
     interpolated 1 / d). Plain jnp: autodiff differentiates it, and `rasterize`'s own VJP the
     screen-space part."""
+    if faces.shape[0] == 0:  # background everywhere: nothing to correct
+        return frags
     hit = frags.face_index >= 0
     vid = faces[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
     d = jax.vmap(lambda dist, v: dist[v])(distance, vid)
@@ -699,6 +702,10 @@ def _perspective_correct(frags, distance, faces):
 def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batch_size, cull):
     """v_pix: [B, V, 3] pixels + depth -> Fragments [B, H, W], in groups of batch_size images."""
     B, F = v_pix.shape[0], faces.shape[0]
+    if F == 0:  # no face covers a pixel: every pixel is background
+        zeros = jnp.zeros((B, H, W), v_pix.dtype)
+        return Fragments(jnp.full((B, H, W), -1, jnp.int32), jnp.zeros((B, H, W, 3), v_pix.dtype), zeros,
+                         zeros, zeros)
     if batch_size is None:
         batch_size = 1 if jax.default_backend() == "cpu" else B
     G = max(1, min(int(batch_size), B))

@@ -298,7 +298,8 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
       to [B, H, W, C] (differentiable).
     cull_backfaces, window, slots, batch_size: as `rasterize` (window sets the soft window's
       base; results do not depend on window, slots or batch_size).
-    Returns [B, H, W, C] in the dtype verts_img's and attr's promote to, float32 at least.
+    Returns [B, H, W, C] in the dtype verts_img's and attr's promote to, float32 at least (the
+    background alone for a mesh with no faces; empty for an empty batch).
     """
     sigma, gamma, eps = (static_number(k, x) for k, x in (("sigma", sigma), ("gamma", gamma), ("eps", eps)))
     if not (sharpness_ok(sigma) and sharpness_ok(gamma)):
@@ -320,6 +321,8 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     attr = jnp.asarray(attr, dtype)
     B, C = v_pix.shape[0], attr.shape[-1]
     bg = jnp.broadcast_to(jnp.asarray(background, dtype), (B, H, W, C))
+    if faces.shape[0] == 0:  # no face to blend: C_b at every pixel
+        return bg
     S = _default_soft_window(float(sigma), int(window) if window else _default_window())
     if batch_size is None:
         batch_size = 1 if jax.default_backend() == "cpu" else B
