@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import batch_sharding
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -68,7 +70,8 @@ def rigid_transforms(rot_mats, joints, parents):
     B, J = joints.shape[:2]
     rel = jnp.concatenate([joints[:, :1], joints[:, 1:] - joints[:, list(parents[1:])]], 1)
     top = jnp.concatenate([rot_mats, rel[..., None]], -1)  # [B, J, 3, 4]
-    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], joints.dtype), (B, J, 1, 4))
+    bottom = jnp.broadcast_to(jnp.array([0.0, 0.0, 0.0, 1.0], joints.dtype), (B, J, 1, 4),
+                              out_sharding=batch_sharding(joints))
     local = jnp.concatenate([top, bottom], -2)  # [B, J, 4, 4]
     chain = [local[:, 0]]
     for j in range(1, J):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca.explicit_sharding import batch_sharding
 from jaxdeca.flame import io, lbs
 
 PARENTS = io.FLAME_PARENTS
@@ -55,9 +56,9 @@ class FlameModel:
                     dict(shape=self.n_shape, expression=self.n_exp, pose=6, neck_pose=3, eye_pose=6))
         B = shape.shape[0]
         dtype = self.v_template.dtype
-        zeros3 = jnp.zeros((B, 3), dtype)
-        neck_pose = zeros3 if neck_pose is None else neck_pose
-        eye_pose = jnp.zeros((B, 6), dtype) if eye_pose is None else eye_pose
+        split = batch_sharding(pose)  # under an Explicit-axes mesh, the arrays made here are split as pose
+        neck_pose = jnp.zeros((B, 3), dtype, out_sharding=split) if neck_pose is None else neck_pose
+        eye_pose = jnp.zeros((B, 6), dtype, out_sharding=split) if eye_pose is None else eye_pose
         betas = jnp.concatenate([shape, expression], axis=1)
         full_pose = jnp.concatenate([pose[:, :3], neck_pose, pose[:, 3:6], eye_pose], axis=1)
         # rotations in the model's precision at least: all-bfloat16 poses put the contour's yaw
@@ -66,10 +67,12 @@ class FlameModel:
         verts, _ = lbs.lbs(betas, full_pose, self.v_template, self.basis, self.posedirs,
                            self.J_regressor, PARENTS, self.lbs_weights)
         row = dynamic_row(full_pose)
-        dyn_faces = self.dynamic_lmk_faces_idx[row]  # [B, 17]
-        dyn_bary = self.dynamic_lmk_bary_coords[row]  # [B, 17, 3]
-        lmk_faces = jnp.concatenate([dyn_faces, jnp.broadcast_to(self.static_lmk_faces_idx, (B, 51))], 1)
-        lmk_bary = jnp.concatenate([dyn_bary, jnp.broadcast_to(self.static_lmk_bary_coords, (B, 51, 3))], 1)
+        dyn_faces = self.dynamic_lmk_faces_idx.at[row].get(out_sharding=split)  # [B, 17]
+        dyn_bary = self.dynamic_lmk_bary_coords.at[row].get(out_sharding=split)  # [B, 17, 3]
+        lmk_faces = jnp.concatenate([dyn_faces, jnp.broadcast_to(self.static_lmk_faces_idx, (B, 51),
+                                                                 out_sharding=split)], 1)
+        lmk_bary = jnp.concatenate([dyn_bary, jnp.broadcast_to(self.static_lmk_bary_coords, (B, 51, 3),
+                                                               out_sharding=split)], 1)
         return dict(
             vertices=verts,
             landmarks2d=barycentric_landmarks(verts, self.faces, lmk_faces, lmk_bary),
@@ -79,9 +82,10 @@ class FlameModel:
     def select_3d68(self, values):
         """Per-vertex values [B, V, C] at the fixed 68 landmarks (DECA's seletec_3d68: the
         vertices give landmarks3d, the transformed normals DECA's landmark visibility) -> [B, 68, C]."""
-        B = values.shape[0]
-        return barycentric_landmarks(values, self.faces, jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68)),
-                                     jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3)))
+        B, split = values.shape[0], batch_sharding(values)
+        return barycentric_landmarks(values, self.faces,
+                                     jnp.broadcast_to(self.full_lmk_faces_idx, (B, 68), out_sharding=split),
+                                     jnp.broadcast_to(self.full_lmk_bary_coords, (B, 68, 3), out_sharding=split))
 
 
 def check_codes(codes: dict, widths: dict) -> None:
@@ -107,7 +111,8 @@ def check_codes(codes: dict, widths: dict) -> None:
 def barycentric_landmarks(verts, faces, lmk_faces, lmk_bary):
     """verts: [B, V, 3]; faces: [F, 3]; lmk_faces: [B, L]; lmk_bary: [B, L, 3] -> [B, L, 3]."""
     faces = jnp.asarray(faces)  # numpy faces cannot be indexed by the traced lmk_faces
-    tri = jax.vmap(lambda v, f: v[faces[f]])(verts, lmk_faces)  # [B, L, 3, 3]
+    vid = faces.at[lmk_faces].get(out_sharding=batch_sharding(lmk_faces))  # [B, L, 3]
+    tri = jax.vmap(lambda v, i: v[i])(verts, vid)  # [B, L, 3, 3]
     return jnp.einsum("blk,blkc->blc", lmk_bary, tri, precision=lbs.HIGHEST)  # full float32 on GPUs/TPUs (lbs)
 
 

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdeca.explicit_sharding import batch_sharding
 from jaxdeca.flame.io import FlameFileError
 
 
@@ -51,5 +52,5 @@ def albedo_from_arrays(arrays: dict, texcode, size: int = 256):
     """`albedo` with the mean/basis of a FLAME npz dict; a flat grey albedo (0.5) when the
     model has no albedo basis. texcode: [B, n_tex] -> [B, size, size, 3]."""
     if "albedo_mean" not in arrays:
-        return jnp.full((texcode.shape[0], size, size, 3), 0.5, jnp.float32)
+        return jnp.full((texcode.shape[0], size, size, 3), 0.5, jnp.float32, out_sharding=batch_sharding(texcode))
     return albedo(arrays["albedo_mean"], arrays["albedo_basis"], texcode, size)

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import batch_sharding
+
 
 def consistency_order(key, n_identities: int, k: int):
     """key: PRNG key -> new_order [N*K] int32, an independent permutation within each group."""
@@ -41,7 +43,7 @@ def swap_codes(key, codes: Mapping[str, jnp.ndarray], permute: str, n_identities
     order = consistency_order(key, n_identities, k)
     out = {name: jnp.concatenate([c, c], axis=0) for name, c in codes.items() if name != permute}
     c = codes[permute]
-    out[permute] = jnp.concatenate([c, c[order]], axis=0)
+    out[permute] = jnp.concatenate([c, c.at[order].get(out_sharding=batch_sharding(c))], axis=0)
     return out
 
 

@@ -5,6 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import explicit_axes, split_as_one
+
 
 def batch_mesh_axes(B):
     """(mesh, axes) to split a batch of B images over: the context mesh's (`jax.set_mesh`,
@@ -16,6 +18,13 @@ def batch_mesh_axes(B):
     axes = tuple(a for a, t in zip(mesh.axis_names, mesh.axis_types) if t != jax.sharding.AxisType.Manual)
     n = math.prod(mesh.shape[a] for a in axes)
     return (mesh, axes) if n > 1 and B % n == 0 else (None, ())
+
+
+def split_batch(arrays, mesh, axes):
+    """arrays (a pytree of [B, ...]) split over the mesh axes `axes` along B, for a shard_map
+    whose in_specs say so: under Explicit axes an input's sharding must equal its in_spec, and a
+    replicated (or otherwise split) input is resharded; under Auto axes the partitioner does it."""
+    return split_as_one(arrays, jax.P(axes)) if explicit_axes(mesh, axes) else arrays
 
 
 def _batch(arrays):
@@ -31,7 +40,9 @@ def _batch(arrays):
 
 def vmap_images(fn, *arrays):
     """fn vmapped over the batch axis of arrays (pytrees of [B, ...]); one image is passed to
-    fn directly."""
+    fn directly. Under an Explicit-axes mesh the arrays' batch axes are split alike first
+    (`explicit_sharding.split_as_one`)."""
+    arrays = split_as_one(arrays)
     if _batch(arrays) == 1:
         return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda a: a[0], arrays)))
     return jax.vmap(fn)(*arrays)
@@ -42,6 +53,7 @@ def loop_images(fn, *arrays):
     (lax.map) on the CPU backend unless a context mesh splits the batch (`batch_mesh_axes`: the
     partitioner cannot split a loop over the batch); vmapped elsewhere. One image is passed to
     fn directly."""
+    arrays = split_as_one(arrays)
     B = _batch(arrays)
     if B > 1 and jax.default_backend() == "cpu" and not batch_mesh_axes(B)[1]:
         return jax.lax.map(lambda xs: fn(*xs), arrays)
@@ -83,10 +95,12 @@ def images_custom_vjp(fwd, bwd):
         against 970);
       - a looped forward pass (gathers) is 1.6x slower than the vmapped one (grid_sample, 8
         and 32 images).
+    Under an Explicit-axes mesh the inputs' batch axes are split alike first (`split_as_one`).
     """
     @jax.custom_vjp
     def f(*xs):
         return vmap_images(lambda *a: fwd(*a)[0], *xs)
 
     f.defvjp(lambda *xs: vmap_images(fwd, *xs), lambda res, g: loop_images(bwd, res, g))
-    return f
+    # batch axes split alike before the custom VJP, whose cotangents must have its inputs' types
+    return lambda *xs: f(*split_as_one(xs))

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import batch_sharding
 from jaxdeca.render import checks
 from jaxdeca.render.batching import images_custom_vjp
 
@@ -51,7 +52,8 @@ def interpolate(attr, faces, frags):
     faces = checks.mesh_faces(faces, attr.shape[1], "interpolate")
     if faces.shape[0] == 0:  # no face: every pixel is background
         return _background(attr, frags)
-    vid = faces[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
+    fidx = jnp.maximum(frags.face_index, 0)
+    vid = faces.at[fidx].get(out_sharding=batch_sharding(fidx))  # [B, H, W, 3]
     corners = [take_rows(attr, vid[..., k]) for k in range(3)]
     return _blend(corners, frags)
 
@@ -67,7 +69,8 @@ def interpolate_face_attr(face_attr, frags):
 
 def _background(attr, frags):
     """The interpolation of a mesh with no faces: zeros [B, H, W, C], in the dtype `_blend` gives."""
-    return jnp.zeros(frags.face_index.shape + attr.shape[-1:], jnp.result_type(attr.dtype, frags.bary.dtype))
+    return jnp.zeros(frags.face_index.shape + attr.shape[-1:], jnp.result_type(attr.dtype, frags.bary.dtype),
+                     out_sharding=batch_sharding(frags.face_index))
 
 
 def _blend(corners, frags):

@@ -47,8 +47,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import batch_sharding, split_as_one
 from jaxdeca.render import checks
-from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups
+from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups, split_batch
 from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.interpolate import fold_last
 
@@ -673,6 +674,7 @@ def rasterize(verts_img, faces, image_size, sigma=1.0, window=None, soft_window=
     mesh, axes = batch_mesh_axes(v_pix.shape[0])
     if axes:
         P = jax.sharding.PartitionSpec
+        v_pix = split_batch(v_pix, mesh, axes)
         return jax.shard_map(run, mesh=mesh, in_specs=(P(axes), P()), out_specs=P(axes),
                              check_vma=False)(v_pix, faces)
     return run(v_pix, faces)
@@ -689,8 +691,9 @@ def _perspective_correct(frags, distance, faces):
     if faces.shape[0] == 0:  # background everywhere: nothing to correct
         return frags
     hit = frags.face_index >= 0
-    vid = faces[jnp.maximum(frags.face_index, 0)]  # [B, H, W, 3]
-    d = jax.vmap(lambda dist, v: dist[v])(distance, vid)
+    fidx = jnp.maximum(frags.face_index, 0)
+    vid = faces.at[fidx].get(out_sharding=batch_sharding(fidx))  # [B, H, W, 3]
+    d = jax.vmap(lambda dist, v: dist[v])(*split_as_one((distance, vid)))
     d = jnp.where(hit[..., None], d, 1.0)  # background (face 0's corners, maybe NaN) out of the sums
     w = frags.bary / d
     q = jnp.where(hit, w.sum(-1), 1.0)
@@ -703,9 +706,10 @@ def _rasterize_batch(v_pix, faces, H, W, sigma, window, soft_window, slots, batc
     """v_pix: [B, V, 3] pixels + depth -> Fragments [B, H, W], in groups of batch_size images."""
     B, F = v_pix.shape[0], faces.shape[0]
     if F == 0:  # no face covers a pixel: every pixel is background
-        zeros = jnp.zeros((B, H, W), v_pix.dtype)
-        return Fragments(jnp.full((B, H, W), -1, jnp.int32), jnp.zeros((B, H, W, 3), v_pix.dtype), zeros,
-                         zeros, zeros)
+        split = batch_sharding(v_pix)
+        zeros = jnp.zeros((B, H, W), v_pix.dtype, out_sharding=split)
+        return Fragments(jnp.full((B, H, W), -1, jnp.int32, out_sharding=split),
+                         jnp.zeros((B, H, W, 3), v_pix.dtype, out_sharding=split), zeros, zeros, zeros)
     if batch_size is None:
         batch_size = 1 if jax.default_backend() == "cpu" else B
     G = max(1, min(int(batch_size), B))

@@ -40,8 +40,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxdeca.explicit_sharding import batch_sharding
 from jaxdeca.render import checks
-from jaxdeca.render.batching import batch_mesh_axes, map_groups
+from jaxdeca.render.batching import batch_mesh_axes, map_groups, split_batch
 from jaxdeca.render.camera import to_pixels
 from jaxdeca.render.rasterize import (_block_gather, _block_scatter, _canvas_rows, _col,
                                       _default_slots, _default_soft_window, _default_window, _from_canvas,
@@ -320,7 +321,7 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     v_pix = to_pixels(verts_img.astype(dtype), (H, W))
     attr = jnp.asarray(attr, dtype)
     B, C = v_pix.shape[0], attr.shape[-1]
-    bg = jnp.broadcast_to(jnp.asarray(background, dtype), (B, H, W, C))
+    bg = jnp.broadcast_to(jnp.asarray(background, dtype), (B, H, W, C), out_sharding=batch_sharding(v_pix))
     if faces.shape[0] == 0:  # no face to blend: C_b at every pixel
         return bg
     S = _default_soft_window(float(sigma), int(window) if window else _default_window())
@@ -338,6 +339,7 @@ def soft_blend(verts_img, faces, attr, image_size, sigma=1.0, gamma=1e-4, z_rang
     mesh, axes = batch_mesh_axes(B)
     if axes:
         P = jax.sharding.PartitionSpec
+        v_pix, attr, bg = split_batch((v_pix, attr, bg), mesh, axes)
         return jax.shard_map(run, mesh=mesh, in_specs=(P(axes), P(axes), P(axes), P()), out_specs=P(axes),
                              check_vma=False)(v_pix, attr, bg, faces)
     return run(v_pix, attr, bg, faces)
