@@ -40,9 +40,7 @@ def _batch(arrays):
 
 def vmap_images(fn, *arrays):
     """fn vmapped over the batch axis of arrays (pytrees of [B, ...]); one image is passed to
-    fn directly. Under an Explicit-axes mesh the arrays' batch axes are split alike first
-    (`explicit_sharding.split_as_one`)."""
-    arrays = split_as_one(arrays)
+    fn directly."""
     if _batch(arrays) == 1:
         return jax.tree.map(lambda x: x[None], fn(*jax.tree.map(lambda a: a[0], arrays)))
     return jax.vmap(fn)(*arrays)
@@ -53,7 +51,6 @@ def loop_images(fn, *arrays):
     (lax.map) on the CPU backend unless a context mesh splits the batch (`batch_mesh_axes`: the
     partitioner cannot split a loop over the batch); vmapped elsewhere. One image is passed to
     fn directly."""
-    arrays = split_as_one(arrays)
     B = _batch(arrays)
     if B > 1 and jax.default_backend() == "cpu" and not batch_mesh_axes(B)[1]:
         return jax.lax.map(lambda xs: fn(*xs), arrays)
