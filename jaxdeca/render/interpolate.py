@@ -52,10 +52,16 @@ def interpolate(attr, faces, frags):
     faces = checks.mesh_faces(faces, attr.shape[1], "interpolate")
     if faces.shape[0] == 0:  # no face: every pixel is background
         return _background(attr, frags)
-    fidx = jnp.maximum(frags.face_index, 0)
-    vid = faces.at[fidx].get(out_sharding=batch_sharding(fidx))  # [B, H, W, 3]
+    vid = hit_vertex_ids(faces, frags.face_index)
     corners = [take_rows(attr, vid[..., k]) for k in range(3)]
     return _blend(corners, frags)
+
+
+def hit_vertex_ids(faces, face_index):
+    """Vertex ids of each pixel's face: faces [F, 3] (F > 0), face_index [B, H, W] (-1 on
+    background, which reads face 0) -> [B, H, W, 3], split as face_index under an Explicit mesh."""
+    idx = jnp.maximum(face_index, 0)
+    return faces.at[idx].get(out_sharding=batch_sharding(idx))
 
 
 def interpolate_face_attr(face_attr, frags):

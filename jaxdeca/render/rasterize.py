@@ -51,7 +51,7 @@ from jaxdeca.explicit_sharding import batch_sharding, split_as_one
 from jaxdeca.render import checks
 from jaxdeca.render.batching import batch_mesh_axes, images_custom_vjp, map_groups, split_batch
 from jaxdeca.render.camera import to_pixels
-from jaxdeca.render.interpolate import fold_last
+from jaxdeca.render.interpolate import fold_last, hit_vertex_ids
 
 _EPS_AREA = 1e-10
 _SOFT_RADIUS2 = 16.0  # faces farther than sqrt(_SOFT_RADIUS2 * sigma) px are dropped (term < 1e-7)
@@ -544,7 +544,7 @@ def _rasterize_group(v_pix, faces, H, W, sigma, window, soft_window, slots, soft
     fidx = _hard_index(jax.lax.stop_gradient(xyz), F, H, W, window, slots, cull)
     hit = fidx >= 0
     # barycentrics and depth of the winning face, recomputed from its differentiable vertices
-    b, depth = _hit_geometry(v_pix, faces[jnp.maximum(fidx, 0)], hit)
+    b, depth = _hit_geometry(v_pix, hit_vertex_ids(faces, fidx), hit)
     mask = hit.astype(v_pix.dtype)
     if sigma > 0:
         alpha = 1.0 - _soft_transmittance(xyz[..., :2], F, H, W, soft_window, soft_slots, float(sigma), cull)
@@ -691,8 +691,7 @@ def _perspective_correct(frags, distance, faces):
     if faces.shape[0] == 0:  # background everywhere: nothing to correct
         return frags
     hit = frags.face_index >= 0
-    fidx = jnp.maximum(frags.face_index, 0)
-    vid = faces.at[fidx].get(out_sharding=batch_sharding(fidx))  # [B, H, W, 3]
+    vid = hit_vertex_ids(faces, frags.face_index)  # [B, H, W, 3]
     d = jax.vmap(lambda dist, v: dist[v])(*split_as_one((distance, vid)))
     d = jnp.where(hit[..., None], d, 1.0)  # background (face 0's corners, maybe NaN) out of the sums
     w = frags.bary / d
